@@ -1,0 +1,112 @@
+//! Types shared by the eBPF data plane and the controller: one definition each.
+//!
+//! Every map key and value is `#[repr(C)]` with explicit padding and no `bool`, so the layout the
+//! kernel sees is the layout both sides compile. Addresses are IPv4 in network byte order, stored
+//! as the `u32` whose in-memory bytes are the address octets (`u32::from_ne_bytes(ip.octets())`).
+#![no_std]
+
+/// Version of the map layout below. Bump it whenever a key, value or map changes shape.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Capacity of the one-to-one mapping tables (each direction).
+pub const MAX_MAPPINGS: u32 = 65_536;
+/// Mapping ids index [`MappingCounters`]; id 0 is reserved for "no mapping".
+pub const MAX_MAPPING_ID: u32 = MAX_MAPPINGS;
+
+/// Value of the NAT tables: the address to write and the mapping it belongs to.
+///
+/// Eight bytes, so that the program reads it in a single load and never sees half of an old and
+/// half of a new value while the controller replaces an entry in place.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatTarget {
+    /// The translated address, network byte order.
+    pub addr: u32,
+    /// Index into the mapping counters (1..=MAX_MAPPING_ID).
+    pub id: u32,
+}
+
+/// Traffic counters of one mapping. Shared between CPUs and updated with atomic adds: a per-CPU
+/// copy would cost mappings x CPUs x 32 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MappingCounters {
+    /// Packets whose destination was translated public -> private.
+    pub dnat_packets: u64,
+    pub dnat_bytes: u64,
+    /// Packets whose source was translated private -> public.
+    pub snat_packets: u64,
+    pub snat_bytes: u64,
+}
+
+/// Why a packet went where it went. Indexes the per-CPU reason counters.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Not IPv4 (IPv6, ARP, ...): passed untouched.
+    PassNotIpv4 = 0,
+    /// IPv4 with no mapping for the address this hook translates: passed untouched.
+    PassNoMapping = 1,
+    /// Destination translated public -> private.
+    Dnat = 2,
+    /// Source translated private -> public.
+    Snat = 3,
+    /// Too short or inconsistent headers: passed untouched for the kernel to judge.
+    PassMalformed = 4,
+    /// A non-first fragment: only the IPv4 header was translated.
+    FragmentTranslated = 5,
+    /// The L4 header of a first fragment or unfragmented packet was cut short.
+    PassTruncatedL4 = 6,
+    /// A kernel helper failed while rewriting (TC); the packet was dropped.
+    DropRewriteFailed = 7,
+}
+
+/// Number of [`Reason`] slots.
+pub const REASON_COUNT: u32 = 8;
+
+impl Reason {
+    pub const ALL: [Reason; REASON_COUNT as usize] = [
+        Reason::PassNotIpv4,
+        Reason::PassNoMapping,
+        Reason::Dnat,
+        Reason::Snat,
+        Reason::PassMalformed,
+        Reason::FragmentTranslated,
+        Reason::PassTruncatedL4,
+        Reason::DropRewriteFailed,
+    ];
+
+    /// Stable name used by `ipnat stats` and the metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::PassNotIpv4 => "pass_not_ipv4",
+            Reason::PassNoMapping => "pass_no_mapping",
+            Reason::Dnat => "dnat",
+            Reason::Snat => "snat",
+            Reason::PassMalformed => "pass_malformed",
+            Reason::FragmentTranslated => "fragment_translated",
+            Reason::PassTruncatedL4 => "pass_truncated_l4",
+            Reason::DropRewriteFailed => "drop_rewrite_failed",
+        }
+    }
+}
+
+/// Names of the maps and programs in the eBPF object.
+pub mod names {
+    pub const DNAT_MAP: &str = "IPNAT_DNAT";
+    pub const SNAT_MAP: &str = "IPNAT_SNAT";
+    pub const MAPPING_COUNTERS: &str = "IPNAT_MAP_CNT";
+    pub const REASON_COUNTERS: &str = "IPNAT_REASONS";
+    pub const XDP_PROGRAM: &str = "ipnat_xdp";
+    pub const TC_EGRESS_PROGRAM: &str = "ipnat_tc_egress";
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain #[repr(C)] integers, no padding, every bit pattern valid.
+    unsafe impl aya::Pod for super::NatTarget {}
+    unsafe impl aya::Pod for super::MappingCounters {}
+}
+
+const _: () = assert!(core::mem::size_of::<NatTarget>() == 8);
+const _: () = assert!(core::mem::size_of::<MappingCounters>() == 32);

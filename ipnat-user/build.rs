@@ -1,0 +1,28 @@
+//! Builds the eBPF programs with aya-build and leaves the object in OUT_DIR for the binary to
+//! embed. Without bpf-linker (e.g. `cargo check`/`cargo clippy` on a machine that never ran
+//! `cargo xtask setup`), or with AYA_BUILD_SKIP=1, an empty object is written instead and the
+//! binary refuses to load it with an error that says how to fix it.
+use std::{env, fs, path::PathBuf};
+
+fn main() -> anyhow::Result<()> {
+    let out = PathBuf::from(env::var("OUT_DIR")?).join("ipnat");
+    println!("cargo:rerun-if-changed=../ipnat-common/src");
+    println!("cargo:rerun-if-env-changed=PATH");
+    let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    let have_linker = env::var_os("PATH")
+        .is_some_and(|p| env::split_paths(&p).any(|d| d.join("bpf-linker").is_file()));
+    if skip || !have_linker {
+        println!(
+            "cargo:warning=eBPF programs not built ({}); run `cargo xtask setup` for a working ipnat",
+            if skip { "AYA_BUILD_SKIP" } else { "bpf-linker not on PATH" }
+        );
+        fs::write(&out, b"")?;
+        return Ok(());
+    }
+    let ebpf = aya_build::Package {
+        name: "ipnat-ebpf",
+        root_dir: "../ipnat-ebpf",
+        ..Default::default()
+    };
+    aya_build::build_ebpf([ebpf], aya_build::Toolchain::default())
+}

@@ -1,0 +1,442 @@
+//! The kernel side: load the embedded eBPF object, attach it, and own its tables.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    ffi::CString,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
+    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc},
+};
+use ipnat_common::{MAX_MAPPING_ID, MappingCounters, NatTarget, Reason, names};
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::{EBPF_OBJECT, config::MappingConfig};
+
+#[derive(Debug, Error)]
+pub enum DataplaneError {
+    #[error(
+        "this ipnat binary was built without its eBPF programs (bpf-linker was missing at build \
+         time); run `cargo xtask setup` and rebuild"
+    )]
+    NotBuilt,
+    #[error("loading the eBPF programs failed (are you root, with bpffs mounted?): {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("interface {0:?} does not exist")]
+    NoSuchInterface(String),
+    #[error("attaching {program} to {iface} failed: {source}")]
+    Attach {
+        program: &'static str,
+        iface: String,
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
+    #[error("map {0} missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("{path}: {why}")]
+    Pin { path: PathBuf, why: String },
+    #[error("no free mapping id: all {MAX_MAPPING_ID} are in use")]
+    IdsExhausted,
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { name, source }
+}
+
+/// The kernel's index of `name` in the current network namespace.
+pub fn ifindex(name: &str) -> Result<u32, DataplaneError> {
+    let c = CString::new(name).map_err(|_| DataplaneError::NoSuchInterface(name.into()))?;
+    // SAFETY: c is a valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(DataplaneError::NoSuchInterface(name.into())),
+        i => Ok(i),
+    }
+}
+
+fn key(addr: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(addr.octets())
+}
+
+fn addr(key: u32) -> Ipv4Addr {
+    Ipv4Addr::from(key.to_ne_bytes())
+}
+
+/// Loaded programs plus their tables.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pub tables: Tables,
+}
+
+impl Dataplane {
+    /// Loads (verifies) the programs and creates their maps, pinned under `pin_dir` when given
+    /// (see [`Tables::open_pinned`]). Attaches nothing yet.
+    pub fn load(pin_dir: Option<&Path>) -> Result<Self, DataplaneError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(DataplaneError::NotBuilt);
+        }
+        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(DataplaneError::Load)?;
+        for name in [names::XDP_PROGRAM, names::TC_EGRESS_PROGRAM] {
+            let prog = ebpf.program_mut(name).ok_or(DataplaneError::MissingMap(name))?;
+            let load = |e| DataplaneError::Attach {
+                program: name,
+                iface: "-".into(),
+                source: e,
+            };
+            match prog {
+                aya::programs::Program::Xdp(p) => p.load().map_err(load)?,
+                aya::programs::Program::SchedClassifier(p) => p.load().map_err(load)?,
+                _ => return Err(DataplaneError::MissingMap(name)),
+            }
+        }
+        let tables = Tables::take(&mut ebpf, pin_dir)?;
+        Ok(Self { ebpf, tables })
+    }
+
+    /// The loaded program object, e.g. for BPF_PROG_TEST_RUN.
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
+    /// Attaches XDP (native mode) on receive and TC on transmit. Both are detached when the
+    /// `Dataplane` is dropped.
+    pub fn attach(&mut self, iface: &str) -> Result<(), DataplaneError> {
+        ifindex(iface)?;
+        let xdp: &mut Xdp = self
+            .ebpf
+            .program_mut(names::XDP_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(DataplaneError::MissingMap(names::XDP_PROGRAM))?;
+        xdp.attach(iface, XdpMode::Driver)
+            .map_err(|source| DataplaneError::Attach {
+                program: names::XDP_PROGRAM,
+                iface: iface.into(),
+                source,
+            })?;
+        // TCX needs no qdisc; older kernels need clsact. An existing one is fine.
+        let _ = tc::qdisc_add_clsact(iface);
+        let tc: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(names::TC_EGRESS_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(DataplaneError::MissingMap(names::TC_EGRESS_PROGRAM))?;
+        tc.attach(iface, TcAttachType::Egress)
+            .map_err(|source| DataplaneError::Attach {
+                program: names::TC_EGRESS_PROGRAM,
+                iface: iface.into(),
+                source,
+            })?;
+        Ok(())
+    }
+}
+
+/// A mapping as installed in the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct InstalledMapping {
+    pub id: u32,
+    pub public: Ipv4Addr,
+    pub private: Ipv4Addr,
+}
+
+/// Counters of one mapping.
+#[derive(Clone, Debug, Serialize)]
+pub struct MappingStats {
+    #[serde(flatten)]
+    pub mapping: InstalledMapping,
+    pub dnat_packets: u64,
+    pub dnat_bytes: u64,
+    pub snat_packets: u64,
+    pub snat_bytes: u64,
+}
+
+/// Everything the counters say, at one moment.
+#[derive(Clone, Debug, Serialize)]
+pub struct Snapshot {
+    pub mappings: Vec<MappingStats>,
+    /// Packets per reason, summed over CPUs, in `Reason` order.
+    pub reasons: BTreeMap<&'static str, u64>,
+}
+
+/// The maps, owned by whoever writes them: the running controller, or a CLI that opened pins.
+pub struct Tables {
+    dnat: HashMap<MapData, u32, NatTarget>,
+    snat: HashMap<MapData, u32, NatTarget>,
+    counters: Array<MapData, MappingCounters>,
+    reasons: PerCpuArray<MapData, u64>,
+}
+
+const MAP_NAMES: [&str; 4] = [
+    names::DNAT_MAP,
+    names::SNAT_MAP,
+    names::MAPPING_COUNTERS,
+    names::REASON_COUNTERS,
+];
+
+/// Creates the pin directory, which must not exist yet: ipnat never adopts a directory it did
+/// not create (bpffs is world-writable).
+fn create_pin_dir(dir: &Path) -> Result<(), DataplaneError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let pin_err = |why: String| DataplaneError::Pin {
+        path: dir.to_owned(),
+        why,
+    };
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    ensure_bpffs(parent).map_err(|e| DataplaneError::Pin {
+        path: parent.to_owned(),
+        why: e,
+    })?;
+    if dir.exists() {
+        return Err(pin_err(
+            "already exists: another ipnat is running, or a stale one left it (if none runs, \
+             remove the directory)"
+                .into(),
+        ));
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| pin_err(format!("cannot create: {e} (is bpffs mounted there?)")))
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+fn is_bpffs(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into a zeroed struct we own.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
+/// Makes sure `dir` is on a bpffs, mounting one there (as systemd does at /sys/fs/bpf) when the
+/// directory exists and nothing is mounted on it yet.
+pub fn ensure_bpffs(dir: &Path) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    if is_bpffs(dir) {
+        return Ok(());
+    }
+    if !dir.is_dir() {
+        return Err("does not exist; create it or mount a bpffs there".into());
+    }
+    let c = CString::new(dir.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            c.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(format!(
+            "not a bpffs, and mounting one failed: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    tracing::info!(path = %dir.display(), "mounted bpffs");
+    Ok(())
+}
+
+impl Tables {
+    /// Takes the maps out of the loaded object, pinning each under `pin_dir` when given.
+    fn take(ebpf: &mut Ebpf, pin_dir: Option<&Path>) -> Result<Self, DataplaneError> {
+        if let Some(dir) = pin_dir {
+            create_pin_dir(dir)?;
+        }
+        let mut take = |name: &'static str| {
+            let map = ebpf.take_map(name).ok_or(DataplaneError::MissingMap(name))?;
+            if let Some(dir) = pin_dir {
+                map.pin(dir.join(name)).map_err(|e| DataplaneError::Pin {
+                    path: dir.join(name),
+                    why: e.to_string(),
+                })?;
+            }
+            Ok::<_, DataplaneError>(map)
+        };
+        Ok(Self {
+            dnat: take(names::DNAT_MAP)?.try_into().map_err(map_err(names::DNAT_MAP))?,
+            snat: take(names::SNAT_MAP)?.try_into().map_err(map_err(names::SNAT_MAP))?,
+            counters: take(names::MAPPING_COUNTERS)?
+                .try_into()
+                .map_err(map_err(names::MAPPING_COUNTERS))?,
+            reasons: take(names::REASON_COUNTERS)?
+                .try_into()
+                .map_err(map_err(names::REASON_COUNTERS))?,
+        })
+    }
+
+    /// Removes the pins made by [`Tables::pin`].
+    pub fn unpin(dir: &Path) -> std::io::Result<()> {
+        for name in MAP_NAMES {
+            match std::fs::remove_file(dir.join(name)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        std::fs::remove_dir(dir)
+    }
+
+    /// Opens the maps a running `ipnat run` pinned under `dir`.
+    pub fn open_pinned(dir: &Path) -> Result<Self, DataplaneError> {
+        let open = |name: &'static str| {
+            MapData::from_pin(dir.join(name))
+                .and_then(aya::maps::Map::from_map_data)
+                .map_err(|e| DataplaneError::Pin {
+                    path: dir.join(name),
+                    why: format!("{e} (is `ipnat run` running?)"),
+                })
+        };
+        Ok(Self {
+            dnat: open(names::DNAT_MAP)?.try_into().map_err(map_err(names::DNAT_MAP))?,
+            snat: open(names::SNAT_MAP)?.try_into().map_err(map_err(names::SNAT_MAP))?,
+            counters: open(names::MAPPING_COUNTERS)?
+                .try_into()
+                .map_err(map_err(names::MAPPING_COUNTERS))?,
+            reasons: open(names::REASON_COUNTERS)?
+                .try_into()
+                .map_err(map_err(names::REASON_COUNTERS))?,
+        })
+    }
+
+    /// The mappings in the kernel, by id.
+    pub fn mappings(&self) -> Result<Vec<InstalledMapping>, DataplaneError> {
+        let mut out = Vec::new();
+        for entry in self.dnat.iter() {
+            let (public, target) = entry.map_err(map_err(names::DNAT_MAP))?;
+            out.push(InstalledMapping {
+                id: target.id,
+                public: addr(public),
+                private: addr(target.addr),
+            });
+        }
+        out.sort_by_key(|m| m.id);
+        Ok(out)
+    }
+
+    /// Makes the kernel tables equal `desired`. Additions and changes are written before
+    /// removals, and every write replaces a whole 8-byte value in place, so a mapping that stays
+    /// is never absent. A mapping keeps its id (and counters) while its public address stays.
+    pub fn apply(&mut self, desired: &[MappingConfig]) -> Result<(), DataplaneError> {
+        let current = self.mappings()?;
+        let by_public: std::collections::HashMap<Ipv4Addr, InstalledMapping> =
+            current.iter().map(|m| (m.public, *m)).collect();
+        let wanted_public: HashSet<Ipv4Addr> = desired.iter().map(|m| m.public).collect();
+        let wanted_private: HashSet<Ipv4Addr> = desired.iter().map(|m| m.private).collect();
+        // Ids of mappings that stay are kept; removed ones are only freed after the removals.
+        let mut used: HashSet<u32> = current.iter().map(|m| m.id).collect();
+        let mut next = 1u32;
+        for m in desired {
+            let id = match by_public.get(&m.public) {
+                Some(old) => old.id,
+                None => {
+                    while used.contains(&next) {
+                        next += 1;
+                    }
+                    if next > MAX_MAPPING_ID {
+                        return Err(DataplaneError::IdsExhausted);
+                    }
+                    used.insert(next);
+                    self.counters
+                        .set(next, MappingCounters::default(), 0)
+                        .map_err(map_err(names::MAPPING_COUNTERS))?;
+                    next
+                }
+            };
+            self.snat
+                .insert(key(m.private), NatTarget { addr: key(m.public), id }, 0)
+                .map_err(map_err(names::SNAT_MAP))?;
+            self.dnat
+                .insert(key(m.public), NatTarget { addr: key(m.private), id }, 0)
+                .map_err(map_err(names::DNAT_MAP))?;
+        }
+        for old in &current {
+            if !wanted_public.contains(&old.public) {
+                self.dnat.remove(&key(old.public)).map_err(map_err(names::DNAT_MAP))?;
+            }
+            if !wanted_private.contains(&old.private) {
+                // The private side may have moved to another mapping; only drop it if unused.
+                match self.snat.remove(&key(old.private)) {
+                    Ok(()) | Err(MapError::KeyNotFound) => {}
+                    Err(e) => return Err(map_err(names::SNAT_MAP)(e)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads every counter.
+    pub fn snapshot(&self) -> Result<Snapshot, DataplaneError> {
+        let mut mappings = Vec::new();
+        for m in self.mappings()? {
+            let c = self
+                .counters
+                .get(&m.id, 0)
+                .map_err(map_err(names::MAPPING_COUNTERS))?;
+            mappings.push(MappingStats {
+                mapping: m,
+                dnat_packets: c.dnat_packets,
+                dnat_bytes: c.dnat_bytes,
+                snat_packets: c.snat_packets,
+                snat_bytes: c.snat_bytes,
+            });
+        }
+        let mut reasons = BTreeMap::new();
+        for r in Reason::ALL {
+            let per_cpu = self
+                .reasons
+                .get(&(r as u32), 0)
+                .map_err(map_err(names::REASON_COUNTERS))?;
+            reasons.insert(r.name(), per_cpu.iter().sum());
+        }
+        Ok(Snapshot { mappings, reasons })
+    }
+}
+
+impl Snapshot {
+    /// Human-readable table.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{:>4}  {:<15}  {:<15}  {:>10} {:>12}  {:>10} {:>12}",
+            "id", "public", "private", "in pkts", "in bytes", "out pkts", "out bytes"
+        );
+        for m in &self.mappings {
+            let _ = writeln!(
+                s,
+                "{:>4}  {:<15}  {:<15}  {:>10} {:>12}  {:>10} {:>12}",
+                m.mapping.id,
+                m.mapping.public.to_string(),
+                m.mapping.private.to_string(),
+                m.dnat_packets,
+                m.dnat_bytes,
+                m.snat_packets,
+                m.snat_bytes
+            );
+        }
+        let _ = writeln!(s, "(in: public -> private, destination translated; out: private -> public, source translated)");
+        let reasons: Vec<String> = self
+            .reasons
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(r, n)| format!("{r}={n}"))
+            .collect();
+        let _ = writeln!(s, "packets by outcome: {}", reasons.join(" "));
+        s
+    }
+}

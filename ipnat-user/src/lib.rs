@@ -1,0 +1,7 @@
+//! ipnat's controller library: config, data plane and counters. The `ipnat` binary is a thin
+//! CLI over it.
+pub mod config;
+pub mod dataplane;
+
+/// The compiled eBPF object (empty when built without bpf-linker; see build.rs).
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ipnat"));

@@ -1,0 +1,124 @@
+//! `ipnat`: the command line. A thin layer over the `ipnat` library.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use ipnat::{
+    config::{Config, DEFAULT_PIN_PATH},
+    dataplane::{Dataplane, Tables},
+};
+use tracing::{info, warn};
+
+#[derive(Parser)]
+#[command(name = "ipnat", version, about = "Stateless one-to-one IPv4 NAT (EIP <-> private IP) in XDP and TC")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load the data plane, attach it to the configured interfaces, fill the tables, and run
+    /// until SIGINT/SIGTERM, which detaches everything and removes the pins.
+    Run {
+        /// Config file (TOML); see ipnat.example.toml.
+        #[arg(long, short, default_value = "/etc/ipnat/ipnat.toml")]
+        config: PathBuf,
+        /// Print the counters every N seconds (0: never).
+        #[arg(long, default_value_t = 0)]
+        stats_interval: u64,
+    },
+    /// Validate a config file and print what it would install; changes nothing.
+    Check {
+        #[arg(long, short, default_value = "/etc/ipnat/ipnat.toml")]
+        config: PathBuf,
+    },
+    /// Print per-mapping packets and bytes, and packets by outcome, of a running `ipnat run`.
+    Stats {
+        /// The pin directory of the running data plane.
+        #[arg(long, default_value = DEFAULT_PIN_PATH)]
+        pin_path: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ipnat: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Check { config } => {
+            let config = Config::load(&config)?;
+            println!("config OK: {} interface(s), {} mapping(s)", config.interfaces.len(), config.mappings.len());
+            for m in &config.mappings {
+                println!("  {} <-> {}", m.public, m.private);
+            }
+            Ok(())
+        }
+        Command::Stats { pin_path, json } => {
+            let snap = Tables::open_pinned(&pin_path)?.snapshot()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&snap)?);
+            } else {
+                print!("{}", snap.render());
+            }
+            Ok(())
+        }
+        Command::Run { config, stats_interval } => {
+            let config = Config::load(&config)?;
+            run_dataplane(config, stats_interval)
+        }
+    }
+}
+
+fn run_dataplane(config: Config, stats_interval: u64) -> Result<()> {
+    // Check every interface before touching the kernel: a bad config changes nothing.
+    for iface in &config.interfaces {
+        ipnat::dataplane::ifindex(&iface.name).with_context(|| "in [[interface]]".to_string())?;
+    }
+    let mut dp = Dataplane::load(Some(&config.pin_path))?;
+    let result = (|| -> Result<()> {
+        dp.tables.apply(&config.mappings)?;
+        for iface in &config.interfaces {
+            dp.attach(&iface.name)?;
+            info!(interface = %iface.name, "attached XDP (native, receive) and TC (transmit)");
+        }
+        info!(mappings = config.mappings.len(), pin_path = %config.pin_path.display(), "ipnat running; Ctrl-C to stop");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let mut tick = tokio::time::interval(Duration::from_secs(stats_interval.max(1)));
+            loop {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => break,
+                    _ = term.recv() => break,
+                    _ = tick.tick(), if stats_interval > 0 => print!("{}", dp.tables.snapshot()?.render()),
+                }
+            }
+            Ok::<(), anyhow::Error>(())
+        })
+    })();
+    info!("stopping: detaching programs and removing pins");
+    drop(dp);
+    if let Err(e) = Tables::unpin(&config.pin_path) {
+        warn!(path = %config.pin_path.display(), "removing pins: {e}");
+    }
+    result
+}
