@@ -1,0 +1,327 @@
+//! A simulated cloud in network namespaces: an internet host, a gateway running `ipnat`, and a
+//! backend that owns the private address of a one-to-one mapping.
+//!
+//! ```text
+//!  internet (203.0.113.10) eth0 ── ext0 (203.0.113.1) gateway (10.0.1.1) int0 ── eth0 backend (10.0.1.10)
+//!                                       ipnat: 198.51.100.10 <-> 10.0.1.10
+//! ```
+//! The internet host routes the EIP's block via the gateway, as a provider's edge would.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::PathBuf,
+    process::{Child, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::netns::{Netns, veth};
+
+pub const INET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+pub const GW_EXT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+pub const GW_INT: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
+pub const BACKEND: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 10);
+pub const EIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// Options of the lab's links.
+#[derive(Clone, Copy, Debug)]
+pub struct LabOptions {
+    /// Turn off transmit checksum offload on the internet host and the backend, so that their
+    /// frames carry full checksums like frames off a wire (XDP sees no partial checksums).
+    pub hosts_tx_csum_off: bool,
+    /// Turn off transmit checksum offload on the gateway's interfaces, so the kernel completes
+    /// any partial checksum after TC and a capture at the receiver can verify it.
+    pub gateway_tx_csum_off: bool,
+}
+
+impl Default for LabOptions {
+    fn default() -> Self {
+        Self {
+            hosts_tx_csum_off: true,
+            gateway_tx_csum_off: true,
+        }
+    }
+}
+
+pub struct GatewayLab {
+    pub inet: Netns,
+    pub gw: Netns,
+    pub backend: Netns,
+}
+
+fn ethtool_tx_off(ns: &Netns, iface: &str) -> Result<()> {
+    ns.run("ethtool", &["-K", iface, "tx", "off"])
+        .context("ethtool is needed to turn checksum offload off (run `cargo xtask setup`)")?;
+    Ok(())
+}
+
+impl GatewayLab {
+    pub fn new(opts: LabOptions) -> Result<Self> {
+        let lab = Self {
+            inet: Netns::new("inet")?,
+            gw: Netns::new("gw")?,
+            backend: Netns::new("be")?,
+        };
+        veth(&lab.inet, "eth0", &lab.gw, "ext0")?;
+        veth(&lab.backend, "eth0", &lab.gw, "int0")?;
+        lab.inet.ip(&["addr", "add", &format!("{INET}/24"), "dev", "eth0"])?;
+        lab.inet.ip(&["route", "add", "198.51.100.0/24", "via", &GW_EXT.to_string()])?;
+        lab.gw.ip(&["addr", "add", &format!("{GW_EXT}/24"), "dev", "ext0"])?;
+        lab.gw.ip(&["addr", "add", &format!("{GW_INT}/24"), "dev", "int0"])?;
+        lab.gw.sysctl("net.ipv4.ip_forward", "1")?;
+        lab.backend.ip(&["addr", "add", &format!("{BACKEND}/24"), "dev", "eth0"])?;
+        lab.backend.ip(&["route", "add", "default", "via", &GW_INT.to_string()])?;
+        if opts.hosts_tx_csum_off {
+            ethtool_tx_off(&lab.inet, "eth0")?;
+            ethtool_tx_off(&lab.backend, "eth0")?;
+        }
+        if opts.gateway_tx_csum_off {
+            ethtool_tx_off(&lab.gw, "ext0")?;
+            ethtool_tx_off(&lab.gw, "int0")?;
+        }
+        Ok(lab)
+    }
+
+    /// The config the gateway's ipnat runs with.
+    pub fn config(&self, pin_path: &str) -> String {
+        format!(
+            "pin_path = \"{pin_path}\"\n\n\
+             [[interface]]\nname = \"ext0\"\n\n\
+             [[interface]]\nname = \"int0\"\n\n\
+             [[mapping]]\npublic = \"{EIP}\"\nprivate = \"{BACKEND}\"\n"
+        )
+    }
+
+    /// Starts `ipnat run` on the gateway.
+    pub fn start_ipnat(&self) -> Result<Ipnat> {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let pin = format!("/sys/fs/bpf/ipnat-test-{}-{n}", std::process::id());
+        Ipnat::start(&self.gw, &self.config(&pin), &pin)
+    }
+}
+
+/// Where the `ipnat` binary is: `$IPNAT_BIN`, else the workspace's `target/debug/ipnat`.
+pub fn ipnat_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("IPNAT_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("debug/ipnat")
+}
+
+/// A running `ipnat run`, stopped with SIGTERM on drop.
+pub struct Ipnat {
+    child: Option<Child>,
+    pub pin_path: PathBuf,
+    config_path: PathBuf,
+}
+
+impl Ipnat {
+    pub fn start(ns: &Netns, config: &str, pin_path: &str) -> Result<Self> {
+        let bin = ipnat_bin();
+        if !bin.is_file() {
+            bail!("{} not found: build it first (cargo xtask test does)", bin.display());
+        }
+        let config_path = std::env::temp_dir().join(format!(
+            "ipnat-{}-{}.toml",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&config_path, config)?;
+        let child = ns
+            .command(bin.to_str().context("binary path")?)
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
+        let mut me = Self {
+            child: Some(child),
+            pin_path: PathBuf::from(pin_path),
+            config_path,
+        };
+        me.wait_ready()?;
+        Ok(me)
+    }
+
+    /// Waits until ipnat has pinned its maps and attached (it logs "running" after attaching).
+    fn wait_ready(&mut self) -> Result<()> {
+        let child = self.child.as_mut().expect("running");
+        let stderr = child.stderr.take().context("stderr")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = Vec::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let ready = line.contains("ipnat running");
+                lines.push(line);
+                if ready {
+                    let _ = tx.send(Ok(()));
+                }
+            }
+            let _ = tx.send(Err(lines.join("\n")));
+        });
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(log)) => bail!("ipnat exited before it was ready:\n{log}"),
+            Err(_) => bail!("ipnat not ready after 20 s"),
+        }
+    }
+
+    /// `ipnat stats --json` against this instance.
+    pub fn stats_json(&self) -> Result<serde_json::Value> {
+        let out = crate::netns::sh(
+            std::process::Command::new(ipnat_bin())
+                .args(["stats", "--json", "--pin-path"])
+                .arg(&self.pin_path),
+        )?;
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// Stops ipnat (SIGTERM) and returns its exit status.
+    pub fn stop(mut self) -> Result<std::process::ExitStatus> {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("already stopped")?;
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Ok(child.wait()?);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Ipnat {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.terminate();
+        }
+        let _ = std::fs::remove_file(&self.config_path);
+        if self.pin_path.exists() {
+            let _ = ipnat::dataplane::Tables::unpin(&self.pin_path);
+        }
+    }
+}
+
+/// What each side of one exchange saw.
+#[derive(Debug)]
+pub struct Exchange {
+    /// The peer address the server's socket reported.
+    pub server_saw_peer: SocketAddr,
+    /// The local address of the server's accepted socket.
+    pub server_local: SocketAddr,
+    /// The address the client's reply came from (UDP) or it connected to (TCP).
+    pub client_saw_peer: SocketAddr,
+    /// The bytes the server received.
+    pub request: Vec<u8>,
+    /// The bytes the client received.
+    pub response: Vec<u8>,
+}
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A TCP request from `client` to `target:port`, served by a listener on `server`. The server
+/// answers with the request reversed followed by `response_len` bytes of filler.
+pub fn tcp_exchange(
+    client: &Netns,
+    server: &Netns,
+    target: Ipv4Addr,
+    port: u16,
+    request: &[u8],
+    response_len: usize,
+) -> Result<Exchange> {
+    let listener = server.within(move || Ok(TcpListener::bind(("0.0.0.0", port))?))?;
+    let server_thread = std::thread::spawn(move || -> Result<(SocketAddr, SocketAddr, Vec<u8>)> {
+        listener.set_nonblocking(false)?;
+        let (mut s, peer) = listener.accept()?;
+        s.set_read_timeout(Some(TIMEOUT))?;
+        let local = s.local_addr()?;
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len)?;
+        let mut req = vec![0u8; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut req)?;
+        let mut resp: Vec<u8> = req.iter().rev().copied().collect();
+        resp.extend((0..response_len).map(|i| (i % 251) as u8));
+        s.write_all(&resp)?;
+        Ok((peer, local, req))
+    });
+    let req = request.to_vec();
+    let client_result = client.within(move || -> Result<(SocketAddr, Vec<u8>)> {
+        let mut s = TcpStream::connect_timeout(&SocketAddr::from((target, port)), TIMEOUT)
+            .with_context(|| format!("connect to {target}:{port}"))?;
+        s.set_read_timeout(Some(TIMEOUT))?;
+        s.write_all(&(req.len() as u32).to_be_bytes())?;
+        s.write_all(&req)?;
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp)?;
+        Ok((s.peer_addr()?, resp))
+    });
+    let (client_saw_peer, response) = match client_result {
+        Ok(r) => r,
+        Err(e) => {
+            // Unblock the server's accept so its thread ends.
+            let _ = server.within(move || Ok(TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), TIMEOUT)));
+            let _ = server_thread.join();
+            return Err(e);
+        }
+    };
+    let (server_saw_peer, server_local, request) = server_thread.join().expect("server thread")?;
+    Ok(Exchange {
+        server_saw_peer,
+        server_local,
+        client_saw_peer,
+        request,
+        response,
+    })
+}
+
+/// A UDP request from `client` to `target:port`; the server echoes it reversed.
+pub fn udp_exchange(client: &Netns, server: &Netns, target: Ipv4Addr, port: u16, request: &[u8]) -> Result<Exchange> {
+    let sock = server.within(move || Ok(UdpSocket::bind(("0.0.0.0", port))?))?;
+    sock.set_read_timeout(Some(TIMEOUT))?;
+    let server_thread = std::thread::spawn(move || -> Result<(SocketAddr, Vec<u8>)> {
+        let mut buf = vec![0u8; 65536];
+        let (n, peer) = sock.recv_from(&mut buf)?;
+        buf.truncate(n);
+        let resp: Vec<u8> = buf.iter().rev().copied().collect();
+        sock.send_to(&resp, peer)?;
+        Ok((peer, buf))
+    });
+    let req = request.to_vec();
+    let (client_saw_peer, response) = client.within(move || -> Result<(SocketAddr, Vec<u8>)> {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.set_read_timeout(Some(TIMEOUT))?;
+        s.send_to(&req, (target, port))?;
+        let mut buf = vec![0u8; 65536];
+        let (n, from) = s.recv_from(&mut buf).context("no UDP reply")?;
+        buf.truncate(n);
+        Ok((from, buf))
+    })?;
+    let (server_saw_peer, request) = server_thread.join().expect("server thread")?;
+    Ok(Exchange {
+        server_saw_peer,
+        server_local: SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+        client_saw_peer,
+        request,
+        response,
+    })
+}
