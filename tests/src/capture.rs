@@ -73,6 +73,16 @@ fn open(iface: &str) -> Result<OwnedFd> {
             &one as *const _ as *const libc::c_void,
             size_of::<libc::c_int>() as u32,
         );
+        // Large enough that a burst is not dropped while the test thread is busy; drops are
+        // checked with PACKET_STATISTICS when the capture stops.
+        let buf: libc::c_int = 64 << 20;
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            &buf as *const _ as *const libc::c_void,
+            size_of::<libc::c_int>() as u32,
+        );
         let tv = libc::timeval {
             tv_sec: 0,
             tv_usec: 100_000,
@@ -123,6 +133,26 @@ fn recv(fd: &OwnedFd) -> Option<Frame> {
     }
 }
 
+/// Frames the kernel dropped for this socket (PACKET_STATISTICS).
+fn dropped(fd: &OwnedFd) -> Result<u32> {
+    // SAFETY: getsockopt into a struct we own.
+    unsafe {
+        let mut st: libc::tpacket_stats = zeroed();
+        let mut len = size_of::<libc::tpacket_stats>() as libc::socklen_t;
+        if libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_STATISTICS,
+            &mut st as *mut _ as *mut libc::c_void,
+            &mut len,
+        ) != 0
+        {
+            bail!("PACKET_STATISTICS: {}", std::io::Error::last_os_error());
+        }
+        Ok(st.tp_drops)
+    }
+}
+
 impl Capture {
     /// Starts capturing; returns once the socket is bound, so nothing sent afterwards is missed.
     pub fn start(ns: &Netns, iface: &str) -> Result<Self> {
@@ -150,6 +180,10 @@ impl Capture {
             // Drain what is queued.
             while let Some(f) = recv(&fd) {
                 frames.push(f);
+            }
+            let drops = dropped(&fd)?;
+            if drops > 0 {
+                bail!("the capture on {iface} dropped {drops} frames: its results would be incomplete");
             }
             Ok(frames)
         });

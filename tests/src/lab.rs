@@ -31,9 +31,12 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 /// Options of the lab's links.
 #[derive(Clone, Copy, Debug)]
 pub struct LabOptions {
-    /// Turn off transmit checksum offload on the internet host and the backend, so that their
-    /// frames carry full checksums like frames off a wire (XDP sees no partial checksums).
-    pub hosts_tx_csum_off: bool,
+    /// Turn off transmit checksum offload on the internet host, so that its frames carry full
+    /// checksums like frames off a wire (XDP never sees a partial checksum from a real NIC).
+    pub inet_tx_csum_off: bool,
+    /// The same for the backend. Left on, the backend's packets reach the gateway's TC hook
+    /// with partial checksums, the case the kernel's helpers handle.
+    pub backend_tx_csum_off: bool,
     /// Turn off transmit checksum offload on the gateway's interfaces, so the kernel completes
     /// any partial checksum after TC and a capture at the receiver can verify it.
     pub gateway_tx_csum_off: bool,
@@ -42,7 +45,8 @@ pub struct LabOptions {
 impl Default for LabOptions {
     fn default() -> Self {
         Self {
-            hosts_tx_csum_off: true,
+            inet_tx_csum_off: true,
+            backend_tx_csum_off: true,
             gateway_tx_csum_off: true,
         }
     }
@@ -76,8 +80,10 @@ impl GatewayLab {
         lab.gw.sysctl("net.ipv4.ip_forward", "1")?;
         lab.backend.ip(&["addr", "add", &format!("{BACKEND}/24"), "dev", "eth0"])?;
         lab.backend.ip(&["route", "add", "default", "via", &GW_INT.to_string()])?;
-        if opts.hosts_tx_csum_off {
+        if opts.inet_tx_csum_off {
             ethtool_tx_off(&lab.inet, "eth0")?;
+        }
+        if opts.backend_tx_csum_off {
             ethtool_tx_off(&lab.backend, "eth0")?;
         }
         if opts.gateway_tx_csum_off {

@@ -1,0 +1,191 @@
+//! End to end: real TCP, UDP and ICMP from an internet host to an EIP, through a gateway
+//! running the `ipnat` binary, answered by the backend that owns the private address. What
+//! crossed the wire is captured on arrival and its checksums recomputed independently.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use ipnat_tests::{
+    capture::{Capture, Frame},
+    lab::{BACKEND, EIP, GatewayLab, INET, LabOptions, tcp_exchange, udp_exchange},
+    netns::require_root,
+    packet::verify_ipv4,
+};
+
+fn src(ip: &[u8]) -> Ipv4Addr {
+    Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15])
+}
+fn dst(ip: &[u8]) -> Ipv4Addr {
+    Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19])
+}
+
+/// Checks every IPv4 frame between `a` and `b` (either way) in a capture: addresses as
+/// expected, checksums correct, none left partial. Returns how many there were.
+fn check_frames(frames: &[Frame], from: Ipv4Addr, to: Ipv4Addr, proto: u8) -> usize {
+    let mut n = 0;
+    for f in frames {
+        let Some(ip) = f.ipv4() else { continue };
+        if ip[9] != proto || !(src(ip) == from && dst(ip) == to) {
+            continue;
+        }
+        assert!(!f.csum_not_ready, "a frame {from} -> {to} arrived with a partial checksum: the capture proves nothing");
+        verify_ipv4(ip).unwrap_or_else(|e| panic!("frame {from} -> {to}: {e}"));
+        n += 1;
+    }
+    n
+}
+
+/// No frame in the capture may carry `addr` as source or destination.
+fn assert_absent(frames: &[Frame], addr: Ipv4Addr, where_: &str) {
+    for f in frames {
+        if let Some(ip) = f.ipv4() {
+            assert!(src(ip) != addr && dst(ip) != addr, "{addr} leaked onto {where_}: {} -> {}", src(ip), dst(ip));
+        }
+    }
+}
+
+fn mapping_counters(stats: &serde_json::Value) -> (u64, u64) {
+    let m = &stats["mappings"][0];
+    assert_eq!(m["public"], EIP.to_string());
+    assert_eq!(m["private"], BACKEND.to_string());
+    (m["dnat_packets"].as_u64().unwrap(), m["snat_packets"].as_u64().unwrap())
+}
+
+#[test]
+fn tcp_to_the_eip_reaches_the_backend_and_replies_come_from_the_eip() {
+    require_root();
+    let lab = GatewayLab::new(LabOptions::default()).unwrap();
+    let ipnat = lab.start_ipnat().unwrap();
+    let at_backend = Capture::start(&lab.backend, "eth0").unwrap();
+    let at_inet = Capture::start(&lab.inet, "eth0").unwrap();
+
+    let request: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
+    let x = tcp_exchange(&lab.inet, &lab.backend, EIP, 8080, &request, 200_000).unwrap();
+
+    assert_eq!(x.server_saw_peer.ip(), IpAddr::V4(INET), "the backend sees the real client");
+    assert_eq!(x.server_local.ip(), IpAddr::V4(BACKEND), "the backend's socket is on its private address");
+    assert_eq!(x.client_saw_peer, SocketAddr::from((EIP, 8080)));
+    assert_eq!(x.request, request);
+    let mut want: Vec<u8> = request.iter().rev().copied().collect();
+    want.extend((0..200_000).map(|i| (i % 251) as u8));
+    assert_eq!(x.response.len(), want.len());
+    assert_eq!(x.response, want);
+
+    let backend_frames = at_backend.stop().unwrap();
+    let inet_frames = at_inet.stop().unwrap();
+    let to_backend = check_frames(&backend_frames, INET, BACKEND, 6);
+    let from_eip = check_frames(&inet_frames, EIP, INET, 6);
+    assert!(to_backend >= 5 && from_eip >= 5, "too few frames: {to_backend} in, {from_eip} out");
+    assert_absent(&inet_frames, BACKEND, "the internet side");
+    assert_absent(&backend_frames, EIP, "the backend side");
+
+    let (dnat, snat) = mapping_counters(&ipnat.stats_json().unwrap());
+    assert_eq!(dnat as usize, to_backend, "every packet to the EIP was translated once");
+    assert_eq!(snat as usize, from_eip, "every reply was translated once");
+    assert!(ipnat.stop().unwrap().success());
+}
+
+#[test]
+fn udp_to_the_eip_round_trips() {
+    require_root();
+    let lab = GatewayLab::new(LabOptions::default()).unwrap();
+    let ipnat = lab.start_ipnat().unwrap();
+    let at_backend = Capture::start(&lab.backend, "eth0").unwrap();
+    let at_inet = Capture::start(&lab.inet, "eth0").unwrap();
+    for (i, size) in [1usize, 2, 3, 100, 1401, 8000].into_iter().enumerate() {
+        // 8000 bytes: fragmented on a 1500-byte link, reassembled by the backend.
+        let request: Vec<u8> = (0..size).map(|j| (j * 13 + i) as u8).collect();
+        let x = udp_exchange(&lab.inet, &lab.backend, EIP, 5300 + i as u16, &request).unwrap();
+        assert_eq!(x.server_saw_peer.ip(), IpAddr::V4(INET));
+        assert_eq!(x.client_saw_peer.ip(), IpAddr::V4(EIP), "the reply comes from the EIP");
+        assert_eq!(x.request, request);
+        assert_eq!(x.response, request.iter().rev().copied().collect::<Vec<_>>());
+    }
+    let backend_frames = at_backend.stop().unwrap();
+    let inet_frames = at_inet.stop().unwrap();
+    let to_backend = check_frames(&backend_frames, INET, BACKEND, 17);
+    let from_eip = check_frames(&inet_frames, EIP, INET, 17);
+    // Five single datagrams and one in six fragments (8008 bytes over 1480-byte fragments).
+    assert_eq!((to_backend, from_eip), (11, 11), "fragments included");
+    assert_absent(&inet_frames, BACKEND, "the internet side");
+    let (dnat, snat) = mapping_counters(&ipnat.stats_json().unwrap());
+    assert_eq!((dnat as usize, snat as usize), (to_backend, from_eip));
+}
+
+#[test]
+fn ping_to_the_eip_is_answered_by_the_backend() {
+    require_root();
+    let lab = GatewayLab::new(LabOptions::default()).unwrap();
+    let _ipnat = lab.start_ipnat().unwrap();
+    let at_inet = Capture::start(&lab.inet, "eth0").unwrap();
+    let out = lab.inet.run("ping", &["-c", "3", "-i", "0.2", "-W", "2", &EIP.to_string()]).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("3 received"), "{text}");
+    let frames = at_inet.stop().unwrap();
+    assert_eq!(check_frames(&frames, EIP, INET, 1), 3, "three echo replies from the EIP");
+    assert_absent(&frames, BACKEND, "the internet side");
+}
+
+#[test]
+fn partial_checksums_from_the_backend_are_translated_with_the_kernel_helpers() {
+    require_root();
+    // The backend keeps checksum offload on: its packets reach the gateway's TC hook with only
+    // the pseudo-header summed (CHECKSUM_PARTIAL). The gateway's ext0 has offload off, so the
+    // kernel completes the checksum after TC, and the internet host can verify it.
+    let lab = GatewayLab::new(LabOptions {
+        backend_tx_csum_off: false,
+        ..LabOptions::default()
+    })
+    .unwrap();
+    let _ipnat = lab.start_ipnat().unwrap();
+    let at_gw = Capture::start(&lab.gw, "int0").unwrap();
+    let at_inet = Capture::start(&lab.inet, "eth0").unwrap();
+    let x = tcp_exchange(&lab.inet, &lab.backend, EIP, 8081, b"partial", 50_000).unwrap();
+    assert_eq!(x.response.len(), 7 + 50_000);
+    let y = udp_exchange(&lab.inet, &lab.backend, EIP, 5301, b"partial udp").unwrap();
+    assert_eq!(y.response, b"pdu laitrap");
+    let gw_frames = at_gw.stop().unwrap();
+    let partial = gw_frames
+        .iter()
+        .filter(|f| f.ipv4().is_some_and(|ip| src(ip) == BACKEND) && f.csum_not_ready)
+        .count();
+    assert!(partial > 0, "the backend's frames were expected to arrive with partial checksums");
+    let frames = at_inet.stop().unwrap();
+    assert!(check_frames(&frames, EIP, INET, 6) >= 5);
+    assert_eq!(check_frames(&frames, EIP, INET, 17), 1);
+}
+
+#[test]
+fn stopping_ipnat_detaches_it_and_removes_its_pins() {
+    require_root();
+    let lab = GatewayLab::new(LabOptions::default()).unwrap();
+    let ipnat = lab.start_ipnat().unwrap();
+    let pin = ipnat.pin_path.clone();
+    assert!(pin.join("IPNAT_DNAT").exists());
+    let link = String::from_utf8(lab.gw.ip(&["-d", "link", "show", "ext0"]).unwrap().stdout).unwrap();
+    assert!(link.contains("xdp"), "XDP attached in native mode: {link}");
+    tcp_exchange(&lab.inet, &lab.backend, EIP, 8082, b"before", 10).unwrap();
+    assert!(ipnat.stop().unwrap().success());
+    assert!(!pin.exists(), "pins removed on stop");
+    let link = String::from_utf8(lab.gw.ip(&["-d", "link", "show", "ext0"]).unwrap().stdout).unwrap();
+    assert!(!link.contains("xdp"), "XDP detached: {link}");
+    assert!(
+        tcp_exchange(&lab.inet, &lab.backend, EIP, 8083, b"after", 10).is_err(),
+        "without ipnat the EIP is not reachable"
+    );
+}
+
+#[test]
+fn a_bad_config_is_refused_and_changes_nothing() {
+    require_root();
+    let lab = GatewayLab::new(LabOptions::default()).unwrap();
+    let pin = format!("/sys/fs/bpf/ipnat-test-bad-{}", std::process::id());
+    let unknown_iface = lab.config(&pin).replace("name = \"int0\"", "name = \"nosuch0\"");
+    let err = ipnat_tests::lab::Ipnat::start(&lab.gw, &unknown_iface, &pin).err().expect("refused");
+    assert!(err.to_string().contains("interface \"nosuch0\" does not exist"), "{err}");
+    let dup = format!("{}\n[[mapping]]\npublic = \"{EIP}\"\nprivate = \"10.0.1.77\"\n", lab.config(&pin));
+    let err = ipnat_tests::lab::Ipnat::start(&lab.gw, &dup, &pin).err().expect("refused");
+    assert!(err.to_string().contains("mapping[1].public = \"198.51.100.10\": already mapped by mapping[0]"), "{err}");
+    assert!(!std::path::Path::new(&pin).exists(), "nothing pinned");
+    let link = String::from_utf8(lab.gw.ip(&["-d", "link", "show", "ext0"]).unwrap().stdout).unwrap();
+    assert!(!link.contains("xdp"), "nothing attached: {link}");
+}
