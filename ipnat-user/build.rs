@@ -11,10 +11,20 @@ fn main() -> anyhow::Result<()> {
     let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     let have_linker = env::var_os("PATH")
         .is_some_and(|p| env::split_paths(&p).any(|d| d.join("bpf-linker").is_file()));
+    println!("cargo:rerun-if-env-changed=IPNAT_REQUIRE_EBPF");
+    if env::var_os("IPNAT_REQUIRE_EBPF").is_some() && (skip || !have_linker) {
+        anyhow::bail!(
+            "IPNAT_REQUIRE_EBPF is set but bpf-linker is not on PATH: run `cargo xtask setup`"
+        );
+    }
     if skip || !have_linker {
         println!(
             "cargo:warning=eBPF programs not built ({}); run `cargo xtask setup` for a working ipnat",
-            if skip { "AYA_BUILD_SKIP" } else { "bpf-linker not on PATH" }
+            if skip {
+                "AYA_BUILD_SKIP"
+            } else {
+                "bpf-linker not on PATH"
+            }
         );
         fs::write(&out, b"")?;
         return Ok(());

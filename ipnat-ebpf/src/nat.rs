@@ -99,7 +99,11 @@ pub fn translate<P: Packet>(p: &mut P, dir: Dir) -> Reason {
     let Some(old) = p.read::<u32>(addr_off) else {
         return Reason::PassMalformed;
     };
-    let map = if dir == Dir::Dnat { &IPNAT_DNAT } else { &IPNAT_SNAT };
+    let map = if dir == Dir::Dnat {
+        &IPNAT_DNAT
+    } else {
+        &IPNAT_SNAT
+    };
     let Some(target) = lookup(map, old) else {
         return Reason::PassNoMapping;
     };

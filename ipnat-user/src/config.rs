@@ -95,11 +95,12 @@ impl Config {
 
     /// Checks everything that can be checked without touching the kernel.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: String, value: &dyn std::fmt::Display, why: &str| ConfigError::Invalid {
-            key,
-            value: value.to_string(),
-            why: why.to_owned(),
-        };
+        let invalid =
+            |key: String, value: &dyn std::fmt::Display, why: &str| ConfigError::Invalid {
+                key,
+                value: value.to_string(),
+                why: why.to_owned(),
+            };
         if self.interfaces.is_empty() {
             return Err(invalid(
                 "interface".into(),
@@ -114,14 +115,22 @@ impl Config {
                 return Err(invalid(key, &iface.name, "not a valid interface name"));
             }
             if let Some(j) = names.insert(iface.name.as_str(), i) {
-                return Err(invalid(key, &iface.name, &format!("already listed as interface[{j}]")));
+                return Err(invalid(
+                    key,
+                    &iface.name,
+                    &format!("already listed as interface[{j}]"),
+                ));
             }
         }
         let mut publics = HashMap::new();
         let mut privates = HashMap::new();
         for (i, m) in self.mappings.iter().enumerate() {
             for (field, addr) in [("public", m.public), ("private", m.private)] {
-                if addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() || addr.is_loopback() {
+                if addr.is_unspecified()
+                    || addr.is_broadcast()
+                    || addr.is_multicast()
+                    || addr.is_loopback()
+                {
                     return Err(invalid(
                         format!("mapping[{i}].{field}"),
                         &addr,
@@ -130,7 +139,11 @@ impl Config {
                 }
             }
             if m.public == m.private {
-                return Err(invalid(format!("mapping[{i}].private"), &m.private, "equals the public address"));
+                return Err(invalid(
+                    format!("mapping[{i}].private"),
+                    &m.private,
+                    "equals the public address",
+                ));
             }
             if let Some(j) = publics.insert(m.public, i) {
                 return Err(invalid(
@@ -195,20 +208,29 @@ mod tests {
 
     #[test]
     fn rejects_duplicates_and_chains_naming_the_key() {
-        let dup_public = format!("{GOOD}\n[[mapping]]\npublic = \"198.51.100.10\"\nprivate = \"10.0.1.11\"\n");
+        let dup_public =
+            format!("{GOOD}\n[[mapping]]\npublic = \"198.51.100.10\"\nprivate = \"10.0.1.11\"\n");
         assert_eq!(
             err(&dup_public),
             "mapping[1].public = \"198.51.100.10\": already mapped by mapping[0]"
         );
-        let dup_private = format!("{GOOD}\n[[mapping]]\npublic = \"198.51.100.11\"\nprivate = \"10.0.1.10\"\n");
+        let dup_private =
+            format!("{GOOD}\n[[mapping]]\npublic = \"198.51.100.11\"\nprivate = \"10.0.1.10\"\n");
         assert!(err(&dup_private).starts_with("mapping[1].private = \"10.0.1.10\""));
-        let chain = format!("{GOOD}\n[[mapping]]\npublic = \"10.0.1.10\"\nprivate = \"10.0.1.12\"\n");
-        assert!(err(&chain).contains("is the private address of mapping[0]"), "{}", err(&chain));
+        let chain =
+            format!("{GOOD}\n[[mapping]]\npublic = \"10.0.1.10\"\nprivate = \"10.0.1.12\"\n");
+        assert!(
+            err(&chain).contains("is the private address of mapping[0]"),
+            "{}",
+            err(&chain)
+        );
     }
 
     #[test]
     fn rejects_garbage_and_unknown_keys() {
-        assert!(err("[[mapping]]\npublic = \"1.2.3\"\nprivate = \"10.0.0.1\"").contains("not valid"));
+        assert!(
+            err("[[mapping]]\npublic = \"1.2.3\"\nprivate = \"10.0.0.1\"").contains("not valid")
+        );
         assert!(err(&format!("{GOOD}\nbogus = 1\n")).contains("unknown field"));
         assert!(err("").starts_with("interface"));
         let mcast = "[[interface]]\nname=\"a\"\n[[mapping]]\npublic = \"224.0.0.1\"\nprivate = \"10.0.0.1\"";

@@ -85,7 +85,9 @@ impl Dataplane {
         }
         let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(DataplaneError::Load)?;
         for name in [names::XDP_PROGRAM, names::TC_EGRESS_PROGRAM] {
-            let prog = ebpf.program_mut(name).ok_or(DataplaneError::MissingMap(name))?;
+            let prog = ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::MissingMap(name))?;
             let load = |e| DataplaneError::Attach {
                 program: name,
                 iface: "-".into(),
@@ -258,7 +260,9 @@ impl Tables {
             create_pin_dir(dir)?;
         }
         let mut take = |name: &'static str| {
-            let map = ebpf.take_map(name).ok_or(DataplaneError::MissingMap(name))?;
+            let map = ebpf
+                .take_map(name)
+                .ok_or(DataplaneError::MissingMap(name))?;
             if let Some(dir) = pin_dir {
                 map.pin(dir.join(name)).map_err(|e| DataplaneError::Pin {
                     path: dir.join(name),
@@ -268,8 +272,12 @@ impl Tables {
             Ok::<_, DataplaneError>(map)
         };
         Ok(Self {
-            dnat: take(names::DNAT_MAP)?.try_into().map_err(map_err(names::DNAT_MAP))?,
-            snat: take(names::SNAT_MAP)?.try_into().map_err(map_err(names::SNAT_MAP))?,
+            dnat: take(names::DNAT_MAP)?
+                .try_into()
+                .map_err(map_err(names::DNAT_MAP))?,
+            snat: take(names::SNAT_MAP)?
+                .try_into()
+                .map_err(map_err(names::SNAT_MAP))?,
             counters: take(names::MAPPING_COUNTERS)?
                 .try_into()
                 .map_err(map_err(names::MAPPING_COUNTERS))?,
@@ -301,8 +309,12 @@ impl Tables {
                 })
         };
         Ok(Self {
-            dnat: open(names::DNAT_MAP)?.try_into().map_err(map_err(names::DNAT_MAP))?,
-            snat: open(names::SNAT_MAP)?.try_into().map_err(map_err(names::SNAT_MAP))?,
+            dnat: open(names::DNAT_MAP)?
+                .try_into()
+                .map_err(map_err(names::DNAT_MAP))?,
+            snat: open(names::SNAT_MAP)?
+                .try_into()
+                .map_err(map_err(names::SNAT_MAP))?,
             counters: open(names::MAPPING_COUNTERS)?
                 .try_into()
                 .map_err(map_err(names::MAPPING_COUNTERS))?,
@@ -357,15 +369,31 @@ impl Tables {
                 }
             };
             self.snat
-                .insert(key(m.private), NatTarget { addr: key(m.public), id }, 0)
+                .insert(
+                    key(m.private),
+                    NatTarget {
+                        addr: key(m.public),
+                        id,
+                    },
+                    0,
+                )
                 .map_err(map_err(names::SNAT_MAP))?;
             self.dnat
-                .insert(key(m.public), NatTarget { addr: key(m.private), id }, 0)
+                .insert(
+                    key(m.public),
+                    NatTarget {
+                        addr: key(m.private),
+                        id,
+                    },
+                    0,
+                )
                 .map_err(map_err(names::DNAT_MAP))?;
         }
         for old in &current {
             if !wanted_public.contains(&old.public) {
-                self.dnat.remove(&key(old.public)).map_err(map_err(names::DNAT_MAP))?;
+                self.dnat
+                    .remove(&key(old.public))
+                    .map_err(map_err(names::DNAT_MAP))?;
             }
             if !wanted_private.contains(&old.private) {
                 // The private side may have moved to another mapping; only drop it if unused.
@@ -429,7 +457,10 @@ impl Snapshot {
                 m.snat_bytes
             );
         }
-        let _ = writeln!(s, "(in: public -> private, destination translated; out: private -> public, source translated)");
+        let _ = writeln!(
+            s,
+            "(in: public -> private, destination translated; out: private -> public, source translated)"
+        );
         let reasons: Vec<String> = self
             .reasons
             .iter()

@@ -11,7 +11,11 @@ use ipnat::{
 use tracing::{info, warn};
 
 #[derive(Parser)]
-#[command(name = "ipnat", version, about = "Stateless one-to-one IPv4 NAT (EIP <-> private IP) in XDP and TC")]
+#[command(
+    name = "ipnat",
+    version,
+    about = "Stateless one-to-one IPv4 NAT (EIP <-> private IP) in XDP and TC"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -66,7 +70,11 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Check { config } => {
             let config = Config::load(&config)?;
-            println!("config OK: {} interface(s), {} mapping(s)", config.interfaces.len(), config.mappings.len());
+            println!(
+                "config OK: {} interface(s), {} mapping(s)",
+                config.interfaces.len(),
+                config.mappings.len()
+            );
             for m in &config.mappings {
                 println!("  {} <-> {}", m.public, m.private);
             }
@@ -81,7 +89,10 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Run { config, stats_interval } => {
+        Command::Run {
+            config,
+            stats_interval,
+        } => {
             let config = Config::load(&config)?;
             run_dataplane(config, stats_interval)
         }
@@ -101,7 +112,9 @@ fn run_dataplane(config: Config, stats_interval: u64) -> Result<()> {
             info!(interface = %iface.name, "attached XDP (native, receive) and TC (transmit)");
         }
         info!(mappings = config.mappings.len(), pin_path = %config.pin_path.display(), "ipnat running; Ctrl-C to stop");
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         rt.block_on(async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             let mut tick = tokio::time::interval(Duration::from_secs(stats_interval.max(1)));

@@ -63,7 +63,10 @@ fn open(iface: &str) -> Result<OwnedFd> {
             size_of::<libc::sockaddr_ll>() as u32,
         ) != 0
         {
-            bail!("bind AF_PACKET to {iface}: {}", std::io::Error::last_os_error());
+            bail!(
+                "bind AF_PACKET to {iface}: {}",
+                std::io::Error::last_os_error()
+            );
         }
         let one: libc::c_int = 1;
         libc::setsockopt(
@@ -183,7 +186,9 @@ impl Capture {
             }
             let drops = dropped(&fd)?;
             if drops > 0 {
-                bail!("the capture on {iface} dropped {drops} frames: its results would be incomplete");
+                bail!(
+                    "the capture on {iface} dropped {drops} frames: its results would be incomplete"
+                );
             }
             Ok(frames)
         });

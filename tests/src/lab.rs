@@ -73,13 +73,24 @@ impl GatewayLab {
         };
         veth(&lab.inet, "eth0", &lab.gw, "ext0")?;
         veth(&lab.backend, "eth0", &lab.gw, "int0")?;
-        lab.inet.ip(&["addr", "add", &format!("{INET}/24"), "dev", "eth0"])?;
-        lab.inet.ip(&["route", "add", "198.51.100.0/24", "via", &GW_EXT.to_string()])?;
-        lab.gw.ip(&["addr", "add", &format!("{GW_EXT}/24"), "dev", "ext0"])?;
-        lab.gw.ip(&["addr", "add", &format!("{GW_INT}/24"), "dev", "int0"])?;
+        lab.inet
+            .ip(&["addr", "add", &format!("{INET}/24"), "dev", "eth0"])?;
+        lab.inet.ip(&[
+            "route",
+            "add",
+            "198.51.100.0/24",
+            "via",
+            &GW_EXT.to_string(),
+        ])?;
+        lab.gw
+            .ip(&["addr", "add", &format!("{GW_EXT}/24"), "dev", "ext0"])?;
+        lab.gw
+            .ip(&["addr", "add", &format!("{GW_INT}/24"), "dev", "int0"])?;
         lab.gw.sysctl("net.ipv4.ip_forward", "1")?;
-        lab.backend.ip(&["addr", "add", &format!("{BACKEND}/24"), "dev", "eth0"])?;
-        lab.backend.ip(&["route", "add", "default", "via", &GW_INT.to_string()])?;
+        lab.backend
+            .ip(&["addr", "add", &format!("{BACKEND}/24"), "dev", "eth0"])?;
+        lab.backend
+            .ip(&["route", "add", "default", "via", &GW_INT.to_string()])?;
         if opts.inet_tx_csum_off {
             ethtool_tx_off(&lab.inet, "eth0")?;
         }
@@ -106,7 +117,7 @@ impl GatewayLab {
     /// Starts `ipnat run` on the gateway.
     pub fn start_ipnat(&self) -> Result<Ipnat> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let pin = format!("/sys/fs/bpf/ipnat-test-{}-{n}", std::process::id());
+        let pin = format!("/sys/fs/bpf/ipnat-lab-{}-{n}", std::process::id());
         Ipnat::start(&self.gw, &self.config(&pin), &pin)
     }
 }
@@ -133,7 +144,10 @@ impl Ipnat {
     pub fn start(ns: &Netns, config: &str, pin_path: &str) -> Result<Self> {
         let bin = ipnat_bin();
         if !bin.is_file() {
-            bail!("{} not found: build it first (cargo xtask test does)", bin.display());
+            bail!(
+                "{} not found: build it first (cargo xtask test does)",
+                bin.display()
+            );
         }
         let config_path = std::env::temp_dir().join(format!(
             "ipnat-{}-{}.toml",
@@ -141,8 +155,18 @@ impl Ipnat {
             COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::write(&config_path, config)?;
-        let child = ns
-            .command(bin.to_str().context("binary path")?)
+        let mut cmd = ns.command(bin.to_str().context("binary path")?);
+        // SAFETY: pre_exec only calls sigprocmask, which is async-signal-safe. A caller that
+        // blocked SIGINT/SIGTERM to handle them itself must not pass that mask on to ipnat.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                nix::sys::signal::SigSet::empty()
+                    .thread_set_mask()
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let child = cmd
             .arg("run")
             .arg("--config")
             .arg(&config_path)
@@ -151,6 +175,7 @@ impl Ipnat {
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("spawn {}", bin.display()))?;
+        crate::netns::track_child(child.id() as i32, true);
         let mut me = Self {
             child: Some(child),
             pin_path: PathBuf::from(pin_path),
@@ -200,6 +225,7 @@ impl Ipnat {
 
     fn terminate(&mut self) -> Result<std::process::ExitStatus> {
         let mut child = self.child.take().context("already stopped")?;
+        crate::netns::track_child(child.id() as i32, false);
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -285,7 +311,12 @@ pub fn tcp_exchange(
         Ok(r) => r,
         Err(e) => {
             // Unblock the server's accept so its thread ends.
-            let _ = server.within(move || Ok(TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), TIMEOUT)));
+            let _ = server.within(move || {
+                Ok(TcpStream::connect_timeout(
+                    &SocketAddr::from(([127, 0, 0, 1], port)),
+                    TIMEOUT,
+                ))
+            });
             let _ = server_thread.join();
             return Err(e);
         }
@@ -301,7 +332,13 @@ pub fn tcp_exchange(
 }
 
 /// A UDP request from `client` to `target:port`; the server echoes it reversed.
-pub fn udp_exchange(client: &Netns, server: &Netns, target: Ipv4Addr, port: u16, request: &[u8]) -> Result<Exchange> {
+pub fn udp_exchange(
+    client: &Netns,
+    server: &Netns,
+    target: Ipv4Addr,
+    port: u16,
+    request: &[u8],
+) -> Result<Exchange> {
     let sock = server.within(move || Ok(UdpSocket::bind(("0.0.0.0", port))?))?;
     sock.set_read_timeout(Some(TIMEOUT))?;
     let server_thread = std::thread::spawn(move || -> Result<(SocketAddr, Vec<u8>)> {

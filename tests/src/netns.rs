@@ -12,12 +12,67 @@ use nix::sched::{CloneFlags, setns};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
+/// Namespaces alive in this process, for [`cleanup_all`] on a signal.
+static LIVE: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Child processes (e.g. `ipnat run`) to stop in [`cleanup_all`].
+static CHILDREN: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+/// Registers a child process for [`cleanup_all`]; pass `false` to forget it.
+pub fn track_child(pid: i32, alive: bool) {
+    if let Ok(mut c) = CHILDREN.lock() {
+        c.retain(|p| *p != pid);
+        if alive {
+            c.push(pid);
+        }
+    }
+}
+
+/// Stops tracked children (SIGTERM, up to 3 s) and deletes every namespace this process still
+/// holds. For a Ctrl-C handler: `Drop` guards do not run when a signal ends the process.
+pub fn cleanup_all() {
+    use nix::{
+        sys::signal::{Signal, kill},
+        unistd::Pid,
+    };
+    let pids: Vec<i32> = CHILDREN
+        .lock()
+        .map(|mut c| std::mem::take(&mut *c))
+        .unwrap_or_default();
+    for pid in &pids {
+        let _ = kill(Pid::from_raw(*pid), Signal::SIGTERM);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    for pid in &pids {
+        while std::time::Instant::now() < deadline {
+            // Reap if it is our child; stop waiting once it is gone.
+            let _ = nix::sys::wait::waitpid(
+                Pid::from_raw(*pid),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+            );
+            if kill(Pid::from_raw(*pid), None).is_err() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    let names: Vec<String> = LIVE
+        .lock()
+        .map(|mut l| std::mem::take(&mut *l))
+        .unwrap_or_default();
+    for name in names {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 /// Runs a command and fails with its stderr if it does not succeed.
 pub fn sh(cmd: &mut Command) -> Result<Output> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("cannot run {cmd:?} (is iproute2 installed? run `cargo xtask setup`)"))?;
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| {
+        format!("cannot run {cmd:?} (is iproute2 installed? run `cargo xtask setup`)")
+    })?;
     if !out.status.success() {
         bail!(
             "{cmd:?} failed ({}): {}",
@@ -58,6 +113,9 @@ impl Netns {
             COUNTER.fetch_add(1, Ordering::Relaxed)
         );
         ip(&["netns", "add", &name])?;
+        if let Ok(mut l) = LIVE.lock() {
+            l.push(name.clone());
+        }
         let ns = Self { name };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
@@ -79,7 +137,9 @@ impl Netns {
     /// A command that runs inside the namespace (network only; /sys and bpffs stay as they are).
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.path())).arg("--").arg(program);
+        c.arg(format!("--net={}", self.path()))
+            .arg("--")
+            .arg(program);
         c
     }
 
@@ -122,6 +182,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if let Ok(mut l) = LIVE.lock() {
+            l.retain(|n| n != &self.name);
+        }
         // Deleting the namespace destroys its veth ends and stops its programs' links.
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
@@ -135,7 +198,10 @@ impl Drop for Netns {
 pub fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) -> Result<()> {
     // Create with a unique temporary name in the root namespace, then move both ends.
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let (ta, tb) = (format!("ipnt{}a{n}", std::process::id() % 10000), format!("ipnt{}b{n}", std::process::id() % 10000));
+    let (ta, tb) = (
+        format!("ipnt{}a{n}", std::process::id() % 10000),
+        format!("ipnt{}b{n}", std::process::id() % 10000),
+    );
     ip(&["link", "add", &ta, "type", "veth", "peer", "name", &tb])?;
     let moved = (|| {
         ip(&["link", "set", &ta, "netns", a.name(), "name", a_if])?;

@@ -168,7 +168,7 @@ impl Ipv4 {
 
     /// The IPv4 header (with checksum) for an L4 part of `l4_len` bytes.
     pub fn header(&self, l4_len: usize) -> Vec<u8> {
-        assert!(self.options.len() % 4 == 0 && self.options.len() <= 40);
+        assert!(self.options.len().is_multiple_of(4) && self.options.len() <= 40);
         let ihl = 20 + self.options.len();
         let mut h = Vec::with_capacity(ihl);
         h.push(0x40 | (ihl / 4) as u8);
@@ -220,7 +220,7 @@ impl Ipv4 {
     pub fn force_zero_checksum_for(&mut self, src: Ipv4Addr, dst: Ipv4Addr) {
         let n = self.l4.len();
         assert!(n >= 10, "needs at least two payload bytes");
-        assert!(n % 2 == 0, "keep the adjusted word aligned");
+        assert!(n.is_multiple_of(2), "keep the adjusted word aligned");
         self.l4[n - 2] = 0;
         self.l4[n - 1] = 0;
         let off = self.l4_csum_offset().expect("L4 with checksum");
@@ -261,7 +261,10 @@ pub fn verify_ipv4(p: &[u8]) -> Result<(), String> {
     }
     let ihl = (p[0] & 0xf) as usize * 4;
     if checksum(&p[..ihl]) != 0 {
-        return Err(format!("bad IPv4 header checksum {:02x}{:02x}", p[10], p[11]));
+        return Err(format!(
+            "bad IPv4 header checksum {:02x}{:02x}",
+            p[10], p[11]
+        ));
     }
     let total = u16::from_be_bytes([p[2], p[3]]) as usize;
     let frag = u16::from_be_bytes([p[6], p[7]]);
@@ -295,7 +298,10 @@ mod tests {
     #[test]
     fn rfc1071_example() {
         // RFC 1071 section 3 example words: 0001 f203 f4f5 f6f7 -> sum ddf2, checksum 220d.
-        assert_eq!(checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), 0x220d);
+        assert_eq!(
+            checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
+            0x220d
+        );
     }
 
     #[test]

@@ -27,7 +27,10 @@ fn check_frames(frames: &[Frame], from: Ipv4Addr, to: Ipv4Addr, proto: u8) -> us
         if ip[9] != proto || !(src(ip) == from && dst(ip) == to) {
             continue;
         }
-        assert!(!f.csum_not_ready, "a frame {from} -> {to} arrived with a partial checksum: the capture proves nothing");
+        assert!(
+            !f.csum_not_ready,
+            "a frame {from} -> {to} arrived with a partial checksum: the capture proves nothing"
+        );
         verify_ipv4(ip).unwrap_or_else(|e| panic!("frame {from} -> {to}: {e}"));
         n += 1;
     }
@@ -38,7 +41,12 @@ fn check_frames(frames: &[Frame], from: Ipv4Addr, to: Ipv4Addr, proto: u8) -> us
 fn assert_absent(frames: &[Frame], addr: Ipv4Addr, where_: &str) {
     for f in frames {
         if let Some(ip) = f.ipv4() {
-            assert!(src(ip) != addr && dst(ip) != addr, "{addr} leaked onto {where_}: {} -> {}", src(ip), dst(ip));
+            assert!(
+                src(ip) != addr && dst(ip) != addr,
+                "{addr} leaked onto {where_}: {} -> {}",
+                src(ip),
+                dst(ip)
+            );
         }
     }
 }
@@ -47,7 +55,10 @@ fn mapping_counters(stats: &serde_json::Value) -> (u64, u64) {
     let m = &stats["mappings"][0];
     assert_eq!(m["public"], EIP.to_string());
     assert_eq!(m["private"], BACKEND.to_string());
-    (m["dnat_packets"].as_u64().unwrap(), m["snat_packets"].as_u64().unwrap())
+    (
+        m["dnat_packets"].as_u64().unwrap(),
+        m["snat_packets"].as_u64().unwrap(),
+    )
 }
 
 #[test]
@@ -61,8 +72,16 @@ fn tcp_to_the_eip_reaches_the_backend_and_replies_come_from_the_eip() {
     let request: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
     let x = tcp_exchange(&lab.inet, &lab.backend, EIP, 8080, &request, 200_000).unwrap();
 
-    assert_eq!(x.server_saw_peer.ip(), IpAddr::V4(INET), "the backend sees the real client");
-    assert_eq!(x.server_local.ip(), IpAddr::V4(BACKEND), "the backend's socket is on its private address");
+    assert_eq!(
+        x.server_saw_peer.ip(),
+        IpAddr::V4(INET),
+        "the backend sees the real client"
+    );
+    assert_eq!(
+        x.server_local.ip(),
+        IpAddr::V4(BACKEND),
+        "the backend's socket is on its private address"
+    );
     assert_eq!(x.client_saw_peer, SocketAddr::from((EIP, 8080)));
     assert_eq!(x.request, request);
     let mut want: Vec<u8> = request.iter().rev().copied().collect();
@@ -74,12 +93,18 @@ fn tcp_to_the_eip_reaches_the_backend_and_replies_come_from_the_eip() {
     let inet_frames = at_inet.stop().unwrap();
     let to_backend = check_frames(&backend_frames, INET, BACKEND, 6);
     let from_eip = check_frames(&inet_frames, EIP, INET, 6);
-    assert!(to_backend >= 5 && from_eip >= 5, "too few frames: {to_backend} in, {from_eip} out");
+    assert!(
+        to_backend >= 5 && from_eip >= 5,
+        "too few frames: {to_backend} in, {from_eip} out"
+    );
     assert_absent(&inet_frames, BACKEND, "the internet side");
     assert_absent(&backend_frames, EIP, "the backend side");
 
     let (dnat, snat) = mapping_counters(&ipnat.stats_json().unwrap());
-    assert_eq!(dnat as usize, to_backend, "every packet to the EIP was translated once");
+    assert_eq!(
+        dnat as usize, to_backend,
+        "every packet to the EIP was translated once"
+    );
     assert_eq!(snat as usize, from_eip, "every reply was translated once");
     assert!(ipnat.stop().unwrap().success());
 }
@@ -96,9 +121,16 @@ fn udp_to_the_eip_round_trips() {
         let request: Vec<u8> = (0..size).map(|j| (j * 13 + i) as u8).collect();
         let x = udp_exchange(&lab.inet, &lab.backend, EIP, 5300 + i as u16, &request).unwrap();
         assert_eq!(x.server_saw_peer.ip(), IpAddr::V4(INET));
-        assert_eq!(x.client_saw_peer.ip(), IpAddr::V4(EIP), "the reply comes from the EIP");
+        assert_eq!(
+            x.client_saw_peer.ip(),
+            IpAddr::V4(EIP),
+            "the reply comes from the EIP"
+        );
         assert_eq!(x.request, request);
-        assert_eq!(x.response, request.iter().rev().copied().collect::<Vec<_>>());
+        assert_eq!(
+            x.response,
+            request.iter().rev().copied().collect::<Vec<_>>()
+        );
     }
     let backend_frames = at_backend.stop().unwrap();
     let inet_frames = at_inet.stop().unwrap();
@@ -117,11 +149,21 @@ fn ping_to_the_eip_is_answered_by_the_backend() {
     let lab = GatewayLab::new(LabOptions::default()).unwrap();
     let _ipnat = lab.start_ipnat().unwrap();
     let at_inet = Capture::start(&lab.inet, "eth0").unwrap();
-    let out = lab.inet.run("ping", &["-c", "3", "-i", "0.2", "-W", "2", &EIP.to_string()]).unwrap();
+    let out = lab
+        .inet
+        .run(
+            "ping",
+            &["-c", "3", "-i", "0.2", "-W", "2", &EIP.to_string()],
+        )
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("3 received"), "{text}");
     let frames = at_inet.stop().unwrap();
-    assert_eq!(check_frames(&frames, EIP, INET, 1), 3, "three echo replies from the EIP");
+    assert_eq!(
+        check_frames(&frames, EIP, INET, 1),
+        3,
+        "three echo replies from the EIP"
+    );
     assert_absent(&frames, BACKEND, "the internet side");
 }
 
@@ -148,7 +190,10 @@ fn partial_checksums_from_the_backend_are_translated_with_the_kernel_helpers() {
         .iter()
         .filter(|f| f.ipv4().is_some_and(|ip| src(ip) == BACKEND) && f.csum_not_ready)
         .count();
-    assert!(partial > 0, "the backend's frames were expected to arrive with partial checksums");
+    assert!(
+        partial > 0,
+        "the backend's frames were expected to arrive with partial checksums"
+    );
     let frames = at_inet.stop().unwrap();
     assert!(check_frames(&frames, EIP, INET, 6) >= 5);
     assert_eq!(check_frames(&frames, EIP, INET, 17), 1);
@@ -161,12 +206,14 @@ fn stopping_ipnat_detaches_it_and_removes_its_pins() {
     let ipnat = lab.start_ipnat().unwrap();
     let pin = ipnat.pin_path.clone();
     assert!(pin.join("IPNAT_DNAT").exists());
-    let link = String::from_utf8(lab.gw.ip(&["-d", "link", "show", "ext0"]).unwrap().stdout).unwrap();
+    let link =
+        String::from_utf8(lab.gw.ip(&["-d", "link", "show", "ext0"]).unwrap().stdout).unwrap();
     assert!(link.contains("xdp"), "XDP attached in native mode: {link}");
     tcp_exchange(&lab.inet, &lab.backend, EIP, 8082, b"before", 10).unwrap();
     assert!(ipnat.stop().unwrap().success());
     assert!(!pin.exists(), "pins removed on stop");
-    let link = String::from_utf8(lab.gw.ip(&["-d", "link", "show", "ext0"]).unwrap().stdout).unwrap();
+    let link =
+        String::from_utf8(lab.gw.ip(&["-d", "link", "show", "ext0"]).unwrap().stdout).unwrap();
     assert!(!link.contains("xdp"), "XDP detached: {link}");
     assert!(
         tcp_exchange(&lab.inet, &lab.backend, EIP, 8083, b"after", 10).is_err(),
@@ -179,13 +226,31 @@ fn a_bad_config_is_refused_and_changes_nothing() {
     require_root();
     let lab = GatewayLab::new(LabOptions::default()).unwrap();
     let pin = format!("/sys/fs/bpf/ipnat-test-bad-{}", std::process::id());
-    let unknown_iface = lab.config(&pin).replace("name = \"int0\"", "name = \"nosuch0\"");
-    let err = ipnat_tests::lab::Ipnat::start(&lab.gw, &unknown_iface, &pin).err().expect("refused");
-    assert!(err.to_string().contains("interface \"nosuch0\" does not exist"), "{err}");
-    let dup = format!("{}\n[[mapping]]\npublic = \"{EIP}\"\nprivate = \"10.0.1.77\"\n", lab.config(&pin));
-    let err = ipnat_tests::lab::Ipnat::start(&lab.gw, &dup, &pin).err().expect("refused");
-    assert!(err.to_string().contains("mapping[1].public = \"198.51.100.10\": already mapped by mapping[0]"), "{err}");
+    let unknown_iface = lab
+        .config(&pin)
+        .replace("name = \"int0\"", "name = \"nosuch0\"");
+    let err = ipnat_tests::lab::Ipnat::start(&lab.gw, &unknown_iface, &pin)
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string()
+            .contains("interface \"nosuch0\" does not exist"),
+        "{err}"
+    );
+    let dup = format!(
+        "{}\n[[mapping]]\npublic = \"{EIP}\"\nprivate = \"10.0.1.77\"\n",
+        lab.config(&pin)
+    );
+    let err = ipnat_tests::lab::Ipnat::start(&lab.gw, &dup, &pin)
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string()
+            .contains("mapping[1].public = \"198.51.100.10\": already mapped by mapping[0]"),
+        "{err}"
+    );
     assert!(!std::path::Path::new(&pin).exists(), "nothing pinned");
-    let link = String::from_utf8(lab.gw.ip(&["-d", "link", "show", "ext0"]).unwrap().stdout).unwrap();
+    let link =
+        String::from_utf8(lab.gw.ip(&["-d", "link", "show", "ext0"]).unwrap().stdout).unwrap();
     assert!(!link.contains("xdp"), "nothing attached: {link}");
 }

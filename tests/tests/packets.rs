@@ -85,25 +85,61 @@ fn fixtures() -> Vec<Fixture> {
         (Hook::Xdp, dnat as fn(&'static str, Ipv4) -> Fixture),
         (Hook::TcEgress, snat),
     ] {
-        let (src, dst) = if hook == Hook::Xdp { (INET, EIP) } else { (PRIV, INET) };
+        let (src, dst) = if hook == Hook::Xdp {
+            (INET, EIP)
+        } else {
+            (PRIV, INET)
+        };
         f.push(build("tcp", Ipv4::tcp(src, 40000, dst, 80, &payload)));
-        f.push(build("tcp, odd payload", Ipv4::tcp(src, 40000, dst, 80, b"odd")));
+        f.push(build(
+            "tcp, odd payload",
+            Ipv4::tcp(src, 40000, dst, 80, b"odd"),
+        ));
         f.push(build("udp", Ipv4::udp(src, 40000, dst, 53, &payload)));
         let mut zero = Ipv4::udp(src, 40000, dst, 53, b"no checksum");
         zero.udp_csum = UdpCsum::Zero;
         f.push(build("udp with checksum 0 stays 0", zero));
         // Payload chosen so that the translated datagram's checksum computes to 0: sent as 0xffff.
         let mut ffff = Ipv4::udp(src, 40000, dst, 53, b"computed zero!");
-        let (osrc, odst) = if hook == Hook::Xdp { (src, PRIV) } else { (EIP, dst) };
+        let (osrc, odst) = if hook == Hook::Xdp {
+            (src, PRIV)
+        } else {
+            (EIP, dst)
+        };
         ffff.force_zero_checksum_for(osrc, odst);
-        let fx = build("udp whose new checksum computes to 0 is sent as 0xffff", ffff);
+        let fx = build(
+            "udp whose new checksum computes to 0 is sent as 0xffff",
+            ffff,
+        );
         let ip_off = 14 + 20;
         assert_eq!(&fx.expected[ip_off + 6..ip_off + 8], &[0xff, 0xff]);
         f.push(fx);
-        f.push(build("icmp echo (no pseudo-header)", Ipv4::icmp_echo(src, dst, 77, 1, &payload)));
-        f.push(build("gre (other protocol: IPv4 header only)", Ipv4::new(src, dst, IPPROTO_GRE, vec![0, 0, 0x08, 0, 1, 2, 3, 4])));
-        f.push(build("udp-lite", Ipv4::new(src, dst, IPPROTO_UDPLITE, [&[0x9c, 0x40, 0, 53, 0, 0, 0, 0][..], b"lite"].concat())));
-        f.push(build("dccp", Ipv4::new(src, dst, IPPROTO_DCCP, [&[0x9c, 0x40, 0, 80, 5, 0, 0, 0][..], &[0; 8], b"dccp"].concat())));
+        f.push(build(
+            "icmp echo (no pseudo-header)",
+            Ipv4::icmp_echo(src, dst, 77, 1, &payload),
+        ));
+        f.push(build(
+            "gre (other protocol: IPv4 header only)",
+            Ipv4::new(src, dst, IPPROTO_GRE, vec![0, 0, 0x08, 0, 1, 2, 3, 4]),
+        ));
+        f.push(build(
+            "udp-lite",
+            Ipv4::new(
+                src,
+                dst,
+                IPPROTO_UDPLITE,
+                [&[0x9c, 0x40, 0, 53, 0, 0, 0, 0][..], b"lite"].concat(),
+            ),
+        ));
+        f.push(build(
+            "dccp",
+            Ipv4::new(
+                src,
+                dst,
+                IPPROTO_DCCP,
+                [&[0x9c, 0x40, 0, 80, 5, 0, 0, 0][..], &[0; 8], b"dccp"].concat(),
+            ),
+        ));
         let mut vlan = Ipv4::tcp(src, 40000, dst, 80, b"tagged");
         vlan.vlan = Some(100);
         f.push(build("tcp in an 802.1Q tag", vlan));
@@ -115,13 +151,21 @@ fn fixtures() -> Vec<Fixture> {
         let mut big = Ipv4::udp(src, 40000, dst, 53, &payload);
         big.id = 0x4242;
         big.frag = 0;
-        let out = if hook == Hook::Xdp { big.with_addrs(src, PRIV) } else { big.with_addrs(EIP, dst) };
+        let out = if hook == Hook::Xdp {
+            big.with_addrs(src, PRIV)
+        } else {
+            big.with_addrs(EIP, dst)
+        };
         f.push(Fixture {
             name: "first fragment",
             hook,
             input: big.fragment_frame(0, 96, true),
             expected: out.fragment_frame(0, 96, true),
-            reason: if hook == Hook::Xdp { Reason::Dnat } else { Reason::Snat },
+            reason: if hook == Hook::Xdp {
+                Reason::Dnat
+            } else {
+                Reason::Snat
+            },
             mapping: Some(EIP),
         });
         f.push(Fixture {
@@ -138,37 +182,79 @@ fn fixtures() -> Vec<Fixture> {
         } else {
             Ipv4::tcp(Ipv4Addr::new(10, 0, 1, 99), 1, INET, 2, b"x")
         };
-        f.push(untouched("no mapping", hook, unmapped.frame(), Reason::PassNoMapping));
+        f.push(untouched(
+            "no mapping",
+            hook,
+            unmapped.frame(),
+            Reason::PassNoMapping,
+        ));
         // The other direction's address is not this hook's business.
         let wrong_way = if hook == Hook::Xdp {
             Ipv4::tcp(PRIV, 1, INET, 2, b"x")
         } else {
             Ipv4::tcp(INET, 1, EIP, 2, b"x")
         };
-        f.push(untouched("other direction's address", hook, wrong_way.frame(), Reason::PassNoMapping));
+        f.push(untouched(
+            "other direction's address",
+            hook,
+            wrong_way.frame(),
+            Reason::PassNoMapping,
+        ));
         let mut ipv6 = vec![0x60, 0, 0, 0, 0, 8, 17, 64];
         ipv6.extend_from_slice(&[0u8; 32]);
         ipv6.extend_from_slice(&[0, 1, 0, 2, 0, 8, 0, 0]);
-        f.push(untouched("ipv6", hook, ethernet(None, 0x86dd, &ipv6), Reason::PassNotIpv4));
-        let arp = [&[0, 1, 8, 0, 6, 4, 0, 1][..], &packet::MAC_A, &INET.octets(), &[0; 6], &EIP.octets()].concat();
-        f.push(untouched("arp request for the public address", hook, ethernet(None, 0x0806, &arp), Reason::PassNotIpv4));
+        f.push(untouched(
+            "ipv6",
+            hook,
+            ethernet(None, 0x86dd, &ipv6),
+            Reason::PassNotIpv4,
+        ));
+        let arp = [
+            &[0, 1, 8, 0, 6, 4, 0, 1][..],
+            &packet::MAC_A,
+            &INET.octets(),
+            &[0; 6],
+            &EIP.octets(),
+        ]
+        .concat();
+        f.push(untouched(
+            "arp request for the public address",
+            hook,
+            ethernet(None, 0x0806, &arp),
+            Reason::PassNotIpv4,
+        ));
         let full = Ipv4::tcp(src, 1, dst, 2, b"").frame();
-        f.push(untouched("tcp header cut short", hook, {
-            let mut t = full[..14 + 20 + 10].to_vec();
-            t[14 + 3] = 30; // total length 30: header claims what is there
-            t[14 + 10] = 0;
-            t[14 + 11] = 0;
-            let c = packet::checksum(&t[14..34]);
-            t[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
-            t
-        }, Reason::PassTruncatedL4));
+        f.push(untouched(
+            "tcp header cut short",
+            hook,
+            {
+                let mut t = full[..14 + 20 + 10].to_vec();
+                t[14 + 3] = 30; // total length 30: header claims what is there
+                t[14 + 10] = 0;
+                t[14 + 11] = 0;
+                let c = packet::checksum(&t[14..34]);
+                t[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
+                t
+            },
+            Reason::PassTruncatedL4,
+        ));
         let mut bad_ihl = Ipv4::tcp(src, 1, dst, 2, b"x").frame();
         bad_ihl[14] = 0x44;
-        f.push(untouched("IHL below 5", hook, bad_ihl, Reason::PassMalformed));
+        f.push(untouched(
+            "IHL below 5",
+            hook,
+            bad_ihl,
+            Reason::PassMalformed,
+        ));
         if hook == Hook::Xdp {
             // The kernel's skb test-run refuses an IPv4 frame shorter than an IPv4 header (and
             // the stack never hands TC one), so this one is XDP's alone.
-            f.push(untouched("ethernet header and two bytes", hook, ethernet(None, 0x0800, &[0x45, 0]), Reason::PassMalformed));
+            f.push(untouched(
+                "ethernet header and two bytes",
+                hook,
+                ethernet(None, 0x0800, &[0x45, 0]),
+                Reason::PassMalformed,
+            ));
         }
     }
     f
@@ -184,8 +270,14 @@ impl Harness {
         let mut dp = Dataplane::load(None).expect("load the eBPF programs");
         dp.tables
             .apply(&[
-                MappingConfig { public: EIP, private: PRIV },
-                MappingConfig { public: EIP2, private: PRIV2 },
+                MappingConfig {
+                    public: EIP,
+                    private: PRIV,
+                },
+                MappingConfig {
+                    public: EIP2,
+                    private: PRIV2,
+                },
             ])
             .expect("fill tables");
         Self { dp }
@@ -200,12 +292,23 @@ impl Harness {
         };
         let r = match hook {
             Hook::Xdp => {
-                let p: &Xdp = self.dp.ebpf().program(names::XDP_PROGRAM).unwrap().try_into().unwrap();
+                let p: &Xdp = self
+                    .dp
+                    .ebpf()
+                    .program(names::XDP_PROGRAM)
+                    .unwrap()
+                    .try_into()
+                    .unwrap();
                 p.test_run(opts)
             }
             Hook::TcEgress => {
-                let p: &SchedClassifier =
-                    self.dp.ebpf().program(names::TC_EGRESS_PROGRAM).unwrap().try_into().unwrap();
+                let p: &SchedClassifier = self
+                    .dp
+                    .ebpf()
+                    .program(names::TC_EGRESS_PROGRAM)
+                    .unwrap()
+                    .try_into()
+                    .unwrap();
                 p.test_run(opts)
             }
         }
@@ -220,7 +323,11 @@ impl Harness {
 }
 
 fn mapping_packets(s: &Snapshot, public: Ipv4Addr, hook: Hook) -> (u64, u64) {
-    let m = s.mappings.iter().find(|m| m.mapping.public == public).unwrap();
+    let m = s
+        .mappings
+        .iter()
+        .find(|m| m.mapping.public == public)
+        .unwrap();
     match hook {
         Hook::Xdp => (m.dnat_packets, m.dnat_bytes),
         Hook::TcEgress => (m.snat_packets, m.snat_bytes),
@@ -228,7 +335,10 @@ fn mapping_packets(s: &Snapshot, public: Ipv4Addr, hook: Hook) -> (u64, u64) {
 }
 
 fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[test]
@@ -239,37 +349,66 @@ fn fixtures_translate_exactly() {
         let before = h.snapshot();
         let (verdict, out) = h.run(fx.hook, &fx.input);
         let after = h.snapshot();
-        let want_verdict = if fx.hook == Hook::Xdp { XDP_PASS } else { TC_ACT_OK };
+        let want_verdict = if fx.hook == Hook::Xdp {
+            XDP_PASS
+        } else {
+            TC_ACT_OK
+        };
         let label = format!("{:?} / {}", fx.hook, fx.name);
         if verdict != want_verdict {
             failures.push(format!("{label}: verdict {verdict}, want {want_verdict}"));
         }
         if out != fx.expected {
-            failures.push(format!("{label}: bytes differ\n   got  {}\n   want {}", hex(&out), hex(&fx.expected)));
+            failures.push(format!(
+                "{label}: bytes differ\n   got  {}\n   want {}",
+                hex(&out),
+                hex(&fx.expected)
+            ));
         }
         let delta = after.reasons[fx.reason.name()] - before.reasons[fx.reason.name()];
         let total: u64 = after.reasons.values().sum::<u64>() - before.reasons.values().sum::<u64>();
         if delta != 1 || total != 1 {
-            failures.push(format!("{label}: reason {} moved by {delta} (all reasons by {total}), want 1", fx.reason.name()));
+            failures.push(format!(
+                "{label}: reason {} moved by {delta} (all reasons by {total}), want 1",
+                fx.reason.name()
+            ));
         }
         for public in [EIP, EIP2] {
             let (p0, b0) = mapping_packets(&before, public, fx.hook);
             let (p1, b1) = mapping_packets(&after, public, fx.hook);
-            let want = if fx.mapping == Some(public) { (1, fx.input.len() as u64) } else { (0, 0) };
+            let want = if fx.mapping == Some(public) {
+                (1, fx.input.len() as u64)
+            } else {
+                (0, 0)
+            };
             if (p1 - p0, b1 - b0) != want {
-                failures.push(format!("{label}: mapping {public} counters moved by {:?}, want {want:?}", (p1 - p0, b1 - b0)));
+                failures.push(format!(
+                    "{label}: mapping {public} counters moved by {:?}, want {want:?}",
+                    (p1 - p0, b1 - b0)
+                ));
             }
         }
-        // Every translated packet must also verify on its own.
-        if let Some(ip) = out.get(if fx.input[12..14] == [0x81, 0] { 18 } else { 14 }..) {
-            if fx.reason != Reason::PassMalformed && fx.reason != Reason::PassTruncatedL4 && fx.input[12..14] != [0x86, 0xdd] && fx.input[12..14] != [0x08, 0x06] {
-                if let Err(e) = packet::verify_ipv4(ip) {
-                    failures.push(format!("{label}: output does not verify: {e}"));
-                }
-            }
+        // Every IPv4 packet that came out must also verify on its own.
+        let ethertype_at = if fx.input[12..14] == [0x81, 0] {
+            16
+        } else {
+            12
+        };
+        let is_ipv4 = fx.input[ethertype_at..ethertype_at + 2] == [0x08, 0x00];
+        let well_formed = !matches!(fx.reason, Reason::PassMalformed | Reason::PassTruncatedL4);
+        if is_ipv4
+            && well_formed
+            && let Err(e) = packet::verify_ipv4(&out[ethertype_at + 2..])
+        {
+            failures.push(format!("{label}: output does not verify: {e}"));
         }
     }
-    assert!(failures.is_empty(), "{} fixture failure(s):\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} fixture failure(s):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -289,20 +428,43 @@ fn replacing_a_mapping_keeps_the_others_and_removes_the_old() {
     let new_priv = Ipv4Addr::new(10, 0, 1, 50);
     h.dp.tables
         .apply(&[
-            MappingConfig { public: EIP, private: new_priv },
-            MappingConfig { public: EIP2, private: PRIV2 },
+            MappingConfig {
+                public: EIP,
+                private: new_priv,
+            },
+            MappingConfig {
+                public: EIP2,
+                private: PRIV2,
+            },
         ])
         .unwrap();
     let p = Ipv4::tcp(INET, 1, EIP, 80, b"moved");
-    assert_eq!(h.run(Hook::Xdp, &p.frame()).1, p.with_addrs(INET, new_priv).frame());
+    assert_eq!(
+        h.run(Hook::Xdp, &p.frame()).1,
+        p.with_addrs(INET, new_priv).frame()
+    );
     // The old private address no longer translates; the new one does.
     let old = Ipv4::tcp(PRIV, 80, INET, 1, b"old");
     assert_eq!(h.run(Hook::TcEgress, &old.frame()).1, old.frame());
     let new = Ipv4::tcp(new_priv, 80, INET, 1, b"new");
-    assert_eq!(h.run(Hook::TcEgress, &new.frame()).1, new.with_addrs(EIP, INET).frame());
+    assert_eq!(
+        h.run(Hook::TcEgress, &new.frame()).1,
+        new.with_addrs(EIP, INET).frame()
+    );
     // Removing a mapping removes both directions.
-    h.dp.tables.apply(&[MappingConfig { public: EIP2, private: PRIV2 }]).unwrap();
+    h.dp.tables
+        .apply(&[MappingConfig {
+            public: EIP2,
+            private: PRIV2,
+        }])
+        .unwrap();
     assert_eq!(h.run(Hook::Xdp, &p.frame()).1, p.frame());
-    let ids: Vec<_> = h.dp.tables.mappings().unwrap().iter().map(|m| (m.public, m.id)).collect();
+    let ids: Vec<_> =
+        h.dp.tables
+            .mappings()
+            .unwrap()
+            .iter()
+            .map(|m| (m.public, m.id))
+            .collect();
     assert_eq!(ids, vec![(EIP2, 2)], "the remaining mapping keeps its id");
 }

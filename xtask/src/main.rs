@@ -1,1 +1,349 @@
-fn main(){}
+//! `cargo xtask`: set up a fresh machine, build, test, and run the lab.
+
+use std::{
+    env,
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// The bpf-linker release that links against the nightly toolchain's own LLVM.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Debian packages the build, the tests and the lab use.
+const DEBIAN_PACKAGES: &[(&str, &str)] = &[
+    ("iproute2", "ip: namespaces, veth, addresses, routes"),
+    (
+        "util-linux",
+        "nsenter: run ipnat inside a namespace without hiding bpffs",
+    ),
+    ("procps", "sysctl"),
+    (
+        "ethtool",
+        "turn checksum offload off so frames look like they came off a wire",
+    ),
+    ("iputils-ping", "ICMP tests"),
+    ("nftables", "firewall and NAT baselines"),
+    ("iptables", "firewall tests"),
+    ("tcpdump", "debugging captures"),
+    ("iperf3", "throughput runs"),
+];
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "ipnat's project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the build and tests need (idempotent): rust-src for nightly, bpf-linker
+    /// built against nightly's LLVM, and the Debian packages.
+    Setup,
+    /// Build the `ipnat` binary with its embedded eBPF programs.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up, build, then run the unit tests and the root-only integration tests (serially).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, then show ipnat at work in a simulated cloud made of network namespaces.
+    Lab,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Task::Setup => setup(),
+        Task::Build { release } => setup().and_then(|()| build(release)),
+        Task::Test { args } => setup().and_then(|()| test(&args)),
+        Task::Lab => setup().and_then(|()| lab()),
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .to_path_buf()
+}
+
+fn cargo_home() -> PathBuf {
+    env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cargo")
+        })
+}
+
+/// PATH with `$CARGO_HOME/bin` first, so child builds find the bpf-linker we installed.
+fn path_env() -> OsString {
+    let bin = cargo_home().join("bin");
+    let mut paths = vec![bin.clone()];
+    if let Some(p) = env::var_os("PATH") {
+        paths.extend(env::split_paths(&p).filter(|p| *p != bin));
+    }
+    env::join_paths(paths).expect("PATH")
+}
+
+fn step(msg: &str) {
+    eprintln!("xtask: {msg}");
+}
+
+/// Runs a command, streaming its output; fails if it fails.
+fn run(cmd: &mut Command) -> Result<()> {
+    cmd.env("PATH", path_env());
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its stdout, or None if it could not run or failed.
+fn output(cmd: &mut Command) -> Option<String> {
+    cmd.env("PATH", path_env()).stderr(Stdio::null());
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn is_root() -> bool {
+    output(Command::new("id").arg("-u")).is_some_and(|s| s.trim() == "0")
+}
+
+fn setup() -> Result<()> {
+    debian_packages()?;
+    nightly_rust_src()?;
+    bpf_linker()?;
+    step("setup complete");
+    Ok(())
+}
+
+fn debian_packages() -> Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .filter(|(pkg, _)| {
+            output(Command::new("dpkg-query").args(["-W", "-f=${db:Status-Abbrev}", pkg]))
+                .is_none_or(|s| !s.starts_with("ii"))
+        })
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        step("Debian packages: all present");
+        return Ok(());
+    }
+    for (pkg, why) in DEBIAN_PACKAGES.iter().filter(|(p, _)| missing.contains(p)) {
+        step(&format!("Debian package {pkg} missing ({why})"));
+    }
+    if !is_root() {
+        bail!(
+            "installing Debian packages needs root: run as root, or `apt-get install {}`",
+            missing.join(" ")
+        );
+    }
+    step("apt-get update");
+    run(Command::new("apt-get")
+        .args(["update", "-q"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    step(&format!("apt-get install {}", missing.join(" ")));
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+fn nightly_rust_src() -> Result<()> {
+    let toolchains =
+        output(Command::new("rustup").args(["toolchain", "list"])).context("rustup not found")?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        step("installing the nightly toolchain (the eBPF programs need -Z build-std)");
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .unwrap_or_default();
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        step("rust-src for nightly: present");
+        return Ok(());
+    }
+    step("adding rust-src to the nightly toolchain");
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// The nightly sysroot's lib directory, its LLVM shared library's link name, and LLVM's major.
+fn nightly_llvm() -> Result<(PathBuf, String, String)> {
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .context("rustc +nightly")?;
+    let lib = PathBuf::from(sysroot.trim()).join("lib");
+    let name = std::fs::read_dir(&lib)
+        .with_context(|| format!("read {}", lib.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("libLLVM") && n.ends_with(".so"))
+        .with_context(|| format!("no libLLVM*.so in {}", lib.display()))?;
+    let link_name = name
+        .trim_start_matches("lib")
+        .trim_end_matches(".so")
+        .to_owned();
+    let vv =
+        output(Command::new("rustc").args(["+nightly", "-vV"])).context("rustc +nightly -vV")?;
+    let major = vv
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("no LLVM version in rustc -vV")?
+        .to_owned();
+    Ok((lib, link_name, major))
+}
+
+fn bpf_linker() -> Result<()> {
+    if let Some(v) = output(Command::new("bpf-linker").arg("--version")) {
+        if v.contains(BPF_LINKER_VERSION) {
+            step(&format!("bpf-linker: {}", v.trim()));
+            return Ok(());
+        }
+        step(&format!(
+            "bpf-linker present but not {BPF_LINKER_VERSION} ({}): reinstalling",
+            v.trim()
+        ));
+    }
+    let (lib, link_name, major) = nightly_llvm()?;
+    step(&format!(
+        "building bpf-linker {BPF_LINKER_VERSION} against nightly's own LLVM {major} ({}/lib{link_name}.so), about a minute",
+        lib.display()
+    ));
+    let rustflags = format!(
+        "-L native={l} -l dylib={link_name} -C link-arg=-Wl,-rpath,{l}",
+        l = lib.display()
+    );
+    run(Command::new("cargo")
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+            "--no-default-features",
+        ])
+        .args(["--features", &format!("llvm-{major},no-llvm-linking")])
+        .arg("--root")
+        .arg(cargo_home())
+        .env("RUSTFLAGS", rustflags))?;
+    let v = output(Command::new("bpf-linker").arg("--version"))
+        .context("bpf-linker does not run after install")?;
+    step(&format!("bpf-linker: {}", v.trim()));
+    Ok(())
+}
+
+/// `cargo` in the workspace, with the eBPF build required (never stubbed).
+fn cargo(args: &[&str]) -> Command {
+    let mut c = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(workspace_root())
+        .args(args)
+        .env("IPNAT_REQUIRE_EBPF", "1");
+    c
+}
+
+fn build(release: bool) -> Result<()> {
+    let mut args = vec![
+        "build",
+        "--package",
+        "ipnat-user",
+        "--package",
+        "ipnat-tests",
+    ];
+    if release {
+        args.push("--release");
+    }
+    step("building ipnat (eBPF programs embedded)");
+    run(&mut cargo(&args))
+}
+
+fn target_dir() -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "the integration tests create network namespaces and load eBPF programs: run as root"
+        );
+    }
+    build(false)?;
+    step("running unit and integration tests (serially: they share bpffs and the kernel)");
+    // Default members: the eBPF crate only builds for the BPF target.
+    let mut c = cargo(&["test"]);
+    c.env("IPNAT_BIN", target_dir().join("debug/ipnat"));
+    c.args(["--", "--test-threads=1"]).args(extra);
+    c.env("PATH", path_env()).stdout(Stdio::piped());
+    let mut child = c.spawn().context("cannot start cargo test")?;
+    // Pass the output through and add up cargo's "test result:" lines into one closing line.
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let stdout = child.stdout.take().context("stdout")?;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(';') {
+                let mut words = part.split_whitespace().rev();
+                let (kind, n) = (
+                    words.next(),
+                    words.next().and_then(|n| n.parse::<u64>().ok()),
+                );
+                match (kind, n) {
+                    (Some("passed"), Some(n)) => passed += n,
+                    (Some("failed"), Some(n)) => failed += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed");
+    if !status.success() {
+        bail!("cargo test failed: {status}");
+    }
+    if passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
+fn lab() -> Result<()> {
+    if !is_root() {
+        bail!("the lab creates network namespaces and loads eBPF programs: run as root");
+    }
+    build(false)?;
+    let mut c = Command::new(target_dir().join("debug/ipnat-lab"));
+    c.env("IPNAT_BIN", target_dir().join("debug/ipnat"));
+    run(&mut c)
+}

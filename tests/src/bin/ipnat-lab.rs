@@ -1,0 +1,137 @@
+//! `cargo xtask lab`: ipnat at work in a simulated cloud made of network namespaces.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use ipnat_tests::{
+    lab::{BACKEND, EIP, GW_EXT, GW_INT, GatewayLab, INET, LabOptions, ipnat_bin, udp_exchange},
+    netns::{cleanup_all, require_root},
+};
+use nix::sys::signal::{SigSet, Signal};
+
+fn main() {
+    require_root();
+    // Ctrl-C or SIGTERM: the Drop guards would not run, so a dedicated thread removes what the
+    // lab made (ipnat itself, in our process group, detaches on the same Ctrl-C).
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    signals.thread_block().expect("block signals");
+    std::thread::spawn(move || {
+        if let Ok(sig) = signals.wait() {
+            eprintln!("\n{sig}: tearing the lab down");
+            std::thread::sleep(Duration::from_millis(300)); // let ipnat detach first
+            cleanup_all();
+            std::process::exit(130);
+        }
+    });
+    if let Err(e) = lab() {
+        eprintln!("lab failed: {e:#}");
+        cleanup_all();
+        std::process::exit(1);
+    }
+}
+
+fn say(s: &str) {
+    println!("{s}");
+}
+
+fn lab() -> Result<()> {
+    say("== ipnat lab: one-to-one NAT of an elastic IP, in network namespaces ==\n");
+    say(&format!(
+        "  internet host {INET}  --  {GW_EXT} [gateway, runs ipnat] {GW_INT}  --  backend {BACKEND}\n\
+         \n  The cloud's elastic IP {EIP} is not on any host. The internet routes it to the\n  \
+         gateway; ipnat there rewrites destination {EIP} -> {BACKEND} on the way in (XDP)\n  \
+         and source {BACKEND} -> {EIP} on the way out (TC), statelessly.\n"
+    ));
+    let lab = GatewayLab::new(LabOptions::default())?;
+    say(&format!(
+        "[1/5] made namespaces {}, {}, {} with veth links and routes",
+        lab.inet.name(),
+        lab.gw.name(),
+        lab.backend.name()
+    ));
+    let ipnat = lab.start_ipnat()?;
+    say(&format!(
+        "[2/5] started `{} run --config ...` on the gateway with:\n{}",
+        ipnat_bin().display(),
+        lab.config(&ipnat.pin_path.to_string_lossy())
+            .lines()
+            .map(|l| format!("        {l}\n"))
+            .collect::<String>()
+    ));
+
+    // A tiny HTTP server on the backend, reporting who it saw.
+    let listener = lab
+        .backend
+        .within(|| Ok(TcpListener::bind(("0.0.0.0", 8080))?))?;
+    let server = std::thread::spawn(move || -> Result<String> {
+        let (mut s, peer) = listener.accept()?;
+        let local = s.local_addr()?;
+        let mut reader = BufReader::new(s.try_clone()?);
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        // Read the headers up to the blank line: closing with unread data would reset.
+        let mut header = String::new();
+        while reader.read_line(&mut header)? > 2 {
+            header.clear();
+        }
+        let body = format!("hello from the backend: I am {local}, you are {peer}\n");
+        write!(
+            s,
+            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )?;
+        Ok(format!(
+            "backend accepted {} on {local} from {peer}",
+            line.trim()
+        ))
+    });
+    let reply = lab.inet.within(|| {
+        let target = SocketAddr::from((EIP, 8080));
+        let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(5))
+            .with_context(|| format!("connect {target}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(s, "GET / HTTP/1.0\r\nHost: {EIP}\r\n\r\n")?;
+        let mut resp = String::new();
+        std::io::Read::read_to_string(&mut s, &mut resp)?;
+        Ok(format!(
+            "internet host ({}) connected to {} and got:\n        {}",
+            s.local_addr()?,
+            s.peer_addr()?,
+            resp.trim().replace("\r\n", "\n        ")
+        ))
+    })?;
+    let seen = server.join().expect("server thread")?;
+    say(&format!(
+        "[3/5] TCP through the EIP:\n      {seen}\n      {reply}"
+    ));
+
+    let udp = udp_exchange(&lab.inet, &lab.backend, EIP, 5353, b"ping over udp")?;
+    say(&format!(
+        "[4/5] UDP through the EIP: the backend saw {} ; the internet host got {:?} back from {}",
+        udp.server_saw_peer,
+        String::from_utf8_lossy(&udp.response),
+        udp.client_saw_peer
+    ));
+
+    let stats = std::process::Command::new(ipnat_bin())
+        .args(["stats", "--pin-path"])
+        .arg(&ipnat.pin_path)
+        .output()?;
+    say(&format!(
+        "[5/5] `ipnat stats` on the gateway:\n{}",
+        String::from_utf8_lossy(&stats.stdout)
+            .lines()
+            .map(|l| format!("      {l}\n"))
+            .collect::<String>()
+    ));
+    ipnat.stop()?;
+    drop(lab);
+    say("done: ipnat stopped (programs detached, pins removed) and the namespaces deleted.");
+    Ok(())
+}
