@@ -55,14 +55,20 @@ pub enum Reason {
     PassMalformed = 4,
     /// A non-first fragment: only the IPv4 header was translated.
     FragmentTranslated = 5,
-    /// The L4 header of a first fragment or unfragmented packet was cut short.
+    /// An unfragmented packet too short to hold its L4 checksum: passed untouched.
     PassTruncatedL4 = 6,
     /// A kernel helper failed while rewriting (TC); the packet was dropped.
     DropRewriteFailed = 7,
+    /// A first fragment too short to hold the L4 checksum field: cannot be fixed without
+    /// state, and is an attack (RFC 1858). Dropped.
+    DropTinyFragment = 8,
+    /// An ICMP error whose outer addresses are not mapped but whose quoted packet is (e.g. the
+    /// gateway's own time-exceeded about a translated packet): only the quote was translated.
+    IcmpQuoteOnly = 9,
 }
 
 /// Number of [`Reason`] slots.
-pub const REASON_COUNT: u32 = 8;
+pub const REASON_COUNT: u32 = 10;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -74,6 +80,8 @@ impl Reason {
         Reason::FragmentTranslated,
         Reason::PassTruncatedL4,
         Reason::DropRewriteFailed,
+        Reason::DropTinyFragment,
+        Reason::IcmpQuoteOnly,
     ];
 
     /// Stable name used by `ipnat stats` and the metrics.
@@ -87,6 +95,8 @@ impl Reason {
             Reason::FragmentTranslated => "fragment_translated",
             Reason::PassTruncatedL4 => "pass_truncated_l4",
             Reason::DropRewriteFailed => "drop_rewrite_failed",
+            Reason::DropTinyFragment => "drop_tiny_fragment",
+            Reason::IcmpQuoteOnly => "icmp_quote_only",
         }
     }
 }

@@ -21,3 +21,9 @@ pub fn replace4(check: u16, old: u32, new: u32) -> u16 {
         + (new >> 16);
     !fold(sum)
 }
+
+/// New value of a checksum field after a 16-bit word it covers changed from `old` to `new`.
+#[inline(always)]
+pub fn replace2(check: u16, old: u16, new: u16) -> u16 {
+    !fold((!check as u32) + (!old as u32) + (new as u32))
+}

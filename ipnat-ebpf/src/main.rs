@@ -23,7 +23,7 @@ use ipnat_common::{
     MAX_MAPPING_ID, MAX_MAPPINGS, MappingCounters, NatTarget, REASON_COUNT, Reason,
 };
 
-use crate::nat::Dir;
+use crate::nat::{Dir, Verdict};
 
 /// public -> {private, mapping id}
 #[map(name = "IPNAT_DNAT")]
@@ -56,10 +56,12 @@ pub fn ipnat_xdp(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn try_ipnat_xdp(ctx: &XdpContext) -> Result<u32, ()> {
-    let reason = nat::translate(&mut pkt::Xdp(ctx), Dir::Dnat);
+    let (reason, verdict) = nat::translate(&mut pkt::Xdp(ctx), Dir::Dnat);
     count_reason(reason);
-    // The XDP rewrite checks every bound before writing, so it never fails halfway.
-    Ok(xdp_action::XDP_PASS)
+    Ok(match verdict {
+        Verdict::Pass => xdp_action::XDP_PASS,
+        Verdict::Drop => xdp_action::XDP_DROP,
+    })
 }
 
 #[classifier]
@@ -72,13 +74,13 @@ pub fn ipnat_tc_egress(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn try_ipnat_tc_egress(ctx: &TcContext) -> Result<i32, ()> {
-    let reason = nat::translate(&mut pkt::Tc(ctx), Dir::Snat);
+    let (reason, verdict) = nat::translate(&mut pkt::Tc(ctx), Dir::Snat);
     count_reason(reason);
-    match reason {
-        // A helper failed after the packet may have been partly rewritten: never send it.
-        Reason::DropRewriteFailed => Err(()),
-        _ => Ok(TC_ACT_OK as i32),
-    }
+    Ok(match verdict {
+        Verdict::Pass => TC_ACT_OK as i32,
+        // Also when a helper failed after the packet may have been partly rewritten.
+        Verdict::Drop => TC_ACT_SHOT,
+    })
 }
 
 #[cfg(not(test))]

@@ -38,6 +38,9 @@ pub trait Packet {
     fn read<T: Copy>(&self, off: usize) -> Option<T>;
     /// Length of the whole frame in bytes.
     fn frame_len(&self) -> u64;
+    /// Writes a `T` at `off` (already known to be inside the packet). Checksums are the
+    /// caller's business.
+    fn write<T: Copy>(&mut self, off: usize, v: T) -> Result<(), ()>;
     /// Replaces one IPv4 address and updates the IPv4 and L4 checksums together.
     /// On error the packet is unchanged (XDP) or must be dropped (TC).
     fn rewrite(&mut self, rw: &Rewrite) -> Result<(), ()>;
@@ -68,6 +71,14 @@ impl Packet for Xdp<'_> {
     #[inline(always)]
     fn frame_len(&self) -> u64 {
         (self.0.data_end() - self.0.data()) as u64
+    }
+
+    #[inline(always)]
+    fn write<T: Copy>(&mut self, off: usize, v: T) -> Result<(), ()> {
+        let p = self.ptr_at::<T>(off).ok_or(())?;
+        // SAFETY: bounds-checked by ptr_at.
+        unsafe { p.write_unaligned(v) };
+        Ok(())
     }
 
     #[inline(always)]
@@ -110,6 +121,11 @@ impl Packet for Tc<'_> {
     #[inline(always)]
     fn frame_len(&self) -> u64 {
         self.0.len() as u64
+    }
+
+    #[inline(always)]
+    fn write<T: Copy>(&mut self, off: usize, v: T) -> Result<(), ()> {
+        self.0.store(off, &v, 0).map_err(|_| ())
     }
 
     #[inline(always)]

@@ -27,6 +27,11 @@ pub enum DataplaneError {
     NotBuilt,
     #[error("loading the eBPF programs failed (are you root, with bpffs mounted?): {0}")]
     Load(#[source] aya::EbpfError),
+    #[error("the kernel refused program {program}: {source}")]
+    Verify {
+        program: &'static str,
+        source: aya::programs::ProgramError,
+    },
     #[error("interface {0:?} does not exist")]
     NoSuchInterface(String),
     #[error("attaching {program} to {iface} failed: {source}")]
@@ -88,10 +93,9 @@ impl Dataplane {
             let prog = ebpf
                 .program_mut(name)
                 .ok_or(DataplaneError::MissingMap(name))?;
-            let load = |e| DataplaneError::Attach {
+            let load = |source| DataplaneError::Verify {
                 program: name,
-                iface: "-".into(),
-                source: e,
+                source,
             };
             match prog {
                 aya::programs::Program::Xdp(p) => p.load().map_err(load)?,

@@ -121,6 +121,24 @@ impl Ipv4 {
         Self::new(src, dst, IPPROTO_ICMP, l4)
     }
 
+    /// An ICMP error (`icmp_type`/`code`, e.g. 3/4 fragmentation needed with `mtu`) quoting the
+    /// first `quote_len` bytes of `quoted` as it was sent (checksums over the full datagram).
+    pub fn icmp_error(
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        icmp_type: u8,
+        code: u8,
+        mtu: u16,
+        quoted: &Ipv4,
+        quote_len: usize,
+    ) -> Self {
+        let mut l4 = vec![icmp_type, code, 0, 0, 0, 0];
+        l4.extend_from_slice(&mtu.to_be_bytes());
+        let q = quoted.ip_bytes();
+        l4.extend_from_slice(&q[..quote_len.min(q.len())]);
+        Self::new(src, dst, IPPROTO_ICMP, l4)
+    }
+
     /// Same packet with other addresses.
     pub fn with_addrs(&self, src: Ipv4Addr, dst: Ipv4Addr) -> Self {
         Self {

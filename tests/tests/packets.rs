@@ -22,8 +22,10 @@ const EIP2: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 11);
 const PRIV2: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 11);
 const OTHER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 99);
 
+const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Hook {
@@ -38,6 +40,8 @@ struct Fixture {
     hook: Hook,
     input: Vec<u8>,
     expected: Vec<u8>,
+    /// Expected verdict when not "pass" (XDP_PASS / TC_ACT_OK).
+    drop: bool,
     reason: Reason,
     /// (public address of the mapping whose counters move, packets)
     mapping: Option<Ipv4Addr>,
@@ -50,6 +54,7 @@ fn dnat(name: &'static str, p: Ipv4) -> Fixture {
         hook: Hook::Xdp,
         input: p.frame(),
         expected: out.frame(),
+        drop: false,
         reason: Reason::Dnat,
         mapping: Some(EIP),
     }
@@ -62,6 +67,7 @@ fn snat(name: &'static str, p: Ipv4) -> Fixture {
         hook: Hook::TcEgress,
         input: p.frame(),
         expected: out.frame(),
+        drop: false,
         reason: Reason::Snat,
         mapping: Some(EIP),
     }
@@ -73,6 +79,7 @@ fn untouched(name: &'static str, hook: Hook, frame: Vec<u8>, reason: Reason) -> 
         hook,
         expected: frame.clone(),
         input: frame,
+        drop: false,
         reason,
         mapping: None,
     }
@@ -161,6 +168,7 @@ fn fixtures() -> Vec<Fixture> {
             hook,
             input: big.fragment_frame(0, 96, true),
             expected: out.fragment_frame(0, 96, true),
+            drop: false,
             reason: if hook == Hook::Xdp {
                 Reason::Dnat
             } else {
@@ -173,9 +181,22 @@ fn fixtures() -> Vec<Fixture> {
             hook,
             input: big.fragment_frame(96, 1000, false),
             expected: out.fragment_frame(96, 1000, false),
+            drop: false,
             reason: Reason::FragmentTranslated,
             mapping: Some(EIP),
         });
+        // A first fragment too short to hold the UDP checksum: dropped, untouched.
+        let tiny = big.fragment_frame(0, 4, true);
+        f.push(Fixture {
+            name: "first fragment without room for the L4 checksum (RFC 1858)",
+            hook,
+            expected: tiny.clone(),
+            input: tiny,
+            drop: true,
+            reason: Reason::DropTinyFragment,
+            mapping: None,
+        });
+        f.extend(icmp_error_fixtures(hook));
         // Untouched.
         let unmapped = if hook == Hook::Xdp {
             Ipv4::tcp(INET, 1, OTHER, 2, b"x")
@@ -255,6 +276,85 @@ fn fixtures() -> Vec<Fixture> {
                 ethernet(None, 0x0800, &[0x45, 0]),
                 Reason::PassMalformed,
             ));
+        }
+    }
+    f
+}
+
+const GW: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+
+/// ICMP errors quoting a translated packet (RFC 5508): the quote is translated the opposite
+/// way to the outer header, with its IPv4, L4 and the ICMP checksums.
+fn icmp_error_fixtures(hook: Hook) -> Vec<Fixture> {
+    let mut f = Vec::new();
+    let payload: Vec<u8> = (0..64u8).collect();
+    // The packets that caused the errors, as they were on the wire where the error was made.
+    let quoted_kinds: [(&'static str, fn(Ipv4Addr, Ipv4Addr, &[u8]) -> Ipv4, usize); 5] = [
+        ("quoting tcp", |s, d, p| Ipv4::tcp(s, 80, d, 40000, p), 500),
+        ("quoting udp", |s, d, p| Ipv4::udp(s, 53, d, 40000, p), 500),
+        (
+            "quoting udp without checksum",
+            |s, d, p| {
+                let mut u = Ipv4::udp(s, 53, d, 40000, p);
+                u.udp_csum = UdpCsum::Zero;
+                u
+            },
+            500,
+        ),
+        (
+            "quoting tcp, only 8 bytes of it (no checksum in the quote)",
+            |s, d, p| Ipv4::tcp(s, 80, d, 40000, p),
+            28,
+        ),
+        (
+            "quoting an echo request",
+            |s, d, p| Ipv4::icmp_echo(s, d, 9, 9, p),
+            500,
+        ),
+    ];
+    for (name, make, len) in quoted_kinds {
+        let (input, expected, reason) = match hook {
+            // The internet reports on a packet the backend sent (it left as EIP -> INET).
+            Hook::Xdp => (
+                Ipv4::icmp_error(INET, EIP, 3, 3, 0, &make(EIP, INET, &payload), len),
+                Ipv4::icmp_error(INET, PRIV, 3, 3, 0, &make(PRIV, INET, &payload), len),
+                Reason::Dnat,
+            ),
+            // The backend reports on a packet it received (INET -> PRIV after translation).
+            Hook::TcEgress => (
+                Ipv4::icmp_error(PRIV, INET, 3, 3, 0, &make(INET, PRIV, &payload), len),
+                Ipv4::icmp_error(EIP, INET, 3, 3, 0, &make(INET, EIP, &payload), len),
+                Reason::Snat,
+            ),
+        };
+        f.push(Fixture {
+            name,
+            hook,
+            input: input.frame(),
+            expected: expected.frame(),
+            drop: false,
+            reason,
+            mapping: Some(EIP),
+        });
+    }
+    if hook == Hook::TcEgress {
+        // The gateway's own kernel: TTL expired / fragmentation needed for a packet it had
+        // already translated INET -> PRIV. Only the quote names a mapped address.
+        for (name, t, code, mtu) in [
+            ("gateway's time exceeded, quote only", 11u8, 0u8, 0u16),
+            ("gateway's fragmentation needed, quote only", 3, 4, 1400),
+        ] {
+            let q = Ipv4::tcp(INET, 40000, PRIV, 80, &payload);
+            f.push(Fixture {
+                name,
+                hook,
+                input: Ipv4::icmp_error(GW, INET, t, code, mtu, &q, 548).frame(),
+                expected: Ipv4::icmp_error(GW, INET, t, code, mtu, &q.with_addrs(INET, EIP), 548)
+                    .frame(),
+                drop: false,
+                reason: Reason::IcmpQuoteOnly,
+                mapping: Some(EIP),
+            });
         }
     }
     f
@@ -349,10 +449,11 @@ fn fixtures_translate_exactly() {
         let before = h.snapshot();
         let (verdict, out) = h.run(fx.hook, &fx.input);
         let after = h.snapshot();
-        let want_verdict = if fx.hook == Hook::Xdp {
-            XDP_PASS
-        } else {
-            TC_ACT_OK
+        let want_verdict = match (fx.hook, fx.drop) {
+            (Hook::Xdp, false) => XDP_PASS,
+            (Hook::Xdp, true) => XDP_DROP,
+            (Hook::TcEgress, false) => TC_ACT_OK,
+            (Hook::TcEgress, true) => TC_ACT_SHOT,
         };
         let label = format!("{:?} / {}", fx.hook, fx.name);
         if verdict != want_verdict {
