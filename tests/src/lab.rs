@@ -25,6 +25,9 @@ pub const GW_EXT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 pub const GW_INT: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
 pub const BACKEND: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 10);
 pub const EIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+/// A second mapping, to a second address of the backend (for hairpin tests).
+pub const EIP2: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 11);
+pub const BACKEND2: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 11);
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -87,8 +90,16 @@ impl GatewayLab {
         lab.gw
             .ip(&["addr", "add", &format!("{GW_INT}/24"), "dev", "int0"])?;
         lab.gw.sysctl("net.ipv4.ip_forward", "1")?;
+        // A gateway that sends a packet back out of the interface it came in on (hairpin)
+        // must not tell the sender to go direct: the sender would then skip the translation.
+        for conf in ["all", "default", "ext0", "int0"] {
+            lab.gw
+                .sysctl(&format!("net.ipv4.conf.{conf}.send_redirects"), "0")?;
+        }
         lab.backend
             .ip(&["addr", "add", &format!("{BACKEND}/24"), "dev", "eth0"])?;
+        lab.backend
+            .ip(&["addr", "add", &format!("{BACKEND2}/24"), "dev", "eth0"])?;
         lab.backend
             .ip(&["route", "add", "default", "via", &GW_INT.to_string()])?;
         if opts.inet_tx_csum_off {
@@ -110,7 +121,8 @@ impl GatewayLab {
             "pin_path = \"{pin_path}\"\n\n\
              [[interface]]\nname = \"ext0\"\n\n\
              [[interface]]\nname = \"int0\"\n\n\
-             [[mapping]]\npublic = \"{EIP}\"\nprivate = \"{BACKEND}\"\n"
+             [[mapping]]\npublic = \"{EIP}\"\nprivate = \"{BACKEND}\"\n\n\
+             [[mapping]]\npublic = \"{EIP2}\"\nprivate = \"{BACKEND2}\"\n"
         )
     }
 
@@ -281,11 +293,25 @@ pub fn tcp_exchange(
     request: &[u8],
     response_len: usize,
 ) -> Result<Exchange> {
+    tcp_exchange_from(client, None, server, target, port, request, response_len)
+}
+
+/// [`tcp_exchange`] with the client's socket bound to `bind` first.
+pub fn tcp_exchange_from(
+    client: &Netns,
+    bind: Option<Ipv4Addr>,
+    server: &Netns,
+    target: Ipv4Addr,
+    port: u16,
+    request: &[u8],
+    response_len: usize,
+) -> Result<Exchange> {
     let listener = server.within(move || Ok(TcpListener::bind(("0.0.0.0", port))?))?;
     let server_thread = std::thread::spawn(move || -> Result<(SocketAddr, SocketAddr, Vec<u8>)> {
         listener.set_nonblocking(false)?;
         let (mut s, peer) = listener.accept()?;
         s.set_read_timeout(Some(TIMEOUT))?;
+        s.set_write_timeout(Some(TIMEOUT))?;
         let local = s.local_addr()?;
         let mut len = [0u8; 4];
         s.read_exact(&mut len)?;
@@ -298,9 +324,15 @@ pub fn tcp_exchange(
     });
     let req = request.to_vec();
     let client_result = client.within(move || -> Result<(SocketAddr, Vec<u8>)> {
-        let mut s = TcpStream::connect_timeout(&SocketAddr::from((target, port)), TIMEOUT)
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        if let Some(addr) = bind {
+            sock.bind(&SocketAddr::from((addr, 0)).into())?;
+        }
+        sock.connect_timeout(&SocketAddr::from((target, port)).into(), TIMEOUT)
             .with_context(|| format!("connect to {target}:{port}"))?;
+        let mut s: TcpStream = sock.into();
         s.set_read_timeout(Some(TIMEOUT))?;
+        s.set_write_timeout(Some(TIMEOUT))?;
         s.write_all(&(req.len() as u32).to_be_bytes())?;
         s.write_all(&req)?;
         let mut resp = Vec::new();

@@ -6,7 +6,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use ipnat_tests::{
     capture::{Capture, Frame},
-    lab::{BACKEND, EIP, GatewayLab, INET, LabOptions, tcp_exchange, udp_exchange},
+    lab::{
+        BACKEND, BACKEND2, EIP, EIP2, GatewayLab, INET, LabOptions, tcp_exchange,
+        tcp_exchange_from, udp_exchange,
+    },
     netns::require_root,
     packet::verify_ipv4,
 };
@@ -246,11 +249,272 @@ fn a_bad_config_is_refused_and_changes_nothing() {
         .expect("refused");
     assert!(
         err.to_string()
-            .contains("mapping[1].public = \"198.51.100.10\": already mapped by mapping[0]"),
+            .contains("mapping[2].public = \"198.51.100.10\": already mapped by mapping[0]"),
         "{err}"
     );
     assert!(!std::path::Path::new(&pin).exists(), "nothing pinned");
     let link =
         String::from_utf8(lab.gw.ip(&["-d", "link", "show", "ext0"]).unwrap().stdout).unwrap();
     assert!(!link.contains("xdp"), "nothing attached: {link}");
+}
+
+#[test]
+fn hairpin_a_backend_reaches_another_mapping_through_its_public_address() {
+    require_root();
+    let lab = GatewayLab::new(LabOptions::default()).unwrap();
+    let ipnat = lab.start_ipnat().unwrap();
+    // From 10.0.1.10 to the EIP of 10.0.1.11: in at int0, back out of int0, both rewrites.
+    let x = tcp_exchange_from(
+        &lab.backend,
+        Some(BACKEND),
+        &lab.backend,
+        EIP2,
+        8090,
+        b"hairpin",
+        20_000,
+    )
+    .unwrap();
+    assert_eq!(
+        x.server_saw_peer.ip(),
+        IpAddr::V4(EIP),
+        "the server sees the client's public address"
+    );
+    assert_eq!(x.server_local.ip(), IpAddr::V4(BACKEND2));
+    assert_eq!(
+        x.client_saw_peer,
+        SocketAddr::from((EIP2, 8090)),
+        "replies come from the public address it called"
+    );
+    assert_eq!(x.response.len(), 7 + 20_000);
+    let stats = ipnat.stats_json().unwrap();
+    for m in stats["mappings"].as_array().unwrap() {
+        assert!(
+            m["dnat_packets"].as_u64().unwrap() > 0 && m["snat_packets"].as_u64().unwrap() > 0,
+            "{m}"
+        );
+    }
+}
+
+/// A connected UDP socket with IP_RECVERR that sends one datagram with `ttl`, and returns the
+/// error the kernel reported to it (e.g. EHOSTUNREACH for a time exceeded it matched).
+fn udp_error_with_ttl(
+    ns: &ipnat_tests::netns::Netns,
+    target: Ipv4Addr,
+    port: u16,
+    ttl: u32,
+) -> std::io::Result<usize> {
+    ns.within(move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt with a pointer to a live c_int.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&s),
+                libc::IPPROTO_IP,
+                libc::IP_RECVERR,
+                &one as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+        };
+        assert_eq!(rc, 0);
+        s.set_ttl(ttl)?;
+        s.connect((target, port))?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
+        s.send(b"probe")?;
+        let mut buf = [0u8; 64];
+        Ok(s.recv(&mut buf))
+    })
+    .unwrap()
+}
+
+#[test]
+fn ttl_expiry_at_the_gateway_reaches_the_sending_socket_both_ways() {
+    require_root();
+    let lab = GatewayLab::new(LabOptions::default()).unwrap();
+    let ipnat = lab.start_ipnat().unwrap();
+    // Internet -> EIP with TTL 1: the gateway's kernel answers "time exceeded" quoting the
+    // packet it had already translated (to 10.0.1.10); ipnat translates the quote back, so
+    // the connected socket (to the EIP) matches it.
+    let err = udp_error_with_ttl(&lab.inet, EIP, 33434, 1).expect_err("an error, not a reply");
+    assert_eq!(err.raw_os_error(), Some(libc::EHOSTUNREACH), "{err}");
+    let stats = ipnat.stats_json().unwrap();
+    assert_eq!(stats["reasons"]["icmp_quote_only"], 1, "{stats}");
+    // Backend -> internet with TTL 1: answered before any translation.
+    let err = udp_error_with_ttl(&lab.backend, INET, 33434, 1).expect_err("an error, not a reply");
+    assert_eq!(err.raw_os_error(), Some(libc::EHOSTUNREACH), "{err}");
+    // With TTL 2 the datagram reaches the backend, whose closed port answers through the NAT.
+    let err = udp_error_with_ttl(&lab.inet, EIP, 33434, 2).expect_err("port unreachable");
+    assert_eq!(err.raw_os_error(), Some(libc::ECONNREFUSED), "{err}");
+}
+
+#[test]
+fn path_mtu_discovery_through_a_smaller_mtu_behind_the_gateway() {
+    require_root();
+    let lab = GatewayLab::new(LabOptions::default()).unwrap();
+    let ipnat = lab.start_ipnat().unwrap();
+    // The link between the gateway and the backend carries only 1280 bytes, but the backend
+    // announces an MSS for 1500 (a route's advmss, as behind a tunnel or a smaller-MTU hop).
+    // The internet host's full-size segments get "fragmentation needed" from the gateway,
+    // quoting the translated packet: only with the quote translated back does the internet
+    // host's TCP find its connection and shrink its segments.
+    lab.gw.ip(&["link", "set", "int0", "mtu", "1280"]).unwrap();
+    lab.backend
+        .ip(&["link", "set", "eth0", "mtu", "1280"])
+        .unwrap();
+    lab.backend
+        .ip(&[
+            "route",
+            "replace",
+            "default",
+            "via",
+            &ipnat_tests::lab::GW_INT.to_string(),
+            "advmss",
+            "1460",
+        ])
+        .unwrap();
+    let at_backend = Capture::start(&lab.backend, "eth0").unwrap();
+    let upload: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    let x = tcp_exchange(&lab.inet, &lab.backend, EIP, 8091, &upload, 10).unwrap();
+    assert_eq!(x.request, upload);
+    let frames = at_backend.stop().unwrap();
+    assert!(check_frames(&frames, INET, BACKEND, 6) > 200);
+    let biggest = frames
+        .iter()
+        .filter_map(|f| f.ipv4())
+        .map(|ip| u16::from_be_bytes([ip[2], ip[3]]))
+        .max()
+        .unwrap();
+    assert!(biggest <= 1280, "{biggest}");
+    let stats = ipnat.stats_json().unwrap();
+    assert!(
+        stats["reasons"]["icmp_quote_only"].as_u64().unwrap() >= 1,
+        "the gateway's own \"fragmentation needed\" went out translated: {stats}"
+    );
+}
+
+#[test]
+fn path_mtu_discovery_through_a_smaller_mtu_in_front_of_the_gateway() {
+    require_root();
+    let lab = GatewayLab::new(LabOptions::default()).unwrap();
+    let _ipnat = lab.start_ipnat().unwrap();
+    lab.gw.ip(&["link", "set", "ext0", "mtu", "1280"]).unwrap();
+    let at_inet = Capture::start(&lab.inet, "eth0").unwrap();
+    let x = tcp_exchange(&lab.inet, &lab.backend, EIP, 8092, b"download", 300_000).unwrap();
+    assert_eq!(x.response.len(), 8 + 300_000);
+    let frames = at_inet.stop().unwrap();
+    assert!(check_frames(&frames, EIP, INET, 6) > 200);
+}
+
+#[test]
+fn a_forward_drop_firewall_accepting_established_flows_keeps_working() {
+    require_root();
+    let lab = GatewayLab::new(LabOptions::default()).unwrap();
+    let _ipnat = lab.start_ipnat().unwrap();
+    // What Docker installs: FORWARD policy drop, established/related accepted, plus one rule
+    // opening the service. Conntrack sees the private destination (translated before routing)
+    // and the private source of replies (translated after netfilter): one consistent flow.
+    for rule in [
+        vec!["-P", "FORWARD", "DROP"],
+        vec![
+            "-A",
+            "FORWARD",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "RELATED,ESTABLISHED",
+            "-j",
+            "ACCEPT",
+        ],
+        vec![
+            "-A",
+            "FORWARD",
+            "-i",
+            "ext0",
+            "-o",
+            "int0",
+            "-p",
+            "tcp",
+            "-d",
+            "10.0.1.10",
+            "--dport",
+            "8093",
+            "-j",
+            "ACCEPT",
+        ],
+        vec![
+            "-A",
+            "FORWARD",
+            "-i",
+            "ext0",
+            "-o",
+            "int0",
+            "-p",
+            "udp",
+            "-d",
+            "10.0.1.10",
+            "--dport",
+            "5393",
+            "-j",
+            "ACCEPT",
+        ],
+    ] {
+        lab.gw.run("iptables", &rule).unwrap();
+    }
+    let x = tcp_exchange(
+        &lab.inet,
+        &lab.backend,
+        EIP,
+        8093,
+        b"through the firewall",
+        100_000,
+    )
+    .unwrap();
+    assert_eq!(x.response.len(), 20 + 100_000);
+    let y = udp_exchange(&lab.inet, &lab.backend, EIP, 5393, b"udp too").unwrap();
+    assert_eq!(y.client_saw_peer.ip(), IpAddr::V4(EIP));
+    // A port the firewall does not open stays closed.
+    assert!(tcp_exchange(&lab.inet, &lab.backend, EIP, 8094, b"blocked", 1).is_err());
+}
+
+#[test]
+fn ipv6_and_neighbour_discovery_pass_untouched() {
+    require_root();
+    let lab = GatewayLab::new(LabOptions::default()).unwrap();
+    let ipnat = lab.start_ipnat().unwrap();
+    lab.inet
+        .ip(&[
+            "-6",
+            "addr",
+            "add",
+            "2001:db8::10/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ])
+        .unwrap();
+    lab.gw
+        .ip(&[
+            "-6",
+            "addr",
+            "add",
+            "2001:db8::1/64",
+            "dev",
+            "ext0",
+            "nodad",
+        ])
+        .unwrap();
+    let out = lab
+        .inet
+        .run(
+            "ping",
+            &["-6", "-c", "2", "-i", "0.2", "-W", "2", "2001:db8::1"],
+        )
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 received"));
+    let stats = ipnat.stats_json().unwrap();
+    assert!(
+        stats["reasons"]["pass_not_ipv4"].as_u64().unwrap() >= 4,
+        "{stats}"
+    );
+    assert_eq!(stats["reasons"]["dnat"], 0);
 }
