@@ -6,10 +6,12 @@
 #![no_std]
 
 /// Version of the map layout below. Bump it whenever a key, value or map changes shape.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Capacity of the one-to-one mapping tables (each direction).
 pub const MAX_MAPPINGS: u32 = 65_536;
+/// Capacity of the prefix mapping tables (each direction).
+pub const MAX_PREFIXES: u32 = 4096;
 /// Mapping ids index [`MappingCounters`]; id 0 is reserved for "no mapping".
 pub const MAX_MAPPING_ID: u32 = MAX_MAPPINGS;
 
@@ -25,6 +27,39 @@ pub struct NatTarget {
     /// Index into the mapping counters (1..=MAX_MAPPING_ID).
     pub id: u32,
 }
+
+/// Value of the prefix tables (LPM tries keyed by prefix length + network address): a block
+/// mapping such as `120.0.0.0/25 <-> 10.0.1.0/25` that keeps the host bits, like NETMAP.
+///
+/// Host bits are kept, so the translation is `new = old ^ xor` with `xor` = the two networks
+/// XORed: the value never needs the prefix length, and stays one 8-byte load.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrefixTarget {
+    /// `from_network ^ to_network`, network byte order.
+    pub xor: u32,
+    /// Index into the mapping counters.
+    pub id: u32,
+}
+
+/// `Settings::flags`: forward translated packets in XDP/TC (`bpf_fib_lookup` + redirect)
+/// instead of handing them to the kernel's forwarding path.
+pub const FLAG_FAST_PATH: u32 = 1;
+/// `Settings::flags`: the prefix tables hold entries (skip their lookup otherwise).
+pub const FLAG_PREFIXES: u32 = 2;
+
+/// Data-plane settings, the single entry of the settings array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// Written by XDP in front of a packet it hands to TC ingress to forward (XDP cannot resolve
+/// a missing neighbour; `bpf_redirect_neigh` at TC can).
+pub const META_FORWARD: u32 = 0x1a7f_0001;
 
 /// Traffic counters of one mapping. Shared between CPUs and updated with atomic adds: a per-CPU
 /// copy would cost mappings x CPUs x 32 bytes.
@@ -65,10 +100,28 @@ pub enum Reason {
     /// An ICMP error whose outer addresses are not mapped but whose quoted packet is (e.g. the
     /// gateway's own time-exceeded about a translated packet): only the quote was translated.
     IcmpQuoteOnly = 9,
+    /// Fast path: translated and forwarded by XDP (redirect or back out of the same NIC).
+    Forwarded = 10,
+    /// Fast path: translated and forwarded by TC with `bpf_redirect_neigh` (the next hop's
+    /// neighbour entry was missing for XDP).
+    ForwardedNeigh = 11,
+    /// Fast path: XDP handed the packet untouched to TC ingress to resolve the neighbour.
+    PassNoNeigh = 12,
+    /// Fast path declined, TTL would expire: the kernel answers time exceeded.
+    SlowTtl = 13,
+    /// Fast path declined, larger than the egress MTU: the kernel fragments or answers
+    /// fragmentation needed.
+    SlowFragNeeded = 14,
+    /// Fast path declined, the source does not route back through the interface it came in
+    /// on (spoofed, or asymmetric routing): the kernel's rp_filter and firewall judge it.
+    SlowSpoofed = 15,
+    /// Fast path declined, no forwarding route (local, unreachable, forwarding off, VLAN): the
+    /// kernel handles it.
+    SlowNoRoute = 16,
 }
 
 /// Number of [`Reason`] slots.
-pub const REASON_COUNT: u32 = 10;
+pub const REASON_COUNT: u32 = 17;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -82,6 +135,13 @@ impl Reason {
         Reason::DropRewriteFailed,
         Reason::DropTinyFragment,
         Reason::IcmpQuoteOnly,
+        Reason::Forwarded,
+        Reason::ForwardedNeigh,
+        Reason::PassNoNeigh,
+        Reason::SlowTtl,
+        Reason::SlowFragNeeded,
+        Reason::SlowSpoofed,
+        Reason::SlowNoRoute,
     ];
 
     /// Stable name used by `ipnat stats` and the metrics.
@@ -97,6 +157,13 @@ impl Reason {
             Reason::DropRewriteFailed => "drop_rewrite_failed",
             Reason::DropTinyFragment => "drop_tiny_fragment",
             Reason::IcmpQuoteOnly => "icmp_quote_only",
+            Reason::Forwarded => "forwarded",
+            Reason::ForwardedNeigh => "forwarded_neigh",
+            Reason::PassNoNeigh => "pass_no_neigh",
+            Reason::SlowTtl => "slow_ttl",
+            Reason::SlowFragNeeded => "slow_frag_needed",
+            Reason::SlowSpoofed => "slow_spoofed",
+            Reason::SlowNoRoute => "slow_no_route",
         }
     }
 }
@@ -107,6 +174,11 @@ pub mod names {
     pub const SNAT_MAP: &str = "IPNAT_SNAT";
     pub const MAPPING_COUNTERS: &str = "IPNAT_MAP_CNT";
     pub const REASON_COUNTERS: &str = "IPNAT_REASONS";
+    pub const DNAT_PREFIX_MAP: &str = "IPNAT_DNAT_PFX";
+    pub const SNAT_PREFIX_MAP: &str = "IPNAT_SNAT_PFX";
+    pub const SETTINGS: &str = "IPNAT_SETTINGS";
+    pub const TC_INGRESS_PROGRAM: &str = "ipnat_tc_ingress";
+    pub const XDP_PASS_PROGRAM: &str = "ipnat_xdp_pass";
     pub const XDP_PROGRAM: &str = "ipnat_xdp";
     pub const TC_EGRESS_PROGRAM: &str = "ipnat_tc_egress";
 }
@@ -116,7 +188,11 @@ mod pod {
     // SAFETY: plain #[repr(C)] integers, no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::NatTarget {}
     unsafe impl aya::Pod for super::MappingCounters {}
+    unsafe impl aya::Pod for super::PrefixTarget {}
+    unsafe impl aya::Pod for super::Settings {}
 }
 
 const _: () = assert!(core::mem::size_of::<NatTarget>() == 8);
 const _: () = assert!(core::mem::size_of::<MappingCounters>() == 32);
+const _: () = assert!(core::mem::size_of::<PrefixTarget>() == 8);
+const _: () = assert!(core::mem::size_of::<Settings>() == 8);

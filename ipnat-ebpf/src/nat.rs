@@ -2,22 +2,22 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
-use aya_ebpf::maps::HashMap;
-use ipnat_common::{MappingCounters, NatTarget, Reason};
+use aya_ebpf::maps::{HashMap, LpmTrie, lpm_trie::Key};
+use ipnat_common::{FLAG_PREFIXES, MappingCounters, NatTarget, PrefixTarget, Reason};
 
 use crate::{
-    IPNAT_DNAT, IPNAT_MAP_CNT, IPNAT_SNAT, csum,
+    IPNAT_DNAT, IPNAT_DNAT_PFX, IPNAT_MAP_CNT, IPNAT_SNAT, IPNAT_SNAT_PFX, csum,
     pkt::{L4Csum, Packet, Rewrite},
 };
 
-const ETH_HLEN: usize = 14;
+pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 /// VLAN tags skipped at most (QinQ).
 const MAX_VLAN_TAGS: usize = 2;
 
-const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_DCCP: u8 = 33;
@@ -50,17 +50,46 @@ fn ipv4_offset<P: Packet>(p: &P) -> Result<usize, Reason> {
     Ok(off + 2)
 }
 
+/// One 8-byte load of a map value: an entry the controller replaces in place is seen whole,
+/// old or new, never half of each.
 #[inline(always)]
-fn lookup(map: &HashMap<u32, NatTarget>, addr: u32) -> Option<NatTarget> {
-    let p = map.get_ptr(addr)?;
-    // One 8-byte load: an entry replaced in place by the controller is seen whole, old or new.
+fn load8(p: *const u64) -> (u32, u32) {
     // SAFETY: the map returned a valid pointer to an 8-byte, 8-aligned value.
-    let raw = unsafe { core::ptr::read_volatile(p as *const u64) };
-    let v = NatTarget {
-        addr: raw as u32,
-        id: (raw >> 32) as u32,
+    let raw = unsafe { core::ptr::read_volatile(p) };
+    (raw as u32, (raw >> 32) as u32)
+}
+
+#[inline(always)]
+fn lookup_exact(map: &HashMap<u32, NatTarget>, addr: u32) -> Option<NatTarget> {
+    let (addr, id) = load8(map.get_ptr(addr)? as *const u64);
+    Some(NatTarget { addr, id })
+}
+
+#[inline(always)]
+fn lookup_prefix(map: &LpmTrie<u32, PrefixTarget>, addr: u32) -> Option<NatTarget> {
+    let v: *const PrefixTarget = map.get(&Key::new(32, addr))?;
+    let (xor, id) = load8(v as *const u64);
+    Some(NatTarget {
+        addr: addr ^ xor,
+        id,
+    })
+}
+
+/// The translation of `addr` in direction `dir`: an exact mapping first, then the longest
+/// matching prefix mapping (only when the controller installed any: `flags`).
+#[inline(always)]
+pub fn lookup(dir: Dir, addr: u32, flags: u32) -> Option<NatTarget> {
+    let (exact, prefixes) = match dir {
+        Dir::Dnat => (&IPNAT_DNAT, &IPNAT_DNAT_PFX),
+        Dir::Snat => (&IPNAT_SNAT, &IPNAT_SNAT_PFX),
     };
-    Some(v)
+    if let Some(t) = lookup_exact(exact, addr) {
+        return Some(t);
+    }
+    if flags & FLAG_PREFIXES == 0 {
+        return None;
+    }
+    lookup_prefix(prefixes, addr)
 }
 
 #[inline(always)]
@@ -86,10 +115,10 @@ fn count_mapping(id: u32, dir: Dir, bytes: u64) {
 #[inline(always)]
 fn l4_csum(proto: u8, l4_off: usize) -> L4Csum {
     match proto {
-        IPPROTO_TCP => L4Csum::Always(l4_off + 16),
-        IPPROTO_UDP => L4Csum::Udp(l4_off + 6),
-        IPPROTO_DCCP | IPPROTO_UDPLITE => L4Csum::Always(l4_off + 6),
-        _ => L4Csum::None,
+        IPPROTO_TCP => L4Csum::at(l4_off + 16, L4Csum::ALWAYS),
+        IPPROTO_UDP => L4Csum::at(l4_off + 6, L4Csum::UDP),
+        IPPROTO_DCCP | IPPROTO_UDPLITE => L4Csum::at(l4_off + 6, L4Csum::ALWAYS),
+        _ => L4Csum::none(),
     }
 }
 
@@ -109,13 +138,28 @@ struct Quote {
     addr_off: usize,
     old: u32,
     target: NatTarget,
-    /// Offset of the quoted L4 checksum, when the quote holds it and it covers the
-    /// pseudo-header; `true` when a zero there means "none" (UDP).
-    l4_csum: Option<(usize, bool)>,
+    /// The quoted L4 checksum, when the quote holds it and it covers the pseudo-header.
+    l4_csum: L4Csum,
+}
+
+impl Quote {
+    /// No quote (`target.id` 0). Explicit zeros rather than an `Option`: see [`L4Csum`].
+    const NONE: Quote = Quote {
+        ip_off: 0,
+        addr_off: 0,
+        old: 0,
+        target: NatTarget { addr: 0, id: 0 },
+        l4_csum: L4Csum::none(),
+    };
+
+    #[inline(always)]
+    fn found(&self) -> bool {
+        self.target.id != 0
+    }
 }
 
 #[inline(always)]
-fn parse_quote<P: Packet>(p: &P, icmp_off: usize, dir: Dir) -> Option<Quote> {
+fn parse_quote<P: Packet>(p: &P, icmp_off: usize, dir: Dir, flags: u32) -> Option<Quote> {
     let ip_off = icmp_off + 8;
     // One bounds check for the whole quoted header (single-byte checks at variable offsets
     // are compiled into a form the verifier cannot follow).
@@ -127,21 +171,17 @@ fn parse_quote<P: Packet>(p: &P, icmp_off: usize, dir: Dir) -> Option<Quote> {
     let field = if dir == Dir::Dnat { 12 } else { 16 };
     let addr_off = ip_off + field;
     let old = u32::from_ne_bytes([h[field], h[field + 1], h[field + 2], h[field + 3]]);
-    let map = if dir == Dir::Dnat {
-        &IPNAT_DNAT
-    } else {
-        &IPNAT_SNAT
-    };
-    let target = lookup(map, old)?;
+    let target = lookup(dir, old, flags)?;
     let frag = u16::from_be_bytes([h[6], h[7]]);
     let proto = h[9];
     let l4_csum = if frag & 0x1fff != 0 {
-        None
+        L4Csum::none()
     } else {
-        match l4_csum(proto, ip_off + ihl) {
-            L4Csum::None => None,
-            L4Csum::Always(off) => p.read::<u16>(off).map(|_| (off, false)),
-            L4Csum::Udp(off) => p.read::<u16>(off).map(|_| (off, true)),
+        let l4 = l4_csum(proto, ip_off + ihl);
+        if l4.kind != L4Csum::NONE && p.read::<u16>(l4.off).is_some() {
+            l4
+        } else {
+            L4Csum::none()
         }
     };
     Some(Quote {
@@ -164,8 +204,10 @@ fn rewrite_quote<P: Packet>(p: &mut P, icmp_off: usize, q: &Quote) -> Result<(),
     let new_ip_check = csum::replace4(ip_check, q.old, new);
     let mut new_icmp = csum::replace4(icmp_check, q.old, new);
     new_icmp = csum::replace2(new_icmp, ip_check, new_ip_check);
-    let mut l4 = None;
-    if let Some((off, udp)) = q.l4_csum {
+    // (offset, new value, write it): defined values, see [`L4Csum`].
+    let mut l4 = (0usize, 0u16, false);
+    if q.l4_csum.kind != L4Csum::NONE {
+        let (off, udp) = (q.l4_csum.off, q.l4_csum.kind == L4Csum::UDP);
         let cur = p.read::<u16>(off).ok_or(())?;
         if !(udp && cur == 0) {
             let mut next = csum::replace4(cur, q.old, new);
@@ -173,13 +215,13 @@ fn rewrite_quote<P: Packet>(p: &mut P, icmp_off: usize, q: &Quote) -> Result<(),
                 next = 0xffff;
             }
             new_icmp = csum::replace2(new_icmp, cur, next);
-            l4 = Some((off, next));
+            l4 = (off, next, true);
         }
     }
     p.write(q.addr_off, new)?;
     p.write(q.ip_off + 10, new_ip_check)?;
-    if let Some((off, v)) = l4 {
-        p.write(off, v)?;
+    if l4.2 {
+        p.write(l4.0, l4.1)?;
     }
     p.write(icmp_off + 2, new_icmp)
 }
@@ -193,61 +235,112 @@ pub enum Verdict {
     Drop,
 }
 
+/// The IPv4 header fields the data plane works with.
+#[derive(Clone, Copy)]
+pub struct Hdr {
+    /// Offset of the IPv4 header in the frame.
+    pub ip_off: usize,
+    /// Offset of the L4 header (behind any IP options).
+    pub l4_off: usize,
+    pub tos: u8,
+    pub tot_len: u16,
+    /// Flags and fragment offset, host order.
+    pub frag: u16,
+    pub ttl: u8,
+    pub proto: u8,
+    pub src: u32,
+    pub dst: u32,
+}
+
+impl Hdr {
+    /// A fragment other than the first: no L4 header.
+    #[inline(always)]
+    pub fn non_first_fragment(&self) -> bool {
+        self.frag & 0x1fff != 0
+    }
+
+    #[inline(always)]
+    pub fn more_fragments(&self) -> bool {
+        self.frag & 0x2000 != 0
+    }
+}
+
+/// Parses the IPv4 header behind Ethernet (and up to two VLAN tags), or says why not.
+#[inline(always)]
+pub fn parse<P: Packet>(p: &P) -> Result<Hdr, Reason> {
+    let ip_off = ipv4_offset(p)?;
+    // One bounds check for the fixed header (see parse_quote).
+    let h = p.read::<[u8; 20]>(ip_off).ok_or(Reason::PassMalformed)?;
+    let ihl = (h[0] & 0x0f) as usize * 4;
+    if h[0] >> 4 != 4 || ihl < 20 {
+        return Err(Reason::PassMalformed);
+    }
+    Ok(Hdr {
+        ip_off,
+        l4_off: ip_off + ihl,
+        tos: h[1],
+        tot_len: u16::from_be_bytes([h[2], h[3]]),
+        frag: u16::from_be_bytes([h[6], h[7]]),
+        ttl: h[8],
+        proto: h[9],
+        src: u32::from_ne_bytes([h[12], h[13], h[14], h[15]]),
+        dst: u32::from_ne_bytes([h[16], h[17], h[18], h[19]]),
+    })
+}
+
 /// Translates one packet in direction `dir`; returns what happened and whether to keep it.
+#[inline(always)]
+pub fn translate<P: Packet>(p: &mut P, dir: Dir, flags: u32) -> (Reason, Verdict) {
+    let h = match parse(p) {
+        Ok(h) => h,
+        Err(reason) => return (reason, Verdict::Pass),
+    };
+    let target = lookup(dir, if dir == Dir::Dnat { h.dst } else { h.src }, flags);
+    translate_hdr(p, &h, dir, target, flags)
+}
+
+/// [`translate`] for a packet already parsed into `h`, with its address already looked up.
 ///
 /// `Dnat` translates the destination public -> private, and in an ICMP error the quoted
 /// packet's source (it was sent from the public address). `Snat` translates the source
 /// private -> public, and in an ICMP error the quoted packet's destination, also when only the
 /// quote matches (an error the gateway's own kernel generated about a translated packet).
 #[inline(always)]
-pub fn translate<P: Packet>(p: &mut P, dir: Dir) -> (Reason, Verdict) {
-    let ip_off = match ipv4_offset(p) {
-        Ok(off) => off,
-        Err(reason) => return (reason, Verdict::Pass),
-    };
-    let Some(vihl) = p.read::<u8>(ip_off) else {
-        return (Reason::PassMalformed, Verdict::Pass);
-    };
-    let ihl = (vihl & 0x0f) as usize * 4;
-    if vihl >> 4 != 4 || ihl < 20 {
-        return (Reason::PassMalformed, Verdict::Pass);
-    }
-    let addr_off = ip_off + if dir == Dir::Dnat { 16 } else { 12 };
-    let (Some(old), Some(frag), Some(proto)) = (
-        p.read::<u32>(addr_off),
-        p.read::<u16>(ip_off + 6),
-        p.read::<u8>(ip_off + 9),
-    ) else {
-        return (Reason::PassMalformed, Verdict::Pass);
-    };
-    let frag = u16::from_be(frag);
-    // A non-first fragment carries no L4 header; its L4 checksum was fixed in the first one.
-    let non_first_fragment = frag & 0x1fff != 0;
-    let more_fragments = frag & 0x2000 != 0;
-    let l4_off = ip_off + ihl;
-    let map = if dir == Dir::Dnat {
-        &IPNAT_DNAT
+pub fn translate_hdr<P: Packet>(
+    p: &mut P,
+    h: &Hdr,
+    dir: Dir,
+    target: Option<NatTarget>,
+    flags: u32,
+) -> (Reason, Verdict) {
+    let ip_off = h.ip_off;
+    let (addr_off, old) = if dir == Dir::Dnat {
+        (ip_off + 16, h.dst)
     } else {
-        &IPNAT_SNAT
+        (ip_off + 12, h.src)
     };
-    let target = lookup(map, old);
+    let proto = h.proto;
+    // A non-first fragment carries no L4 header; its L4 checksum was fixed in the first one.
+    let non_first_fragment = h.non_first_fragment();
+    let more_fragments = h.more_fragments();
+    let l4_off = h.l4_off;
 
     // An ICMP error (never a fragment of one) may quote a translated packet.
-    let mut quote = None;
+    let mut quote = Quote::NONE;
     if proto == IPPROTO_ICMP && !non_first_fragment && !more_fragments {
         // Type and code as one read (see parse_quote).
         if let Some(tc) = p.read::<[u8; 2]>(l4_off) {
             if is_icmp_error(tc[0]) {
-                quote = parse_quote(p, l4_off, dir);
+                quote = parse_quote(p, l4_off, dir, flags).unwrap_or(Quote::NONE);
             }
         }
     }
-
     let Some(target) = target else {
-        let Some(q) = quote else {
+        if !quote.found() {
             return (Reason::PassNoMapping, Verdict::Pass);
-        };
-        if rewrite_quote(p, l4_off, &q).is_err() {
+        }
+        let q = &quote;
+        if rewrite_quote(p, l4_off, q).is_err() {
             return (Reason::DropRewriteFailed, Verdict::Drop);
         }
         count_mapping(q.target.id, dir, p.frame_len());
@@ -255,11 +348,11 @@ pub fn translate<P: Packet>(p: &mut P, dir: Dir) -> (Reason, Verdict) {
     };
 
     let l4 = if non_first_fragment {
-        L4Csum::None
+        L4Csum::none()
     } else {
         let l4 = l4_csum(proto, l4_off);
-        if let L4Csum::Always(off) | L4Csum::Udp(off) = l4 {
-            if p.read::<u16>(off).is_none() {
+        if l4.kind != L4Csum::NONE {
+            if p.read::<u16>(l4.off).is_none() {
                 // The L4 checksum field is not in this packet. A first fragment that short
                 // cannot be fixed without state, and is an attack (RFC 1858): drop it.
                 // An unfragmented packet that short is malformed: the kernel will judge it.
@@ -282,8 +375,8 @@ pub fn translate<P: Packet>(p: &mut P, dir: Dir) -> (Reason, Verdict) {
     if p.rewrite(&rw).is_err() {
         return (Reason::DropRewriteFailed, Verdict::Drop);
     }
-    if let Some(q) = quote {
-        if rewrite_quote(p, l4_off, &q).is_err() {
+    if quote.found() {
+        if rewrite_quote(p, l4_off, &quote).is_err() {
             return (Reason::DropRewriteFailed, Verdict::Drop);
         }
     }

@@ -3,9 +3,10 @@
 //! arithmetic; TC uses the kernel's checksum helpers, which know whether the skb carries a full
 //! or a partial (pseudo-header only) L4 checksum.
 
-use core::mem::size_of;
+use core::{ffi::c_void, mem::size_of};
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::{TcContext, XdpContext},
 };
@@ -13,14 +14,36 @@ use aya_ebpf::{
 use crate::csum;
 
 /// Where the L4 checksum that covers the IPv4 pseudo-header lives, if any.
+///
+/// A plain struct rather than an enum with payloads: LLVM leaves the payload of a variant
+/// without one undefined, may spill that register, and the verifier refuses the read.
 #[derive(Clone, Copy)]
-pub enum L4Csum {
+pub struct L4Csum {
+    /// Packet offset of the checksum field (0 with `NONE`).
+    pub off: usize,
+    pub kind: u8,
+}
+
+impl L4Csum {
     /// No L4 checksum over the addresses (ICMP, non-first fragments, other protocols).
-    None,
-    /// A checksum at this packet offset that always covers the pseudo-header (TCP, DCCP, UDP-Lite).
-    Always(usize),
+    pub const NONE: u8 = 0;
+    /// Always covers the pseudo-header (TCP, DCCP, UDP-Lite).
+    pub const ALWAYS: u8 = 1;
     /// UDP: a zero checksum means "none" and must stay zero; a computed zero is sent as 0xffff.
-    Udp(usize),
+    pub const UDP: u8 = 2;
+
+    #[inline(always)]
+    pub const fn none() -> Self {
+        Self {
+            off: 0,
+            kind: Self::NONE,
+        }
+    }
+
+    #[inline(always)]
+    pub const fn at(off: usize, kind: u8) -> Self {
+        Self { off, kind }
+    }
 }
 
 pub struct Rewrite {
@@ -44,6 +67,11 @@ pub trait Packet {
     /// Replaces one IPv4 address and updates the IPv4 and L4 checksums together.
     /// On error the packet is unchanged (XDP) or must be dropped (TC).
     fn rewrite(&mut self, rw: &Rewrite) -> Result<(), ()>;
+    /// Replaces the 16-bit word at `off` (inside the IPv4 header at `ip_off`; `old` and `new`
+    /// as loaded from packet memory) and fixes the header checksum.
+    fn replace_l3_u16(&mut self, ip_off: usize, off: usize, old: u16, new: u16) -> Result<(), ()>;
+    /// The program context, for helpers such as `bpf_fib_lookup`.
+    fn ctx_ptr(&self) -> *mut c_void;
 }
 
 pub struct Xdp<'a>(pub &'a XdpContext);
@@ -86,10 +114,13 @@ impl Packet for Xdp<'_> {
         // Resolve every pointer before writing anything, so a short packet is left untouched.
         let addr = self.ptr_at::<u32>(rw.addr_off).ok_or(())?;
         let ip_check = self.ptr_at::<u16>(rw.ip_off + 10).ok_or(())?;
-        let l4_check = match rw.l4 {
-            L4Csum::None => None,
-            L4Csum::Always(off) => Some((self.ptr_at::<u16>(off).ok_or(())?, false)),
-            L4Csum::Udp(off) => Some((self.ptr_at::<u16>(off).ok_or(())?, true)),
+        let l4_check = if rw.l4.kind == L4Csum::NONE {
+            None
+        } else {
+            Some((
+                self.ptr_at::<u16>(rw.l4.off).ok_or(())?,
+                rw.l4.kind == L4Csum::UDP,
+            ))
         };
         // SAFETY: all pointers were bounds-checked above.
         unsafe {
@@ -105,6 +136,30 @@ impl Packet for Xdp<'_> {
                     p.write_unaligned(next);
                 }
             }
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn replace_l3_u16(&mut self, ip_off: usize, off: usize, old: u16, new: u16) -> Result<(), ()> {
+        self.replace_u16(ip_off, off, old, new)
+    }
+
+    #[inline(always)]
+    fn ctx_ptr(&self) -> *mut c_void {
+        self.0.as_ptr()
+    }
+}
+
+impl Xdp<'_> {
+    #[inline(always)]
+    fn replace_u16(&mut self, ip_off: usize, off: usize, old: u16, new: u16) -> Result<(), ()> {
+        let word = self.ptr_at::<u16>(off).ok_or(())?;
+        let check = self.ptr_at::<u16>(ip_off + 10).ok_or(())?;
+        // SAFETY: both pointers were bounds-checked.
+        unsafe {
+            word.write_unaligned(new);
+            check.write_unaligned(csum::replace2(check.read_unaligned(), old, new));
         }
         Ok(())
     }
@@ -132,25 +187,31 @@ impl Packet for Tc<'_> {
     fn rewrite(&mut self, rw: &Rewrite) -> Result<(), ()> {
         let size = size_of::<u32>() as u64;
         let (old, new) = (rw.old as u64, rw.new as u64);
-        match rw.l4 {
-            L4Csum::None => {}
-            L4Csum::Always(off) => self
-                .0
-                .l4_csum_replace(off, old, new, BPF_F_PSEUDO_HDR as u64 | size)
-                .map_err(|_| ())?,
-            L4Csum::Udp(off) => self
-                .0
-                .l4_csum_replace(
-                    off,
-                    old,
-                    new,
-                    (BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0) as u64 | size,
-                )
-                .map_err(|_| ())?,
+        if rw.l4.kind != L4Csum::NONE {
+            let mut flags = BPF_F_PSEUDO_HDR as u64 | size;
+            if rw.l4.kind == L4Csum::UDP {
+                flags |= BPF_F_MARK_MANGLED_0 as u64;
+            }
+            self.0
+                .l4_csum_replace(rw.l4.off, old, new, flags)
+                .map_err(|_| ())?;
         }
         self.0
             .l3_csum_replace(rw.ip_off + 10, old, new, size)
             .map_err(|_| ())?;
         self.0.store(rw.addr_off, &rw.new, 0).map_err(|_| ())
+    }
+
+    #[inline(always)]
+    fn replace_l3_u16(&mut self, ip_off: usize, off: usize, old: u16, new: u16) -> Result<(), ()> {
+        self.0
+            .l3_csum_replace(ip_off + 10, old as u64, new as u64, size_of::<u16>() as u64)
+            .map_err(|_| ())?;
+        self.0.store(off, &new, 0).map_err(|_| ())
+    }
+
+    #[inline(always)]
+    fn ctx_ptr(&self) -> *mut c_void {
+        self.0.as_ptr()
     }
 }

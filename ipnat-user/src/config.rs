@@ -25,9 +25,18 @@ pub struct Config {
     /// transmit (source private -> public).
     #[serde(default, rename = "interface")]
     pub interfaces: Vec<InterfaceConfig>,
+    /// Forward translated packets from XDP/TC (`bpf_fib_lookup` + redirect), bypassing the
+    /// kernel's forwarding path and its FORWARD chain; false: every packet goes through the
+    /// kernel (destination translated before routing, source at transmit).
+    #[serde(default = "default_true")]
+    pub fast_path: bool,
     /// One-to-one mappings.
     #[serde(default, rename = "mapping")]
     pub mappings: Vec<MappingConfig>,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_pin_path() -> PathBuf {

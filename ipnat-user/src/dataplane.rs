@@ -12,7 +12,9 @@ use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray},
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc},
 };
-use ipnat_common::{MAX_MAPPING_ID, MappingCounters, NatTarget, Reason, names};
+use ipnat_common::{
+    FLAG_FAST_PATH, MAX_MAPPING_ID, MappingCounters, NatTarget, Reason, Settings, names,
+};
 use serde::Serialize;
 use thiserror::Error;
 
@@ -89,7 +91,11 @@ impl Dataplane {
             return Err(DataplaneError::NotBuilt);
         }
         let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(DataplaneError::Load)?;
-        for name in [names::XDP_PROGRAM, names::TC_EGRESS_PROGRAM] {
+        for name in [
+            names::XDP_PROGRAM,
+            names::TC_INGRESS_PROGRAM,
+            names::TC_EGRESS_PROGRAM,
+        ] {
             let prog = ebpf
                 .program_mut(name)
                 .ok_or(DataplaneError::MissingMap(name))?;
@@ -112,7 +118,7 @@ impl Dataplane {
         &self.ebpf
     }
 
-    /// Attaches XDP (native mode) on receive and TC on transmit. Both are detached when the
+    /// Attaches XDP (native mode) and TC on receive, and TC on transmit. Both are detached when the
     /// `Dataplane` is dropped.
     pub fn attach(&mut self, iface: &str) -> Result<(), DataplaneError> {
         ifindex(iface)?;
@@ -129,17 +135,22 @@ impl Dataplane {
             })?;
         // TCX needs no qdisc; older kernels need clsact. An existing one is fine.
         let _ = tc::qdisc_add_clsact(iface);
-        let tc: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(names::TC_EGRESS_PROGRAM)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(DataplaneError::MissingMap(names::TC_EGRESS_PROGRAM))?;
-        tc.attach(iface, TcAttachType::Egress)
-            .map_err(|source| DataplaneError::Attach {
-                program: names::TC_EGRESS_PROGRAM,
-                iface: iface.into(),
-                source,
-            })?;
+        for (name, hook) in [
+            (names::TC_INGRESS_PROGRAM, TcAttachType::Ingress),
+            (names::TC_EGRESS_PROGRAM, TcAttachType::Egress),
+        ] {
+            let tc: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(name)
+                .and_then(|p| p.try_into().ok())
+                .ok_or(DataplaneError::MissingMap(name))?;
+            tc.attach(iface, hook)
+                .map_err(|source| DataplaneError::Attach {
+                    program: name,
+                    iface: iface.into(),
+                    source,
+                })?;
+        }
         Ok(())
     }
 }
@@ -177,13 +188,15 @@ pub struct Tables {
     snat: HashMap<MapData, u32, NatTarget>,
     counters: Array<MapData, MappingCounters>,
     reasons: PerCpuArray<MapData, u64>,
+    settings: Array<MapData, Settings>,
 }
 
-const MAP_NAMES: [&str; 4] = [
+const MAP_NAMES: [&str; 5] = [
     names::DNAT_MAP,
     names::SNAT_MAP,
     names::MAPPING_COUNTERS,
     names::REASON_COUNTERS,
+    names::SETTINGS,
 ];
 
 /// Creates the pin directory, which must not exist yet: ipnat never adopts a directory it did
@@ -288,6 +301,9 @@ impl Tables {
             reasons: take(names::REASON_COUNTERS)?
                 .try_into()
                 .map_err(map_err(names::REASON_COUNTERS))?,
+            settings: take(names::SETTINGS)?
+                .try_into()
+                .map_err(map_err(names::SETTINGS))?,
         })
     }
 
@@ -325,6 +341,9 @@ impl Tables {
             reasons: open(names::REASON_COUNTERS)?
                 .try_into()
                 .map_err(map_err(names::REASON_COUNTERS))?,
+            settings: open(names::SETTINGS)?
+                .try_into()
+                .map_err(map_err(names::SETTINGS))?,
         })
     }
 
@@ -408,6 +427,26 @@ impl Tables {
             }
         }
         Ok(())
+    }
+
+    /// The data plane's `FLAG_*` bits.
+    pub fn flags(&self) -> Result<u32, DataplaneError> {
+        Ok(self
+            .settings
+            .get(&0, 0)
+            .map_err(map_err(names::SETTINGS))?
+            .flags)
+    }
+
+    /// Turns the forwarding fast path on or off.
+    pub fn set_fast_path(&mut self, on: bool) -> Result<(), DataplaneError> {
+        let mut flags = self.flags()? & !FLAG_FAST_PATH;
+        if on {
+            flags |= FLAG_FAST_PATH;
+        }
+        self.settings
+            .set(0, Settings { flags, _pad: 0 }, 0)
+            .map_err(map_err(names::SETTINGS))
     }
 
     /// Reads every counter.

@@ -107,9 +107,10 @@ fn run_dataplane(config: Config, stats_interval: u64) -> Result<()> {
     let mut dp = Dataplane::load(Some(&config.pin_path))?;
     let result = (|| -> Result<()> {
         dp.tables.apply(&config.mappings)?;
+        dp.tables.set_fast_path(config.fast_path)?;
         for iface in &config.interfaces {
             dp.attach(&iface.name)?;
-            info!(interface = %iface.name, "attached XDP (native, receive) and TC (transmit)");
+            info!(interface = %iface.name, "attached XDP (native) and TC on receive, TC on transmit");
         }
         info!(mappings = config.mappings.len(), pin_path = %config.pin_path.display(), "ipnat running; Ctrl-C to stop");
         let rt = tokio::runtime::Builder::new_current_thread()

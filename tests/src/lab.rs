@@ -43,6 +43,8 @@ pub struct LabOptions {
     /// Turn off transmit checksum offload on the gateway's interfaces, so the kernel completes
     /// any partial checksum after TC and a capture at the receiver can verify it.
     pub gateway_tx_csum_off: bool,
+    /// The config's `fast_path`.
+    pub fast_path: bool,
 }
 
 impl Default for LabOptions {
@@ -51,14 +53,49 @@ impl Default for LabOptions {
             inet_tx_csum_off: true,
             backend_tx_csum_off: true,
             gateway_tx_csum_off: true,
+            fast_path: true,
         }
     }
 }
 
 pub struct GatewayLab {
+    pub opts: LabOptions,
+    /// The XDP pass programs on the hosts' ends of the veths (detached when dropped).
+    peers: std::sync::Mutex<Vec<aya::Ebpf>>,
     pub inet: Netns,
     pub gw: Netns,
     pub backend: Netns,
+}
+
+/// Packets `ns`'s kernel forwarded (`ForwDatagrams` of /proc/net/snmp).
+pub fn kernel_forwarded(ns: &Netns) -> Result<u64> {
+    let out = ns.run("cat", &["/proc/net/snmp"])?;
+    let text = String::from_utf8(out.stdout)?;
+    let mut ip = text.lines().filter(|l| l.starts_with("Ip:"));
+    let (names, values) = (ip.next().context("Ip:")?, ip.next().context("Ip:")?);
+    let i = names
+        .split_whitespace()
+        .position(|n| n == "ForwDatagrams")
+        .context("ForwDatagrams")?;
+    Ok(values
+        .split_whitespace()
+        .nth(i)
+        .context("ForwDatagrams value")?
+        .parse()?)
+}
+
+/// Attaches ipnat's pass-everything XDP program to `iface` in `ns`.
+fn xdp_pass(ns: &Netns, iface: &'static str) -> Result<aya::Ebpf> {
+    ns.within(move || {
+        let mut ebpf = aya::Ebpf::load(ipnat::EBPF_OBJECT)?;
+        let prog: &mut aya::programs::Xdp = ebpf
+            .program_mut(ipnat_common::names::XDP_PASS_PROGRAM)
+            .context("no pass program in the eBPF object")?
+            .try_into()?;
+        prog.load()?;
+        prog.attach(iface, aya::programs::XdpMode::Driver)?;
+        Ok(ebpf)
+    })
 }
 
 fn ethtool_tx_off(ns: &Netns, iface: &str) -> Result<()> {
@@ -70,6 +107,8 @@ fn ethtool_tx_off(ns: &Netns, iface: &str) -> Result<()> {
 impl GatewayLab {
     pub fn new(opts: LabOptions) -> Result<Self> {
         let lab = Self {
+            peers: std::sync::Mutex::new(Vec::new()),
+            opts,
             inet: Netns::new("inet")?,
             gw: Netns::new("gw")?,
             backend: Netns::new("be")?,
@@ -102,6 +141,14 @@ impl GatewayLab {
             .ip(&["addr", "add", &format!("{BACKEND2}/24"), "dev", "eth0"])?;
         lab.backend
             .ip(&["route", "add", "default", "via", &GW_INT.to_string()])?;
+        // XDP_REDIRECT/XDP_TX into a veth needs an XDP program on its peer (a real NIC needs
+        // nothing of the kind). GRO would do too, but would merge what arrives into frames
+        // whose checksums a capture cannot verify.
+        lab.peers.lock().unwrap().push(xdp_pass(&lab.inet, "eth0")?);
+        lab.peers
+            .lock()
+            .unwrap()
+            .push(xdp_pass(&lab.backend, "eth0")?);
         if opts.inet_tx_csum_off {
             ethtool_tx_off(&lab.inet, "eth0")?;
         }
@@ -115,14 +162,20 @@ impl GatewayLab {
         Ok(lab)
     }
 
+    /// Packets the gateway's kernel forwarded.
+    pub fn kernel_forwarded(&self) -> Result<u64> {
+        kernel_forwarded(&self.gw)
+    }
+
     /// The config the gateway's ipnat runs with.
     pub fn config(&self, pin_path: &str) -> String {
         format!(
-            "pin_path = \"{pin_path}\"\n\n\
+            "pin_path = \"{pin_path}\"\nfast_path = {}\n\n\
              [[interface]]\nname = \"ext0\"\n\n\
              [[interface]]\nname = \"int0\"\n\n\
              [[mapping]]\npublic = \"{EIP}\"\nprivate = \"{BACKEND}\"\n\n\
-             [[mapping]]\npublic = \"{EIP2}\"\nprivate = \"{BACKEND2}\"\n"
+             [[mapping]]\npublic = \"{EIP2}\"\nprivate = \"{BACKEND2}\"\n",
+            self.opts.fast_path
         )
     }
 
@@ -399,4 +452,80 @@ pub fn udp_exchange(
         request,
         response,
     })
+}
+
+/// The cloud's usual NAT gateway: one NIC. A VPC router (`vpc`) joins three subnets: the
+/// internet side (203.0.113.0/24), the gateway's subnet (10.0.0.0/24, gateway 10.0.0.5) and
+/// the backends' subnet (10.0.1.0/24). The EIP is routed to the gateway's NIC; the backends'
+/// route table sends everything else to the gateway (source/destination check off), so both
+/// directions enter and leave the gateway by its only NIC.
+pub struct OneNicLab {
+    pub inet: Netns,
+    pub vpc: Netns,
+    pub gw: Netns,
+    pub backend: Netns,
+    peers: Vec<aya::Ebpf>,
+}
+
+pub const ONE_NIC_GW: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
+
+impl OneNicLab {
+    pub fn new() -> Result<Self> {
+        let lab = Self {
+            inet: Netns::new("inet")?,
+            vpc: Netns::new("vpc")?,
+            gw: Netns::new("gw1")?,
+            backend: Netns::new("be")?,
+            peers: Vec::new(),
+        };
+        veth(&lab.inet, "eth0", &lab.vpc, "inet0")?;
+        veth(&lab.gw, "eth0", &lab.vpc, "gw0")?;
+        veth(&lab.backend, "eth0", &lab.vpc, "be0")?;
+        for (ns, addr, via) in [
+            (&lab.inet, "203.0.113.10/24", "203.0.113.1"),
+            (&lab.gw, "10.0.0.5/24", "10.0.0.1"),
+            (&lab.backend, "10.0.1.10/24", "10.0.1.1"),
+        ] {
+            ns.ip(&["addr", "add", addr, "dev", "eth0"])?;
+            ns.ip(&["route", "add", "default", "via", via])?;
+            ethtool_tx_off(ns, "eth0")?;
+        }
+        for (dev, addr) in [
+            ("inet0", "203.0.113.1/24"),
+            ("gw0", "10.0.0.1/24"),
+            ("be0", "10.0.1.1/24"),
+        ] {
+            lab.vpc.ip(&["addr", "add", addr, "dev", dev])?;
+            ethtool_tx_off(&lab.vpc, dev)?;
+        }
+        lab.vpc.sysctl("net.ipv4.ip_forward", "1")?;
+        // The EIP's block is routed to the gateway; what the backends' subnet sends goes to
+        // the gateway too (the VPC route table entry pointing at the NAT instance).
+        lab.vpc
+            .ip(&["route", "add", "198.51.100.0/24", "via", "10.0.0.5"])?;
+        lab.vpc
+            .ip(&["rule", "add", "iif", "be0", "lookup", "100"])?;
+        lab.vpc
+            .ip(&["route", "add", "default", "via", "10.0.0.5", "table", "100"])?;
+        lab.gw.sysctl("net.ipv4.ip_forward", "1")?;
+        for conf in ["all", "default", "eth0"] {
+            lab.gw
+                .sysctl(&format!("net.ipv4.conf.{conf}.send_redirects"), "0")?;
+        }
+        let mut lab = lab;
+        lab.peers.push(xdp_pass(&lab.inet, "eth0")?);
+        lab.peers.push(xdp_pass(&lab.backend, "eth0")?);
+        lab.peers.push(xdp_pass(&lab.vpc, "gw0")?);
+        Ok(lab)
+    }
+
+    pub fn start_ipnat(&self) -> Result<Ipnat> {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let pin = format!("/sys/fs/bpf/ipnat-lab1-{}-{n}", std::process::id());
+        let config = format!(
+            "pin_path = \"{pin}\"\n\n[[interface]]\nname = \"eth0\"\n\n\
+             [[mapping]]\npublic = \"{EIP}\"\nprivate = \"{BACKEND}\"\n"
+        );
+        Ipnat::start(&self.gw, &config, &pin)
+    }
 }

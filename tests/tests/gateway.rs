@@ -109,6 +109,15 @@ fn tcp_to_the_eip_reaches_the_backend_and_replies_come_from_the_eip() {
         "every packet to the EIP was translated once"
     );
     assert_eq!(snat as usize, from_eip, "every reply was translated once");
+    // The fast path forwarded every packet: XDP, or TC for the first packets towards a next
+    // hop whose neighbour entry did not exist yet; the kernel forwarded none.
+    let stats = ipnat.stats_json().unwrap();
+    let r = &stats["reasons"];
+    let fast = r["forwarded"].as_u64().unwrap() + r["forwarded_neigh"].as_u64().unwrap();
+    assert_eq!(fast as usize, to_backend + from_eip, "{stats}");
+    assert!(r["forwarded_neigh"].as_u64().unwrap() >= 1, "{stats}");
+    assert_eq!(r["forwarded_neigh"], r["pass_no_neigh"], "{stats}");
+    assert_eq!(lab.kernel_forwarded().unwrap(), 0);
     assert!(ipnat.stop().unwrap().success());
 }
 
@@ -176,8 +185,11 @@ fn partial_checksums_from_the_backend_are_translated_with_the_kernel_helpers() {
     // The backend keeps checksum offload on: its packets reach the gateway's TC hook with only
     // the pseudo-header summed (CHECKSUM_PARTIAL). The gateway's ext0 has offload off, so the
     // kernel completes the checksum after TC, and the internet host can verify it.
+    // The kernel's forwarding path (fast path off): veth hands the backend's packets to XDP
+    // with partial checksums it cannot see, so only TC may translate them.
     let lab = GatewayLab::new(LabOptions {
         backend_tx_csum_off: false,
+        fast_path: false,
         ..LabOptions::default()
     })
     .unwrap();
@@ -406,9 +418,13 @@ fn path_mtu_discovery_through_a_smaller_mtu_in_front_of_the_gateway() {
 }
 
 #[test]
-fn a_forward_drop_firewall_accepting_established_flows_keeps_working() {
+fn a_forward_drop_firewall_accepting_established_flows_keeps_working_on_the_slow_path() {
     require_root();
-    let lab = GatewayLab::new(LabOptions::default()).unwrap();
+    let lab = GatewayLab::new(LabOptions {
+        fast_path: false,
+        ..LabOptions::default()
+    })
+    .unwrap();
     let _ipnat = lab.start_ipnat().unwrap();
     // What Docker installs: FORWARD policy drop, established/related accepted, plus one rule
     // opening the service. Conntrack sees the private destination (translated before routing)
@@ -517,4 +533,150 @@ fn ipv6_and_neighbour_discovery_pass_untouched() {
         "{stats}"
     );
     assert_eq!(stats["reasons"]["dnat"], 0);
+}
+
+#[test]
+fn a_forward_drop_firewall_does_not_break_flows_split_between_fast_and_slow_path() {
+    require_root();
+    let lab = GatewayLab::new(LabOptions::default()).unwrap();
+    let ipnat = lab.start_ipnat().unwrap();
+    // Docker's FORWARD chain: policy drop, established/related accepted, nothing opened for
+    // this service. The fast path forwards the mapped flows without the FORWARD chain; the
+    // packets it declines (too big for the link behind, so answered "fragmentation needed";
+    // next hop unresolved, so forwarded from TC) never reach FORWARD either, so no flow ends
+    // up half seen by conntrack.
+    lab.gw.run("iptables", &["-P", "FORWARD", "DROP"]).unwrap();
+    lab.gw
+        .run(
+            "iptables",
+            &[
+                "-A",
+                "FORWARD",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "RELATED,ESTABLISHED",
+                "-j",
+                "ACCEPT",
+            ],
+        )
+        .unwrap();
+    lab.gw.ip(&["link", "set", "int0", "mtu", "1280"]).unwrap();
+    lab.backend
+        .ip(&["link", "set", "eth0", "mtu", "1280"])
+        .unwrap();
+    lab.backend
+        .ip(&[
+            "route",
+            "replace",
+            "default",
+            "via",
+            &ipnat_tests::lab::GW_INT.to_string(),
+            "advmss",
+            "1460",
+        ])
+        .unwrap();
+    let upload: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+    let x = tcp_exchange(&lab.inet, &lab.backend, EIP, 8095, &upload, 100_000).unwrap();
+    assert_eq!(x.request, upload);
+    assert_eq!(x.response.len(), upload.len() + 100_000);
+    // Forget the neighbours: the next flow's first packets take TC's redirect_neigh.
+    lab.gw.ip(&["neigh", "flush", "all"]).unwrap();
+    let y = udp_exchange(&lab.inet, &lab.backend, EIP, 5395, b"after the flush").unwrap();
+    assert_eq!(y.client_saw_peer.ip(), IpAddr::V4(EIP));
+    let stats = ipnat.stats_json().unwrap();
+    let r = &stats["reasons"];
+    for (reason, at_least) in [
+        ("forwarded", 100),
+        ("forwarded_neigh", 2),
+        ("slow_frag_needed", 1),
+    ] {
+        assert!(r[reason].as_u64().unwrap() >= at_least, "{reason}: {stats}");
+    }
+    // Nothing met the FORWARD chain's drop policy.
+    let fw = lab.gw.run("iptables", &["-nvx", "-L", "FORWARD"]).unwrap();
+    let fw = String::from_utf8_lossy(&fw.stdout).into_owned();
+    assert!(fw.contains("policy DROP 0 packets"), "{fw}");
+}
+
+#[test]
+fn spoofed_sources_are_left_to_the_kernel() {
+    require_root();
+    let lab = GatewayLab::new(LabOptions::default()).unwrap();
+    let ipnat = lab.start_ipnat().unwrap();
+    // The internet host claims the backend's private address as its source: the route back
+    // to 10.0.1.10 leaves by int0, not ext0, so the fast path will not forward (and
+    // translate) it; the kernel's rp_filter drops it.
+    lab.gw.sysctl("net.ipv4.conf.all.rp_filter", "1").unwrap();
+    lab.gw.sysctl("net.ipv4.conf.ext0.rp_filter", "1").unwrap();
+    lab.inet
+        .ip(&["addr", "add", "10.0.1.10/32", "dev", "eth0"])
+        .unwrap();
+    lab.inet
+        .ip(&[
+            "route",
+            "add",
+            "10.9.9.0/24",
+            "via",
+            &ipnat_tests::lab::GW_EXT.to_string(),
+        ])
+        .unwrap();
+    // Resolve the gateway's address first (its ARP would refuse the spoofed sender).
+    lab.inet
+        .run(
+            "ping",
+            &["-c", "1", "-W", "2", &ipnat_tests::lab::GW_EXT.to_string()],
+        )
+        .unwrap();
+    let at_backend = Capture::start(&lab.backend, "eth0").unwrap();
+    lab.inet
+        .within(|| {
+            let s = std::net::UdpSocket::bind("10.0.1.10:0")?;
+            s.send_to(b"spoofed", "198.51.100.11:5396")?;
+            s.send_to(b"spoofed", "10.9.9.9:5396")?;
+            Ok(())
+        })
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let frames = at_backend.stop().unwrap();
+    assert!(
+        frames.iter().filter_map(|f| f.ipv4()).all(|ip| ip[9] != 17),
+        "a spoofed datagram got through"
+    );
+    let stats = ipnat.stats_json().unwrap();
+    assert_eq!(stats["reasons"]["slow_spoofed"], 2, "{stats}");
+    assert_eq!(stats["reasons"]["forwarded"], 0, "{stats}");
+}
+
+#[test]
+fn a_one_nic_gateway_translates_and_sends_back_out_of_the_same_nic() {
+    require_root();
+    let lab = ipnat_tests::lab::OneNicLab::new().unwrap();
+    let ipnat = lab.start_ipnat().unwrap();
+    let at_backend = Capture::start(&lab.backend, "eth0").unwrap();
+    let at_inet = Capture::start(&lab.inet, "eth0").unwrap();
+    let x = tcp_exchange(&lab.inet, &lab.backend, EIP, 8096, b"one nic", 200_000).unwrap();
+    assert_eq!(x.server_saw_peer.ip(), IpAddr::V4(INET));
+    assert_eq!(x.client_saw_peer, SocketAddr::from((EIP, 8096)));
+    assert_eq!(x.response.len(), 7 + 200_000);
+    let y = udp_exchange(&lab.inet, &lab.backend, EIP, 5397, b"one nic udp").unwrap();
+    assert_eq!(y.client_saw_peer.ip(), IpAddr::V4(EIP));
+    let (to_backend, from_eip) = (
+        check_frames(&at_backend.stop().unwrap(), INET, BACKEND, 6),
+        check_frames(&at_inet.stop().unwrap(), EIP, INET, 6),
+    );
+    assert!(to_backend >= 5 && from_eip >= 5, "{to_backend} {from_eip}");
+    let stats = ipnat.stats_json().unwrap();
+    let r = &stats["reasons"];
+    // XDP_TX back out of eth0 (or TC for first packets to an unresolved next hop).
+    let fast = r["forwarded"].as_u64().unwrap() + r["forwarded_neigh"].as_u64().unwrap();
+    assert!(fast as usize >= to_backend + from_eip, "{stats}");
+    let out = lab.gw.run("cat", &["/proc/net/snmp"]).unwrap();
+    let snmp = String::from_utf8_lossy(&out.stdout).into_owned();
+    let ip: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Ip:")).collect();
+    let i = ip[0]
+        .split_whitespace()
+        .position(|n| n == "ForwDatagrams")
+        .unwrap();
+    assert_eq!(ip[1].split_whitespace().nth(i), Some("0"), "{snmp}");
 }

@@ -1,0 +1,198 @@
+//! The gateway's fast path: translate both addresses and forward the packet from the hook,
+//! without the kernel's forwarding path.
+//!
+//! A packet takes it when a mapping applies, it is untagged, its TTL does not expire here, its
+//! source routes back through the interface it came in on (the fast path bypasses rp_filter,
+//! so it checks the reverse path itself), and the FIB has a forwarding route whose MTU it fits.
+//! Everything else goes to the kernel in the form the slow path expects (destination already
+//! translated, source translated at TC egress), so that the kernel's ICMP errors name the
+//! addresses their receivers used.
+
+use core::mem::size_of;
+
+use aya_ebpf::{
+    bindings::{
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        BPF_FIB_LOOKUP_SKIP_NEIGH, bpf_fib_lookup as FibParams,
+    },
+    helpers::generated::bpf_fib_lookup,
+};
+use ipnat_common::Reason;
+
+use crate::{
+    nat::{self, Dir, ETH_HLEN, Hdr, Verdict},
+    pkt::Packet,
+};
+
+const AF_INET: u8 = 2;
+
+/// What the hook does with the packet.
+#[derive(Clone, Copy)]
+pub enum Action {
+    /// Continue into the kernel.
+    Pass,
+    Drop,
+    /// Translated, TTL decremented, MACs written: send it out of this interface.
+    Out(u32),
+    /// Translated and TTL decremented, the next hop's neighbour is unresolved: send it out of
+    /// this interface to this next hop (network order), resolving the neighbour (TC only).
+    OutNeigh(u32, u32),
+    /// XDP only: leave it untouched for TC ingress, which can resolve the neighbour.
+    ToTc,
+}
+
+struct Fib {
+    rc: i64,
+    ifindex: u32,
+    /// The next hop (the gateway of the route, or the destination itself when on-link).
+    nexthop: u32,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+}
+
+#[inline(always)]
+fn fib<P: Packet>(
+    p: &P,
+    ifindex: u32,
+    src: u32,
+    dst: u32,
+    tos: u8,
+    tot_len: u16,
+    flags: u32,
+) -> Fib {
+    // SAFETY: a plain C struct for which all-zero is the documented "no input" value.
+    let mut f: FibParams = unsafe { core::mem::zeroed() };
+    f.family = AF_INET;
+    f.ifindex = ifindex;
+    f.__bindgen_anon_1.tot_len = tot_len;
+    f.__bindgen_anon_2.tos = tos;
+    f.__bindgen_anon_3.ipv4_src = src;
+    f.__bindgen_anon_4.ipv4_dst = dst;
+    // SAFETY: the helper reads and writes only the struct we pass, of the size we pass.
+    let rc = unsafe { bpf_fib_lookup(p.ctx_ptr(), &mut f, size_of::<FibParams>() as i32, flags) };
+    Fib {
+        rc,
+        ifindex: f.ifindex,
+        // SAFETY: an IPv4 lookup fills the IPv4 member.
+        nexthop: unsafe { f.__bindgen_anon_4.ipv4_dst },
+        smac: f.smac,
+        dmac: f.dmac,
+    }
+}
+
+/// The slow path: destination translated before the kernel routes, source left to TC egress.
+/// `declined` is why the fast path did not take a packet that a mapping applies to.
+#[inline(always)]
+fn slow<P: Packet>(
+    p: &mut P,
+    h: &Hdr,
+    dnat: Option<ipnat_common::NatTarget>,
+    flags: u32,
+    declined: Reason,
+) -> (Reason, Action) {
+    let (reason, verdict) = nat::translate_hdr(p, h, Dir::Dnat, dnat, flags);
+    let reason = match reason {
+        Reason::Dnat | Reason::FragmentTranslated | Reason::PassNoMapping => declined,
+        other => other,
+    };
+    match verdict {
+        Verdict::Pass => (reason, Action::Pass),
+        Verdict::Drop => (reason, Action::Drop),
+    }
+}
+
+/// The gateway hook with the fast path on. `xdp`: running in XDP (cannot resolve neighbours).
+#[inline(always)]
+pub fn gateway<P: Packet>(p: &mut P, ingress: u32, flags: u32, xdp: bool) -> (Reason, Action) {
+    let h = match nat::parse(p) {
+        Ok(h) => h,
+        Err(reason) => return (reason, Action::Pass),
+    };
+    // Mapping ids start at 1: id 0 stands for "none" below. Materialized values rather than
+    // `Option`s: LLVM leaves a `None`'s payload undefined and may spill that register, which
+    // the verifier refuses ("!read_ok").
+    let dnat_t = core::hint::black_box(nat::lookup(Dir::Dnat, h.dst, flags).unwrap_or_default());
+    let snat_t = core::hint::black_box(nat::lookup(Dir::Snat, h.src, flags).unwrap_or_default());
+    let dnat = (dnat_t.id != 0).then_some(dnat_t);
+    let snat = (snat_t.id != 0).then_some(snat_t);
+    if dnat.is_none() && snat.is_none() {
+        // Nothing of ours to forward; the slow path still translates a quote that matches.
+        return slow(p, &h, None, flags, Reason::PassNoMapping);
+    }
+    if h.ip_off != ETH_HLEN {
+        // VLAN-tagged: the FIB knows nothing of the tag; let the kernel forward it.
+        return slow(p, &h, dnat, flags, Reason::SlowNoRoute);
+    }
+    if h.ttl <= 1 {
+        return slow(p, &h, dnat, flags, Reason::SlowTtl);
+    }
+    // Reverse path: the route back to the source must leave by the interface it came in on.
+    let back = fib(
+        p,
+        ingress,
+        h.dst,
+        h.src,
+        h.tos,
+        0,
+        BPF_FIB_LOOKUP_SKIP_NEIGH,
+    );
+    if back.rc != BPF_FIB_LKUP_RET_SUCCESS as i64 || back.ifindex != ingress {
+        return slow(p, &h, dnat, flags, Reason::SlowSpoofed);
+    }
+    let new_src = snat.map_or(h.src, |t| t.addr);
+    let new_dst = dnat.map_or(h.dst, |t| t.addr);
+    let out = fib(p, ingress, new_src, new_dst, h.tos, h.tot_len, 0);
+    let neigh = if out.rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        false
+    } else if out.rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        if xdp {
+            return (Reason::PassNoNeigh, Action::ToTc);
+        }
+        true
+    } else if out.rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
+        return slow(p, &h, dnat, flags, Reason::SlowFragNeeded);
+    } else {
+        return slow(p, &h, dnat, flags, Reason::SlowNoRoute);
+    };
+
+    // Both translations; the first one checks that the L4 checksum field is present, so when
+    // it declines (nothing written) the second would too.
+    if let Some(t) = dnat {
+        match nat::translate_hdr(p, &h, Dir::Dnat, Some(t), flags) {
+            (_, Verdict::Drop) => return (Reason::DropRewriteFailed, Action::Drop),
+            (Reason::Dnat | Reason::FragmentTranslated, _) => {}
+            (other, Verdict::Pass) => return (other, Action::Pass),
+        }
+    }
+    if let Some(t) = snat {
+        match nat::translate_hdr(p, &h, Dir::Snat, Some(t), flags) {
+            (Reason::Snat | Reason::FragmentTranslated, Verdict::Pass) => {}
+            (other, Verdict::Pass) if dnat.is_none() => return (other, Action::Pass),
+            // Half translated: never send that.
+            _ => return (Reason::DropRewriteFailed, Action::Drop),
+        }
+    }
+    // TTL - 1 (the TTL and protocol bytes form one checksummed word).
+    let old = u16::from_ne_bytes([h.ttl, h.proto]);
+    let new = u16::from_ne_bytes([h.ttl - 1, h.proto]);
+    if p.replace_l3_u16(h.ip_off, h.ip_off + 8, old, new).is_err() {
+        return (Reason::DropRewriteFailed, Action::Drop);
+    }
+    if neigh {
+        return (
+            Reason::ForwardedNeigh,
+            Action::OutNeigh(out.ifindex, out.nexthop),
+        );
+    }
+    if p.write(0, out.dmac).is_err() || p.write(6, out.smac).is_err() {
+        return (Reason::DropRewriteFailed, Action::Drop);
+    }
+    (
+        if xdp {
+            Reason::Forwarded
+        } else {
+            Reason::ForwardedNeigh
+        },
+        Action::Out(out.ifindex),
+    )
+}
