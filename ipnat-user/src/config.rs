@@ -9,6 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -53,10 +54,111 @@ pub struct InterfaceConfig {
 #[serde(deny_unknown_fields)]
 pub struct MappingConfig {
     /// The address the traffic carries on the outside (an EIP, or the secondary private IP a
-    /// NAT-mode EIP is bound to).
-    pub public: Ipv4Addr,
-    /// The address of the host behind the gateway.
-    pub private: Ipv4Addr,
+    /// NAT-mode EIP is bound to), or a block of them (`120.0.0.0/25`).
+    pub public: Block,
+    /// The address of the host behind the gateway, or a block of the same size: host bits are
+    /// kept (`120.0.0.7` <-> `10.0.1.7` for `120.0.0.0/25` <-> `10.0.1.0/25`), like NETMAP.
+    pub private: Block,
+}
+
+/// An IPv4 address (`198.51.100.10`, a /32) or a network block (`120.0.0.0/25`), written as a
+/// string in the config; a block's host bits must be zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Block(pub Ipv4Net);
+
+impl Block {
+    pub fn addr(self) -> Ipv4Addr {
+        self.0.network()
+    }
+
+    pub fn prefix_len(self) -> u8 {
+        self.0.prefix_len()
+    }
+
+    /// First and last address, as integers.
+    pub fn range(self) -> (u32, u32) {
+        (u32::from(self.0.network()), u32::from(self.0.broadcast()))
+    }
+
+    pub fn is_host(self) -> bool {
+        self.0.prefix_len() == 32
+    }
+}
+
+impl From<Ipv4Addr> for Block {
+    fn from(a: Ipv4Addr) -> Self {
+        Block(Ipv4Net::from(a))
+    }
+}
+
+impl std::fmt::Display for Block {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.is_host() {
+            write!(f, "{}", self.0.addr())
+        } else {
+            write!(f, "{}", self.0)
+        }
+    }
+}
+
+impl std::str::FromStr for Block {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let net = if s.contains('/') {
+            s.parse::<Ipv4Net>()
+                .map_err(|_| format!("{s:?} is not an IPv4 address or block (a.b.c.d/len)"))?
+        } else {
+            Ipv4Net::from(
+                s.parse::<Ipv4Addr>()
+                    .map_err(|_| format!("{s:?} is not an IPv4 address"))?,
+            )
+        };
+        if net.prefix_len() == 0 {
+            return Err(format!("{s:?}: a /0 block would translate everything"));
+        }
+        if net.trunc() != net {
+            return Err(format!(
+                "{s:?} has host bits set; the block is {}",
+                net.trunc()
+            ));
+        }
+        Ok(Block(net))
+    }
+}
+
+impl<'de> Deserialize<'de> for Block {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for Block {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// The first pair of overlapping blocks in `blocks` (index, block), if any. O(n log n).
+fn first_overlap(blocks: &[(usize, Block)]) -> Option<((usize, Block), (usize, Block))> {
+    let mut sorted: Vec<(usize, Block)> = blocks.to_vec();
+    sorted.sort_by_key(|(i, b)| (b.range().0, *i));
+    let mut widest = *sorted.first()?;
+    for &cur in &sorted[1..] {
+        if cur.1.range().0 <= widest.1.range().1 {
+            let (a, b) = if widest.0 < cur.0 {
+                (widest, cur)
+            } else {
+                (cur, widest)
+            };
+            return Some((a, b));
+        }
+        if cur.1.range().1 > widest.1.range().1 {
+            widest = cur;
+        }
+    }
+    None
 }
 
 #[derive(Debug, Error)]
@@ -131,21 +233,35 @@ impl Config {
                 ));
             }
         }
-        let mut publics = HashMap::new();
-        let mut privates = HashMap::new();
+        let mut prefixes = 0usize;
         for (i, m) in self.mappings.iter().enumerate() {
-            for (field, addr) in [("public", m.public), ("private", m.private)] {
-                if addr.is_unspecified()
-                    || addr.is_broadcast()
-                    || addr.is_multicast()
-                    || addr.is_loopback()
+            for (field, block) in [("public", m.public), ("private", m.private)] {
+                let addr = block.addr();
+                if block.is_host()
+                    && (addr.is_unspecified()
+                        || addr.is_broadcast()
+                        || addr.is_multicast()
+                        || addr.is_loopback())
                 {
                     return Err(invalid(
                         format!("mapping[{i}].{field}"),
-                        &addr,
+                        &block,
                         "must be a unicast address",
                     ));
                 }
+            }
+            if m.public.prefix_len() != m.private.prefix_len() {
+                return Err(invalid(
+                    format!("mapping[{i}].private"),
+                    &m.private,
+                    &format!(
+                        "is a /{} but the public side {} is a /{}: blocks map host bits one \
+                         to one and must be the same size",
+                        m.private.prefix_len(),
+                        m.public,
+                        m.public.prefix_len()
+                    ),
+                ));
             }
             if m.public == m.private {
                 return Err(invalid(
@@ -154,31 +270,59 @@ impl Config {
                     "equals the public address",
                 ));
             }
-            if let Some(j) = publics.insert(m.public, i) {
-                return Err(invalid(
-                    format!("mapping[{i}].public"),
-                    &m.public,
-                    &format!("already mapped by mapping[{j}]"),
-                ));
-            }
-            if let Some(j) = privates.insert(m.private, i) {
-                return Err(invalid(
-                    format!("mapping[{i}].private"),
-                    &m.private,
-                    &format!("already mapped by mapping[{j}]"),
-                ));
+            if !m.public.is_host() {
+                prefixes += 1;
             }
         }
-        // An address may not be public in one mapping and private in another: the two
-        // translations would chain and neither side could tell which one applies.
-        for (i, m) in self.mappings.iter().enumerate() {
-            if let Some(j) = privates.get(&m.public) {
-                return Err(invalid(
-                    format!("mapping[{i}].public"),
-                    &m.public,
-                    &format!("is the private address of mapping[{j}]"),
-                ));
+        let publics: Vec<(usize, Block)> = self
+            .mappings
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (i, m.public))
+            .collect();
+        let privates: Vec<(usize, Block)> = self
+            .mappings
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (i, m.private))
+            .collect();
+        for (side, blocks) in [("public", &publics), ("private", &privates)] {
+            if let Some(((j, a), (i, b))) = first_overlap(blocks) {
+                let why = if a == b {
+                    format!("already mapped by mapping[{j}]")
+                } else {
+                    format!("overlaps {a} of mapping[{j}]")
+                };
+                return Err(invalid(format!("mapping[{i}].{side}"), &b, &why));
             }
+        }
+        // No address may be public in one mapping and private in another: the two
+        // translations would chain and neither side could tell which one applies.
+        let n = self.mappings.len();
+        let both: Vec<(usize, Block)> = publics
+            .iter()
+            .copied()
+            .chain(privates.iter().map(|&(i, b)| (i + n, b)))
+            .collect();
+        if let Some(((x, a), (y, b))) = first_overlap(&both) {
+            // One of the two is a public block, the other a private one.
+            let ((pi, pb), (qi, qb)) = if x < n {
+                ((x, a), (y - n, b))
+            } else {
+                ((y, b), (x - n, a))
+            };
+            return Err(invalid(
+                format!("mapping[{pi}].public"),
+                &pb,
+                &format!("overlaps the private side {qb} of mapping[{qi}]"),
+            ));
+        }
+        if prefixes > ipnat_common::MAX_PREFIXES as usize {
+            return Err(invalid(
+                "mapping".into(),
+                &prefixes,
+                &format!("more than {} block mappings", ipnat_common::MAX_PREFIXES),
+            ));
         }
         if self.mappings.len() > ipnat_common::MAX_MAPPINGS as usize {
             return Err(invalid(
@@ -208,7 +352,8 @@ mod tests {
         let c = Config::parse(GOOD).unwrap();
         assert_eq!(c.pin_path, PathBuf::from(DEFAULT_PIN_PATH));
         assert_eq!(c.interfaces[0].name, "eth0");
-        assert_eq!(c.mappings[0].public, Ipv4Addr::new(198, 51, 100, 10));
+        assert_eq!(c.mappings[0].public, Ipv4Addr::new(198, 51, 100, 10).into());
+        assert!(c.fast_path);
     }
 
     fn err(text: &str) -> String {
@@ -229,7 +374,7 @@ mod tests {
         let chain =
             format!("{GOOD}\n[[mapping]]\npublic = \"10.0.1.10\"\nprivate = \"10.0.1.12\"\n");
         assert!(
-            err(&chain).contains("is the private address of mapping[0]"),
+            err(&chain).contains("overlaps the private side 10.0.1.10 of mapping[0]"),
             "{}",
             err(&chain)
         );
@@ -244,5 +389,37 @@ mod tests {
         assert!(err("").starts_with("interface"));
         let mcast = "[[interface]]\nname=\"a\"\n[[mapping]]\npublic = \"224.0.0.1\"\nprivate = \"10.0.0.1\"";
         assert!(err(mcast).contains("unicast"));
+    }
+
+    fn with(public: &str, private: &str) -> String {
+        format!("{GOOD}\n[[mapping]]\npublic = \"{public}\"\nprivate = \"{private}\"\n")
+    }
+
+    #[test]
+    fn block_mappings_are_checked_for_size_host_bits_and_overlaps() {
+        let c = Config::parse(&with("120.0.0.0/25", "10.0.2.0/25")).unwrap();
+        assert_eq!(c.mappings[1].public.to_string(), "120.0.0.0/25");
+        assert_eq!(c.mappings[1].private.prefix_len(), 25);
+        assert_eq!(
+            err(&with("120.0.0.0/25", "10.0.2.0/24")),
+            "mapping[1].private = \"10.0.2.0/24\": is a /24 but the public side 120.0.0.0/25 \
+             is a /25: blocks map host bits one to one and must be the same size"
+        );
+        assert!(err(&with("120.0.0.1/25", "10.0.2.0/25")).contains("host bits set"));
+        assert!(err(&with("0.0.0.0/0", "0.0.0.0/0")).contains("/0"));
+        // A block over an existing single mapping, on either side.
+        assert_eq!(
+            err(&with("198.51.100.0/24", "10.0.2.0/24")),
+            "mapping[1].public = \"198.51.100.0/24\": overlaps 198.51.100.10 of mapping[0]"
+        );
+        assert!(
+            err(&with("120.0.0.0/24", "10.0.1.0/24"))
+                .starts_with("mapping[1].private = \"10.0.1.0/24\"")
+        );
+        // A public block that covers a private address.
+        assert!(
+            err(&with("10.0.0.0/16", "172.16.0.0/16"))
+                .contains("overlaps the private side 10.0.1.10 of mapping[0]")
+        );
     }
 }

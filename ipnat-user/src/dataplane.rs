@@ -9,16 +9,24 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
+    maps::{
+        Array, HashMap, MapData, MapError, PerCpuArray,
+        lpm_trie::{Key, LpmTrie},
+    },
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc},
 };
 use ipnat_common::{
-    FLAG_FAST_PATH, MAX_MAPPING_ID, MappingCounters, NatTarget, Reason, Settings, names,
+    FLAG_FAST_PATH, FLAG_PREFIXES, MAX_MAPPING_ID, MappingCounters, NatTarget, PrefixTarget,
+    Reason, Settings, names,
 };
+use ipnet::Ipv4Net;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::{EBPF_OBJECT, config::MappingConfig};
+use crate::{
+    EBPF_OBJECT,
+    config::{Block, MappingConfig},
+};
 
 #[derive(Debug, Error)]
 pub enum DataplaneError {
@@ -27,6 +35,8 @@ pub enum DataplaneError {
          time); run `cargo xtask setup` and rebuild"
     )]
     NotBuilt,
+    #[error("map {0} holds an entry ipnat could not have written; remove its pins and restart")]
+    Corrupt(&'static str),
     #[error("loading the eBPF programs failed (are you root, with bpffs mounted?): {0}")]
     Load(#[source] aya::EbpfError),
     #[error("the kernel refused program {program}: {source}")]
@@ -159,8 +169,8 @@ impl Dataplane {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct InstalledMapping {
     pub id: u32,
-    pub public: Ipv4Addr,
-    pub private: Ipv4Addr,
+    pub public: Block,
+    pub private: Block,
 }
 
 /// Counters of one mapping.
@@ -189,11 +199,15 @@ pub struct Tables {
     counters: Array<MapData, MappingCounters>,
     reasons: PerCpuArray<MapData, u64>,
     settings: Array<MapData, Settings>,
+    dnat_pfx: LpmTrie<MapData, u32, PrefixTarget>,
+    snat_pfx: LpmTrie<MapData, u32, PrefixTarget>,
 }
 
-const MAP_NAMES: [&str; 5] = [
+const MAP_NAMES: [&str; 7] = [
     names::DNAT_MAP,
     names::SNAT_MAP,
+    names::DNAT_PREFIX_MAP,
+    names::SNAT_PREFIX_MAP,
     names::MAPPING_COUNTERS,
     names::REASON_COUNTERS,
     names::SETTINGS,
@@ -304,6 +318,12 @@ impl Tables {
             settings: take(names::SETTINGS)?
                 .try_into()
                 .map_err(map_err(names::SETTINGS))?,
+            dnat_pfx: take(names::DNAT_PREFIX_MAP)?
+                .try_into()
+                .map_err(map_err(names::DNAT_PREFIX_MAP))?,
+            snat_pfx: take(names::SNAT_PREFIX_MAP)?
+                .try_into()
+                .map_err(map_err(names::SNAT_PREFIX_MAP))?,
         })
     }
 
@@ -344,6 +364,12 @@ impl Tables {
             settings: open(names::SETTINGS)?
                 .try_into()
                 .map_err(map_err(names::SETTINGS))?,
+            dnat_pfx: open(names::DNAT_PREFIX_MAP)?
+                .try_into()
+                .map_err(map_err(names::DNAT_PREFIX_MAP))?,
+            snat_pfx: open(names::SNAT_PREFIX_MAP)?
+                .try_into()
+                .map_err(map_err(names::SNAT_PREFIX_MAP))?,
         })
     }
 
@@ -354,8 +380,21 @@ impl Tables {
             let (public, target) = entry.map_err(map_err(names::DNAT_MAP))?;
             out.push(InstalledMapping {
                 id: target.id,
-                public: addr(public),
-                private: addr(target.addr),
+                public: addr(public).into(),
+                private: addr(target.addr).into(),
+            });
+        }
+        for entry in self.dnat_pfx.iter() {
+            let (k, target) = entry.map_err(map_err(names::DNAT_PREFIX_MAP))?;
+            let block = |net: u32| {
+                Ipv4Net::new(addr(net), k.prefix_len() as u8)
+                    .map(Block)
+                    .map_err(|_| DataplaneError::Corrupt(names::DNAT_PREFIX_MAP))
+            };
+            out.push(InstalledMapping {
+                id: target.id,
+                public: block(k.data())?,
+                private: block(k.data() ^ target.xor)?,
             });
         }
         out.sort_by_key(|m| m.id);
@@ -364,13 +403,20 @@ impl Tables {
 
     /// Makes the kernel tables equal `desired`. Additions and changes are written before
     /// removals, and every write replaces a whole 8-byte value in place, so a mapping that stays
-    /// is never absent. A mapping keeps its id (and counters) while its public address stays.
+    /// is never absent. A mapping keeps its id (and counters) while its public side stays.
+    /// Single addresses go to the hash tables, blocks to the longest-prefix-match tables.
     pub fn apply(&mut self, desired: &[MappingConfig]) -> Result<(), DataplaneError> {
         let current = self.mappings()?;
-        let by_public: std::collections::HashMap<Ipv4Addr, InstalledMapping> =
+        let by_public: std::collections::HashMap<Block, InstalledMapping> =
             current.iter().map(|m| (m.public, *m)).collect();
-        let wanted_public: HashSet<Ipv4Addr> = desired.iter().map(|m| m.public).collect();
-        let wanted_private: HashSet<Ipv4Addr> = desired.iter().map(|m| m.private).collect();
+        let wanted_public: HashSet<Block> = desired.iter().map(|m| m.public).collect();
+        let wanted_private: HashSet<Block> = desired.iter().map(|m| m.private).collect();
+        let any_prefix = desired.iter().any(|m| !m.public.is_host());
+        if any_prefix {
+            // Before the first block is written: the data plane skips the prefix tables
+            // while the flag is off.
+            self.set_flag(FLAG_PREFIXES, true)?;
+        }
         // Ids of mappings that stay are kept; removed ones are only freed after the removals.
         let mut used: HashSet<u32> = current.iter().map(|m| m.id).collect();
         let mut next = 1u32;
@@ -391,42 +437,61 @@ impl Tables {
                     next
                 }
             };
-            self.snat
-                .insert(
-                    key(m.private),
-                    NatTarget {
-                        addr: key(m.public),
-                        id,
-                    },
-                    0,
-                )
-                .map_err(map_err(names::SNAT_MAP))?;
-            self.dnat
-                .insert(
-                    key(m.public),
-                    NatTarget {
-                        addr: key(m.private),
-                        id,
-                    },
-                    0,
-                )
-                .map_err(map_err(names::DNAT_MAP))?;
+            let (public, private) = (key(m.public.addr()), key(m.private.addr()));
+            if m.public.is_host() {
+                self.snat
+                    .insert(private, NatTarget { addr: public, id }, 0)
+                    .map_err(map_err(names::SNAT_MAP))?;
+                self.dnat
+                    .insert(public, NatTarget { addr: private, id }, 0)
+                    .map_err(map_err(names::DNAT_MAP))?;
+            } else {
+                let len = u32::from(m.public.prefix_len());
+                let xor = public ^ private;
+                self.snat_pfx
+                    .insert(&Key::new(len, private), PrefixTarget { xor, id }, 0)
+                    .map_err(map_err(names::SNAT_PREFIX_MAP))?;
+                self.dnat_pfx
+                    .insert(&Key::new(len, public), PrefixTarget { xor, id }, 0)
+                    .map_err(map_err(names::DNAT_PREFIX_MAP))?;
+            }
         }
         for old in &current {
             if !wanted_public.contains(&old.public) {
-                self.dnat
-                    .remove(&key(old.public))
-                    .map_err(map_err(names::DNAT_MAP))?;
+                self.remove_side(old.public, true)?;
             }
             if !wanted_private.contains(&old.private) {
-                // The private side may have moved to another mapping; only drop it if unused.
-                match self.snat.remove(&key(old.private)) {
-                    Ok(()) | Err(MapError::KeyNotFound) => {}
-                    Err(e) => return Err(map_err(names::SNAT_MAP)(e)),
-                }
+                self.remove_side(old.private, false)?;
             }
         }
+        if !any_prefix {
+            self.set_flag(FLAG_PREFIXES, false)?;
+        }
         Ok(())
+    }
+
+    /// Removes one side of a mapping; a key already gone (e.g. a private side that moved to
+    /// another mapping and was overwritten) is fine.
+    fn remove_side(&mut self, side: Block, public: bool) -> Result<(), DataplaneError> {
+        let k = key(side.addr());
+        let (result, name) = match (side.is_host(), public) {
+            (true, true) => (self.dnat.remove(&k), names::DNAT_MAP),
+            (true, false) => (self.snat.remove(&k), names::SNAT_MAP),
+            (false, true) => (
+                self.dnat_pfx
+                    .remove(&Key::new(u32::from(side.prefix_len()), k)),
+                names::DNAT_PREFIX_MAP,
+            ),
+            (false, false) => (
+                self.snat_pfx
+                    .remove(&Key::new(u32::from(side.prefix_len()), k)),
+                names::SNAT_PREFIX_MAP,
+            ),
+        };
+        match result {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(name)(e)),
+        }
     }
 
     /// The data plane's `FLAG_*` bits.
@@ -440,9 +505,13 @@ impl Tables {
 
     /// Turns the forwarding fast path on or off.
     pub fn set_fast_path(&mut self, on: bool) -> Result<(), DataplaneError> {
-        let mut flags = self.flags()? & !FLAG_FAST_PATH;
+        self.set_flag(FLAG_FAST_PATH, on)
+    }
+
+    fn set_flag(&mut self, flag: u32, on: bool) -> Result<(), DataplaneError> {
+        let mut flags = self.flags()? & !flag;
         if on {
-            flags |= FLAG_FAST_PATH;
+            flags |= flag;
         }
         self.settings
             .set(0, Settings { flags, _pad: 0 }, 0)

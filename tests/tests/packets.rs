@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use ipnat::{
-    config::MappingConfig,
+    config::{Block, MappingConfig},
     dataplane::{Dataplane, Snapshot},
 };
 use ipnat_common::{Reason, names};
@@ -21,6 +21,13 @@ const PRIV: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 10);
 const EIP2: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 11);
 const PRIV2: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 11);
 const OTHER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 99);
+/// A block mapping: 120.0.0.0/25 <-> 10.0.2.0/25, host bits kept.
+const BLOCK_PUBLIC: &str = "120.0.0.0/25";
+const BLOCK_PRIVATE: &str = "10.0.2.0/25";
+
+fn block(s: &str) -> Block {
+    s.parse().unwrap()
+}
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -43,8 +50,8 @@ struct Fixture {
     /// Expected verdict when not "pass" (XDP_PASS / TC_ACT_OK).
     drop: bool,
     reason: Reason,
-    /// (public address of the mapping whose counters move, packets)
-    mapping: Option<Ipv4Addr>,
+    /// The public side of the mapping whose counters move by this packet.
+    mapping: Option<Block>,
 }
 
 fn dnat(name: &'static str, p: Ipv4) -> Fixture {
@@ -56,7 +63,7 @@ fn dnat(name: &'static str, p: Ipv4) -> Fixture {
         expected: out.frame(),
         drop: false,
         reason: Reason::Dnat,
-        mapping: Some(EIP),
+        mapping: Some(EIP.into()),
     }
 }
 
@@ -69,7 +76,7 @@ fn snat(name: &'static str, p: Ipv4) -> Fixture {
         expected: out.frame(),
         drop: false,
         reason: Reason::Snat,
-        mapping: Some(EIP),
+        mapping: Some(EIP.into()),
     }
 }
 
@@ -174,7 +181,7 @@ fn fixtures() -> Vec<Fixture> {
             } else {
                 Reason::Snat
             },
-            mapping: Some(EIP),
+            mapping: Some(EIP.into()),
         });
         f.push(Fixture {
             name: "last fragment",
@@ -183,7 +190,7 @@ fn fixtures() -> Vec<Fixture> {
             expected: out.fragment_frame(96, 1000, false),
             drop: false,
             reason: Reason::FragmentTranslated,
-            mapping: Some(EIP),
+            mapping: Some(EIP.into()),
         });
         // A first fragment too short to hold the UDP checksum: dropped, untouched.
         let tiny = big.fragment_frame(0, 4, true);
@@ -283,13 +290,16 @@ fn fixtures() -> Vec<Fixture> {
 
 const GW: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 
+/// A packet builder: (source, destination, payload).
+type Build = fn(Ipv4Addr, Ipv4Addr, &[u8]) -> Ipv4;
+
 /// ICMP errors quoting a translated packet (RFC 5508): the quote is translated the opposite
 /// way to the outer header, with its IPv4, L4 and the ICMP checksums.
 fn icmp_error_fixtures(hook: Hook) -> Vec<Fixture> {
     let mut f = Vec::new();
     let payload: Vec<u8> = (0..64u8).collect();
     // The packets that caused the errors, as they were on the wire where the error was made.
-    let quoted_kinds: [(&'static str, fn(Ipv4Addr, Ipv4Addr, &[u8]) -> Ipv4, usize); 5] = [
+    let quoted_kinds: [(&'static str, Build, usize); 5] = [
         ("quoting tcp", |s, d, p| Ipv4::tcp(s, 80, d, 40000, p), 500),
         ("quoting udp", |s, d, p| Ipv4::udp(s, 53, d, 40000, p), 500),
         (
@@ -334,7 +344,7 @@ fn icmp_error_fixtures(hook: Hook) -> Vec<Fixture> {
             expected: expected.frame(),
             drop: false,
             reason,
-            mapping: Some(EIP),
+            mapping: Some(EIP.into()),
         });
     }
     if hook == Hook::TcEgress {
@@ -353,9 +363,55 @@ fn icmp_error_fixtures(hook: Hook) -> Vec<Fixture> {
                     .frame(),
                 drop: false,
                 reason: Reason::IcmpQuoteOnly,
-                mapping: Some(EIP),
+                mapping: Some(EIP.into()),
             });
         }
+    }
+    // Block mappings: host bits kept, the longest prefix wins, addresses beyond the block
+    // untouched. 120.0.0.0/25 covers .0-.127.
+    let a = Ipv4Addr::new(120, 0, 0, 7);
+    let a_priv = Ipv4Addr::new(10, 0, 2, 7);
+    let b_priv = Ipv4Addr::new(10, 0, 2, 127);
+    let b = Ipv4Addr::new(120, 0, 0, 127);
+    if hook == Hook::Xdp {
+        let p = Ipv4::tcp(INET, 40000, a, 443, &payload);
+        f.push(Fixture {
+            name: "block: TCP to 120.0.0.7 -> 10.0.2.7",
+            hook,
+            input: p.frame(),
+            expected: p.with_addrs(INET, a_priv).frame(),
+            drop: false,
+            reason: Reason::Dnat,
+            mapping: Some(block(BLOCK_PUBLIC)),
+        });
+        f.push(untouched(
+            "block: 120.0.0.128 is outside the /25",
+            hook,
+            Ipv4::tcp(INET, 40000, Ipv4Addr::new(120, 0, 0, 128), 443, &payload).frame(),
+            Reason::PassNoMapping,
+        ));
+    } else {
+        let p = Ipv4::udp(b_priv, 53, INET, 40000, &payload);
+        f.push(Fixture {
+            name: "block: UDP from 10.0.2.127 -> 120.0.0.127",
+            hook,
+            input: p.frame(),
+            expected: p.with_addrs(b, INET).frame(),
+            drop: false,
+            reason: Reason::Snat,
+            mapping: Some(block(BLOCK_PUBLIC)),
+        });
+        // The gateway's own error about a packet it translated into the block.
+        let q = Ipv4::udp(INET, 40000, a_priv, 53, &payload);
+        f.push(Fixture {
+            name: "block: gateway's time exceeded quoting 10.0.2.7",
+            hook,
+            input: Ipv4::icmp_error(GW, INET, 11, 0, 0, &q, 548).frame(),
+            expected: Ipv4::icmp_error(GW, INET, 11, 0, 0, &q.with_addrs(INET, a), 548).frame(),
+            drop: false,
+            reason: Reason::IcmpQuoteOnly,
+            mapping: Some(block(BLOCK_PUBLIC)),
+        });
     }
     f
 }
@@ -371,12 +427,16 @@ impl Harness {
         dp.tables
             .apply(&[
                 MappingConfig {
-                    public: EIP,
-                    private: PRIV,
+                    public: EIP.into(),
+                    private: PRIV.into(),
                 },
                 MappingConfig {
-                    public: EIP2,
-                    private: PRIV2,
+                    public: EIP2.into(),
+                    private: PRIV2.into(),
+                },
+                MappingConfig {
+                    public: block(BLOCK_PUBLIC),
+                    private: block(BLOCK_PRIVATE),
                 },
             ])
             .expect("fill tables");
@@ -422,7 +482,8 @@ impl Harness {
     }
 }
 
-fn mapping_packets(s: &Snapshot, public: Ipv4Addr, hook: Hook) -> (u64, u64) {
+fn mapping_packets(s: &Snapshot, public: impl Into<Block>, hook: Hook) -> (u64, u64) {
+    let public = public.into();
     let m = s
         .mappings
         .iter()
@@ -474,7 +535,7 @@ fn fixtures_translate_exactly() {
                 fx.reason.name()
             ));
         }
-        for public in [EIP, EIP2] {
+        for public in [EIP.into(), EIP2.into(), block(BLOCK_PUBLIC)] {
             let (p0, b0) = mapping_packets(&before, public, fx.hook);
             let (p1, b1) = mapping_packets(&after, public, fx.hook);
             let want = if fx.mapping == Some(public) {
@@ -530,12 +591,12 @@ fn replacing_a_mapping_keeps_the_others_and_removes_the_old() {
     h.dp.tables
         .apply(&[
             MappingConfig {
-                public: EIP,
-                private: new_priv,
+                public: EIP.into(),
+                private: new_priv.into(),
             },
             MappingConfig {
-                public: EIP2,
-                private: PRIV2,
+                public: EIP2.into(),
+                private: PRIV2.into(),
             },
         ])
         .unwrap();
@@ -555,8 +616,8 @@ fn replacing_a_mapping_keeps_the_others_and_removes_the_old() {
     // Removing a mapping removes both directions.
     h.dp.tables
         .apply(&[MappingConfig {
-            public: EIP2,
-            private: PRIV2,
+            public: EIP2.into(),
+            private: PRIV2.into(),
         }])
         .unwrap();
     assert_eq!(h.run(Hook::Xdp, &p.frame()).1, p.frame());
@@ -567,5 +628,17 @@ fn replacing_a_mapping_keeps_the_others_and_removes_the_old() {
             .iter()
             .map(|m| (m.public, m.id))
             .collect();
-    assert_eq!(ids, vec![(EIP2, 2)], "the remaining mapping keeps its id");
+    assert_eq!(
+        ids,
+        vec![(EIP2.into(), 2)],
+        "the remaining mapping keeps its id"
+    );
+    // The block went with the first apply (it was not in the list): both directions.
+    let to_block = Ipv4::tcp(INET, 1, Ipv4Addr::new(120, 0, 0, 7), 80, b"gone");
+    assert_eq!(h.run(Hook::Xdp, &to_block.frame()).1, to_block.frame());
+    let from_block = Ipv4::tcp(Ipv4Addr::new(10, 0, 2, 7), 80, INET, 1, b"gone");
+    assert_eq!(
+        h.run(Hook::TcEgress, &from_block.frame()).1,
+        from_block.frame()
+    );
 }
