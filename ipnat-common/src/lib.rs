@@ -8,7 +8,8 @@
 /// Version of the map layout below. Bump it whenever a key, value or map changes shape.
 pub const SCHEMA_VERSION: u32 = 2;
 
-/// Capacity of the one-to-one mapping tables (each direction).
+/// Capacity of the one-to-one mapping tables (each direction) as compiled; the controller
+/// resizes them at load time (`max_mappings`).
 pub const MAX_MAPPINGS: u32 = 65_536;
 /// Capacity of the prefix mapping tables (each direction).
 pub const MAX_PREFIXES: u32 = 4096;

@@ -31,10 +31,20 @@ pub struct Config {
     /// kernel (destination translated before routing, source at transmit).
     #[serde(default = "default_true")]
     pub fast_path: bool,
+    /// Room in the mapping tables (and their counters), fixed when the data plane loads.
+    #[serde(default = "default_max_mappings")]
+    pub max_mappings: u32,
     /// One-to-one mappings.
     #[serde(default, rename = "mapping")]
     pub mappings: Vec<MappingConfig>,
 }
+
+fn default_max_mappings() -> u32 {
+    ipnat_common::MAX_MAPPINGS
+}
+
+/// The largest `max_mappings` accepted.
+pub const MAX_MAPPINGS_LIMIT: u32 = 16 * 1024 * 1024;
 
 fn default_true() -> bool {
     true
@@ -324,11 +334,21 @@ impl Config {
                 &format!("more than {} block mappings", ipnat_common::MAX_PREFIXES),
             ));
         }
-        if self.mappings.len() > ipnat_common::MAX_MAPPINGS as usize {
+        if self.max_mappings == 0 || self.max_mappings > MAX_MAPPINGS_LIMIT {
+            return Err(invalid(
+                "max_mappings".into(),
+                &self.max_mappings,
+                &format!("must be 1 to {MAX_MAPPINGS_LIMIT}"),
+            ));
+        }
+        if self.mappings.len() > self.max_mappings as usize {
             return Err(invalid(
                 "mapping".into(),
                 &self.mappings.len(),
-                &format!("more than {} mappings", ipnat_common::MAX_MAPPINGS),
+                &format!(
+                    "more mappings than max_mappings = {}; raise it",
+                    self.max_mappings
+                ),
             ));
         }
         Ok(())

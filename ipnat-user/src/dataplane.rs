@@ -16,8 +16,8 @@ use aya::{
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc},
 };
 use ipnat_common::{
-    FLAG_FAST_PATH, FLAG_PREFIXES, MAX_MAPPING_ID, MappingCounters, NatTarget, PrefixTarget,
-    Reason, Settings, names,
+    FLAG_FAST_PATH, FLAG_PREFIXES, MappingCounters, NatTarget, PrefixTarget, Reason, Settings,
+    names,
 };
 use ipnet::Ipv4Net;
 use serde::Serialize;
@@ -61,8 +61,8 @@ pub enum DataplaneError {
     MissingMap(&'static str),
     #[error("{path}: {why}")]
     Pin { path: PathBuf, why: String },
-    #[error("no free mapping id: all {MAX_MAPPING_ID} are in use")]
-    IdsExhausted,
+    #[error("no free mapping id: all {0} are in use (raise max_mappings)")]
+    IdsExhausted(u32),
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
@@ -96,11 +96,19 @@ pub struct Dataplane {
 impl Dataplane {
     /// Loads (verifies) the programs and creates their maps, pinned under `pin_dir` when given
     /// (see [`Tables::open_pinned`]). Attaches nothing yet.
-    pub fn load(pin_dir: Option<&Path>) -> Result<Self, DataplaneError> {
+    ///
+    /// `capacity` sizes the mapping tables and their counters (the block tables have a fixed
+    /// size, `MAX_PREFIXES`).
+    pub fn load(pin_dir: Option<&Path>, capacity: u32) -> Result<Self, DataplaneError> {
         if EBPF_OBJECT.is_empty() {
             return Err(DataplaneError::NotBuilt);
         }
-        let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(DataplaneError::Load)?;
+        let mut ebpf = aya::EbpfLoader::new()
+            .map_max_entries(names::DNAT_MAP, capacity)
+            .map_max_entries(names::SNAT_MAP, capacity)
+            .map_max_entries(names::MAPPING_COUNTERS, capacity + 1)
+            .load(EBPF_OBJECT)
+            .map_err(DataplaneError::Load)?;
         for name in [
             names::XDP_PROGRAM,
             names::TC_INGRESS_PROGRAM,
@@ -190,6 +198,8 @@ pub struct Snapshot {
     pub mappings: Vec<MappingStats>,
     /// Packets per reason, summed over CPUs, in `Reason` order.
     pub reasons: BTreeMap<&'static str, u64>,
+    /// Kernel memory of the tables.
+    pub memory: MemoryReport,
 }
 
 /// The maps, owned by whoever writes them: the running controller, or a CLI that opened pins.
@@ -201,6 +211,35 @@ pub struct Tables {
     settings: Array<MapData, Settings>,
     dnat_pfx: LpmTrie<MapData, u32, PrefixTarget>,
     snat_pfx: LpmTrie<MapData, u32, PrefixTarget>,
+    /// Kernel memory charged to each map (`memlock` in its fdinfo), bytes.
+    memory: BTreeMap<&'static str, u64>,
+}
+
+/// The kernel memory a map holds, as its fdinfo reports it.
+fn memlock(map: &MapData) -> u64 {
+    use std::os::fd::{AsFd, AsRawFd};
+    let fd = map.fd().as_fd().as_raw_fd();
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("memlock:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// What the tables cost in kernel memory.
+#[derive(Clone, Debug, Serialize)]
+pub struct MemoryReport {
+    /// Bytes per map.
+    pub maps: BTreeMap<&'static str, u64>,
+    pub total_bytes: u64,
+    /// Mappings the tables have room for (`max_mappings`).
+    pub capacity: u32,
+    /// The exact tables and the counters, divided by `capacity` (the block tables and the
+    /// per-CPU reason counters do not grow with it).
+    pub bytes_per_mapping: f64,
 }
 
 const MAP_NAMES: [&str; 7] = [
@@ -212,6 +251,15 @@ const MAP_NAMES: [&str; 7] = [
     names::REASON_COUNTERS,
     names::SETTINGS,
 ];
+
+/// The `MapData` inside a map taken from the object.
+fn map_data(map: &aya::maps::Map) -> Option<&MapData> {
+    use aya::maps::Map;
+    match map {
+        Map::HashMap(m) | Map::LpmTrie(m) | Map::Array(m) | Map::PerCpuArray(m) => Some(m),
+        _ => None,
+    }
+}
 
 /// Creates the pin directory, which must not exist yet: ipnat never adopts a directory it did
 /// not create (bpffs is world-writable).
@@ -290,10 +338,14 @@ impl Tables {
         if let Some(dir) = pin_dir {
             create_pin_dir(dir)?;
         }
+        let mut memory = BTreeMap::new();
         let mut take = |name: &'static str| {
             let map = ebpf
                 .take_map(name)
                 .ok_or(DataplaneError::MissingMap(name))?;
+            if let Some(data) = map_data(&map) {
+                memory.insert(name, memlock(data));
+            }
             if let Some(dir) = pin_dir {
                 map.pin(dir.join(name)).map_err(|e| DataplaneError::Pin {
                     path: dir.join(name),
@@ -324,6 +376,7 @@ impl Tables {
             snat_pfx: take(names::SNAT_PREFIX_MAP)?
                 .try_into()
                 .map_err(map_err(names::SNAT_PREFIX_MAP))?,
+            memory,
         })
     }
 
@@ -340,13 +393,17 @@ impl Tables {
 
     /// Opens the maps a running `ipnat run` pinned under `dir`.
     pub fn open_pinned(dir: &Path) -> Result<Self, DataplaneError> {
-        let open = |name: &'static str| {
-            MapData::from_pin(dir.join(name))
-                .and_then(aya::maps::Map::from_map_data)
-                .map_err(|e| DataplaneError::Pin {
-                    path: dir.join(name),
-                    why: format!("{e} (is `ipnat run` running?)"),
-                })
+        let mut memory = BTreeMap::new();
+        let mut open = |name: &'static str| {
+            let data = MapData::from_pin(dir.join(name)).map_err(|e| DataplaneError::Pin {
+                path: dir.join(name),
+                why: format!("{e} (is `ipnat run` running?)"),
+            })?;
+            memory.insert(name, memlock(&data));
+            aya::maps::Map::from_map_data(data).map_err(|e| DataplaneError::Pin {
+                path: dir.join(name),
+                why: e.to_string(),
+            })
         };
         Ok(Self {
             dnat: open(names::DNAT_MAP)?
@@ -370,6 +427,7 @@ impl Tables {
             snat_pfx: open(names::SNAT_PREFIX_MAP)?
                 .try_into()
                 .map_err(map_err(names::SNAT_PREFIX_MAP))?,
+            memory,
         })
     }
 
@@ -427,8 +485,9 @@ impl Tables {
                     while used.contains(&next) {
                         next += 1;
                     }
-                    if next > MAX_MAPPING_ID {
-                        return Err(DataplaneError::IdsExhausted);
+                    let max_id = self.counters.len() - 1;
+                    if next > max_id {
+                        return Err(DataplaneError::IdsExhausted(max_id));
                     }
                     used.insert(next);
                     self.counters
@@ -494,6 +553,22 @@ impl Tables {
         }
     }
 
+    /// Kernel memory held by the tables.
+    pub fn memory(&self) -> MemoryReport {
+        let capacity = self.counters.len() - 1;
+        let total_bytes = self.memory.values().sum();
+        let scaling: u64 = [names::DNAT_MAP, names::SNAT_MAP, names::MAPPING_COUNTERS]
+            .iter()
+            .filter_map(|n| self.memory.get(n))
+            .sum();
+        MemoryReport {
+            maps: self.memory.clone(),
+            total_bytes,
+            capacity,
+            bytes_per_mapping: scaling as f64 / f64::from(capacity.max(1)),
+        }
+    }
+
     /// The data plane's `FLAG_*` bits.
     pub fn flags(&self) -> Result<u32, DataplaneError> {
         Ok(self
@@ -542,7 +617,11 @@ impl Tables {
                 .map_err(map_err(names::REASON_COUNTERS))?;
             reasons.insert(r.name(), per_cpu.iter().sum());
         }
-        Ok(Snapshot { mappings, reasons })
+        Ok(Snapshot {
+            mappings,
+            reasons,
+            memory: self.memory(),
+        })
     }
 }
 
@@ -580,6 +659,13 @@ impl Snapshot {
             .map(|(r, n)| format!("{r}={n}"))
             .collect();
         let _ = writeln!(s, "packets by outcome: {}", reasons.join(" "));
+        let _ = writeln!(
+            s,
+            "table memory: {} KiB for {} mappings ({:.0} bytes per mapping)",
+            self.memory.total_bytes / 1024,
+            self.memory.capacity,
+            self.memory.bytes_per_mapping
+        );
         s
     }
 }

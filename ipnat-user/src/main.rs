@@ -104,7 +104,7 @@ fn run_dataplane(config: Config, stats_interval: u64) -> Result<()> {
     for iface in &config.interfaces {
         ipnat::dataplane::ifindex(&iface.name).with_context(|| "in [[interface]]".to_string())?;
     }
-    let mut dp = Dataplane::load(Some(&config.pin_path))?;
+    let mut dp = Dataplane::load(Some(&config.pin_path), config.max_mappings)?;
     let result = (|| -> Result<()> {
         dp.tables.apply(&config.mappings)?;
         dp.tables.set_fast_path(config.fast_path)?;

@@ -423,7 +423,7 @@ struct Harness {
 impl Harness {
     fn new() -> Self {
         require_root();
-        let mut dp = Dataplane::load(None).expect("load the eBPF programs");
+        let mut dp = Dataplane::load(None, 1024).expect("load the eBPF programs");
         dp.tables
             .apply(&[
                 MappingConfig {
@@ -641,4 +641,21 @@ fn replacing_a_mapping_keeps_the_others_and_removes_the_old() {
         h.run(Hook::TcEgress, &from_block.frame()).1,
         from_block.frame()
     );
+}
+
+#[test]
+fn a_million_mappings_with_counters_fit_well_under_a_gib() {
+    require_root();
+    let dp = Dataplane::load(None, 1_000_000).expect("load with room for 1,000,000 mappings");
+    let m = dp.tables.memory();
+    println!(
+        "1,000,000 mappings: {} MiB of map memory, {:.1} bytes per mapping; per map: {:?}",
+        m.total_bytes >> 20,
+        m.bytes_per_mapping,
+        m.maps
+    );
+    assert_eq!(m.capacity, 1_000_000);
+    assert!(m.bytes_per_mapping > 40.0, "memlock not read: {m:?}");
+    // No per-CPU state grows with the mappings: the figure holds on a 16-CPU host too.
+    assert!(m.total_bytes < 512 << 20, "{m:?}");
 }
