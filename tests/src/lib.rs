@@ -5,3 +5,4 @@ pub mod capture;
 pub mod lab;
 pub mod netns;
 pub mod packet;
+pub mod testrun;

@@ -35,7 +35,7 @@ fn fold(mut s: u32) -> u16 {
     s as u16
 }
 
-fn pseudo_header(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> Vec<u8> {
+pub fn pseudo_header(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, len: usize) -> Vec<u8> {
     let mut p = Vec::with_capacity(12);
     p.extend_from_slice(&src.octets());
     p.extend_from_slice(&dst.octets());

@@ -4,43 +4,21 @@
 
 use std::net::Ipv4Addr;
 
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use ipnat::{
     config::{Block, MappingConfig},
     dataplane::{Dataplane, Snapshot},
 };
-use ipnat_common::{Reason, names};
+use ipnat_common::Reason;
 use ipnat_tests::{
     netns::require_root,
     packet::{self, IPPROTO_DCCP, IPPROTO_GRE, IPPROTO_UDPLITE, Ipv4, UdpCsum, ethernet},
+    testrun::{
+        BLOCK_PUBLIC, EIP, EIP2, Harness, Hook, INET, PRIV, PRIV2, TC_ACT_OK, TC_ACT_SHOT,
+        XDP_DROP, XDP_PASS, block, hex,
+    },
 };
 
-const INET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
-const EIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
-const PRIV: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 10);
-const EIP2: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 11);
-const PRIV2: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 11);
 const OTHER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 99);
-/// A block mapping: 120.0.0.0/25 <-> 10.0.2.0/25, host bits kept.
-const BLOCK_PUBLIC: &str = "120.0.0.0/25";
-const BLOCK_PRIVATE: &str = "10.0.2.0/25";
-
-fn block(s: &str) -> Block {
-    s.parse().unwrap()
-}
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const TC_ACT_OK: u32 = 0;
-const TC_ACT_SHOT: u32 = 2;
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Hook {
-    /// XDP on receive: destination public -> private.
-    Xdp,
-    /// TC on transmit: source private -> public.
-    TcEgress,
-}
 
 struct Fixture {
     name: &'static str,
@@ -416,72 +394,6 @@ fn icmp_error_fixtures(hook: Hook) -> Vec<Fixture> {
     f
 }
 
-struct Harness {
-    dp: Dataplane,
-}
-
-impl Harness {
-    fn new() -> Self {
-        require_root();
-        let mut dp = Dataplane::load(None, 1024).expect("load the eBPF programs");
-        dp.tables
-            .apply(&[
-                MappingConfig {
-                    public: EIP.into(),
-                    private: PRIV.into(),
-                },
-                MappingConfig {
-                    public: EIP2.into(),
-                    private: PRIV2.into(),
-                },
-                MappingConfig {
-                    public: block(BLOCK_PUBLIC),
-                    private: block(BLOCK_PRIVATE),
-                },
-            ])
-            .expect("fill tables");
-        Self { dp }
-    }
-
-    fn run(&self, hook: Hook, input: &[u8]) -> (u32, Vec<u8>) {
-        let mut out = vec![0u8; input.len() + 512];
-        let opts = TestRunOptions {
-            data_in: Some(input),
-            data_out: Some(&mut out),
-            ..Default::default()
-        };
-        let r = match hook {
-            Hook::Xdp => {
-                let p: &Xdp = self
-                    .dp
-                    .ebpf()
-                    .program(names::XDP_PROGRAM)
-                    .unwrap()
-                    .try_into()
-                    .unwrap();
-                p.test_run(opts)
-            }
-            Hook::TcEgress => {
-                let p: &SchedClassifier = self
-                    .dp
-                    .ebpf()
-                    .program(names::TC_EGRESS_PROGRAM)
-                    .unwrap()
-                    .try_into()
-                    .unwrap();
-                p.test_run(opts)
-            }
-        }
-        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN {hook:?} on {}: {e}", hex(input)));
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
-    }
-
-    fn snapshot(&self) -> Snapshot {
-        self.dp.tables.snapshot().unwrap()
-    }
-}
-
 fn mapping_packets(s: &Snapshot, public: impl Into<Block>, hook: Hook) -> (u64, u64) {
     let public = public.into();
     let m = s
@@ -493,13 +405,6 @@ fn mapping_packets(s: &Snapshot, public: impl Into<Block>, hook: Hook) -> (u64, 
         Hook::Xdp => (m.dnat_packets, m.dnat_bytes),
         Hook::TcEgress => (m.snat_packets, m.snat_bytes),
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter()
-        .map(|x| format!("{x:02x}"))
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 #[test]

@@ -1,0 +1,120 @@
+//! The real programs on test frames through BPF_PROG_TEST_RUN, with tables filled by the
+//! controller library: the harness of the packet fixtures and the property tests.
+
+use std::net::Ipv4Addr;
+
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
+use ipnat::{
+    config::{Block, MappingConfig},
+    dataplane::{Dataplane, Snapshot},
+};
+use ipnat_common::names;
+
+use crate::netns::require_root;
+
+pub const INET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+pub const EIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+pub const PRIV: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 10);
+pub const EIP2: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 11);
+pub const PRIV2: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 11);
+/// A block mapping: 120.0.0.0/25 <-> 10.0.2.0/25, host bits kept.
+pub const BLOCK_PUBLIC: &str = "120.0.0.0/25";
+pub const BLOCK_PRIVATE: &str = "10.0.2.0/25";
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
+
+pub fn block(s: &str) -> Block {
+    s.parse().unwrap()
+}
+
+/// The standard tables: EIP <-> PRIV, EIP2 <-> PRIV2, and the block.
+pub fn standard_mappings() -> Vec<MappingConfig> {
+    vec![
+        MappingConfig {
+            public: EIP.into(),
+            private: PRIV.into(),
+        },
+        MappingConfig {
+            public: EIP2.into(),
+            private: PRIV2.into(),
+        },
+        MappingConfig {
+            public: block(BLOCK_PUBLIC),
+            private: block(BLOCK_PRIVATE),
+        },
+    ]
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Hook {
+    /// XDP on receive: destination public -> private (fast path off).
+    Xdp,
+    /// TC on transmit: source private -> public.
+    TcEgress,
+}
+
+pub struct Harness {
+    pub dp: Dataplane,
+}
+
+impl Harness {
+    /// Loads the programs (not attached) with the standard tables.
+    pub fn new() -> Self {
+        require_root();
+        let mut dp = Dataplane::load(None, 1024).expect("load the eBPF programs");
+        dp.tables.apply(&standard_mappings()).expect("fill tables");
+        Self { dp }
+    }
+
+    /// Runs `input` through `hook`: (return value, output frame).
+    pub fn run(&self, hook: Hook, input: &[u8]) -> (u32, Vec<u8>) {
+        let mut out = vec![0u8; input.len() + 512];
+        let opts = TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(&mut out),
+            ..Default::default()
+        };
+        let ebpf = self.dp.ebpf();
+        let r = match hook {
+            Hook::Xdp => {
+                let p: &Xdp = ebpf
+                    .program(names::XDP_PROGRAM)
+                    .unwrap()
+                    .try_into()
+                    .unwrap();
+                p.test_run(opts)
+            }
+            Hook::TcEgress => {
+                let p: &SchedClassifier = ebpf
+                    .program(names::TC_EGRESS_PROGRAM)
+                    .unwrap()
+                    .try_into()
+                    .unwrap();
+                p.test_run(opts)
+            }
+        }
+        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN {hook:?} on {}: {e}", hex(input)));
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        self.dp.tables.snapshot().unwrap()
+    }
+}
+
+impl Default for Harness {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
