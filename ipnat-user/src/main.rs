@@ -99,11 +99,32 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// Warns about host settings that break a gateway; changes nothing.
+fn check_sysctls(config: &Config) {
+    let read = |key: &str| {
+        std::fs::read_to_string(format!("/proc/sys/{}", key.replace('.', "/")))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default()
+    };
+    if read("net.ipv4.ip_forward") != "1" {
+        warn!(
+            "net.ipv4.ip_forward is off: translated packets will not be forwarded (sysctl -w net.ipv4.ip_forward=1)"
+        );
+    }
+    for iface in &config.interfaces {
+        let key = format!("net.ipv4.conf.{}.send_redirects", iface.name);
+        if read(&key) == "1" || read("net.ipv4.conf.all.send_redirects") == "1" {
+            warn!(interface = %iface.name, "ICMP redirects are on: a gateway that sends packets back out of the NIC they came in on tells the senders to go direct, past the translation (sysctl -w net.ipv4.conf.all.send_redirects=0 {key}=0)");
+        }
+    }
+}
+
 fn run_dataplane(config: Config, stats_interval: u64) -> Result<()> {
     // Check every interface before touching the kernel: a bad config changes nothing.
     for iface in &config.interfaces {
         ipnat::dataplane::ifindex(&iface.name).with_context(|| "in [[interface]]".to_string())?;
     }
+    check_sysctls(&config);
     let mut dp = Dataplane::load(Some(&config.pin_path), config.max_mappings)?;
     let result = (|| -> Result<()> {
         dp.tables.apply(&config.mappings)?;

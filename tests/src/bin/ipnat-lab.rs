@@ -45,8 +45,10 @@ fn lab() -> Result<()> {
     say(&format!(
         "  internet host {INET}  --  {GW_EXT} [gateway, runs ipnat] {GW_INT}  --  backend {BACKEND}\n\
          \n  The cloud's elastic IP {EIP} is not on any host. The internet routes it to the\n  \
-         gateway; ipnat there rewrites destination {EIP} -> {BACKEND} on the way in (XDP)\n  \
-         and source {BACKEND} -> {EIP} on the way out (TC), statelessly.\n"
+         gateway; ipnat there rewrites destination {EIP} -> {BACKEND} on the way in and\n  \
+         source {BACKEND} -> {EIP} on the way out, statelessly, and forwards the packets\n  \
+         itself from XDP (\"forwarded\" below; \"forwarded_neigh\": from TC, for a first\n  \
+         packet whose next hop's MAC address the gateway had yet to learn).\n"
     ));
     let lab = GatewayLab::new(LabOptions::default())?;
     say(&format!(
