@@ -680,3 +680,72 @@ fn a_one_nic_gateway_translates_and_sends_back_out_of_the_same_nic() {
         .unwrap();
     assert_eq!(ip[1].split_whitespace().nth(i), Some("0"), "{snmp}");
 }
+
+/// A UDP socket in `ns` bound to `bind` that sends without a checksum (SO_NO_CHECK).
+fn udp_no_check(bind: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let s = std::net::UdpSocket::bind(bind)?;
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt with a pointer to a live c_int.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&s),
+            libc::SOL_SOCKET,
+            libc::SO_NO_CHECK,
+            &one as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    s.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
+    Ok(s)
+}
+
+#[test]
+fn udp_without_a_checksum_keeps_it_zero_both_ways() {
+    require_root();
+    let lab = GatewayLab::new(LabOptions::default()).unwrap();
+    let _ipnat = lab.start_ipnat().unwrap();
+    let at_backend = Capture::start(&lab.backend, "eth0").unwrap();
+    let at_inet = Capture::start(&lab.inet, "eth0").unwrap();
+    let server = lab
+        .backend
+        .within(|| Ok(udp_no_check(SocketAddr::from((BACKEND, 5398)))?))
+        .unwrap();
+    let echo = std::thread::spawn(move || -> std::io::Result<SocketAddr> {
+        let mut buf = [0u8; 1500];
+        let (n, peer) = server.recv_from(&mut buf)?;
+        server.send_to(&buf[..n], peer)?;
+        Ok(peer)
+    });
+    let got = lab
+        .inet
+        .within(|| {
+            let s = udp_no_check(SocketAddr::from((INET, 0)))?;
+            s.send_to(b"no checksum, please", (EIP, 5398))?;
+            let mut buf = [0u8; 1500];
+            let (n, from) = s.recv_from(&mut buf)?;
+            Ok((buf[..n].to_vec(), from))
+        })
+        .unwrap();
+    assert_eq!(got.0, b"no checksum, please");
+    assert_eq!(got.1, SocketAddr::from((EIP, 5398)));
+    assert_eq!(echo.join().unwrap().unwrap().ip(), IpAddr::V4(INET));
+    for (frames, from, to) in [
+        (at_backend.stop().unwrap(), INET, BACKEND),
+        (at_inet.stop().unwrap(), EIP, INET),
+    ] {
+        assert_eq!(check_frames(&frames, from, to, 17), 1);
+        let ip = frames
+            .iter()
+            .filter_map(|f| f.ipv4())
+            .find(|ip| ip[9] == 17 && src(ip) == from)
+            .unwrap();
+        assert_eq!(
+            ip[26..28],
+            [0, 0],
+            "{from} -> {to}: the zero checksum stays zero"
+        );
+    }
+}
