@@ -49,13 +49,15 @@ pub const FLAG_FAST_PATH: u32 = 1;
 /// `Settings::flags`: the prefix tables hold entries (skip their lookup otherwise).
 pub const FLAG_PREFIXES: u32 = 2;
 
-/// Data-plane settings, the single entry of the settings array.
+/// Data-plane settings, the single entry of the settings array; also the meta map that records
+/// the layout version of the pinned maps.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Settings {
     /// `FLAG_*` bits.
     pub flags: u32,
-    pub _pad: u32,
+    /// The [`SCHEMA_VERSION`] of the controller that created the maps (0: not yet claimed).
+    pub schema: u32,
 }
 
 /// Written by XDP in front of a packet it hands to TC ingress to forward (XDP cannot resolve

@@ -13,11 +13,16 @@ use aya::{
         Array, HashMap, MapData, MapError, PerCpuArray,
         lpm_trie::{Key, LpmTrie},
     },
-    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc},
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::{self, SchedClassifierLink},
+        xdp::XdpLink,
+    },
 };
 use ipnat_common::{
-    FLAG_FAST_PATH, FLAG_PREFIXES, MappingCounters, NatTarget, PrefixTarget, Reason, Settings,
-    names,
+    FLAG_FAST_PATH, FLAG_PREFIXES, MappingCounters, NatTarget, PrefixTarget, Reason,
+    SCHEMA_VERSION, Settings, names,
 };
 use ipnet::Ipv4Net;
 use serde::Serialize;
@@ -35,6 +40,11 @@ pub enum DataplaneError {
          time); run `cargo xtask setup` and rebuild"
     )]
     NotBuilt,
+    #[error(
+        "the pinned maps have layout version {found}, this ipnat uses {ours}: run `ipnat down` \
+         (traffic stops until the next start) and start again"
+    )]
+    Schema { found: u32, ours: u32 },
     #[error("map {0} holds an entry ipnat could not have written; remove its pins and restart")]
     Corrupt(&'static str),
     #[error("loading the eBPF programs failed (are you root, with bpffs mounted?): {0}")]
@@ -91,24 +101,41 @@ fn addr(key: u32) -> Ipv4Addr {
 pub struct Dataplane {
     ebpf: Ebpf,
     pub tables: Tables,
+    pin_dir: Option<PathBuf>,
+    adopted: bool,
 }
 
 impl Dataplane {
-    /// Loads (verifies) the programs and creates their maps, pinned under `pin_dir` when given
-    /// (see [`Tables::open_pinned`]). Attaches nothing yet.
+    /// Loads (verifies) the programs and opens their maps. With `pin_dir`, every map lives
+    /// pinned there: a directory that does not exist is created (0700) and the maps pinned in
+    /// it; an existing one, left by an earlier `ipnat run` (whose programs may still be
+    /// forwarding traffic), is adopted after checking that it is safe to (root-owned, not a
+    /// symlink, not group- or world-accessible) and that its map layout is this binary's.
+    /// Attaches nothing yet.
     ///
-    /// `capacity` sizes the mapping tables and their counters (the block tables have a fixed
-    /// size, `MAX_PREFIXES`).
+    /// `capacity` sizes the mapping tables and their counters when they are created (the
+    /// block tables have a fixed size, `MAX_PREFIXES`).
     pub fn load(pin_dir: Option<&Path>, capacity: u32) -> Result<Self, DataplaneError> {
         if EBPF_OBJECT.is_empty() {
             return Err(DataplaneError::NotBuilt);
         }
-        let mut ebpf = aya::EbpfLoader::new()
+        let adopted = match pin_dir {
+            Some(dir) => prepare_pin_dir(dir)?,
+            None => false,
+        };
+        let mut loader = aya::EbpfLoader::new();
+        loader
             .map_max_entries(names::DNAT_MAP, capacity)
             .map_max_entries(names::SNAT_MAP, capacity)
-            .map_max_entries(names::MAPPING_COUNTERS, capacity + 1)
-            .load(EBPF_OBJECT)
-            .map_err(DataplaneError::Load)?;
+            .map_max_entries(names::MAPPING_COUNTERS, capacity + 1);
+        let pins: Vec<(&str, PathBuf)> = pin_dir
+            .map(|dir| MAP_NAMES.iter().map(|n| (*n, dir.join(n))).collect())
+            .unwrap_or_default();
+        for (name, path) in &pins {
+            // Opens the pinned map when there is one, else creates and pins it.
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(DataplaneError::Load)?;
         for name in [
             names::XDP_PROGRAM,
             names::TC_INGRESS_PROGRAM,
@@ -127,8 +154,14 @@ impl Dataplane {
                 _ => return Err(DataplaneError::MissingMap(name)),
             }
         }
-        let tables = Tables::take(&mut ebpf, pin_dir)?;
-        Ok(Self { ebpf, tables })
+        let mut tables = Tables::take(&mut ebpf)?;
+        tables.claim_schema(adopted)?;
+        Ok(Self {
+            ebpf,
+            tables,
+            pin_dir: pin_dir.map(Path::to_owned),
+            adopted,
+        })
     }
 
     /// The loaded program object, e.g. for BPF_PROG_TEST_RUN.
@@ -136,41 +169,272 @@ impl Dataplane {
         &self.ebpf
     }
 
-    /// Attaches XDP (native mode) and TC on receive, and TC on transmit. Both are detached when the
-    /// `Dataplane` is dropped.
+    /// Whether [`Dataplane::load`] adopted the maps of an earlier run.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// Attaches XDP (native mode) and TC on receive, and TC on transmit.
+    ///
+    /// With a pin directory, the links are pinned there (`link-<hook>-<iface>`) and outlive
+    /// this process: traffic keeps flowing while the controller is down or restarting. A link
+    /// an earlier run pinned is kept and its program atomically replaced by this binary's
+    /// (`bpf_link_update`): no packet meets an interface without a program. Without a pin
+    /// directory the links are detached when the `Dataplane` is dropped.
     pub fn attach(&mut self, iface: &str) -> Result<(), DataplaneError> {
         ifindex(iface)?;
+        let attach_err = |program: &'static str| {
+            let iface = iface.to_owned();
+            move |source| DataplaneError::Attach {
+                program,
+                iface,
+                source,
+            }
+        };
+        let pin_dir = self.pin_dir.clone();
+        let pinned = |hook: &str| pin_dir.as_ref().map(|d| d.join(link_pin_name(hook, iface)));
+
         let xdp: &mut Xdp = self
             .ebpf
             .program_mut(names::XDP_PROGRAM)
             .and_then(|p| p.try_into().ok())
             .ok_or(DataplaneError::MissingMap(names::XDP_PROGRAM))?;
-        xdp.attach(iface, XdpMode::Driver)
-            .map_err(|source| DataplaneError::Attach {
-                program: names::XDP_PROGRAM,
-                iface: iface.into(),
-                source,
-            })?;
+        match pinned("xdp") {
+            Some(path) if path.exists() => {
+                let link = adopt_link(&path)?;
+                let link = XdpLink::try_from(link).map_err(|e| DataplaneError::Pin {
+                    path: path.clone(),
+                    why: e.to_string(),
+                })?;
+                xdp.attach_to_link(link)
+                    .map_err(attach_err(names::XDP_PROGRAM))?;
+            }
+            path => {
+                let id = xdp
+                    .attach(iface, XdpMode::Driver)
+                    .map_err(attach_err(names::XDP_PROGRAM))?;
+                if let Some(path) = path {
+                    let link = xdp.take_link(id).map_err(attach_err(names::XDP_PROGRAM))?;
+                    pin_link(
+                        FdLink::try_from(link).map_err(|e| DataplaneError::Pin {
+                            path: path.clone(),
+                            why: e.to_string(),
+                        })?,
+                        &path,
+                    )?;
+                }
+            }
+        }
         // TCX needs no qdisc; older kernels need clsact. An existing one is fine.
         let _ = tc::qdisc_add_clsact(iface);
-        for (name, hook) in [
-            (names::TC_INGRESS_PROGRAM, TcAttachType::Ingress),
-            (names::TC_EGRESS_PROGRAM, TcAttachType::Egress),
+        for (name, hook, attach_type) in [
+            (names::TC_INGRESS_PROGRAM, "tc-in", TcAttachType::Ingress),
+            (names::TC_EGRESS_PROGRAM, "tc-out", TcAttachType::Egress),
         ] {
             let tc: &mut SchedClassifier = self
                 .ebpf
                 .program_mut(name)
                 .and_then(|p| p.try_into().ok())
                 .ok_or(DataplaneError::MissingMap(name))?;
-            tc.attach(iface, hook)
-                .map_err(|source| DataplaneError::Attach {
-                    program: name,
-                    iface: iface.into(),
-                    source,
-                })?;
+            match pinned(hook) {
+                Some(path) if path.exists() => {
+                    let link = adopt_link(&path)?;
+                    let link =
+                        SchedClassifierLink::try_from(link).map_err(|e| DataplaneError::Pin {
+                            path: path.clone(),
+                            why: e.to_string(),
+                        })?;
+                    tc.attach_to_link(link).map_err(attach_err(name))?;
+                }
+                path => {
+                    let id = tc.attach(iface, attach_type).map_err(attach_err(name))?;
+                    if let Some(path) = path {
+                        let link = tc.take_link(id).map_err(attach_err(name))?;
+                        pin_link(
+                            FdLink::try_from(link).map_err(|e| DataplaneError::Pin {
+                                path: path.clone(),
+                                why: e.to_string(),
+                            })?,
+                            &path,
+                        )?;
+                    }
+                }
+            }
         }
         Ok(())
     }
+
+    /// Detaches (unpins) the links of interfaces that are not in `keep`: what an earlier run
+    /// attached to an interface the config no longer lists.
+    pub fn detach_others(&self, keep: &[String]) -> Result<Vec<String>, DataplaneError> {
+        let Some(dir) = &self.pin_dir else {
+            return Ok(Vec::new());
+        };
+        let mut gone = Vec::new();
+        for link in pinned_links(dir)? {
+            if !keep.contains(&link.iface) {
+                remove_pin(&dir.join(&link.file))?;
+                gone.push(link.file);
+            }
+        }
+        Ok(gone)
+    }
+}
+
+fn link_pin_name(hook: &str, iface: &str) -> String {
+    format!("link-{hook}-{iface}")
+}
+
+/// A link pinned in the pin directory.
+#[derive(Clone, Debug, Serialize)]
+pub struct PinnedLinkInfo {
+    /// `xdp`, `tc-in` or `tc-out`.
+    pub hook: String,
+    pub iface: String,
+    #[serde(skip)]
+    pub file: String,
+}
+
+/// The links pinned under `dir`.
+pub fn pinned_links(dir: &Path) -> Result<Vec<PinnedLinkInfo>, DataplaneError> {
+    let mut out = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| DataplaneError::Pin {
+        path: dir.to_owned(),
+        why: e.to_string(),
+    })?;
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file.strip_prefix("link-") else {
+            continue;
+        };
+        for hook in ["xdp", "tc-in", "tc-out"] {
+            if let Some(iface) = rest.strip_prefix(hook).and_then(|r| r.strip_prefix('-')) {
+                out.push(PinnedLinkInfo {
+                    hook: hook.into(),
+                    iface: iface.into(),
+                    file: file.clone(),
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| (&a.iface, &a.hook).cmp(&(&b.iface, &b.hook)));
+    Ok(out)
+}
+
+fn adopt_link(path: &Path) -> Result<FdLink, DataplaneError> {
+    check_pin_owner(path)?;
+    PinnedLink::from_pin(path)
+        .map(FdLink::from)
+        .map_err(|e| DataplaneError::Pin {
+            path: path.to_owned(),
+            why: e.to_string(),
+        })
+}
+
+fn pin_link(link: FdLink, path: &Path) -> Result<(), DataplaneError> {
+    link.pin(path).map(drop).map_err(|e| DataplaneError::Pin {
+        path: path.to_owned(),
+        why: e.to_string(),
+    })
+}
+
+fn remove_pin(path: &Path) -> Result<(), DataplaneError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(DataplaneError::Pin {
+            path: path.to_owned(),
+            why: e.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// A pin or pin directory ipnat may adopt: not a symlink, owned by this (root) user.
+fn check_pin_owner(path: &Path) -> Result<std::fs::Metadata, DataplaneError> {
+    use std::os::unix::fs::MetadataExt;
+    let refuse = |why: String| DataplaneError::Pin {
+        path: path.to_owned(),
+        why: format!("refusing to adopt it: {why}"),
+    };
+    let meta = std::fs::symlink_metadata(path).map_err(|e| refuse(e.to_string()))?;
+    if meta.file_type().is_symlink() {
+        return Err(refuse("it is a symlink".into()));
+    }
+    let euid = nix::unistd::geteuid().as_raw();
+    if meta.uid() != euid {
+        return Err(refuse(format!(
+            "owned by uid {}, not {euid} (bpffs is world-writable: someone else made it)",
+            meta.uid()
+        )));
+    }
+    Ok(meta)
+}
+
+/// Creates the pin directory (0700), or checks an existing one before adopting it. Returns
+/// whether it existed.
+fn prepare_pin_dir(dir: &Path) -> Result<bool, DataplaneError> {
+    use std::os::unix::fs::PermissionsExt;
+    if std::fs::symlink_metadata(dir).is_err() {
+        create_pin_dir(dir)?;
+        return Ok(false);
+    }
+    let meta = check_pin_owner(dir)?;
+    if !meta.is_dir() {
+        return Err(DataplaneError::Pin {
+            path: dir.to_owned(),
+            why: "refusing to adopt it: not a directory".into(),
+        });
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(DataplaneError::Pin {
+            path: dir.to_owned(),
+            why: format!(
+                "refusing to adopt it: mode {:o} lets others in (ipnat creates it 0700)",
+                meta.permissions().mode() & 0o777
+            ),
+        });
+    }
+    for entry in std::fs::read_dir(dir).map_err(|e| DataplaneError::Pin {
+        path: dir.to_owned(),
+        why: e.to_string(),
+    })? {
+        let entry = entry.map_err(|e| DataplaneError::Pin {
+            path: dir.to_owned(),
+            why: e.to_string(),
+        })?;
+        check_pin_owner(&entry.path())?;
+    }
+    Ok(true)
+}
+
+/// Removes everything an `ipnat run` left under `dir`: the links first (which detaches the
+/// programs from their interfaces), then the maps, then the directory. Returns what it
+/// detached. `ipnat run` must not be running (its open links would keep the programs
+/// attached until it exits).
+pub fn down(dir: &Path) -> Result<Vec<PinnedLinkInfo>, DataplaneError> {
+    prepare_pin_dir(dir).and_then(|existed| {
+        if existed {
+            Ok(())
+        } else {
+            // prepare_pin_dir created it: there was nothing.
+            let _ = std::fs::remove_dir(dir);
+            Err(DataplaneError::Pin {
+                path: dir.to_owned(),
+                why: "nothing is pinned there (is the pin path right?)".into(),
+            })
+        }
+    })?;
+    let links = pinned_links(dir)?;
+    for link in &links {
+        remove_pin(&dir.join(&link.file))?;
+    }
+    for name in MAP_NAMES {
+        remove_pin(&dir.join(name))?;
+    }
+    std::fs::remove_dir(dir).map_err(|e| DataplaneError::Pin {
+        path: dir.to_owned(),
+        why: format!("{e} (something else is pinned there)"),
+    })?;
+    Ok(links)
 }
 
 /// A mapping as installed in the kernel.
@@ -334,10 +598,7 @@ pub fn ensure_bpffs(dir: &Path) -> Result<(), String> {
 
 impl Tables {
     /// Takes the maps out of the loaded object, pinning each under `pin_dir` when given.
-    fn take(ebpf: &mut Ebpf, pin_dir: Option<&Path>) -> Result<Self, DataplaneError> {
-        if let Some(dir) = pin_dir {
-            create_pin_dir(dir)?;
-        }
+    fn take(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
         let mut memory = BTreeMap::new();
         let mut take = |name: &'static str| {
             let map = ebpf
@@ -345,12 +606,6 @@ impl Tables {
                 .ok_or(DataplaneError::MissingMap(name))?;
             if let Some(data) = map_data(&map) {
                 memory.insert(name, memlock(data));
-            }
-            if let Some(dir) = pin_dir {
-                map.pin(dir.join(name)).map_err(|e| DataplaneError::Pin {
-                    path: dir.join(name),
-                    why: e.to_string(),
-                })?;
             }
             Ok::<_, DataplaneError>(map)
         };
@@ -378,17 +633,6 @@ impl Tables {
                 .map_err(map_err(names::SNAT_PREFIX_MAP))?,
             memory,
         })
-    }
-
-    /// Removes the pins made by [`Tables::pin`].
-    pub fn unpin(dir: &Path) -> std::io::Result<()> {
-        for name in MAP_NAMES {
-            match std::fs::remove_file(dir.join(name)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                _ => {}
-            }
-        }
-        std::fs::remove_dir(dir)
     }
 
     /// Opens the maps a running `ipnat run` pinned under `dir`.
@@ -553,6 +797,29 @@ impl Tables {
         }
     }
 
+    /// Records this binary's map layout in fresh maps, or checks that adopted maps have it.
+    fn claim_schema(&mut self, adopted: bool) -> Result<(), DataplaneError> {
+        let mut settings = self.settings.get(&0, 0).map_err(map_err(names::SETTINGS))?;
+        if settings.schema == SCHEMA_VERSION {
+            return Ok(());
+        }
+        if adopted && settings.schema != 0 {
+            return Err(DataplaneError::Schema {
+                found: settings.schema,
+                ours: SCHEMA_VERSION,
+            });
+        }
+        settings.schema = SCHEMA_VERSION;
+        self.settings
+            .set(0, settings, 0)
+            .map_err(map_err(names::SETTINGS))
+    }
+
+    /// Room in the mapping tables.
+    pub fn capacity(&self) -> u32 {
+        self.counters.len() - 1
+    }
+
     /// Kernel memory held by the tables.
     pub fn memory(&self) -> MemoryReport {
         let capacity = self.counters.len() - 1;
@@ -588,8 +855,13 @@ impl Tables {
         if on {
             flags |= flag;
         }
+        let schema = self
+            .settings
+            .get(&0, 0)
+            .map_err(map_err(names::SETTINGS))?
+            .schema;
         self.settings
-            .set(0, Settings { flags, _pad: 0 }, 0)
+            .set(0, Settings { flags, schema }, 0)
             .map_err(map_err(names::SETTINGS))
     }
 

@@ -23,8 +23,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load the data plane, attach it to the configured interfaces, fill the tables, and run
-    /// until SIGINT/SIGTERM, which detaches everything and removes the pins.
+    /// Load the data plane (or adopt the one an earlier run left pinned), attach it to the
+    /// configured interfaces, fill the tables, and run until SIGINT/SIGTERM. SIGHUP reloads
+    /// the config. The data plane stays attached when the controller stops: `ipnat down`
+    /// removes it.
     Run {
         /// Config file (TOML); see ipnat.example.toml.
         #[arg(long, short, default_value = "/etc/ipnat/ipnat.toml")]
@@ -37,6 +39,12 @@ enum Command {
     Check {
         #[arg(long, short, default_value = "/etc/ipnat/ipnat.toml")]
         config: PathBuf,
+    },
+    /// Detach everything `ipnat run` attached and remove its pins (stop `ipnat run` first).
+    Down {
+        /// The pin directory of the data plane.
+        #[arg(long, default_value = DEFAULT_PIN_PATH)]
+        pin_path: PathBuf,
     },
     /// Print per-mapping packets and bytes, and packets by outcome, of a running `ipnat run`.
     Stats {
@@ -80,6 +88,14 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Down { pin_path } => {
+            let links = ipnat::dataplane::down(&pin_path)?;
+            for l in &links {
+                println!("detached {} from {}", l.hook, l.iface);
+            }
+            println!("removed {}", pin_path.display());
+            Ok(())
+        }
         Command::Stats { pin_path, json } => {
             let snap = Tables::open_pinned(&pin_path)?.snapshot()?;
             if json {
@@ -93,8 +109,8 @@ fn run(cli: Cli) -> Result<()> {
             config,
             stats_interval,
         } => {
-            let config = Config::load(&config)?;
-            run_dataplane(config, stats_interval)
+            let parsed = Config::load(&config)?;
+            run_dataplane(&config, parsed, stats_interval)
         }
     }
 }
@@ -119,41 +135,92 @@ fn check_sysctls(config: &Config) {
     }
 }
 
-fn run_dataplane(config: Config, stats_interval: u64) -> Result<()> {
+fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: u64) -> Result<()> {
     // Check every interface before touching the kernel: a bad config changes nothing.
     for iface in &config.interfaces {
         ipnat::dataplane::ifindex(&iface.name).with_context(|| "in [[interface]]".to_string())?;
     }
     check_sysctls(&config);
     let mut dp = Dataplane::load(Some(&config.pin_path), config.max_mappings)?;
-    let result = (|| -> Result<()> {
-        dp.tables.apply(&config.mappings)?;
-        dp.tables.set_fast_path(config.fast_path)?;
+    if dp.adopted() {
+        info!(pin_path = %config.pin_path.display(), "adopting the data plane an earlier run left pinned (it kept forwarding meanwhile)");
+        if dp.tables.capacity() != config.max_mappings {
+            warn!(
+                pinned = dp.tables.capacity(),
+                configured = config.max_mappings,
+                "max_mappings differs from the pinned tables, which keep their size until `ipnat down`"
+            );
+        }
+    }
+    let setup = (|| -> Result<()> {
+        apply_config(&mut dp, &config)?;
         for iface in &config.interfaces {
             dp.attach(&iface.name)?;
             info!(interface = %iface.name, "attached XDP (native) and TC on receive, TC on transmit");
         }
-        info!(mappings = config.mappings.len(), pin_path = %config.pin_path.display(), "ipnat running; Ctrl-C to stop");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-            let mut tick = tokio::time::interval(Duration::from_secs(stats_interval.max(1)));
-            loop {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => break,
-                    _ = term.recv() => break,
-                    _ = tick.tick(), if stats_interval > 0 => print!("{}", dp.tables.snapshot()?.render()),
-                }
-            }
-            Ok::<(), anyhow::Error>(())
-        })
+        let keep: Vec<String> = config.interfaces.iter().map(|i| i.name.clone()).collect();
+        for gone in dp.detach_others(&keep)? {
+            info!(link = %gone, "detached: interface no longer configured");
+        }
+        Ok(())
     })();
-    info!("stopping: detaching programs and removing pins");
-    drop(dp);
-    if let Err(e) = Tables::unpin(&config.pin_path) {
-        warn!(path = %config.pin_path.display(), "removing pins: {e}");
+    if let Err(e) = setup {
+        if !dp.adopted() {
+            // Leave nothing behind from a start that failed.
+            drop(dp);
+            let _ = ipnat::dataplane::down(&config.pin_path);
+        }
+        return Err(e);
     }
-    result
+    info!(mappings = config.mappings.len(), pin_path = %config.pin_path.display(), "ipnat running; SIGHUP reloads the config; SIGINT/SIGTERM stop the controller and leave the data plane running (`ipnat down` removes it)");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut config = config;
+    rt.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut tick = tokio::time::interval(Duration::from_secs(stats_interval.max(1)));
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = hup.recv() => match reload(&mut dp, config_path, &config) {
+                    Ok(new) => {
+                        info!(mappings = new.mappings.len(), "reloaded {}", config_path.display());
+                        config = new;
+                    }
+                    Err(e) => warn!("reload refused, the data plane keeps its tables: {e:#}"),
+                },
+                _ = tick.tick(), if stats_interval > 0 => print!("{}", dp.tables.snapshot()?.render()),
+            }
+        }
+        Ok::<(), anyhow::Error>(())
+    })?;
+    info!("controller stopping; the data plane stays attached and keeps translating");
+    Ok(())
+}
+
+/// Writes the config's tables and settings.
+fn apply_config(dp: &mut Dataplane, config: &Config) -> Result<()> {
+    dp.tables.apply(&config.mappings)?;
+    dp.tables.set_fast_path(config.fast_path)?;
+    Ok(())
+}
+
+/// Re-reads the config file: a valid one is applied (tables and settings; interfaces, the pin
+/// path and max_mappings need a restart), an invalid one changes nothing.
+fn reload(dp: &mut Dataplane, path: &std::path::Path, old: &Config) -> Result<Config> {
+    let new = Config::load(path)?;
+    if new.interfaces != old.interfaces
+        || new.pin_path != old.pin_path
+        || new.max_mappings != old.max_mappings
+    {
+        anyhow::bail!(
+            "interfaces, pin_path and max_mappings change only with a restart of `ipnat run`"
+        );
+    }
+    apply_config(dp, &new)?;
+    Ok(new)
 }

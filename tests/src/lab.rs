@@ -207,6 +207,25 @@ pub struct Ipnat {
 
 impl Ipnat {
     pub fn start(ns: &Netns, config: &str, pin_path: &str) -> Result<Self> {
+        let config_path = std::env::temp_dir().join(format!(
+            "ipnat-{}-{}.toml",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut me = Self {
+            child: None,
+            pin_path: PathBuf::from(pin_path),
+            config_path,
+        };
+        me.spawn(ns, config)?;
+        Ok(me)
+    }
+
+    /// Starts `ipnat run` (again) with `config`; it adopts whatever an earlier run pinned.
+    pub fn spawn(&mut self, ns: &Netns, config: &str) -> Result<()> {
+        if self.child.is_some() {
+            bail!("ipnat is already running");
+        }
         let bin = ipnat_bin();
         if !bin.is_file() {
             bail!(
@@ -214,12 +233,7 @@ impl Ipnat {
                 bin.display()
             );
         }
-        let config_path = std::env::temp_dir().join(format!(
-            "ipnat-{}-{}.toml",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::write(&config_path, config)?;
+        std::fs::write(&self.config_path, config)?;
         let mut cmd = ns.command(bin.to_str().context("binary path")?);
         // SAFETY: pre_exec only calls sigprocmask, which is async-signal-safe. A caller that
         // blocked SIGINT/SIGTERM to handle them itself must not pass that mask on to ipnat.
@@ -234,20 +248,35 @@ impl Ipnat {
         let child = cmd
             .arg("run")
             .arg("--config")
-            .arg(&config_path)
+            .arg(&self.config_path)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("spawn {}", bin.display()))?;
         crate::netns::track_child(child.id() as i32, true);
-        let mut me = Self {
-            child: Some(child),
-            pin_path: PathBuf::from(pin_path),
-            config_path,
-        };
-        me.wait_ready()?;
-        Ok(me)
+        self.child = Some(child);
+        self.wait_ready()
+    }
+
+    /// Rewrites the config file and sends SIGHUP.
+    pub fn reload(&mut self, config: &str) -> Result<()> {
+        std::fs::write(&self.config_path, config)?;
+        let child = self.child.as_ref().context("not running")?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )?;
+        Ok(())
+    }
+
+    /// Kills the controller with SIGKILL (no chance to clean up) and reaps it.
+    pub fn kill(&mut self) -> Result<()> {
+        let mut child = self.child.take().context("not running")?;
+        crate::netns::track_child(child.id() as i32, false);
+        child.kill()?;
+        child.wait()?;
+        Ok(())
     }
 
     /// Waits until ipnat has pinned its maps and attached (it logs "running" after attaching).
@@ -283,9 +312,25 @@ impl Ipnat {
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
-    /// Stops ipnat (SIGTERM) and returns its exit status.
-    pub fn stop(mut self) -> Result<std::process::ExitStatus> {
+    /// Stops the controller (SIGTERM) and returns its exit status. The data plane stays.
+    pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
         self.terminate()
+    }
+
+    /// `ipnat down` for this instance's pin path: (exit status, stdout + stderr).
+    pub fn down(&self) -> Result<(std::process::ExitStatus, String)> {
+        let out = std::process::Command::new(ipnat_bin())
+            .args(["down", "--pin-path"])
+            .arg(&self.pin_path)
+            .output()?;
+        Ok((
+            out.status,
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ))
     }
 
     fn terminate(&mut self) -> Result<std::process::ExitStatus> {
@@ -314,7 +359,7 @@ impl Drop for Ipnat {
         }
         let _ = std::fs::remove_file(&self.config_path);
         if self.pin_path.exists() {
-            let _ = ipnat::dataplane::Tables::unpin(&self.pin_path);
+            let _ = ipnat::dataplane::down(&self.pin_path);
         }
     }
 }

@@ -68,7 +68,7 @@ fn mapping_counters(stats: &serde_json::Value) -> (u64, u64) {
 fn tcp_to_the_eip_reaches_the_backend_and_replies_come_from_the_eip() {
     require_root();
     let lab = GatewayLab::new(LabOptions::default()).unwrap();
-    let ipnat = lab.start_ipnat().unwrap();
+    let mut ipnat = lab.start_ipnat().unwrap();
     let at_backend = Capture::start(&lab.backend, "eth0").unwrap();
     let at_inet = Capture::start(&lab.inet, "eth0").unwrap();
 
@@ -215,24 +215,44 @@ fn partial_checksums_from_the_backend_are_translated_with_the_kernel_helpers() {
 }
 
 #[test]
-fn stopping_ipnat_detaches_it_and_removes_its_pins() {
+fn the_data_plane_outlives_the_controller_and_down_removes_it() {
     require_root();
     let lab = GatewayLab::new(LabOptions::default()).unwrap();
-    let ipnat = lab.start_ipnat().unwrap();
+    let mut ipnat = lab.start_ipnat().unwrap();
     let pin = ipnat.pin_path.clone();
     assert!(pin.join("IPNAT_DNAT").exists());
-    let link =
-        String::from_utf8(lab.gw.ip(&["-d", "link", "show", "ext0"]).unwrap().stdout).unwrap();
-    assert!(link.contains("xdp"), "XDP attached in native mode: {link}");
+    let xdp_on = || {
+        String::from_utf8(lab.gw.ip(&["-d", "link", "show", "ext0"]).unwrap().stdout)
+            .unwrap()
+            .contains("xdp")
+    };
+    assert!(xdp_on(), "XDP attached");
     tcp_exchange(&lab.inet, &lab.backend, EIP, 8082, b"before", 10).unwrap();
     assert!(ipnat.stop().unwrap().success());
-    assert!(!pin.exists(), "pins removed on stop");
-    let link =
-        String::from_utf8(lab.gw.ip(&["-d", "link", "show", "ext0"]).unwrap().stdout).unwrap();
-    assert!(!link.contains("xdp"), "XDP detached: {link}");
+    // The controller is gone; the pinned programs keep translating.
+    assert!(pin.join("link-xdp-ext0").exists() && pin.join("IPNAT_DNAT").exists());
+    assert!(xdp_on(), "XDP still attached");
+    tcp_exchange(&lab.inet, &lab.backend, EIP, 8083, b"meanwhile", 10).unwrap();
+    let (status, out) = ipnat.down().unwrap();
+    assert!(status.success(), "{out}");
+    for hook in ["xdp", "tc-in", "tc-out"] {
+        for iface in ["ext0", "int0"] {
+            assert!(
+                out.contains(&format!("detached {hook} from {iface}")),
+                "{out}"
+            );
+        }
+    }
+    assert!(!pin.exists(), "pins removed");
+    assert!(!xdp_on(), "XDP detached");
     assert!(
-        tcp_exchange(&lab.inet, &lab.backend, EIP, 8083, b"after", 10).is_err(),
+        tcp_exchange(&lab.inet, &lab.backend, EIP, 8084, b"after", 10).is_err(),
         "without ipnat the EIP is not reachable"
+    );
+    let (status, out) = ipnat.down().unwrap();
+    assert!(
+        !status.success() && out.contains("nothing is pinned there"),
+        "{out}"
     );
 }
 

@@ -57,7 +57,7 @@ fn lab() -> Result<()> {
         lab.gw.name(),
         lab.backend.name()
     ));
-    let ipnat = lab.start_ipnat()?;
+    let mut ipnat = lab.start_ipnat()?;
     say(&format!(
         "[2/5] started `{} run --config ...` on the gateway with:\n{}",
         ipnat_bin().display(),
@@ -133,7 +133,16 @@ fn lab() -> Result<()> {
             .collect::<String>()
     ));
     ipnat.stop()?;
+    let (status, out) = ipnat.down()?;
+    if !status.success() {
+        anyhow::bail!("ipnat down failed: {out}");
+    }
     drop(lab);
-    say("done: ipnat stopped (programs detached, pins removed) and the namespaces deleted.");
+    say(&format!(
+        "done: stopped `ipnat run` (the programs stay attached without it), then `ipnat down`:\n{}      and deleted the namespaces.",
+        out.lines()
+            .map(|l| format!("        {l}\n"))
+            .collect::<String>()
+    ));
     Ok(())
 }
