@@ -1,0 +1,230 @@
+//! The controller: restarts that keep traffic flowing, reloads, and the CLI against a running
+//! data plane. Real binary, real packets, in namespaces.
+
+use std::{
+    collections::BTreeSet,
+    net::{SocketAddr, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use ipnat_tests::{
+    lab::{BACKEND, EIP, EIP2, GatewayLab, INET, LabOptions},
+    netns::require_root,
+};
+
+const PORT: u16 = 6000;
+
+/// A sequence-numbered UDP stream from the internet host to the EIP, echoed by the backend.
+/// Returns (sequence numbers sent, the backend saw from INET, echoes seen from the EIP,
+/// anything else seen).
+struct Stream {
+    stop: Arc<AtomicBool>,
+    sender: std::thread::JoinHandle<std::io::Result<(u32, BTreeSet<u32>, Vec<String>)>>,
+    echo: std::thread::JoinHandle<std::io::Result<(BTreeSet<u32>, Vec<String>)>>,
+}
+
+impl Stream {
+    fn start(lab: &GatewayLab) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let server = lab
+            .backend
+            .within(|| Ok(UdpSocket::bind((BACKEND, PORT))?))
+            .unwrap();
+        server
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let stop_echo = stop.clone();
+        let echo = std::thread::spawn(move || {
+            let (mut seen, mut odd) = (BTreeSet::new(), Vec::new());
+            let mut buf = [0u8; 64];
+            let mut idle_since = None;
+            loop {
+                match server.recv_from(&mut buf) {
+                    Ok((n, peer)) => {
+                        idle_since = None;
+                        if n != 4 || peer != SocketAddr::from((INET, PORT)) {
+                            odd.push(format!("backend got {n} bytes from {peer}"));
+                            continue;
+                        }
+                        seen.insert(u32::from_be_bytes(buf[..4].try_into().unwrap()));
+                        server.send_to(&buf[..4], peer)?;
+                    }
+                    Err(_) if stop_echo.load(Ordering::Relaxed) => {
+                        // Drain for a moment after the sender stopped.
+                        let t = *idle_since.get_or_insert_with(Instant::now);
+                        if t.elapsed() > Duration::from_millis(300) {
+                            return Ok((seen, odd));
+                        }
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+        let client = lab
+            .inet
+            .within(|| Ok(UdpSocket::bind((INET, PORT))?))
+            .unwrap();
+        client.set_nonblocking(true).unwrap();
+        let stop_send = stop.clone();
+        let sender = std::thread::spawn(move || {
+            let (mut sent, mut back, mut odd) = (0u32, BTreeSet::new(), Vec::new());
+            let mut buf = [0u8; 64];
+            let mut drain_until = None;
+            loop {
+                if stop_send.load(Ordering::Relaxed) {
+                    let t = *drain_until
+                        .get_or_insert_with(|| Instant::now() + Duration::from_millis(500));
+                    if Instant::now() > t {
+                        return Ok((sent, back, odd));
+                    }
+                } else {
+                    client.send_to(&sent.to_be_bytes(), (EIP, PORT))?;
+                    sent += 1;
+                }
+                // Pacing (a few thousand datagrams a second), then the replies so far.
+                std::thread::sleep(Duration::from_micros(250));
+                while let Ok((n, from)) = client.recv_from(&mut buf) {
+                    if n != 4 || from != SocketAddr::from((EIP, PORT)) {
+                        odd.push(format!("internet host got {n} bytes from {from}"));
+                        continue;
+                    }
+                    back.insert(u32::from_be_bytes(buf[..4].try_into().unwrap()));
+                }
+            }
+        });
+        Self { stop, sender, echo }
+    }
+
+    fn finish(self) -> (u32, BTreeSet<u32>, BTreeSet<u32>, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let (sent, back, mut odd) = self.sender.join().unwrap().unwrap();
+        let (seen, odd2) = self.echo.join().unwrap().unwrap();
+        odd.extend(odd2);
+        (sent, seen, back, odd)
+    }
+}
+
+fn assert_complete(sent: u32, seen: &BTreeSet<u32>, back: &BTreeSet<u32>, odd: &[String]) {
+    println!("{sent} datagrams sent; {} arrived, {} echoes came back", seen.len(), back.len());
+    assert!(
+        odd.is_empty(),
+        "mistranslated: {:?}",
+        &odd[..odd.len().min(5)]
+    );
+    let missing: Vec<u32> = (0..sent).filter(|s| !seen.contains(s)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {sent} lost on the way in, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    let missing: Vec<u32> = (0..sent).filter(|s| !back.contains(s)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {sent} lost on the way back, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+}
+
+fn dnat_packets(stats: &serde_json::Value) -> u64 {
+    stats["mappings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["public"] == EIP.to_string())
+        .unwrap()["dnat_packets"]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn killing_and_restarting_the_controller_loses_no_packet() {
+    require_root();
+    let lab = GatewayLab::new(LabOptions::default()).unwrap();
+    let mut ipnat = lab.start_ipnat().unwrap();
+    let stream = Stream::start(&lab);
+    std::thread::sleep(Duration::from_millis(400));
+    let before = dnat_packets(&ipnat.stats_json().unwrap());
+    // SIGKILL: no cleanup at all. Then start again: the new controller adopts the pins.
+    ipnat.kill().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    ipnat
+        .spawn(&lab.gw, &lab.config(&ipnat.pin_path.to_string_lossy()))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // Once more, with the config changed while the controller is down (the second mapping
+    // moves to another backend address): the stream's mapping is untouched throughout.
+    ipnat.kill().unwrap();
+    let changed = lab
+        .config(&ipnat.pin_path.to_string_lossy())
+        .replace("private = \"10.0.1.11\"", "private = \"10.0.1.12\"");
+    std::thread::sleep(Duration::from_millis(200));
+    ipnat.spawn(&lab.gw, &changed).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let (sent, seen, back, odd) = stream.finish();
+    assert!(sent > 1000, "only {sent} datagrams sent");
+    assert_complete(sent, &seen, &back, &odd);
+    let stats = ipnat.stats_json().unwrap();
+    let after = dnat_packets(&stats);
+    assert!(
+        after >= u64::from(sent) && after > before,
+        "counters continue across restarts: {before} then {after} for {sent} sent"
+    );
+    let second = stats["mappings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["public"] == EIP2.to_string())
+        .unwrap();
+    assert_eq!(
+        second["private"], "10.0.1.12",
+        "the changed config was applied"
+    );
+}
+
+#[test]
+fn sighup_reloads_and_a_bad_config_keeps_the_last_good_table() {
+    require_root();
+    let lab = GatewayLab::new(LabOptions::default()).unwrap();
+    let mut ipnat = lab.start_ipnat().unwrap();
+    let pin = ipnat.pin_path.to_string_lossy().into_owned();
+    let stream = Stream::start(&lab);
+    let wait_for = |ipnat: &ipnat_tests::lab::Ipnat, private: &str| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let stats = ipnat.stats_json().unwrap();
+            let m = stats["mappings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["public"] == EIP2.to_string())
+                .cloned();
+            if m.as_ref().is_some_and(|m| m["private"] == private) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "not reloaded: {stats}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    ipnat
+        .reload(&lab.config(&pin).replace("10.0.1.11", "10.0.1.13"))
+        .unwrap();
+    wait_for(&ipnat, "10.0.1.13");
+    // Garbage, then a conflicting mapping: refused, the table stays as it was.
+    ipnat.reload("this is not toml").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let conflicting = format!(
+        "{}\n[[mapping]]\npublic = \"{EIP}\"\nprivate = \"10.0.1.99\"\n",
+        lab.config(&pin)
+    );
+    ipnat.reload(&conflicting).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    wait_for(&ipnat, "10.0.1.13");
+    let (sent, seen, back, odd) = stream.finish();
+    assert_complete(sent, &seen, &back, &odd);
+}
