@@ -243,97 +243,7 @@ impl Config {
                 ));
             }
         }
-        let mut prefixes = 0usize;
-        for (i, m) in self.mappings.iter().enumerate() {
-            for (field, block) in [("public", m.public), ("private", m.private)] {
-                let addr = block.addr();
-                if block.is_host()
-                    && (addr.is_unspecified()
-                        || addr.is_broadcast()
-                        || addr.is_multicast()
-                        || addr.is_loopback())
-                {
-                    return Err(invalid(
-                        format!("mapping[{i}].{field}"),
-                        &block,
-                        "must be a unicast address",
-                    ));
-                }
-            }
-            if m.public.prefix_len() != m.private.prefix_len() {
-                return Err(invalid(
-                    format!("mapping[{i}].private"),
-                    &m.private,
-                    &format!(
-                        "is a /{} but the public side {} is a /{}: blocks map host bits one \
-                         to one and must be the same size",
-                        m.private.prefix_len(),
-                        m.public,
-                        m.public.prefix_len()
-                    ),
-                ));
-            }
-            if m.public == m.private {
-                return Err(invalid(
-                    format!("mapping[{i}].private"),
-                    &m.private,
-                    "equals the public address",
-                ));
-            }
-            if !m.public.is_host() {
-                prefixes += 1;
-            }
-        }
-        let publics: Vec<(usize, Block)> = self
-            .mappings
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (i, m.public))
-            .collect();
-        let privates: Vec<(usize, Block)> = self
-            .mappings
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (i, m.private))
-            .collect();
-        for (side, blocks) in [("public", &publics), ("private", &privates)] {
-            if let Some(((j, a), (i, b))) = first_overlap(blocks) {
-                let why = if a == b {
-                    format!("already mapped by mapping[{j}]")
-                } else {
-                    format!("overlaps {a} of mapping[{j}]")
-                };
-                return Err(invalid(format!("mapping[{i}].{side}"), &b, &why));
-            }
-        }
-        // No address may be public in one mapping and private in another: the two
-        // translations would chain and neither side could tell which one applies.
-        let n = self.mappings.len();
-        let both: Vec<(usize, Block)> = publics
-            .iter()
-            .copied()
-            .chain(privates.iter().map(|&(i, b)| (i + n, b)))
-            .collect();
-        if let Some(((x, a), (y, b))) = first_overlap(&both) {
-            // One of the two is a public block, the other a private one.
-            let ((pi, pb), (qi, qb)) = if x < n {
-                ((x, a), (y - n, b))
-            } else {
-                ((y, b), (x - n, a))
-            };
-            return Err(invalid(
-                format!("mapping[{pi}].public"),
-                &pb,
-                &format!("overlaps the private side {qb} of mapping[{qi}]"),
-            ));
-        }
-        if prefixes > ipnat_common::MAX_PREFIXES as usize {
-            return Err(invalid(
-                "mapping".into(),
-                &prefixes,
-                &format!("more than {} block mappings", ipnat_common::MAX_PREFIXES),
-            ));
-        }
+        validate_mappings(&self.mappings, &|i| format!("mapping[{i}]"))?;
         if self.max_mappings == 0 || self.max_mappings > MAX_MAPPINGS_LIMIT {
             return Err(invalid(
                 "max_mappings".into(),
@@ -353,6 +263,109 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Checks a set of mappings on their own (addresses, sizes, overlaps, capacity of the block
+/// tables); `name(i)` names mapping `i` in the errors (e.g. `mapping[3]`).
+pub fn validate_mappings(
+    mappings: &[MappingConfig],
+    name: &dyn Fn(usize) -> String,
+) -> Result<(), ConfigError> {
+    let invalid = |key: String, value: &dyn std::fmt::Display, why: &str| ConfigError::Invalid {
+        key,
+        value: value.to_string(),
+        why: why.to_owned(),
+    };
+    let mut prefixes = 0usize;
+    for (i, m) in mappings.iter().enumerate() {
+        for (field, block) in [("public", m.public), ("private", m.private)] {
+            let addr = block.addr();
+            if block.is_host()
+                && (addr.is_unspecified()
+                    || addr.is_broadcast()
+                    || addr.is_multicast()
+                    || addr.is_loopback())
+            {
+                return Err(invalid(
+                    format!("{}.{field}", name(i)),
+                    &block,
+                    "must be a unicast address",
+                ));
+            }
+        }
+        if m.public.prefix_len() != m.private.prefix_len() {
+            return Err(invalid(
+                format!("{}.private", name(i)),
+                &m.private,
+                &format!(
+                    "is a /{} but the public side {} is a /{}: blocks map host bits one \
+                     to one and must be the same size",
+                    m.private.prefix_len(),
+                    m.public,
+                    m.public.prefix_len()
+                ),
+            ));
+        }
+        if m.public == m.private {
+            return Err(invalid(
+                format!("{}.private", name(i)),
+                &m.private,
+                "equals the public address",
+            ));
+        }
+        if !m.public.is_host() {
+            prefixes += 1;
+        }
+    }
+    let publics: Vec<(usize, Block)> = mappings
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (i, m.public))
+        .collect();
+    let privates: Vec<(usize, Block)> = mappings
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (i, m.private))
+        .collect();
+    for (side, blocks) in [("public", &publics), ("private", &privates)] {
+        if let Some(((j, a), (i, b))) = first_overlap(blocks) {
+            let why = if a == b {
+                format!("already mapped by {}", name(j))
+            } else {
+                format!("overlaps {a} of {}", name(j))
+            };
+            return Err(invalid(format!("{}.{side}", name(i)), &b, &why));
+        }
+    }
+    // No address may be public in one mapping and private in another: the two
+    // translations would chain and neither side could tell which one applies.
+    let n = mappings.len();
+    let both: Vec<(usize, Block)> = publics
+        .iter()
+        .copied()
+        .chain(privates.iter().map(|&(i, b)| (i + n, b)))
+        .collect();
+    if let Some(((x, a), (y, b))) = first_overlap(&both) {
+        // One of the two is a public block, the other a private one.
+        let ((pi, pb), (qi, qb)) = if x < n {
+            ((x, a), (y - n, b))
+        } else {
+            ((y, b), (x - n, a))
+        };
+        return Err(invalid(
+            format!("{}.public", name(pi)),
+            &pb,
+            &format!("overlaps the private side {qb} of {}", name(qi)),
+        ));
+    }
+    if prefixes > ipnat_common::MAX_PREFIXES as usize {
+        return Err(invalid(
+            "mapping".into(),
+            &prefixes,
+            &format!("more than {} block mappings", ipnat_common::MAX_PREFIXES),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -40,6 +40,14 @@ pub enum DataplaneError {
          time); run `cargo xtask setup` and rebuild"
     )]
     NotBuilt,
+    #[error(transparent)]
+    Invalid(#[from] crate::config::ConfigError),
+    #[error("no mapping has the public side {0} (see `ipnat map list`)")]
+    NoSuchMapping(Block),
+    #[error(
+        "the tables are full ({0} mappings): raise max_mappings (takes `ipnat down` and a restart)"
+    )]
+    Full(u32),
     #[error(
         "the pinned maps have layout version {found}, this ipnat uses {ours}: run `ipnat down` \
          (traffic stops until the next start) and start again"
@@ -319,6 +327,105 @@ pub fn pinned_links(dir: &Path) -> Result<Vec<PinnedLinkInfo>, DataplaneError> {
     }
     out.sort_by(|a, b| (&a.iface, &a.hook).cmp(&(&b.iface, &b.hook)));
     Ok(out)
+}
+
+/// What `ipnat status` reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub pin_path: PathBuf,
+    /// Layout version of the pinned maps.
+    pub schema: u32,
+    pub fast_path: bool,
+    pub mappings: usize,
+    /// Of which block mappings.
+    pub blocks: usize,
+    pub capacity: u32,
+    pub memory_bytes: u64,
+    pub attached: Vec<AttachStatus>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct AttachStatus {
+    pub iface: String,
+    /// `xdp`, `tc-in` or `tc-out`.
+    pub hook: String,
+    /// How: `xdp native` or `tcx`.
+    pub mode: &'static str,
+    /// Whether the interface still exists (a link to a deleted one is defunct).
+    pub present: bool,
+}
+
+/// The state of the data plane pinned under `dir`.
+pub fn status(dir: &Path) -> Result<Status, DataplaneError> {
+    let tables = Tables::open_pinned(dir)?;
+    let settings = tables
+        .settings
+        .get(&0, 0)
+        .map_err(map_err(names::SETTINGS))?;
+    let mappings = tables.mappings()?;
+    let attached = pinned_links(dir)?
+        .into_iter()
+        .map(|l| AttachStatus {
+            present: ifindex(&l.iface).is_ok(),
+            mode: if l.hook == "xdp" { "xdp native" } else { "tcx" },
+            iface: l.iface,
+            hook: l.hook,
+        })
+        .collect();
+    Ok(Status {
+        pin_path: dir.to_owned(),
+        schema: settings.schema,
+        fast_path: settings.flags & FLAG_FAST_PATH != 0,
+        blocks: mappings.iter().filter(|m| !m.public.is_host()).count(),
+        mappings: mappings.len(),
+        capacity: tables.capacity(),
+        memory_bytes: tables.memory().total_bytes,
+        attached,
+    })
+}
+
+impl Status {
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "pin path:   {} (map layout {})",
+            self.pin_path.display(),
+            self.schema
+        );
+        let _ = writeln!(
+            s,
+            "fast path:  {}",
+            if self.fast_path {
+                "on (XDP/TC forward translated packets)"
+            } else {
+                "off (the kernel forwards)"
+            }
+        );
+        let _ = writeln!(
+            s,
+            "mappings:   {} of {} ({} blocks), {} KiB of map memory",
+            self.mappings,
+            self.capacity,
+            self.blocks,
+            self.memory_bytes / 1024
+        );
+        if self.attached.is_empty() {
+            let _ = writeln!(s, "attached:   nothing");
+        }
+        for a in &self.attached {
+            let _ = writeln!(
+                s,
+                "attached:   {:<8} {:<7} {}{}",
+                a.iface,
+                a.hook,
+                a.mode,
+                if a.present { "" } else { " (interface gone)" }
+            );
+        }
+        s
+    }
 }
 
 fn adopt_link(path: &Path) -> Result<FdLink, DataplaneError> {
@@ -797,6 +904,59 @@ impl Tables {
         }
     }
 
+    /// Adds one mapping to the running tables, validated against the installed ones as the
+    /// config is. Nothing changes when it is refused.
+    pub fn add_mapping(&mut self, new: MappingConfig) -> Result<InstalledMapping, DataplaneError> {
+        let current = self.mappings()?;
+        let mut all: Vec<MappingConfig> = current
+            .iter()
+            .map(|m| MappingConfig {
+                public: m.public,
+                private: m.private,
+            })
+            .collect();
+        all.push(new);
+        let n = current.len();
+        crate::config::validate_mappings(&all, &|i| {
+            if i == n {
+                "the new mapping".to_owned()
+            } else {
+                format!(
+                    "installed mapping {} <-> {}",
+                    current[i].public, current[i].private
+                )
+            }
+        })?;
+        if all.len() > self.capacity() as usize {
+            return Err(DataplaneError::Full(self.capacity()));
+        }
+        self.apply(&all)?;
+        self.mappings()?
+            .into_iter()
+            .find(|m| m.public == new.public)
+            .ok_or(DataplaneError::NoSuchMapping(new.public))
+    }
+
+    /// Removes the mapping whose public side is `public` (both directions). Nothing changes
+    /// when there is none.
+    pub fn remove_mapping(&mut self, public: Block) -> Result<InstalledMapping, DataplaneError> {
+        let current = self.mappings()?;
+        let gone = *current
+            .iter()
+            .find(|m| m.public == public)
+            .ok_or(DataplaneError::NoSuchMapping(public))?;
+        let rest: Vec<MappingConfig> = current
+            .iter()
+            .filter(|m| m.public != public)
+            .map(|m| MappingConfig {
+                public: m.public,
+                private: m.private,
+            })
+            .collect();
+        self.apply(&rest)?;
+        Ok(gone)
+    }
+
     /// Records this binary's map layout in fresh maps, or checks that adopted maps have it.
     fn claim_schema(&mut self, adopted: bool) -> Result<(), DataplaneError> {
         let mut settings = self.settings.get(&0, 0).map_err(map_err(names::SETTINGS))?;
@@ -898,6 +1058,30 @@ impl Tables {
 }
 
 impl Snapshot {
+    /// Per-mapping rates since `prev`, `secs` seconds earlier: (public, in pkt/s, in bit/s,
+    /// out pkt/s, out bit/s).
+    pub fn rates(&self, prev: &Snapshot, secs: f64) -> Vec<(Block, f64, f64, f64, f64)> {
+        self.mappings
+            .iter()
+            .map(|m| {
+                let p = prev
+                    .mappings
+                    .iter()
+                    .find(|o| o.mapping.id == m.mapping.id && o.mapping.public == m.mapping.public);
+                let d = |now: u64, then: Option<u64>| {
+                    now.saturating_sub(then.unwrap_or(0)) as f64 / secs
+                };
+                (
+                    m.mapping.public,
+                    d(m.dnat_packets, p.map(|p| p.dnat_packets)),
+                    8.0 * d(m.dnat_bytes, p.map(|p| p.dnat_bytes)),
+                    d(m.snat_packets, p.map(|p| p.snat_packets)),
+                    8.0 * d(m.snat_bytes, p.map(|p| p.snat_bytes)),
+                )
+            })
+            .collect()
+    }
+
     /// Human-readable table.
     pub fn render(&self) -> String {
         use std::fmt::Write;

@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use ipnat::{
-    config::{Config, DEFAULT_PIN_PATH},
+    config::{Block, Config, DEFAULT_PIN_PATH, MappingConfig},
     dataplane::{Dataplane, Tables},
 };
 use tracing::{info, warn};
@@ -40,6 +40,20 @@ enum Command {
         #[arg(long, short, default_value = "/etc/ipnat/ipnat.toml")]
         config: PathBuf,
     },
+    /// What is attached where, table sizes and settings of the running data plane.
+    Status {
+        #[arg(long, default_value = DEFAULT_PIN_PATH)]
+        pin_path: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List, add or remove mappings in the running data plane's tables (validated as the
+    /// config is). The next reload or restart of `ipnat run` puts the config's set back.
+    Map {
+        #[command(subcommand)]
+        action: MapCommand,
+    },
     /// Detach everything `ipnat run` attached and remove its pins (stop `ipnat run` first).
     Down {
         /// The pin directory of the data plane.
@@ -51,9 +65,39 @@ enum Command {
         /// The pin directory of the running data plane.
         #[arg(long, default_value = DEFAULT_PIN_PATH)]
         pin_path: PathBuf,
-        /// Machine-readable output.
+        /// Machine-readable output (with --watch: one JSON object per line).
         #[arg(long)]
         json: bool,
+        /// Print again every SECONDS, with per-mapping rates, until interrupted.
+        #[arg(long, value_name = "SECONDS")]
+        watch: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum MapCommand {
+    /// The installed mappings, with their ids.
+    List {
+        #[arg(long, default_value = DEFAULT_PIN_PATH)]
+        pin_path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add a mapping: an address or a block on each side (`120.0.0.0/25`).
+    Add {
+        #[arg(long)]
+        public: Block,
+        #[arg(long)]
+        private: Block,
+        #[arg(long, default_value = DEFAULT_PIN_PATH)]
+        pin_path: PathBuf,
+    },
+    /// Remove the mapping with this public side.
+    Del {
+        #[arg(long)]
+        public: Block,
+        #[arg(long, default_value = DEFAULT_PIN_PATH)]
+        pin_path: PathBuf,
     },
 }
 
@@ -88,6 +132,49 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Status { pin_path, json } => {
+            let st = ipnat::dataplane::status(&pin_path)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                print!("{}", st.render());
+            }
+            Ok(())
+        }
+        Command::Map { action } => match action {
+            MapCommand::List { pin_path, json } => {
+                let maps = Tables::open_pinned(&pin_path)?.mappings()?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&maps)?);
+                } else {
+                    println!("{:>4}  {:<18}  {:<18}", "id", "public", "private");
+                    for m in maps {
+                        println!(
+                            "{:>4}  {:<18}  {:<18}",
+                            m.id,
+                            m.public.to_string(),
+                            m.private.to_string()
+                        );
+                    }
+                }
+                Ok(())
+            }
+            MapCommand::Add {
+                public,
+                private,
+                pin_path,
+            } => {
+                let m = Tables::open_pinned(&pin_path)?
+                    .add_mapping(MappingConfig { public, private })?;
+                println!("added mapping {}: {} <-> {}", m.id, m.public, m.private);
+                Ok(())
+            }
+            MapCommand::Del { public, pin_path } => {
+                let m = Tables::open_pinned(&pin_path)?.remove_mapping(public)?;
+                println!("removed mapping {}: {} <-> {}", m.id, m.public, m.private);
+                Ok(())
+            }
+        },
         Command::Down { pin_path } => {
             let links = ipnat::dataplane::down(&pin_path)?;
             for l in &links {
@@ -96,14 +183,45 @@ fn run(cli: Cli) -> Result<()> {
             println!("removed {}", pin_path.display());
             Ok(())
         }
-        Command::Stats { pin_path, json } => {
-            let snap = Tables::open_pinned(&pin_path)?.snapshot()?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&snap)?);
-            } else {
-                print!("{}", snap.render());
+        Command::Stats {
+            pin_path,
+            json,
+            watch,
+        } => {
+            let tables = Tables::open_pinned(&pin_path)?;
+            let mut prev = tables.snapshot()?;
+            let Some(secs) = watch else {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&prev)?);
+                } else {
+                    print!("{}", prev.render());
+                }
+                return Ok(());
+            };
+            let secs = secs.max(1);
+            loop {
+                std::thread::sleep(Duration::from_secs(secs));
+                let snap = tables.snapshot()?;
+                let rates = snap.rates(&prev, secs as f64);
+                if json {
+                    let rates: Vec<_> = rates
+                        .iter()
+                        .map(|(p, ip, ib, op, ob)| serde_json::json!({"public": p.to_string(), "in_pps": ip, "in_bps": ib, "out_pps": op, "out_bps": ob}))
+                        .collect();
+                    println!("{}", serde_json::json!({"stats": snap, "rates": rates}));
+                } else {
+                    print!("{}", snap.render());
+                    for (p, ip, ib, op, ob) in rates {
+                        println!(
+                            "  {p}: in {ip:.0} pkt/s {:.3} Mbit/s, out {op:.0} pkt/s {:.3} Mbit/s",
+                            ib / 1e6,
+                            ob / 1e6
+                        );
+                    }
+                    println!();
+                }
+                prev = snap;
             }
-            Ok(())
         }
         Command::Run {
             config,

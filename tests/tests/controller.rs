@@ -18,13 +18,15 @@ use ipnat_tests::{
 
 const PORT: u16 = 6000;
 
+type Worker<T> = std::thread::JoinHandle<std::io::Result<T>>;
+
 /// A sequence-numbered UDP stream from the internet host to the EIP, echoed by the backend.
 /// Returns (sequence numbers sent, the backend saw from INET, echoes seen from the EIP,
 /// anything else seen).
 struct Stream {
     stop: Arc<AtomicBool>,
-    sender: std::thread::JoinHandle<std::io::Result<(u32, BTreeSet<u32>, Vec<String>)>>,
-    echo: std::thread::JoinHandle<std::io::Result<(BTreeSet<u32>, Vec<String>)>>,
+    sender: Worker<(u32, BTreeSet<u32>, Vec<String>)>,
+    echo: Worker<(BTreeSet<u32>, Vec<String>)>,
 }
 
 impl Stream {
@@ -109,7 +111,11 @@ impl Stream {
 }
 
 fn assert_complete(sent: u32, seen: &BTreeSet<u32>, back: &BTreeSet<u32>, odd: &[String]) {
-    println!("{sent} datagrams sent; {} arrived, {} echoes came back", seen.len(), back.len());
+    println!(
+        "{sent} datagrams sent; {} arrived, {} echoes came back",
+        seen.len(),
+        back.len()
+    );
     assert!(
         odd.is_empty(),
         "mistranslated: {:?}",
