@@ -31,12 +31,22 @@ pub struct Config {
     /// kernel (destination translated before routing, source at transmit).
     #[serde(default = "default_true")]
     pub fast_path: bool,
+    /// Where `ipnat run` serves Prometheus metrics (`/metrics`), or `off`.
+    #[serde(default = "default_metrics_listen")]
+    pub metrics_listen: String,
     /// Room in the mapping tables (and their counters), fixed when the data plane loads.
     #[serde(default = "default_max_mappings")]
     pub max_mappings: u32,
     /// One-to-one mappings.
     #[serde(default, rename = "mapping")]
     pub mappings: Vec<MappingConfig>,
+}
+
+/// Where metrics are served unless the config says otherwise.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9469";
+
+fn default_metrics_listen() -> String {
+    DEFAULT_METRICS_LISTEN.to_owned()
 }
 
 fn default_max_mappings() -> u32 {
@@ -189,6 +199,11 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The metrics address, unless metrics are off.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_listen.parse().ok()
+    }
+
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -244,6 +259,15 @@ impl Config {
             }
         }
         validate_mappings(&self.mappings, &|i| format!("mapping[{i}]"))?;
+        if self.metrics_listen != "off"
+            && self.metrics_listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(invalid(
+                "metrics_listen".into(),
+                &self.metrics_listen,
+                "not an address:port (e.g. 127.0.0.1:9469), or \"off\"",
+            ));
+        }
         if self.max_mappings == 0 || self.max_mappings > MAX_MAPPINGS_LIMIT {
             return Err(invalid(
                 "max_mappings".into(),

@@ -2,6 +2,7 @@
 //! CLI over it.
 pub mod config;
 pub mod dataplane;
+pub mod metrics;
 
 /// The compiled eBPF object (empty when built without bpf-linker; see build.rs).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ipnat"));

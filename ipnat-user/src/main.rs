@@ -303,6 +303,23 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
             signal(SignalKind::hangup())?,
         )
     };
+    let ctl = std::sync::Arc::new(ipnat::metrics::ControllerCounters::default());
+    ctl.last_apply_unix
+        .store(unix_now(), std::sync::atomic::Ordering::Relaxed);
+    if let Some(addr) = config.metrics_addr() {
+        // Bound before "running", so a failure is reported and a scrape right after works.
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .with_context(|| format!("metrics_listen = {addr}"))?;
+        let tables = Tables::open_pinned(&config.pin_path)?;
+        let ctl = ctl.clone();
+        rt.spawn(async move {
+            if let Err(e) = ipnat::metrics::serve(listener, tables, ctl).await {
+                warn!("metrics server stopped: {e}");
+            }
+        });
+        info!(%addr, "serving Prometheus metrics at /metrics");
+    }
     info!(mappings = config.mappings.len(), pin_path = %config.pin_path.display(), "ipnat running; SIGHUP reloads the config; SIGINT/SIGTERM stop the controller and leave the data plane running (`ipnat down` removes it)");
     let mut config = config;
     rt.block_on(async {
@@ -315,8 +332,13 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
                     Ok(new) => {
                         info!(mappings = new.mappings.len(), "reloaded {}", config_path.display());
                         config = new;
+                        ctl.reloads_ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        ctl.last_apply_unix.store(unix_now(), std::sync::atomic::Ordering::Relaxed);
                     }
-                    Err(e) => warn!("reload refused, the data plane keeps its tables: {e:#}"),
+                    Err(e) => {
+                        warn!("reload refused, the data plane keeps its tables: {e:#}");
+                        ctl.reloads_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                 },
                 _ = tick.tick(), if stats_interval > 0 => print!("{}", dp.tables.snapshot()?.render()),
             }
@@ -325,6 +347,12 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
     })?;
     info!("controller stopping; the data plane stays attached and keeps translating");
     Ok(())
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Writes the config's tables and settings.

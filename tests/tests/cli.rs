@@ -209,4 +209,34 @@ fn map_status_and_stats_against_a_running_data_plane() {
         .find(|m| m["public"] == new_eip.to_string())
         .unwrap();
     assert!(new["dnat_packets"].as_u64().unwrap() >= 3, "{stats}");
+
+    // The metrics endpoint (in the gateway's namespace) says the same.
+    let metrics = lab
+        .gw
+        .within(|| {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect("127.0.0.1:9469")?;
+            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
+            let mut text = String::new();
+            s.read_to_string(&mut text)?;
+            Ok(text)
+        })
+        .unwrap();
+    assert!(
+        metrics.starts_with("HTTP/1.0 200") || metrics.starts_with("HTTP/1.1 200"),
+        "{metrics}"
+    );
+    for (direction, n) in [("in", 5), ("out", 5)] {
+        let line = format!(
+            "ipnat_mapping_packets_total{{public=\"{EIP}\",private=\"{BACKEND}\",direction=\"{direction}\"}} {n}"
+        );
+        assert!(metrics.contains(&line), "no {line:?} in\n{metrics}");
+    }
+    let forwarded = stats["reasons"]["forwarded"].as_u64().unwrap();
+    assert!(forwarded > 0);
+    assert!(metrics.contains("ipnat_mappings 2"), "{metrics}");
+    assert!(
+        metrics.contains("ipnat_packets_total{outcome=\"forwarded\"}"),
+        "{metrics}"
+    );
 }

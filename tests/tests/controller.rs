@@ -234,3 +234,99 @@ fn sighup_reloads_and_a_bad_config_keeps_the_last_good_table() {
     let (sent, seen, back, odd) = stream.finish();
     assert_complete(sent, &seen, &back, &odd);
 }
+
+#[test]
+fn churning_a_mapping_never_loses_or_mistranslates_a_packet() {
+    require_root();
+    let lab = GatewayLab::new(LabOptions::default()).unwrap();
+    let running = lab.start_ipnat().unwrap();
+    let (a, b) = (BACKEND, ipnat_tests::lab::BACKEND2);
+    // The backend listens on both addresses the EIP will alternate between.
+    let socks: Vec<UdpSocket> = [a, b]
+        .into_iter()
+        .map(|addr| {
+            let s = lab
+                .backend
+                .within(move || Ok(UdpSocket::bind((addr, PORT))?))
+                .unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            s
+        })
+        .collect();
+    let receivers: Vec<_> = socks
+        .into_iter()
+        .map(|s| {
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 16];
+                while let Ok((n, peer)) = s.recv_from(&mut buf) {
+                    assert_eq!(peer.ip(), std::net::IpAddr::V4(INET));
+                    got.push(u32::from_be_bytes(buf[..n.min(4)].try_into().unwrap()));
+                }
+                got
+            })
+        })
+        .collect();
+    // A second owner of the tables (the test), flipping EIP between the two addresses as fast
+    // as it can while the stream runs.
+    let stop = Arc::new(AtomicBool::new(false));
+    let pin = running.pin_path.clone();
+    let stop_churn = stop.clone();
+    let churn = std::thread::spawn(move || {
+        let mut tables = ipnat::dataplane::Tables::open_pinned(&pin).unwrap();
+        let mapping = |private: std::net::Ipv4Addr| ipnat::config::MappingConfig {
+            public: EIP.into(),
+            private: private.into(),
+        };
+        let (mut changes, start) = (0u64, Instant::now());
+        while !stop_churn.load(Ordering::Relaxed) {
+            let private = if changes % 2 == 0 { b } else { a };
+            tables.apply(&[mapping(private)]).unwrap();
+            changes += 1;
+        }
+        (changes, start.elapsed())
+    });
+    let client = lab
+        .inet
+        .within(|| Ok(UdpSocket::bind((INET, PORT))?))
+        .unwrap();
+    let mut sent = 0u32;
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        client.send_to(&sent.to_be_bytes(), (EIP, PORT)).unwrap();
+        sent += 1;
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (changes, took) = churn.join().unwrap();
+    let got: Vec<Vec<u32>> = receivers.into_iter().map(|r| r.join().unwrap()).collect();
+    println!(
+        "{changes} mapping changes in {took:?} ({:.0}/s) while {sent} datagrams flowed; {} reached {a}, {} reached {b}",
+        changes as f64 / took.as_secs_f64(),
+        got[0].len(),
+        got[1].len()
+    );
+    assert!(changes > 1000, "only {changes} changes");
+    assert!(
+        !got[0].is_empty() && !got[1].is_empty(),
+        "both translations were in use"
+    );
+    let all: BTreeSet<u32> = got.iter().flatten().copied().collect();
+    assert_eq!(
+        all.len(),
+        got[0].len() + got[1].len(),
+        "no datagram delivered twice"
+    );
+    let missing: Vec<u32> = (0..sent).filter(|s| !all.contains(s)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {sent} lost: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    // Every translation was counted on the one mapping, whatever its private side.
+    let stats = running.stats_json().unwrap();
+    let m = &stats["mappings"].as_array().unwrap()[0];
+    assert_eq!(m["dnat_packets"].as_u64(), Some(u64::from(sent)), "{stats}");
+}

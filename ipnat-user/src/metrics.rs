@@ -1,0 +1,165 @@
+//! Prometheus metrics, read from the maps at each scrape (the counters live in the kernel; the
+//! controller keeps no copy that could drift from them).
+
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicU64, Ordering},
+};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::dataplane::{DataplaneError, Tables};
+
+/// What the controller itself counts (reloads), shared with the metrics server.
+#[derive(Debug, Default)]
+pub struct ControllerCounters {
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
+    /// Unix time of the last successful apply of the tables.
+    pub last_apply_unix: AtomicU64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MappingLabels {
+    public: String,
+    private: String,
+    /// `in` (destination public -> private) or `out` (source private -> public).
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MapLabels {
+    map: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// The metrics in the Prometheus text format.
+pub fn render(tables: &Tables, ctl: &ControllerCounters) -> Result<String, DataplaneError> {
+    let snap = tables.snapshot()?;
+    let mut reg = Registry::with_prefix("ipnat");
+    let packets = Family::<MappingLabels, Counter>::default();
+    let bytes = Family::<MappingLabels, Counter>::default();
+    for m in &snap.mappings {
+        let labels = |direction| MappingLabels {
+            public: m.mapping.public.to_string(),
+            private: m.mapping.private.to_string(),
+            direction,
+        };
+        packets.get_or_create(&labels("in")).inc_by(m.dnat_packets);
+        packets.get_or_create(&labels("out")).inc_by(m.snat_packets);
+        bytes.get_or_create(&labels("in")).inc_by(m.dnat_bytes);
+        bytes.get_or_create(&labels("out")).inc_by(m.snat_bytes);
+    }
+    reg.register(
+        "mapping_packets",
+        "Packets translated per mapping and direction",
+        packets,
+    );
+    reg.register(
+        "mapping_bytes",
+        "Bytes (whole frames) translated per mapping and direction",
+        bytes,
+    );
+    let outcomes = Family::<OutcomeLabels, Counter>::default();
+    for (outcome, n) in &snap.reasons {
+        outcomes
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc_by(*n);
+    }
+    reg.register(
+        "packets",
+        "Packets seen by the data plane's hooks, by what happened to them (see README)",
+        outcomes,
+    );
+    let gauge = |v: i64| {
+        let g = Gauge::<i64>::default();
+        g.set(v);
+        g
+    };
+    reg.register(
+        "mappings",
+        "Mappings installed",
+        gauge(snap.mappings.len() as i64),
+    );
+    reg.register(
+        "mappings_capacity",
+        "Room in the mapping tables (max_mappings)",
+        gauge(i64::from(snap.memory.capacity)),
+    );
+    let memory = Family::<MapLabels, Gauge>::default();
+    for (map, b) in &snap.memory.maps {
+        memory.get_or_create(&MapLabels { map }).set(*b as i64);
+    }
+    reg.register(
+        "map_memory_bytes",
+        "Kernel memory charged to each map",
+        memory,
+    );
+    let reloads = Family::<ResultLabels, Counter>::default();
+    reloads
+        .get_or_create(&ResultLabels { result: "ok" })
+        .inc_by(ctl.reloads_ok.load(Ordering::Relaxed));
+    reloads
+        .get_or_create(&ResultLabels { result: "error" })
+        .inc_by(ctl.reloads_failed.load(Ordering::Relaxed));
+    reg.register("config_reloads", "Config reloads by result", reloads);
+    reg.register(
+        "last_apply_timestamp_seconds",
+        "When the tables were last written from the config (Unix time)",
+        gauge(ctl.last_apply_unix.load(Ordering::Relaxed) as i64),
+    );
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &reg)
+        .map_err(|_| DataplaneError::Corrupt("metrics encoding"))?;
+    Ok(out)
+}
+
+/// Serves `/metrics` on `listener` until the runtime stops. `tables` is a read-only view of the
+/// pinned maps (opened separately from the controller's own handle).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tables: Tables,
+    ctl: Arc<ControllerCounters>,
+) -> std::io::Result<()> {
+    use axum::{Router, http::StatusCode, response::IntoResponse, routing::get};
+    let tables = Arc::new(Mutex::new(tables));
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let tables = tables.clone();
+            let ctl = ctl.clone();
+            async move {
+                let text = {
+                    let t = tables.lock().expect("metrics lock");
+                    render(&t, &ctl)
+                };
+                match text {
+                    Ok(body) => (
+                        StatusCode::OK,
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        body,
+                    )
+                        .into_response(),
+                    Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+                }
+            }
+        }),
+    );
+    axum::serve(listener, app).await
+}
