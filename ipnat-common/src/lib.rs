@@ -182,6 +182,8 @@ pub mod names {
     pub const SETTINGS: &str = "IPNAT_SETTINGS";
     pub const TC_INGRESS_PROGRAM: &str = "ipnat_tc_ingress";
     pub const XDP_PASS_PROGRAM: &str = "ipnat_xdp_pass";
+    pub const BENCH_FLOOR_PROGRAM: &str = "ipnat_bench_floor";
+    pub const BENCH_TC_EMPTY_PROGRAM: &str = "ipnat_bench_tc_empty";
     pub const XDP_PROGRAM: &str = "ipnat_xdp";
     pub const TC_EGRESS_PROGRAM: &str = "ipnat_tc_egress";
 }

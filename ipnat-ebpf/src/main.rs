@@ -228,6 +228,31 @@ pub fn ipnat_xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// The floor any table NAT pays, for `ipnat bench`: bounds checks, one hash lookup of the
+/// destination, one address store; no checksum, no counters. Never attached.
+#[xdp]
+pub fn ipnat_bench_floor(ctx: XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + 34 > end {
+        return xdp_action::XDP_PASS;
+    }
+    let dst = (start + 30) as *mut u32;
+    // SAFETY: bounds-checked above.
+    let key = unsafe { dst.read_unaligned() };
+    if let Some(t) = IPNAT_DNAT.get_ptr(key) {
+        // SAFETY: as above; the map value is valid while the program runs.
+        unsafe { dst.write_unaligned((*t).addr) };
+    }
+    xdp_action::XDP_PASS
+}
+
+/// An empty TC program: the TC baseline of `ipnat bench` (a TC test run costs more than an XDP
+/// one before any program code runs). Never attached.
+#[classifier]
+pub fn ipnat_bench_tc_empty(_ctx: TcContext) -> i32 {
+    TC_ACT_OK as i32
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

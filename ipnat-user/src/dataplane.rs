@@ -177,6 +177,11 @@ impl Dataplane {
         &self.ebpf
     }
 
+    /// The loaded program object, mutable (to load extra programs, e.g. the benchmark's).
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     /// Whether [`Dataplane::load`] adopted the maps of an earlier run.
     pub fn adopted(&self) -> bool {
         self.adopted

@@ -1,5 +1,6 @@
 //! ipnat's controller library: config, data plane and counters. The `ipnat` binary is a thin
 //! CLI over it.
+pub mod bench;
 pub mod config;
 pub mod dataplane;
 pub mod metrics;

@@ -54,6 +54,25 @@ enum Command {
         #[command(subcommand)]
         action: MapCommand,
     },
+    /// Measure the per-packet cost of every rewrite path with BPF_PROG_TEST_RUN (in the
+    /// kernel, distinct keys per run) at several table sizes, against an empty program and a
+    /// one-lookup floor, and the time to load the tables. Attaches nothing.
+    Bench {
+        /// Table sizes, comma-separated.
+        #[arg(long, value_delimiter = ',', default_values_t = [1u32, 1_000, 100_000, 1_000_000])]
+        sizes: Vec<u32>,
+        /// Distinct packets (keys) per path.
+        #[arg(long, default_value_t = 4096)]
+        distinct: usize,
+        /// Rounds (the median is reported).
+        #[arg(long, default_value_t = 7)]
+        rounds: usize,
+        #[arg(long)]
+        json: bool,
+        /// Also write the report as JSON to this file.
+        #[arg(long, value_name = "FILE")]
+        json_out: Option<PathBuf>,
+    },
     /// Detach everything `ipnat run` attached and remove its pins (stop `ipnat run` first).
     Down {
         /// The pin directory of the data plane.
@@ -175,6 +194,31 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             }
         },
+        Command::Bench {
+            sizes,
+            distinct,
+            rounds,
+            json,
+            json_out,
+        } => {
+            let opts = ipnat::bench::BenchOptions {
+                sizes,
+                distinct: distinct.max(1),
+                rounds: rounds.max(1),
+            };
+            let report = ipnat::bench::run(&opts, &mut |line| eprintln!("{line}"))
+                .map_err(|e| anyhow::anyhow!(e))?;
+            if let Some(path) = json_out {
+                std::fs::write(&path, serde_json::to_string_pretty(&report)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(())
+        }
         Command::Down { pin_path } => {
             let links = ipnat::dataplane::down(&pin_path)?;
             for l in &links {

@@ -57,6 +57,12 @@ enum Task {
     },
     /// Set up, build, then show ipnat at work in a simulated cloud made of network namespaces.
     Lab,
+    /// Set up, build (release), then run `ipnat bench` with these arguments (see
+    /// `ipnat bench --help`), also writing its report to docs/benchmarks/per-packet.json.
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() {
@@ -66,6 +72,7 @@ fn main() {
         Task::Build { release } => setup().and_then(|()| build(release)),
         Task::Test { args } => setup().and_then(|()| test(&args)),
         Task::Lab => setup().and_then(|()| lab()),
+        Task::Bench { args } => setup().and_then(|()| bench(&args)),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");
@@ -336,6 +343,29 @@ fn test(extra: &[String]) -> Result<()> {
         bail!("no test ran");
     }
     Ok(())
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    if !is_root() {
+        bail!("the benchmark loads eBPF programs: run as root");
+    }
+    step("building ipnat (release)");
+    run(&mut cargo(&["build", "--release", "--package", "ipnat-user"]))?;
+    let bin = target_dir().join("release/ipnat");
+    let dir = workspace_root().join("docs/benchmarks");
+    std::fs::create_dir_all(&dir)?;
+    let json = dir.join("per-packet.json");
+    step(&format!(
+        "{} bench --json-out {} {}",
+        bin.display(),
+        json.display(),
+        args.join(" ")
+    ));
+    run(Command::new(&bin)
+        .arg("bench")
+        .arg("--json-out")
+        .arg(&json)
+        .args(args))
 }
 
 fn lab() -> Result<()> {
