@@ -184,6 +184,12 @@ pub mod names {
     pub const XDP_PASS_PROGRAM: &str = "ipnat_xdp_pass";
     pub const BENCH_FLOOR_PROGRAM: &str = "ipnat_bench_floor";
     pub const BENCH_TC_EMPTY_PROGRAM: &str = "ipnat_bench_tc_empty";
+    pub const BENCH_GEN_PROGRAM: &str = "ipnat_bench_gen";
+    pub const BENCH_SINK_PROGRAM: &str = "ipnat_bench_sink";
+    pub const BENCH_REDIRECT_PROGRAM: &str = "ipnat_bench_redirect";
+    pub const BENCH_CFG_MAP: &str = "IPNAT_BENCH_CFG";
+    pub const BENCH_CNT_MAP: &str = "IPNAT_BENCH_CNT";
+    pub const BENCH_TPL_MAP: &str = "IPNAT_BENCH_TPL";
     pub const XDP_PROGRAM: &str = "ipnat_xdp";
     pub const TC_EGRESS_PROGRAM: &str = "ipnat_tc_egress";
 }

@@ -41,17 +41,17 @@ pub enum Action {
     ToTc,
 }
 
-struct Fib {
-    rc: i64,
-    ifindex: u32,
+pub struct Fib {
+    pub rc: i64,
+    pub ifindex: u32,
     /// The next hop (the gateway of the route, or the destination itself when on-link).
-    nexthop: u32,
-    smac: [u8; 6],
-    dmac: [u8; 6],
+    pub nexthop: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
 }
 
 #[inline(always)]
-fn fib<P: Packet>(
+pub fn fib<P: Packet>(
     p: &P,
     ifindex: u32,
     src: u32,

@@ -85,7 +85,7 @@ pub fn kernel_forwarded(ns: &Netns) -> Result<u64> {
 }
 
 /// Attaches ipnat's pass-everything XDP program to `iface` in `ns`.
-fn xdp_pass(ns: &Netns, iface: &'static str) -> Result<aya::Ebpf> {
+pub fn xdp_pass(ns: &Netns, iface: &'static str) -> Result<aya::Ebpf> {
     ns.within(move || {
         let mut ebpf = aya::Ebpf::load(ipnat::EBPF_OBJECT)?;
         let prog: &mut aya::programs::Xdp = ebpf
@@ -198,6 +198,18 @@ pub fn ipnat_bin() -> PathBuf {
     target.join("debug/ipnat")
 }
 
+/// Pin directories of the `ipnat run`s started here, for [`cleanup_all`].
+static PINS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Everything this process made, gone: `ipnat down` for every data plane it started, then the
+/// namespaces and children ([`crate::netns::cleanup_all`]). For signal handlers.
+pub fn cleanup_all() {
+    crate::netns::cleanup_all();
+    for pin in PINS.lock().map(|p| p.clone()).unwrap_or_default() {
+        let _ = ipnat::dataplane::down(&pin);
+    }
+}
+
 /// A running `ipnat run`, stopped with SIGTERM on drop.
 pub struct Ipnat {
     child: Option<Child>,
@@ -217,6 +229,9 @@ impl Ipnat {
             pin_path: PathBuf::from(pin_path),
             config_path,
         };
+        if let Ok(mut pins) = PINS.lock() {
+            pins.push(me.pin_path.clone());
+        }
         me.spawn(ns, config)?;
         Ok(me)
     }

@@ -57,8 +57,9 @@ enum Task {
     },
     /// Set up, build, then show ipnat at work in a simulated cloud made of network namespaces.
     Lab,
-    /// Set up, build (release), then run `ipnat bench` with these arguments (see
-    /// `ipnat bench --help`), also writing its report to docs/benchmarks/per-packet.json.
+    /// Set up, build (release), then run `ipnat bench ARGS` (per-packet cost; see `ipnat bench
+    /// --help`) and the forwarding benchmark (`--forward` then its arguments: --rounds N,
+    /// --secs S, --flows 1,1000,100000), writing their reports to docs/benchmarks/.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -347,25 +348,42 @@ fn test(extra: &[String]) -> Result<()> {
 
 fn bench(args: &[String]) -> Result<()> {
     if !is_root() {
-        bail!("the benchmark loads eBPF programs: run as root");
+        bail!("the benchmarks load eBPF programs and make network namespaces: run as root");
     }
-    step("building ipnat (release)");
-    run(&mut cargo(&["build", "--release", "--package", "ipnat-user"]))?;
-    let bin = target_dir().join("release/ipnat");
+    step("building ipnat and the forwarding benchmark (release)");
+    run(&mut cargo(&[
+        "build",
+        "--release",
+        "--package",
+        "ipnat-user",
+        "--package",
+        "ipnat-tests",
+    ]))?;
+    let release = target_dir().join("release");
     let dir = workspace_root().join("docs/benchmarks");
     std::fs::create_dir_all(&dir)?;
+    // `--forward ARGS...` after the per-packet arguments goes to the forwarding benchmark.
+    let split = args.iter().position(|a| a == "--forward");
+    let (per_packet, forward) = match split {
+        Some(i) => (&args[..i], &args[i + 1..]),
+        None => (args, &[][..]),
+    };
     let json = dir.join("per-packet.json");
-    step(&format!(
-        "{} bench --json-out {} {}",
-        bin.display(),
-        json.display(),
-        args.join(" ")
-    ));
-    run(Command::new(&bin)
+    step(&format!("ipnat bench {}", per_packet.join(" ")));
+    run(Command::new(release.join("ipnat"))
         .arg("bench")
         .arg("--json-out")
         .arg(&json)
-        .args(args))
+        .args(per_packet))?;
+    let json = dir.join("forwarding.json");
+    step(&format!("ipnat-fwd-bench {}", forward.join(" ")));
+    run(Command::new(release.join("ipnat-fwd-bench"))
+        .env("IPNAT_BIN", release.join("ipnat"))
+        .arg("--json-out")
+        .arg(&json)
+        .args(forward))?;
+    println!("reports: {}", dir.display());
+    Ok(())
 }
 
 fn lab() -> Result<()> {

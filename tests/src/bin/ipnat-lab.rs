@@ -8,15 +8,18 @@ use std::{
 
 use anyhow::{Context, Result};
 use ipnat_tests::{
-    lab::{BACKEND, EIP, GW_EXT, GW_INT, GatewayLab, INET, LabOptions, ipnat_bin, udp_exchange},
-    netns::{cleanup_all, require_root},
+    lab::{
+        BACKEND, EIP, GW_EXT, GW_INT, GatewayLab, INET, LabOptions, cleanup_all, ipnat_bin,
+        udp_exchange,
+    },
+    netns::require_root,
 };
 use nix::sys::signal::{SigSet, Signal};
 
 fn main() {
     require_root();
     // Ctrl-C or SIGTERM: the Drop guards would not run, so a dedicated thread removes what the
-    // lab made (ipnat itself, in our process group, detaches on the same Ctrl-C).
+    // lab made: the namespaces, ipnat, and the data plane ipnat leaves pinned.
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGINT);
     signals.add(Signal::SIGTERM);
@@ -24,7 +27,6 @@ fn main() {
     std::thread::spawn(move || {
         if let Ok(sig) = signals.wait() {
             eprintln!("\n{sig}: tearing the lab down");
-            std::thread::sleep(Duration::from_millis(300)); // let ipnat detach first
             cleanup_all();
             std::process::exit(130);
         }

@@ -1,0 +1,497 @@
+//! Forwarding throughput on a real topology, side by side in one run: a generator namespace,
+//! the gateway, a sink namespace, on veth pairs.
+//!
+//! The generator is ipnat's `ipnat_bench_gen` run with BPF_PROG_TEST_RUN in live-frames mode
+//! (what xdp-trafficgen does): 64-byte UDP frames, the source port cycling through N flows,
+//! sent out of its veth into the gateway. The sink counts in XDP what arrives translated as
+//! expected. Compared, interleaved over rounds:
+//!
+//! * ipnat: XDP translation + redirect (the fast path);
+//! * XDP redirect without NAT (`ipnat_bench_redirect`, the ceiling);
+//! * the kernel forwarding without NAT;
+//! * nftables stateless NAT (`notrack`, `ip daddr set`);
+//! * iptables DNAT with conntrack.
+//!
+//! On a 2-core machine the generator, the gateway and the sink share the CPU that runs the
+//! generator (veth hands frames over in the sender's softirq), so every figure is the cost of
+//! the whole path; the ratios compare the gateway part only under that shared cost.
+
+use std::{
+    net::Ipv4Addr,
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use aya::{
+    Ebpf,
+    maps::{Array, PerCpuArray},
+    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
+};
+use ipnat_common::names;
+use ipnat_tests::{
+    lab::{Ipnat, cleanup_all, xdp_pass},
+    netns::{Netns, require_root, veth},
+};
+
+const GEN: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+const EIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
+const SINK: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 10);
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Setup {
+    Ipnat,
+    Ceiling,
+    Kernel,
+    Nft,
+    Iptables,
+}
+
+impl Setup {
+    const ALL: [Setup; 5] = [
+        Setup::Ipnat,
+        Setup::Ceiling,
+        Setup::Kernel,
+        Setup::Nft,
+        Setup::Iptables,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Setup::Ipnat => "ipnat (XDP NAT + redirect)",
+            Setup::Ceiling => "XDP redirect, no NAT",
+            Setup::Kernel => "kernel forwarding, no NAT",
+            Setup::Nft => "nftables stateless NAT",
+            Setup::Iptables => "iptables DNAT (conntrack)",
+        }
+    }
+
+    /// Where the generator sends: the EIP where something translates, else the sink.
+    fn target(self) -> Ipv4Addr {
+        match self {
+            Setup::Ceiling | Setup::Kernel => SINK,
+            _ => EIP,
+        }
+    }
+}
+
+fn mac(ns: &Netns, iface: &str) -> Result<[u8; 6]> {
+    let out = ns.ip(&["-br", "link", "show", iface])?;
+    let text = String::from_utf8(out.stdout)?;
+    let field = text
+        .split_whitespace()
+        .find(|w| w.len() == 17 && w.matches(':').count() == 5)
+        .context("no MAC address")?;
+    let mut m = [0u8; 6];
+    for (i, b) in field.split(':').enumerate() {
+        m[i] = u8::from_str_radix(b, 16)?;
+    }
+    Ok(m)
+}
+
+/// A 64-byte frame (60 + FCS): UDP with checksum 0 (so the generator may change the source
+/// port without touching a checksum), a correct IPv4 header checksum.
+fn frame(src_mac: [u8; 6], dst_mac: [u8; 6], dst: Ipv4Addr) -> Vec<u8> {
+    let payload = [0u8; 18];
+    let b = etherparse::PacketBuilder::ethernet2(src_mac, dst_mac)
+        .ipv4(GEN.octets(), dst.octets(), 64)
+        .udp(1024, 9);
+    let mut v = Vec::new();
+    b.write(&mut v, &payload).expect("frame");
+    v[40] = 0; // UDP checksum: none
+    v[41] = 0;
+    v
+}
+
+enum GenCmd {
+    /// Send `frame` with `flows` distinct source ports for `secs`; answer with the count.
+    Run {
+        frame: Vec<u8>,
+        flows: u32,
+        secs: f64,
+        done: mpsc::Sender<Result<u64>>,
+    },
+}
+
+/// The generator: a thread in the generator's namespace holding the loaded program.
+fn start_generator(ns: &Netns) -> Result<mpsc::Sender<GenCmd>> {
+    let (tx, rx) = mpsc::channel::<GenCmd>();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let _thread = ns.spawn(move || {
+        let setup = || -> Result<Ebpf> {
+            let mut ebpf = Ebpf::load(ipnat::EBPF_OBJECT)?;
+            let p: &mut Xdp = ebpf
+                .program_mut(names::BENCH_GEN_PROGRAM)
+                .context("no generator program")?
+                .try_into()?;
+            p.load()?;
+            let ifindex = ipnat::dataplane::ifindex("g0")?;
+            let mut cfg: Array<_, u32> =
+                Array::try_from(ebpf.map_mut(names::BENCH_CFG_MAP).context("cfg map")?)?;
+            cfg.set(0, ifindex, 0)?;
+            Ok(ebpf)
+        };
+        let mut ebpf = match setup() {
+            Ok(e) => {
+                ready_tx.send(Ok(())).ok();
+                e
+            }
+            Err(e) => {
+                ready_tx.send(Err(e)).ok();
+                return Ok(());
+            }
+        };
+        for cmd in rx {
+            let GenCmd::Run {
+                frame,
+                flows,
+                secs,
+                done,
+            } = cmd;
+            let result = (|| -> Result<u64> {
+                let mut cfg: Array<_, u32> =
+                    Array::try_from(ebpf.map_mut(names::BENCH_CFG_MAP).context("cfg")?)?;
+                cfg.set(1, flows, 0)?;
+                let mut tpl: Array<_, [u8; 64]> =
+                    Array::try_from(ebpf.map_mut(names::BENCH_TPL_MAP).context("tpl")?)?;
+                let mut headers = [0u8; 64];
+                headers[..frame.len().min(64)].copy_from_slice(&frame[..frame.len().min(64)]);
+                tpl.set(0, headers, 0)?;
+                let p: &Xdp = ebpf
+                    .program(names::BENCH_GEN_PROGRAM)
+                    .context("gen")?
+                    .try_into()?;
+                let (mut sent, start) = (0u64, Instant::now());
+                while start.elapsed().as_secs_f64() < secs {
+                    let repeat = 200_000;
+                    p.test_run(TestRunOptions {
+                        data_in: Some(&frame),
+                        repeat,
+                        attrs: TestRunAttrs::new().xdp_live_frames(64),
+                        ..Default::default()
+                    })
+                    .context("live-frames test run")?;
+                    sent += u64::from(repeat);
+                }
+                Ok(sent)
+            })();
+            done.send(result).ok();
+        }
+        Ok(())
+    });
+    ready_rx.recv().context("generator thread")??;
+    Ok(tx)
+}
+
+fn sink_counts(sink: &Ebpf) -> Result<(u64, u64)> {
+    let cnt: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(sink.map(names::BENCH_CNT_MAP).context("sink counters")?)?;
+    let sum = |i: u32| -> Result<u64> { Ok(cnt.get(&i, 0)?.iter().sum()) };
+    Ok((sum(1)?, sum(2)?))
+}
+
+struct Topology {
+    sender: Netns,
+    gw: Netns,
+    sink: Netns,
+    gen_mac: [u8; 6],
+    ext0_mac: [u8; 6],
+}
+
+fn topology() -> Result<Topology> {
+    let t = Topology {
+        sender: Netns::new("bgen")?,
+        gw: Netns::new("bgw")?,
+        sink: Netns::new("bsink")?,
+        gen_mac: [0; 6],
+        ext0_mac: [0; 6],
+    };
+    veth(&t.sender, "g0", &t.gw, "ext0")?;
+    veth(&t.gw, "int0", &t.sink, "s0")?;
+    t.sender
+        .ip(&["addr", "add", "203.0.113.10/24", "dev", "g0"])?;
+    t.gw.ip(&["addr", "add", "203.0.113.1/24", "dev", "ext0"])?;
+    t.gw.ip(&["addr", "add", "10.0.1.1/24", "dev", "int0"])?;
+    t.sink.ip(&["addr", "add", "10.0.1.10/24", "dev", "s0"])?;
+    t.sink.ip(&["route", "add", "default", "via", "10.0.1.1"])?;
+    t.sender
+        .ip(&["route", "add", "198.51.100.0/24", "via", "203.0.113.1"])?;
+    t.gw.sysctl("net.ipv4.ip_forward", "1")?;
+    let s0_mac = mac(&t.sink, "s0")?;
+    let hex = |m: [u8; 6]| {
+        m.iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    // Resolved neighbours both ways: the first frame needs no ARP on any path.
+    t.gw.ip(&[
+        "neigh",
+        "replace",
+        "10.0.1.10",
+        "lladdr",
+        &hex(s0_mac),
+        "dev",
+        "int0",
+        "nud",
+        "permanent",
+    ])?;
+    let gen_mac = mac(&t.sender, "g0")?;
+    t.gw.ip(&[
+        "neigh",
+        "replace",
+        "203.0.113.10",
+        "lladdr",
+        &hex(gen_mac),
+        "dev",
+        "ext0",
+        "nud",
+        "permanent",
+    ])?;
+    let ext0_mac = mac(&t.gw, "ext0")?;
+    Ok(Topology {
+        gen_mac,
+        ext0_mac,
+        ..t
+    })
+}
+
+/// What a setup attaches or installs on the gateway; dropped (or torn down) after its turn.
+enum Installed {
+    Ipnat(Ipnat),
+    Xdp(Ebpf),
+    /// Rules, and the pass program on ext0.
+    Rules(Setup, Ebpf),
+}
+
+fn install(t: &Topology, setup: Setup, round: usize) -> Result<Installed> {
+    Ok(match setup {
+        Setup::Ipnat => {
+            let pin = format!("/sys/fs/bpf/ipnat-fwdbench-{}-{round}", std::process::id());
+            let config = format!(
+                "pin_path = \"{pin}\"\nmetrics_listen = \"off\"\n\n[[interface]]\nname = \"ext0\"\n\n\
+                 [[interface]]\nname = \"int0\"\n\n[[mapping]]\npublic = \"{EIP}\"\nprivate = \"{SINK}\"\n"
+            );
+            Installed::Ipnat(Ipnat::start(&t.gw, &config, &pin)?)
+        }
+        Setup::Ceiling => Installed::Xdp(t.gw.within(|| {
+            let mut ebpf = Ebpf::load(ipnat::EBPF_OBJECT)?;
+            let p: &mut Xdp = ebpf
+                .program_mut(names::BENCH_REDIRECT_PROGRAM)
+                .context("redirect program")?
+                .try_into()?;
+            p.load()?;
+            p.attach("ext0", XdpMode::Driver)?;
+            Ok(ebpf)
+        })?),
+        // The kernel paths get a pass-everything XDP program on ext0: the generator's
+        // redirect into the veth needs one there (any program), as ipnat's own is there.
+        Setup::Kernel => Installed::Xdp(xdp_pass(&t.gw, "ext0")?),
+        Setup::Nft => {
+            t.gw.run(
+                "nft",
+                &[&format!(
+                    "add table ip ipnat_bench; \
+                     add chain ip ipnat_bench pre {{ type filter hook prerouting priority -300; }}; \
+                     add rule ip ipnat_bench pre ip daddr {EIP} notrack ip daddr set {SINK}"
+                )],
+            )?;
+            Installed::Rules(Setup::Nft, xdp_pass(&t.gw, "ext0")?)
+        }
+        Setup::Iptables => {
+            t.gw.run(
+                "iptables",
+                &[
+                    "-t",
+                    "nat",
+                    "-A",
+                    "PREROUTING",
+                    "-d",
+                    &EIP.to_string(),
+                    "-j",
+                    "DNAT",
+                    "--to-destination",
+                    &SINK.to_string(),
+                ],
+            )?;
+            Installed::Rules(Setup::Iptables, xdp_pass(&t.gw, "ext0")?)
+        }
+    })
+}
+
+fn teardown(t: &Topology, installed: Installed) -> Result<()> {
+    match installed {
+        Installed::Ipnat(mut i) => {
+            i.stop()?;
+            let (ok, out) = i.down()?;
+            if !ok.success() {
+                bail!("ipnat down: {out}");
+            }
+        }
+        Installed::Xdp(e) => drop(e),
+        Installed::Rules(Setup::Nft, _pass) => {
+            t.gw.run("nft", &["delete table ip ipnat_bench"])?;
+        }
+        Installed::Rules(_, _pass) => {
+            t.gw.run(
+                "iptables",
+                &[
+                    "-t",
+                    "nat",
+                    "-D",
+                    "PREROUTING",
+                    "-d",
+                    &EIP.to_string(),
+                    "-j",
+                    "DNAT",
+                    "--to-destination",
+                    &SINK.to_string(),
+                ],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+struct Sample {
+    setup: Setup,
+    flows: u32,
+    pps: f64,
+    loss: f64,
+}
+
+fn main() -> Result<()> {
+    require_root();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let get = |name: &str, default: &str| -> String {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1).cloned())
+            .unwrap_or_else(|| default.to_owned())
+    };
+    let rounds: usize = get("--rounds", "3").parse()?;
+    let secs: f64 = get("--secs", "2").parse()?;
+    let flows_list: Vec<u32> = get("--flows", "1,1000,100000")
+        .split(',')
+        .map(|f| f.parse())
+        .collect::<Result<_, _>>()?;
+    let json_out = args
+        .iter()
+        .position(|a| a == "--json-out")
+        .and_then(|i| args.get(i + 1).cloned());
+    ctrlc_cleanup();
+
+    let t = topology()?;
+    let sink = t.sink.within(|| {
+        let mut ebpf = Ebpf::load(ipnat::EBPF_OBJECT)?;
+        let mut cfg: Array<_, u32> =
+            Array::try_from(ebpf.map_mut(names::BENCH_CFG_MAP).context("cfg")?)?;
+        cfg.set(2, u32::from_ne_bytes(SINK.octets()), 0)?;
+        let p: &mut Xdp = ebpf
+            .program_mut(names::BENCH_SINK_PROGRAM)
+            .context("sink program")?
+            .try_into()?;
+        p.load()?;
+        p.attach("s0", XdpMode::Driver)?;
+        Ok(ebpf)
+    })?;
+    let generator = start_generator(&t.sender)?;
+    let mut samples = Vec::new();
+    for &flows in &flows_list {
+        for round in 0..rounds {
+            for setup in Setup::ALL {
+                let installed = install(&t, setup, round)?;
+                let f = frame(t.gen_mac, t.ext0_mac, setup.target());
+                let (good0, bad0) = sink_counts(&sink)?;
+                let (done_tx, done_rx) = mpsc::channel();
+                let start = Instant::now();
+                generator.send(GenCmd::Run {
+                    frame: f,
+                    flows,
+                    secs,
+                    done: done_tx,
+                })?;
+                let sent = done_rx.recv()??;
+                let took = start.elapsed().as_secs_f64();
+                std::thread::sleep(Duration::from_millis(50));
+                let (good1, bad1) = sink_counts(&sink)?;
+                teardown(&t, installed)?;
+                let good = good1 - good0;
+                let sample = Sample {
+                    setup,
+                    flows,
+                    pps: good as f64 / took,
+                    loss: 1.0 - good as f64 / sent.max(1) as f64,
+                };
+                eprintln!(
+                    "flows {flows:>6} round {}: {:<28} {:>6.3} Mpps arrived translated, {:.1}% lost, {} wrong",
+                    round + 1,
+                    setup.name(),
+                    sample.pps / 1e6,
+                    sample.loss * 100.0,
+                    bad1 - bad0
+                );
+                samples.push(sample);
+            }
+        }
+    }
+    drop(generator);
+    drop(sink);
+    // Median over rounds, per setup and flow count.
+    let mut rows = Vec::new();
+    for &flows in &flows_list {
+        let med = |setup: Setup| -> (f64, f64) {
+            let mut v: Vec<&Sample> = samples
+                .iter()
+                .filter(|s| s.setup == setup && s.flows == flows)
+                .collect();
+            v.sort_by(|a, b| a.pps.total_cmp(&b.pps));
+            let m = v[v.len() / 2];
+            (m.pps, m.loss)
+        };
+        let (ipnat, _) = med(Setup::Ipnat);
+        let (ceiling, _) = med(Setup::Ceiling);
+        for setup in Setup::ALL {
+            let (pps, loss) = med(setup);
+            rows.push(serde_json::json!({
+                "setup": setup.name(), "flows": flows, "mpps": pps / 1e6,
+                "vs_ipnat": pps / ipnat, "vs_ceiling": pps / ceiling, "loss": loss,
+            }));
+        }
+    }
+    println!(
+        "{:<28} {:>7} {:>8} {:>9} {:>11} {:>7}",
+        "setup", "flows", "Mpps", "x ipnat", "x ceiling", "loss"
+    );
+    for r in &rows {
+        println!(
+            "{:<28} {:>7} {:>8.3} {:>9.2} {:>11.2} {:>6.1}%",
+            r["setup"].as_str().unwrap_or(""),
+            r["flows"],
+            r["mpps"].as_f64().unwrap_or(0.0),
+            r["vs_ipnat"].as_f64().unwrap_or(0.0),
+            r["vs_ceiling"].as_f64().unwrap_or(0.0),
+            r["loss"].as_f64().unwrap_or(0.0) * 100.0
+        );
+    }
+    if let Some(path) = json_out {
+        std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
+    }
+    drop(t);
+    Ok(())
+}
+
+/// Tears the namespaces (and children) down on SIGINT/SIGTERM as on any exit: the signals are
+/// blocked in every thread and waited for in one.
+fn ctrlc_cleanup() {
+    let mut signals = nix::sys::signal::SigSet::empty();
+    signals.add(nix::sys::signal::Signal::SIGINT);
+    signals.add(nix::sys::signal::Signal::SIGTERM);
+    signals.thread_block().expect("block signals");
+    std::thread::spawn(move || {
+        if signals.wait().is_ok() {
+            cleanup_all();
+            std::process::exit(130);
+        }
+    });
+}
