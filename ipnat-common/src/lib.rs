@@ -6,7 +6,7 @@
 #![no_std]
 
 /// Version of the map layout below. Bump it whenever a key, value or map changes shape.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Capacity of the one-to-one mapping tables (each direction) as compiled; the controller
 /// resizes them at load time (`max_mappings`).
@@ -42,6 +42,38 @@ pub struct PrefixTarget {
     /// Index into the mapping counters.
     pub id: u32,
 }
+
+/// Capacity of the steering table.
+pub const MAX_STEER_RULES: u32 = 4096;
+
+/// Value of the steering table (an LPM trie keyed by source prefix): where packets from that
+/// source leave. An LPM trie replaces a node whole (RCU), so a reader never sees a mix of an
+/// old and a new value even though this is more than 8 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SteerTarget {
+    /// The interface the source address belongs to.
+    pub ifindex: u32,
+    /// Next hop for destinations outside `subnet` (network byte order).
+    pub gateway: u32,
+    /// The interface's subnet and its mask: destinations inside go direct (network order).
+    pub subnet: u32,
+    pub mask: u32,
+    /// Index into the steering counters (1..=MAX_STEER_RULES).
+    pub id: u32,
+    pub _pad: u32,
+}
+
+/// Counters of one steering rule.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SteerCounters {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// `Settings::flags`: the steering table holds rules.
+pub const FLAG_STEER: u32 = 4;
 
 /// `Settings::flags`: forward translated packets in XDP/TC (`bpf_fib_lookup` + redirect)
 /// instead of handing them to the kernel's forwarding path.
@@ -121,10 +153,12 @@ pub enum Reason {
     /// Fast path declined, no forwarding route (local, unreachable, forwarding off, VLAN): the
     /// kernel handles it.
     SlowNoRoute = 16,
+    /// Steering: a packet from a steered source was sent out of the interface that owns it.
+    Steered = 17,
 }
 
 /// Number of [`Reason`] slots.
-pub const REASON_COUNT: u32 = 17;
+pub const REASON_COUNT: u32 = 18;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -145,6 +179,7 @@ impl Reason {
         Reason::SlowFragNeeded,
         Reason::SlowSpoofed,
         Reason::SlowNoRoute,
+        Reason::Steered,
     ];
 
     /// Stable name used by `ipnat stats` and the metrics.
@@ -167,6 +202,7 @@ impl Reason {
             Reason::SlowFragNeeded => "slow_frag_needed",
             Reason::SlowSpoofed => "slow_spoofed",
             Reason::SlowNoRoute => "slow_no_route",
+            Reason::Steered => "steered",
         }
     }
 }
@@ -180,6 +216,8 @@ pub mod names {
     pub const DNAT_PREFIX_MAP: &str = "IPNAT_DNAT_PFX";
     pub const SNAT_PREFIX_MAP: &str = "IPNAT_SNAT_PFX";
     pub const SETTINGS: &str = "IPNAT_SETTINGS";
+    pub const STEER_MAP: &str = "IPNAT_STEER";
+    pub const STEER_COUNTERS: &str = "IPNAT_STEER_CNT";
     pub const TC_INGRESS_PROGRAM: &str = "ipnat_tc_ingress";
     pub const XDP_PASS_PROGRAM: &str = "ipnat_xdp_pass";
     pub const BENCH_FLOOR_PROGRAM: &str = "ipnat_bench_floor";
@@ -201,9 +239,13 @@ mod pod {
     unsafe impl aya::Pod for super::MappingCounters {}
     unsafe impl aya::Pod for super::PrefixTarget {}
     unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::SteerTarget {}
+    unsafe impl aya::Pod for super::SteerCounters {}
 }
 
 const _: () = assert!(core::mem::size_of::<NatTarget>() == 8);
 const _: () = assert!(core::mem::size_of::<MappingCounters>() == 32);
 const _: () = assert!(core::mem::size_of::<PrefixTarget>() == 8);
 const _: () = assert!(core::mem::size_of::<Settings>() == 8);
+const _: () = assert!(core::mem::size_of::<SteerTarget>() == 24);
+const _: () = assert!(core::mem::size_of::<SteerCounters>() == 16);

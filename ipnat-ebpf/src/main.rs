@@ -28,8 +28,9 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use ipnat_common::{
-    FLAG_FAST_PATH, MAX_MAPPING_ID, MAX_MAPPINGS, MAX_PREFIXES, META_FORWARD, MappingCounters,
-    NatTarget, PrefixTarget, REASON_COUNT, Reason, Settings,
+    FLAG_FAST_PATH, FLAG_STEER, MAX_MAPPING_ID, MAX_MAPPINGS, MAX_PREFIXES, MAX_STEER_RULES,
+    META_FORWARD, MappingCounters, NatTarget, PrefixTarget, REASON_COUNT, Reason, Settings,
+    SteerCounters, SteerTarget,
 };
 
 use crate::{
@@ -52,6 +53,13 @@ static IPNAT_DNAT_PFX: LpmTrie<u32, PrefixTarget> =
 #[map(name = "IPNAT_SNAT_PFX")]
 static IPNAT_SNAT_PFX: LpmTrie<u32, PrefixTarget> =
     LpmTrie::with_max_entries(MAX_PREFIXES, BPF_F_NO_PREALLOC);
+/// source prefix -> where its packets leave (steering).
+#[map(name = "IPNAT_STEER")]
+static IPNAT_STEER: LpmTrie<u32, SteerTarget> =
+    LpmTrie::with_max_entries(MAX_STEER_RULES, BPF_F_NO_PREALLOC);
+/// Per-rule steering counters, indexed by rule id (0 unused).
+#[map(name = "IPNAT_STEER_CNT")]
+static IPNAT_STEER_CNT: Array<SteerCounters> = Array::with_max_entries(MAX_STEER_RULES + 1, 0);
 /// The data plane's settings (one entry).
 #[map(name = "IPNAT_SETTINGS")]
 static IPNAT_SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
@@ -211,12 +219,88 @@ pub fn ipnat_tc_egress(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn try_ipnat_tc_egress(ctx: &TcContext) -> Result<i32, ()> {
-    let (reason, verdict) = nat::translate(&mut pkt::Tc(ctx), Dir::Snat, flags());
+    let flags = flags();
+    let (reason, verdict) = nat::translate(&mut pkt::Tc(ctx), Dir::Snat, flags);
     count_reason(reason);
-    Ok(match verdict {
-        Verdict::Pass => TC_ACT_OK as i32,
+    if verdict == Verdict::Drop {
         // Also when a helper failed after the packet may have been partly rewritten.
-        Verdict::Drop => TC_ACT_SHOT,
+        return Ok(TC_ACT_SHOT);
+    }
+    if flags & FLAG_STEER != 0 {
+        if let Some(action) = steer(ctx) {
+            return Ok(action);
+        }
+    }
+    Ok(TC_ACT_OK as i32)
+}
+
+/// Source-based steering of what the kernel sends (after any translation): a packet whose
+/// source a rule covers, routed by the kernel out of another interface, is sent out of the
+/// rule's interface instead, to the destination itself when it is on that interface's subnet
+/// and to the rule's gateway otherwise (the rc.local recipe's table, without `ip rule`).
+/// `None`: leave the packet where it is.
+#[inline(always)]
+fn steer(ctx: &TcContext) -> Option<i32> {
+    let p = pkt::Tc(ctx);
+    let h = nat::parse(&p).ok()?;
+    let t = IPNAT_STEER.get(&aya_ebpf::maps::lpm_trie::Key::new(32, h.src))?;
+    // SAFETY: reading the context's field.
+    let here = unsafe { (*ctx.skb.skb).ifindex };
+    if t.ifindex == here {
+        // Already on its interface (also: what this program itself redirected here).
+        return None;
+    }
+    let nexthop = if h.dst & t.mask == t.subnet {
+        h.dst
+    } else {
+        t.gateway
+    };
+    if let Some(c) = IPNAT_STEER_CNT.get_ptr_mut(t.id) {
+        // SAFETY: the array value lives as long as the map; atomics because CPUs share it.
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                &raw mut (*c).packets,
+                1,
+            );
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                &raw mut (*c).bytes,
+                ctx.len() as u64,
+            );
+        }
+    }
+    count_reason(Reason::Steered);
+    // The next hop's MAC address, when the neighbour is known: write the header and redirect.
+    let p = pkt::Tc(ctx);
+    let f = fwd::fib(
+        &p,
+        t.ifindex,
+        h.src,
+        nexthop,
+        h.tos,
+        0,
+        aya_ebpf::bindings::BPF_FIB_LOOKUP_OUTPUT,
+    );
+    if f.rc == aya_ebpf::bindings::BPF_FIB_LKUP_RET_SUCCESS as i64 && f.ifindex == t.ifindex {
+        let mut p = p;
+        if p.write(0, f.dmac).is_err() || p.write(6, f.smac).is_err() {
+            return Some(TC_ACT_SHOT);
+        }
+        // SAFETY: plain helper call.
+        return Some(unsafe { bpf_redirect(t.ifindex, 0) as i32 });
+    }
+    // Unknown neighbour: let the kernel resolve it. (A packet queued while it does goes out
+    // with the header of its original route: the kernel re-derives the neighbour from the
+    // skb's route when it flushes the queue. The controller resolves the rules' gateways in
+    // advance so that this stays rare.)
+    let mut nh = bpf_redir_neigh {
+        nh_family: 2, // AF_INET
+        // SAFETY: all-zero is a valid value of this union.
+        __bindgen_anon_1: unsafe { core::mem::zeroed() },
+    };
+    nh.__bindgen_anon_1.ipv4_nh = nexthop;
+    // SAFETY: the helper reads the struct we pass, of the size we pass.
+    Some(unsafe {
+        bpf_redirect_neigh(t.ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0) as i32
     })
 }
 

@@ -40,6 +40,25 @@ pub struct Config {
     /// One-to-one mappings.
     #[serde(default, rename = "mapping")]
     pub mappings: Vec<MappingConfig>,
+    /// Source-based steering rules (what rc.local's `ip rule from ... lookup N` did).
+    #[serde(default, rename = "steer")]
+    pub steering: Vec<SteerConfig>,
+}
+
+/// Packets from `source` leave by `interface`: to the destination itself when it is in
+/// `subnet`, else to `gateway`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SteerConfig {
+    /// A source address or block (e.g. a NIC's secondary addresses).
+    pub source: Block,
+    /// The interface that owns those addresses (must be one of the `[[interface]]`s).
+    pub interface: String,
+    /// Next hop for destinations outside `subnet` (the subnet's gateway; on a VPC, the network
+    /// address + 1).
+    pub gateway: Ipv4Addr,
+    /// The interface's subnet: destinations inside it are reached directly.
+    pub subnet: Block,
 }
 
 /// Where metrics are served unless the config says otherwise.
@@ -199,6 +218,59 @@ pub enum ConfigError {
 }
 
 impl Config {
+    fn validate_steering(&self) -> Result<(), ConfigError> {
+        let invalid =
+            |key: String, value: &dyn std::fmt::Display, why: &str| ConfigError::Invalid {
+                key,
+                value: value.to_string(),
+                why: why.to_owned(),
+            };
+        for (i, r) in self.steering.iter().enumerate() {
+            if !self.interfaces.iter().any(|f| f.name == r.interface) {
+                return Err(invalid(
+                    format!("steer[{i}].interface"),
+                    &r.interface,
+                    "is not one of the [[interface]]s (ipnat steers on the interfaces it is attached to)",
+                ));
+            }
+            if !r.subnet.0.contains(&r.gateway) {
+                return Err(invalid(
+                    format!("steer[{i}].gateway"),
+                    &r.gateway,
+                    &format!("is outside the subnet {}", r.subnet),
+                ));
+            }
+            if r.subnet.is_host() {
+                return Err(invalid(
+                    format!("steer[{i}].subnet"),
+                    &r.subnet,
+                    "must be the interface's subnet (a block), not one address",
+                ));
+            }
+        }
+        let sources: Vec<(usize, Block)> = self
+            .steering
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (i, r.source))
+            .collect();
+        if let Some(((j, a), (i, b))) = first_overlap(&sources) {
+            return Err(invalid(
+                format!("steer[{i}].source"),
+                &b,
+                &format!("overlaps {a} of steer[{j}]"),
+            ));
+        }
+        if self.steering.len() > ipnat_common::MAX_STEER_RULES as usize {
+            return Err(invalid(
+                "steer".into(),
+                &self.steering.len(),
+                &format!("more than {} rules", ipnat_common::MAX_STEER_RULES),
+            ));
+        }
+        Ok(())
+    }
+
     /// The metrics address, unless metrics are off.
     pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
         self.metrics_listen.parse().ok()
@@ -259,6 +331,7 @@ impl Config {
             }
         }
         validate_mappings(&self.mappings, &|i| format!("mapping[{i}]"))?;
+        self.validate_steering()?;
         if self.metrics_listen != "off"
             && self.metrics_listen.parse::<std::net::SocketAddr>().is_err()
         {
@@ -477,6 +550,44 @@ mod tests {
         assert!(
             err(&with("10.0.0.0/16", "172.16.0.0/16"))
                 .contains("overlaps the private side 10.0.1.10 of mapping[0]")
+        );
+    }
+
+    #[test]
+    fn steering_rules_are_checked() {
+        let base = "[[interface]]\nname = \"eth0\"\n[[interface]]\nname = \"eth1\"\n";
+        let rule = |src: &str, iface: &str, gw: &str, subnet: &str| {
+            format!(
+                "[[steer]]\nsource = \"{src}\"\ninterface = \"{iface}\"\ngateway = \"{gw}\"\nsubnet = \"{subnet}\"\n"
+            )
+        };
+        let good = format!(
+            "{base}{}",
+            rule("10.0.1.20/30", "eth1", "10.0.1.1", "10.0.1.0/24")
+        );
+        assert_eq!(Config::parse(&good).unwrap().steering[0].interface, "eth1");
+        let e = |t: String| Config::parse(&t).unwrap_err().to_string();
+        assert!(
+            e(format!(
+                "{base}{}",
+                rule("10.0.1.20", "eth9", "10.0.1.1", "10.0.1.0/24")
+            ))
+            .starts_with("steer[0].interface = \"eth9\"")
+        );
+        assert!(
+            e(format!(
+                "{base}{}",
+                rule("10.0.1.20", "eth1", "10.0.2.1", "10.0.1.0/24")
+            ))
+            .contains("outside the subnet 10.0.1.0/24")
+        );
+        assert!(
+            e(format!(
+                "{base}{}{}",
+                rule("10.0.1.20/30", "eth1", "10.0.1.1", "10.0.1.0/24"),
+                rule("10.0.1.21", "eth1", "10.0.1.1", "10.0.1.0/24")
+            ))
+            .contains("steer[1].source = \"10.0.1.21\": overlaps 10.0.1.20/30 of steer[0]")
         );
     }
 }

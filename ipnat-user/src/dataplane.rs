@@ -21,8 +21,8 @@ use aya::{
     },
 };
 use ipnat_common::{
-    FLAG_FAST_PATH, FLAG_PREFIXES, MappingCounters, NatTarget, PrefixTarget, Reason,
-    SCHEMA_VERSION, Settings, names,
+    FLAG_FAST_PATH, FLAG_PREFIXES, FLAG_STEER, MappingCounters, NatTarget, PrefixTarget, Reason,
+    SCHEMA_VERSION, Settings, SteerCounters, SteerTarget, names,
 };
 use ipnet::Ipv4Net;
 use serde::Serialize;
@@ -347,6 +347,9 @@ pub struct Status {
     pub capacity: u32,
     pub memory_bytes: u64,
     pub attached: Vec<AttachStatus>,
+    pub steering: Vec<InstalledSteer>,
+    /// Host settings ipnat changed (sysctl key -> the value it will restore).
+    pub host_changes: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -386,6 +389,8 @@ pub fn status(dir: &Path) -> Result<Status, DataplaneError> {
         capacity: tables.capacity(),
         memory_bytes: tables.memory().total_bytes,
         attached,
+        steering: tables.steering()?,
+        host_changes: crate::host::changed(&crate::host::state_path(dir)).sysctls,
     })
 }
 
@@ -429,6 +434,16 @@ impl Status {
                 if a.present { "" } else { " (interface gone)" }
             );
         }
+        for r in &self.steering {
+            let _ = writeln!(
+                s,
+                "steering:   from {} out of {} (via {} outside {}), {} packets",
+                r.source, r.interface, r.gateway, r.subnet, r.packets
+            );
+        }
+        for (key, old) in &self.host_changes {
+            let _ = writeln!(s, "changed:    {key} (was {old}; `ipnat down` restores it)");
+        }
         s
     }
 }
@@ -448,6 +463,53 @@ fn pin_link(link: FdLink, path: &Path) -> Result<(), DataplaneError> {
         path: path.to_owned(),
         why: e.to_string(),
     })
+}
+
+/// BPF_LINK_DETACH on a pinned link: the program leaves its hook at once, whoever still holds
+/// the link (a link released by its last reference goes asynchronously).
+fn detach_pinned_link(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // union bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd (u32), file_flags (u32).
+    let mut attr = [0u64; 2];
+    attr[0] = c.as_ptr() as u64;
+    // SAFETY: bpf(2) with an attribute buffer of the size we pass, pointing at a live string.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just gave us this descriptor.
+    let fd: std::os::fd::OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) };
+    // union bpf_attr for BPF_LINK_DETACH: link_fd (u32).
+    let mut attr = [0u64; 1];
+    attr[0] = std::os::fd::AsRawFd::as_raw_fd(&fd) as u64;
+    // SAFETY: as above.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        // A link whose interface is gone is already detached.
+        if e.raw_os_error() != Some(libc::ENOLINK) {
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 fn remove_pin(path: &Path) -> Result<(), DataplaneError> {
@@ -518,11 +580,19 @@ fn prepare_pin_dir(dir: &Path) -> Result<bool, DataplaneError> {
     Ok(true)
 }
 
+/// What [`down`] undid.
+#[derive(Debug, Default)]
+pub struct Removed {
+    pub links: Vec<PinnedLinkInfo>,
+    /// Host settings put back: (sysctl key, value).
+    pub restored: Vec<(String, String)>,
+}
+
 /// Removes everything an `ipnat run` left under `dir`: the links first (which detaches the
-/// programs from their interfaces), then the maps, then the directory. Returns what it
-/// detached. `ipnat run` must not be running (its open links would keep the programs
-/// attached until it exits).
-pub fn down(dir: &Path) -> Result<Vec<PinnedLinkInfo>, DataplaneError> {
+/// programs from their interfaces), then the maps, then the directory; and puts back the host
+/// settings it changed. `ipnat run` must not be running (its open links would keep the
+/// programs attached until it exits).
+pub fn down(dir: &Path) -> Result<Removed, DataplaneError> {
     prepare_pin_dir(dir).and_then(|existed| {
         if existed {
             Ok(())
@@ -537,7 +607,13 @@ pub fn down(dir: &Path) -> Result<Vec<PinnedLinkInfo>, DataplaneError> {
     })?;
     let links = pinned_links(dir)?;
     for link in &links {
-        remove_pin(&dir.join(&link.file))?;
+        let path = dir.join(&link.file);
+        // Detach now: removing the pin alone lets the kernel release the link later.
+        detach_pinned_link(&path).map_err(|e| DataplaneError::Pin {
+            path: path.clone(),
+            why: format!("detaching: {e}"),
+        })?;
+        remove_pin(&path)?;
     }
     for name in MAP_NAMES {
         remove_pin(&dir.join(name))?;
@@ -546,7 +622,12 @@ pub fn down(dir: &Path) -> Result<Vec<PinnedLinkInfo>, DataplaneError> {
         path: dir.to_owned(),
         why: format!("{e} (something else is pinned there)"),
     })?;
-    Ok(links)
+    let state = crate::host::state_path(dir);
+    let restored = crate::host::restore(&state).map_err(|e| DataplaneError::Pin {
+        path: state,
+        why: format!("restoring host settings: {e}"),
+    })?;
+    Ok(Removed { links, restored })
 }
 
 /// A mapping as installed in the kernel.
@@ -555,6 +636,18 @@ pub struct InstalledMapping {
     pub id: u32,
     pub public: Block,
     pub private: Block,
+}
+
+/// A steering rule as installed, with its counters.
+#[derive(Clone, Debug, Serialize)]
+pub struct InstalledSteer {
+    pub id: u32,
+    pub source: Block,
+    pub interface: String,
+    pub gateway: Ipv4Addr,
+    pub subnet: Block,
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 /// Counters of one mapping.
@@ -576,6 +669,8 @@ pub struct Snapshot {
     pub reasons: BTreeMap<&'static str, u64>,
     /// Kernel memory of the tables.
     pub memory: MemoryReport,
+    /// Steering rules and their counters.
+    pub steering: Vec<InstalledSteer>,
 }
 
 /// The maps, owned by whoever writes them: the running controller, or a CLI that opened pins.
@@ -587,6 +682,8 @@ pub struct Tables {
     settings: Array<MapData, Settings>,
     dnat_pfx: LpmTrie<MapData, u32, PrefixTarget>,
     snat_pfx: LpmTrie<MapData, u32, PrefixTarget>,
+    steer: LpmTrie<MapData, u32, SteerTarget>,
+    steer_counters: Array<MapData, SteerCounters>,
     /// Kernel memory charged to each map (`memlock` in its fdinfo), bytes.
     memory: BTreeMap<&'static str, u64>,
 }
@@ -618,11 +715,13 @@ pub struct MemoryReport {
     pub bytes_per_mapping: f64,
 }
 
-const MAP_NAMES: [&str; 7] = [
+const MAP_NAMES: [&str; 9] = [
     names::DNAT_MAP,
     names::SNAT_MAP,
     names::DNAT_PREFIX_MAP,
     names::SNAT_PREFIX_MAP,
+    names::STEER_MAP,
+    names::STEER_COUNTERS,
     names::MAPPING_COUNTERS,
     names::REASON_COUNTERS,
     names::SETTINGS,
@@ -743,6 +842,12 @@ impl Tables {
             snat_pfx: take(names::SNAT_PREFIX_MAP)?
                 .try_into()
                 .map_err(map_err(names::SNAT_PREFIX_MAP))?,
+            steer: take(names::STEER_MAP)?
+                .try_into()
+                .map_err(map_err(names::STEER_MAP))?,
+            steer_counters: take(names::STEER_COUNTERS)?
+                .try_into()
+                .map_err(map_err(names::STEER_COUNTERS))?,
             memory,
         })
     }
@@ -783,6 +888,12 @@ impl Tables {
             snat_pfx: open(names::SNAT_PREFIX_MAP)?
                 .try_into()
                 .map_err(map_err(names::SNAT_PREFIX_MAP))?,
+            steer: open(names::STEER_MAP)?
+                .try_into()
+                .map_err(map_err(names::STEER_MAP))?,
+            steer_counters: open(names::STEER_COUNTERS)?
+                .try_into()
+                .map_err(map_err(names::STEER_COUNTERS))?,
             memory,
         })
     }
@@ -907,6 +1018,99 @@ impl Tables {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(map_err(name)(e)),
         }
+    }
+
+    /// The steering rules in the kernel.
+    pub fn steering(&self) -> Result<Vec<InstalledSteer>, DataplaneError> {
+        let mut out = Vec::new();
+        for entry in self.steer.iter() {
+            let (k, t) = entry.map_err(map_err(names::STEER_MAP))?;
+            let c = self
+                .steer_counters
+                .get(&t.id, 0)
+                .map_err(map_err(names::STEER_COUNTERS))?;
+            let plen = k.prefix_len() as u8;
+            let source = Ipv4Net::new(addr(k.data()), plen)
+                .map(Block)
+                .map_err(|_| DataplaneError::Corrupt(names::STEER_MAP))?;
+            let subnet = Ipv4Net::new(addr(t.subnet), u32::from_be(t.mask).count_ones() as u8)
+                .map(Block)
+                .map_err(|_| DataplaneError::Corrupt(names::STEER_MAP))?;
+            out.push(InstalledSteer {
+                id: t.id,
+                source,
+                interface: nix::net::if_::if_indextoname(t.ifindex)
+                    .ok()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| format!("ifindex {}", t.ifindex)),
+                gateway: addr(t.gateway),
+                subnet,
+                packets: c.packets,
+                bytes: c.bytes,
+            });
+        }
+        out.sort_by_key(|r| r.id);
+        Ok(out)
+    }
+
+    /// Makes the steering table equal `rules` (with their interfaces' indexes): additions and
+    /// changes first, then removals; a rule keeps its id and counters while its source stays.
+    pub fn apply_steering(
+        &mut self,
+        rules: &[(crate::config::SteerConfig, u32)],
+    ) -> Result<(), DataplaneError> {
+        let current = self.steering()?;
+        let mut used: HashSet<u32> = current.iter().map(|r| r.id).collect();
+        let mut next = 1u32;
+        if !rules.is_empty() {
+            self.set_flag(FLAG_STEER, true)?;
+        }
+        for (r, ifindex) in rules {
+            let id = match current.iter().find(|c| c.source == r.source) {
+                Some(c) => c.id,
+                None => {
+                    while used.contains(&next) {
+                        next += 1;
+                    }
+                    used.insert(next);
+                    self.steer_counters
+                        .set(next, SteerCounters::default(), 0)
+                        .map_err(map_err(names::STEER_COUNTERS))?;
+                    next
+                }
+            };
+            let mask = u32::from(r.subnet.0.netmask()).to_be();
+            self.steer
+                .insert(
+                    &Key::new(u32::from(r.source.prefix_len()), key(r.source.addr())),
+                    SteerTarget {
+                        ifindex: *ifindex,
+                        gateway: key(r.gateway),
+                        subnet: key(r.subnet.addr()),
+                        mask,
+                        id,
+                        _pad: 0,
+                    },
+                    0,
+                )
+                .map_err(map_err(names::STEER_MAP))?;
+        }
+        for old in &current {
+            if !rules.iter().any(|(r, _)| r.source == old.source) {
+                match self.steer.remove(&Key::new(
+                    u32::from(old.source.prefix_len()),
+                    key(old.source.addr()),
+                )) {
+                    Ok(()) | Err(MapError::KeyNotFound) => {}
+                    Err(e) => return Err(map_err(names::STEER_MAP)(e)),
+                }
+            }
+        }
+        if rules.is_empty() {
+            self.set_flag(FLAG_STEER, false)?;
+        }
+        Ok(())
     }
 
     /// Adds one mapping to the running tables, validated against the installed ones as the
@@ -1058,6 +1262,7 @@ impl Tables {
             mappings,
             reasons,
             memory: self.memory(),
+            steering: self.steering()?,
         })
     }
 }
@@ -1120,6 +1325,13 @@ impl Snapshot {
             .map(|(r, n)| format!("{r}={n}"))
             .collect();
         let _ = writeln!(s, "packets by outcome: {}", reasons.join(" "));
+        for r in &self.steering {
+            let _ = writeln!(
+                s,
+                "steer {}: from {} out of {} (via {} outside {}): {} packets, {} bytes",
+                r.id, r.source, r.interface, r.gateway, r.subnet, r.packets, r.bytes
+            );
+        }
         let _ = writeln!(
             s,
             "table memory: {} KiB for {} mappings ({:.0} bytes per mapping)",

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod config;
 pub mod dataplane;
+pub mod host;
 pub mod metrics;
 
 /// The compiled eBPF object (empty when built without bpf-linker; see build.rs).

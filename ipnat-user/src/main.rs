@@ -220,9 +220,12 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Down { pin_path } => {
-            let links = ipnat::dataplane::down(&pin_path)?;
-            for l in &links {
+            let removed = ipnat::dataplane::down(&pin_path)?;
+            for l in &removed.links {
                 println!("detached {} from {}", l.hook, l.iface);
+            }
+            for (key, value) in &removed.restored {
+                println!("restored {key} = {value}");
             }
             println!("removed {}", pin_path.display());
             Ok(())
@@ -368,6 +371,7 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
     let mut config = config;
     rt.block_on(async {
         let mut tick = tokio::time::interval(Duration::from_secs(stats_interval.max(1)));
+        let mut neighbours = tokio::time::interval(Duration::from_secs(20));
         loop {
             tokio::select! {
                 _ = int.recv() => break,
@@ -385,6 +389,7 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
                     }
                 },
                 _ = tick.tick(), if stats_interval > 0 => print!("{}", dp.tables.snapshot()?.render()),
+                _ = neighbours.tick(), if !config.steering.is_empty() => resolve_gateways(&config),
             }
         }
         Ok::<(), anyhow::Error>(())
@@ -399,10 +404,45 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Asks the kernel to resolve (or refresh) the steering gateways' MAC addresses, so that
+/// steered packets find them: the data path's own redirects do not keep neighbours alive.
+fn resolve_gateways(config: &Config) {
+    for r in &config.steering {
+        let result = ipnat::dataplane::ifindex(&r.interface)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+            .and_then(|ifindex| ipnat::host::resolve_neighbour(ifindex, r.gateway));
+        if let Err(e) = result {
+            warn!(gateway = %r.gateway, interface = %r.interface, "could not ask for the gateway's MAC address: {e}");
+        }
+    }
+}
+
 /// Writes the config's tables and settings.
 fn apply_config(dp: &mut Dataplane, config: &Config) -> Result<()> {
+    let mut rules = Vec::new();
+    for (i, r) in config.steering.iter().enumerate() {
+        let ifindex = ipnat::dataplane::ifindex(&r.interface)
+            .with_context(|| format!("steer[{i}].interface"))?;
+        rules.push((r.clone(), ifindex));
+    }
     dp.tables.apply(&config.mappings)?;
+    dp.tables.apply_steering(&rules)?;
+    resolve_gateways(config);
     dp.tables.set_fast_path(config.fast_path)?;
+    if !config.steering.is_empty() {
+        let mut ifaces: Vec<String> = config
+            .steering
+            .iter()
+            .map(|r| r.interface.clone())
+            .collect();
+        ifaces.sort();
+        ifaces.dedup();
+        for (key, old) in
+            ipnat::host::loosen_rp_filter(&ifaces, &ipnat::host::state_path(&config.pin_path))?
+        {
+            warn!(%key, old = %old, "reverse-path filtering was strict: set to loose (2) so that replies to steered sources are accepted; `ipnat down` restores it");
+        }
+    }
     Ok(())
 }
 

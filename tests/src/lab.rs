@@ -215,6 +215,9 @@ pub struct Ipnat {
     child: Option<Child>,
     pub pin_path: PathBuf,
     config_path: PathBuf,
+    /// The network namespace `ipnat run` runs in (`ipnat down` must run there too: it puts
+    /// back that namespace's settings).
+    netns_path: Option<String>,
 }
 
 impl Ipnat {
@@ -228,6 +231,7 @@ impl Ipnat {
             child: None,
             pin_path: PathBuf::from(pin_path),
             config_path,
+            netns_path: None,
         };
         if let Ok(mut pins) = PINS.lock() {
             pins.push(me.pin_path.clone());
@@ -249,6 +253,7 @@ impl Ipnat {
             );
         }
         std::fs::write(&self.config_path, config)?;
+        self.netns_path = Some(ns.path());
         let mut cmd = ns.command(bin.to_str().context("binary path")?);
         // SAFETY: pre_exec only calls sigprocmask, which is async-signal-safe. A caller that
         // blocked SIGINT/SIGTERM to handle them itself must not pass that mask on to ipnat.
@@ -334,7 +339,13 @@ impl Ipnat {
 
     /// `ipnat down` for this instance's pin path: (exit status, stdout + stderr).
     pub fn down(&self) -> Result<(std::process::ExitStatus, String)> {
-        let out = std::process::Command::new(ipnat_bin())
+        let mut cmd = std::process::Command::new("nsenter");
+        if let Some(ns) = &self.netns_path {
+            cmd.arg(format!("--net={ns}"));
+        }
+        let out = cmd
+            .arg("--")
+            .arg(ipnat_bin())
             .args(["down", "--pin-path"])
             .arg(&self.pin_path)
             .output()?;
@@ -373,7 +384,7 @@ impl Drop for Ipnat {
             let _ = self.terminate();
         }
         let _ = std::fs::remove_file(&self.config_path);
-        if self.pin_path.exists() {
+        if self.pin_path.exists() && self.down().map(|(s, _)| !s.success()).unwrap_or(true) {
             let _ = ipnat::dataplane::down(&self.pin_path);
         }
     }
@@ -587,5 +598,87 @@ impl OneNicLab {
              [[mapping]]\npublic = \"{EIP}\"\nprivate = \"{BACKEND}\"\n"
         );
         Ipnat::start(&self.gw, &config, &pin)
+    }
+}
+
+/// A VPC like the clouds': a router (`vpc`) that drops packets whose source does not belong to
+/// the NIC they arrive on, an internet host behind it, and an instance with two NICs in two
+/// subnets: eth0 (10.0.0.10, the default route) and eth1 (10.0.1.20, with secondary addresses
+/// 10.0.1.21 and 10.0.1.22).
+pub struct SteerLab {
+    pub inet: Netns,
+    pub vpc: Netns,
+    pub inst: Netns,
+}
+
+pub const INST_ETH0: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
+pub const INST_ETH1: [Ipv4Addr; 3] = [
+    Ipv4Addr::new(10, 0, 1, 20),
+    Ipv4Addr::new(10, 0, 1, 21),
+    Ipv4Addr::new(10, 0, 1, 22),
+];
+
+impl SteerLab {
+    /// `rp_filter`: the instance's reverse-path filtering (1 strict, 2 loose) on all its
+    /// interfaces.
+    pub fn new(rp_filter: u8) -> Result<Self> {
+        let lab = Self {
+            inet: Netns::new("inet")?,
+            vpc: Netns::new("vpc")?,
+            inst: Netns::new("inst")?,
+        };
+        veth(&lab.inet, "eth0", &lab.vpc, "inet0")?;
+        veth(&lab.inst, "eth0", &lab.vpc, "v0")?;
+        veth(&lab.inst, "eth1", &lab.vpc, "v1")?;
+        lab.inet
+            .ip(&["addr", "add", "203.0.113.10/24", "dev", "eth0"])?;
+        lab.inet
+            .ip(&["route", "add", "default", "via", "203.0.113.1"])?;
+        for (dev, addr) in [
+            ("inet0", "203.0.113.1/24"),
+            ("v0", "10.0.0.1/24"),
+            ("v1", "10.0.1.1/24"),
+        ] {
+            lab.vpc.ip(&["addr", "add", addr, "dev", dev])?;
+            ethtool_tx_off(&lab.vpc, dev)?;
+        }
+        lab.vpc.sysctl("net.ipv4.ip_forward", "1")?;
+        // The cloud's source check: a NIC may only send its own addresses.
+        lab.vpc.run(
+            "nft",
+            &["add table inet cloud; \
+               add chain inet cloud srccheck { type filter hook forward priority 0; }; \
+               add rule inet cloud srccheck iifname \"v0\" ip saddr != 10.0.0.10 counter drop; \
+               add rule inet cloud srccheck iifname \"v1\" ip saddr != { 10.0.1.20, 10.0.1.21, 10.0.1.22 } counter drop"],
+        )?;
+        lab.inst
+            .ip(&["addr", "add", &format!("{INST_ETH0}/24"), "dev", "eth0"])?;
+        for a in INST_ETH1 {
+            lab.inst
+                .ip(&["addr", "add", &format!("{a}/24"), "dev", "eth1"])?;
+        }
+        lab.inst
+            .ip(&["route", "add", "default", "via", "10.0.0.1", "dev", "eth0"])?;
+        for conf in ["all", "default", "eth0", "eth1"] {
+            lab.inst.sysctl(
+                &format!("net.ipv4.conf.{conf}.rp_filter"),
+                &rp_filter.to_string(),
+            )?;
+        }
+        ethtool_tx_off(&lab.inst, "eth0")?;
+        ethtool_tx_off(&lab.inst, "eth1")?;
+        ethtool_tx_off(&lab.inet, "eth0")?;
+        Ok(lab)
+    }
+
+    /// `ipnat run` on the instance, steering eth1's addresses out of eth1.
+    pub fn start_ipnat(&self) -> Result<Ipnat> {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let pin = format!("/sys/fs/bpf/ipnat-steer-{}-{n}", std::process::id());
+        let config = format!(
+            "pin_path = \"{pin}\"\n\n[[interface]]\nname = \"eth0\"\n\n[[interface]]\nname = \"eth1\"\n\n\
+             [[steer]]\nsource = \"10.0.1.20/30\"\ninterface = \"eth1\"\ngateway = \"10.0.1.1\"\nsubnet = \"10.0.1.0/24\"\n"
+        );
+        Ipnat::start(&self.inst, &config, &pin)
     }
 }

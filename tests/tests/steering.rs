@@ -1,0 +1,161 @@
+//! Source-based steering in a simulated VPC whose router drops packets a NIC does not own:
+//! sockets bound to eth1's addresses reach the internet only when their packets leave by eth1,
+//! which ipnat does without any `ip rule`.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    time::Duration,
+};
+
+use ipnat_tests::{
+    lab::{INST_ETH0, INST_ETH1, SteerLab, tcp_exchange_from},
+    netns::{Netns, require_root},
+};
+
+const INET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+
+/// A UDP datagram from `bind` in `client` to INET, echoed by a server there.
+fn udp_from(lab: &SteerLab, bind: Ipv4Addr, port: u16) -> std::io::Result<SocketAddr> {
+    let server = lab
+        .inet
+        .within(move || Ok(UdpSocket::bind((INET, port))?))
+        .unwrap();
+    server.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let echo = std::thread::spawn(move || -> std::io::Result<SocketAddr> {
+        let mut buf = [0u8; 64];
+        let (n, peer) = server.recv_from(&mut buf)?;
+        server.send_to(&buf[..n], peer)?;
+        Ok(peer)
+    });
+    let sent = lab
+        .inst
+        .within(move || {
+            let s = UdpSocket::bind((bind, 0))?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            s.send_to(b"steer me", (INET, port))?;
+            let mut buf = [0u8; 64];
+            Ok(s.recv_from(&mut buf).map(|(n, _)| n))
+        })
+        .unwrap();
+    let peer = echo.join().unwrap();
+    sent?;
+    peer
+}
+
+fn ping_from(ns: &Netns, bind: Ipv4Addr) -> bool {
+    ns.run(
+        "ping",
+        &[
+            "-c",
+            "1",
+            "-W",
+            "2",
+            "-I",
+            &bind.to_string(),
+            &INET.to_string(),
+        ],
+    )
+    .is_ok()
+}
+
+fn rp_filter(lab: &SteerLab, iface: &str) -> String {
+    let out = lab
+        .inst
+        .run(
+            "sysctl",
+            &["-n", &format!("net.ipv4.conf.{iface}.rp_filter")],
+        )
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn check(rp: u8) {
+    require_root();
+    let lab = SteerLab::new(rp).unwrap();
+    // Without ipnat: eth1's addresses leave by eth0 (the default route) and the VPC drops them.
+    assert!(
+        udp_from(&lab, INST_ETH1[1], 7001).is_err(),
+        "the VPC must drop it"
+    );
+    assert!(!ping_from(&lab.inst, INST_ETH1[1]));
+
+    let mut ipnat = lab.start_ipnat().unwrap();
+    for (i, &addr) in INST_ETH1.iter().enumerate() {
+        let peer = udp_from(&lab, addr, 7010 + i as u16).unwrap();
+        assert_eq!(
+            peer.ip(),
+            std::net::IpAddr::V4(addr),
+            "the internet sees {addr}"
+        );
+        let x = tcp_exchange_from(
+            &lab.inst,
+            Some(addr),
+            &lab.inet,
+            INET,
+            8500 + i as u16,
+            b"tcp",
+            50_000,
+        )
+        .unwrap();
+        assert_eq!(x.server_saw_peer.ip(), std::net::IpAddr::V4(addr));
+        assert_eq!(x.response.len(), 3 + 50_000);
+        assert!(ping_from(&lab.inst, addr), "ping from {addr}");
+    }
+    // eth0's own traffic, and unbound sockets, keep working.
+    let peer = udp_from(&lab, INST_ETH0, 7020).unwrap();
+    assert_eq!(peer.ip(), std::net::IpAddr::V4(INST_ETH0));
+    assert!(ping_from(&lab.inst, INST_ETH0));
+    // No ip rule was added; the rule's counter saw the packets.
+    let rules = lab.inst.ip(&["rule", "show"]).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&rules.stdout).lines().count(),
+        3,
+        "only the default rules"
+    );
+    let stats = ipnat.stats_json().unwrap();
+    let steered = stats["steering"][0]["packets"].as_u64().unwrap();
+    assert!(steered >= 9, "{stats}");
+    assert_eq!(stats["reasons"]["steered"].as_u64().unwrap(), steered);
+
+    // Strict reverse-path filtering would drop the replies on eth1: ipnat made it loose there
+    // and puts it back on `ipnat down`; a loose host is left alone.
+    let status = ipnat::dataplane::status(&ipnat.pin_path).unwrap();
+    if rp == 1 {
+        assert_eq!(rp_filter(&lab, "eth1"), "2");
+        assert_eq!(
+            status
+                .host_changes
+                .get("net.ipv4.conf.eth1.rp_filter")
+                .map(String::as_str),
+            Some("1"),
+            "{status:?}"
+        );
+    } else {
+        assert!(status.host_changes.is_empty(), "{status:?}");
+    }
+    assert_eq!(rp_filter(&lab, "eth0"), rp.to_string(), "eth0 untouched");
+    ipnat.stop().unwrap();
+    let (ok, out) = ipnat.down().unwrap();
+    assert!(ok.success(), "{out}");
+    assert_eq!(rp_filter(&lab, "eth1"), rp.to_string(), "restored: {out}");
+    if rp == 1 {
+        assert!(
+            out.contains("restored net.ipv4.conf.eth1.rp_filter = 1"),
+            "{out}"
+        );
+    }
+    assert!(
+        udp_from(&lab, INST_ETH1[1], 7030).is_err(),
+        "gone with ipnat"
+    );
+}
+
+#[test]
+fn steering_on_a_strict_rp_filter_host() {
+    check(1);
+}
+
+#[test]
+fn steering_on_a_loose_rp_filter_host() {
+    check(2);
+}
