@@ -4,6 +4,7 @@ pub mod bench;
 pub mod config;
 pub mod dataplane;
 pub mod host;
+pub mod import;
 pub mod metrics;
 
 /// The compiled eBPF object (empty when built without bpf-linker; see build.rs).

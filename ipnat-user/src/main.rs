@@ -73,6 +73,15 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         json_out: Option<PathBuf>,
     },
+    /// Turn rc.local / shell scripts with `ip rule`, `ip route`, `ip addr` and `ifconfig` lines,
+    /// `ip rule`/`ip route` output and `ifcfg-ethX:N` files into the equivalent ipnat config
+    /// (printed on stdout). Every line not converted is reported on stderr with its line
+    /// number and why; the exit status is 2 when any was.
+    Import {
+        /// Files to read (`-` for standard input).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Detach everything `ipnat run` attached and remove its pins (stop `ipnat run` first).
     Down {
         /// The pin directory of the data plane.
@@ -216,6 +225,34 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", report.render());
+            }
+            Ok(())
+        }
+        Command::Import { files } => {
+            let mut texts = Vec::new();
+            for f in &files {
+                let text = if f.as_os_str() == "-" {
+                    std::io::read_to_string(std::io::stdin())?
+                } else {
+                    std::fs::read_to_string(f)
+                        .with_context(|| format!("reading {}", f.display()))?
+                };
+                texts.push((f.display().to_string(), text));
+            }
+            let inputs: Vec<ipnat::import::Input> = texts
+                .iter()
+                .map(|(name, text)| ipnat::import::Input { name, text })
+                .collect();
+            let out = ipnat::import::import(&inputs);
+            print!("{}", out.render());
+            for s in &out.skipped {
+                eprintln!(
+                    "{}:{}: not converted: {}: {}",
+                    s.file, s.line, s.text, s.why
+                );
+            }
+            if !out.skipped.is_empty() {
+                std::process::exit(2);
             }
             Ok(())
         }

@@ -159,3 +159,64 @@ fn steering_on_a_strict_rp_filter_host() {
 fn steering_on_a_loose_rp_filter_host() {
     check(2);
 }
+
+#[test]
+fn an_imported_rc_local_gives_the_same_reachability_without_ip_rules() {
+    require_root();
+    let lab = SteerLab::new(2).unwrap();
+    let recipe = "#!/bin/sh -e\n\
+        # rc.local: the secondary NIC's addresses leave by eth1\n\
+        ip route add default via 10.0.1.1 dev eth1 table 1001\n\
+        ip route add 10.0.1.0/24 dev eth1 table 1001\n\
+        ip rule add from 10.0.1.20 lookup 1001\n\
+        ip rule add from 10.0.1.21 lookup 1001\n\
+        ip rule add from 10.0.1.22 lookup 1001\n\
+        logger \"routes set\"\n\
+        exit 0\n";
+    let reach = |port: u16| -> Vec<bool> {
+        INST_ETH1
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| udp_from(&lab, a, port + i as u16).is_ok())
+            .collect()
+    };
+    // The recipe itself, with ip rules.
+    for line in recipe.lines().filter(|l| l.starts_with("ip ")) {
+        let args: Vec<&str> = line.split_whitespace().skip(1).collect();
+        lab.inst.ip(&args).unwrap();
+    }
+    assert_eq!(reach(7100), [true; 3], "the recipe works");
+    for a in INST_ETH1 {
+        lab.inst
+            .ip(&["rule", "del", "from", &a.to_string(), "lookup", "1001"])
+            .unwrap();
+    }
+    lab.inst.ip(&["route", "flush", "table", "1001"]).unwrap();
+    assert_eq!(reach(7110), [false; 3], "and without it nothing does");
+
+    // ipnat import: the config, and the lines it did not convert, by number.
+    let file = std::env::temp_dir().join(format!("rc.local-{}", std::process::id()));
+    std::fs::write(&file, recipe).unwrap();
+    let out = std::process::Command::new(ipnat_tests::lab::ipnat_bin())
+        .arg("import")
+        .arg(&file)
+        .output()
+        .unwrap();
+    std::fs::remove_file(&file).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(":8: not converted: logger"), "{stderr}");
+    assert!(stderr.contains(":9: not converted: exit 0"), "{stderr}");
+    let config = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(config.matches("[[steer]]").count(), 3, "{config}");
+    let pin = format!("/sys/fs/bpf/ipnat-import-{}", std::process::id());
+    let full = format!("pin_path = \"{pin}\"\n[[interface]]\nname = \"eth0\"\n\n{config}");
+    let _ipnat = ipnat_tests::lab::Ipnat::start(&lab.inst, &full, &pin).unwrap();
+    assert_eq!(
+        reach(7120),
+        [true; 3],
+        "the imported config gives the same reachability"
+    );
+    let rules = lab.inst.ip(&["rule", "show"]).unwrap();
+    assert_eq!(String::from_utf8_lossy(&rules.stdout).lines().count(), 3);
+}
