@@ -214,18 +214,17 @@ fn parse_line(words: &[&str]) -> Parsed {
     if first.ends_with(':') && first[..first.len() - 1].parse::<u32>().is_ok() {
         return rule(&words[1..]);
     }
-    let (ip, rest) = match first {
-        "ip" | "/sbin/ip" | "/usr/sbin/ip" | "/bin/ip" | "/usr/bin/ip" => ("ip", &words[1..]),
+    let rest = match first {
+        "ip" | "/sbin/ip" | "/usr/sbin/ip" | "/bin/ip" | "/usr/bin/ip" => &words[1..],
         "ifconfig" | "/sbin/ifconfig" => return ifconfig(&words[1..]),
-        "default" => return route(&words[..], "main"),
-        _ if parse_net(first).is_some() => return route(&words[..], "main"),
+        "default" => return route(words, "main"),
+        _ if parse_net(first).is_some() => return route(words, "main"),
         _ => {
             return unsupported(
                 "not an ip/ifconfig command or their output: ipnat leaves it to you",
             );
         }
     };
-    let _ = ip;
     let rest: Vec<&str> = rest
         .iter()
         .copied()
