@@ -10,14 +10,15 @@
 
 use core::mem::size_of;
 
+use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
-        BPF_FIB_LOOKUP_SKIP_NEIGH, bpf_fib_lookup as FibParams,
+        BPF_FIB_LOOKUP_OUTPUT, BPF_FIB_LOOKUP_SKIP_NEIGH, bpf_fib_lookup as FibParams,
     },
     helpers::generated::bpf_fib_lookup,
 };
-use ipnat_common::Reason;
+use ipnat_common::{FLAG_STEER, Reason, SteerTarget};
 
 use crate::{
     nat::{self, Dir, ETH_HLEN, Hdr, Verdict},
@@ -80,6 +81,32 @@ pub fn fib<P: Packet>(
     }
 }
 
+/// The steering rule for `src` (id 0: none), as plain values (see `gateway`'s note on
+/// `Option`s).
+#[inline(always)]
+pub fn steering(src: u32, flags: u32) -> SteerTarget {
+    if flags & FLAG_STEER == 0 {
+        return SteerTarget::default();
+    }
+    match crate::IPNAT_STEER.get(&Key::new(32, src)) {
+        Some(t) => core::hint::black_box(*t),
+        None => core::hint::black_box(SteerTarget::default()),
+    }
+}
+
+/// Counts one packet of `bytes` on steering rule `id`.
+#[inline(always)]
+pub fn count_steer(id: u32, bytes: u64) {
+    use core::intrinsics::{AtomicOrdering, atomic_xadd};
+    if let Some(c) = crate::IPNAT_STEER_CNT.get_ptr_mut(id) {
+        // SAFETY: the array value lives as long as the map; atomics because CPUs share it.
+        unsafe {
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*c).packets, 1);
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*c).bytes, bytes);
+        }
+    }
+}
+
 /// The slow path: destination translated before the kernel routes, source left to TC egress.
 /// `declined` is why the fast path did not take a packet that a mapping applies to.
 #[inline(always)]
@@ -126,22 +153,54 @@ pub fn gateway<P: Packet>(p: &mut P, ingress: u32, flags: u32, xdp: bool) -> (Re
     if h.ttl <= 1 {
         return slow(p, &h, dnat, flags, Reason::SlowTtl);
     }
-    // Reverse path: the route back to the source must leave by the interface it came in on.
-    let back = fib(
-        p,
-        ingress,
-        h.dst,
-        h.src,
-        h.tos,
-        0,
-        BPF_FIB_LOOKUP_SKIP_NEIGH,
-    );
-    if back.rc != BPF_FIB_LKUP_RET_SUCCESS as i64 || back.ifindex != ingress {
+    // Reverse path: the replies to this packet must leave by the interface it came in on.
+    // They will carry its destination as their source: when that is steered, they leave by
+    // the steering rule's interface; otherwise by the route back to its source.
+    let steer_back = steering(h.dst, flags);
+    let back_ok = if steer_back.id != 0 {
+        steer_back.ifindex == ingress
+    } else {
+        let back = fib(
+            p,
+            ingress,
+            h.dst,
+            h.src,
+            h.tos,
+            0,
+            BPF_FIB_LOOKUP_SKIP_NEIGH,
+        );
+        back.rc == BPF_FIB_LKUP_RET_SUCCESS as i64 && back.ifindex == ingress
+    };
+    if !back_ok {
         return slow(p, &h, dnat, flags, Reason::SlowSpoofed);
     }
     let new_src = snat.map_or(h.src, |t| t.addr);
     let new_dst = dnat.map_or(h.dst, |t| t.addr);
-    let out = fib(p, ingress, new_src, new_dst, h.tos, h.tot_len, 0);
+    // Source-based steering of the translated packet: out of the rule's interface, to the
+    // destination when it is on that interface's subnet, else to the rule's gateway.
+    let steer = steering(new_src, flags);
+    let out = if steer.id != 0 {
+        let nexthop = if new_dst & steer.mask == steer.subnet {
+            new_dst
+        } else {
+            steer.gateway
+        };
+        let f = fib(
+            p,
+            steer.ifindex,
+            new_src,
+            nexthop,
+            h.tos,
+            h.tot_len,
+            BPF_FIB_LOOKUP_OUTPUT,
+        );
+        if f.ifindex != steer.ifindex {
+            return slow(p, &h, dnat, flags, Reason::SlowNoRoute);
+        }
+        f
+    } else {
+        fib(p, ingress, new_src, new_dst, h.tos, h.tot_len, 0)
+    };
     let neigh = if out.rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
         false
     } else if out.rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
@@ -177,6 +236,9 @@ pub fn gateway<P: Packet>(p: &mut P, ingress: u32, flags: u32, xdp: bool) -> (Re
     let new = u16::from_ne_bytes([h.ttl - 1, h.proto]);
     if p.replace_l3_u16(h.ip_off, h.ip_off + 8, old, new).is_err() {
         return (Reason::DropRewriteFailed, Action::Drop);
+    }
+    if steer.id != 0 {
+        count_steer(steer.id, p.frame_len());
     }
     if neigh {
         return (

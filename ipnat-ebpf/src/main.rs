@@ -243,7 +243,10 @@ fn try_ipnat_tc_egress(ctx: &TcContext) -> Result<i32, ()> {
 fn steer(ctx: &TcContext) -> Option<i32> {
     let p = pkt::Tc(ctx);
     let h = nat::parse(&p).ok()?;
-    let t = IPNAT_STEER.get(&aya_ebpf::maps::lpm_trie::Key::new(32, h.src))?;
+    let t = fwd::steering(h.src, FLAG_STEER);
+    if t.id == 0 {
+        return None;
+    }
     // SAFETY: reading the context's field.
     let here = unsafe { (*ctx.skb.skb).ifindex };
     if t.ifindex == here {
@@ -255,19 +258,7 @@ fn steer(ctx: &TcContext) -> Option<i32> {
     } else {
         t.gateway
     };
-    if let Some(c) = IPNAT_STEER_CNT.get_ptr_mut(t.id) {
-        // SAFETY: the array value lives as long as the map; atomics because CPUs share it.
-        unsafe {
-            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
-                &raw mut (*c).packets,
-                1,
-            );
-            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
-                &raw mut (*c).bytes,
-                ctx.len() as u64,
-            );
-        }
-    }
+    fwd::count_steer(t.id, ctx.len() as u64);
     count_reason(Reason::Steered);
     // The next hop's MAC address, when the neighbour is known: write the header and redirect.
     let p = pkt::Tc(ctx);

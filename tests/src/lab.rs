@@ -98,7 +98,7 @@ pub fn xdp_pass(ns: &Netns, iface: &'static str) -> Result<aya::Ebpf> {
     })
 }
 
-fn ethtool_tx_off(ns: &Netns, iface: &str) -> Result<()> {
+pub fn ethtool_tx_off(ns: &Netns, iface: &str) -> Result<()> {
     ns.run("ethtool", &["-K", iface, "tx", "off"])
         .context("ethtool is needed to turn checksum offload off (run `cargo xtask setup`)")?;
     Ok(())

@@ -220,3 +220,134 @@ fn an_imported_rc_local_gives_the_same_reachability_without_ip_rules() {
     let rules = lab.inst.ip(&["rule", "show"]).unwrap();
     assert_eq!(String::from_utf8_lossy(&rules.stdout).lines().count(), 3);
 }
+
+/// A gateway with two uplinks: ext0 (the default route) and ext1, whose subnet holds the public
+/// address. The upstream router drops packets from ext1's subnet that arrive from ext0, as a
+/// cloud does for an address that does not belong to the NIC.
+struct TwoUplinks {
+    inet: Netns,
+    up: Netns,
+    gw: Netns,
+    backend: Netns,
+    _peers: Vec<aya::Ebpf>,
+}
+
+const PUBLIC: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
+
+impl TwoUplinks {
+    fn new() -> Self {
+        use ipnat_tests::{lab::ethtool_tx_off, lab::xdp_pass, netns::veth};
+        let t = |n: &str| Netns::new(n).unwrap();
+        let (inet, up, gw, backend) = (t("inet"), t("up"), t("gw2"), t("be"));
+        veth(&inet, "eth0", &up, "i0").unwrap();
+        veth(&up, "u0", &gw, "ext0").unwrap();
+        veth(&up, "u1", &gw, "ext1").unwrap();
+        veth(&gw, "int0", &backend, "eth0").unwrap();
+        let ip = |ns: &Netns, args: &str| {
+            ns.ip(&args.split_whitespace().collect::<Vec<_>>()).unwrap();
+        };
+        ip(&inet, "addr add 192.0.2.10/24 dev eth0");
+        ip(&inet, "route add default via 192.0.2.1");
+        ip(&up, "addr add 192.0.2.1/24 dev i0");
+        ip(&up, "addr add 203.0.113.254/24 dev u0");
+        ip(&up, "addr add 198.18.0.254/24 dev u1");
+        ip(&gw, "addr add 203.0.113.1/24 dev ext0");
+        ip(&gw, "addr add 198.18.0.1/24 dev ext1");
+        ip(&gw, "addr add 198.18.0.10/24 dev ext1");
+        ip(&gw, "addr add 10.0.1.1/24 dev int0");
+        ip(&gw, "route add default via 203.0.113.254");
+        ip(&backend, "addr add 10.0.1.10/24 dev eth0");
+        ip(&backend, "route add default via 10.0.1.1");
+        up.sysctl("net.ipv4.ip_forward", "1").unwrap();
+        gw.sysctl("net.ipv4.ip_forward", "1").unwrap();
+        up.run(
+            "nft",
+            &["add table inet cloud; \
+               add chain inet cloud srccheck { type filter hook forward priority 0; }; \
+               add rule inet cloud srccheck iifname \"u0\" ip saddr 198.18.0.0/24 counter drop"],
+        )
+        .unwrap();
+        for (ns, dev) in [
+            (&inet, "eth0"),
+            (&up, "i0"),
+            (&up, "u0"),
+            (&up, "u1"),
+            (&gw, "ext0"),
+            (&gw, "ext1"),
+            (&gw, "int0"),
+            (&backend, "eth0"),
+        ] {
+            ethtool_tx_off(ns, dev).unwrap();
+        }
+        // XDP_REDIRECT into a veth needs an XDP program on its peer.
+        let peers = vec![
+            xdp_pass(&up, "u0").unwrap(),
+            xdp_pass(&up, "u1").unwrap(),
+            xdp_pass(&backend, "eth0").unwrap(),
+        ];
+        Self {
+            inet,
+            up,
+            gw,
+            backend,
+            _peers: peers,
+        }
+    }
+
+    fn config(&self, pin: &str, steer: bool) -> String {
+        let mut c = format!(
+            "pin_path = \"{pin}\"\n\
+             [[interface]]\nname = \"ext0\"\n[[interface]]\nname = \"ext1\"\n[[interface]]\nname = \"int0\"\n\
+             [[mapping]]\npublic = \"{PUBLIC}\"\nprivate = \"10.0.1.10\"\n"
+        );
+        if steer {
+            c.push_str(
+                "[[steer]]\nsource = \"198.18.0.10\"\ninterface = \"ext1\"\ngateway = \"198.18.0.254\"\nsubnet = \"198.18.0.0/24\"\n",
+            );
+        }
+        c
+    }
+}
+
+#[test]
+fn the_fast_path_steers_translated_replies_out_of_the_uplink_that_owns_the_public_address() {
+    require_root();
+    let lab = TwoUplinks::new();
+    let pin = format!("/sys/fs/bpf/ipnat-uplinks-{}", std::process::id());
+    let inet = Ipv4Addr::new(192, 0, 2, 10);
+    {
+        // Without steering the replies leave by the default route, ext0, and are dropped.
+        let _ipnat =
+            ipnat_tests::lab::Ipnat::start(&lab.gw, &lab.config(&pin, false), &pin).unwrap();
+        assert!(
+            tcp_exchange_from(&lab.inet, None, &lab.backend, PUBLIC, 8600, b"x", 10).is_err(),
+            "replies through ext0 must be dropped upstream"
+        );
+    }
+    let ipnat = ipnat_tests::lab::Ipnat::start(&lab.gw, &lab.config(&pin, true), &pin).unwrap();
+    let x = tcp_exchange_from(
+        &lab.inet,
+        None,
+        &lab.backend,
+        PUBLIC,
+        8601,
+        b"steered",
+        100_000,
+    )
+    .unwrap();
+    assert_eq!(x.server_saw_peer.ip(), std::net::IpAddr::V4(inet));
+    assert_eq!(x.client_saw_peer.ip(), std::net::IpAddr::V4(PUBLIC));
+    assert_eq!(x.response.len(), 7 + 100_000);
+    let stats = ipnat.stats_json().unwrap();
+    let r = &stats["reasons"];
+    assert!(r["forwarded"].as_u64().unwrap() > 20, "{stats}");
+    assert_eq!(r["slow_spoofed"], 0, "{stats}");
+    // Every reply was steered by the fast path, and counted on the rule.
+    assert_eq!(
+        stats["steering"][0]["packets"], stats["mappings"][0]["snat_packets"],
+        "{stats}"
+    );
+    // (No count of what the kernel forwarded here: the backend keeps retransmitting for the
+    // first, failed connection, and the kernel forwards that while no ipnat runs.)
+    let _ = &lab.up;
+}
