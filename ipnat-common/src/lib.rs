@@ -44,7 +44,7 @@ pub struct PrefixTarget {
 }
 
 /// Capacity of the steering table.
-pub const MAX_STEER_RULES: u32 = 4096;
+pub const MAX_STEER_RULES: u32 = 65_536;
 
 /// Value of the steering table (an LPM trie keyed by source prefix): where packets from that
 /// source leave. An LPM trie replaces a node whole (RCU), so a reader never sees a mix of an

@@ -8,7 +8,7 @@ use std::{
 };
 
 use ipnat_tests::{
-    lab::{INST_ETH0, INST_ETH1, SteerLab, tcp_exchange_from},
+    lab::{INST_ETH0, SteerLab, tcp_exchange_from},
     netns::{Netns, require_root},
 };
 
@@ -69,18 +69,18 @@ fn rp_filter(lab: &SteerLab, iface: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-fn check(rp: u8) {
+fn check(rp: u8, same_subnet: bool) {
     require_root();
-    let lab = SteerLab::new(rp).unwrap();
+    let lab = SteerLab::new(rp, same_subnet).unwrap();
     // Without ipnat: eth1's addresses leave by eth0 (the default route) and the VPC drops them.
     assert!(
-        udp_from(&lab, INST_ETH1[1], 7001).is_err(),
+        udp_from(&lab, lab.eth1[1], 7001).is_err(),
         "the VPC must drop it"
     );
-    assert!(!ping_from(&lab.inst, INST_ETH1[1]));
+    assert!(!ping_from(&lab.inst, lab.eth1[1]));
 
     let mut ipnat = lab.start_ipnat().unwrap();
-    for (i, &addr) in INST_ETH1.iter().enumerate() {
+    for (i, &addr) in lab.eth1.iter().enumerate() {
         let peer = udp_from(&lab, addr, 7010 + i as u16).unwrap();
         assert_eq!(
             peer.ip(),
@@ -145,25 +145,35 @@ fn check(rp: u8) {
         );
     }
     assert!(
-        udp_from(&lab, INST_ETH1[1], 7030).is_err(),
+        udp_from(&lab, lab.eth1[1], 7030).is_err(),
         "gone with ipnat"
     );
 }
 
 #[test]
 fn steering_on_a_strict_rp_filter_host() {
-    check(1);
+    check(1, false);
 }
 
 #[test]
 fn steering_on_a_loose_rp_filter_host() {
-    check(2);
+    check(2, false);
+}
+
+#[test]
+fn steering_with_both_nics_in_one_subnet_strict_rp_filter() {
+    check(1, true);
+}
+
+#[test]
+fn steering_with_both_nics_in_one_subnet_loose_rp_filter() {
+    check(2, true);
 }
 
 #[test]
 fn an_imported_rc_local_gives_the_same_reachability_without_ip_rules() {
     require_root();
-    let lab = SteerLab::new(2).unwrap();
+    let lab = SteerLab::new(2, false).unwrap();
     let recipe = "#!/bin/sh -e\n\
         # rc.local: the secondary NIC's addresses leave by eth1\n\
         ip route add default via 10.0.1.1 dev eth1 table 1001\n\
@@ -174,7 +184,7 @@ fn an_imported_rc_local_gives_the_same_reachability_without_ip_rules() {
         logger \"routes set\"\n\
         exit 0\n";
     let reach = |port: u16| -> Vec<bool> {
-        INST_ETH1
+        lab.eth1
             .iter()
             .enumerate()
             .map(|(i, &a)| udp_from(&lab, a, port + i as u16).is_ok())
@@ -186,7 +196,7 @@ fn an_imported_rc_local_gives_the_same_reachability_without_ip_rules() {
         lab.inst.ip(&args).unwrap();
     }
     assert_eq!(reach(7100), [true; 3], "the recipe works");
-    for a in INST_ETH1 {
+    for a in lab.eth1 {
         lab.inst
             .ip(&["rule", "del", "from", &a.to_string(), "lookup", "1001"])
             .unwrap();

@@ -58,8 +58,9 @@ enum Task {
     /// Set up, build, then show ipnat at work in a simulated cloud made of network namespaces.
     Lab,
     /// Set up, build (release), then run `ipnat bench ARGS` (per-packet cost; see `ipnat bench
-    /// --help`) and the forwarding benchmark (`--forward` then its arguments: --rounds N,
-    /// --secs S, --flows 1,1000,100000), writing their reports to docs/benchmarks/.
+    /// --help`), the forwarding benchmark (`--forward` then its arguments: --rounds N, --secs S,
+    /// --flows 1,1000,100000) and the steering benchmark (`--steer` then --rounds N, --secs S,
+    /// --sources 1,100,1000,10000), writing their reports to docs/benchmarks/.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -362,26 +363,35 @@ fn bench(args: &[String]) -> Result<()> {
     let release = target_dir().join("release");
     let dir = workspace_root().join("docs/benchmarks");
     std::fs::create_dir_all(&dir)?;
-    // `--forward ARGS...` after the per-packet arguments goes to the forwarding benchmark.
-    let split = args.iter().position(|a| a == "--forward");
-    let (per_packet, forward) = match split {
-        Some(i) => (&args[..i], &args[i + 1..]),
-        None => (args, &[][..]),
-    };
+    // `--forward ARGS...` and `--steer ARGS...` after the per-packet arguments go to the
+    // forwarding and the steering benchmarks.
+    let mut sections: [Vec<String>; 3] = Default::default();
+    let mut at = 0;
+    for a in args {
+        match a.as_str() {
+            "--forward" => at = 1,
+            "--steer" => at = 2,
+            _ => sections[at].push(a.clone()),
+        }
+    }
     let json = dir.join("per-packet.json");
-    step(&format!("ipnat bench {}", per_packet.join(" ")));
+    step(&format!("ipnat bench {}", sections[0].join(" ")));
     run(Command::new(release.join("ipnat"))
         .arg("bench")
         .arg("--json-out")
         .arg(&json)
-        .args(per_packet))?;
-    let json = dir.join("forwarding.json");
-    step(&format!("ipnat-fwd-bench {}", forward.join(" ")));
-    run(Command::new(release.join("ipnat-fwd-bench"))
-        .env("IPNAT_BIN", release.join("ipnat"))
-        .arg("--json-out")
-        .arg(&json)
-        .args(forward))?;
+        .args(&sections[0]))?;
+    for (bin, report, extra) in [
+        ("ipnat-fwd-bench", "forwarding.json", &sections[1]),
+        ("ipnat-steer-bench", "steering.json", &sections[2]),
+    ] {
+        step(&format!("{bin} {}", extra.join(" ")));
+        run(Command::new(release.join(bin))
+            .env("IPNAT_BIN", release.join("ipnat"))
+            .arg("--json-out")
+            .arg(dir.join(report))
+            .args(extra))?;
+    }
     println!("reports: {}", dir.display());
     Ok(())
 }
