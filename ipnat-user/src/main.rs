@@ -24,8 +24,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Load the data plane (or adopt the one an earlier run left pinned), attach it to the
-    /// configured interfaces, fill the tables, and run until SIGINT/SIGTERM. SIGHUP reloads
-    /// the config. The data plane stays attached when the controller stops: `ipnat down`
+    /// configured interfaces, fill the tables, and run until SIGINT/SIGTERM. SIGHUP, or a
+    /// change to the config file, reloads the config. The data plane stays attached when the controller stops: `ipnat down`
     /// removes it.
     Run {
         /// Config file (TOML); see ipnat.example.toml.
@@ -406,6 +406,28 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
     }
     info!(mappings = config.mappings.len(), pin_path = %config.pin_path.display(), "ipnat running; SIGHUP reloads the config; SIGINT/SIGTERM stop the controller and leave the data plane running (`ipnat down` removes it)");
     let mut config = config;
+    // Reload on changes to the config file too: watch its directory (editors replace files).
+    let (tx, mut changed) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let name = config_path.file_name().map(|n| n.to_owned());
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev {
+            if ev.paths.iter().any(|p| p.file_name() == name.as_deref()) {
+                let _ = tx.send(());
+            }
+        }
+    })
+    .context("watching the config file")?;
+    let dir = config_path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    if let Err(e) = notify::Watcher::watch(&mut watcher, dir, notify::RecursiveMode::NonRecursive) {
+        warn!(
+            "not watching {} for changes (SIGHUP still reloads): {e}",
+            dir.display()
+        );
+    }
+    let mut last_text = std::fs::read_to_string(config_path).ok();
     rt.block_on(async {
         let mut tick = tokio::time::interval(Duration::from_secs(stats_interval.max(1)));
         let mut neighbours = tokio::time::interval(Duration::from_secs(20));
@@ -413,18 +435,22 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
             tokio::select! {
                 _ = int.recv() => break,
                 _ = term.recv() => break,
-                _ = hup.recv() => match reload(&mut dp, config_path, &config) {
-                    Ok(new) => {
-                        info!(mappings = new.mappings.len(), "reloaded {}", config_path.display());
-                        config = new;
-                        ctl.reloads_ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        ctl.last_apply_unix.store(unix_now(), std::sync::atomic::Ordering::Relaxed);
+                _ = hup.recv() => {
+                    last_text = std::fs::read_to_string(config_path).ok();
+                    do_reload(&mut dp, config_path, &mut config, &ctl);
+                }
+                Some(()) = changed.recv() => {
+                    // Editors write in several steps: let them finish, then reload only when
+                    // the text really changed.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    while changed.try_recv().is_ok() {}
+                    let text = std::fs::read_to_string(config_path).ok();
+                    if text.is_some() && text != last_text {
+                        info!("{} changed", config_path.display());
+                        last_text = text;
+                        do_reload(&mut dp, config_path, &mut config, &ctl);
                     }
-                    Err(e) => {
-                        warn!("reload refused, the data plane keeps its tables: {e:#}");
-                        ctl.reloads_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
-                },
+                }
                 _ = tick.tick(), if stats_interval > 0 => print!("{}", dp.tables.snapshot()?.render()),
                 _ = neighbours.tick(), if !config.steering.is_empty() => resolve_gateways(&config),
             }
@@ -481,6 +507,28 @@ fn apply_config(dp: &mut Dataplane, config: &Config) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Reloads the config file and records the outcome for the metrics.
+fn do_reload(
+    dp: &mut Dataplane,
+    path: &std::path::Path,
+    config: &mut Config,
+    ctl: &ipnat::metrics::ControllerCounters,
+) {
+    use std::sync::atomic::Ordering;
+    match reload(dp, path, config) {
+        Ok(new) => {
+            info!(mappings = new.mappings.len(), "reloaded {}", path.display());
+            *config = new;
+            ctl.reloads_ok.fetch_add(1, Ordering::Relaxed);
+            ctl.last_apply_unix.store(unix_now(), Ordering::Relaxed);
+        }
+        Err(e) => {
+            warn!("reload refused, the data plane keeps its tables: {e:#}");
+            ctl.reloads_failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Re-reads the config file: a valid one is applied (tables and settings; interfaces, the pin

@@ -279,6 +279,15 @@ impl Ipnat {
         self.wait_ready()
     }
 
+    /// Rewrites the config file (ipnat watches it).
+    pub fn rewrite_config(&self, config: &str) -> Result<()> {
+        // Write then rename, as editors and config management do.
+        let tmp = self.config_path.with_extension("tmp");
+        std::fs::write(&tmp, config)?;
+        std::fs::rename(&tmp, &self.config_path)?;
+        Ok(())
+    }
+
     /// Rewrites the config file and sends SIGHUP.
     pub fn reload(&mut self, config: &str) -> Result<()> {
         std::fs::write(&self.config_path, config)?;

@@ -231,6 +231,14 @@ fn sighup_reloads_and_a_bad_config_keeps_the_last_good_table() {
     ipnat.reload(&conflicting).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     wait_for(&ipnat, "10.0.1.13");
+    // No signal needed: a changed file is reloaded, a broken one refused.
+    ipnat
+        .rewrite_config(&lab.config(&pin).replace("10.0.1.11", "10.0.1.14"))
+        .unwrap();
+    wait_for(&ipnat, "10.0.1.14");
+    ipnat.rewrite_config("[[mapping]]\npublic = 1").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    wait_for(&ipnat, "10.0.1.14");
     let (sent, seen, back, odd) = stream.finish();
     assert_complete(sent, &seen, &back, &odd);
 }
