@@ -410,10 +410,10 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
     let (tx, mut changed) = tokio::sync::mpsc::unbounded_channel::<()>();
     let name = config_path.file_name().map(|n| n.to_owned());
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if let Ok(ev) = ev {
-            if ev.paths.iter().any(|p| p.file_name() == name.as_deref()) {
-                let _ = tx.send(());
-            }
+        if let Ok(ev) = ev
+            && ev.paths.iter().any(|p| p.file_name() == name.as_deref())
+        {
+            let _ = tx.send(());
         }
     })
     .context("watching the config file")?;
