@@ -6,7 +6,7 @@
 #![no_std]
 
 /// Version of the map layout below. Bump it whenever a key, value or map changes shape.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Capacity of the one-to-one mapping tables (each direction) as compiled; the controller
 /// resizes them at load time (`max_mappings`).
@@ -155,10 +155,13 @@ pub enum Reason {
     SlowNoRoute = 16,
     /// Steering: a packet from a steered source was sent out of the interface that owns it.
     Steered = 17,
+    /// Fast path: XDP cannot send out of the egress interface (no native XDP there): handed
+    /// untouched to TC ingress, which forwards it.
+    PassToTc = 18,
 }
 
 /// Number of [`Reason`] slots.
-pub const REASON_COUNT: u32 = 18;
+pub const REASON_COUNT: u32 = 19;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -180,6 +183,7 @@ impl Reason {
         Reason::SlowSpoofed,
         Reason::SlowNoRoute,
         Reason::Steered,
+        Reason::PassToTc,
     ];
 
     /// Stable name used by `ipnat stats` and the metrics.
@@ -203,6 +207,7 @@ impl Reason {
             Reason::SlowSpoofed => "slow_spoofed",
             Reason::SlowNoRoute => "slow_no_route",
             Reason::Steered => "steered",
+            Reason::PassToTc => "pass_to_tc",
         }
     }
 }
@@ -218,6 +223,8 @@ pub mod names {
     pub const SETTINGS: &str = "IPNAT_SETTINGS";
     pub const STEER_MAP: &str = "IPNAT_STEER";
     pub const STEER_COUNTERS: &str = "IPNAT_STEER_CNT";
+    pub const XDP_TARGETS: &str = "IPNAT_XDP_TARGETS";
+    pub const TC_GATEWAY_PROGRAM: &str = "ipnat_tc_gateway";
     pub const TC_INGRESS_PROGRAM: &str = "ipnat_tc_ingress";
     pub const XDP_PASS_PROGRAM: &str = "ipnat_xdp_pass";
     pub const BENCH_FLOOR_PROGRAM: &str = "ipnat_bench_floor";

@@ -214,6 +214,11 @@ pub fn gateway<P: Packet>(p: &mut P, ingress: u32, flags: u32, xdp: bool) -> (Re
         return slow(p, &h, dnat, flags, Reason::SlowNoRoute);
     };
 
+    if xdp && crate::IPNAT_XDP_TARGETS.get_ptr(out.ifindex).is_none() {
+        // XDP cannot transmit there: TC ingress forwards it (skb redirects work anywhere).
+        return (Reason::PassToTc, Action::ToTc);
+    }
+
     // Both translations; the first one checks that the L4 checksum field is present, so when
     // it declines (nothing written) the second would too.
     if let Some(t) = dnat {

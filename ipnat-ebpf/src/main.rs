@@ -60,6 +60,10 @@ static IPNAT_STEER: LpmTrie<u32, SteerTarget> =
 /// Per-rule steering counters, indexed by rule id (0 unused).
 #[map(name = "IPNAT_STEER_CNT")]
 static IPNAT_STEER_CNT: Array<SteerCounters> = Array::with_max_entries(MAX_STEER_RULES + 1, 0);
+/// Interfaces XDP may redirect to (ifindex -> 1): those with ipnat's native XDP program. Any
+/// other egress goes through TC.
+#[map(name = "IPNAT_XDP_TARGETS")]
+static IPNAT_XDP_TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
 /// The data plane's settings (one entry).
 #[map(name = "IPNAT_SETTINGS")]
 static IPNAT_SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
@@ -161,6 +165,57 @@ fn mark_for_tc(ctx: &XdpContext) -> Result<(), ()> {
     Ok(())
 }
 
+/// TC ingress doing XDP's job, on an interface without native XDP (the controller attaches it
+/// there instead of `ipnat_xdp` and `ipnat_tc_ingress`).
+#[classifier]
+pub fn ipnat_tc_gateway(ctx: TcContext) -> i32 {
+    match try_ipnat_tc_gateway(&ctx) {
+        Ok(action) => action,
+        Err(()) => TC_ACT_SHOT,
+    }
+}
+
+#[inline(always)]
+fn try_ipnat_tc_gateway(ctx: &TcContext) -> Result<i32, ()> {
+    let flags = flags();
+    if flags & FLAG_FAST_PATH == 0 {
+        let (reason, verdict) = nat::translate(&mut pkt::Tc(ctx), Dir::Dnat, flags);
+        count_reason(reason);
+        return Ok(match verdict {
+            Verdict::Pass => TC_ACT_OK as i32,
+            Verdict::Drop => TC_ACT_SHOT,
+        });
+    }
+    // SAFETY: reading the context's field.
+    let ingress = unsafe { (*ctx.skb.skb).ifindex };
+    let (reason, action) = fwd::gateway(&mut pkt::Tc(ctx), ingress, flags, false);
+    count_reason(reason);
+    Ok(tc_action(action))
+}
+
+/// What a TC program returns for a forwarding decision.
+#[inline(always)]
+fn tc_action(action: Action) -> i32 {
+    match action {
+        Action::Pass | Action::ToTc => TC_ACT_OK as i32,
+        Action::Drop => TC_ACT_SHOT,
+        // SAFETY: plain helper call.
+        Action::Out(ifindex) => unsafe { bpf_redirect(ifindex, 0) as i32 },
+        Action::OutNeigh(ifindex, nexthop) => {
+            let mut nh = bpf_redir_neigh {
+                nh_family: 2, // AF_INET
+                // SAFETY: all-zero is a valid value of this union.
+                __bindgen_anon_1: unsafe { core::mem::zeroed() },
+            };
+            nh.__bindgen_anon_1.ipv4_nh = nexthop;
+            // SAFETY: the helper reads the struct we pass, of the size we pass.
+            unsafe {
+                bpf_redirect_neigh(ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0) as i32
+            }
+        }
+    }
+}
+
 /// TC ingress: forwards the packets XDP marked; everything else continues untouched.
 #[classifier]
 pub fn ipnat_tc_ingress(ctx: TcContext) -> i32 {
@@ -190,23 +245,7 @@ fn try_ipnat_tc_ingress(ctx: &TcContext) -> Result<i32, ()> {
     }
     let (reason, action) = fwd::gateway(&mut pkt::Tc(ctx), ingress, flags(), false);
     count_reason(reason);
-    Ok(match action {
-        Action::Pass | Action::ToTc => TC_ACT_OK as i32,
-        Action::Drop => TC_ACT_SHOT,
-        // SAFETY: plain helper call.
-        Action::Out(ifindex) => unsafe { bpf_redirect(ifindex, 0) as i32 },
-        Action::OutNeigh(ifindex, nexthop) => {
-            let mut nh = bpf_redir_neigh {
-                nh_family: 2, // AF_INET
-                __bindgen_anon_1: unsafe { core::mem::zeroed() },
-            };
-            nh.__bindgen_anon_1.ipv4_nh = nexthop;
-            // SAFETY: the helper reads the struct we pass, of the size we pass.
-            unsafe {
-                bpf_redirect_neigh(ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0) as i32
-            }
-        }
-    })
+    Ok(tc_action(action))
 }
 
 #[classifier]

@@ -148,6 +148,7 @@ impl Dataplane {
             names::XDP_PROGRAM,
             names::TC_INGRESS_PROGRAM,
             names::TC_EGRESS_PROGRAM,
+            names::TC_GATEWAY_PROGRAM,
         ] {
             let prog = ebpf
                 .program_mut(name)
@@ -187,47 +188,79 @@ impl Dataplane {
         self.adopted
     }
 
-    /// Attaches XDP (native mode) and TC on receive, and TC on transmit.
+    /// Attaches XDP (native mode) and TC on receive, and TC on transmit. Where native XDP is
+    /// not possible (a driver without it: a bridge, some virtual NICs), TC on receive does XDP's
+    /// job instead (`ipnat_tc_gateway`), never generic XDP, which runs after GRO and sees
+    /// partial checksums. Returns how receive is handled.
     ///
     /// With a pin directory, the links are pinned there (`link-<hook>-<iface>`) and outlive
     /// this process: traffic keeps flowing while the controller is down or restarting. A link
     /// an earlier run pinned is kept and its program atomically replaced by this binary's
     /// (`bpf_link_update`): no packet meets an interface without a program. Without a pin
     /// directory the links are detached when the `Dataplane` is dropped.
-    pub fn attach(&mut self, iface: &str) -> Result<(), DataplaneError> {
-        ifindex(iface)?;
-        let attach_err = |program: &'static str| {
-            let iface = iface.to_owned();
-            move |source| DataplaneError::Attach {
-                program,
-                iface,
-                source,
-            }
-        };
+    pub fn attach(&mut self, iface: &str) -> Result<AttachMode, DataplaneError> {
+        let index = ifindex(iface)?;
         let pin_dir = self.pin_dir.clone();
         let pinned = |hook: &str| pin_dir.as_ref().map(|d| d.join(link_pin_name(hook, iface)));
+        let adopted_tc_gateway = pinned("tc-gw").is_some_and(|p| p.exists());
+        let mode = if adopted_tc_gateway {
+            AttachMode::TcOnly
+        } else {
+            match self.attach_xdp(iface, pinned("xdp")) {
+                Ok(()) => AttachMode::XdpNative,
+                Err(DataplaneError::Attach { source, .. })
+                    if matches!(io_errno(&source), Some(libc::EOPNOTSUPP | libc::EINVAL)) =>
+                {
+                    AttachMode::TcOnly
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        // XDP may redirect only to interfaces that have it.
+        match mode {
+            AttachMode::XdpNative => self.tables.xdp_targets.insert(index, 1, 0),
+            AttachMode::TcOnly => absent_ok(self.tables.xdp_targets.remove(&index)),
+        }
+        .map_err(map_err(names::XDP_TARGETS))?;
+        // TCX needs no qdisc; older kernels need clsact. An existing one is fine.
+        let _ = tc::qdisc_add_clsact(iface);
+        let receive = match mode {
+            AttachMode::XdpNative => (names::TC_INGRESS_PROGRAM, "tc-in"),
+            AttachMode::TcOnly => (names::TC_GATEWAY_PROGRAM, "tc-gw"),
+        };
+        for (name, hook, attach_type) in [
+            (receive.0, receive.1, TcAttachType::Ingress),
+            (names::TC_EGRESS_PROGRAM, "tc-out", TcAttachType::Egress),
+        ] {
+            self.attach_tc(iface, name, attach_type, pinned(hook))?;
+        }
+        Ok(mode)
+    }
 
+    fn attach_xdp(&mut self, iface: &str, pinned: Option<PathBuf>) -> Result<(), DataplaneError> {
+        let attach_err = |source| DataplaneError::Attach {
+            program: names::XDP_PROGRAM,
+            iface: iface.to_owned(),
+            source,
+        };
         let xdp: &mut Xdp = self
             .ebpf
             .program_mut(names::XDP_PROGRAM)
             .and_then(|p| p.try_into().ok())
             .ok_or(DataplaneError::MissingMap(names::XDP_PROGRAM))?;
-        match pinned("xdp") {
+        match pinned {
             Some(path) if path.exists() => {
                 let link = adopt_link(&path)?;
                 let link = XdpLink::try_from(link).map_err(|e| DataplaneError::Pin {
                     path: path.clone(),
                     why: e.to_string(),
                 })?;
-                xdp.attach_to_link(link)
-                    .map_err(attach_err(names::XDP_PROGRAM))?;
+                xdp.attach_to_link(link).map_err(attach_err)?;
             }
             path => {
-                let id = xdp
-                    .attach(iface, XdpMode::Driver)
-                    .map_err(attach_err(names::XDP_PROGRAM))?;
+                let id = xdp.attach(iface, XdpMode::Driver).map_err(attach_err)?;
                 if let Some(path) = path {
-                    let link = xdp.take_link(id).map_err(attach_err(names::XDP_PROGRAM))?;
+                    let link = xdp.take_link(id).map_err(attach_err)?;
                     pin_link(
                         FdLink::try_from(link).map_err(|e| DataplaneError::Pin {
                             path: path.clone(),
@@ -238,39 +271,47 @@ impl Dataplane {
                 }
             }
         }
-        // TCX needs no qdisc; older kernels need clsact. An existing one is fine.
-        let _ = tc::qdisc_add_clsact(iface);
-        for (name, hook, attach_type) in [
-            (names::TC_INGRESS_PROGRAM, "tc-in", TcAttachType::Ingress),
-            (names::TC_EGRESS_PROGRAM, "tc-out", TcAttachType::Egress),
-        ] {
-            let tc: &mut SchedClassifier = self
-                .ebpf
-                .program_mut(name)
-                .and_then(|p| p.try_into().ok())
-                .ok_or(DataplaneError::MissingMap(name))?;
-            match pinned(hook) {
-                Some(path) if path.exists() => {
-                    let link = adopt_link(&path)?;
-                    let link =
-                        SchedClassifierLink::try_from(link).map_err(|e| DataplaneError::Pin {
+        Ok(())
+    }
+
+    fn attach_tc(
+        &mut self,
+        iface: &str,
+        name: &'static str,
+        attach_type: TcAttachType,
+        pinned: Option<PathBuf>,
+    ) -> Result<(), DataplaneError> {
+        let attach_err = |source| DataplaneError::Attach {
+            program: name,
+            iface: iface.to_owned(),
+            source,
+        };
+        let tc: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(DataplaneError::MissingMap(name))?;
+        match pinned {
+            Some(path) if path.exists() => {
+                let link = adopt_link(&path)?;
+                let link =
+                    SchedClassifierLink::try_from(link).map_err(|e| DataplaneError::Pin {
+                        path: path.clone(),
+                        why: e.to_string(),
+                    })?;
+                tc.attach_to_link(link).map_err(attach_err)?;
+            }
+            path => {
+                let id = tc.attach(iface, attach_type).map_err(attach_err)?;
+                if let Some(path) = path {
+                    let link = tc.take_link(id).map_err(attach_err)?;
+                    pin_link(
+                        FdLink::try_from(link).map_err(|e| DataplaneError::Pin {
                             path: path.clone(),
                             why: e.to_string(),
-                        })?;
-                    tc.attach_to_link(link).map_err(attach_err(name))?;
-                }
-                path => {
-                    let id = tc.attach(iface, attach_type).map_err(attach_err(name))?;
-                    if let Some(path) = path {
-                        let link = tc.take_link(id).map_err(attach_err(name))?;
-                        pin_link(
-                            FdLink::try_from(link).map_err(|e| DataplaneError::Pin {
-                                path: path.clone(),
-                                why: e.to_string(),
-                            })?,
-                            &path,
-                        )?;
-                    }
+                        })?,
+                        &path,
+                    )?;
                 }
             }
         }
@@ -292,6 +333,43 @@ impl Dataplane {
         }
         Ok(gone)
     }
+}
+
+/// How an interface's receive side is handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum AttachMode {
+    /// XDP in native mode (and TC ingress for what XDP hands over).
+    XdpNative,
+    /// TC ingress alone: the driver has no native XDP.
+    TcOnly,
+}
+
+/// A removal of a key that is not there is fine (aya reports it as `KeyNotFound` or as the
+/// syscall's ENOENT, depending on the map type).
+fn absent_ok(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        r => r,
+    }
+}
+
+/// The errno inside an attach error, if any.
+fn io_errno(e: &aya::programs::ProgramError) -> Option<i32> {
+    use std::error::Error;
+    let mut cur: Option<&dyn Error> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return io.raw_os_error();
+        }
+        cur = err.source();
+    }
+    // Some aya errors carry the errno only in their message.
+    let text = e.to_string();
+    ["Operation not supported", "Invalid argument"]
+        .iter()
+        .any(|m| text.contains(m))
+        .then_some(libc::EOPNOTSUPP)
 }
 
 fn link_pin_name(hook: &str, iface: &str) -> String {
@@ -320,7 +398,7 @@ pub fn pinned_links(dir: &Path) -> Result<Vec<PinnedLinkInfo>, DataplaneError> {
         let Some(rest) = file.strip_prefix("link-") else {
             continue;
         };
-        for hook in ["xdp", "tc-in", "tc-out"] {
+        for hook in ["xdp", "tc-in", "tc-out", "tc-gw"] {
             if let Some(iface) = rest.strip_prefix(hook).and_then(|r| r.strip_prefix('-')) {
                 out.push(PinnedLinkInfo {
                     hook: hook.into(),
@@ -375,7 +453,11 @@ pub fn status(dir: &Path) -> Result<Status, DataplaneError> {
         .into_iter()
         .map(|l| AttachStatus {
             present: ifindex(&l.iface).is_ok(),
-            mode: if l.hook == "xdp" { "xdp native" } else { "tcx" },
+            mode: match l.hook.as_str() {
+                "xdp" => "xdp native",
+                "tc-gw" => "tcx (no native XDP)",
+                _ => "tcx",
+            },
             iface: l.iface,
             hook: l.hook,
         })
@@ -684,6 +766,7 @@ pub struct Tables {
     snat_pfx: LpmTrie<MapData, u32, PrefixTarget>,
     steer: LpmTrie<MapData, u32, SteerTarget>,
     steer_counters: Array<MapData, SteerCounters>,
+    xdp_targets: HashMap<MapData, u32, u32>,
     /// Kernel memory charged to each map (`memlock` in its fdinfo), bytes.
     memory: BTreeMap<&'static str, u64>,
 }
@@ -715,7 +798,8 @@ pub struct MemoryReport {
     pub bytes_per_mapping: f64,
 }
 
-const MAP_NAMES: [&str; 9] = [
+const MAP_NAMES: [&str; 10] = [
+    names::XDP_TARGETS,
     names::DNAT_MAP,
     names::SNAT_MAP,
     names::DNAT_PREFIX_MAP,
@@ -848,6 +932,9 @@ impl Tables {
             steer_counters: take(names::STEER_COUNTERS)?
                 .try_into()
                 .map_err(map_err(names::STEER_COUNTERS))?,
+            xdp_targets: take(names::XDP_TARGETS)?
+                .try_into()
+                .map_err(map_err(names::XDP_TARGETS))?,
             memory,
         })
     }
@@ -894,6 +981,9 @@ impl Tables {
             steer_counters: open(names::STEER_COUNTERS)?
                 .try_into()
                 .map_err(map_err(names::STEER_COUNTERS))?,
+            xdp_targets: open(names::XDP_TARGETS)?
+                .try_into()
+                .map_err(map_err(names::XDP_TARGETS))?,
             memory,
         })
     }
@@ -1014,10 +1104,7 @@ impl Tables {
                 names::SNAT_PREFIX_MAP,
             ),
         };
-        match result {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err(name)(e)),
-        }
+        absent_ok(result).map_err(map_err(name))
     }
 
     /// The steering rules in the kernel.
@@ -1098,13 +1185,11 @@ impl Tables {
         }
         for old in &current {
             if !rules.iter().any(|(r, _)| r.source == old.source) {
-                match self.steer.remove(&Key::new(
+                absent_ok(self.steer.remove(&Key::new(
                     u32::from(old.source.prefix_len()),
                     key(old.source.addr()),
-                )) {
-                    Ok(()) | Err(MapError::KeyNotFound) => {}
-                    Err(e) => return Err(map_err(names::STEER_MAP)(e)),
-                }
+                )))
+                .map_err(map_err(names::STEER_MAP))?;
             }
         }
         if rules.is_empty() {

@@ -357,8 +357,15 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
     let setup = (|| -> Result<()> {
         apply_config(&mut dp, &config)?;
         for iface in &config.interfaces {
-            dp.attach(&iface.name)?;
-            info!(interface = %iface.name, "attached XDP (native) and TC on receive, TC on transmit");
+            match dp.attach(&iface.name)? {
+                ipnat::dataplane::AttachMode::XdpNative => {
+                    info!(interface = %iface.name, "attached XDP (native) and TC on receive, TC on transmit")
+                }
+                ipnat::dataplane::AttachMode::TcOnly => warn!(
+                    interface = %iface.name,
+                    "no native XDP on this interface: attached TC on receive and transmit instead (slower; generic XDP is not used, it runs after GRO and sees partial checksums)"
+                ),
+            }
         }
         let keep: Vec<String> = config.interfaces.iter().map(|i| i.name.clone()).collect();
         for gone in dp.detach_others(&keep)? {

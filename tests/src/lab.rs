@@ -45,6 +45,9 @@ pub struct LabOptions {
     pub gateway_tx_csum_off: bool,
     /// The config's `fast_path`.
     pub fast_path: bool,
+    /// The gateway's external side is a bridge (`brx`, with ext0 as its port): an interface
+    /// without native XDP.
+    pub bridge_ext: bool,
 }
 
 impl Default for LabOptions {
@@ -54,6 +57,7 @@ impl Default for LabOptions {
             backend_tx_csum_off: true,
             gateway_tx_csum_off: true,
             fast_path: true,
+            bridge_ext: false,
         }
     }
 }
@@ -124,8 +128,16 @@ impl GatewayLab {
             "via",
             &GW_EXT.to_string(),
         ])?;
-        lab.gw
-            .ip(&["addr", "add", &format!("{GW_EXT}/24"), "dev", "ext0"])?;
+        if opts.bridge_ext {
+            lab.gw.ip(&["link", "add", "brx", "type", "bridge"])?;
+            lab.gw.ip(&["link", "set", "ext0", "master", "brx"])?;
+            lab.gw.ip(&["link", "set", "brx", "up"])?;
+            lab.gw
+                .ip(&["addr", "add", &format!("{GW_EXT}/24"), "dev", "brx"])?;
+        } else {
+            lab.gw
+                .ip(&["addr", "add", &format!("{GW_EXT}/24"), "dev", "ext0"])?;
+        }
         lab.gw
             .ip(&["addr", "add", &format!("{GW_INT}/24"), "dev", "int0"])?;
         lab.gw.sysctl("net.ipv4.ip_forward", "1")?;
@@ -171,11 +183,12 @@ impl GatewayLab {
     pub fn config(&self, pin_path: &str) -> String {
         format!(
             "pin_path = \"{pin_path}\"\nfast_path = {}\n\n\
-             [[interface]]\nname = \"ext0\"\n\n\
+             [[interface]]\nname = \"{}\"\n\n\
              [[interface]]\nname = \"int0\"\n\n\
              [[mapping]]\npublic = \"{EIP}\"\nprivate = \"{BACKEND}\"\n\n\
              [[mapping]]\npublic = \"{EIP2}\"\nprivate = \"{BACKEND2}\"\n",
-            self.opts.fast_path
+            self.opts.fast_path,
+            if self.opts.bridge_ext { "brx" } else { "ext0" }
         )
     }
 

@@ -769,3 +769,41 @@ fn udp_without_a_checksum_keeps_it_zero_both_ways() {
         );
     }
 }
+
+#[test]
+fn an_interface_without_native_xdp_gets_the_gateway_in_tc() {
+    require_root();
+    let lab = GatewayLab::new(LabOptions {
+        bridge_ext: true,
+        ..LabOptions::default()
+    })
+    .unwrap();
+    let ipnat = lab.start_ipnat().unwrap();
+    let st = ipnat::dataplane::status(&ipnat.pin_path).unwrap();
+    let modes: Vec<(String, String, &str)> = st
+        .attached
+        .iter()
+        .map(|a| (a.iface.clone(), a.hook.clone(), a.mode))
+        .collect();
+    assert!(
+        modes.contains(&("brx".into(), "tc-gw".into(), "tcx (no native XDP)")),
+        "{modes:?}"
+    );
+    assert!(
+        !modes.iter().any(|(i, h, _)| i == "brx" && h == "xdp"),
+        "{modes:?}"
+    );
+    let at_inet = Capture::start(&lab.inet, "eth0").unwrap();
+    let x = tcp_exchange(&lab.inet, &lab.backend, EIP, 8097, b"via a bridge", 100_000).unwrap();
+    assert_eq!(x.server_saw_peer.ip(), IpAddr::V4(INET));
+    assert_eq!(x.client_saw_peer, SocketAddr::from((EIP, 8097)));
+    assert_eq!(x.response.len(), 12 + 100_000);
+    assert!(check_frames(&at_inet.stop().unwrap(), EIP, INET, 6) >= 5);
+    let stats = ipnat.stats_json().unwrap();
+    let r = &stats["reasons"];
+    // In: TC on the bridge forwards; out: XDP on int0 cannot send into the bridge, so it hands
+    // the replies to TC, which does. The kernel forwards nothing.
+    assert!(r["pass_to_tc"].as_u64().unwrap() >= 5, "{stats}");
+    assert!(r["forwarded_neigh"].as_u64().unwrap() >= 10, "{stats}");
+    assert_eq!(lab.kernel_forwarded().unwrap(), 0, "{stats}");
+}
