@@ -43,6 +43,36 @@ pub struct Config {
     /// Source-based steering rules (what rc.local's `ip rule from ... lookup N` did).
     #[serde(default, rename = "steer")]
     pub steering: Vec<SteerConfig>,
+    /// Sync steering rules from the EC2 instance metadata (absent: off).
+    #[serde(default)]
+    pub aws: Option<AwsConfig>,
+}
+
+/// The `aws` provider: every address of a secondary NIC (device number > 0) is steered out of
+/// that NIC via its subnet's router, as the metadata says, re-read every `interval_secs`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AwsConfig {
+    /// The instance metadata service.
+    #[serde(default = "default_imds")]
+    pub endpoint: String,
+    #[serde(default = "default_interval")]
+    pub interval_secs: u64,
+    /// Per request.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_imds() -> String {
+    "http://169.254.169.254".to_owned()
+}
+
+fn default_interval() -> u64 {
+    30
+}
+
+fn default_timeout_ms() -> u64 {
+    2000
 }
 
 /// Packets from `source` leave by `interface`: to the destination itself when it is in
@@ -332,6 +362,22 @@ impl Config {
         }
         validate_mappings(&self.mappings, &|i| format!("mapping[{i}]"))?;
         self.validate_steering()?;
+        if let Some(aws) = &self.aws {
+            if !aws.endpoint.starts_with("http://") {
+                return Err(invalid(
+                    "aws.endpoint".into(),
+                    &aws.endpoint,
+                    "must be an http:// URL (the metadata service does not speak TLS)",
+                ));
+            }
+            if aws.interval_secs == 0 || aws.timeout_ms == 0 {
+                return Err(invalid(
+                    "aws.interval_secs".into(),
+                    &aws.interval_secs,
+                    "interval and timeout must be positive",
+                ));
+            }
+        }
         if self.metrics_listen != "off"
             && self.metrics_listen.parse::<std::net::SocketAddr>().is_err()
         {

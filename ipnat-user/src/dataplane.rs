@@ -428,6 +428,8 @@ pub struct Status {
     pub steering: Vec<InstalledSteer>,
     /// Host settings ipnat changed (sysctl key -> the value it will restore).
     pub host_changes: BTreeMap<String, String>,
+    /// The last cloud provider syncs, when a provider is configured.
+    pub sync: Option<crate::providers::SyncState>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -473,6 +475,7 @@ pub fn status(dir: &Path) -> Result<Status, DataplaneError> {
         attached,
         steering: tables.steering()?,
         host_changes: crate::host::changed(&crate::host::state_path(dir)).sysctls,
+        sync: crate::providers::SyncState::load(dir),
     })
 }
 
@@ -521,6 +524,17 @@ impl Status {
                 s,
                 "steering:   from {} out of {} (via {} outside {}), {} packets",
                 r.source, r.interface, r.gateway, r.subnet, r.packets
+            );
+        }
+        if let Some(sync) = &self.sync {
+            let _ = writeln!(
+                s,
+                "sync:       {} at {} (unix), last success {}: {} ({} steering rules)",
+                sync.provider,
+                sync.last_attempt_unix,
+                sync.last_success_unix,
+                sync.result,
+                sync.rules
             );
         }
         for (key, old) in &self.host_changes {

@@ -264,6 +264,7 @@ fn run(cli: Cli) -> Result<()> {
             for (key, value) in &removed.restored {
                 println!("restored {key} = {value}");
             }
+            ipnat::providers::SyncState::remove(&pin_path);
             println!("removed {}", pin_path.display());
             Ok(())
         }
@@ -435,16 +436,20 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
         );
     }
     let mut last_text = std::fs::read_to_string(config_path).ok();
+    let mut provider_rules: Vec<ipnat::config::SteerConfig> = Vec::new();
     rt.block_on(async {
         let mut tick = tokio::time::interval(Duration::from_secs(stats_interval.max(1)));
         let mut neighbours = tokio::time::interval(Duration::from_secs(20));
+        let mut sync_tick = tokio::time::interval(Duration::from_secs(
+            config.aws.as_ref().map_or(3600, |a| a.interval_secs.max(1)),
+        ));
         loop {
             tokio::select! {
                 _ = int.recv() => break,
                 _ = term.recv() => break,
                 _ = hup.recv() => {
                     last_text = std::fs::read_to_string(config_path).ok();
-                    do_reload(&mut dp, config_path, &mut config, &ctl);
+                    do_reload(&mut dp, config_path, &mut config, &ctl, &provider_rules);
                 }
                 Some(()) = changed.recv() => {
                     // Editors write in several steps: let them finish, then reload only when
@@ -455,11 +460,49 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
                     if text.is_some() && text != last_text {
                         info!("{} changed", config_path.display());
                         last_text = text;
-                        do_reload(&mut dp, config_path, &mut config, &ctl);
+                        do_reload(&mut dp, config_path, &mut config, &ctl, &provider_rules);
                     }
                 }
                 _ = tick.tick(), if stats_interval > 0 => print!("{}", dp.tables.snapshot()?.render()),
-                _ = neighbours.tick(), if !config.steering.is_empty() => resolve_gateways(&config),
+                _ = neighbours.tick() => {
+                    if let Ok(eff) = effective(&config, &provider_rules) {
+                        resolve_gateways(&eff);
+                    }
+                }
+                _ = sync_tick.tick(), if config.aws.is_some() => {
+                    let aws = config.aws.clone().expect("checked");
+                    let mut state = ipnat::providers::SyncState::load(&config.pin_path).unwrap_or_default();
+                    state.provider = "aws".into();
+                    state.last_attempt_unix = unix_now();
+                    let outcome = match sync_aws(&aws, &config).await {
+                        Ok(rules) => effective(&config, &rules).and_then(|eff| {
+                            apply_steering(&mut dp, &eff)?;
+                            Ok(rules)
+                        }),
+                        Err(e) => Err(e),
+                    };
+                    match outcome {
+                        Ok(rules) => {
+                            if rules != provider_rules {
+                                info!(rules = rules.len(), "aws: steering rules synced from the instance metadata");
+                            }
+                            state.rules = rules.len();
+                            provider_rules = rules;
+                            state.last_success_unix = state.last_attempt_unix;
+                            state.result = "ok".into();
+                            ctl.syncs_ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            ctl.last_sync_unix.store(state.last_attempt_unix, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            warn!("aws sync failed, the data plane keeps its tables: {e:#}");
+                            state.result = format!("error: {e:#}");
+                            ctl.syncs_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                    if let Err(e) = state.save(&config.pin_path) {
+                        warn!("recording the sync state: {e}");
+                    }
+                }
             }
         }
         Ok::<(), anyhow::Error>(())
@@ -489,16 +532,21 @@ fn resolve_gateways(config: &Config) {
 
 /// Writes the config's tables and settings.
 fn apply_config(dp: &mut Dataplane, config: &Config) -> Result<()> {
+    dp.tables.apply(&config.mappings)?;
+    dp.tables.set_fast_path(config.fast_path)?;
+    apply_steering(dp, config)
+}
+
+/// Writes the config's steering rules (and what they need of the host).
+fn apply_steering(dp: &mut Dataplane, config: &Config) -> Result<()> {
     let mut rules = Vec::new();
     for (i, r) in config.steering.iter().enumerate() {
         let ifindex = ipnat::dataplane::ifindex(&r.interface)
             .with_context(|| format!("steer[{i}].interface"))?;
         rules.push((r.clone(), ifindex));
     }
-    dp.tables.apply(&config.mappings)?;
     dp.tables.apply_steering(&rules)?;
     resolve_gateways(config);
-    dp.tables.set_fast_path(config.fast_path)?;
     if !config.steering.is_empty() {
         let mut ifaces: Vec<String> = config
             .steering
@@ -522,9 +570,10 @@ fn do_reload(
     path: &std::path::Path,
     config: &mut Config,
     ctl: &ipnat::metrics::ControllerCounters,
+    provider_rules: &[ipnat::config::SteerConfig],
 ) {
     use std::sync::atomic::Ordering;
-    match reload(dp, path, config) {
+    match reload(dp, path, config, provider_rules) {
         Ok(new) => {
             info!(mappings = new.mappings.len(), "reloaded {}", path.display());
             *config = new;
@@ -539,17 +588,64 @@ fn do_reload(
 }
 
 /// Re-reads the config file: a valid one is applied (tables and settings; interfaces, the pin
-/// path and max_mappings need a restart), an invalid one changes nothing.
-fn reload(dp: &mut Dataplane, path: &std::path::Path, old: &Config) -> Result<Config> {
+/// path, max_mappings, metrics_listen and the provider's interval need a restart), an invalid
+/// one changes nothing.
+fn reload(
+    dp: &mut Dataplane,
+    path: &std::path::Path,
+    old: &Config,
+    provider_rules: &[ipnat::config::SteerConfig],
+) -> Result<Config> {
     let new = Config::load(path)?;
     if new.interfaces != old.interfaces
         || new.pin_path != old.pin_path
         || new.max_mappings != old.max_mappings
+        || new.metrics_listen != old.metrics_listen
+        || new.aws.as_ref().map(|a| a.interval_secs) != old.aws.as_ref().map(|a| a.interval_secs)
     {
         anyhow::bail!(
-            "interfaces, pin_path and max_mappings change only with a restart of `ipnat run`"
+            "interfaces, pin_path, max_mappings, metrics_listen and aws.interval_secs change only with a restart of `ipnat run`"
         );
     }
-    apply_config(dp, &new)?;
+    apply_config(dp, &effective(&new, provider_rules)?)?;
     Ok(new)
+}
+
+/// The config with a provider's steering rules added (the config's own rules win for the same
+/// source), validated as a whole.
+fn effective(config: &Config, provider_rules: &[ipnat::config::SteerConfig]) -> Result<Config> {
+    let mut c = config.clone();
+    c.steering.extend(
+        provider_rules
+            .iter()
+            .filter(|r| !config.steering.iter().any(|s| s.source == r.source))
+            .cloned(),
+    );
+    c.validate()
+        .context("the provider's steering rules conflict with the config")?;
+    Ok(c)
+}
+
+/// One sync with the AWS metadata: the steering rules it calls for, on the attached
+/// interfaces.
+async fn sync_aws(
+    aws: &ipnat::config::AwsConfig,
+    config: &Config,
+) -> Result<Vec<ipnat::config::SteerConfig>> {
+    use ipnat::providers::aws;
+    let imds = aws::Imds::new(&aws.endpoint, Duration::from_millis(aws.timeout_ms))?;
+    let nics = imds.nics().await?;
+    let (rules, missing) = aws::steering_rules(&nics, &aws::ifname_by_mac);
+    for mac in missing {
+        warn!(%mac, "the metadata lists a secondary NIC that has no interface here (yet)");
+    }
+    let mut kept = Vec::new();
+    for r in rules {
+        if config.interfaces.iter().any(|i| i.name == r.interface) {
+            kept.push(r);
+        } else {
+            warn!(interface = %r.interface, source = %r.source, "not steered: the interface is not one of the [[interface]]s");
+        }
+    }
+    Ok(kept)
 }

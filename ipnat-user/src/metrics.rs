@@ -21,6 +21,10 @@ pub struct ControllerCounters {
     pub reloads_failed: AtomicU64,
     /// Unix time of the last successful apply of the tables.
     pub last_apply_unix: AtomicU64,
+    pub syncs_ok: AtomicU64,
+    pub syncs_failed: AtomicU64,
+    /// Unix time of the last successful provider sync (0: never).
+    pub last_sync_unix: AtomicU64,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -116,6 +120,19 @@ pub fn render(tables: &Tables, ctl: &ControllerCounters) -> Result<String, Datap
         .get_or_create(&ResultLabels { result: "error" })
         .inc_by(ctl.reloads_failed.load(Ordering::Relaxed));
     reg.register("config_reloads", "Config reloads by result", reloads);
+    let syncs = Family::<ResultLabels, Counter>::default();
+    syncs
+        .get_or_create(&ResultLabels { result: "ok" })
+        .inc_by(ctl.syncs_ok.load(Ordering::Relaxed));
+    syncs
+        .get_or_create(&ResultLabels { result: "error" })
+        .inc_by(ctl.syncs_failed.load(Ordering::Relaxed));
+    reg.register("provider_syncs", "Cloud provider syncs by result", syncs);
+    reg.register(
+        "last_sync_timestamp_seconds",
+        "When a cloud provider sync last succeeded (Unix time; 0: never)",
+        gauge(ctl.last_sync_unix.load(Ordering::Relaxed) as i64),
+    );
     reg.register(
         "last_apply_timestamp_seconds",
         "When the tables were last written from the config (Unix time)",

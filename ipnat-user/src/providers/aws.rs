@@ -1,0 +1,276 @@
+//! AWS: the instance metadata service (IMDSv2: a session token from `PUT /latest/api/token`,
+//! then GETs carrying it). Every NIC under `network/interfaces/macs/` with its `device-number`,
+//! `interface-id`, `local-ipv4s` (primary first), `subnet-ipv4-cidr-block` and
+//! `ipv4-associations/<public-ip>` (the EIPs bound to its addresses).
+//!
+//! From that, the steering rules the rc.local recipe would have written by hand: every address
+//! of a secondary NIC (device number > 0) leaves by that NIC, via the subnet's router (the
+//! network address + 1, as AWS documents).
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use ipnet::Ipv4Net;
+use thiserror::Error;
+
+use crate::config::{Block, SteerConfig};
+
+const TOKEN_TTL: &str = "21600";
+
+#[derive(Debug, Error)]
+pub enum AwsError {
+    #[error(
+        "instance metadata at {url}: {source} (is this an EC2 instance with IMDSv2 reachable?)"
+    )]
+    Http { url: String, source: reqwest::Error },
+    #[error("instance metadata at {url}: HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("instance metadata at {url} returned {value:?}, which is not {what}")]
+    Garbage {
+        url: String,
+        value: String,
+        what: &'static str,
+    },
+}
+
+/// One network interface as the metadata describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nic {
+    pub mac: String,
+    pub device_number: u32,
+    pub interface_id: String,
+    /// Primary first.
+    pub local_ipv4s: Vec<Ipv4Addr>,
+    pub subnet: Ipv4Net,
+    /// (public, private) per EIP bound to one of its addresses.
+    pub associations: Vec<(Ipv4Addr, Ipv4Addr)>,
+}
+
+/// A metadata client; `endpoint` is e.g. `http://169.254.169.254`.
+pub struct Imds {
+    client: reqwest::Client,
+    endpoint: String,
+}
+
+impl Imds {
+    pub fn new(endpoint: &str, timeout: Duration) -> Result<Self, AwsError> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            // The metadata service must be reached directly, never through a proxy.
+            .no_proxy()
+            .build()
+            .map_err(|source| AwsError::Http {
+                url: endpoint.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            client,
+            endpoint: endpoint.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    async fn token(&self) -> Result<String, AwsError> {
+        let url = format!("{}/latest/api/token", self.endpoint);
+        let r = self
+            .client
+            .put(&url)
+            .header("X-aws-ec2-metadata-token-ttl-seconds", TOKEN_TTL)
+            .send()
+            .await
+            .map_err(|source| AwsError::Http {
+                url: url.clone(),
+                source,
+            })?;
+        text(url, r).await
+    }
+
+    async fn get(&self, token: &str, path: &str) -> Result<String, AwsError> {
+        let url = format!("{}/latest/meta-data/{path}", self.endpoint);
+        let r = self
+            .client
+            .get(&url)
+            .header("X-aws-ec2-metadata-token", token)
+            .send()
+            .await
+            .map_err(|source| AwsError::Http {
+                url: url.clone(),
+                source,
+            })?;
+        text(url, r).await
+    }
+
+    /// Every NIC of the instance, or the first error: never a partial answer.
+    pub async fn nics(&self) -> Result<Vec<Nic>, AwsError> {
+        let token = self.token().await?;
+        let base = "network/interfaces/macs/";
+        let macs = self.get(&token, base).await?;
+        let mut nics = Vec::new();
+        for line in macs.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let mac = line.trim_end_matches('/').to_ascii_lowercase();
+            if !is_mac(&mac) {
+                return Err(self.garbage(base, line, "a MAC address"));
+            }
+            let p = |leaf: &str| format!("{base}{mac}/{leaf}");
+            let dn = self.get(&token, &p("device-number")).await?;
+            let device_number = dn
+                .trim()
+                .parse()
+                .map_err(|_| self.garbage(&p("device-number"), &dn, "a device number"))?;
+            let interface_id = self
+                .get(&token, &p("interface-id"))
+                .await?
+                .trim()
+                .to_owned();
+            let ips = self.get(&token, &p("local-ipv4s")).await?;
+            let mut local_ipv4s = Vec::new();
+            for l in ips.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                local_ipv4s.push(
+                    l.parse()
+                        .map_err(|_| self.garbage(&p("local-ipv4s"), l, "an IPv4 address"))?,
+                );
+            }
+            let cidr = self.get(&token, &p("subnet-ipv4-cidr-block")).await?;
+            let subnet: Ipv4Net = cidr
+                .trim()
+                .parse()
+                .map_err(|_| self.garbage(&p("subnet-ipv4-cidr-block"), &cidr, "a CIDR block"))?;
+            // A NIC without EIPs has no `ipv4-associations/`: a 404 there means none.
+            let mut associations = Vec::new();
+            match self.get(&token, &p("ipv4-associations/")).await {
+                Ok(list) => {
+                    for public in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                        let pub_ip: Ipv4Addr =
+                            public.trim_end_matches('/').parse().map_err(|_| {
+                                self.garbage(&p("ipv4-associations/"), public, "an IPv4 address")
+                            })?;
+                        let leaf = p(&format!("ipv4-associations/{pub_ip}"));
+                        let private = self.get(&token, &leaf).await?;
+                        let priv_ip = private
+                            .trim()
+                            .parse()
+                            .map_err(|_| self.garbage(&leaf, &private, "an IPv4 address"))?;
+                        associations.push((pub_ip, priv_ip));
+                    }
+                }
+                Err(AwsError::Status { status: 404, .. }) => {}
+                Err(e) => return Err(e),
+            }
+            nics.push(Nic {
+                mac,
+                device_number,
+                interface_id,
+                local_ipv4s,
+                subnet,
+                associations,
+            });
+        }
+        nics.sort_by_key(|n| n.device_number);
+        Ok(nics)
+    }
+
+    fn garbage(&self, path: &str, value: &str, what: &'static str) -> AwsError {
+        AwsError::Garbage {
+            url: format!("{}/latest/meta-data/{path}", self.endpoint),
+            value: value.chars().take(80).collect(),
+            what,
+        }
+    }
+}
+
+async fn text(url: String, r: reqwest::Response) -> Result<String, AwsError> {
+    let status = r.status().as_u16();
+    if status != 200 {
+        return Err(AwsError::Status { url, status });
+    }
+    r.text()
+        .await
+        .map_err(|source| AwsError::Http { url, source })
+}
+
+fn is_mac(s: &str) -> bool {
+    s.len() == 17
+        && s.split(':').count() == 6
+        && s.split(':')
+            .all(|b| b.len() == 2 && u8::from_str_radix(b, 16).is_ok())
+}
+
+/// The steering rules the NICs call for: each address of a secondary NIC (device number > 0)
+/// leaves by it, via its subnet's router. `ifname(mac)` names the local interface with that
+/// MAC address; NICs without one here are skipped and returned by MAC.
+pub fn steering_rules(
+    nics: &[Nic],
+    ifname: &dyn Fn(&str) -> Option<String>,
+) -> (Vec<SteerConfig>, Vec<String>) {
+    let (mut rules, mut missing) = (Vec::new(), Vec::new());
+    for nic in nics.iter().filter(|n| n.device_number > 0) {
+        let Some(iface) = ifname(&nic.mac) else {
+            missing.push(nic.mac.clone());
+            continue;
+        };
+        let gateway = Ipv4Addr::from(u32::from(nic.subnet.network()) + 1);
+        for &ip in &nic.local_ipv4s {
+            rules.push(SteerConfig {
+                source: ip.into(),
+                interface: iface.clone(),
+                gateway,
+                subnet: Block(nic.subnet.trunc()),
+            });
+        }
+    }
+    (rules, missing)
+}
+
+/// The local interface whose MAC address is `mac`, in this network namespace.
+pub fn ifname_by_mac(mac: &str) -> Option<String> {
+    let addrs = nix::ifaddrs::getifaddrs().ok()?;
+    for a in addrs {
+        let Some(link) = a.address.as_ref().and_then(|s| s.as_link_addr()) else {
+            continue;
+        };
+        let Some(m) = link.addr() else { continue };
+        let text = m
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        if text == mac {
+            return Some(a.interface_name);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secondary_nics_become_steering_rules_via_the_subnet_router() {
+        let nic = |dn: u32, mac: &str, ips: &[&str], subnet: &str| Nic {
+            mac: mac.into(),
+            device_number: dn,
+            interface_id: format!("eni-{dn}"),
+            local_ipv4s: ips.iter().map(|i| i.parse().unwrap()).collect(),
+            subnet: subnet.parse().unwrap(),
+            associations: vec![],
+        };
+        let nics = [
+            nic(0, "0a:00:00:00:00:01", &["10.0.0.10"], "10.0.0.0/24"),
+            nic(
+                1,
+                "0a:00:00:00:00:02",
+                &["10.0.1.20", "10.0.1.21"],
+                "10.0.1.0/24",
+            ),
+            nic(2, "0a:00:00:00:00:03", &["10.0.2.5"], "10.0.2.0/24"),
+        ];
+        let (rules, missing) = steering_rules(&nics, &|mac| {
+            (mac == "0a:00:00:00:00:02").then(|| "eth1".to_owned())
+        });
+        assert_eq!(missing, ["0a:00:00:00:00:03"]);
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[1].source.to_string(), "10.0.1.21");
+        assert_eq!(rules[1].gateway, Ipv4Addr::new(10, 0, 1, 1));
+        assert_eq!(rules[1].subnet.to_string(), "10.0.1.0/24");
+        assert!(is_mac("0a:00:00:00:00:02") && !is_mac("<html>"));
+    }
+}

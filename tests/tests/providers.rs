@@ -1,0 +1,214 @@
+//! Cloud providers against a fake metadata service on loopback: the rules the metadata calls
+//! for are applied, and a metadata service that returns garbage or hangs changes nothing.
+
+use std::{
+    collections::HashMap,
+    io::{Read, Write},
+    net::TcpListener,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use ipnat_tests::{
+    lab::{Ipnat, SteerLab},
+    netns::{Netns, require_root},
+};
+
+/// A fake IMDSv2: a token from PUT /latest/api/token, then GETs that must carry it.
+struct FakeImds {
+    port: u16,
+    data: Arc<Mutex<HashMap<String, String>>>,
+    hang: Arc<AtomicBool>,
+    gets: Arc<Mutex<usize>>,
+}
+
+impl FakeImds {
+    fn start(ns: &Netns) -> Self {
+        let listener = ns.within(|| Ok(TcpListener::bind("127.0.0.1:0")?)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let data: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+        let hang = Arc::new(AtomicBool::new(false));
+        let gets = Arc::new(Mutex::new(0));
+        let (d, h, g) = (data.clone(), hang.clone(), gets.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { continue };
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&req).to_string();
+                let mut words = text.split_whitespace();
+                let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+                if h.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_secs(2));
+                    continue;
+                }
+                let token_ok = text
+                    .to_ascii_lowercase()
+                    .contains("x-aws-ec2-metadata-token: token-1");
+                let (status, body) = if method == "PUT" && path == "/latest/api/token" {
+                    (200, "token-1".to_owned())
+                } else if !token_ok {
+                    (401, String::new())
+                } else {
+                    *g.lock().unwrap() += 1;
+                    let key = path.trim_start_matches("/latest/meta-data/");
+                    match d.lock().unwrap().get(key) {
+                        Some(b) => (200, b.clone()),
+                        None => (404, String::new()),
+                    }
+                };
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        Self {
+            port,
+            data,
+            hang,
+            gets,
+        }
+    }
+
+    fn set(&self, key: &str, value: &str) {
+        self.data
+            .lock()
+            .unwrap()
+            .insert(key.to_owned(), value.to_owned());
+    }
+}
+
+fn mac(ns: &Netns, iface: &str) -> String {
+    let out = ns.ip(&["-br", "link", "show", iface]).unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find(|w| w.len() == 17 && w.matches(':').count() == 5)
+        .unwrap()
+        .to_owned()
+}
+
+fn rules(ipnat: &Ipnat) -> usize {
+    ipnat.stats_json().unwrap()["steering"]
+        .as_array()
+        .unwrap()
+        .len()
+}
+
+fn wait_until(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn udp_ok(lab: &SteerLab, bind: std::net::Ipv4Addr, port: u16) -> bool {
+    let server = lab
+        .inet
+        .within(move || Ok(std::net::UdpSocket::bind(("203.0.113.10", port))?))
+        .unwrap();
+    server
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let echo = std::thread::spawn(move || {
+        let mut buf = [0u8; 16];
+        if let Ok((n, peer)) = server.recv_from(&mut buf) {
+            let _ = server.send_to(&buf[..n], peer);
+        }
+    });
+    let ok = lab
+        .inst
+        .within(move || {
+            let s = std::net::UdpSocket::bind((bind, 0))?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            s.send_to(b"hi", ("203.0.113.10", port))?;
+            let mut buf = [0u8; 16];
+            Ok(s.recv_from(&mut buf).is_ok())
+        })
+        .unwrap();
+    echo.join().unwrap();
+    ok
+}
+
+#[test]
+fn aws_metadata_drives_steering_and_bad_answers_change_nothing() {
+    require_root();
+    let lab = SteerLab::new(1, false).unwrap();
+    let imds = FakeImds::start(&lab.inst);
+    let (m0, m1) = (mac(&lab.inst, "eth0"), mac(&lab.inst, "eth1"));
+    let base = "network/interfaces/macs/";
+    imds.set(base, &format!("{m0}/\n{m1}/\n"));
+    for (m, dn, ips, subnet) in [
+        (&m0, "0", "10.0.0.10", "10.0.0.0/24"),
+        (&m1, "1", "10.0.1.20\n10.0.1.21\n10.0.1.22", "10.0.1.0/24"),
+    ] {
+        imds.set(&format!("{base}{m}/device-number"), dn);
+        imds.set(&format!("{base}{m}/interface-id"), &format!("eni-{dn}"));
+        imds.set(&format!("{base}{m}/local-ipv4s"), ips);
+        imds.set(&format!("{base}{m}/subnet-ipv4-cidr-block"), subnet);
+    }
+    imds.set(&format!("{base}{m1}/ipv4-associations/"), "198.51.100.7\n");
+    imds.set(
+        &format!("{base}{m1}/ipv4-associations/198.51.100.7"),
+        "10.0.1.21",
+    );
+
+    let pin = format!("/sys/fs/bpf/ipnat-aws-{}", std::process::id());
+    let config = format!(
+        "pin_path = \"{pin}\"\n[[interface]]\nname = \"eth0\"\n[[interface]]\nname = \"eth1\"\n\
+         [aws]\nendpoint = \"http://127.0.0.1:{}\"\ninterval_secs = 1\ntimeout_ms = 500\n",
+        imds.port
+    );
+    let ipnat = Ipnat::start(&lab.inst, &config, &pin).unwrap();
+    wait_until("3 rules from the metadata", || rules(&ipnat) == 3);
+    for (i, a) in lab.eth1.iter().enumerate() {
+        assert!(udp_ok(&lab, *a, 7200 + i as u16), "{a} is steered");
+    }
+    let st = ipnat::dataplane::status(&ipnat.pin_path).unwrap();
+    let sync = st.sync.expect("sync state");
+    assert_eq!(
+        (sync.provider.as_str(), sync.result.as_str(), sync.rules),
+        ("aws", "ok", 3)
+    );
+
+    // Garbage, then a metadata service that hangs: errors, and the last good table stays.
+    imds.set(&format!("{base}{m1}/local-ipv4s"), "<html>503</html>");
+    wait_until("a failed sync", || {
+        ipnat::dataplane::status(&ipnat.pin_path)
+            .unwrap()
+            .sync
+            .is_some_and(|s| s.result.contains("not an IPv4 address"))
+    });
+    assert_eq!(rules(&ipnat), 3);
+    assert!(udp_ok(&lab, lab.eth1[2], 7210));
+    imds.set(
+        &format!("{base}{m1}/local-ipv4s"),
+        "10.0.1.20\n10.0.1.21\n10.0.1.22",
+    );
+    imds.hang.store(true, Ordering::Relaxed);
+    wait_until("a timed-out sync", || {
+        ipnat::dataplane::status(&ipnat.pin_path)
+            .unwrap()
+            .sync
+            .is_some_and(|s| s.result.contains("error") && !s.result.contains("IPv4"))
+    });
+    assert_eq!(rules(&ipnat), 3);
+    imds.hang.store(false, Ordering::Relaxed);
+
+    // The cloud removes an address: its rule goes at the next sync.
+    imds.set(&format!("{base}{m1}/local-ipv4s"), "10.0.1.20\n10.0.1.21");
+    wait_until("2 rules", || rules(&ipnat) == 2);
+    assert!(udp_ok(&lab, lab.eth1[0], 7220));
+    assert!(*imds.gets.lock().unwrap() > 10);
+}
