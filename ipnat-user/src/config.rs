@@ -46,6 +46,38 @@ pub struct Config {
     /// Sync steering rules from the EC2 instance metadata (absent: off).
     #[serde(default)]
     pub aws: Option<AwsConfig>,
+    /// Sync steering rules from the ECS instance metadata (absent: off).
+    #[serde(default)]
+    pub aliyun: Option<AliyunConfig>,
+}
+
+/// The `aliyun` provider: every address of a secondary NIC (not the instance's primary MAC) is
+/// steered out of that NIC via the gateway the metadata gives, re-read every `interval_secs`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AliyunConfig {
+    #[serde(default = "default_ecs_metadata")]
+    pub endpoint: String,
+    #[serde(default = "default_interval")]
+    pub interval_secs: u64,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_ecs_metadata() -> String {
+    "http://100.100.100.200".to_owned()
+}
+
+impl Config {
+    /// The configured provider: (name, endpoint, interval, timeout).
+    pub fn provider(&self) -> Option<(&'static str, &str, u64, u64)> {
+        if let Some(a) = &self.aws {
+            return Some(("aws", &a.endpoint, a.interval_secs, a.timeout_ms));
+        }
+        self.aliyun
+            .as_ref()
+            .map(|a| ("aliyun", a.endpoint.as_str(), a.interval_secs, a.timeout_ms))
+    }
 }
 
 /// The `aws` provider: every address of a secondary NIC (device number > 0) is steered out of
@@ -362,18 +394,25 @@ impl Config {
         }
         validate_mappings(&self.mappings, &|i| format!("mapping[{i}]"))?;
         self.validate_steering()?;
-        if let Some(aws) = &self.aws {
-            if !aws.endpoint.starts_with("http://") {
+        if self.aws.is_some() && self.aliyun.is_some() {
+            return Err(invalid(
+                "aliyun".into(),
+                &"[aliyun]",
+                "one provider at a time: the config also has [aws]",
+            ));
+        }
+        if let Some((name, endpoint, interval, timeout)) = self.provider() {
+            if !endpoint.starts_with("http://") {
                 return Err(invalid(
-                    "aws.endpoint".into(),
-                    &aws.endpoint,
+                    format!("{name}.endpoint"),
+                    &endpoint,
                     "must be an http:// URL (the metadata service does not speak TLS)",
                 ));
             }
-            if aws.interval_secs == 0 || aws.timeout_ms == 0 {
+            if interval == 0 || timeout == 0 {
                 return Err(invalid(
-                    "aws.interval_secs".into(),
-                    &aws.interval_secs,
+                    format!("{name}.interval_secs"),
+                    &interval,
                     "interval and timeout must be positive",
                 ));
             }

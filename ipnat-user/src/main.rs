@@ -441,7 +441,7 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
         let mut tick = tokio::time::interval(Duration::from_secs(stats_interval.max(1)));
         let mut neighbours = tokio::time::interval(Duration::from_secs(20));
         let mut sync_tick = tokio::time::interval(Duration::from_secs(
-            config.aws.as_ref().map_or(3600, |a| a.interval_secs.max(1)),
+            config.provider().map_or(3600, |p| p.2.max(1)),
         ));
         loop {
             tokio::select! {
@@ -469,12 +469,12 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
                         resolve_gateways(&eff);
                     }
                 }
-                _ = sync_tick.tick(), if config.aws.is_some() => {
-                    let aws = config.aws.clone().expect("checked");
+                _ = sync_tick.tick(), if config.provider().is_some() => {
+                    let name = config.provider().map_or("", |p| p.0);
                     let mut state = ipnat::providers::SyncState::load(&config.pin_path).unwrap_or_default();
-                    state.provider = "aws".into();
+                    state.provider = name.into();
                     state.last_attempt_unix = unix_now();
-                    let outcome = match sync_aws(&aws, &config).await {
+                    let outcome = match sync_provider(&config).await {
                         Ok(rules) => effective(&config, &rules).and_then(|eff| {
                             apply_steering(&mut dp, &eff)?;
                             Ok(rules)
@@ -484,7 +484,7 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
                     match outcome {
                         Ok(rules) => {
                             if rules != provider_rules {
-                                info!(rules = rules.len(), "aws: steering rules synced from the instance metadata");
+                                info!(provider = name, rules = rules.len(), "steering rules synced from the instance metadata");
                             }
                             state.rules = rules.len();
                             provider_rules = rules;
@@ -494,7 +494,7 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
                             ctl.last_sync_unix.store(state.last_attempt_unix, std::sync::atomic::Ordering::Relaxed);
                         }
                         Err(e) => {
-                            warn!("aws sync failed, the data plane keeps its tables: {e:#}");
+                            warn!(provider = name, "sync failed, the data plane keeps its tables: {e:#}");
                             state.result = format!("error: {e:#}");
                             ctl.syncs_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
@@ -601,10 +601,10 @@ fn reload(
         || new.pin_path != old.pin_path
         || new.max_mappings != old.max_mappings
         || new.metrics_listen != old.metrics_listen
-        || new.aws.as_ref().map(|a| a.interval_secs) != old.aws.as_ref().map(|a| a.interval_secs)
+        || new.provider().map(|p| (p.0, p.2)) != old.provider().map(|p| (p.0, p.2))
     {
         anyhow::bail!(
-            "interfaces, pin_path, max_mappings, metrics_listen and aws.interval_secs change only with a restart of `ipnat run`"
+            "interfaces, pin_path, max_mappings, metrics_listen and the provider and its interval change only with a restart of `ipnat run`"
         );
     }
     apply_config(dp, &effective(&new, provider_rules)?)?;
@@ -626,16 +626,21 @@ fn effective(config: &Config, provider_rules: &[ipnat::config::SteerConfig]) -> 
     Ok(c)
 }
 
-/// One sync with the AWS metadata: the steering rules it calls for, on the attached
-/// interfaces.
-async fn sync_aws(
-    aws: &ipnat::config::AwsConfig,
-    config: &Config,
-) -> Result<Vec<ipnat::config::SteerConfig>> {
-    use ipnat::providers::aws;
-    let imds = aws::Imds::new(&aws.endpoint, Duration::from_millis(aws.timeout_ms))?;
-    let nics = imds.nics().await?;
-    let (rules, missing) = aws::steering_rules(&nics, &aws::ifname_by_mac);
+/// One sync with the configured provider's metadata: the steering rules it calls for, on the
+/// attached interfaces.
+async fn sync_provider(config: &Config) -> Result<Vec<ipnat::config::SteerConfig>> {
+    use ipnat::providers::{aliyun, aws};
+    let Some((name, endpoint, _, timeout)) = config.provider() else {
+        return Ok(Vec::new());
+    };
+    let timeout = Duration::from_millis(timeout);
+    let (rules, missing) = if name == "aws" {
+        let nics = aws::Imds::new(endpoint, timeout)?.nics().await?;
+        aws::steering_rules(&nics, &aws::ifname_by_mac)
+    } else {
+        let nics = aliyun::Metadata::new(endpoint, timeout)?.nics().await?;
+        aliyun::steering_rules(&nics, &aws::ifname_by_mac)
+    };
     for mac in missing {
         warn!(%mac, "the metadata lists a secondary NIC that has no interface here (yet)");
     }

@@ -17,7 +17,8 @@ use ipnat_tests::{
     netns::{Netns, require_root},
 };
 
-/// A fake IMDSv2: a token from PUT /latest/api/token, then GETs that must carry it.
+/// A fake instance metadata service (AWS IMDSv2 or Alibaba Cloud's token mode): a token from
+/// PUT /latest/api/token, then GETs that must carry it.
 struct FakeImds {
     port: u16,
     data: Arc<Mutex<HashMap<String, String>>>,
@@ -51,9 +52,9 @@ impl FakeImds {
                     std::thread::sleep(Duration::from_secs(2));
                     continue;
                 }
-                let token_ok = text
-                    .to_ascii_lowercase()
-                    .contains("x-aws-ec2-metadata-token: token-1");
+                let lower = text.to_ascii_lowercase();
+                let token_ok = lower.contains("x-aws-ec2-metadata-token: token-1")
+                    || lower.contains("x-aliyun-ecs-metadata-token: token-1");
                 let (status, body) = if method == "PUT" && path == "/latest/api/token" {
                     (200, "token-1".to_owned())
                 } else if !token_ok {
@@ -211,4 +212,52 @@ fn aws_metadata_drives_steering_and_bad_answers_change_nothing() {
     wait_until("2 rules", || rules(&ipnat) == 2);
     assert!(udp_ok(&lab, lab.eth1[0], 7220));
     assert!(*imds.gets.lock().unwrap() > 10);
+}
+
+#[test]
+fn aliyun_metadata_drives_steering() {
+    require_root();
+    let lab = SteerLab::new(1, false).unwrap();
+    let meta = FakeImds::start(&lab.inst);
+    let (m0, m1) = (mac(&lab.inst, "eth0"), mac(&lab.inst, "eth1"));
+    let base = "network/interfaces/macs/";
+    meta.set("mac", &m0);
+    meta.set(base, &format!("{m0}/\n{m1}/\n"));
+    for (m, id, ips, gw, cidr) in [
+        (&m0, "eni-0", r#"["10.0.0.10"]"#, "10.0.0.1", "10.0.0.0/24"),
+        (
+            &m1,
+            "eni-1",
+            r#"["10.0.1.20","10.0.1.21","10.0.1.22"]"#,
+            "10.0.1.1",
+            "10.0.1.0/24",
+        ),
+    ] {
+        meta.set(&format!("{base}{m}/network-interface-id"), id);
+        meta.set(&format!("{base}{m}/private-ipv4s"), ips);
+        meta.set(&format!("{base}{m}/gateway"), gw);
+        meta.set(&format!("{base}{m}/vswitch-cidr-block"), cidr);
+    }
+    let pin = format!("/sys/fs/bpf/ipnat-aliyun-{}", std::process::id());
+    let config = format!(
+        "pin_path = \"{pin}\"\n[[interface]]\nname = \"eth0\"\n[[interface]]\nname = \"eth1\"\n\
+         [aliyun]\nendpoint = \"http://127.0.0.1:{}\"\ninterval_secs = 1\ntimeout_ms = 500\n",
+        meta.port
+    );
+    let ipnat = Ipnat::start(&lab.inst, &config, &pin).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let sync = ipnat::dataplane::status(&ipnat.pin_path).unwrap().sync;
+    assert_eq!(rules(&ipnat), 3, "{sync:?}");
+    for (i, a) in lab.eth1.iter().enumerate() {
+        assert!(udp_ok(&lab, *a, 7300 + i as u16), "{a} is steered");
+    }
+    // A broken JSON array changes nothing.
+    meta.set(&format!("{base}{m1}/private-ipv4s"), "[\"10.0.1.20\",");
+    wait_until("a failed sync", || {
+        ipnat::dataplane::status(&ipnat.pin_path)
+            .unwrap()
+            .sync
+            .is_some_and(|s| s.provider == "aliyun" && s.result.contains("JSON array"))
+    });
+    assert_eq!(rules(&ipnat), 3);
 }

@@ -1,4 +1,5 @@
 //! Where mappings and steering rules come from besides the config file: the clouds' metadata.
+pub mod aliyun;
 pub mod aws;
 
 use std::path::{Path, PathBuf};
