@@ -62,6 +62,9 @@ pub struct AliyunConfig {
     pub interval_secs: u64,
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// As for `aws`.
+    #[serde(default = "default_true")]
+    pub addresses: bool,
 }
 
 fn default_ecs_metadata() -> String {
@@ -69,6 +72,15 @@ fn default_ecs_metadata() -> String {
 }
 
 impl Config {
+    /// Whether the configured provider also manages the OS addresses.
+    pub fn provider_addresses(&self) -> bool {
+        self.aws
+            .as_ref()
+            .map(|a| a.addresses)
+            .or(self.aliyun.as_ref().map(|a| a.addresses))
+            == Some(true)
+    }
+
     /// The configured provider: (name, endpoint, interval, timeout).
     pub fn provider(&self) -> Option<(&'static str, &str, u64, u64)> {
         if let Some(a) = &self.aws {
@@ -93,6 +105,10 @@ pub struct AwsConfig {
     /// Per request.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
+    /// Put the NICs' addresses on the interfaces, and remove those ipnat added when the
+    /// metadata no longer lists them (never one ipnat did not add).
+    #[serde(default = "default_true")]
+    pub addresses: bool,
 }
 
 fn default_imds() -> String {

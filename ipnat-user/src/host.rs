@@ -98,32 +98,17 @@ pub fn restore(state: &Path) -> std::io::Result<Vec<(String, String)>> {
     Ok(done)
 }
 
-/// Asks the kernel to resolve `addr`'s link-layer address on interface `ifindex` now (an
-/// `RTM_NEWNEIGH` with `NTF_USE`, what `ip neigh replace ... use` does), so that the first
-/// steered packet does not have to wait for ARP. Returns once the kernel accepted the request;
-/// the resolution itself runs in the background.
-pub fn resolve_neighbour(ifindex: u32, addr: std::net::Ipv4Addr) -> std::io::Result<()> {
+/// Sends one rtnetlink request and waits for its acknowledgement.
+fn netlink_request(msg_type: u16, flags: u16, body: &[u8]) -> std::io::Result<()> {
     use std::mem::size_of;
-    const NTF_USE: u8 = 0x01;
-    const NDA_DST: u16 = 1;
-    // nlmsghdr (16) + ndmsg (12) + rtattr NDA_DST (4 + 4).
-    let len = 16 + 12 + 8;
+    let len = 16 + body.len();
     let mut msg = Vec::with_capacity(len);
     msg.extend_from_slice(&(len as u32).to_ne_bytes());
-    msg.extend_from_slice(&libc::RTM_NEWNEIGH.to_ne_bytes());
-    let flags = libc::NLM_F_REQUEST | libc::NLM_F_ACK | libc::NLM_F_CREATE | libc::NLM_F_REPLACE;
-    msg.extend_from_slice(&(flags as u16).to_ne_bytes());
+    msg.extend_from_slice(&msg_type.to_ne_bytes());
+    msg.extend_from_slice(&(flags | (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
     msg.extend_from_slice(&1u32.to_ne_bytes()); // sequence
     msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it in
-    msg.push(libc::AF_INET as u8); // ndm_family
-    msg.extend_from_slice(&[0, 0, 0]); // padding
-    msg.extend_from_slice(&(ifindex as i32).to_ne_bytes());
-    msg.extend_from_slice(&0u16.to_ne_bytes()); // ndm_state: NUD_NONE
-    msg.push(NTF_USE); // ndm_flags
-    msg.push(0); // ndm_type
-    msg.extend_from_slice(&8u16.to_ne_bytes());
-    msg.extend_from_slice(&NDA_DST.to_ne_bytes());
-    msg.extend_from_slice(&addr.octets());
+    msg.extend_from_slice(body);
     // SAFETY: plain socket calls on buffers we own, with their lengths.
     unsafe {
         let fd = libc::socket(
@@ -150,7 +135,7 @@ pub fn resolve_neighbour(ifindex: u32, addr: std::net::Ipv4Addr) -> std::io::Res
             return Err(std::io::Error::last_os_error());
         }
         // The ACK: an nlmsgerr whose error is 0 on success.
-        let mut buf = [0u8; 256];
+        let mut buf = [0u8; 512];
         let n = libc::recv(raw, buf.as_mut_ptr().cast(), buf.len(), 0);
         if n < 0 {
             return Err(std::io::Error::last_os_error());
@@ -163,4 +148,170 @@ pub fn resolve_neighbour(ifindex: u32, addr: std::net::Ipv4Addr) -> std::io::Res
         }
     }
     Ok(())
+}
+
+/// A netlink attribute: length, type, payload (4-byte aligned payloads only).
+fn attr(kind: u16, payload: &[u8]) -> Vec<u8> {
+    let mut a = Vec::with_capacity(4 + payload.len());
+    a.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+    a.extend_from_slice(&kind.to_ne_bytes());
+    a.extend_from_slice(payload);
+    a
+}
+
+/// Asks the kernel to resolve `addr`'s link-layer address on interface `ifindex` now (an
+/// `RTM_NEWNEIGH` with `NTF_USE`, what `ip neigh replace ... use` does), so that the first
+/// steered packet does not have to wait for ARP. Returns once the kernel accepted the request;
+/// the resolution itself runs in the background.
+pub fn resolve_neighbour(ifindex: u32, addr: std::net::Ipv4Addr) -> std::io::Result<()> {
+    const NTF_USE: u8 = 0x01;
+    const NDA_DST: u16 = 1;
+    let mut body = Vec::new();
+    body.push(libc::AF_INET as u8); // ndm_family
+    body.extend_from_slice(&[0, 0, 0]); // padding
+    body.extend_from_slice(&(ifindex as i32).to_ne_bytes());
+    body.extend_from_slice(&0u16.to_ne_bytes()); // ndm_state: NUD_NONE
+    body.push(NTF_USE); // ndm_flags
+    body.push(0); // ndm_type
+    body.extend_from_slice(&attr(NDA_DST, &addr.octets()));
+    netlink_request(
+        libc::RTM_NEWNEIGH,
+        (libc::NLM_F_CREATE | libc::NLM_F_REPLACE) as u16,
+        &body,
+    )
+}
+
+fn addr_message(ifindex: u32, net: ipnet::Ipv4Net) -> Vec<u8> {
+    const IFA_ADDRESS: u16 = 1;
+    const IFA_LOCAL: u16 = 2;
+    let mut body = vec![
+        libc::AF_INET as u8,
+        net.prefix_len(),
+        0, // flags
+        0, // scope: universe
+    ];
+    body.extend_from_slice(&ifindex.to_ne_bytes());
+    body.extend_from_slice(&attr(IFA_LOCAL, &net.addr().octets()));
+    body.extend_from_slice(&attr(IFA_ADDRESS, &net.addr().octets()));
+    body
+}
+
+/// `ip addr add <net> dev <ifindex>`.
+pub fn add_address(ifindex: u32, net: ipnet::Ipv4Net) -> std::io::Result<()> {
+    netlink_request(
+        libc::RTM_NEWADDR,
+        (libc::NLM_F_CREATE | libc::NLM_F_EXCL) as u16,
+        &addr_message(ifindex, net),
+    )
+}
+
+/// `ip addr del <net> dev <ifindex>`.
+pub fn del_address(ifindex: u32, net: ipnet::Ipv4Net) -> std::io::Result<()> {
+    netlink_request(libc::RTM_DELADDR, 0, &addr_message(ifindex, net))
+}
+
+/// The IPv4 addresses on each interface, in this network namespace.
+pub fn addresses() -> std::io::Result<Vec<(String, ipnet::Ipv4Net)>> {
+    let mut out = Vec::new();
+    for a in nix::ifaddrs::getifaddrs()? {
+        let (Some(addr), Some(mask)) = (
+            a.address.as_ref().and_then(|s| s.as_sockaddr_in()),
+            a.netmask.as_ref().and_then(|s| s.as_sockaddr_in()),
+        ) else {
+            continue;
+        };
+        let len = u32::from(mask.ip()).leading_ones() as u8;
+        if let Ok(net) = ipnet::Ipv4Net::new(addr.ip(), len) {
+            out.push((a.interface_name, net));
+        }
+    }
+    Ok(out)
+}
+
+/// Addresses ipnat put on interfaces (and removes when the cloud removes them, or on
+/// `ipnat down`); never one it did not add.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct AddedAddresses {
+    /// (interface, address/prefix length)
+    pub added: Vec<(String, String)>,
+}
+
+pub fn addresses_path(pin_path: &Path) -> PathBuf {
+    state_path(pin_path)
+        .with_extension("")
+        .with_extension("addresses.json")
+}
+
+impl AddedAddresses {
+    pub fn load(pin_path: &Path) -> Self {
+        std::fs::read_to_string(addresses_path(pin_path))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn save(&self, pin_path: &Path) -> std::io::Result<()> {
+        let path = addresses_path(pin_path);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, serde_json::to_string_pretty(self)?)
+    }
+}
+
+/// Makes the addresses ipnat manages equal `desired` (interface, address/len): adds what is
+/// missing (and records it), removes what ipnat added earlier and is no longer desired.
+/// Addresses already there that ipnat did not add are left alone. Returns (added, removed).
+pub fn reconcile_addresses(
+    desired: &[(String, ipnet::Ipv4Net)],
+    pin_path: &Path,
+) -> std::io::Result<(Vec<String>, Vec<String>)> {
+    let mut record = AddedAddresses::load(pin_path);
+    let present = addresses()?;
+    let (mut added, mut removed) = (Vec::new(), Vec::new());
+    for (iface, net) in desired {
+        if present
+            .iter()
+            .any(|(i, n)| i == iface && n.addr() == net.addr())
+        {
+            continue;
+        }
+        let Some(index) = ifindex_of(iface) else {
+            continue;
+        };
+        add_address(index, *net)?;
+        record.added.push((iface.clone(), net.to_string()));
+        added.push(format!("{net} on {iface}"));
+    }
+    let mut keep = Vec::new();
+    for (iface, text) in std::mem::take(&mut record.added) {
+        let wanted = desired
+            .iter()
+            .any(|(i, n)| *i == iface && n.to_string() == text);
+        if wanted {
+            keep.push((iface, text));
+            continue;
+        }
+        if let (Some(index), Ok(net)) = (ifindex_of(&iface), text.parse::<ipnet::Ipv4Net>()) {
+            match del_address(index, net) {
+                Ok(()) => removed.push(format!("{net} on {iface}")),
+                Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    record.added = keep;
+    record.save(pin_path)?;
+    Ok((added, removed))
+}
+
+/// Removes every address ipnat added (for `ipnat down`); returns them.
+pub fn remove_added_addresses(pin_path: &Path) -> std::io::Result<Vec<String>> {
+    let (_, removed) = reconcile_addresses(&[], pin_path)?;
+    let _ = std::fs::remove_file(addresses_path(pin_path));
+    Ok(removed)
+}
+
+fn ifindex_of(iface: &str) -> Option<u32> {
+    nix::net::if_::if_nametoindex(iface).ok()
 }

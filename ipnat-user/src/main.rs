@@ -265,6 +265,9 @@ fn run(cli: Cli) -> Result<()> {
                 println!("restored {key} = {value}");
             }
             ipnat::providers::SyncState::remove(&pin_path);
+            for a in ipnat::host::remove_added_addresses(&pin_path)? {
+                println!("removed address {a}");
+            }
             println!("removed {}", pin_path.display());
             Ok(())
         }
@@ -475,10 +478,20 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
                     state.provider = name.into();
                     state.last_attempt_unix = unix_now();
                     let outcome = match sync_provider(&config).await {
-                        Ok(rules) => effective(&config, &rules).and_then(|eff| {
+                        Ok((rules, addresses)) => (|| {
+                            if config.provider_addresses() {
+                                let (added, removed) = ipnat::host::reconcile_addresses(&addresses, &config.pin_path)?;
+                                for a in added {
+                                    info!(address = %a, "added: the cloud assigned it");
+                                }
+                                for a in removed {
+                                    info!(address = %a, "removed: the cloud no longer assigns it");
+                                }
+                            }
+                            let eff = effective(&config, &rules)?;
                             apply_steering(&mut dp, &eff)?;
                             Ok(rules)
-                        }),
+                        })(),
                         Err(e) => Err(e),
                     };
                     match outcome {
@@ -628,17 +641,39 @@ fn effective(config: &Config, provider_rules: &[ipnat::config::SteerConfig]) -> 
 
 /// One sync with the configured provider's metadata: the steering rules it calls for, on the
 /// attached interfaces.
-async fn sync_provider(config: &Config) -> Result<Vec<ipnat::config::SteerConfig>> {
+async fn sync_provider(config: &Config) -> Result<(Vec<ipnat::config::SteerConfig>, Addresses)> {
     use ipnat::providers::{aliyun, aws};
     let Some((name, endpoint, _, timeout)) = config.provider() else {
-        return Ok(Vec::new());
+        return Ok(Default::default());
     };
     let timeout = Duration::from_millis(timeout);
+    // Every NIC's addresses with its subnet's prefix length, on the interface with its MAC.
+    let mut addresses = Vec::new();
     let (rules, missing) = if name == "aws" {
         let nics = aws::Imds::new(endpoint, timeout)?.nics().await?;
+        for n in &nics {
+            if let Some(iface) = aws::ifname_by_mac(&n.mac) {
+                for ip in &n.local_ipv4s {
+                    addresses.push((
+                        iface.clone(),
+                        ipnet::Ipv4Net::new(*ip, n.subnet.prefix_len())?,
+                    ));
+                }
+            }
+        }
         aws::steering_rules(&nics, &aws::ifname_by_mac)
     } else {
         let nics = aliyun::Metadata::new(endpoint, timeout)?.nics().await?;
+        for n in &nics {
+            if let Some(iface) = aws::ifname_by_mac(&n.mac) {
+                for ip in &n.private_ipv4s {
+                    addresses.push((
+                        iface.clone(),
+                        ipnet::Ipv4Net::new(*ip, n.vswitch.prefix_len())?,
+                    ));
+                }
+            }
+        }
         aliyun::steering_rules(&nics, &aws::ifname_by_mac)
     };
     for mac in missing {
@@ -652,5 +687,8 @@ async fn sync_provider(config: &Config) -> Result<Vec<ipnat::config::SteerConfig
             warn!(interface = %r.interface, source = %r.source, "not steered: the interface is not one of the [[interface]]s");
         }
     }
-    Ok(kept)
+    Ok((kept, addresses))
 }
+
+/// Addresses a provider wants on the interfaces: (interface, address/prefix length).
+type Addresses = Vec<(String, ipnet::Ipv4Net)>;

@@ -99,6 +99,11 @@ fn mac(ns: &Netns, iface: &str) -> String {
         .to_owned()
 }
 
+fn eth1(lab: &SteerLab) -> String {
+    String::from_utf8_lossy(&lab.inst.ip(&["-4", "addr", "show", "eth1"]).unwrap().stdout)
+        .into_owned()
+}
+
 fn rules(ipnat: &Ipnat) -> usize {
     ipnat.stats_json().unwrap()["steering"]
         .as_array()
@@ -152,7 +157,12 @@ fn aws_metadata_drives_steering_and_bad_answers_change_nothing() {
     imds.set(base, &format!("{m0}/\n{m1}/\n"));
     for (m, dn, ips, subnet) in [
         (&m0, "0", "10.0.0.10", "10.0.0.0/24"),
-        (&m1, "1", "10.0.1.20\n10.0.1.21\n10.0.1.22", "10.0.1.0/24"),
+        (
+            &m1,
+            "1",
+            "10.0.1.20\n10.0.1.21\n10.0.1.22\n10.0.1.23",
+            "10.0.1.0/24",
+        ),
     ] {
         imds.set(&format!("{base}{m}/device-number"), dn);
         imds.set(&format!("{base}{m}/interface-id"), &format!("eni-{dn}"));
@@ -171,16 +181,26 @@ fn aws_metadata_drives_steering_and_bad_answers_change_nothing() {
          [aws]\nendpoint = \"http://127.0.0.1:{}\"\ninterval_secs = 1\ntimeout_ms = 500\n",
         imds.port
     );
-    let ipnat = Ipnat::start(&lab.inst, &config, &pin).unwrap();
-    wait_until("3 rules from the metadata", || rules(&ipnat) == 3);
-    for (i, a) in lab.eth1.iter().enumerate() {
+    // The cloud assigned 10.0.1.23 to eth1's NIC too: its router lets it out of v1.
+    lab.vpc
+        .run(
+            "nft",
+            &["insert rule inet cloud srccheck iifname \"v1\" ip saddr 10.0.1.23 accept"],
+        )
+        .unwrap();
+    let mut ipnat = Ipnat::start(&lab.inst, &config, &pin).unwrap();
+    wait_until("4 rules from the metadata", || rules(&ipnat) == 4);
+    // The address the cloud assigned and the host lacked is put on eth1 (10.0.1.23).
+    assert!(eth1(&lab).contains("10.0.1.23/24"), "{}", eth1(&lab));
+    let extra: std::net::Ipv4Addr = "10.0.1.23".parse().unwrap();
+    for (i, a) in lab.eth1.iter().chain([&extra]).enumerate() {
         assert!(udp_ok(&lab, *a, 7200 + i as u16), "{a} is steered");
     }
     let st = ipnat::dataplane::status(&ipnat.pin_path).unwrap();
     let sync = st.sync.expect("sync state");
     assert_eq!(
         (sync.provider.as_str(), sync.result.as_str(), sync.rules),
-        ("aws", "ok", 3)
+        ("aws", "ok", 4)
     );
 
     // Garbage, then a metadata service that hangs: errors, and the last good table stays.
@@ -191,11 +211,15 @@ fn aws_metadata_drives_steering_and_bad_answers_change_nothing() {
             .sync
             .is_some_and(|s| s.result.contains("not an IPv4 address"))
     });
-    assert_eq!(rules(&ipnat), 3);
+    assert_eq!(rules(&ipnat), 4);
+    assert!(
+        eth1(&lab).contains("10.0.1.23/24"),
+        "garbage removes nothing"
+    );
     assert!(udp_ok(&lab, lab.eth1[2], 7210));
     imds.set(
         &format!("{base}{m1}/local-ipv4s"),
-        "10.0.1.20\n10.0.1.21\n10.0.1.22",
+        "10.0.1.20\n10.0.1.21\n10.0.1.22\n10.0.1.23",
     );
     imds.hang.store(true, Ordering::Relaxed);
     wait_until("a timed-out sync", || {
@@ -204,14 +228,31 @@ fn aws_metadata_drives_steering_and_bad_answers_change_nothing() {
             .sync
             .is_some_and(|s| s.result.contains("error") && !s.result.contains("IPv4"))
     });
-    assert_eq!(rules(&ipnat), 3);
+    assert_eq!(rules(&ipnat), 4);
     imds.hang.store(false, Ordering::Relaxed);
 
-    // The cloud removes an address: its rule goes at the next sync.
+    // The cloud removes two addresses: their rules go at the next sync, and the address ipnat
+    // added goes from eth1; the one it did not add (10.0.1.22, the host's own) stays.
     imds.set(&format!("{base}{m1}/local-ipv4s"), "10.0.1.20\n10.0.1.21");
     wait_until("2 rules", || rules(&ipnat) == 2);
+    wait_until("10.0.1.23 removed", || !eth1(&lab).contains("10.0.1.23/24"));
+    assert!(eth1(&lab).contains("10.0.1.22/24"));
     assert!(udp_ok(&lab, lab.eth1[0], 7220));
     assert!(*imds.gets.lock().unwrap() > 10);
+    // `ipnat down` takes away what ipnat added, and only that.
+    imds.set(&format!("{base}{m1}/local-ipv4s"), "10.0.1.20\n10.0.1.23");
+    wait_until("10.0.1.23 back", || eth1(&lab).contains("10.0.1.23/24"));
+    ipnat.stop().unwrap();
+    let (ok, out) = ipnat.down().unwrap();
+    assert!(
+        ok.success() && out.contains("removed address 10.0.1.23/24 on eth1"),
+        "{out}"
+    );
+    let after = eth1(&lab);
+    assert!(
+        !after.contains("10.0.1.23/24") && after.contains("10.0.1.21/24"),
+        "{after}"
+    );
 }
 
 #[test]
