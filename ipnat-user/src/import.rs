@@ -36,8 +36,8 @@ pub struct Skipped {
 pub struct Imported {
     pub interfaces: BTreeSet<String>,
     pub steering: Vec<SteerConfig>,
-    /// Addresses the inputs put on interfaces (ipnat does not manage OS addresses yet: printed
-    /// as a reminder).
+    /// Addresses the inputs put on interfaces (the config has no list of addresses: printed as
+    /// a reminder).
     pub addresses: Vec<(Ipv4Net, String)>,
     pub skipped: Vec<Skipped>,
 }
@@ -461,8 +461,9 @@ impl Imported {
         if !self.addresses.is_empty() {
             let _ = writeln!(
                 s,
-                "# Addresses the inputs put on interfaces. ipnat does not manage OS addresses yet:\n\
-                 # keep them configured (e.g. in your distribution's network configuration)."
+                "# Addresses the inputs put on interfaces. The config has no list of addresses: keep\n\
+                 # them configured (your distribution's network configuration), or let the [aws] or\n\
+                 # [aliyun] provider put the cloud's addresses on the NICs."
             );
             for (net, dev) in &self.addresses {
                 let _ = writeln!(s, "#   {net} on {dev}");
