@@ -131,13 +131,24 @@ impl Dataplane {
             Some(dir) => prepare_pin_dir(dir)?,
             None => false,
         };
+        // Tables sized differently from `capacity` are rebuilt (see `Resize`).
+        let resize = match (adopted, pin_dir) {
+            (true, Some(dir)) => Resize::open(dir, capacity)?,
+            _ => None,
+        };
         let mut loader = aya::EbpfLoader::new();
         loader
             .map_max_entries(names::DNAT_MAP, capacity)
             .map_max_entries(names::SNAT_MAP, capacity)
             .map_max_entries(names::MAPPING_COUNTERS, capacity + 1);
         let pins: Vec<(&str, PathBuf)> = pin_dir
-            .map(|dir| MAP_NAMES.iter().map(|n| (*n, dir.join(n))).collect())
+            .map(|dir| {
+                MAP_NAMES
+                    .iter()
+                    .filter(|n| resize.is_none() || !RESIZED.contains(n))
+                    .map(|n| (*n, dir.join(n)))
+                    .collect()
+            })
             .unwrap_or_default();
         for (name, path) in &pins {
             // Opens the pinned map when there is one, else creates and pins it.
@@ -163,8 +174,15 @@ impl Dataplane {
                 _ => return Err(DataplaneError::MissingMap(name)),
             }
         }
-        let mut tables = Tables::take(&mut ebpf)?;
+        let repin = match (&resize, pin_dir) {
+            (Some(_), Some(dir)) => Some(dir),
+            _ => None,
+        };
+        let mut tables = Tables::take(&mut ebpf, repin)?;
         tables.claim_schema(adopted)?;
+        if let Some(old) = resize {
+            old.copy_into(&mut tables)?;
+        }
         Ok(Self {
             ebpf,
             tables,
@@ -726,6 +744,92 @@ pub fn down(dir: &Path) -> Result<Removed, DataplaneError> {
     Ok(Removed { links, restored })
 }
 
+/// The maps whose size is `max_mappings`.
+const RESIZED: [&str; 3] = [names::DNAT_MAP, names::SNAT_MAP, names::MAPPING_COUNTERS];
+
+/// Pinned tables of another size than the configured one: their entries and counters are
+/// copied into new maps of the new size, the new maps take over the pins, and attaching
+/// replaces the programs (and so the maps they use) atomically per link. Traffic keeps flowing
+/// throughout; counter increments on the old maps between the copy and the program swap are
+/// lost.
+struct Resize {
+    dnat: HashMap<MapData, u32, NatTarget>,
+    snat: HashMap<MapData, u32, NatTarget>,
+    counters: Array<MapData, MappingCounters>,
+}
+
+impl Resize {
+    fn open(dir: &Path, capacity: u32) -> Result<Option<Self>, DataplaneError> {
+        let open = |name: &'static str| {
+            MapData::from_pin(dir.join(name))
+                .and_then(aya::maps::Map::from_map_data)
+                .map_err(|e| DataplaneError::Pin {
+                    path: dir.join(name),
+                    why: e.to_string(),
+                })
+        };
+        if !dir.join(names::MAPPING_COUNTERS).exists() {
+            return Ok(None);
+        }
+        let counters: Array<MapData, MappingCounters> =
+            open(names::MAPPING_COUNTERS)?
+                .try_into()
+                .map_err(map_err(names::MAPPING_COUNTERS))?;
+        if counters.len() == capacity + 1 {
+            return Ok(None);
+        }
+        let old = Self {
+            dnat: open(names::DNAT_MAP)?
+                .try_into()
+                .map_err(map_err(names::DNAT_MAP))?,
+            snat: open(names::SNAT_MAP)?
+                .try_into()
+                .map_err(map_err(names::SNAT_MAP))?,
+            counters,
+        };
+        let installed = old.dnat.keys().count();
+        let top_id = old
+            .dnat
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(_, t)| t.id)
+            .max()
+            .unwrap_or(0);
+        if installed > capacity as usize || top_id > capacity {
+            return Err(DataplaneError::Full(capacity));
+        }
+        Ok(Some(old))
+    }
+
+    fn copy_into(self, new: &mut Tables) -> Result<(), DataplaneError> {
+        for entry in self.snat.iter() {
+            let (k, v) = entry.map_err(map_err(names::SNAT_MAP))?;
+            new.snat.insert(k, v, 0).map_err(map_err(names::SNAT_MAP))?;
+        }
+        for entry in self.dnat.iter() {
+            let (k, v) = entry.map_err(map_err(names::DNAT_MAP))?;
+            let c = self
+                .counters
+                .get(&v.id, 0)
+                .map_err(map_err(names::MAPPING_COUNTERS))?;
+            new.counters
+                .set(v.id, c, 0)
+                .map_err(map_err(names::MAPPING_COUNTERS))?;
+            new.dnat.insert(k, v, 0).map_err(map_err(names::DNAT_MAP))?;
+        }
+        // Block mappings' counters (their tables are not resized).
+        for entry in new.dnat_pfx.iter() {
+            let (_, v) = entry.map_err(map_err(names::DNAT_PREFIX_MAP))?;
+            if let Ok(c) = self.counters.get(&v.id, 0) {
+                new.counters
+                    .set(v.id, c, 0)
+                    .map_err(map_err(names::MAPPING_COUNTERS))?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A mapping as installed in the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct InstalledMapping {
@@ -907,12 +1011,22 @@ pub fn ensure_bpffs(dir: &Path) -> Result<(), String> {
 
 impl Tables {
     /// Takes the maps out of the loaded object, pinning each under `pin_dir` when given.
-    fn take(ebpf: &mut Ebpf) -> Result<Self, DataplaneError> {
+    /// Takes the maps out of the loaded object. With `repin`, the resized maps (`RESIZED`)
+    /// replace the pins of their predecessors there.
+    fn take(ebpf: &mut Ebpf, repin: Option<&Path>) -> Result<Self, DataplaneError> {
         let mut memory = BTreeMap::new();
         let mut take = |name: &'static str| {
             let map = ebpf
                 .take_map(name)
                 .ok_or(DataplaneError::MissingMap(name))?;
+            if let Some(dir) = repin.filter(|_| RESIZED.contains(&name)) {
+                let path = dir.join(name);
+                remove_pin(&path)?;
+                map.pin(&path).map_err(|e| DataplaneError::Pin {
+                    path: path.clone(),
+                    why: e.to_string(),
+                })?;
+            }
             if let Some(data) = map_data(&map) {
                 memory.insert(name, memlock(data));
             }

@@ -338,3 +338,36 @@ fn churning_a_mapping_never_loses_or_mistranslates_a_packet() {
     let m = &stats["mappings"].as_array().unwrap()[0];
     assert_eq!(m["dnat_packets"].as_u64(), Some(u64::from(sent)), "{stats}");
 }
+
+#[test]
+fn growing_the_tables_on_restart_keeps_traffic_and_counters() {
+    require_root();
+    let lab = GatewayLab::new(LabOptions::default()).unwrap();
+    let mut ipnat = lab.start_ipnat().unwrap();
+    let pin = ipnat.pin_path.to_string_lossy().into_owned();
+    let sized = |n: u32| format!("max_mappings = {n}\n{}", lab.config(&pin));
+    // Restart at a fixed size first, then grow it under traffic.
+    ipnat.stop().unwrap();
+    ipnat.spawn(&lab.gw, &sized(1024)).unwrap();
+    let capacity = |ipnat: &ipnat_tests::lab::Ipnat| {
+        ipnat.stats_json().unwrap()["memory"]["capacity"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(capacity(&ipnat), 1024);
+    let stream = Stream::start(&lab);
+    std::thread::sleep(Duration::from_millis(400));
+    let before = dnat_packets(&ipnat.stats_json().unwrap());
+    ipnat.kill().unwrap();
+    ipnat.spawn(&lab.gw, &sized(100_000)).unwrap();
+    std::thread::sleep(Duration::from_millis(400));
+    let (sent, seen, back, odd) = stream.finish();
+    assert_complete(sent, &seen, &back, &odd);
+    let stats = ipnat.stats_json().unwrap();
+    assert_eq!(capacity(&ipnat), 100_000, "{stats}");
+    let after = dnat_packets(&stats);
+    assert!(
+        after > before && after + 50 >= u64::from(sent),
+        "counters carried over: {before} then {after} for {sent} sent"
+    );
+}
