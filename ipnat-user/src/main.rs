@@ -14,7 +14,7 @@ use tracing::{info, warn};
 #[command(
     name = "ipnat",
     version,
-    about = "Stateless one-to-one IPv4 NAT (EIP <-> private IP) in XDP and TC"
+    about = "Stateless one-to-one IPv4 NAT (EIP <-> private IP) and source-based steering in XDP and TC"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -82,7 +82,8 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Detach everything `ipnat run` attached and remove its pins (stop `ipnat run` first).
+    /// Detach everything `ipnat run` attached, remove its pins, and put back what it changed on
+    /// the host (rp_filter, the addresses it added). Stop `ipnat run` first.
     Down {
         /// The pin directory of the data plane.
         #[arg(long, default_value = DEFAULT_PIN_PATH)]
