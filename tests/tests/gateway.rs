@@ -807,3 +807,41 @@ fn an_interface_without_native_xdp_gets_the_gateway_in_tc() {
     assert!(r["forwarded_neigh"].as_u64().unwrap() >= 10, "{stats}");
     assert_eq!(lab.kernel_forwarded().unwrap(), 0, "{stats}");
 }
+
+#[test]
+fn a_block_mapping_keeps_host_bits_end_to_end() {
+    require_root();
+    let lab = GatewayLab::new(LabOptions::default()).unwrap();
+    // 120.0.0.8/30 <-> 10.0.1.8/30: 120.0.0.10 is the backend's 10.0.1.10, .11 its 10.0.1.11.
+    lab.inet
+        .ip(&["route", "add", "120.0.0.0/24", "via", "203.0.113.1"])
+        .unwrap();
+    let pin = format!("/sys/fs/bpf/ipnat-block-{}", std::process::id());
+    let config = format!(
+        "pin_path = \"{pin}\"\n[[interface]]\nname = \"ext0\"\n[[interface]]\nname = \"int0\"\n\
+         [[mapping]]\npublic = \"120.0.0.8/30\"\nprivate = \"10.0.1.8/30\"\n"
+    );
+    let ipnat = ipnat_tests::lab::Ipnat::start(&lab.gw, &config, &pin).unwrap();
+    let at_inet = Capture::start(&lab.inet, "eth0").unwrap();
+    for (public, private, port) in [
+        (Ipv4Addr::new(120, 0, 0, 10), BACKEND, 8701),
+        (Ipv4Addr::new(120, 0, 0, 11), BACKEND2, 8702),
+    ] {
+        let x = tcp_exchange(&lab.inet, &lab.backend, public, port, b"block", 20_000).unwrap();
+        assert_eq!(x.server_local.ip(), IpAddr::V4(private));
+        assert_eq!(x.server_saw_peer.ip(), IpAddr::V4(INET));
+        assert_eq!(x.client_saw_peer, SocketAddr::from((public, port)));
+        assert_eq!(x.response.len(), 5 + 20_000);
+    }
+    let frames = at_inet.stop().unwrap();
+    assert!(check_frames(&frames, Ipv4Addr::new(120, 0, 0, 10), INET, 6) >= 3);
+    assert!(check_frames(&frames, Ipv4Addr::new(120, 0, 0, 11), INET, 6) >= 3);
+    assert_absent(&frames, BACKEND, "the internet side");
+    let stats = ipnat.stats_json().unwrap();
+    let m = &stats["mappings"][0];
+    assert_eq!(m["public"], "120.0.0.8/30", "{stats}");
+    assert!(
+        m["dnat_packets"].as_u64().unwrap() >= 6,
+        "one counter for the block: {stats}"
+    );
+}
