@@ -268,24 +268,13 @@ impl Dataplane {
             .ok_or(DataplaneError::MissingMap(names::XDP_PROGRAM))?;
         match pinned {
             Some(path) if path.exists() => {
-                let link = adopt_link(&path)?;
-                let link = XdpLink::try_from(link).map_err(|e| DataplaneError::Pin {
-                    path: path.clone(),
-                    why: e.to_string(),
-                })?;
-                xdp.attach_to_link(link).map_err(attach_err)?;
+                xdp.attach_to_link(adopt_as::<XdpLink>(&path)?)
+                    .map_err(attach_err)?;
             }
             path => {
                 let id = xdp.attach(iface, XdpMode::Driver).map_err(attach_err)?;
                 if let Some(path) = path {
-                    let link = xdp.take_link(id).map_err(attach_err)?;
-                    pin_link(
-                        FdLink::try_from(link).map_err(|e| DataplaneError::Pin {
-                            path: path.clone(),
-                            why: e.to_string(),
-                        })?,
-                        &path,
-                    )?;
+                    pin_taken(xdp.take_link(id).map_err(attach_err)?, &path)?;
                 }
             }
         }
@@ -311,25 +300,13 @@ impl Dataplane {
             .ok_or(DataplaneError::MissingMap(name))?;
         match pinned {
             Some(path) if path.exists() => {
-                let link = adopt_link(&path)?;
-                let link =
-                    SchedClassifierLink::try_from(link).map_err(|e| DataplaneError::Pin {
-                        path: path.clone(),
-                        why: e.to_string(),
-                    })?;
-                tc.attach_to_link(link).map_err(attach_err)?;
+                tc.attach_to_link(adopt_as::<SchedClassifierLink>(&path)?)
+                    .map_err(attach_err)?;
             }
             path => {
                 let id = tc.attach(iface, attach_type).map_err(attach_err)?;
                 if let Some(path) = path {
-                    let link = tc.take_link(id).map_err(attach_err)?;
-                    pin_link(
-                        FdLink::try_from(link).map_err(|e| DataplaneError::Pin {
-                            path: path.clone(),
-                            why: e.to_string(),
-                        })?,
-                        &path,
-                    )?;
+                    pin_taken(tc.take_link(id).map_err(attach_err)?, &path)?;
                 }
             }
         }
@@ -560,6 +537,34 @@ impl Status {
         }
         s
     }
+}
+
+fn pin_error(path: &Path, e: impl std::fmt::Display) -> DataplaneError {
+    DataplaneError::Pin {
+        path: path.to_owned(),
+        why: e.to_string(),
+    }
+}
+
+/// A pinned link, as the link type of the program that will take it over.
+fn adopt_as<L>(path: &Path) -> Result<L, DataplaneError>
+where
+    L: TryFrom<FdLink>,
+    L::Error: std::fmt::Display,
+{
+    L::try_from(adopt_link(path)?).map_err(|e| pin_error(path, e))
+}
+
+/// Pins a link taken out of its program, so that it outlives this process.
+fn pin_taken<L>(link: L, path: &Path) -> Result<(), DataplaneError>
+where
+    FdLink: TryFrom<L>,
+    <FdLink as TryFrom<L>>::Error: std::fmt::Display,
+{
+    pin_link(
+        FdLink::try_from(link).map_err(|e| pin_error(path, e))?,
+        path,
+    )
 }
 
 fn adopt_link(path: &Path) -> Result<FdLink, DataplaneError> {

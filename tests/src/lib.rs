@@ -1,6 +1,7 @@
 //! Test support for ipnat: packets built with an independent checksum implementation,
 //! network namespaces with `Drop` guards, captures, and the gateway lab used by the
 //! integration tests and by `cargo xtask lab`.
+pub mod benchkit;
 pub mod capture;
 pub mod lab;
 pub mod netns;

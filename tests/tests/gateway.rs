@@ -54,6 +54,26 @@ fn assert_absent(frames: &[Frame], addr: Ipv4Addr, where_: &str) {
     }
 }
 
+/// The link between the gateway and the backend carries only 1280 bytes, while the backend
+/// announces an MSS for 1500 (a route's advmss, as behind a tunnel or a smaller-MTU hop).
+fn smaller_mtu_behind_the_gateway(lab: &GatewayLab) {
+    lab.gw.ip(&["link", "set", "int0", "mtu", "1280"]).unwrap();
+    lab.backend
+        .ip(&["link", "set", "eth0", "mtu", "1280"])
+        .unwrap();
+    lab.backend
+        .ip(&[
+            "route",
+            "replace",
+            "default",
+            "via",
+            &ipnat_tests::lab::GW_INT.to_string(),
+            "advmss",
+            "1460",
+        ])
+        .unwrap();
+}
+
 fn mapping_counters(stats: &serde_json::Value) -> (u64, u64) {
     let m = &stats["mappings"][0];
     assert_eq!(m["public"], EIP.to_string());
@@ -389,21 +409,7 @@ fn path_mtu_discovery_through_a_smaller_mtu_behind_the_gateway() {
     // The internet host's full-size segments get "fragmentation needed" from the gateway,
     // quoting the translated packet: only with the quote translated back does the internet
     // host's TCP find its connection and shrink its segments.
-    lab.gw.ip(&["link", "set", "int0", "mtu", "1280"]).unwrap();
-    lab.backend
-        .ip(&["link", "set", "eth0", "mtu", "1280"])
-        .unwrap();
-    lab.backend
-        .ip(&[
-            "route",
-            "replace",
-            "default",
-            "via",
-            &ipnat_tests::lab::GW_INT.to_string(),
-            "advmss",
-            "1460",
-        ])
-        .unwrap();
+    smaller_mtu_behind_the_gateway(&lab);
     let at_backend = Capture::start(&lab.backend, "eth0").unwrap();
     let upload: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
     let x = tcp_exchange(&lab.inet, &lab.backend, EIP, 8091, &upload, 10).unwrap();
@@ -581,21 +587,7 @@ fn a_forward_drop_firewall_does_not_break_flows_split_between_fast_and_slow_path
             ],
         )
         .unwrap();
-    lab.gw.ip(&["link", "set", "int0", "mtu", "1280"]).unwrap();
-    lab.backend
-        .ip(&["link", "set", "eth0", "mtu", "1280"])
-        .unwrap();
-    lab.backend
-        .ip(&[
-            "route",
-            "replace",
-            "default",
-            "via",
-            &ipnat_tests::lab::GW_INT.to_string(),
-            "advmss",
-            "1460",
-        ])
-        .unwrap();
+    smaller_mtu_behind_the_gateway(&lab);
     let upload: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
     let x = tcp_exchange(&lab.inet, &lab.backend, EIP, 8095, &upload, 100_000).unwrap();
     assert_eq!(x.request, upload);

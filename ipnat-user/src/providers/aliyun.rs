@@ -9,13 +9,12 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 
+use super::{MetadataClient, MetadataError};
+use crate::config::{Block, SteerConfig};
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use ipnet::Ipv4Net;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-use thiserror::Error;
-
-use crate::config::{Block, SteerConfig};
 
 /// What the OpenAPI leaves unescaped: RFC 3986's unreserved characters.
 const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
@@ -47,20 +46,6 @@ pub fn sign_v1(method: &str, params: &BTreeMap<String, String>, secret: &str) ->
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
 
-#[derive(Debug, Error)]
-pub enum AliyunError {
-    #[error("ECS metadata at {url}: {source} (is this an ECS instance?)")]
-    Http { url: String, source: reqwest::Error },
-    #[error("ECS metadata at {url}: HTTP {status}")]
-    Status { url: String, status: u16 },
-    #[error("ECS metadata at {url} returned {value:?}, which is not {what}")]
-    Garbage {
-        url: String,
-        value: String,
-        what: &'static str,
-    },
-}
-
 /// One NIC as the metadata describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Nic {
@@ -73,66 +58,31 @@ pub struct Nic {
     pub vswitch: Ipv4Net,
 }
 
-pub struct Metadata {
-    client: reqwest::Client,
-    endpoint: String,
-}
+/// The ECS metadata client (token mode); `endpoint` is e.g. `http://100.100.100.200`.
+pub struct Metadata(MetadataClient);
 
 impl Metadata {
-    pub fn new(endpoint: &str, timeout: Duration) -> Result<Self, AliyunError> {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .no_proxy()
-            .build()
-            .map_err(|source| AliyunError::Http {
-                url: endpoint.to_owned(),
-                source,
-            })?;
-        Ok(Self {
-            client,
-            endpoint: endpoint.trim_end_matches('/').to_owned(),
-        })
+    pub fn new(endpoint: &str, timeout: Duration) -> Result<Self, MetadataError> {
+        MetadataClient::new(
+            endpoint,
+            timeout,
+            "X-aliyun-ecs-metadata-token-ttl-seconds",
+            "X-aliyun-ecs-metadata-token",
+        )
+        .map(Self)
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder, url: String) -> Result<String, AliyunError> {
-        let r = req.send().await.map_err(|source| AliyunError::Http {
-            url: url.clone(),
-            source,
-        })?;
-        let status = r.status().as_u16();
-        if status != 200 {
-            return Err(AliyunError::Status { url, status });
-        }
-        r.text()
-            .await
-            .map_err(|source| AliyunError::Http { url, source })
+    async fn get(&self, token: &str, path: &str) -> Result<String, MetadataError> {
+        self.0.get(token, path).await
     }
 
-    async fn get(&self, token: &str, path: &str) -> Result<String, AliyunError> {
-        let url = format!("{}/latest/meta-data/{path}", self.endpoint);
-        let req = self
-            .client
-            .get(&url)
-            .header("X-aliyun-ecs-metadata-token", token);
-        self.send(req, url).await
-    }
-
-    fn garbage(&self, path: &str, value: &str, what: &'static str) -> AliyunError {
-        AliyunError::Garbage {
-            url: format!("{}/latest/meta-data/{path}", self.endpoint),
-            value: value.chars().take(80).collect(),
-            what,
-        }
+    fn garbage(&self, path: &str, value: &str, what: &'static str) -> MetadataError {
+        self.0.garbage(path, value, what)
     }
 
     /// Every NIC, or the first error: never a partial answer.
-    pub async fn nics(&self) -> Result<Vec<Nic>, AliyunError> {
-        let url = format!("{}/latest/api/token", self.endpoint);
-        let req = self
-            .client
-            .put(&url)
-            .header("X-aliyun-ecs-metadata-token-ttl-seconds", "21600");
-        let token = self.send(req, url).await?;
+    pub async fn nics(&self) -> Result<Vec<Nic>, MetadataError> {
+        let token = self.0.token().await?;
         let primary_mac = self.get(&token, "mac").await?.trim().to_ascii_lowercase();
         let base = "network/interfaces/macs/";
         let macs = self.get(&token, base).await?;

@@ -9,28 +9,10 @@
 
 use std::{net::Ipv4Addr, time::Duration};
 
-use ipnet::Ipv4Net;
-use thiserror::Error;
-
 use crate::config::{Block, SteerConfig};
+use ipnet::Ipv4Net;
 
-const TOKEN_TTL: &str = "21600";
-
-#[derive(Debug, Error)]
-pub enum AwsError {
-    #[error(
-        "instance metadata at {url}: {source} (is this an EC2 instance with IMDSv2 reachable?)"
-    )]
-    Http { url: String, source: reqwest::Error },
-    #[error("instance metadata at {url}: HTTP {status}")]
-    Status { url: String, status: u16 },
-    #[error("instance metadata at {url} returned {value:?}, which is not {what}")]
-    Garbage {
-        url: String,
-        value: String,
-        what: &'static str,
-    },
-}
+use super::{MetadataClient, MetadataError};
 
 /// One network interface as the metadata describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,62 +27,31 @@ pub struct Nic {
     pub associations: Vec<(Ipv4Addr, Ipv4Addr)>,
 }
 
-/// A metadata client; `endpoint` is e.g. `http://169.254.169.254`.
-pub struct Imds {
-    client: reqwest::Client,
-    endpoint: String,
-}
+/// The IMDSv2 client; `endpoint` is e.g. `http://169.254.169.254`.
+pub struct Imds(MetadataClient);
 
 impl Imds {
-    pub fn new(endpoint: &str, timeout: Duration) -> Result<Self, AwsError> {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            // The metadata service must be reached directly, never through a proxy.
-            .no_proxy()
-            .build()
-            .map_err(|source| AwsError::Http {
-                url: endpoint.to_owned(),
-                source,
-            })?;
-        Ok(Self {
-            client,
-            endpoint: endpoint.trim_end_matches('/').to_owned(),
-        })
+    pub fn new(endpoint: &str, timeout: Duration) -> Result<Self, MetadataError> {
+        MetadataClient::new(
+            endpoint,
+            timeout,
+            "X-aws-ec2-metadata-token-ttl-seconds",
+            "X-aws-ec2-metadata-token",
+        )
+        .map(Self)
     }
 
-    async fn token(&self) -> Result<String, AwsError> {
-        let url = format!("{}/latest/api/token", self.endpoint);
-        let r = self
-            .client
-            .put(&url)
-            .header("X-aws-ec2-metadata-token-ttl-seconds", TOKEN_TTL)
-            .send()
-            .await
-            .map_err(|source| AwsError::Http {
-                url: url.clone(),
-                source,
-            })?;
-        text(url, r).await
+    async fn get(&self, token: &str, path: &str) -> Result<String, MetadataError> {
+        self.0.get(token, path).await
     }
 
-    async fn get(&self, token: &str, path: &str) -> Result<String, AwsError> {
-        let url = format!("{}/latest/meta-data/{path}", self.endpoint);
-        let r = self
-            .client
-            .get(&url)
-            .header("X-aws-ec2-metadata-token", token)
-            .send()
-            .await
-            .map_err(|source| AwsError::Http {
-                url: url.clone(),
-                source,
-            })?;
-        text(url, r).await
+    fn garbage(&self, path: &str, value: &str, what: &'static str) -> MetadataError {
+        self.0.garbage(path, value, what)
     }
 
     /// Every NIC of the instance, or the first error: never a partial answer.
-    pub async fn nics(&self) -> Result<Vec<Nic>, AwsError> {
-        let token = self.token().await?;
+    pub async fn nics(&self) -> Result<Vec<Nic>, MetadataError> {
+        let token = self.0.token().await?;
         let base = "network/interfaces/macs/";
         let macs = self.get(&token, base).await?;
         let mut nics = Vec::new();
@@ -151,7 +102,7 @@ impl Imds {
                         associations.push((pub_ip, priv_ip));
                     }
                 }
-                Err(AwsError::Status { status: 404, .. }) => {}
+                Err(MetadataError::Status { status: 404, .. }) => {}
                 Err(e) => return Err(e),
             }
             nics.push(Nic {
@@ -166,24 +117,6 @@ impl Imds {
         nics.sort_by_key(|n| n.device_number);
         Ok(nics)
     }
-
-    fn garbage(&self, path: &str, value: &str, what: &'static str) -> AwsError {
-        AwsError::Garbage {
-            url: format!("{}/latest/meta-data/{path}", self.endpoint),
-            value: value.chars().take(80).collect(),
-            what,
-        }
-    }
-}
-
-async fn text(url: String, r: reqwest::Response) -> Result<String, AwsError> {
-    let status = r.status().as_u16();
-    if status != 200 {
-        return Err(AwsError::Status { url, status });
-    }
-    r.text()
-        .await
-        .map_err(|source| AwsError::Http { url, source })
 }
 
 fn is_mac(s: &str) -> bool {

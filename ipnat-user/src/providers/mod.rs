@@ -2,6 +2,100 @@
 pub mod aliyun;
 pub mod aws;
 
+use std::time::Duration;
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum MetadataError {
+    #[error("instance metadata at {url}: {source} (is the metadata service reachable from here?)")]
+    Http { url: String, source: reqwest::Error },
+    #[error("instance metadata at {url}: HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("instance metadata at {url} returned {value:?}, which is not {what}")]
+    Garbage {
+        url: String,
+        value: String,
+        what: &'static str,
+    },
+}
+
+/// A metadata service in token mode (AWS IMDSv2 and Alibaba Cloud's ECS metadata work alike):
+/// `PUT /latest/api/token` with a TTL header, then GETs under `/latest/meta-data/` carrying
+/// the token in another header.
+pub struct MetadataClient {
+    client: reqwest::Client,
+    endpoint: String,
+    ttl_header: &'static str,
+    token_header: &'static str,
+}
+
+impl MetadataClient {
+    pub fn new(
+        endpoint: &str,
+        timeout: Duration,
+        ttl_header: &'static str,
+        token_header: &'static str,
+    ) -> Result<Self, MetadataError> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            // The metadata service must be reached directly, never through a proxy.
+            .no_proxy()
+            .build()
+            .map_err(|source| MetadataError::Http {
+                url: endpoint.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            client,
+            endpoint: endpoint.trim_end_matches('/').to_owned(),
+            ttl_header,
+            token_header,
+        })
+    }
+
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        url: String,
+    ) -> Result<String, MetadataError> {
+        let r = req.send().await.map_err(|source| MetadataError::Http {
+            url: url.clone(),
+            source,
+        })?;
+        let status = r.status().as_u16();
+        if status != 200 {
+            return Err(MetadataError::Status { url, status });
+        }
+        r.text()
+            .await
+            .map_err(|source| MetadataError::Http { url, source })
+    }
+
+    /// A session token.
+    pub async fn token(&self) -> Result<String, MetadataError> {
+        let url = format!("{}/latest/api/token", self.endpoint);
+        let req = self.client.put(&url).header(self.ttl_header, "21600");
+        self.send(req, url).await
+    }
+
+    /// `/latest/meta-data/<path>`.
+    pub async fn get(&self, token: &str, path: &str) -> Result<String, MetadataError> {
+        let url = format!("{}/latest/meta-data/{path}", self.endpoint);
+        let req = self.client.get(&url).header(self.token_header, token);
+        self.send(req, url).await
+    }
+
+    /// The error for a value at `path` that is not `what`.
+    pub fn garbage(&self, path: &str, value: &str, what: &'static str) -> MetadataError {
+        MetadataError::Garbage {
+            url: format!("{}/latest/meta-data/{path}", self.endpoint),
+            value: value.chars().take(80).collect(),
+            what,
+        }
+    }
+}
+
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};

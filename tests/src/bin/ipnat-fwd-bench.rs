@@ -25,11 +25,12 @@ use std::{
 use anyhow::{Context, Result, bail};
 use aya::{
     Ebpf,
-    maps::{Array, PerCpuArray},
+    maps::Array,
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
 use ipnat_common::names;
 use ipnat_tests::{
+    benchkit::{attach_sink, sink_counts},
     lab::{Ipnat, cleanup_all, xdp_pass},
     netns::{Netns, require_root, veth},
 };
@@ -181,13 +182,6 @@ fn start_generator(ns: &Netns) -> Result<mpsc::Sender<GenCmd>> {
     });
     ready_rx.recv().context("generator thread")??;
     Ok(tx)
-}
-
-fn sink_counts(sink: &Ebpf) -> Result<(u64, u64)> {
-    let cnt: PerCpuArray<_, u64> =
-        PerCpuArray::try_from(sink.map(names::BENCH_CNT_MAP).context("sink counters")?)?;
-    let sum = |i: u32| -> Result<u64> { Ok(cnt.get(&i, 0)?.iter().sum()) };
-    Ok((sum(1)?, sum(2)?))
 }
 
 struct Topology {
@@ -382,19 +376,7 @@ fn main() -> Result<()> {
     ctrlc_cleanup();
 
     let t = topology()?;
-    let sink = t.sink.within(|| {
-        let mut ebpf = Ebpf::load(ipnat::EBPF_OBJECT)?;
-        let mut cfg: Array<_, u32> =
-            Array::try_from(ebpf.map_mut(names::BENCH_CFG_MAP).context("cfg")?)?;
-        cfg.set(2, u32::from_ne_bytes(SINK.octets()), 0)?;
-        let p: &mut Xdp = ebpf
-            .program_mut(names::BENCH_SINK_PROGRAM)
-            .context("sink program")?
-            .try_into()?;
-        p.load()?;
-        p.attach("s0", XdpMode::Driver)?;
-        Ok(ebpf)
-    })?;
+    let sink = attach_sink(&t.sink, "s0", SINK)?;
     let generator = start_generator(&t.sender)?;
     let mut samples = Vec::new();
     for &flows in &flows_list {

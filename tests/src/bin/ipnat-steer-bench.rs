@@ -12,13 +12,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use aya::{
-    Ebpf,
-    maps::{Array, PerCpuArray},
-    programs::{Xdp, XdpMode},
-};
-use ipnat_common::names;
 use ipnat_tests::{
+    benchkit::{attach_sink, sink_counts},
     lab::{Ipnat, cleanup_all},
     netns::{Netns, require_root, veth},
 };
@@ -37,28 +32,6 @@ fn ip_batch(ns: &Netns, lines: &[String]) -> Result<()> {
     let r = ns.ip(&["-batch", file.to_str().context("path")?]);
     std::fs::remove_file(&file)?;
     r.map(drop)
-}
-
-fn sink(ns: &Netns, iface: &'static str) -> Result<Ebpf> {
-    ns.within(move || {
-        let mut ebpf = Ebpf::load(ipnat::EBPF_OBJECT)?;
-        let mut cfg: Array<_, u32> =
-            Array::try_from(ebpf.map_mut(names::BENCH_CFG_MAP).context("cfg")?)?;
-        cfg.set(2, u32::from_ne_bytes(DST.octets()), 0)?;
-        let p: &mut Xdp = ebpf
-            .program_mut(names::BENCH_SINK_PROGRAM)
-            .context("sink")?
-            .try_into()?;
-        p.load()?;
-        p.attach(iface, XdpMode::Driver)?;
-        Ok(ebpf)
-    })
-}
-
-fn arrived(sink: &Ebpf) -> Result<u64> {
-    let cnt: PerCpuArray<_, u64> =
-        PerCpuArray::try_from(sink.map(names::BENCH_CNT_MAP).context("counters")?)?;
-    Ok(cnt.get(&1, 0)?.iter().sum())
 }
 
 /// Sends for `secs` from the N sources round robin; returns datagrams sent.
@@ -164,8 +137,8 @@ fn main() -> Result<()> {
             .collect();
         ip_batch(&inst, &addrs)?;
         // The peer answers ARP and counts; both ends count what arrives.
-        let right = sink(&peer, "p1")?;
-        let wrong = sink(&peer, "p0")?;
+        let right = attach_sink(&peer, "p1", DST)?;
+        let wrong = attach_sink(&peer, "p0", DST)?;
         let mut results: Vec<(&str, f64, f64)> = Vec::new();
         for round in 0..rounds {
             for setup in ["ip rule", "ipnat"] {
@@ -196,12 +169,12 @@ fn main() -> Result<()> {
                 // Warm the neighbours, then measure.
                 send(&inst, n, 0.1)?;
                 std::thread::sleep(Duration::from_millis(100));
-                let (r0, w0) = (arrived(&right)?, arrived(&wrong)?);
+                let (r0, w0) = (sink_counts(&right)?.0, sink_counts(&wrong)?.0);
                 let start = Instant::now();
                 let sent = send(&inst, n, secs)?;
                 let took = start.elapsed().as_secs_f64();
                 std::thread::sleep(Duration::from_millis(100));
-                let (r1, w1) = (arrived(&right)?, arrived(&wrong)?);
+                let (r1, w1) = (sink_counts(&right)?.0, sink_counts(&wrong)?.0);
                 if w1 > w0 {
                     bail!(
                         "{setup}, {n} sources: {} datagrams left by the wrong NIC",

@@ -1,0 +1,39 @@
+//! Shared parts of the benchmarks' harnesses: the XDP sink that counts what arrives.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, Result};
+use aya::{
+    Ebpf,
+    maps::{Array, PerCpuArray},
+    programs::{Xdp, XdpMode},
+};
+use ipnat_common::names;
+
+use crate::netns::Netns;
+
+/// Attaches ipnat's `ipnat_bench_sink` to `iface` in `ns`: it counts frames whose destination
+/// is `expected` and the others, and drops them. Detached when the returned object drops.
+pub fn attach_sink(ns: &Netns, iface: &'static str, expected: Ipv4Addr) -> Result<Ebpf> {
+    ns.within(move || {
+        let mut ebpf = Ebpf::load(ipnat::EBPF_OBJECT)?;
+        let mut cfg: Array<_, u32> =
+            Array::try_from(ebpf.map_mut(names::BENCH_CFG_MAP).context("cfg map")?)?;
+        cfg.set(2, u32::from_ne_bytes(expected.octets()), 0)?;
+        let p: &mut Xdp = ebpf
+            .program_mut(names::BENCH_SINK_PROGRAM)
+            .context("no sink program in the eBPF object")?
+            .try_into()?;
+        p.load()?;
+        p.attach(iface, XdpMode::Driver)?;
+        Ok(ebpf)
+    })
+}
+
+/// What a sink counted so far: (to the expected destination, to another).
+pub fn sink_counts(sink: &Ebpf) -> Result<(u64, u64)> {
+    let cnt: PerCpuArray<_, u64> =
+        PerCpuArray::try_from(sink.map(names::BENCH_CNT_MAP).context("sink counters")?)?;
+    let sum = |i: u32| -> Result<u64> { Ok(cnt.get(&i, 0)?.iter().sum()) };
+    Ok((sum(1)?, sum(2)?))
+}
