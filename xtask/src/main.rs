@@ -65,6 +65,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Redraw docs/benchmarks/forwarding.svg from the last forwarding report.
+    Chart,
 }
 
 fn main() {
@@ -75,6 +77,7 @@ fn main() {
         Task::Test { args } => setup().and_then(|()| test(&args)),
         Task::Lab => setup().and_then(|()| lab()),
         Task::Bench { args } => setup().and_then(|()| bench(&args)),
+        Task::Chart => chart(),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");
@@ -392,7 +395,94 @@ fn bench(args: &[String]) -> Result<()> {
             .arg(dir.join(report))
             .args(extra))?;
     }
-    println!("reports: {}", dir.display());
+    let chart = dir.join("forwarding.svg");
+    std::fs::write(
+        &chart,
+        forwarding_chart(&serde_json::from_slice(&std::fs::read(dir.join("forwarding.json"))?)?),
+    )?;
+    println!("reports: {} (chart: {})", dir.display(), chart.display());
+    Ok(())
+}
+
+/// A grouped bar chart (SVG) of the forwarding report: Mpps per setup, one group per flow
+/// count.
+fn forwarding_chart(rows: &serde_json::Value) -> String {
+    let rows = rows.as_array().cloned().unwrap_or_default();
+    let mut setups: Vec<String> = Vec::new();
+    let mut flows: Vec<u64> = Vec::new();
+    for r in &rows {
+        let s = r["setup"].as_str().unwrap_or("").to_owned();
+        if !setups.contains(&s) {
+            setups.push(s);
+        }
+        let f = r["flows"].as_u64().unwrap_or(0);
+        if !flows.contains(&f) {
+            flows.push(f);
+        }
+    }
+    let max = rows
+        .iter()
+        .filter_map(|r| r["mpps"].as_f64())
+        .fold(0.1, f64::max);
+    let colours = ["#1f77b4", "#9467bd", "#7f7f7f", "#ff7f0e", "#d62728", "#2ca02c"];
+    let (bar, gap, left, top, height) = (22.0, 30.0, 60.0, 40.0, 260.0);
+    let group = bar * setups.len() as f64 + gap;
+    let width = left + group * flows.len() as f64 + 260.0;
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <text x=\"{left}\" y=\"20\" font-size=\"14\">Forwarded and translated, Mpps (median of rounds; see benchmarks.md)</text>\n",
+        top + height + 50.0
+    );
+    for (gi, f) in flows.iter().enumerate() {
+        let x0 = left + gi as f64 * group;
+        for (si, s) in setups.iter().enumerate() {
+            let Some(m) = rows
+                .iter()
+                .find(|r| r["setup"] == s.as_str() && r["flows"].as_u64() == Some(*f))
+                .and_then(|r| r["mpps"].as_f64())
+            else {
+                continue;
+            };
+            let h = m / max * height;
+            svg += &format!(
+                "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{}\" height=\"{h:.1}\" fill=\"{}\"><title>{s}: {m:.3} Mpps</title></rect>\n",
+                x0 + si as f64 * bar,
+                top + height - h,
+                bar - 2.0,
+                colours[si % colours.len()]
+            );
+        }
+        svg += &format!(
+            "<text x=\"{:.1}\" y=\"{:.1}\">{f} flow{}</text>\n",
+            x0,
+            top + height + 18.0,
+            if *f == 1 { "" } else { "s" }
+        );
+    }
+    for (si, s) in setups.iter().enumerate() {
+        let y = top + 10.0 + si as f64 * 18.0;
+        let x = left + group * flows.len() as f64 + 10.0;
+        svg += &format!(
+            "<rect x=\"{x}\" y=\"{:.1}\" width=\"12\" height=\"12\" fill=\"{}\"/><text x=\"{}\" y=\"{y:.1}\" dy=\"10\">{s}</text>\n",
+            y,
+            colours[si % colours.len()],
+            x + 18.0
+        );
+    }
+    svg += &format!(
+        "<line x1=\"{left}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"black\"/>\n<text x=\"5\" y=\"{top}\">{max:.2}</text>\n</svg>\n",
+        top + height,
+        left + group * flows.len() as f64,
+        top + height
+    );
+    svg
+}
+
+/// `cargo xtask chart`: redraws docs/benchmarks/forwarding.svg from forwarding.json.
+fn chart() -> Result<()> {
+    let dir = workspace_root().join("docs/benchmarks");
+    let rows = serde_json::from_slice(&std::fs::read(dir.join("forwarding.json"))?)?;
+    std::fs::write(dir.join("forwarding.svg"), forwarding_chart(&rows))?;
     Ok(())
 }
 
