@@ -3,6 +3,7 @@
 //! integration tests and by `cargo xtask lab`.
 pub mod benchkit;
 pub mod capture;
+pub mod fakecloud;
 pub mod lab;
 pub mod netns;
 pub mod packet;

@@ -60,7 +60,8 @@ enum Task {
     /// Set up, build (release), then run `ipnat bench ARGS` (per-packet cost; see `ipnat bench
     /// --help`), the forwarding benchmark (`--forward` then its arguments: --rounds N, --secs S,
     /// --flows 1,1000,100000) and the steering benchmark (`--steer` then --rounds N, --secs S,
-    /// --sources 1,100,1000,10000), writing their reports to docs/benchmarks/.
+    /// --sources 1,100,1000,10000), and the control-plane benchmark (a fake cloud of 1,000 NICs
+    /// with 20 addresses each; table loads), writing their reports to docs/benchmarks/.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -384,9 +385,11 @@ fn bench(args: &[String]) -> Result<()> {
         .arg("--json-out")
         .arg(&json)
         .args(&sections[0]))?;
+    let none = Vec::new();
     for (bin, report, extra) in [
         ("ipnat-fwd-bench", "forwarding.json", &sections[1]),
         ("ipnat-steer-bench", "steering.json", &sections[2]),
+        ("ipnat-sync-bench", "control-plane.json", &none),
     ] {
         step(&format!("{bin} {}", extra.join(" ")));
         run(Command::new(release.join(bin))
@@ -398,7 +401,9 @@ fn bench(args: &[String]) -> Result<()> {
     let chart = dir.join("forwarding.svg");
     std::fs::write(
         &chart,
-        forwarding_chart(&serde_json::from_slice(&std::fs::read(dir.join("forwarding.json"))?)?),
+        forwarding_chart(&serde_json::from_slice(&std::fs::read(
+            dir.join("forwarding.json"),
+        )?)?),
     )?;
     println!("reports: {} (chart: {})", dir.display(), chart.display());
     Ok(())
@@ -424,7 +429,9 @@ fn forwarding_chart(rows: &serde_json::Value) -> String {
         .iter()
         .filter_map(|r| r["mpps"].as_f64())
         .fold(0.1, f64::max);
-    let colours = ["#1f77b4", "#9467bd", "#7f7f7f", "#ff7f0e", "#d62728", "#2ca02c"];
+    let colours = [
+        "#1f77b4", "#9467bd", "#7f7f7f", "#ff7f0e", "#d62728", "#2ca02c",
+    ];
     let (bar, gap, left, top, height) = (22.0, 30.0, 60.0, 40.0, 260.0);
     let group = bar * setups.len() as f64 + gap;
     let width = left + group * flows.len() as f64 + 260.0;
