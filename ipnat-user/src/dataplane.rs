@@ -1186,6 +1186,12 @@ impl Tables {
                     next
                 }
             };
+            if by_public
+                .get(&m.public)
+                .is_some_and(|old| old.private == m.private)
+            {
+                continue; // unchanged: no write
+            }
             let (public, private) = (key(m.public.addr()), key(m.private.addr()));
             if m.public.is_host() {
                 self.snat
@@ -1280,15 +1286,25 @@ impl Tables {
         &mut self,
         rules: &[(crate::config::SteerConfig, u32)],
     ) -> Result<(), DataplaneError> {
-        let current = self.steering()?;
-        let mut used: HashSet<u32> = current.iter().map(|r| r.id).collect();
+        // What is installed, by (prefix length, network): one pass over the trie.
+        let mut current: std::collections::HashMap<(u32, u32), SteerTarget> =
+            std::collections::HashMap::new();
+        for entry in self.steer.iter() {
+            let (k, t) = entry.map_err(map_err(names::STEER_MAP))?;
+            current.insert((k.prefix_len(), k.data()), t);
+        }
+        let mut used: HashSet<u32> = current.values().map(|t| t.id).collect();
+        let mut wanted = HashSet::new();
         let mut next = 1u32;
         if !rules.is_empty() {
             self.set_flag(FLAG_STEER, true)?;
         }
         for (r, ifindex) in rules {
-            let id = match current.iter().find(|c| c.source == r.source) {
-                Some(c) => c.id,
+            let k = (u32::from(r.source.prefix_len()), key(r.source.addr()));
+            wanted.insert(k);
+            let old = current.get(&k);
+            let id = match old {
+                Some(t) => t.id,
                 None => {
                     while used.contains(&next) {
                         next += 1;
@@ -1300,29 +1316,25 @@ impl Tables {
                     next
                 }
             };
-            let mask = u32::from(r.subnet.0.netmask()).to_be();
+            let target = SteerTarget {
+                ifindex: *ifindex,
+                gateway: key(r.gateway),
+                subnet: key(r.subnet.addr()),
+                mask: u32::from(r.subnet.0.netmask()).to_be(),
+                id,
+                _pad: 0,
+            };
+            if old == Some(&target) {
+                continue; // unchanged: no write
+            }
             self.steer
-                .insert(
-                    &Key::new(u32::from(r.source.prefix_len()), key(r.source.addr())),
-                    SteerTarget {
-                        ifindex: *ifindex,
-                        gateway: key(r.gateway),
-                        subnet: key(r.subnet.addr()),
-                        mask,
-                        id,
-                        _pad: 0,
-                    },
-                    0,
-                )
+                .insert(&Key::new(k.0, k.1), target, 0)
                 .map_err(map_err(names::STEER_MAP))?;
         }
-        for old in &current {
-            if !rules.iter().any(|(r, _)| r.source == old.source) {
-                absent_ok(self.steer.remove(&Key::new(
-                    u32::from(old.source.prefix_len()),
-                    key(old.source.addr()),
-                )))
-                .map_err(map_err(names::STEER_MAP))?;
+        for k in current.keys() {
+            if !wanted.contains(k) {
+                absent_ok(self.steer.remove(&Key::new(k.0, k.1)))
+                    .map_err(map_err(names::STEER_MAP))?;
             }
         }
         if rules.is_empty() {
