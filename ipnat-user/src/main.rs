@@ -159,6 +159,15 @@ fn run(cli: Cli) -> Result<()> {
             for m in &config.mappings {
                 println!("  {} <-> {}", m.public, m.private);
             }
+            for r in &config.steering {
+                println!(
+                    "  steer from {} out of {} (via {} outside {})",
+                    r.source, r.interface, r.gateway, r.subnet
+                );
+            }
+            if let Some((name, endpoint, interval, _)) = config.provider() {
+                println!("  {name}: sync from {endpoint} every {interval} s");
+            }
             Ok(())
         }
         Command::Status { pin_path, json } => {
