@@ -36,41 +36,45 @@ impl FakeImds {
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut s) = stream else { continue };
-                let mut req = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                let (d, h, g) = (d.clone(), h.clone(), g.clone());
+                // One thread a connection: clients may ask concurrently.
+                std::thread::spawn(move || {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => req.extend_from_slice(&buf[..n]),
+                        }
                     }
-                }
-                let text = String::from_utf8_lossy(&req).to_string();
-                let mut words = text.split_whitespace();
-                let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-                if h.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_secs(2));
-                    continue;
-                }
-                let lower = text.to_ascii_lowercase();
-                let token_ok = lower.contains("x-aws-ec2-metadata-token: token-1")
-                    || lower.contains("x-aliyun-ecs-metadata-token: token-1");
-                let (status, body) = if method == "PUT" && path == "/latest/api/token" {
-                    (200, "token-1".to_owned())
-                } else if !token_ok {
-                    (401, String::new())
-                } else {
-                    *g.lock().unwrap() += 1;
-                    let key = path.trim_start_matches("/latest/meta-data/");
-                    match d.lock().unwrap().get(key) {
-                        Some(b) => (200, b.clone()),
-                        None => (404, String::new()),
+                    let text = String::from_utf8_lossy(&req).to_string();
+                    let mut words = text.split_whitespace();
+                    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+                    if h.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_secs(2));
+                        return;
                     }
-                };
-                let _ = write!(
-                    s,
-                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
+                    let lower = text.to_ascii_lowercase();
+                    let token_ok = lower.contains("x-aws-ec2-metadata-token: token-1")
+                        || lower.contains("x-aliyun-ecs-metadata-token: token-1");
+                    let (status, body) = if method == "PUT" && path == "/latest/api/token" {
+                        (200, "token-1".to_owned())
+                    } else if !token_ok {
+                        (401, String::new())
+                    } else {
+                        *g.lock().unwrap() += 1;
+                        let key = path.trim_start_matches("/latest/meta-data/");
+                        match d.lock().unwrap().get(key) {
+                            Some(b) => (200, b.clone()),
+                            None => (404, String::new()),
+                        }
+                    };
+                    let _ = write!(
+                        s,
+                        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                });
             }
         });
         Self {

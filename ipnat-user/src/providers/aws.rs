@@ -28,6 +28,7 @@ pub struct Nic {
 }
 
 /// The IMDSv2 client; `endpoint` is e.g. `http://169.254.169.254`.
+#[derive(Clone)]
 pub struct Imds(MetadataClient);
 
 impl Imds {
@@ -54,68 +55,100 @@ impl Imds {
         let token = self.0.token().await?;
         let base = "network/interfaces/macs/";
         let macs = self.get(&token, base).await?;
-        let mut nics = Vec::new();
+        let mut list = Vec::new();
         for line in macs.lines().map(str::trim).filter(|l| !l.is_empty()) {
             let mac = line.trim_end_matches('/').to_ascii_lowercase();
             if !is_mac(&mac) {
                 return Err(self.garbage(base, line, "a MAC address"));
             }
-            let p = |leaf: &str| format!("{base}{mac}/{leaf}");
-            let dn = self.get(&token, &p("device-number")).await?;
-            let device_number = dn
-                .trim()
-                .parse()
-                .map_err(|_| self.garbage(&p("device-number"), &dn, "a device number"))?;
-            let interface_id = self
-                .get(&token, &p("interface-id"))
-                .await?
-                .trim()
-                .to_owned();
-            let ips = self.get(&token, &p("local-ipv4s")).await?;
-            let mut local_ipv4s = Vec::new();
-            for l in ips.lines().map(str::trim).filter(|l| !l.is_empty()) {
-                local_ipv4s.push(
-                    l.parse()
-                        .map_err(|_| self.garbage(&p("local-ipv4s"), l, "an IPv4 address"))?,
-                );
+            list.push(mac);
+        }
+        // The NICs are read concurrently, a few at a time.
+        let mut nics = Vec::with_capacity(list.len());
+        let mut running = tokio::task::JoinSet::new();
+        for mac in list {
+            if running.len() >= super::CONCURRENT_NICS {
+                nics.push(joined(running.join_next().await)?);
             }
-            let cidr = self.get(&token, &p("subnet-ipv4-cidr-block")).await?;
-            let subnet: Ipv4Net = cidr
-                .trim()
-                .parse()
-                .map_err(|_| self.garbage(&p("subnet-ipv4-cidr-block"), &cidr, "a CIDR block"))?;
-            // A NIC without EIPs has no `ipv4-associations/`: a 404 there means none.
-            let mut associations = Vec::new();
-            match self.get(&token, &p("ipv4-associations/")).await {
-                Ok(list) => {
-                    for public in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
-                        let pub_ip: Ipv4Addr =
-                            public.trim_end_matches('/').parse().map_err(|_| {
-                                self.garbage(&p("ipv4-associations/"), public, "an IPv4 address")
-                            })?;
-                        let leaf = p(&format!("ipv4-associations/{pub_ip}"));
-                        let private = self.get(&token, &leaf).await?;
-                        let priv_ip = private
-                            .trim()
-                            .parse()
-                            .map_err(|_| self.garbage(&leaf, &private, "an IPv4 address"))?;
-                        associations.push((pub_ip, priv_ip));
-                    }
-                }
-                Err(MetadataError::Status { status: 404, .. }) => {}
-                Err(e) => return Err(e),
-            }
-            nics.push(Nic {
-                mac,
-                device_number,
-                interface_id,
-                local_ipv4s,
-                subnet,
-                associations,
-            });
+            let (me, token) = (self.clone(), token.clone());
+            running.spawn(async move { me.nic(&token, mac).await });
+        }
+        while let Some(r) = running.join_next().await {
+            nics.push(joined(Some(r))?);
         }
         nics.sort_by_key(|n| n.device_number);
         Ok(nics)
+    }
+
+    async fn nic(&self, token: &str, mac: String) -> Result<Nic, MetadataError> {
+        let prefix = format!("network/interfaces/macs/{mac}/");
+        let p = |leaf: &str| format!("{prefix}{leaf}");
+        let dn = self.get(token, &p("device-number")).await?;
+        let device_number = dn
+            .trim()
+            .parse()
+            .map_err(|_| self.garbage(&p("device-number"), &dn, "a device number"))?;
+        let interface_id = self.get(token, &p("interface-id")).await?.trim().to_owned();
+        let ips = self.get(token, &p("local-ipv4s")).await?;
+        let mut local_ipv4s = Vec::new();
+        for l in ips.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            local_ipv4s.push(
+                l.parse()
+                    .map_err(|_| self.garbage(&p("local-ipv4s"), l, "an IPv4 address"))?,
+            );
+        }
+        let cidr = self.get(token, &p("subnet-ipv4-cidr-block")).await?;
+        let subnet: Ipv4Net = cidr
+            .trim()
+            .parse()
+            .map_err(|_| self.garbage(&p("subnet-ipv4-cidr-block"), &cidr, "a CIDR block"))?;
+        // A NIC without EIPs has no `ipv4-associations/`: a 404 there means none.
+        let mut associations = Vec::new();
+        match self.get(token, &p("ipv4-associations/")).await {
+            Ok(list) => {
+                for public in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                    let pub_ip: Ipv4Addr = public.trim_end_matches('/').parse().map_err(|_| {
+                        self.garbage(&p("ipv4-associations/"), public, "an IPv4 address")
+                    })?;
+                    let leaf = p(&format!("ipv4-associations/{pub_ip}"));
+                    let private = self.get(token, &leaf).await?;
+                    let priv_ip = private
+                        .trim()
+                        .parse()
+                        .map_err(|_| self.garbage(&leaf, &private, "an IPv4 address"))?;
+                    associations.push((pub_ip, priv_ip));
+                }
+            }
+            Err(MetadataError::Status { status: 404, .. }) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(Nic {
+            mac,
+            device_number,
+            interface_id,
+            local_ipv4s,
+            subnet,
+            associations,
+        })
+    }
+}
+
+/// A finished NIC task's result (a panicked task is reported as garbage, never ignored).
+fn joined(
+    r: Option<Result<Result<Nic, MetadataError>, tokio::task::JoinError>>,
+) -> Result<Nic, MetadataError> {
+    match r {
+        Some(Ok(nic)) => nic,
+        Some(Err(e)) => Err(MetadataError::Garbage {
+            url: String::new(),
+            value: e.to_string(),
+            what: "a finished request",
+        }),
+        None => Err(MetadataError::Garbage {
+            url: String::new(),
+            value: String::new(),
+            what: "a NIC",
+        }),
     }
 }
 

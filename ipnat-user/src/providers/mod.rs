@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+/// NICs read at once from a metadata service.
+pub const CONCURRENT_NICS: usize = 16;
+
 #[derive(Debug, Error)]
 pub enum MetadataError {
     #[error("instance metadata at {url}: {source} (is the metadata service reachable from here?)")]
@@ -23,6 +26,7 @@ pub enum MetadataError {
 /// A metadata service in token mode (AWS IMDSv2 and Alibaba Cloud's ECS metadata work alike):
 /// `PUT /latest/api/token` with a TTL header, then GETs under `/latest/meta-data/` carrying
 /// the token in another header.
+#[derive(Clone)]
 pub struct MetadataClient {
     client: reqwest::Client,
     endpoint: String,
