@@ -36,6 +36,12 @@ struct MappingLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SteerLabels {
+    source: String,
+    interface: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
 }
@@ -77,6 +83,36 @@ pub fn render(tables: &Tables, ctl: &ControllerCounters) -> Result<String, Datap
         "Bytes (whole frames) translated per mapping and direction",
         bytes,
     );
+    let gauge = |v: i64| {
+        let g = Gauge::<i64>::default();
+        g.set(v);
+        g
+    };
+    let steer_packets = Family::<SteerLabels, Counter>::default();
+    let steer_bytes = Family::<SteerLabels, Counter>::default();
+    for r in &snap.steering {
+        let labels = SteerLabels {
+            source: r.source.to_string(),
+            interface: r.interface.clone(),
+        };
+        steer_packets.get_or_create(&labels).inc_by(r.packets);
+        steer_bytes.get_or_create(&labels).inc_by(r.bytes);
+    }
+    reg.register(
+        "steer_packets",
+        "Packets sent out of their source's interface, per steering rule",
+        steer_packets,
+    );
+    reg.register(
+        "steer_bytes",
+        "Bytes sent out of their source's interface, per steering rule",
+        steer_bytes,
+    );
+    reg.register(
+        "steer_rules",
+        "Steering rules installed",
+        gauge(snap.steering.len() as i64),
+    );
     let outcomes = Family::<OutcomeLabels, Counter>::default();
     for (outcome, n) in &snap.reasons {
         outcomes
@@ -88,11 +124,7 @@ pub fn render(tables: &Tables, ctl: &ControllerCounters) -> Result<String, Datap
         "Packets seen by the data plane's hooks, by what happened to them (see README)",
         outcomes,
     );
-    let gauge = |v: i64| {
-        let g = Gauge::<i64>::default();
-        g.set(v);
-        g
-    };
+
     reg.register(
         "mappings",
         "Mappings installed",

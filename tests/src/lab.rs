@@ -71,6 +71,18 @@ pub struct GatewayLab {
     pub backend: Netns,
 }
 
+/// `GET /metrics` from an `ipnat run` in `ns` on the default address.
+pub fn metrics(ns: &Netns) -> Result<String> {
+    ns.within(|| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect("127.0.0.1:9469")?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        Ok(text)
+    })
+}
+
 /// Packets `ns`'s kernel forwarded (`ForwDatagrams` of /proc/net/snmp).
 pub fn kernel_forwarded(ns: &Netns) -> Result<u64> {
     let out = ns.run("cat", &["/proc/net/snmp"])?;

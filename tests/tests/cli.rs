@@ -211,17 +211,7 @@ fn map_status_and_stats_against_a_running_data_plane() {
     assert!(new["dnat_packets"].as_u64().unwrap() >= 3, "{stats}");
 
     // The metrics endpoint (in the gateway's namespace) says the same.
-    let metrics = lab
-        .gw
-        .within(|| {
-            use std::io::{Read, Write};
-            let mut s = std::net::TcpStream::connect("127.0.0.1:9469")?;
-            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
-            let mut text = String::new();
-            s.read_to_string(&mut text)?;
-            Ok(text)
-        })
-        .unwrap();
+    let metrics = ipnat_tests::lab::metrics(&lab.gw).unwrap();
     assert!(
         metrics.starts_with("HTTP/1.0 200") || metrics.starts_with("HTTP/1.1 200"),
         "{metrics}"

@@ -116,6 +116,12 @@ fn check(rp: u8, same_subnet: bool) {
     let steered = stats["steering"][0]["packets"].as_u64().unwrap();
     assert!(steered >= 9, "{stats}");
     assert_eq!(stats["reasons"]["steered"].as_u64().unwrap(), steered);
+    let metrics = ipnat_tests::lab::metrics(&lab.inst).unwrap();
+    let line = format!(
+        "ipnat_steer_packets_total{{source=\"{}/30\",interface=\"eth1\"}} {steered}",
+        lab.eth1[0]
+    );
+    assert!(metrics.contains(&line), "no {line:?} in\n{metrics}");
 
     // Strict reverse-path filtering would drop the replies on eth1: ipnat made it loose there
     // and puts it back on `ipnat down`; a loose host is left alone.
