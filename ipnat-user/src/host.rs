@@ -315,3 +315,50 @@ pub fn remove_added_addresses(pin_path: &Path) -> std::io::Result<Vec<String>> {
 fn ifindex_of(iface: &str) -> Option<u32> {
     nix::net::if_::if_nametoindex(iface).ok()
 }
+
+fn lock_path(pin_path: &Path) -> PathBuf {
+    state_path(pin_path)
+        .with_extension("")
+        .with_extension("lock")
+}
+
+/// Removes the lock file of `pin_path` (for `ipnat down`; a held lock is not affected).
+pub fn remove_lock(pin_path: &Path) {
+    let _ = std::fs::remove_file(lock_path(pin_path));
+}
+
+/// Held while an `ipnat run` owns a pin path: the tables have a single writer.
+pub struct OwnerLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
+
+/// Takes the lock of `pin_path` (a file in /run/ipnat), or says which process holds it.
+pub fn lock_owner(pin_path: &Path) -> std::io::Result<OwnerLock> {
+    use std::io::{Read, Seek, Write};
+    let path = lock_path(pin_path);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            lock.set_len(0)?;
+            lock.rewind()?;
+            write!(lock, "{}", std::process::id())?;
+            Ok(OwnerLock(lock))
+        }
+        Err((f, _)) => {
+            file = f;
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            Err(std::io::Error::other(format!(
+                "another `ipnat run` (pid {}) owns {}: one controller per data plane",
+                pid.trim(),
+                pin_path.display()
+            )))
+        }
+    }
+}

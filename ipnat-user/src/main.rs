@@ -275,6 +275,7 @@ fn run(cli: Cli) -> Result<()> {
                 println!("restored {key} = {value}");
             }
             ipnat::providers::SyncState::remove(&pin_path);
+            ipnat::host::remove_lock(&pin_path);
             for a in ipnat::host::remove_added_addresses(&pin_path)? {
                 println!("removed address {a}");
             }
@@ -357,6 +358,9 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
         ipnat::dataplane::ifindex(&iface.name).with_context(|| "in [[interface]]".to_string())?;
     }
     check_sysctls(&config);
+    // One controller per data plane: a second `ipnat run` on the same pins is refused before
+    // it touches anything.
+    let _owner = ipnat::host::lock_owner(&config.pin_path)?;
     let mut dp = Dataplane::load(Some(&config.pin_path), config.max_mappings)?;
     if dp.adopted() {
         info!(pin_path = %config.pin_path.display(), "adopting the data plane an earlier run left pinned (it kept forwarding meanwhile)");

@@ -243,6 +243,9 @@ pub struct Ipnat {
     /// The network namespace `ipnat run` runs in (`ipnat down` must run there too: it puts
     /// back that namespace's settings).
     netns_path: Option<String>,
+    /// Whether an `ipnat run` of this instance ever came up: only then is the data plane at
+    /// the pin path this instance's to remove on drop.
+    owns_pins: bool,
 }
 
 impl Ipnat {
@@ -257,6 +260,7 @@ impl Ipnat {
             pin_path: PathBuf::from(pin_path),
             config_path,
             netns_path: None,
+            owns_pins: false,
         };
         if let Ok(mut pins) = PINS.lock() {
             pins.push(me.pin_path.clone());
@@ -301,7 +305,9 @@ impl Ipnat {
             .with_context(|| format!("spawn {}", bin.display()))?;
         crate::netns::track_child(child.id() as i32, true);
         self.child = Some(child);
-        self.wait_ready()
+        self.wait_ready()?;
+        self.owns_pins = true;
+        Ok(())
     }
 
     /// Rewrites the config file (ipnat watches it).
@@ -418,7 +424,10 @@ impl Drop for Ipnat {
             let _ = self.terminate();
         }
         let _ = std::fs::remove_file(&self.config_path);
-        if self.pin_path.exists() && self.down().map(|(s, _)| !s.success()).unwrap_or(true) {
+        if self.owns_pins
+            && self.pin_path.exists()
+            && self.down().map(|(s, _)| !s.success()).unwrap_or(true)
+        {
             let _ = ipnat::dataplane::down(&self.pin_path);
         }
     }

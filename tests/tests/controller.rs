@@ -371,3 +371,30 @@ fn growing_the_tables_on_restart_keeps_traffic_and_counters() {
         "counters carried over: {before} then {after} for {sent} sent"
     );
 }
+
+#[test]
+fn a_second_controller_on_the_same_data_plane_is_refused() {
+    require_root();
+    let lab = GatewayLab::new(LabOptions::default()).unwrap();
+    let first = lab.start_ipnat().unwrap();
+    let pin = first.pin_path.to_string_lossy().into_owned();
+    let err = ipnat_tests::lab::Ipnat::start(&lab.gw, &lab.config(&pin), &pin)
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string().contains("another `ipnat run` (pid")
+            && err.to_string().contains("one controller per data plane"),
+        "{err}"
+    );
+    // The first one still owns and runs it.
+    assert_eq!(
+        first.stats_json().unwrap()["mappings"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let x =
+        ipnat_tests::lab::udp_exchange(&lab.inet, &lab.backend, EIP, 5500, b"still here").unwrap();
+    assert_eq!(x.client_saw_peer.ip(), std::net::IpAddr::V4(EIP));
+}
