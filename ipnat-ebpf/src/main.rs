@@ -201,19 +201,22 @@ fn tc_action(action: Action) -> i32 {
         Action::Drop => TC_ACT_SHOT,
         // SAFETY: plain helper call.
         Action::Out(ifindex) => unsafe { bpf_redirect(ifindex, 0) as i32 },
-        Action::OutNeigh(ifindex, nexthop) => {
-            let mut nh = bpf_redir_neigh {
-                nh_family: 2, // AF_INET
-                // SAFETY: all-zero is a valid value of this union.
-                __bindgen_anon_1: unsafe { core::mem::zeroed() },
-            };
-            nh.__bindgen_anon_1.ipv4_nh = nexthop;
-            // SAFETY: the helper reads the struct we pass, of the size we pass.
-            unsafe {
-                bpf_redirect_neigh(ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0) as i32
-            }
-        }
+        Action::OutNeigh(ifindex, nexthop) => redirect_neigh(ifindex, nexthop),
     }
+}
+
+/// `bpf_redirect_neigh` out of `ifindex` to the IPv4 `nexthop` (network order): the kernel
+/// resolves its MAC address and writes the Ethernet header.
+#[inline(always)]
+fn redirect_neigh(ifindex: u32, nexthop: u32) -> i32 {
+    let mut nh = bpf_redir_neigh {
+        nh_family: 2, // AF_INET
+        // SAFETY: all-zero is a valid value of this union.
+        __bindgen_anon_1: unsafe { core::mem::zeroed() },
+    };
+    nh.__bindgen_anon_1.ipv4_nh = nexthop;
+    // SAFETY: the helper reads the struct we pass, of the size we pass.
+    unsafe { bpf_redirect_neigh(ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0) as i32 }
 }
 
 /// TC ingress: forwards the packets XDP marked; everything else continues untouched.
@@ -259,14 +262,28 @@ pub fn ipnat_tc_egress(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn try_ipnat_tc_egress(ctx: &TcContext) -> Result<i32, ()> {
     let flags = flags();
-    let (reason, verdict) = nat::translate(&mut pkt::Tc(ctx), Dir::Snat, flags);
+    let p = &mut pkt::Tc(ctx);
+    // One parse serves the translation and the steering.
+    let h = match nat::parse(p) {
+        Ok(h) => h,
+        Err(reason) => {
+            count_reason(reason);
+            return Ok(TC_ACT_OK as i32);
+        }
+    };
+    // A plain value, id 0 for none (see fwd::gateway on `Option`s and the verifier).
+    let t = core::hint::black_box(nat::lookup(Dir::Snat, h.src, flags).unwrap_or_default());
+    let (reason, verdict) = nat::translate_hdr(p, &h, Dir::Snat, (t.id != 0).then_some(t), flags);
     count_reason(reason);
     if verdict == Verdict::Drop {
         // Also when a helper failed after the packet may have been partly rewritten.
         return Ok(TC_ACT_SHOT);
     }
     if flags & FLAG_STEER != 0 {
-        if let Some(action) = steer(ctx) {
+        // The source the packet leaves with: translated when the mapping applied.
+        let translated = t.id != 0 && matches!(reason, Reason::Snat | Reason::FragmentTranslated);
+        let src = if translated { t.addr } else { h.src };
+        if let Some(action) = steer(ctx, &h, src, flags) {
             return Ok(action);
         }
     }
@@ -279,10 +296,8 @@ fn try_ipnat_tc_egress(ctx: &TcContext) -> Result<i32, ()> {
 /// and to the rule's gateway otherwise (the rc.local recipe's table, without `ip rule`).
 /// `None`: leave the packet where it is.
 #[inline(always)]
-fn steer(ctx: &TcContext) -> Option<i32> {
-    let p = pkt::Tc(ctx);
-    let h = nat::parse(&p).ok()?;
-    let t = fwd::steering(h.src, FLAG_STEER);
+fn steer(ctx: &TcContext, h: &nat::Hdr, src: u32, flags: u32) -> Option<i32> {
+    let t = fwd::steering(src, flags);
     if t.id == 0 {
         return None;
     }
@@ -304,7 +319,7 @@ fn steer(ctx: &TcContext) -> Option<i32> {
     let f = fwd::fib(
         &p,
         t.ifindex,
-        h.src,
+        src,
         nexthop,
         h.tos,
         0,
@@ -322,16 +337,7 @@ fn steer(ctx: &TcContext) -> Option<i32> {
     // with the header of its original route: the kernel re-derives the neighbour from the
     // skb's route when it flushes the queue. The controller resolves the rules' gateways in
     // advance so that this stays rare.)
-    let mut nh = bpf_redir_neigh {
-        nh_family: 2, // AF_INET
-        // SAFETY: all-zero is a valid value of this union.
-        __bindgen_anon_1: unsafe { core::mem::zeroed() },
-    };
-    nh.__bindgen_anon_1.ipv4_nh = nexthop;
-    // SAFETY: the helper reads the struct we pass, of the size we pass.
-    Some(unsafe {
-        bpf_redirect_neigh(t.ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0) as i32
-    })
+    Some(redirect_neigh(t.ifindex, nexthop))
 }
 
 /// Passes every packet. XDP_REDIRECT or XDP_TX into a veth needs an XDP program on its peer

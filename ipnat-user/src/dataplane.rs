@@ -592,35 +592,31 @@ fn detach_pinned_link(path: &Path) -> std::io::Result<()> {
     const BPF_LINK_DETACH: libc::c_long = 34;
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    // union bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd (u32), file_flags (u32).
-    let mut attr = [0u64; 2];
-    attr[0] = c.as_ptr() as u64;
-    // SAFETY: bpf(2) with an attribute buffer of the size we pass, pointing at a live string.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
+    /// bpf(2) with a `union bpf_attr` of `attr`'s size.
+    fn bpf(cmd: libc::c_long, attr: &mut [u64]) -> libc::c_long {
+        // SAFETY: the attribute buffer is as long as we say; pointers in it are the caller's.
+        unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd,
+                attr.as_mut_ptr(),
+                std::mem::size_of_val(attr),
+            )
+        }
+    }
+    // union bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd (u32), file_flags (u32); the
+    // string outlives the call.
+    let fd = bpf(BPF_OBJ_GET, &mut [c.as_ptr() as u64, 0]);
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
     // SAFETY: the kernel just gave us this descriptor.
     let fd: std::os::fd::OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) };
     // union bpf_attr for BPF_LINK_DETACH: link_fd (u32).
-    let mut attr = [0u64; 1];
-    attr[0] = std::os::fd::AsRawFd::as_raw_fd(&fd) as u64;
-    // SAFETY: as above.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_DETACH,
-            attr.as_mut_ptr(),
-            std::mem::size_of_val(&attr),
-        )
-    };
+    let rc = bpf(
+        BPF_LINK_DETACH,
+        &mut [std::os::fd::AsRawFd::as_raw_fd(&fd) as u64],
+    );
     if rc < 0 {
         let e = std::io::Error::last_os_error();
         // A link whose interface is gone is already detached.
@@ -1015,108 +1011,74 @@ pub fn ensure_bpffs(dir: &Path) -> Result<(), String> {
 }
 
 impl Tables {
-    /// Takes the maps out of the loaded object, pinning each under `pin_dir` when given.
     /// Takes the maps out of the loaded object. With `repin`, the resized maps (`RESIZED`)
     /// replace the pins of their predecessors there.
     fn take(ebpf: &mut Ebpf, repin: Option<&Path>) -> Result<Self, DataplaneError> {
-        let mut memory = BTreeMap::new();
-        let mut take = |name: &'static str| {
+        Self::assemble(|name| {
             let map = ebpf
                 .take_map(name)
                 .ok_or(DataplaneError::MissingMap(name))?;
             if let Some(dir) = repin.filter(|_| RESIZED.contains(&name)) {
                 let path = dir.join(name);
                 remove_pin(&path)?;
-                map.pin(&path).map_err(|e| DataplaneError::Pin {
-                    path: path.clone(),
-                    why: e.to_string(),
-                })?;
+                map.pin(&path).map_err(|e| pin_error(&path, e))?;
             }
-            if let Some(data) = map_data(&map) {
-                memory.insert(name, memlock(data));
-            }
-            Ok::<_, DataplaneError>(map)
-        };
-        Ok(Self {
-            dnat: take(names::DNAT_MAP)?
-                .try_into()
-                .map_err(map_err(names::DNAT_MAP))?,
-            snat: take(names::SNAT_MAP)?
-                .try_into()
-                .map_err(map_err(names::SNAT_MAP))?,
-            counters: take(names::MAPPING_COUNTERS)?
-                .try_into()
-                .map_err(map_err(names::MAPPING_COUNTERS))?,
-            reasons: take(names::REASON_COUNTERS)?
-                .try_into()
-                .map_err(map_err(names::REASON_COUNTERS))?,
-            settings: take(names::SETTINGS)?
-                .try_into()
-                .map_err(map_err(names::SETTINGS))?,
-            dnat_pfx: take(names::DNAT_PREFIX_MAP)?
-                .try_into()
-                .map_err(map_err(names::DNAT_PREFIX_MAP))?,
-            snat_pfx: take(names::SNAT_PREFIX_MAP)?
-                .try_into()
-                .map_err(map_err(names::SNAT_PREFIX_MAP))?,
-            steer: take(names::STEER_MAP)?
-                .try_into()
-                .map_err(map_err(names::STEER_MAP))?,
-            steer_counters: take(names::STEER_COUNTERS)?
-                .try_into()
-                .map_err(map_err(names::STEER_COUNTERS))?,
-            xdp_targets: take(names::XDP_TARGETS)?
-                .try_into()
-                .map_err(map_err(names::XDP_TARGETS))?,
-            memory,
+            Ok(map)
         })
     }
 
     /// Opens the maps a running `ipnat run` pinned under `dir`.
     pub fn open_pinned(dir: &Path) -> Result<Self, DataplaneError> {
+        Self::assemble(|name| {
+            let path = dir.join(name);
+            let data = MapData::from_pin(&path)
+                .map_err(|e| pin_error(&path, format!("{e} (is `ipnat run` running?)")))?;
+            aya::maps::Map::from_map_data(data).map_err(|e| pin_error(&path, e))
+        })
+    }
+
+    /// The tables from `get`, which gives each map by name; records what each costs.
+    fn assemble(
+        mut get: impl FnMut(&'static str) -> Result<aya::maps::Map, DataplaneError>,
+    ) -> Result<Self, DataplaneError> {
         let mut memory = BTreeMap::new();
-        let mut open = |name: &'static str| {
-            let data = MapData::from_pin(dir.join(name)).map_err(|e| DataplaneError::Pin {
-                path: dir.join(name),
-                why: format!("{e} (is `ipnat run` running?)"),
-            })?;
-            memory.insert(name, memlock(&data));
-            aya::maps::Map::from_map_data(data).map_err(|e| DataplaneError::Pin {
-                path: dir.join(name),
-                why: e.to_string(),
-            })
+        let mut typed = |name: &'static str| {
+            let map = get(name)?;
+            if let Some(data) = map_data(&map) {
+                memory.insert(name, memlock(data));
+            }
+            Ok::<_, DataplaneError>(map)
         };
+        macro_rules! map {
+            ($name:expr) => {
+                typed($name)?.try_into().map_err(map_err($name))?
+            };
+        }
+        let (dnat, snat, counters, reasons, settings) = (
+            map!(names::DNAT_MAP),
+            map!(names::SNAT_MAP),
+            map!(names::MAPPING_COUNTERS),
+            map!(names::REASON_COUNTERS),
+            map!(names::SETTINGS),
+        );
+        let (dnat_pfx, snat_pfx, steer, steer_counters, xdp_targets) = (
+            map!(names::DNAT_PREFIX_MAP),
+            map!(names::SNAT_PREFIX_MAP),
+            map!(names::STEER_MAP),
+            map!(names::STEER_COUNTERS),
+            map!(names::XDP_TARGETS),
+        );
         Ok(Self {
-            dnat: open(names::DNAT_MAP)?
-                .try_into()
-                .map_err(map_err(names::DNAT_MAP))?,
-            snat: open(names::SNAT_MAP)?
-                .try_into()
-                .map_err(map_err(names::SNAT_MAP))?,
-            counters: open(names::MAPPING_COUNTERS)?
-                .try_into()
-                .map_err(map_err(names::MAPPING_COUNTERS))?,
-            reasons: open(names::REASON_COUNTERS)?
-                .try_into()
-                .map_err(map_err(names::REASON_COUNTERS))?,
-            settings: open(names::SETTINGS)?
-                .try_into()
-                .map_err(map_err(names::SETTINGS))?,
-            dnat_pfx: open(names::DNAT_PREFIX_MAP)?
-                .try_into()
-                .map_err(map_err(names::DNAT_PREFIX_MAP))?,
-            snat_pfx: open(names::SNAT_PREFIX_MAP)?
-                .try_into()
-                .map_err(map_err(names::SNAT_PREFIX_MAP))?,
-            steer: open(names::STEER_MAP)?
-                .try_into()
-                .map_err(map_err(names::STEER_MAP))?,
-            steer_counters: open(names::STEER_COUNTERS)?
-                .try_into()
-                .map_err(map_err(names::STEER_COUNTERS))?,
-            xdp_targets: open(names::XDP_TARGETS)?
-                .try_into()
-                .map_err(map_err(names::XDP_TARGETS))?,
+            dnat,
+            snat,
+            counters,
+            reasons,
+            settings,
+            dnat_pfx,
+            snat_pfx,
+            steer,
+            steer_counters,
+            xdp_targets,
             memory,
         })
     }

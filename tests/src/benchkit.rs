@@ -1,4 +1,5 @@
-//! Shared parts of the benchmarks' harnesses: the XDP sink that counts what arrives.
+//! Shared parts of the benchmarks' harnesses: command-line options and the XDP sink that
+//! counts what arrives.
 
 use std::net::Ipv4Addr;
 
@@ -36,4 +37,22 @@ pub fn sink_counts(sink: &Ebpf) -> Result<(u64, u64)> {
         PerCpuArray::try_from(sink.map(names::BENCH_CNT_MAP).context("sink counters")?)?;
     let sum = |i: u32| -> Result<u64> { Ok(cnt.get(&i, 0)?.iter().sum()) };
     Ok((sum(1)?, sum(2)?))
+}
+
+/// The `--name value` options of a benchmark's command line.
+pub struct Args(Vec<String>);
+
+impl Args {
+    pub fn from_env() -> Self {
+        Self(std::env::args().skip(1).collect())
+    }
+
+    /// The value after `name`, or `default`.
+    pub fn get(&self, name: &str, default: &str) -> String {
+        self.0
+            .iter()
+            .position(|a| a == name)
+            .and_then(|i| self.0.get(i + 1).cloned())
+            .unwrap_or_else(|| default.to_owned())
+    }
 }

@@ -235,6 +235,24 @@ pub fn cleanup_all() {
     }
 }
 
+/// On SIGINT or SIGTERM (the `Drop` guards would not run), tears down what this process made
+/// ([`cleanup_all`]) and exits 130: the signals are blocked in every thread started after this
+/// call and waited for in one. Call it first thing in `main`.
+pub fn cleanup_on_signal() {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    signals.thread_block().expect("block signals");
+    std::thread::spawn(move || {
+        if let Ok(sig) = signals.wait() {
+            eprintln!("\n{sig}: tearing down");
+            cleanup_all();
+            std::process::exit(130);
+        }
+    });
+}
+
 /// A running `ipnat run`, stopped with SIGTERM on drop.
 pub struct Ipnat {
     child: Option<Child>,

@@ -30,8 +30,8 @@ use aya::{
 };
 use ipnat_common::names;
 use ipnat_tests::{
-    benchkit::{attach_sink, sink_counts},
-    lab::{Ipnat, cleanup_all, xdp_pass},
+    benchkit::{Args, attach_sink, sink_counts},
+    lab::{Ipnat, cleanup_on_signal, xdp_pass},
     netns::{Netns, require_root, veth},
 };
 
@@ -356,24 +356,16 @@ struct Sample {
 
 fn main() -> Result<()> {
     require_root();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let get = |name: &str, default: &str| -> String {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1).cloned())
-            .unwrap_or_else(|| default.to_owned())
-    };
+    cleanup_on_signal();
+    let args = Args::from_env();
+    let get = |name: &str, default: &str| args.get(name, default);
     let rounds: usize = get("--rounds", "3").parse()?;
     let secs: f64 = get("--secs", "2").parse()?;
     let flows_list: Vec<u32> = get("--flows", "1,1000,100000")
         .split(',')
         .map(|f| f.parse())
         .collect::<Result<_, _>>()?;
-    let json_out = args
-        .iter()
-        .position(|a| a == "--json-out")
-        .and_then(|i| args.get(i + 1).cloned());
-    ctrlc_cleanup();
+    let json_out = Some(get("--json-out", "")).filter(|p| !p.is_empty());
 
     let t = topology()?;
     let sink = attach_sink(&t.sink, "s0", SINK)?;
@@ -461,19 +453,4 @@ fn main() -> Result<()> {
     }
     drop(t);
     Ok(())
-}
-
-/// Tears the namespaces (and children) down on SIGINT/SIGTERM as on any exit: the signals are
-/// blocked in every thread and waited for in one.
-fn ctrlc_cleanup() {
-    let mut signals = nix::sys::signal::SigSet::empty();
-    signals.add(nix::sys::signal::Signal::SIGINT);
-    signals.add(nix::sys::signal::Signal::SIGTERM);
-    signals.thread_block().expect("block signals");
-    std::thread::spawn(move || {
-        if signals.wait().is_ok() {
-            cleanup_all();
-            std::process::exit(130);
-        }
-    });
 }

@@ -9,28 +9,17 @@ use std::{
 use anyhow::{Context, Result};
 use ipnat_tests::{
     lab::{
-        BACKEND, EIP, GW_EXT, GW_INT, GatewayLab, INET, LabOptions, cleanup_all, ipnat_bin,
-        udp_exchange,
+        BACKEND, EIP, GW_EXT, GW_INT, GatewayLab, INET, LabOptions, cleanup_all, cleanup_on_signal,
+        ipnat_bin, udp_exchange,
     },
     netns::require_root,
 };
-use nix::sys::signal::{SigSet, Signal};
 
 fn main() {
     require_root();
-    // Ctrl-C or SIGTERM: the Drop guards would not run, so a dedicated thread removes what the
-    // lab made: the namespaces, ipnat, and the data plane ipnat leaves pinned.
-    let mut signals = SigSet::empty();
-    signals.add(Signal::SIGINT);
-    signals.add(Signal::SIGTERM);
-    signals.thread_block().expect("block signals");
-    std::thread::spawn(move || {
-        if let Ok(sig) = signals.wait() {
-            eprintln!("\n{sig}: tearing the lab down");
-            cleanup_all();
-            std::process::exit(130);
-        }
-    });
+    // Ctrl-C or SIGTERM: the Drop guards would not run; this removes what the lab made (the
+    // namespaces, ipnat, and the data plane ipnat leaves pinned).
+    cleanup_on_signal();
     if let Err(e) = lab() {
         eprintln!("lab failed: {e:#}");
         cleanup_all();

@@ -13,8 +13,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use ipnat_tests::{
-    benchkit::{attach_sink, sink_counts},
-    lab::{Ipnat, cleanup_all},
+    benchkit::{Args, attach_sink, sink_counts},
+    lab::{Ipnat, cleanup_on_signal},
     netns::{Netns, require_root, veth},
 };
 
@@ -94,13 +94,9 @@ fn send(ns: &Netns, n: u32, secs: f64) -> Result<u64> {
 
 fn main() -> Result<()> {
     require_root();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let get = |name: &str, default: &str| -> String {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1).cloned())
-            .unwrap_or_else(|| default.to_owned())
-    };
+    cleanup_on_signal();
+    let args = Args::from_env();
+    let get = |name: &str, default: &str| args.get(name, default);
     let counts: Vec<u32> = get("--sources", "1,100,1000,10000")
         .split(',')
         .map(|v| v.parse())
@@ -108,18 +104,6 @@ fn main() -> Result<()> {
     let rounds: usize = get("--rounds", "3").parse()?;
     let secs: f64 = get("--secs", "1").parse()?;
     let json_out = get("--json-out", "");
-    {
-        let mut signals = nix::sys::signal::SigSet::empty();
-        signals.add(nix::sys::signal::Signal::SIGINT);
-        signals.add(nix::sys::signal::Signal::SIGTERM);
-        signals.thread_block().expect("block signals");
-        std::thread::spawn(move || {
-            if signals.wait().is_ok() {
-                cleanup_all();
-                std::process::exit(130);
-            }
-        });
-    }
 
     let mut rows = Vec::new();
     for &n in &counts {

@@ -11,19 +11,15 @@ use ipnat::{
     providers::aws::{Imds, steering_rules},
 };
 use ipnat_tests::{
+    benchkit::Args,
     fakecloud::FakeImds,
     netns::{Netns, require_root},
 };
 
 fn main() -> Result<()> {
     require_root();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let get = |name: &str, default: &str| -> String {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1).cloned())
-            .unwrap_or_else(|| default.to_owned())
-    };
+    let args = Args::from_env();
+    let get = |name: &str, default: &str| args.get(name, default);
     let nics: u32 = get("--nics", "1000").parse()?;
     let per_nic: u32 = get("--addresses", "20").parse()?;
     let json_out = get("--json-out", "");
