@@ -6,7 +6,7 @@
 #![no_std]
 
 /// Version of the map layout below. Bump it whenever a key, value or map changes shape.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// Capacity of the one-to-one mapping tables (each direction) as compiled; the controller
 /// resizes them at load time (`max_mappings`).
@@ -75,6 +75,15 @@ pub struct SteerCounters {
 /// `Settings::flags`: the steering table holds rules.
 pub const FLAG_STEER: u32 = 4;
 
+/// `Settings::flags`: host orientation. The public addresses are local addresses of this host
+/// (applications bind to them) and the cloud translates public <-> private on its side: TC on
+/// receive translates the destination private -> public, TC on transmit the source public ->
+/// private, both only for peers outside [`names::INTERNAL_MAP`]. No XDP program is attached.
+pub const FLAG_HOST: u32 = 8;
+
+/// Capacity of the internal-prefix table (host orientation).
+pub const MAX_INTERNAL_PREFIXES: u32 = 1024;
+
 /// `Settings::flags`: forward translated packets in XDP/TC (`bpf_fib_lookup` + redirect)
 /// instead of handing them to the kernel's forwarding path.
 pub const FLAG_FAST_PATH: u32 = 1;
@@ -101,10 +110,12 @@ pub const META_FORWARD: u32 = 0x1a7f_0001;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MappingCounters {
-    /// Packets whose destination was translated public -> private.
+    /// Inbound packets translated: destination public -> private (gateway orientation) or
+    /// private -> public (host orientation).
     pub dnat_packets: u64,
     pub dnat_bytes: u64,
-    /// Packets whose source was translated private -> public.
+    /// Outbound packets translated: source private -> public (gateway orientation) or
+    /// public -> private (host orientation).
     pub snat_packets: u64,
     pub snat_bytes: u64,
 }
@@ -158,10 +169,21 @@ pub enum Reason {
     /// Fast path: XDP cannot send out of the egress interface (no native XDP there): handed
     /// untouched to TC ingress, which forwards it.
     PassToTc = 18,
+    /// Host orientation: received, destination translated private -> public (the address the
+    /// application bound).
+    HostIn = 19,
+    /// Host orientation: sent, source translated public -> private (the cloud maps it back).
+    HostOut = 20,
+    /// Host orientation: a mapped address talking to an internal prefix (VPC, peered network,
+    /// link-local): left untranslated, as the cloud leaves it.
+    PassInternalPeer = 21,
+    /// Host orientation: received for a private address by a socket bound to that private
+    /// address (a connection made from it): left untranslated.
+    PassPrivateSocket = 22,
 }
 
 /// Number of [`Reason`] slots.
-pub const REASON_COUNT: u32 = 19;
+pub const REASON_COUNT: u32 = 23;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -184,6 +206,10 @@ impl Reason {
         Reason::SlowNoRoute,
         Reason::Steered,
         Reason::PassToTc,
+        Reason::HostIn,
+        Reason::HostOut,
+        Reason::PassInternalPeer,
+        Reason::PassPrivateSocket,
     ];
 
     /// Stable name used by `ipnat stats` and the metrics.
@@ -208,6 +234,10 @@ impl Reason {
             Reason::SlowNoRoute => "slow_no_route",
             Reason::Steered => "steered",
             Reason::PassToTc => "pass_to_tc",
+            Reason::HostIn => "host_in",
+            Reason::HostOut => "host_out",
+            Reason::PassInternalPeer => "pass_internal_peer",
+            Reason::PassPrivateSocket => "pass_private_socket",
         }
     }
 }
@@ -224,6 +254,7 @@ pub mod names {
     pub const STEER_MAP: &str = "IPNAT_STEER";
     pub const STEER_COUNTERS: &str = "IPNAT_STEER_CNT";
     pub const XDP_TARGETS: &str = "IPNAT_XDP_TARGETS";
+    pub const INTERNAL_MAP: &str = "IPNAT_INTERNAL";
     pub const TC_GATEWAY_PROGRAM: &str = "ipnat_tc_gateway";
     pub const TC_INGRESS_PROGRAM: &str = "ipnat_tc_ingress";
     pub const XDP_PASS_PROGRAM: &str = "ipnat_xdp_pass";

@@ -17,6 +17,7 @@ use core::mem::size_of;
 
 mod csum;
 mod fwd;
+mod host;
 mod nat;
 mod pkt;
 
@@ -28,9 +29,9 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use ipnat_common::{
-    FLAG_FAST_PATH, FLAG_STEER, MAX_MAPPING_ID, MAX_MAPPINGS, MAX_PREFIXES, MAX_STEER_RULES,
-    META_FORWARD, MappingCounters, NatTarget, PrefixTarget, REASON_COUNT, Reason, Settings,
-    SteerCounters, SteerTarget,
+    FLAG_FAST_PATH, FLAG_HOST, FLAG_STEER, MAX_INTERNAL_PREFIXES, MAX_MAPPING_ID, MAX_MAPPINGS,
+    MAX_PREFIXES, MAX_STEER_RULES, META_FORWARD, MappingCounters, NatTarget, PrefixTarget,
+    REASON_COUNT, Reason, Settings, SteerCounters, SteerTarget,
 };
 
 use crate::{
@@ -65,6 +66,11 @@ static IPNAT_STEER_CNT: Array<SteerCounters> = Array::with_max_entries(MAX_STEER
 #[map(name = "IPNAT_XDP_TARGETS")]
 static IPNAT_XDP_TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
 /// The data plane's settings (one entry).
+/// Internal prefixes (host orientation): peers there see the private addresses.
+#[map(name = "IPNAT_INTERNAL")]
+static IPNAT_INTERNAL: LpmTrie<u32, u32> =
+    LpmTrie::with_max_entries(MAX_INTERNAL_PREFIXES, BPF_F_NO_PREALLOC);
+
 #[map(name = "IPNAT_SETTINGS")]
 static IPNAT_SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 /// Per-mapping traffic counters, indexed by mapping id (0 unused).
@@ -230,6 +236,15 @@ pub fn ipnat_tc_ingress(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn try_ipnat_tc_ingress(ctx: &TcContext) -> Result<i32, ()> {
+    let flags = flags();
+    if flags & FLAG_HOST != 0 {
+        let (reason, verdict) = host::receive(ctx, flags);
+        count_reason(reason);
+        return Ok(match verdict {
+            Verdict::Pass => TC_ACT_OK as i32,
+            Verdict::Drop => TC_ACT_SHOT,
+        });
+    }
     let skb = ctx.skb.skb;
     // SAFETY: reading the context's fields.
     let (meta, data, ingress) = unsafe {
@@ -246,7 +261,7 @@ fn try_ipnat_tc_ingress(ctx: &TcContext) -> Result<i32, ()> {
     if unsafe { (meta as *const u32).read_unaligned() } != META_FORWARD {
         return Ok(TC_ACT_OK);
     }
-    let (reason, action) = fwd::gateway(&mut pkt::Tc(ctx), ingress, flags(), false);
+    let (reason, action) = fwd::gateway(&mut pkt::Tc(ctx), ingress, flags, false);
     count_reason(reason);
     Ok(tc_action(action))
 }
@@ -271,9 +286,20 @@ fn try_ipnat_tc_egress(ctx: &TcContext) -> Result<i32, ()> {
             return Ok(TC_ACT_OK as i32);
         }
     };
+    // Gateway: source private -> public. Host: source public -> private, except towards an
+    // internal peer.
+    let dir = if flags & FLAG_HOST != 0 {
+        Dir::HostOut
+    } else {
+        Dir::Snat
+    };
     // A plain value, id 0 for none (see fwd::gateway on `Option`s and the verifier).
-    let t = core::hint::black_box(nat::lookup(Dir::Snat, h.src, flags).unwrap_or_default());
-    let (reason, verdict) = nat::translate_hdr(p, &h, Dir::Snat, (t.id != 0).then_some(t), flags);
+    let t = core::hint::black_box(nat::lookup(dir, h.src, flags).unwrap_or_default());
+    let (reason, verdict) = if dir == Dir::HostOut && t.id != 0 && nat::is_internal(h.dst) {
+        (Reason::PassInternalPeer, Verdict::Pass)
+    } else {
+        nat::translate_hdr(p, &h, dir, (t.id != 0).then_some(t), flags)
+    };
     count_reason(reason);
     if verdict == Verdict::Drop {
         // Also when a helper failed after the packet may have been partly rewritten.
@@ -281,7 +307,11 @@ fn try_ipnat_tc_egress(ctx: &TcContext) -> Result<i32, ()> {
     }
     if flags & FLAG_STEER != 0 {
         // The source the packet leaves with: translated when the mapping applied.
-        let translated = t.id != 0 && matches!(reason, Reason::Snat | Reason::FragmentTranslated);
+        let translated = t.id != 0
+            && matches!(
+                reason,
+                Reason::Snat | Reason::HostOut | Reason::FragmentTranslated
+            );
         let src = if translated { t.addr } else { h.src };
         if let Some(action) = steer(ctx, &h, src, flags) {
             return Ok(action);

@@ -6,7 +6,7 @@ use aya_ebpf::maps::{HashMap, LpmTrie, lpm_trie::Key};
 use ipnat_common::{FLAG_PREFIXES, MappingCounters, NatTarget, PrefixTarget, Reason};
 
 use crate::{
-    IPNAT_DNAT, IPNAT_DNAT_PFX, IPNAT_MAP_CNT, IPNAT_SNAT, IPNAT_SNAT_PFX, csum,
+    IPNAT_DNAT, IPNAT_DNAT_PFX, IPNAT_INTERNAL, IPNAT_MAP_CNT, IPNAT_SNAT, IPNAT_SNAT_PFX, csum,
     pkt::{L4Csum, Packet, Rewrite},
 };
 
@@ -18,18 +18,43 @@ const ETH_P_8021AD: u16 = 0x88a8;
 const MAX_VLAN_TAGS: usize = 2;
 
 pub const IPPROTO_ICMP: u8 = 1;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
 const IPPROTO_DCCP: u8 = 33;
 const IPPROTO_UDPLITE: u8 = 136;
 
-/// Which address a hook translates.
+/// Which address a hook translates, and with which table.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Dir {
     /// Destination public -> private (packets towards a mapped public address).
     Dnat,
     /// Source private -> public (packets from a mapped private address).
     Snat,
+    /// Host orientation, received: destination private -> public (the public address is local
+    /// here; the cloud translated it to the private one).
+    HostIn,
+    /// Host orientation, sent: source public -> private (the cloud translates it back).
+    HostOut,
+}
+
+impl Dir {
+    /// Whether the destination is the translated field (else the source).
+    #[inline(always)]
+    pub fn rewrites_dst(self) -> bool {
+        matches!(self, Dir::Dnat | Dir::HostIn)
+    }
+
+    /// Whether the table keyed by the public address is used (else the one keyed by private).
+    #[inline(always)]
+    fn keyed_by_public(self) -> bool {
+        matches!(self, Dir::Dnat | Dir::HostOut)
+    }
+
+    /// The packet's address that this direction looks up.
+    #[inline(always)]
+    pub fn key(self, h: &Hdr) -> u32 {
+        if self.rewrites_dst() { h.dst } else { h.src }
+    }
 }
 
 /// Offset of the IPv4 header behind Ethernet and up to two VLAN tags, or the reason to pass.
@@ -79,9 +104,10 @@ fn lookup_prefix(map: &LpmTrie<u32, PrefixTarget>, addr: u32) -> Option<NatTarge
 /// matching prefix mapping (only when the controller installed any: `flags`).
 #[inline(always)]
 pub fn lookup(dir: Dir, addr: u32, flags: u32) -> Option<NatTarget> {
-    let (exact, prefixes) = match dir {
-        Dir::Dnat => (&IPNAT_DNAT, &IPNAT_DNAT_PFX),
-        Dir::Snat => (&IPNAT_SNAT, &IPNAT_SNAT_PFX),
+    let (exact, prefixes) = if dir.keyed_by_public() {
+        (&IPNAT_DNAT, &IPNAT_DNAT_PFX)
+    } else {
+        (&IPNAT_SNAT, &IPNAT_SNAT_PFX)
     };
     if let Some(t) = lookup_exact(exact, addr) {
         return Some(t);
@@ -92,6 +118,13 @@ pub fn lookup(dir: Dir, addr: u32, flags: u32) -> Option<NatTarget> {
     lookup_prefix(prefixes, addr)
 }
 
+/// Whether `addr` is in one of the internal prefixes (host orientation: the VPC, peered
+/// networks, link-local), which the cloud does not translate either.
+#[inline(always)]
+pub fn is_internal(addr: u32) -> bool {
+    IPNAT_INTERNAL.get(&Key::new(32, addr)).is_some()
+}
+
 #[inline(always)]
 fn count_mapping(id: u32, dir: Dir, bytes: u64) {
     let Some(c) = IPNAT_MAP_CNT.get_ptr_mut(id) else {
@@ -100,9 +133,11 @@ fn count_mapping(id: u32, dir: Dir, bytes: u64) {
     // SAFETY: the array value lives as long as the map; atomics because CPUs share it.
     unsafe {
         let c: *mut MappingCounters = c;
-        let (pk, by) = match dir {
-            Dir::Dnat => (&raw mut (*c).dnat_packets, &raw mut (*c).dnat_bytes),
-            Dir::Snat => (&raw mut (*c).snat_packets, &raw mut (*c).snat_bytes),
+        // Inbound (towards the mapping's host) or outbound.
+        let (pk, by) = if dir.rewrites_dst() {
+            (&raw mut (*c).dnat_packets, &raw mut (*c).dnat_bytes)
+        } else {
+            (&raw mut (*c).snat_packets, &raw mut (*c).snat_bytes)
         };
         // BPF atomic add (no fetch): the bpfel target has no compare-and-swap, so core's
         // AtomicU64::fetch_add is not available there.
@@ -125,7 +160,7 @@ fn l4_csum(proto: u8, l4_off: usize) -> L4Csum {
 /// ICMP types whose payload quotes the packet that caused them (RFC 792): destination
 /// unreachable (incl. fragmentation needed), time exceeded, parameter problem.
 #[inline(always)]
-fn is_icmp_error(icmp_type: u8) -> bool {
+pub fn is_icmp_error(icmp_type: u8) -> bool {
     matches!(icmp_type, 3 | 11 | 12)
 }
 
@@ -168,7 +203,7 @@ fn parse_quote<P: Packet>(p: &P, icmp_off: usize, dir: Dir, flags: u32) -> Optio
     if h[0] >> 4 != 4 || ihl < 20 {
         return None;
     }
-    let field = if dir == Dir::Dnat { 12 } else { 16 };
+    let field = if dir.rewrites_dst() { 12 } else { 16 };
     let addr_off = ip_off + field;
     let old = u32::from_ne_bytes([h[field], h[field + 1], h[field + 2], h[field + 3]]);
     let target = lookup(dir, old, flags)?;
@@ -295,7 +330,7 @@ pub fn translate<P: Packet>(p: &mut P, dir: Dir, flags: u32) -> (Reason, Verdict
         Ok(h) => h,
         Err(reason) => return (reason, Verdict::Pass),
     };
-    let target = lookup(dir, if dir == Dir::Dnat { h.dst } else { h.src }, flags);
+    let target = lookup(dir, dir.key(&h), flags);
     translate_hdr(p, &h, dir, target, flags)
 }
 
@@ -314,7 +349,7 @@ pub fn translate_hdr<P: Packet>(
     flags: u32,
 ) -> (Reason, Verdict) {
     let ip_off = h.ip_off;
-    let (addr_off, old) = if dir == Dir::Dnat {
+    let (addr_off, old) = if dir.rewrites_dst() {
         (ip_off + 16, h.dst)
     } else {
         (ip_off + 12, h.src)
@@ -383,10 +418,13 @@ pub fn translate_hdr<P: Packet>(
     count_mapping(target.id, dir, p.frame_len());
     let reason = if non_first_fragment {
         Reason::FragmentTranslated
-    } else if dir == Dir::Dnat {
-        Reason::Dnat
     } else {
-        Reason::Snat
+        match dir {
+            Dir::Dnat => Reason::Dnat,
+            Dir::Snat => Reason::Snat,
+            Dir::HostIn => Reason::HostIn,
+            Dir::HostOut => Reason::HostOut,
+        }
     };
     (reason, Verdict::Pass)
 }

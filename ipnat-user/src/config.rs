@@ -34,6 +34,14 @@ pub struct Config {
     /// Where `ipnat run` serves Prometheus metrics (`/metrics`), or `off`.
     #[serde(default = "default_metrics_listen")]
     pub metrics_listen: String,
+    /// Where ipnat sits: between the outside and the private hosts (`gateway`), or on the host
+    /// that owns the private addresses, with the public ones local (`host`).
+    #[serde(default)]
+    pub orientation: Orientation,
+    /// Host orientation: peers in these prefixes (the VPC, peered networks, link-local, the
+    /// cloud's service range) talk to the private addresses, untranslated.
+    #[serde(default = "default_internal")]
+    pub internal: Vec<Block>,
     /// Room in the mapping tables (and their counters), fixed when the data plane loads.
     #[serde(default = "default_max_mappings")]
     pub max_mappings: u32,
@@ -137,6 +145,48 @@ pub struct SteerConfig {
     pub gateway: Ipv4Addr,
     /// The interface's subnet: destinations inside it are reached directly.
     pub subnet: Block,
+}
+
+/// Where ipnat sits relative to the mappings' private addresses.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Orientation {
+    /// A gateway: public -> private on the way in (XDP), private -> public on the way out,
+    /// and the packets forwarded to and from the private hosts.
+    #[default]
+    Gateway,
+    /// The host that owns the private addresses: each public address (the EIP the cloud
+    /// translates to the private one) is put on `lo`, applications bind to it, and TC
+    /// translates private -> public on receive and public -> private on transmit, except with
+    /// internal peers and for sockets bound to the private address.
+    Host,
+}
+
+impl Orientation {
+    pub fn name(self) -> &'static str {
+        match self {
+            Orientation::Gateway => "gateway",
+            Orientation::Host => "host",
+        }
+    }
+}
+
+/// The internal prefixes unless the config says otherwise: every private-use range
+/// (RFC 1918), the shared address space clouds use for their services (100.64.0.0/10, e.g.
+/// Alibaba Cloud's metadata and DNS), and link-local (169.254.0.0/16, the metadata service).
+pub const DEFAULT_INTERNAL: [&str; 5] = [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "169.254.0.0/16",
+];
+
+fn default_internal() -> Vec<Block> {
+    DEFAULT_INTERNAL
+        .iter()
+        .map(|s| s.parse().expect("valid default"))
+        .collect()
 }
 
 /// Where metrics are served unless the config says otherwise.
@@ -410,6 +460,26 @@ impl Config {
         }
         validate_mappings(&self.mappings, &|i| format!("mapping[{i}]"))?;
         self.validate_steering()?;
+        if self.internal.len() > ipnat_common::MAX_INTERNAL_PREFIXES as usize {
+            return Err(invalid(
+                "internal".into(),
+                &self.internal.len(),
+                &format!("more than {} prefixes", ipnat_common::MAX_INTERNAL_PREFIXES),
+            ));
+        }
+        if self.orientation == Orientation::Host {
+            for (i, m) in self.mappings.iter().enumerate() {
+                let internal: Vec<Ipv4Net> = self.internal.iter().map(|b| b.0).collect();
+                validate_host_public(&internal, m.public).map_err(|e| match e {
+                    ConfigError::Invalid { value, why, .. } => ConfigError::Invalid {
+                        key: format!("mapping[{i}].public"),
+                        value,
+                        why,
+                    },
+                    other => other,
+                })?;
+            }
+        }
         if self.aws.is_some() && self.aliyun.is_some() {
             return Err(invalid(
                 "aliyun".into(),
@@ -460,6 +530,25 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+/// Host orientation: a public address must lie outside the internal prefixes. Inside one it
+/// would be reached untranslated from that prefix while the cloud translates it from outside:
+/// one address, two meanings. (The private side belongs there; the public one does not.)
+pub fn validate_host_public(internal: &[Ipv4Net], public: Block) -> Result<(), ConfigError> {
+    match internal
+        .iter()
+        .find(|p| p.contains(&public.0) || public.0.contains(*p))
+    {
+        Some(p) => Err(ConfigError::Invalid {
+            key: "public".into(),
+            value: public.to_string(),
+            why: format!(
+                "is inside the internal prefix {p}: in host orientation the public side is the EIP the cloud translates, outside the internal prefixes"
+            ),
+        }),
+        None => Ok(()),
     }
 }
 

@@ -21,8 +21,8 @@ use aya::{
     },
 };
 use ipnat_common::{
-    FLAG_FAST_PATH, FLAG_PREFIXES, FLAG_STEER, MappingCounters, NatTarget, PrefixTarget, Reason,
-    SCHEMA_VERSION, Settings, SteerCounters, SteerTarget, names,
+    FLAG_FAST_PATH, FLAG_HOST, FLAG_PREFIXES, FLAG_STEER, MappingCounters, NatTarget, PrefixTarget,
+    Reason, SCHEMA_VERSION, Settings, SteerCounters, SteerTarget, names,
 };
 use ipnet::Ipv4Net;
 use serde::Serialize;
@@ -216,12 +216,17 @@ impl Dataplane {
     /// an earlier run pinned is kept and its program atomically replaced by this binary's
     /// (`bpf_link_update`): no packet meets an interface without a program. Without a pin
     /// directory the links are detached when the `Dataplane` is dropped.
-    pub fn attach(&mut self, iface: &str) -> Result<AttachMode, DataplaneError> {
+    ///
+    /// In host orientation (`host`) only TC is attached, on receive and transmit: every packet
+    /// goes to the local stack anyway, and XDP would cost the receive offloads.
+    pub fn attach(&mut self, iface: &str, host: bool) -> Result<AttachMode, DataplaneError> {
         let index = ifindex(iface)?;
         let pin_dir = self.pin_dir.clone();
         let pinned = |hook: &str| pin_dir.as_ref().map(|d| d.join(link_pin_name(hook, iface)));
         let adopted_tc_gateway = pinned("tc-gw").is_some_and(|p| p.exists());
-        let mode = if adopted_tc_gateway {
+        let mode = if host {
+            AttachMode::Host
+        } else if adopted_tc_gateway {
             AttachMode::TcOnly
         } else {
             match self.attach_xdp(iface, pinned("xdp")) {
@@ -237,13 +242,15 @@ impl Dataplane {
         // XDP may redirect only to interfaces that have it.
         match mode {
             AttachMode::XdpNative => self.tables.xdp_targets.insert(index, 1, 0),
-            AttachMode::TcOnly => absent_ok(self.tables.xdp_targets.remove(&index)),
+            AttachMode::TcOnly | AttachMode::Host => {
+                absent_ok(self.tables.xdp_targets.remove(&index))
+            }
         }
         .map_err(map_err(names::XDP_TARGETS))?;
         // TCX needs no qdisc; older kernels need clsact. An existing one is fine.
         let _ = tc::qdisc_add_clsact(iface);
         let receive = match mode {
-            AttachMode::XdpNative => (names::TC_INGRESS_PROGRAM, "tc-in"),
+            AttachMode::XdpNative | AttachMode::Host => (names::TC_INGRESS_PROGRAM, "tc-in"),
             AttachMode::TcOnly => (names::TC_GATEWAY_PROGRAM, "tc-gw"),
         };
         for (name, hook, attach_type) in [
@@ -337,6 +344,8 @@ pub enum AttachMode {
     XdpNative,
     /// TC ingress alone: the driver has no native XDP.
     TcOnly,
+    /// Host orientation: TC on receive and transmit, no XDP.
+    Host,
 }
 
 /// A removal of a key that is not there is fine (aya reports it as `KeyNotFound` or as the
@@ -413,6 +422,10 @@ pub struct Status {
     pub pin_path: PathBuf,
     /// Layout version of the pinned maps.
     pub schema: u32,
+    /// `gateway` or `host`.
+    pub orientation: &'static str,
+    /// Host orientation: peers in these prefixes see the private addresses.
+    pub internal: Vec<Block>,
     pub fast_path: bool,
     pub mappings: usize,
     /// Of which block mappings.
@@ -462,6 +475,12 @@ pub fn status(dir: &Path) -> Result<Status, DataplaneError> {
     Ok(Status {
         pin_path: dir.to_owned(),
         schema: settings.schema,
+        orientation: if settings.flags & FLAG_HOST != 0 {
+            "host"
+        } else {
+            "gateway"
+        },
+        internal: tables.internal_prefixes()?.into_iter().map(Block).collect(),
         fast_path: settings.flags & FLAG_FAST_PATH != 0,
         blocks: mappings.iter().filter(|m| !m.public.is_host()).count(),
         mappings: mappings.len(),
@@ -484,15 +503,28 @@ impl Status {
             self.pin_path.display(),
             self.schema
         );
-        let _ = writeln!(
-            s,
-            "fast path:  {}",
-            if self.fast_path {
-                "on (XDP/TC forward translated packets)"
-            } else {
-                "off (the kernel forwards)"
-            }
-        );
+        if self.orientation == "host" {
+            let internal: Vec<String> = self.internal.iter().map(|n| n.0.to_string()).collect();
+            let _ = writeln!(
+                s,
+                "orientation: host (public addresses are local; internal: {})",
+                if internal.is_empty() {
+                    "none".to_owned()
+                } else {
+                    internal.join(", ")
+                }
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "fast path:  {}",
+                if self.fast_path {
+                    "on (XDP/TC forward translated packets)"
+                } else {
+                    "off (the kernel forwards)"
+                }
+            );
+        }
         let _ = writeln!(
             s,
             "mappings:   {} of {} ({} blocks), {} KiB of map memory",
@@ -886,6 +918,7 @@ pub struct Tables {
     steer: LpmTrie<MapData, u32, SteerTarget>,
     steer_counters: Array<MapData, SteerCounters>,
     xdp_targets: HashMap<MapData, u32, u32>,
+    internal: LpmTrie<MapData, u32, u32>,
     /// Kernel memory charged to each map (`memlock` in its fdinfo), bytes.
     memory: BTreeMap<&'static str, u64>,
 }
@@ -917,8 +950,9 @@ pub struct MemoryReport {
     pub bytes_per_mapping: f64,
 }
 
-const MAP_NAMES: [&str; 10] = [
+const MAP_NAMES: [&str; 11] = [
     names::XDP_TARGETS,
+    names::INTERNAL_MAP,
     names::DNAT_MAP,
     names::SNAT_MAP,
     names::DNAT_PREFIX_MAP,
@@ -1061,12 +1095,13 @@ impl Tables {
             map!(names::REASON_COUNTERS),
             map!(names::SETTINGS),
         );
-        let (dnat_pfx, snat_pfx, steer, steer_counters, xdp_targets) = (
+        let (dnat_pfx, snat_pfx, steer, steer_counters, xdp_targets, internal) = (
             map!(names::DNAT_PREFIX_MAP),
             map!(names::SNAT_PREFIX_MAP),
             map!(names::STEER_MAP),
             map!(names::STEER_COUNTERS),
             map!(names::XDP_TARGETS),
+            map!(names::INTERNAL_MAP),
         );
         Ok(Self {
             dnat,
@@ -1079,6 +1114,7 @@ impl Tables {
             steer,
             steer_counters,
             xdp_targets,
+            internal,
             memory,
         })
     }
@@ -1409,6 +1445,46 @@ impl Tables {
     /// Turns the forwarding fast path on or off.
     pub fn set_fast_path(&mut self, on: bool) -> Result<(), DataplaneError> {
         self.set_flag(FLAG_FAST_PATH, on)
+    }
+
+    /// Host orientation on or off (see [`FLAG_HOST`]).
+    pub fn set_host(&mut self, on: bool) -> Result<(), DataplaneError> {
+        self.set_flag(FLAG_HOST, on)
+    }
+
+    /// The internal prefixes in the kernel.
+    pub fn internal_prefixes(&self) -> Result<Vec<Ipv4Net>, DataplaneError> {
+        let mut out = Vec::new();
+        for k in self.internal.keys() {
+            let k = k.map_err(map_err(names::INTERNAL_MAP))?;
+            let net = Ipv4Net::new(addr(k.data()), k.prefix_len() as u8)
+                .map_err(|_| DataplaneError::Corrupt(names::INTERNAL_MAP))?;
+            out.push(net);
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Makes the internal prefixes equal `desired`: additions first, then removals.
+    pub fn apply_internal(&mut self, desired: &[Ipv4Net]) -> Result<(), DataplaneError> {
+        let have = self.internal_prefixes()?;
+        for net in desired.iter().filter(|n| !have.contains(n)) {
+            self.internal
+                .insert(
+                    &Key::new(u32::from(net.prefix_len()), key(net.network())),
+                    1,
+                    0,
+                )
+                .map_err(map_err(names::INTERNAL_MAP))?;
+        }
+        for net in have.iter().filter(|n| !desired.contains(n)) {
+            absent_ok(
+                self.internal
+                    .remove(&Key::new(u32::from(net.prefix_len()), key(net.network()))),
+            )
+            .map_err(map_err(names::INTERNAL_MAP))?;
+        }
+        Ok(())
     }
 
     fn set_flag(&mut self, flag: u32, on: bool) -> Result<(), DataplaneError> {

@@ -68,11 +68,45 @@ pub fn loosen_rp_filter(ifaces: &[String], state: &Path) -> std::io::Result<Vec<
             now.push((key, old));
         }
     }
+    save(state, &changed)?;
+    Ok(now)
+}
+
+/// Host orientation: the public addresses live on `lo`, and no neighbour may learn them from
+/// this host: on each of `ifaces`, ARP requests are answered only for addresses of that
+/// interface (`arp_ignore` 1) and ARP requests go out with the interface's own address as
+/// their source (`arp_announce` 2). Raises each where its effective value (the larger of
+/// `all` and the interface's) is lower; returns what it changed now as (key, old value).
+pub fn quiet_arp(ifaces: &[String], state: &Path) -> std::io::Result<Vec<(String, String)>> {
+    let mut changed = load(state);
+    let mut now = Vec::new();
+    for (name, needed) in [("arp_ignore", 1u8), ("arp_announce", 2u8)] {
+        let all: u8 = read(&format!("net.ipv4.conf.all.{name}"))?
+            .parse()
+            .unwrap_or(0);
+        for iface in ifaces {
+            let key = format!("net.ipv4.conf.{iface}.{name}");
+            let old = read(&key)?;
+            if all.max(old.parse().unwrap_or(0)) < needed {
+                write(&key, &needed.to_string())?;
+                changed
+                    .sysctls
+                    .entry(key.clone())
+                    .or_insert_with(|| old.clone());
+                now.push((key, old));
+            }
+        }
+    }
+    save(state, &changed)?;
+    Ok(now)
+}
+
+fn save(state: &Path, changed: &Changed) -> std::io::Result<()> {
     if !changed.sysctls.is_empty() {
         std::fs::create_dir_all(state.parent().unwrap_or(Path::new("/run")))?;
-        std::fs::write(state, serde_json::to_string_pretty(&changed)?)?;
+        std::fs::write(state, serde_json::to_string_pretty(changed)?)?;
     }
-    Ok(now)
+    Ok(())
 }
 
 /// What ipnat changed on the host, still in force.
@@ -228,30 +262,51 @@ pub fn addresses() -> std::io::Result<Vec<(String, ipnet::Ipv4Net)>> {
     Ok(out)
 }
 
-/// Addresses ipnat put on interfaces (and removes when the cloud removes them, or on
-/// `ipnat down`); never one it did not add.
+/// Who asked for an address ipnat adds: each owner reconciles only its own, so one owner's
+/// desired set never removes the other's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddressOwner {
+    /// The cloud provider's sync: the NICs' private addresses.
+    Provider,
+    /// Host orientation: the public addresses (EIPs), on `lo`.
+    Host,
+}
+
+impl AddressOwner {
+    const ALL: [AddressOwner; 2] = [AddressOwner::Provider, AddressOwner::Host];
+
+    fn file(self) -> &'static str {
+        match self {
+            AddressOwner::Provider => "addresses.json",
+            AddressOwner::Host => "eips.json",
+        }
+    }
+}
+
+/// Addresses ipnat put on interfaces (and removes when their owner no longer wants them, or
+/// on `ipnat down`); never one it did not add.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct AddedAddresses {
     /// (interface, address/prefix length)
     pub added: Vec<(String, String)>,
 }
 
-pub fn addresses_path(pin_path: &Path) -> PathBuf {
+pub fn addresses_path(pin_path: &Path, owner: AddressOwner) -> PathBuf {
     state_path(pin_path)
         .with_extension("")
-        .with_extension("addresses.json")
+        .with_extension(owner.file())
 }
 
 impl AddedAddresses {
-    pub fn load(pin_path: &Path) -> Self {
-        std::fs::read_to_string(addresses_path(pin_path))
+    pub fn load(pin_path: &Path, owner: AddressOwner) -> Self {
+        std::fs::read_to_string(addresses_path(pin_path, owner))
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_default()
     }
 
-    pub fn save(&self, pin_path: &Path) -> std::io::Result<()> {
-        let path = addresses_path(pin_path);
+    pub fn save(&self, pin_path: &Path, owner: AddressOwner) -> std::io::Result<()> {
+        let path = addresses_path(pin_path, owner);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -259,14 +314,17 @@ impl AddedAddresses {
     }
 }
 
-/// Makes the addresses ipnat manages equal `desired` (interface, address/len): adds what is
-/// missing (and records it), removes what ipnat added earlier and is no longer desired.
-/// Addresses already there that ipnat did not add are left alone. Returns (added, removed).
+/// Adds the addresses in `desired` (interface, address/len) that are missing, recording them
+/// as `owner`'s; then, unless `keep_others`, removes those `owner` added earlier that are no
+/// longer desired. Addresses already there that ipnat did not add are left alone, also when
+/// they are no longer desired. Returns (added, removed).
 pub fn reconcile_addresses(
     desired: &[(String, ipnet::Ipv4Net)],
     pin_path: &Path,
+    owner: AddressOwner,
+    keep_others: bool,
 ) -> std::io::Result<(Vec<String>, Vec<String>)> {
-    let mut record = AddedAddresses::load(pin_path);
+    let mut record = AddedAddresses::load(pin_path, owner);
     let present = addresses()?;
     let (mut added, mut removed) = (Vec::new(), Vec::new());
     for (iface, net) in desired {
@@ -288,7 +346,7 @@ pub fn reconcile_addresses(
         let wanted = desired
             .iter()
             .any(|(i, n)| *i == iface && n.to_string() == text);
-        if wanted {
+        if wanted || keep_others {
             keep.push((iface, text));
             continue;
         }
@@ -301,15 +359,37 @@ pub fn reconcile_addresses(
         }
     }
     record.added = keep;
-    record.save(pin_path)?;
+    record.save(pin_path, owner)?;
     Ok((added, removed))
 }
 
-/// Removes every address ipnat added (for `ipnat down`); returns them.
-pub fn remove_added_addresses(pin_path: &Path) -> std::io::Result<Vec<String>> {
-    let (_, removed) = reconcile_addresses(&[], pin_path)?;
-    let _ = std::fs::remove_file(addresses_path(pin_path));
+/// Removes `net` from `iface` if `owner` added it (and forgets it); returns what was removed.
+pub fn release_address(
+    pin_path: &Path,
+    owner: AddressOwner,
+    iface: &str,
+    net: ipnet::Ipv4Net,
+) -> std::io::Result<Vec<String>> {
+    let record = AddedAddresses::load(pin_path, owner);
+    let rest: Vec<(String, ipnet::Ipv4Net)> = record
+        .added
+        .iter()
+        .filter(|(i, t)| !(i == iface && *t == net.to_string()))
+        .filter_map(|(i, t)| Some((i.clone(), t.parse().ok()?)))
+        .collect();
+    let (_, removed) = reconcile_addresses(&rest, pin_path, owner, false)?;
     Ok(removed)
+}
+
+/// Removes every address ipnat added, for every owner (for `ipnat down`); returns them.
+pub fn remove_added_addresses(pin_path: &Path) -> std::io::Result<Vec<String>> {
+    let mut all = Vec::new();
+    for owner in AddressOwner::ALL {
+        let (_, removed) = reconcile_addresses(&[], pin_path, owner, false)?;
+        let _ = std::fs::remove_file(addresses_path(pin_path, owner));
+        all.extend(removed);
+    }
+    Ok(all)
 }
 
 fn ifindex_of(iface: &str) -> Option<u32> {

@@ -5,8 +5,9 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use ipnat::{
-    config::{Block, Config, DEFAULT_PIN_PATH, MappingConfig},
+    config::{Block, Config, DEFAULT_PIN_PATH, MappingConfig, Orientation},
     dataplane::{Dataplane, Tables},
+    host::AddressOwner,
 };
 use tracing::{info, warn};
 
@@ -202,14 +203,37 @@ fn run(cli: Cli) -> Result<()> {
                 private,
                 pin_path,
             } => {
-                let m = Tables::open_pinned(&pin_path)?
-                    .add_mapping(MappingConfig { public, private })?;
+                let mut tables = Tables::open_pinned(&pin_path)?;
+                let host = tables.flags()? & ipnat_common::FLAG_HOST != 0;
+                if host {
+                    // The address first: translated packets find it local.
+                    ipnat::config::validate_host_public(&tables.internal_prefixes()?, public)?;
+                    let eip = [("lo".to_owned(), public.0)];
+                    let (added, _) = ipnat::host::reconcile_addresses(
+                        &eip,
+                        &pin_path,
+                        AddressOwner::Host,
+                        true,
+                    )?;
+                    for a in added {
+                        println!("added address {a}");
+                    }
+                }
+                let m = tables.add_mapping(MappingConfig { public, private })?;
                 println!("added mapping {}: {} <-> {}", m.id, m.public, m.private);
                 Ok(())
             }
             MapCommand::Del { public, pin_path } => {
-                let m = Tables::open_pinned(&pin_path)?.remove_mapping(public)?;
+                let mut tables = Tables::open_pinned(&pin_path)?;
+                let m = tables.remove_mapping(public)?;
                 println!("removed mapping {}: {} <-> {}", m.id, m.public, m.private);
+                if tables.flags()? & ipnat_common::FLAG_HOST != 0 {
+                    for a in
+                        ipnat::host::release_address(&pin_path, AddressOwner::Host, "lo", public.0)?
+                    {
+                        println!("removed address {a}");
+                    }
+                }
                 Ok(())
             }
         },
@@ -344,6 +368,10 @@ fn check_sysctls(config: &Config) {
             "net.ipv4.ip_forward is off: translated packets will not be forwarded (sysctl -w net.ipv4.ip_forward=1)"
         );
     }
+    if config.orientation == Orientation::Host {
+        // Nothing is forwarded: the public addresses are local.
+        return;
+    }
     for iface in &config.interfaces {
         let key = format!("net.ipv4.conf.{}.send_redirects", iface.name);
         if read(&key) == "1" || read("net.ipv4.conf.all.send_redirects") == "1" {
@@ -372,12 +400,32 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
             );
         }
     }
+    let host = config.orientation == Orientation::Host;
+    if dp.adopted() && (dp.tables.flags()? & ipnat_common::FLAG_HOST != 0) != host {
+        anyhow::bail!(
+            "the data plane pinned at {} runs in the other orientation than orientation = \"{}\": run `ipnat down --pin-path {}` first (it detaches the programs)",
+            config.pin_path.display(),
+            config.orientation.name(),
+            config.pin_path.display()
+        );
+    }
     let setup = (|| -> Result<()> {
         apply_config(&mut dp, &config)?;
+        if host {
+            let ifaces: Vec<String> = config.interfaces.iter().map(|i| i.name.clone()).collect();
+            for (key, old) in
+                ipnat::host::quiet_arp(&ifaces, &ipnat::host::state_path(&config.pin_path))?
+            {
+                info!(%key, old = %old, "raised so that the public addresses on lo are never announced or answered for by ARP; `ipnat down` restores it");
+            }
+        }
         for iface in &config.interfaces {
-            match dp.attach(&iface.name)? {
+            match dp.attach(&iface.name, host)? {
                 ipnat::dataplane::AttachMode::XdpNative => {
                     info!(interface = %iface.name, "attached XDP (native) and TC on receive, TC on transmit")
+                }
+                ipnat::dataplane::AttachMode::Host => {
+                    info!(interface = %iface.name, "attached TC on receive and transmit (host orientation)")
                 }
                 ipnat::dataplane::AttachMode::TcOnly => warn!(
                     interface = %iface.name,
@@ -494,7 +542,7 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
                     let outcome = match sync_provider(&config).await {
                         Ok((rules, addresses)) => (|| {
                             if config.provider_addresses() {
-                                let (added, removed) = ipnat::host::reconcile_addresses(&addresses, &config.pin_path)?;
+                                let (added, removed) = ipnat::host::reconcile_addresses(&addresses, &config.pin_path, AddressOwner::Provider, false)?;
                                 for a in added {
                                     info!(address = %a, "added: the cloud assigned it");
                                 }
@@ -557,10 +605,41 @@ fn resolve_gateways(config: &Config) {
     }
 }
 
-/// Writes the config's tables and settings.
+/// Writes the config's tables and settings. In host orientation the public addresses are put
+/// on `lo` before their mappings are installed, and those of removed mappings taken off after.
 fn apply_config(dp: &mut Dataplane, config: &Config) -> Result<()> {
+    let host = config.orientation == Orientation::Host;
+    let eips: Vec<(String, ipnet::Ipv4Net)> = if host {
+        config
+            .mappings
+            .iter()
+            .map(|m| ("lo".to_owned(), m.public.0))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let reconcile = |keep_others: bool| -> Result<()> {
+        let (added, removed) = ipnat::host::reconcile_addresses(
+            &eips,
+            &config.pin_path,
+            AddressOwner::Host,
+            keep_others,
+        )?;
+        for a in added {
+            info!(address = %a, "added: a public address of host orientation");
+        }
+        for a in removed {
+            info!(address = %a, "removed: its mapping is gone");
+        }
+        Ok(())
+    };
+    reconcile(true)?;
+    dp.tables
+        .apply_internal(&config.internal.iter().map(|b| b.0).collect::<Vec<_>>())?;
+    dp.tables.set_host(host)?;
     dp.tables.apply(&config.mappings)?;
     dp.tables.set_fast_path(config.fast_path)?;
+    reconcile(false)?;
     apply_steering(dp, config)
 }
 
@@ -628,10 +707,11 @@ fn reload(
         || new.pin_path != old.pin_path
         || new.max_mappings != old.max_mappings
         || new.metrics_listen != old.metrics_listen
+        || new.orientation != old.orientation
         || new.provider().map(|p| (p.0, p.2)) != old.provider().map(|p| (p.0, p.2))
     {
         anyhow::bail!(
-            "interfaces, pin_path, max_mappings, metrics_listen and the provider and its interval change only with a restart of `ipnat run`"
+            "interfaces, pin_path, max_mappings, metrics_listen, orientation and the provider and its interval change only with a restart of `ipnat run` (orientation: after `ipnat down`)"
         );
     }
     apply_config(dp, &effective(&new, provider_rules)?)?;

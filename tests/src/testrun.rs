@@ -52,9 +52,14 @@ pub fn standard_mappings() -> Vec<MappingConfig> {
 pub enum Hook {
     /// XDP on receive: destination public -> private (fast path off).
     Xdp,
-    /// TC on transmit: source private -> public.
+    /// TC on transmit: source private -> public (host orientation: public -> private).
     TcEgress,
+    /// TC on receive; host orientation: destination private -> public.
+    TcIngress,
 }
+
+/// The internal prefixes of [`Harness::host`]: the VPC.
+pub const INTERNAL: &str = "10.0.0.0/16";
 
 pub struct Harness {
     pub dp: Dataplane,
@@ -67,6 +72,17 @@ impl Harness {
         let mut dp = Dataplane::load(None, 1024).expect("load the eBPF programs");
         dp.tables.apply(&standard_mappings()).expect("fill tables");
         Self { dp }
+    }
+
+    /// Loads the programs in host orientation (not attached) with the standard tables and
+    /// [`INTERNAL`] as the internal prefixes.
+    pub fn host() -> Self {
+        let mut h = Self::new();
+        h.dp.tables
+            .apply_internal(&[INTERNAL.parse().unwrap()])
+            .expect("internal prefixes");
+        h.dp.tables.set_host(true).expect("host orientation");
+        h
     }
 
     /// Runs `input` through `hook`: (return value, output frame).
@@ -87,9 +103,14 @@ impl Harness {
                     .unwrap();
                 p.test_run(opts)
             }
-            Hook::TcEgress => {
+            Hook::TcEgress | Hook::TcIngress => {
+                let name = if hook == Hook::TcEgress {
+                    names::TC_EGRESS_PROGRAM
+                } else {
+                    names::TC_INGRESS_PROGRAM
+                };
                 let p: &SchedClassifier = ebpf
-                    .program(names::TC_EGRESS_PROGRAM)
+                    .program(name)
                     .unwrap()
                     .try_into()
                     .unwrap();

@@ -314,6 +314,7 @@ fn icmp_error_fixtures(hook: Hook) -> Vec<Fixture> {
                 Ipv4::icmp_error(EIP, INET, 3, 3, 0, &make(INET, EIP, &payload), len),
                 Reason::Snat,
             ),
+            Hook::TcIngress => unreachable!("gateway fixtures do not run TC ingress"),
         };
         f.push(Fixture {
             name,
@@ -404,6 +405,7 @@ fn mapping_packets(s: &Snapshot, public: impl Into<Block>, hook: Hook) -> (u64, 
     match hook {
         Hook::Xdp => (m.dnat_packets, m.dnat_bytes),
         Hook::TcEgress => (m.snat_packets, m.snat_bytes),
+        Hook::TcIngress => unreachable!("gateway fixtures do not run TC ingress"),
     }
 }
 
@@ -418,8 +420,8 @@ fn fixtures_translate_exactly() {
         let want_verdict = match (fx.hook, fx.drop) {
             (Hook::Xdp, false) => XDP_PASS,
             (Hook::Xdp, true) => XDP_DROP,
-            (Hook::TcEgress, false) => TC_ACT_OK,
-            (Hook::TcEgress, true) => TC_ACT_SHOT,
+            (_, false) => TC_ACT_OK,
+            (_, true) => TC_ACT_SHOT,
         };
         let label = format!("{:?} / {}", fx.hook, fx.name);
         if verdict != want_verdict {

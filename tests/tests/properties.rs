@@ -40,6 +40,7 @@ fn translated(hook: Hook, a: Ipv4Addr) -> Option<Ipv4Addr> {
             }
             _ => None,
         },
+        Hook::TcIngress => unreachable!("gateway properties do not run TC ingress"),
         Hook::TcEgress => match a {
             PRIV => Some(EIP),
             PRIV2 => Some(EIP2),
@@ -240,7 +241,7 @@ fn check(h: &Harness, hook: Hook, s: &Spec) -> Result<(), TestCaseError> {
     let ctx = || format!("{hook:?} {s:?}\n in  {}\n out {}", hex(input), hex(&out));
     let pass = match hook {
         Hook::Xdp => XDP_PASS,
-        Hook::TcEgress => TC_ACT_OK,
+        Hook::TcEgress | Hook::TcIngress => TC_ACT_OK,
     };
     prop_assert_eq!(out.len(), input.len(), "{}", ctx());
     let ip_off = b.ip_off;

@@ -1,0 +1,342 @@
+//! Host orientation through the real programs with BPF_PROG_TEST_RUN: TC ingress translates
+//! the destination private -> public, TC egress the source public -> private, except with
+//! internal peers and for sockets bound to the private address. Expected frames are built
+//! independently (checksums from scratch) and compared byte for byte, with the counters.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+
+use ipnat::config::Block;
+use ipnat_common::Reason;
+use ipnat_tests::{
+    netns::{Netns, require_root},
+    packet::{self, IPPROTO_GRE, Ipv4, UdpCsum},
+    testrun::{EIP, EIP2, Harness, Hook, INET, PRIV, TC_ACT_OK, hex},
+};
+
+/// A peer inside the internal prefix (the VPC).
+const VPC_PEER: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 30);
+
+struct Fixture {
+    name: String,
+    hook: Hook,
+    input: Vec<u8>,
+    expected: Vec<u8>,
+    reason: Reason,
+    /// The mapping whose inbound (TC ingress) or outbound (TC egress) counters move.
+    mapping: Option<Ipv4Addr>,
+}
+
+fn inbound(name: &str, p: Ipv4) -> Fixture {
+    Fixture {
+        name: name.to_owned(),
+        hook: Hook::TcIngress,
+        input: p.frame(),
+        expected: p.with_addrs(p.src, EIP).frame(),
+        reason: Reason::HostIn,
+        mapping: Some(EIP),
+    }
+}
+
+fn outbound(name: &str, p: Ipv4) -> Fixture {
+    Fixture {
+        name: name.to_owned(),
+        hook: Hook::TcEgress,
+        input: p.frame(),
+        expected: p.with_addrs(PRIV, p.dst).frame(),
+        reason: Reason::HostOut,
+        mapping: Some(EIP),
+    }
+}
+
+fn untouched(name: &str, hook: Hook, p: Ipv4, reason: Reason) -> Fixture {
+    Fixture {
+        name: name.to_owned(),
+        hook,
+        input: p.frame(),
+        expected: p.frame(),
+        reason,
+        mapping: None,
+    }
+}
+
+fn fixtures() -> Vec<Fixture> {
+    let payload: Vec<u8> = (0..=150u8).collect();
+    let mut f = Vec::new();
+    // Received from the internet: the cloud delivered INET -> PRIV; the host sees INET -> EIP.
+    f.push(inbound("tcp", Ipv4::tcp(INET, 40000, PRIV, 443, &payload)));
+    f.push(inbound("udp", Ipv4::udp(INET, 40000, PRIV, 5060, &payload)));
+    let mut zero = Ipv4::udp(INET, 40000, PRIV, 5060, b"no checksum");
+    zero.udp_csum = UdpCsum::Zero;
+    f.push(inbound("udp with checksum 0 stays 0", zero));
+    f.push(inbound(
+        "icmp echo",
+        Ipv4::icmp_echo(INET, PRIV, 7, 1, &payload),
+    ));
+    f.push(inbound(
+        "gre (IPv4 header only)",
+        Ipv4::new(INET, PRIV, IPPROTO_GRE, vec![0, 0, 0x08, 0, 1, 2, 3, 4]),
+    ));
+    // An error about a packet the host sent from its EIP (the cloud made it PRIV -> INET on
+    // the way out and translated the quote back on the way in).
+    let sent = Ipv4::tcp(PRIV, 40000, INET, 443, &payload);
+    f.push(Fixture {
+        name: "fragmentation needed quoting the host's tcp".into(),
+        hook: Hook::TcIngress,
+        input: Ipv4::icmp_error(INET, PRIV, 3, 4, 1400, &sent, 500).frame(),
+        expected: Ipv4::icmp_error(INET, EIP, 3, 4, 1400, &sent.with_addrs(EIP, INET), 500)
+            .frame(),
+        reason: Reason::HostIn,
+        mapping: Some(EIP),
+    });
+    let mut big = Ipv4::udp(INET, 40000, PRIV, 5060, &[7u8; 300]);
+    big.frag = 0;
+    f.push(Fixture {
+        name: "non-first fragment".into(),
+        hook: Hook::TcIngress,
+        input: big.fragment_frame(96, 308, false),
+        expected: big.with_addrs(INET, EIP).fragment_frame(96, 308, false),
+        reason: Reason::FragmentTranslated,
+        mapping: Some(EIP),
+    });
+    f.push(untouched(
+        "from the VPC: the private address stays",
+        Hook::TcIngress,
+        Ipv4::tcp(VPC_PEER, 40000, PRIV, 22, &payload),
+        Reason::PassInternalPeer,
+    ));
+    f.push(untouched(
+        "to an unmapped private address",
+        Hook::TcIngress,
+        Ipv4::tcp(INET, 40000, Ipv4Addr::new(10, 0, 1, 99), 22, &payload),
+        Reason::PassNoMapping,
+    ));
+    f.push(untouched(
+        "to the EIP itself (not what the cloud delivers): untouched",
+        Hook::TcIngress,
+        Ipv4::tcp(INET, 40000, EIP, 22, &payload),
+        Reason::PassNoMapping,
+    ));
+
+    // Sent by an application bound to the EIP: the cloud expects the private source.
+    f.push(outbound("tcp", Ipv4::tcp(EIP, 443, INET, 40000, &payload)));
+    f.push(outbound("udp", Ipv4::udp(EIP, 5060, INET, 40000, &payload)));
+    let mut ffff = Ipv4::udp(EIP, 5060, INET, 40000, b"computed zero!");
+    ffff.force_zero_checksum_for(PRIV, INET);
+    f.push(outbound(
+        "udp whose new checksum computes to 0 is sent as 0xffff",
+        ffff,
+    ));
+    f.push(outbound(
+        "icmp echo reply",
+        Ipv4::icmp_echo(EIP, INET, 7, 1, &payload),
+    ));
+    // The host's port unreachable about a datagram it received on its EIP.
+    let got = Ipv4::udp(INET, 40000, EIP, 9, &payload);
+    f.push(Fixture {
+        name: "port unreachable quoting a datagram to the EIP".into(),
+        hook: Hook::TcEgress,
+        input: Ipv4::icmp_error(EIP, INET, 3, 3, 0, &got, 500).frame(),
+        expected: Ipv4::icmp_error(PRIV, INET, 3, 3, 0, &got.with_addrs(INET, PRIV), 500)
+            .frame(),
+        reason: Reason::HostOut,
+        mapping: Some(EIP),
+    });
+    f.push(untouched(
+        "from the EIP to the VPC: untouched",
+        Hook::TcEgress,
+        Ipv4::tcp(EIP, 443, VPC_PEER, 40000, &payload),
+        Reason::PassInternalPeer,
+    ));
+    f.push(untouched(
+        "from the private address: untouched (the cloud translates it)",
+        Hook::TcEgress,
+        Ipv4::tcp(PRIV, 40000, INET, 443, &payload),
+        Reason::PassNoMapping,
+    ));
+    f
+}
+
+fn counters(h: &Harness, public: Ipv4Addr) -> (u64, u64, u64, u64) {
+    let s = h.snapshot();
+    let m = s
+        .mappings
+        .iter()
+        .find(|m| m.mapping.public == Block::from(public))
+        .expect("mapping");
+    (m.dnat_packets, m.dnat_bytes, m.snat_packets, m.snat_bytes)
+}
+
+/// Runs the fixtures on `h`; returns the failures.
+fn check(h: &Harness, fixtures: Vec<Fixture>) -> Vec<String> {
+    let mut failures = Vec::new();
+    for fx in fixtures {
+        let before = h.snapshot();
+        let c0 = [EIP, EIP2].map(|e| counters(h, e));
+        let (verdict, out) = h.run(fx.hook, &fx.input);
+        let after = h.snapshot();
+        let c1 = [EIP, EIP2].map(|e| counters(h, e));
+        let label = format!("{:?} / {}", fx.hook, fx.name);
+        if verdict != TC_ACT_OK {
+            failures.push(format!("{label}: verdict {verdict}, want TC_ACT_OK"));
+        }
+        if out != fx.expected {
+            failures.push(format!(
+                "{label}: bytes differ\n   got  {}\n   want {}",
+                hex(&out),
+                hex(&fx.expected)
+            ));
+        }
+        if let Err(e) = packet::verify_ipv4(&out[14..]) {
+            failures.push(format!("{label}: output does not verify: {e}"));
+        }
+        let delta = after.reasons[fx.reason.name()] - before.reasons[fx.reason.name()];
+        let total: u64 = after.reasons.values().sum::<u64>() - before.reasons.values().sum::<u64>();
+        if delta != 1 || total != 1 {
+            failures.push(format!(
+                "{label}: reason {} moved by {delta} (all reasons by {total}), want 1",
+                fx.reason.name()
+            ));
+        }
+        for (i, e) in [EIP, EIP2].into_iter().enumerate() {
+            let moved = (
+                c1[i].0 - c0[i].0,
+                c1[i].1 - c0[i].1,
+                c1[i].2 - c0[i].2,
+                c1[i].3 - c0[i].3,
+            );
+            let len = fx.input.len() as u64;
+            let want = match (fx.mapping == Some(e), fx.hook) {
+                (false, _) => (0, 0, 0, 0),
+                (true, Hook::TcIngress) => (1, len, 0, 0),
+                (true, _) => (0, 0, 1, len),
+            };
+            if moved != want {
+                failures.push(format!(
+                    "{label}: mapping {e} counters moved by {moved:?}, want {want:?}"
+                ));
+            }
+        }
+    }
+    failures
+}
+
+#[test]
+fn host_orientation_translates_exactly() {
+    let h = Harness::host();
+    let failures = check(&h, fixtures());
+    assert!(
+        failures.is_empty(),
+        "{} fixture failure(s):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// Sockets bound to the private address keep their packets untranslated; wildcard sockets
+/// get the public address. Run in a namespace that owns PRIV, where BPF_PROG_TEST_RUN's
+/// socket lookups see the sockets bound here.
+#[test]
+fn sockets_bound_to_the_private_address_keep_it() {
+    require_root();
+    let ns = Netns::new("hostsk").unwrap();
+    ns.ip(&["addr", "add", &format!("{PRIV}/32"), "dev", "lo"])
+        .unwrap();
+    // A route to the internet, so that an unbound socket can connect out.
+    ns.ip(&["route", "add", "203.0.113.0/24", "dev", "lo"])
+        .unwrap();
+    let failures = ns
+        .within(|| {
+            let h = Harness::host();
+            let udp_private = UdpSocket::bind((PRIV, 5353))?;
+            let udp_any = UdpSocket::bind(("0.0.0.0", 5354))?;
+            let tcp_private = TcpListener::bind((PRIV, 8080))?;
+            let tcp_any = TcpListener::bind(("0.0.0.0", 8081))?;
+            // A UDP socket of an unbound client that connected out (the kernel chose PRIV).
+            let client = UdpSocket::bind("0.0.0.0:0")?;
+            client.connect((INET, 53))?;
+            let SocketAddr::V4(local) = client.local_addr()? else {
+                anyhow::bail!("not IPv4");
+            };
+            assert_eq!(*local.ip(), PRIV, "the kernel's source for INET");
+            let client_port = local.port();
+            let payload = b"hello";
+            let mut f = vec![
+                untouched(
+                    "udp to a socket bound to the private address",
+                    Hook::TcIngress,
+                    Ipv4::udp(INET, 40000, PRIV, 5353, payload),
+                    Reason::PassPrivateSocket,
+                ),
+                inbound(
+                    "udp to a wildcard socket: the public address",
+                    Ipv4::udp(INET, 40000, PRIV, 5354, payload),
+                ),
+                untouched(
+                    "tcp to a listener bound to the private address",
+                    Hook::TcIngress,
+                    Ipv4::tcp(INET, 40000, PRIV, 8080, payload),
+                    Reason::PassPrivateSocket,
+                ),
+                inbound(
+                    "tcp to a wildcard listener: the public address",
+                    Ipv4::tcp(INET, 40000, PRIV, 8081, payload),
+                ),
+                untouched(
+                    "a reply to a private-address client",
+                    Hook::TcIngress,
+                    Ipv4::udp(INET, 53, PRIV, client_port, payload),
+                    Reason::PassPrivateSocket,
+                ),
+                inbound(
+                    "to a port nobody listens on: the public address",
+                    Ipv4::udp(INET, 40000, PRIV, 5399, payload),
+                ),
+            ];
+            // An ICMP error about a datagram the private-address socket sent.
+            let sent = Ipv4::udp(PRIV, 5353, INET, 40000, payload);
+            f.push(untouched(
+                "an ICMP error quoting the private-address socket's datagram",
+                Hook::TcIngress,
+                Ipv4::icmp_error(INET, PRIV, 3, 4, 1400, &sent, 500),
+                Reason::PassPrivateSocket,
+            ));
+            let sent_any = Ipv4::udp(PRIV, 5354, INET, 40000, payload);
+            f.push(Fixture {
+                name: "an ICMP error quoting the wildcard socket's datagram".into(),
+                hook: Hook::TcIngress,
+                input: Ipv4::icmp_error(INET, PRIV, 3, 4, 1400, &sent_any, 500).frame(),
+                expected: Ipv4::icmp_error(
+                    INET,
+                    EIP,
+                    3,
+                    4,
+                    1400,
+                    &sent_any.with_addrs(EIP, INET),
+                    500,
+                )
+                .frame(),
+                reason: Reason::HostIn,
+                mapping: Some(EIP),
+            });
+            let failures = check(&h, f);
+            drop((udp_private, udp_any, tcp_private, tcp_any, client));
+            Ok(failures)
+        })
+        .unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} failure(s):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn gateway_orientation_ignores_the_internal_prefixes() {
+    // The same internal prefixes in gateway orientation: TC ingress leaves everything to XDP.
+    let mut h = Harness::host();
+    h.dp.tables.set_host(false).unwrap();
+    let p = Ipv4::tcp(INET, 40000, PRIV, 443, b"x");
+    let (verdict, out) = h.run(Hook::TcIngress, &p.frame());
+    assert_eq!((verdict, hex(&out)), (TC_ACT_OK, hex(&p.frame())));
+}
