@@ -8,6 +8,7 @@ fn main() -> anyhow::Result<()> {
     let out = PathBuf::from(env::var("OUT_DIR")?).join("ipnat");
     println!("cargo:rerun-if-changed=../ipnat-common/src");
     println!("cargo:rerun-if-env-changed=PATH");
+    println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
     let skip = env::var("AYA_BUILD_SKIP").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     let have_linker = env::var_os("PATH")
         .is_some_and(|p| env::split_paths(&p).any(|d| d.join("bpf-linker").is_file()));

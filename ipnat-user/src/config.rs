@@ -744,6 +744,46 @@ mod tests {
     }
 
     #[test]
+    fn the_example_parses_and_states_the_defaults() {
+        let example = Config::parse(include_str!("../../ipnat.example.toml")).unwrap();
+        let minimal = Config::parse(GOOD).unwrap();
+        assert_eq!(example.pin_path, minimal.pin_path);
+        assert_eq!(example.fast_path, minimal.fast_path);
+        assert_eq!(example.metrics_listen, minimal.metrics_listen);
+        assert_eq!(example.max_mappings, minimal.max_mappings);
+        assert_eq!(example.orientation, minimal.orientation);
+        assert_eq!(example.orientation, Orientation::Gateway);
+        assert_eq!(example.internal, minimal.internal);
+    }
+
+    #[test]
+    fn host_orientation_keeps_public_addresses_outside_the_internal_prefixes() {
+        let host = format!("orientation = \"host\"\n{GOOD}");
+        let c = Config::parse(&host).unwrap();
+        assert_eq!(c.orientation, Orientation::Host);
+        assert_eq!(c.internal.len(), DEFAULT_INTERNAL.len());
+        let inside = format!(
+            "orientation = \"host\"\n{}",
+            with("100.64.1.1", "10.0.1.20")
+        );
+        assert_eq!(
+            err(&inside),
+            "mapping[1].public = \"100.64.1.1\": is inside the internal prefix 100.64.0.0/10: \
+             in host orientation the public side is the EIP the cloud translates, outside the \
+             internal prefixes"
+        );
+        // The same mapping is fine on a gateway, and with narrower internal prefixes.
+        Config::parse(&with("100.64.1.1", "10.0.1.20")).unwrap();
+        Config::parse(&format!(
+            "orientation = \"host\"\ninternal = [\"10.0.0.0/16\"]\n{}",
+            with("100.64.1.1", "10.0.1.20")
+        ))
+        .unwrap();
+        assert!(err(&format!("orientation = \"router\"\n{GOOD}")).contains("unknown variant"));
+        assert!(err(&format!("internal = [\"10.0.0.1/8\"]\n{GOOD}")).contains("host bits"));
+    }
+
+    #[test]
     fn steering_rules_are_checked() {
         let base = "[[interface]]\nname = \"eth0\"\n[[interface]]\nname = \"eth1\"\n";
         let rule = |src: &str, iface: &str, gw: &str, subnet: &str| {

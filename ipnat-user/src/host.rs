@@ -5,6 +5,11 @@
 //! filtering (`rp_filter = 1`, the RHEL and Alibaba Cloud Linux default) would drop them. ipnat
 //! sets loose mode (2) on the interfaces it steers for when the effective value (the larger of
 //! `all` and the interface's) is strict, records the old value, and restores it on `ipnat down`.
+//!
+//! In host orientation the public addresses are put on `lo`, and ARP is kept from giving them
+//! away (`arp_ignore`, `arp_announce`, raised the same way). Addresses ipnat adds are recorded
+//! per owner (the provider's sync, host orientation) and only ever removed by their owner or
+//! by `ipnat down`.
 
 use std::{
     collections::BTreeMap,

@@ -113,7 +113,8 @@ enum MapCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Add a mapping: an address or a block on each side (`120.0.0.0/25`).
+    /// Add a mapping: an address or a block on each side (`120.0.0.0/25`). In host
+    /// orientation the public side is also put on `lo` (unless it is there already).
     Add {
         #[arg(long)]
         public: Block,
@@ -122,7 +123,8 @@ enum MapCommand {
         #[arg(long, default_value = DEFAULT_PIN_PATH)]
         pin_path: PathBuf,
     },
-    /// Remove the mapping with this public side.
+    /// Remove the mapping with this public side (in host orientation also its address on
+    /// `lo`, if ipnat put it there).
     Del {
         #[arg(long)]
         public: Block,
@@ -153,10 +155,15 @@ fn run(cli: Cli) -> Result<()> {
         Command::Check { config } => {
             let config = Config::load(&config)?;
             println!(
-                "config OK: {} interface(s), {} mapping(s)",
+                "config OK: {} orientation, {} interface(s), {} mapping(s)",
+                config.orientation.name(),
                 config.interfaces.len(),
                 config.mappings.len()
             );
+            if config.orientation == Orientation::Host {
+                let internal: Vec<String> = config.internal.iter().map(|b| b.to_string()).collect();
+                println!("  internal (untranslated): {}", internal.join(", "));
+            }
             for m in &config.mappings {
                 println!("  {} <-> {}", m.public, m.private);
             }
@@ -358,6 +365,10 @@ fn run(cli: Cli) -> Result<()> {
 
 /// Warns about host settings that break a gateway; changes nothing.
 fn check_sysctls(config: &Config) {
+    if config.orientation == Orientation::Host {
+        // Nothing is forwarded: the public addresses are local.
+        return;
+    }
     let read = |key: &str| {
         std::fs::read_to_string(format!("/proc/sys/{}", key.replace('.', "/")))
             .map(|v| v.trim().to_owned())
@@ -367,10 +378,6 @@ fn check_sysctls(config: &Config) {
         warn!(
             "net.ipv4.ip_forward is off: translated packets will not be forwarded (sysctl -w net.ipv4.ip_forward=1)"
         );
-    }
-    if config.orientation == Orientation::Host {
-        // Nothing is forwarded: the public addresses are local.
-        return;
     }
     for iface in &config.interfaces {
         let key = format!("net.ipv4.conf.{}.send_redirects", iface.name);

@@ -491,7 +491,32 @@ pub fn tcp_exchange_from(
     request: &[u8],
     response_len: usize,
 ) -> Result<Exchange> {
-    let listener = server.within(move || Ok(TcpListener::bind(("0.0.0.0", port))?))?;
+    tcp_exchange_at(
+        client,
+        bind,
+        server,
+        Ipv4Addr::UNSPECIFIED,
+        target,
+        port,
+        request,
+        response_len,
+    )
+}
+
+/// [`tcp_exchange_from`] with the server listening on `listen` (the wildcard address for
+/// `0.0.0.0`).
+#[allow(clippy::too_many_arguments)]
+pub fn tcp_exchange_at(
+    client: &Netns,
+    bind: Option<Ipv4Addr>,
+    server: &Netns,
+    listen: Ipv4Addr,
+    target: Ipv4Addr,
+    port: u16,
+    request: &[u8],
+    response_len: usize,
+) -> Result<Exchange> {
+    let listener = server.within(move || Ok(TcpListener::bind((listen, port))?))?;
     let server_thread = std::thread::spawn(move || -> Result<(SocketAddr, SocketAddr, Vec<u8>)> {
         listener.set_nonblocking(false)?;
         let (mut s, peer) = listener.accept()?;
@@ -556,7 +581,29 @@ pub fn udp_exchange(
     port: u16,
     request: &[u8],
 ) -> Result<Exchange> {
-    let sock = server.within(move || Ok(UdpSocket::bind(("0.0.0.0", port))?))?;
+    udp_exchange_at(
+        client,
+        None,
+        server,
+        Ipv4Addr::UNSPECIFIED,
+        target,
+        port,
+        request,
+    )
+}
+
+/// [`udp_exchange`] with the client's socket bound to `bind` (else the wildcard, unconnected)
+/// and the server's to `listen`.
+pub fn udp_exchange_at(
+    client: &Netns,
+    bind: Option<Ipv4Addr>,
+    server: &Netns,
+    listen: Ipv4Addr,
+    target: Ipv4Addr,
+    port: u16,
+    request: &[u8],
+) -> Result<Exchange> {
+    let sock = server.within(move || Ok(UdpSocket::bind((listen, port))?))?;
     sock.set_read_timeout(Some(TIMEOUT))?;
     let server_thread = std::thread::spawn(move || -> Result<(SocketAddr, Vec<u8>)> {
         let mut buf = vec![0u8; 65536];
@@ -568,7 +615,7 @@ pub fn udp_exchange(
     });
     let req = request.to_vec();
     let (client_saw_peer, response) = client.within(move || -> Result<(SocketAddr, Vec<u8>)> {
-        let s = UdpSocket::bind("0.0.0.0:0")?;
+        let s = UdpSocket::bind((bind.unwrap_or(Ipv4Addr::UNSPECIFIED), 0))?;
         s.set_read_timeout(Some(TIMEOUT))?;
         s.send_to(&req, (target, port))?;
         let mut buf = vec![0u8; 65536];
@@ -579,7 +626,7 @@ pub fn udp_exchange(
     let (server_saw_peer, request) = server_thread.join().expect("server thread")?;
     Ok(Exchange {
         server_saw_peer,
-        server_local: SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+        server_local: SocketAddr::from((listen, port)),
         client_saw_peer,
         request,
         response,

@@ -4,6 +4,7 @@
 pub mod benchkit;
 pub mod capture;
 pub mod fakecloud;
+pub mod hostlab;
 pub mod lab;
 pub mod netns;
 pub mod packet;

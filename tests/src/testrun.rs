@@ -109,11 +109,7 @@ impl Harness {
                 } else {
                     names::TC_INGRESS_PROGRAM
                 };
-                let p: &SchedClassifier = ebpf
-                    .program(name)
-                    .unwrap()
-                    .try_into()
-                    .unwrap();
+                let p: &SchedClassifier = ebpf.program(name).unwrap().try_into().unwrap();
                 p.test_run(opts)
             }
         }

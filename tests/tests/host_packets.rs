@@ -83,8 +83,7 @@ fn fixtures() -> Vec<Fixture> {
         name: "fragmentation needed quoting the host's tcp".into(),
         hook: Hook::TcIngress,
         input: Ipv4::icmp_error(INET, PRIV, 3, 4, 1400, &sent, 500).frame(),
-        expected: Ipv4::icmp_error(INET, EIP, 3, 4, 1400, &sent.with_addrs(EIP, INET), 500)
-            .frame(),
+        expected: Ipv4::icmp_error(INET, EIP, 3, 4, 1400, &sent.with_addrs(EIP, INET), 500).frame(),
         reason: Reason::HostIn,
         mapping: Some(EIP),
     });
@@ -136,8 +135,7 @@ fn fixtures() -> Vec<Fixture> {
         name: "port unreachable quoting a datagram to the EIP".into(),
         hook: Hook::TcEgress,
         input: Ipv4::icmp_error(EIP, INET, 3, 3, 0, &got, 500).frame(),
-        expected: Ipv4::icmp_error(PRIV, INET, 3, 3, 0, &got.with_addrs(INET, PRIV), 500)
-            .frame(),
+        expected: Ipv4::icmp_error(PRIV, INET, 3, 3, 0, &got.with_addrs(INET, PRIV), 500).frame(),
         reason: Reason::HostOut,
         mapping: Some(EIP),
     });
