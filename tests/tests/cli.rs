@@ -51,7 +51,10 @@ fn check_refuses_bad_configs_naming_the_key() {
     };
     let base = "[[interface]]\nname = \"eth0\"\n[[mapping]]\npublic = \"198.51.100.10\"\nprivate = \"10.0.1.10\"\n";
     let good = write("good.toml", base);
-    assert!(ok(&["check", "--config", &good]).contains("config OK: 1 interface(s), 1 mapping(s)"));
+    assert!(
+        ok(&["check", "--config", &good])
+            .contains("config OK: gateway orientation, 1 interface(s), 1 mapping(s)")
+    );
     for (name, text, want) in [
         ("malformed.toml", "[[interface]\nname=", "is not valid"),
         (
