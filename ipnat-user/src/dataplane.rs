@@ -556,12 +556,13 @@ impl Status {
         if let Some(sync) = &self.sync {
             let _ = writeln!(
                 s,
-                "sync:       {} at {} (unix), last success {}: {} ({} steering rules)",
+                "sync:       {} at {} (unix), last success {}: {} ({} steering rules, {} mappings)",
                 sync.provider,
                 sync.last_attempt_unix,
                 sync.last_success_unix,
                 sync.result,
-                sync.rules
+                sync.rules,
+                sync.mappings
             );
         }
         for (key, old) in &self.host_changes {

@@ -8,6 +8,7 @@ use ipnat::{
     config::{Block, Config, DEFAULT_PIN_PATH, MappingConfig, Orientation},
     dataplane::{Dataplane, Tables},
     host::AddressOwner,
+    providers::Synced,
 };
 use tracing::{info, warn};
 
@@ -416,8 +417,25 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
             config.pin_path.display()
         );
     }
+    // What the provider's last good sync asked for (an earlier run's, still in /run), applied
+    // with the config so that a restart does not take it away until the first sync.
+    let last_good = match config.provider() {
+        Some(_) => ipnat::providers::SyncState::load(&config.pin_path)
+            .map(|s| s.last_good)
+            .unwrap_or_default(),
+        None => Synced::default(),
+    };
+    let start = match effective(&config, &last_good) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(
+                "the provider's last sync no longer fits the config, waiting for the next: {e:#}"
+            );
+            config.clone()
+        }
+    };
     let setup = (|| -> Result<()> {
-        apply_config(&mut dp, &config)?;
+        apply_config(&mut dp, &start)?;
         if host {
             let ifaces: Vec<String> = config.interfaces.iter().map(|i| i.name.clone()).collect();
             for (key, old) in
@@ -508,7 +526,7 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
         );
     }
     let mut last_text = std::fs::read_to_string(config_path).ok();
-    let mut provider_rules: Vec<ipnat::config::SteerConfig> = Vec::new();
+    let mut synced = last_good;
     rt.block_on(async {
         let mut tick = tokio::time::interval(Duration::from_secs(stats_interval.max(1)));
         let mut neighbours = tokio::time::interval(Duration::from_secs(20));
@@ -521,7 +539,7 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
                 _ = term.recv() => break,
                 _ = hup.recv() => {
                     last_text = std::fs::read_to_string(config_path).ok();
-                    do_reload(&mut dp, config_path, &mut config, &ctl, &provider_rules);
+                    do_reload(&mut dp, config_path, &mut config, &ctl, &synced);
                 }
                 Some(()) = changed.recv() => {
                     // Editors write in several steps: let them finish, then reload only when
@@ -532,12 +550,12 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
                     if text.is_some() && text != last_text {
                         info!("{} changed", config_path.display());
                         last_text = text;
-                        do_reload(&mut dp, config_path, &mut config, &ctl, &provider_rules);
+                        do_reload(&mut dp, config_path, &mut config, &ctl, &synced);
                     }
                 }
                 _ = tick.tick(), if stats_interval > 0 => print!("{}", dp.tables.snapshot()?.render()),
                 _ = neighbours.tick() => {
-                    if let Ok(eff) = effective(&config, &provider_rules) {
+                    if let Ok(eff) = effective(&config, &synced) {
                         resolve_gateways(&eff);
                     }
                 }
@@ -547,29 +565,18 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
                     state.provider = name.into();
                     state.last_attempt_unix = unix_now();
                     let outcome = match sync_provider(&config).await {
-                        Ok((rules, addresses)) => (|| {
-                            if config.provider_addresses() {
-                                let (added, removed) = ipnat::host::reconcile_addresses(&addresses, &config.pin_path, AddressOwner::Provider, false)?;
-                                for a in added {
-                                    info!(address = %a, "added: the cloud assigned it");
-                                }
-                                for a in removed {
-                                    info!(address = %a, "removed: the cloud no longer assigns it");
-                                }
-                            }
-                            let eff = effective(&config, &rules)?;
-                            apply_steering(&mut dp, &eff)?;
-                            Ok(rules)
-                        })(),
+                        Ok(new) => apply_synced(&mut dp, &config, &new).map(|()| new),
                         Err(e) => Err(e),
                     };
                     match outcome {
-                        Ok(rules) => {
-                            if rules != provider_rules {
-                                info!(provider = name, rules = rules.len(), "steering rules synced from the instance metadata");
+                        Ok(new) => {
+                            if new != synced {
+                                info!(provider = name, rules = new.rules.len(), mappings = new.mappings.len(), "synced from the instance metadata");
                             }
-                            state.rules = rules.len();
-                            provider_rules = rules;
+                            state.rules = new.rules.len();
+                            state.mappings = new.mappings.len();
+                            state.last_good = new.clone();
+                            synced = new;
                             state.last_success_unix = state.last_attempt_unix;
                             state.result = "ok".into();
                             ctl.syncs_ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -683,10 +690,10 @@ fn do_reload(
     path: &std::path::Path,
     config: &mut Config,
     ctl: &ipnat::metrics::ControllerCounters,
-    provider_rules: &[ipnat::config::SteerConfig],
+    synced: &Synced,
 ) {
     use std::sync::atomic::Ordering;
-    match reload(dp, path, config, provider_rules) {
+    match reload(dp, path, config, synced) {
         Ok(new) => {
             info!(mappings = new.mappings.len(), "reloaded {}", path.display());
             *config = new;
@@ -707,7 +714,7 @@ fn reload(
     dp: &mut Dataplane,
     path: &std::path::Path,
     old: &Config,
-    provider_rules: &[ipnat::config::SteerConfig],
+    synced: &Synced,
 ) -> Result<Config> {
     let new = Config::load(path)?;
     if new.interfaces != old.interfaces
@@ -721,28 +728,61 @@ fn reload(
             "interfaces, pin_path, max_mappings, metrics_listen, orientation and the provider and its interval change only with a restart of `ipnat run` (orientation: after `ipnat down`)"
         );
     }
-    apply_config(dp, &effective(&new, provider_rules)?)?;
+    apply_config(dp, &effective(&new, synced)?)?;
     Ok(new)
 }
 
-/// The config with a provider's steering rules added (the config's own rules win for the same
-/// source), validated as a whole.
-fn effective(config: &Config, provider_rules: &[ipnat::config::SteerConfig]) -> Result<Config> {
+/// The config with what the provider's last good sync asks for added, validated as a whole:
+/// its steering rules (the config's own win for the same source) and, in host orientation, its
+/// EIP associations as mappings (the config's own win for the same public or private address).
+fn effective(config: &Config, synced: &Synced) -> Result<Config> {
     let mut c = config.clone();
     c.steering.extend(
-        provider_rules
+        synced
+            .rules
             .iter()
             .filter(|r| !config.steering.iter().any(|s| s.source == r.source))
             .cloned(),
     );
+    if config.orientation == Orientation::Host {
+        c.mappings.extend(synced.mappings.iter().filter(|m| {
+            !config.mappings.iter().any(|own| {
+                own.public.0.contains(&m.public.0)
+                    || m.public.0.contains(&own.public.0)
+                    || own.private.0.contains(&m.private.0)
+                    || m.private.0.contains(&own.private.0)
+            })
+        }));
+    }
     c.validate()
-        .context("the provider's steering rules conflict with the config")?;
+        .context("what the provider asks for conflicts with the config")?;
     Ok(c)
+}
+
+/// Applies a successful sync: the NICs' addresses (when the provider manages them), then the
+/// tables with its rules and mappings. An error leaves the last good state in place.
+fn apply_synced(dp: &mut Dataplane, config: &Config, new: &Synced) -> Result<()> {
+    let eff = effective(config, new)?;
+    if config.provider_addresses() {
+        let (added, removed) = ipnat::host::reconcile_addresses(
+            &new.addresses,
+            &config.pin_path,
+            AddressOwner::Provider,
+            false,
+        )?;
+        for a in added {
+            info!(address = %a, "added: the cloud assigned it");
+        }
+        for a in removed {
+            info!(address = %a, "removed: the cloud no longer assigns it");
+        }
+    }
+    apply_config(dp, &eff)
 }
 
 /// One sync with the configured provider's metadata: the steering rules it calls for, on the
 /// attached interfaces.
-async fn sync_provider(config: &Config) -> Result<(Vec<ipnat::config::SteerConfig>, Addresses)> {
+async fn sync_provider(config: &Config) -> Result<Synced> {
     use ipnat::providers::{aliyun, aws};
     let Some((name, endpoint, _, timeout)) = config.provider() else {
         return Ok(Default::default());
@@ -750,7 +790,7 @@ async fn sync_provider(config: &Config) -> Result<(Vec<ipnat::config::SteerConfi
     let timeout = Duration::from_millis(timeout);
     // Every NIC's addresses with its subnet's prefix length, on the interface with its MAC.
     let mut addresses = Vec::new();
-    let (rules, missing) = if name == "aws" {
+    let (rules, missing, mappings) = if name == "aws" {
         let nics = aws::Imds::new(endpoint, timeout)?.nics().await?;
         for n in &nics {
             if let Some(iface) = aws::ifname_by_mac(&n.mac) {
@@ -762,7 +802,8 @@ async fn sync_provider(config: &Config) -> Result<(Vec<ipnat::config::SteerConfi
                 }
             }
         }
-        aws::steering_rules(&nics, &aws::ifname_by_mac)
+        let (rules, missing) = aws::steering_rules(&nics, &aws::ifname_by_mac);
+        (rules, missing, aws::mappings(&nics))
     } else {
         let nics = aliyun::Metadata::new(endpoint, timeout)?.nics().await?;
         for n in &nics {
@@ -775,7 +816,8 @@ async fn sync_provider(config: &Config) -> Result<(Vec<ipnat::config::SteerConfi
                 }
             }
         }
-        aliyun::steering_rules(&nics, &aws::ifname_by_mac)
+        let (rules, missing) = aliyun::steering_rules(&nics, &aws::ifname_by_mac);
+        (rules, missing, aliyun::mappings(&nics))
     };
     for mac in missing {
         warn!(%mac, "the metadata lists a secondary NIC that has no interface here (yet)");
@@ -788,8 +830,15 @@ async fn sync_provider(config: &Config) -> Result<(Vec<ipnat::config::SteerConfi
             warn!(interface = %r.interface, source = %r.source, "not steered: the interface is not one of the [[interface]]s");
         }
     }
-    Ok((kept, addresses))
+    Ok(Synced {
+        rules: kept,
+        // Only host orientation puts the cloud's associations in the table: a gateway's EIPs
+        // are bound to its own addresses, and which backend each serves is the config's say.
+        mappings: if config.orientation == Orientation::Host {
+            mappings
+        } else {
+            Vec::new()
+        },
+        addresses,
+    })
 }
-
-/// Addresses a provider wants on the interfaces: (interface, address/prefix length).
-type Addresses = Vec<(String, ipnet::Ipv4Net)>;

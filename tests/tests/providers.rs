@@ -224,3 +224,126 @@ fn aliyun_metadata_drives_steering() {
     });
     assert_eq!(rules(&ipnat), 3);
 }
+
+fn lo_has(ns: &Netns, addr: std::net::Ipv4Addr) -> bool {
+    let out = ns.ip(&["-4", "addr", "show", "dev", "lo"]).unwrap();
+    String::from_utf8_lossy(&out.stdout).contains(&format!("inet {addr}/32 "))
+}
+
+fn mappings(ipnat: &Ipnat) -> usize {
+    ipnat.stats_json().unwrap()["mappings"]
+        .as_array()
+        .unwrap()
+        .len()
+}
+
+/// Host orientation with nothing but `[aws]`: the EIP associations in the metadata become the
+/// mappings and the instance's local addresses, the secondary NIC's addresses are steered, a
+/// removed association takes its address away, a hung metadata service changes nothing, and a
+/// controller restarted while it hangs keeps the last good state.
+#[test]
+fn aws_associations_become_the_host_orientations_eips() {
+    use ipnat_tests::{
+        hostlab::{EIP0, EIP1, HostLab, INET, PRIV0, PRIV1},
+        lab::{tcp_exchange_at, tcp_exchange_from},
+    };
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    require_root();
+    let lab = HostLab::new().unwrap();
+    let imds = FakeImds::start(&lab.inst);
+    let (m0, m1) = (mac(&lab.inst, "eth0"), mac(&lab.inst, "eth1"));
+    let base = "network/interfaces/macs/";
+    imds.set(base, &format!("{m0}/\n{m1}/\n"));
+    let priv1: Vec<String> = PRIV1.iter().map(|a| a.to_string()).collect();
+    for (m, dn, ips, subnet) in [
+        (&m0, "0", PRIV0.to_string(), "10.0.0.0/24"),
+        (&m1, "1", priv1.join("\n"), "10.0.1.0/24"),
+    ] {
+        imds.set(&format!("{base}{m}/device-number"), dn);
+        imds.set(&format!("{base}{m}/interface-id"), &format!("eni-{dn}"));
+        imds.set(&format!("{base}{m}/local-ipv4s"), &ips);
+        imds.set(&format!("{base}{m}/subnet-ipv4-cidr-block"), subnet);
+    }
+    let associate = |m: &str, pairs: &[(Ipv4Addr, Ipv4Addr)]| {
+        let list: Vec<String> = pairs.iter().map(|(e, _)| e.to_string()).collect();
+        imds.set(&format!("{base}{m}/ipv4-associations/"), &list.join("\n"));
+        for (e, p) in pairs {
+            imds.set(&format!("{base}{m}/ipv4-associations/{e}"), &p.to_string());
+        }
+    };
+    associate(&m0, &[(EIP0, PRIV0)]);
+    let eth1_pairs: Vec<(Ipv4Addr, Ipv4Addr)> = EIP1.into_iter().zip(PRIV1).collect();
+    associate(&m1, &eth1_pairs);
+
+    let pin = format!("/sys/fs/bpf/ipnat-awshost-{}", std::process::id());
+    let config = format!(
+        "pin_path = \"{pin}\"\norientation = \"host\"\ninternal = [\"10.0.0.0/16\"]\n\
+         [[interface]]\nname = \"eth0\"\n[[interface]]\nname = \"eth1\"\n\
+         [aws]\nendpoint = \"http://127.0.0.1:{}\"\ninterval_secs = 1\ntimeout_ms = 500\n",
+        imds.port
+    );
+    let mut ipnat = Ipnat::start(&lab.inst, &config, &pin).unwrap();
+    wait_until("4 mappings from the associations", || mappings(&ipnat) == 4);
+    wait_until("the EIPs on lo", || {
+        lo_has(&lab.inst, EIP0) && EIP1.iter().all(|e| lo_has(&lab.inst, *e))
+    });
+    assert_eq!(rules(&ipnat), 3);
+    for (i, eip) in [EIP0, EIP1[1]].into_iter().enumerate() {
+        let port = 7300 + i as u16;
+        let x = tcp_exchange_at(
+            &lab.inet,
+            None,
+            &lab.inst,
+            Ipv4Addr::UNSPECIFIED,
+            eip,
+            port,
+            b"in",
+            10,
+        )
+        .unwrap();
+        assert_eq!(x.server_local, SocketAddr::from((eip, port)));
+        let x = tcp_exchange_from(&lab.inst, Some(eip), &lab.inet, INET, port + 10, b"out", 10)
+            .unwrap();
+        assert_eq!(x.server_saw_peer.ip(), IpAddr::V4(eip));
+    }
+    let sync = ipnat::dataplane::status(&ipnat.pin_path)
+        .unwrap()
+        .sync
+        .unwrap();
+    assert_eq!((sync.result.as_str(), sync.mappings), ("ok", 4));
+
+    // The cloud disassociates the third EIP: its mapping and address go at the next sync.
+    associate(&m1, &eth1_pairs[..2]);
+    wait_until("3 mappings", || mappings(&ipnat) == 3);
+    wait_until("EIP removed from lo", || !lo_has(&lab.inst, EIP1[2]));
+
+    // A metadata service that hangs changes nothing, also across a controller restart.
+    imds.hang.store(true, Ordering::Relaxed);
+    ipnat.kill().unwrap();
+    ipnat.spawn(&lab.inst, &config).unwrap();
+    wait_until("a timed-out sync", || {
+        ipnat::dataplane::status(&ipnat.pin_path)
+            .unwrap()
+            .sync
+            .is_some_and(|s| s.result.contains("error"))
+    });
+    assert_eq!(mappings(&ipnat), 3);
+    assert!(lo_has(&lab.inst, EIP1[1]) && lo_has(&lab.inst, EIP0));
+    let x = tcp_exchange_at(
+        &lab.inet,
+        None,
+        &lab.inst,
+        Ipv4Addr::UNSPECIFIED,
+        EIP1[1],
+        7320,
+        b"x",
+        10,
+    )
+    .unwrap();
+    assert_eq!(x.server_local, SocketAddr::from((EIP1[1], 7320)));
+    imds.hang.store(false, Ordering::Relaxed);
+    ipnat.stop().unwrap();
+    let (ok, out) = ipnat.down().unwrap();
+    assert!(ok.success(), "{out}");
+    assert!(!lo_has(&lab.inst, EIP0), "{out}");
+}

@@ -10,7 +10,7 @@
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 
 use super::{MetadataClient, MetadataError};
-use crate::config::{Block, SteerConfig};
+use crate::config::{Block, MappingConfig, SteerConfig};
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use ipnet::Ipv4Net;
@@ -56,6 +56,9 @@ pub struct Nic {
     pub private_ipv4s: Vec<Ipv4Addr>,
     pub gateway: Ipv4Addr,
     pub vswitch: Ipv4Net,
+    /// The EIP bound to this NIC's primary address, as far as the metadata knows: only the
+    /// instance's primary NIC has one there (`eipv4`); the others need the OpenAPI.
+    pub eip: Option<Ipv4Addr>,
 }
 
 /// The ECS metadata client (token mode); `endpoint` is e.g. `http://100.100.100.200`.
@@ -84,6 +87,16 @@ impl Metadata {
     pub async fn nics(&self) -> Result<Vec<Nic>, MetadataError> {
         let token = self.0.token().await?;
         let primary_mac = self.get(&token, "mac").await?.trim().to_ascii_lowercase();
+        // No EIP: 404.
+        let eip = match self.get(&token, "eipv4").await {
+            Ok(v) => Some(
+                v.trim()
+                    .parse::<Ipv4Addr>()
+                    .map_err(|_| self.garbage("eipv4", &v, "an IPv4 address"))?,
+            ),
+            Err(MetadataError::Status { status: 404, .. }) => None,
+            Err(e) => return Err(e),
+        };
         let base = "network/interfaces/macs/";
         let macs = self.get(&token, base).await?;
         let mut nics = Vec::new();
@@ -116,8 +129,10 @@ impl Metadata {
                 .trim()
                 .parse()
                 .map_err(|_| self.garbage(&p("vswitch-cidr-block"), &cidr, "a CIDR block"))?;
+            let primary = mac == primary_mac;
             nics.push(Nic {
-                primary: mac == primary_mac,
+                eip: eip.filter(|_| primary),
+                primary,
                 mac,
                 interface_id,
                 private_ipv4s,
@@ -127,6 +142,19 @@ impl Metadata {
         }
         Ok(nics)
     }
+}
+
+/// Host orientation's mappings from the metadata: the primary NIC's EIP <-> its primary
+/// address (the first of `private-ipv4s`).
+pub fn mappings(nics: &[Nic]) -> Vec<MappingConfig> {
+    nics.iter()
+        .filter_map(|n| {
+            Some(MappingConfig {
+                public: n.eip?.into(),
+                private: (*n.private_ipv4s.first()?).into(),
+            })
+        })
+        .collect()
 }
 
 /// The steering rules the NICs call for: each address of a secondary NIC leaves by it, via its

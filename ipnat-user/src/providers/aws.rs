@@ -9,7 +9,7 @@
 
 use std::{net::Ipv4Addr, time::Duration};
 
-use crate::config::{Block, SteerConfig};
+use crate::config::{Block, MappingConfig, SteerConfig};
 use ipnet::Ipv4Net;
 
 use super::{MetadataClient, MetadataError};
@@ -157,6 +157,18 @@ fn is_mac(s: &str) -> bool {
         && s.split(':').count() == 6
         && s.split(':')
             .all(|b| b.len() == 2 && u8::from_str_radix(b, 16).is_ok())
+}
+
+/// Host orientation's mappings from the metadata: every EIP association (public <-> the
+/// private address it is bound to), on every NIC.
+pub fn mappings(nics: &[Nic]) -> Vec<MappingConfig> {
+    nics.iter()
+        .flat_map(|n| &n.associations)
+        .map(|&(public, private)| MappingConfig {
+            public: public.into(),
+            private: private.into(),
+        })
+        .collect()
 }
 
 /// The steering rules the NICs call for: each address of a secondary NIC (device number > 0)

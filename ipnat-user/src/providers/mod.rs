@@ -115,6 +115,24 @@ pub struct SyncState {
     pub result: String,
     /// Steering rules the provider contributes.
     pub rules: usize,
+    /// Mappings the provider contributes (host orientation: the cloud's EIP associations).
+    #[serde(default)]
+    pub mappings: usize,
+    /// What the last successful sync asked for, kept so that a restarted controller applies
+    /// it at once instead of removing it until its first sync.
+    #[serde(default)]
+    pub last_good: Synced,
+}
+
+/// What one successful provider sync asks for.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Synced {
+    /// Steering rules for the secondary NICs' addresses.
+    pub rules: Vec<crate::config::SteerConfig>,
+    /// Host orientation: EIP <-> private address, from the cloud's associations.
+    pub mappings: Vec<crate::config::MappingConfig>,
+    /// The NICs' addresses: (interface, address/prefix length).
+    pub addresses: Vec<(String, ipnet::Ipv4Net)>,
 }
 
 pub fn state_path(pin_path: &Path) -> PathBuf {
