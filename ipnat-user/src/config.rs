@@ -73,6 +73,25 @@ pub struct AliyunConfig {
     /// As for `aws`.
     #[serde(default = "default_true")]
     pub addresses: bool,
+    /// Host orientation: read every NIC's EIPs from the ECS OpenAPI (DescribeNetworkInterfaces)
+    /// instead of the metadata alone, which knows only the primary NIC's.
+    #[serde(default)]
+    pub openapi: bool,
+    /// The ECS OpenAPI endpoint; default `https://ecs-vpc.<region>.aliyuncs.com` (reachable
+    /// from inside the VPC), the region from the metadata.
+    #[serde(default)]
+    pub api_endpoint: Option<String>,
+    /// An access key for the OpenAPI (both or neither); default: the environment
+    /// (`ALIBABA_CLOUD_ACCESS_KEY_ID`, `ALIBABA_CLOUD_ACCESS_KEY_SECRET`), else the instance's
+    /// RAM role.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub access_key_secret: Option<String>,
+    /// The RAM role whose temporary credentials the metadata serves; default: the first one
+    /// it lists.
+    #[serde(default)]
+    pub ram_role: Option<String>,
 }
 
 fn default_ecs_metadata() -> String {
@@ -500,6 +519,24 @@ impl Config {
                     format!("{name}.interval_secs"),
                     &interval,
                     "interval and timeout must be positive",
+                ));
+            }
+        }
+        if let Some(a) = &self.aliyun {
+            if a.access_key_id.is_some() != a.access_key_secret.is_some() {
+                return Err(invalid(
+                    "aliyun.access_key_secret".into(),
+                    &"<hidden>",
+                    "access_key_id and access_key_secret go together",
+                ));
+            }
+            if let Some(e) = &a.api_endpoint
+                && !(e.starts_with("https://") || e.starts_with("http://"))
+            {
+                return Err(invalid(
+                    "aliyun.api_endpoint".into(),
+                    e,
+                    "must be an https:// URL",
                 ));
             }
         }

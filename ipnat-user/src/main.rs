@@ -805,7 +805,8 @@ async fn sync_provider(config: &Config) -> Result<Synced> {
         let (rules, missing) = aws::steering_rules(&nics, &aws::ifname_by_mac);
         (rules, missing, aws::mappings(&nics))
     } else {
-        let nics = aliyun::Metadata::new(endpoint, timeout)?.nics().await?;
+        let md = aliyun::Metadata::new(endpoint, timeout)?;
+        let nics = md.nics().await?;
         for n in &nics {
             if let Some(iface) = aws::ifname_by_mac(&n.mac) {
                 for ip in &n.private_ipv4s {
@@ -817,7 +818,13 @@ async fn sync_provider(config: &Config) -> Result<Synced> {
             }
         }
         let (rules, missing) = aliyun::steering_rules(&nics, &aws::ifname_by_mac);
-        (rules, missing, aliyun::mappings(&nics))
+        let mappings = match &config.aliyun {
+            Some(a) if a.openapi && config.orientation == Orientation::Host => {
+                ipnat::providers::aliyun_api::eip_mappings(&md, a, timeout).await?
+            }
+            _ => aliyun::mappings(&nics),
+        };
+        (rules, missing, mappings)
     };
     for mac in missing {
         warn!(%mac, "the metadata lists a secondary NIC that has no interface here (yet)");

@@ -347,3 +347,165 @@ fn aws_associations_become_the_host_orientations_eips() {
     assert!(ok.success(), "{out}");
     assert!(!lo_has(&lab.inst, EIP0), "{out}");
 }
+
+/// Host orientation on Alibaba Cloud with `openapi = true`: the RAM role's temporary
+/// credentials from the metadata sign DescribeNetworkInterfaces, every NIC's EIPs (the
+/// metadata knows only the primary's) become mappings and addresses on lo; a wrong
+/// signature, a failing page, garbage and throttling change nothing; a disassociation is
+/// followed once the API heals.
+#[test]
+fn aliyun_openapi_gives_every_nics_eips_and_bad_answers_change_nothing() {
+    use ipnat_tests::{
+        fakecloud::FakeAliyunApi,
+        hostlab::{EIP0, EIP1, HostLab, INET, PRIV0, PRIV1},
+        lab::{tcp_exchange_at, tcp_exchange_from},
+    };
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+    require_root();
+    let lab = HostLab::new().unwrap();
+    let md = FakeImds::start(&lab.inst);
+    let api = FakeAliyunApi::start(&lab.inst, "cn-hangzhou", "i-fake1");
+    let (m0, m1) = (mac(&lab.inst, "eth0"), mac(&lab.inst, "eth1"));
+    let base = "network/interfaces/macs/";
+    md.set("mac", &m0);
+    md.set("eipv4", &EIP0.to_string());
+    md.set("region-id", "cn-hangzhou");
+    md.set("instance-id", "i-fake1");
+    md.set(base, &format!("{m0}/\n{m1}/\n"));
+    let priv1: Vec<String> = PRIV1.iter().map(|a| format!("\"{a}\"")).collect();
+    for (m, id, ips, gw, cidr) in [
+        (
+            &m0,
+            "eni-0",
+            format!("[\"{PRIV0}\"]"),
+            "10.0.0.1",
+            "10.0.0.0/24",
+        ),
+        (
+            &m1,
+            "eni-1",
+            format!("[{}]", priv1.join(",")),
+            "10.0.1.1",
+            "10.0.1.0/24",
+        ),
+    ] {
+        md.set(&format!("{base}{m}/network-interface-id"), id);
+        md.set(&format!("{base}{m}/private-ipv4s"), &ips);
+        md.set(&format!("{base}{m}/gateway"), gw);
+        md.set(&format!("{base}{m}/vswitch-cidr-block"), cidr);
+    }
+    let role = |secret: &str| {
+        format!(
+            "{{\"AccessKeyId\":\"STS.fake\",\"AccessKeySecret\":\"{secret}\",\"SecurityToken\":\"sts-token\",\"Expiration\":\"2099-01-01T00:00:00Z\",\"Code\":\"Success\"}}"
+        )
+    };
+    md.set("ram/security-credentials/", "ipnat-role\n");
+    md.set("ram/security-credentials/ipnat-role", &role("sts-secret"));
+    api.keys.lock().unwrap().insert(
+        "STS.fake".into(),
+        ("sts-secret".into(), Some("sts-token".into())),
+    );
+    let set_nics = |eth1_eips: usize| {
+        let eth1: Vec<(String, String)> = PRIV1
+            .iter()
+            .zip(EIP1)
+            .enumerate()
+            .map(|(i, (p, e))| {
+                let e = if i < eth1_eips {
+                    e.to_string()
+                } else {
+                    String::new()
+                };
+                (p.to_string(), e)
+            })
+            .collect();
+        *api.nics.lock().unwrap() = vec![
+            FakeAliyunApi::nic(
+                "eni-0",
+                &m0.to_uppercase(),
+                &[(PRIV0.to_string(), EIP0.to_string())],
+            ),
+            FakeAliyunApi::nic("eni-1", &m1.to_uppercase(), &eth1),
+        ];
+    };
+    set_nics(3);
+
+    let pin = format!("/sys/fs/bpf/ipnat-aliapi-{}", std::process::id());
+    let config = format!(
+        "pin_path = \"{pin}\"\norientation = \"host\"\ninternal = [\"10.0.0.0/16\"]\n\
+         [[interface]]\nname = \"eth0\"\n[[interface]]\nname = \"eth1\"\n\
+         [aliyun]\nendpoint = \"http://127.0.0.1:{}\"\ninterval_secs = 1\ntimeout_ms = 500\n\
+         openapi = true\napi_endpoint = \"http://127.0.0.1:{}\"\n",
+        md.port, api.port
+    );
+    let ipnat = Ipnat::start(&lab.inst, &config, &pin).unwrap();
+    wait_until("4 mappings from the OpenAPI", || mappings(&ipnat) == 4);
+    wait_until("the EIPs on lo", || {
+        EIP1.iter().all(|e| lo_has(&lab.inst, *e))
+    });
+    let x = tcp_exchange_at(
+        &lab.inet,
+        None,
+        &lab.inst,
+        Ipv4Addr::UNSPECIFIED,
+        EIP1[2],
+        7400,
+        b"in",
+        10,
+    )
+    .unwrap();
+    assert_eq!(x.server_local, SocketAddr::from((EIP1[2], 7400)));
+    let x = tcp_exchange_from(&lab.inst, Some(EIP1[2]), &lab.inet, INET, 7401, b"out", 10).unwrap();
+    assert_eq!(x.server_saw_peer.ip(), IpAddr::V4(EIP1[2]));
+
+    let status = || {
+        ipnat::dataplane::status(&ipnat.pin_path)
+            .unwrap()
+            .sync
+            .unwrap()
+    };
+    let unchanged = |what: &str| {
+        assert_eq!(mappings(&ipnat), 4, "{what}");
+        assert!(
+            EIP1.iter().all(|e| lo_has(&lab.inst, *e)) && lo_has(&lab.inst, EIP0),
+            "{what}"
+        );
+    };
+    // Credentials rotated wrongly: the service refuses the signature.
+    md.set("ram/security-credentials/ipnat-role", &role("stale-secret"));
+    wait_until("SignatureDoesNotMatch", || {
+        status().result.contains("SignatureDoesNotMatch")
+    });
+    unchanged("wrong signature");
+    md.set("ram/security-credentials/ipnat-role", &role("sts-secret"));
+    // A page missing in the middle (HTTP 500 on page 2 of 2).
+    *api.fail_page.lock().unwrap() = Some((
+        2,
+        500,
+        "{\"Code\":\"InternalError\",\"Message\":\"The request processing has failed due to some unknown error.\",\"RequestId\":\"X\"}".into(),
+    ));
+    wait_until("InternalError", || {
+        status().result.contains("InternalError")
+    });
+    unchanged("a failing page");
+    // Garbage, then throttling.
+    *api.fail_page.lock().unwrap() = Some((1, 200, "<html>oops</html>".into()));
+    wait_until("garbage", || {
+        status().result.contains("not its documented JSON")
+    });
+    unchanged("garbage");
+    *api.fail_page.lock().unwrap() = Some((
+        1,
+        400,
+        "{\"Code\":\"Throttling.User\",\"Message\":\"Request was denied due to user flow control.\",\"RequestId\":\"X\"}".into(),
+    ));
+    wait_until("throttling", || status().result.contains("Throttling.User"));
+    unchanged("throttling");
+    // Healed, and the third EIP disassociated.
+    *api.fail_page.lock().unwrap() = None;
+    set_nics(2);
+    wait_until("3 mappings", || mappings(&ipnat) == 3);
+    wait_until("the third EIP gone from lo", || !lo_has(&lab.inst, EIP1[2]));
+    assert_eq!(status().result, "ok");
+    assert!(*api.calls.lock().unwrap() >= 4, "two pages a sync");
+}

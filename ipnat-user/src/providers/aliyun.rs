@@ -23,7 +23,7 @@ const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'~');
 
-fn percent_encode(s: &str) -> String {
+pub fn percent_encode(s: &str) -> String {
     utf8_percent_encode(s, UNRESERVED).to_string()
 }
 
@@ -141,6 +141,40 @@ impl Metadata {
             });
         }
         Ok(nics)
+    }
+}
+
+impl Metadata {
+    /// The instance's region and id.
+    pub async fn instance(&self) -> Result<(String, String), MetadataError> {
+        let token = self.0.token().await?;
+        let region = self.get(&token, "region-id").await?.trim().to_owned();
+        let id = self.get(&token, "instance-id").await?.trim().to_owned();
+        Ok((region, id))
+    }
+
+    /// The temporary credentials of the instance's RAM role (`role`, or the first listed).
+    pub async fn ram_credentials(
+        &self,
+        role: Option<&str>,
+    ) -> Result<super::aliyun_api::Credentials, MetadataError> {
+        let token = self.0.token().await?;
+        let base = "ram/security-credentials/";
+        let role = match role {
+            Some(r) => r.to_owned(),
+            None => {
+                let list = self.get(&token, base).await?;
+                list.lines()
+                    .map(|l| l.trim().trim_end_matches('/'))
+                    .find(|l| !l.is_empty())
+                    .ok_or_else(|| self.garbage(base, &list, "a RAM role name"))?
+                    .to_owned()
+            }
+        };
+        let path = format!("{base}{role}");
+        let doc = self.get(&token, &path).await?;
+        super::aliyun_api::Credentials::from_ram_role(&doc)
+            .map_err(|_| self.garbage(&path, &doc, "RAM role credentials (JSON)"))
     }
 }
 

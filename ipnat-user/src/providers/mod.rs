@@ -1,5 +1,6 @@
 //! Where mappings and steering rules come from besides the config file: the clouds' metadata.
 pub mod aliyun;
+pub mod aliyun_api;
 pub mod aws;
 
 use std::time::Duration;

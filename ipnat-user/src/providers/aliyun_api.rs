@@ -1,0 +1,437 @@
+//! Alibaba Cloud's OpenAPI (RPC style, signature version 1): what the metadata cannot say.
+//!
+//! The ECS metadata knows only the primary NIC's EIP (`eipv4`). ECS `DescribeNetworkInterfaces`
+//! (version 2014-05-26) lists every NIC of the instance with, for each private address, the
+//! EIP associated with it (`PrivateIpSets.PrivateIpSet[].AssociatedPublicIp.PublicIpAddress`).
+//! That is all the mapping needs, so VPC `DescribeEipAddresses` is not called.
+//!
+//! Credentials: the config's keys, else the environment (`ALIBABA_CLOUD_ACCESS_KEY_ID`,
+//! `ALIBABA_CLOUD_ACCESS_KEY_SECRET`, `ALIBABA_CLOUD_SECURITY_TOKEN`), else the instance's RAM
+//! role from the metadata (`ram/security-credentials/<role>`, with its `SecurityToken`).
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    sync::atomic::{AtomicU64, Ordering},
+    time::{Duration, SystemTime},
+};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use super::aliyun::{percent_encode, sign_v1};
+
+/// The ECS API version whose response shapes this module reads.
+pub const ECS_VERSION: &str = "2014-05-26";
+/// NICs asked for per page (the API's maximum for this call is 500).
+const PAGE_SIZE: usize = 100;
+
+#[derive(Debug, Error)]
+pub enum ApiError {
+    #[error("OpenAPI {url}: {source} (is the endpoint reachable from here?)")]
+    Http { url: String, source: reqwest::Error },
+    #[error("OpenAPI {action}: HTTP {status}, {code}: {message} (request {request_id}){hint}")]
+    Api {
+        action: String,
+        status: u16,
+        code: String,
+        message: String,
+        request_id: String,
+        hint: &'static str,
+    },
+    #[error("OpenAPI {action} returned something that is not its documented JSON: {why}")]
+    Garbage { action: String, why: String },
+    #[error(
+        "no Alibaba Cloud credentials: set access_key_id and access_key_secret in [aliyun], or ALIBABA_CLOUD_ACCESS_KEY_ID and ALIBABA_CLOUD_ACCESS_KEY_SECRET, or attach a RAM role to the instance"
+    )]
+    NoCredentials,
+    #[error(transparent)]
+    Metadata(#[from] super::MetadataError),
+}
+
+/// An access key, with the security token of temporary (RAM role) credentials.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credentials {
+    pub access_key_id: String,
+    pub access_key_secret: String,
+    pub security_token: Option<String>,
+}
+
+impl Credentials {
+    /// From the environment, if both variables are set.
+    pub fn from_env() -> Option<Self> {
+        let id = std::env::var("ALIBABA_CLOUD_ACCESS_KEY_ID").ok()?;
+        let secret = std::env::var("ALIBABA_CLOUD_ACCESS_KEY_SECRET").ok()?;
+        Some(Self {
+            access_key_id: id,
+            access_key_secret: secret,
+            security_token: std::env::var("ALIBABA_CLOUD_SECURITY_TOKEN").ok(),
+        })
+    }
+
+    /// From the metadata's `ram/security-credentials/<role>` document.
+    pub fn from_ram_role(json: &str) -> Result<Self, String> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Doc {
+            access_key_id: String,
+            access_key_secret: String,
+            security_token: String,
+            #[serde(default)]
+            code: Option<String>,
+        }
+        let d: Doc = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        if d.code.as_deref().is_some_and(|c| c != "Success") {
+            return Err(format!("Code {:?}", d.code));
+        }
+        Ok(Self {
+            access_key_id: d.access_key_id,
+            access_key_secret: d.access_key_secret,
+            security_token: Some(d.security_token),
+        })
+    }
+}
+
+/// One NIC as DescribeNetworkInterfaces describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiNic {
+    pub id: String,
+    pub mac: String,
+    /// Every private address, with the EIP associated with it.
+    pub addresses: Vec<(Ipv4Addr, Option<Ipv4Addr>)>,
+}
+
+/// A client of one RPC-style product endpoint, e.g. `https://ecs.cn-hangzhou.aliyuncs.com`.
+pub struct OpenApi {
+    client: reqwest::Client,
+    endpoint: String,
+    version: &'static str,
+    creds: Credentials,
+}
+
+static NONCE: AtomicU64 = AtomicU64::new(0);
+
+/// A value used once per request (the service refuses a repeated nonce).
+fn nonce() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "{nanos:x}-{:x}-{:x}",
+        std::process::id(),
+        NONCE.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+impl OpenApi {
+    pub fn new(
+        endpoint: &str,
+        version: &'static str,
+        creds: Credentials,
+        timeout: Duration,
+    ) -> Result<Self, ApiError> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|source| ApiError::Http {
+                url: endpoint.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            client,
+            endpoint: endpoint.trim_end_matches('/').to_owned(),
+            version,
+            creds,
+        })
+    }
+
+    /// The signed query string of `action` with `params`.
+    pub fn signed_query(&self, action: &str, params: &[(&str, String)]) -> String {
+        let mut all: BTreeMap<String, String> = params
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect();
+        for (k, v) in [
+            ("Action", action.to_owned()),
+            ("Format", "JSON".to_owned()),
+            ("Version", self.version.to_owned()),
+            ("AccessKeyId", self.creds.access_key_id.clone()),
+            ("SignatureMethod", "HMAC-SHA1".to_owned()),
+            ("SignatureVersion", "1.0".to_owned()),
+            ("SignatureNonce", nonce()),
+            (
+                "Timestamp",
+                humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            ),
+        ] {
+            all.insert(k.to_owned(), v);
+        }
+        if let Some(t) = &self.creds.security_token {
+            all.insert("SecurityToken".into(), t.clone());
+        }
+        let signature = sign_v1("GET", &all, &self.creds.access_key_secret);
+        all.insert("Signature".into(), signature);
+        all.iter()
+            .map(|(k, v)| format!("{}={}", percent_encode(k), percent_encode(v)))
+            .collect::<Vec<_>>()
+            .join("&")
+    }
+
+    /// Calls `action`; the parsed JSON body, or the service's error.
+    pub async fn call(
+        &self,
+        action: &str,
+        params: &[(&str, String)],
+    ) -> Result<serde_json::Value, ApiError> {
+        let url = format!("{}/?{}", self.endpoint, self.signed_query(action, params));
+        let shown = format!("{}/?Action={action}", self.endpoint);
+        let r = self
+            .client
+            .get(&url)
+            .send()
+            .await
+            .map_err(|source| ApiError::Http {
+                url: shown.clone(),
+                source,
+            })?;
+        let status = r.status().as_u16();
+        let text = r.text().await.map_err(|source| ApiError::Http {
+            url: shown.clone(),
+            source,
+        })?;
+        let garbage = |why: String| ApiError::Garbage {
+            action: action.to_owned(),
+            why,
+        };
+        let body: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            garbage(format!(
+                "HTTP {status}, {e}: {:?}",
+                text.chars().take(80).collect::<String>()
+            ))
+        })?;
+        if status != 200 {
+            let field = |k: &str| body[k].as_str().unwrap_or("").to_owned();
+            let code = field("Code");
+            let hint = match code.as_str() {
+                "SignatureDoesNotMatch" | "InvalidAccessKeyId.NotFound" => {
+                    ": check the access key and its secret"
+                }
+                c if c.starts_with("Throttling") => ": throttled, retried at the next interval",
+                "Forbidden.RAM" | "Forbidden" => {
+                    ": the RAM policy must allow ecs:DescribeNetworkInterfaces"
+                }
+                _ => "",
+            };
+            return Err(ApiError::Api {
+                action: action.to_owned(),
+                status,
+                code,
+                message: field("Message"),
+                request_id: field("RequestId"),
+                hint,
+            });
+        }
+        Ok(body)
+    }
+
+    /// Every NIC of `instance_id` in `region`, all pages or an error: never a partial list.
+    pub async fn network_interfaces(
+        &self,
+        region: &str,
+        instance_id: &str,
+    ) -> Result<Vec<ApiNic>, ApiError> {
+        const ACTION: &str = "DescribeNetworkInterfaces";
+        let garbage = |why: String| ApiError::Garbage {
+            action: ACTION.into(),
+            why,
+        };
+        let mut nics = Vec::new();
+        for page in 1.. {
+            let body = self
+                .call(
+                    ACTION,
+                    &[
+                        ("RegionId", region.to_owned()),
+                        ("InstanceId", instance_id.to_owned()),
+                        ("PageNumber", page.to_string()),
+                        ("PageSize", PAGE_SIZE.to_string()),
+                    ],
+                )
+                .await?;
+            let total = body["TotalCount"]
+                .as_u64()
+                .ok_or_else(|| garbage("no TotalCount".into()))? as usize;
+            let set = body["NetworkInterfaceSets"]["NetworkInterfaceSet"]
+                .as_array()
+                .ok_or_else(|| garbage("no NetworkInterfaceSets.NetworkInterfaceSet".into()))?;
+            for n in set {
+                nics.push(parse_nic(n).map_err(garbage)?);
+            }
+            if nics.len() >= total {
+                break;
+            }
+            if set.is_empty() {
+                return Err(garbage(format!(
+                    "page {page} is empty after {} of {total} NICs",
+                    nics.len()
+                )));
+            }
+        }
+        Ok(nics)
+    }
+}
+
+/// Host orientation's mappings from the OpenAPI: every private address of every NIC of this
+/// instance with an EIP associated. Credentials as the module documentation says.
+pub async fn eip_mappings(
+    md: &super::aliyun::Metadata,
+    cfg: &crate::config::AliyunConfig,
+    timeout: Duration,
+) -> Result<Vec<crate::config::MappingConfig>, ApiError> {
+    let creds = match (&cfg.access_key_id, &cfg.access_key_secret) {
+        (Some(id), Some(secret)) => Credentials {
+            access_key_id: id.clone(),
+            access_key_secret: secret.clone(),
+            security_token: None,
+        },
+        _ => match Credentials::from_env() {
+            Some(c) => c,
+            None => md
+                .ram_credentials(cfg.ram_role.as_deref())
+                .await
+                .map_err(|e| match e {
+                    super::MetadataError::Status { status: 404, .. } => ApiError::NoCredentials,
+                    e => e.into(),
+                })?,
+        },
+    };
+    let (region, instance) = md.instance().await?;
+    let endpoint = cfg
+        .api_endpoint
+        .clone()
+        .unwrap_or_else(|| format!("https://ecs-vpc.{region}.aliyuncs.com"));
+    let api = OpenApi::new(&endpoint, ECS_VERSION, creds, timeout)?;
+    let nics = api.network_interfaces(&region, &instance).await?;
+    Ok(nics
+        .iter()
+        .flat_map(|n| &n.addresses)
+        .filter_map(|&(private, eip)| {
+            Some(crate::config::MappingConfig {
+                public: eip?.into(),
+                private: private.into(),
+            })
+        })
+        .collect())
+}
+
+fn parse_nic(n: &serde_json::Value) -> Result<ApiNic, String> {
+    let text = |v: &serde_json::Value, k: &str| {
+        v[k].as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| format!("a NIC without {k}"))
+    };
+    let addr = |s: &str| {
+        s.parse::<Ipv4Addr>()
+            .map_err(|_| format!("{s:?} is not an IPv4 address"))
+    };
+    let mut addresses = Vec::new();
+    let set = n["PrivateIpSets"]["PrivateIpSet"]
+        .as_array()
+        .ok_or("a NIC without PrivateIpSets.PrivateIpSet")?;
+    for ip in set {
+        let private = addr(&text(ip, "PrivateIpAddress")?)?;
+        let eip = match ip["AssociatedPublicIp"]["PublicIpAddress"].as_str() {
+            Some("") | None => None,
+            Some(s) => Some(addr(s)?),
+        };
+        addresses.push((private, eip));
+    }
+    Ok(ApiNic {
+        id: text(n, "NetworkInterfaceId")?,
+        mac: text(n, "MacAddress")?.to_ascii_lowercase(),
+        addresses,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_shape() {
+        let n: serde_json::Value = serde_json::from_str(
+            r#"{"NetworkInterfaceId":"eni-1","MacAddress":"00:16:3E:00:00:01",
+                "PrivateIpSets":{"PrivateIpSet":[
+                  {"PrivateIpAddress":"10.0.1.20","Primary":true,
+                   "AssociatedPublicIp":{"PublicIpAddress":"47.1.2.3","AllocationId":"eip-1"}},
+                  {"PrivateIpAddress":"10.0.1.21","Primary":false,
+                   "AssociatedPublicIp":{"PublicIpAddress":"","AllocationId":""}},
+                  {"PrivateIpAddress":"10.0.1.22","Primary":false}]}}"#,
+        )
+        .unwrap();
+        let nic = parse_nic(&n).unwrap();
+        assert_eq!(nic.mac, "00:16:3e:00:00:01");
+        assert_eq!(
+            nic.addresses,
+            vec![
+                (
+                    "10.0.1.20".parse().unwrap(),
+                    Some("47.1.2.3".parse().unwrap())
+                ),
+                ("10.0.1.21".parse().unwrap(), None),
+                ("10.0.1.22".parse().unwrap(), None),
+            ]
+        );
+        let bad: serde_json::Value =
+            serde_json::from_str(r#"{"NetworkInterfaceId":"eni-1","MacAddress":"m","PrivateIpSets":{"PrivateIpSet":[{"PrivateIpAddress":"x"}]}}"#)
+                .unwrap();
+        assert!(parse_nic(&bad).unwrap_err().contains("not an IPv4 address"));
+    }
+
+    #[test]
+    fn ram_role_credentials() {
+        let c = Credentials::from_ram_role(
+            r#"{"AccessKeyId":"STS.a","AccessKeySecret":"s","Expiration":"2026-11-23T10:00:00Z","SecurityToken":"tok","LastUpdated":"x","Code":"Success"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.security_token.as_deref(), Some("tok"));
+        assert!(Credentials::from_ram_role("<html>").is_err());
+    }
+
+    #[test]
+    fn requests_are_signed_over_every_parameter() {
+        let api = OpenApi::new(
+            "http://127.0.0.1:1",
+            ECS_VERSION,
+            Credentials {
+                access_key_id: "id".into(),
+                access_key_secret: "secret".into(),
+                security_token: Some("tok".into()),
+            },
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let q = api.signed_query(
+            "DescribeNetworkInterfaces",
+            &[("RegionId", "cn-hangzhou".into())],
+        );
+        let mut params: BTreeMap<String, String> = q
+            .split('&')
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap();
+                let dec = |s: &str| {
+                    percent_encoding::percent_decode_str(s)
+                        .decode_utf8()
+                        .unwrap()
+                        .into_owned()
+                };
+                (dec(k), dec(v))
+            })
+            .collect();
+        let sig = params.remove("Signature").unwrap();
+        assert_eq!(sign_v1("GET", &params, "secret"), sig);
+        assert_eq!(params["SecurityToken"], "tok");
+        assert_eq!(params["Format"], "JSON");
+        assert!(params["Timestamp"].ends_with('Z'));
+    }
+}
