@@ -136,6 +136,28 @@ pub struct AwsConfig {
     /// metadata no longer lists them (never one ipnat did not add).
     #[serde(default = "default_true")]
     pub addresses: bool,
+    /// Gateway orientation: read the backends from the EC2 API (DescribeNetworkInterfaces):
+    /// each NIC in the gateway's VPC tagged `backend_tag` = an EIP associated with one of the
+    /// gateway's addresses is mapped from that address to the NIC's primary private address.
+    #[serde(default)]
+    pub api: bool,
+    /// The EC2 endpoint; default `https://ec2.<region>.amazonaws.com`, the region from the
+    /// metadata.
+    #[serde(default)]
+    pub api_endpoint: Option<String>,
+    /// The tag on a backend's NIC whose value is the EIP it is served by.
+    #[serde(default = "default_backend_tag")]
+    pub backend_tag: String,
+    /// An access key (both or neither); default: the environment (`AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`), else the instance profile.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+}
+
+fn default_backend_tag() -> String {
+    "ipnat:eip".to_owned()
 }
 
 fn default_imds() -> String {
@@ -519,6 +541,22 @@ impl Config {
                     format!("{name}.interval_secs"),
                     &interval,
                     "interval and timeout must be positive",
+                ));
+            }
+        }
+        if let Some(a) = &self.aws {
+            if a.access_key_id.is_some() != a.secret_access_key.is_some() {
+                return Err(invalid(
+                    "aws.secret_access_key".into(),
+                    &"<hidden>",
+                    "access_key_id and secret_access_key go together",
+                ));
+            }
+            if a.api && self.orientation == Orientation::Host {
+                return Err(invalid(
+                    "aws.api".into(),
+                    &a.api,
+                    "the EC2 API serves gateway orientation (host orientation reads its EIPs from the metadata)",
                 ));
             }
         }

@@ -564,6 +564,16 @@ impl Status {
                 sync.rules,
                 sync.mappings
             );
+            for b in &sync.last_good.backends {
+                let _ = writeln!(
+                    s,
+                    "backend:    {} <-> {} stands for EIP {} (tagged on {})",
+                    b.mapping.public, b.mapping.private, b.eip, b.nic
+                );
+            }
+            for w in &sync.last_good.warnings {
+                let _ = writeln!(s, "warning:    {w}");
+            }
         }
         for (key, old) in &self.host_changes {
             let _ = writeln!(s, "changed:    {key} (was {old}; `ipnat down` restores it)");

@@ -571,7 +571,10 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
                     match outcome {
                         Ok(new) => {
                             if new != synced {
-                                info!(provider = name, rules = new.rules.len(), mappings = new.mappings.len(), "synced from the instance metadata");
+                                info!(provider = name, rules = new.rules.len(), mappings = new.mappings.len(), "synced from the cloud");
+                                for w in &new.warnings {
+                                    warn!(provider = name, "{w}");
+                                }
                             }
                             state.rules = new.rules.len();
                             state.mappings = new.mappings.len();
@@ -733,8 +736,9 @@ fn reload(
 }
 
 /// The config with what the provider's last good sync asks for added, validated as a whole:
-/// its steering rules (the config's own win for the same source) and, in host orientation, its
-/// EIP associations as mappings (the config's own win for the same public or private address).
+/// its steering rules (the config's own win for the same source) and its mappings (host
+/// orientation: the EIP associations; a gateway: the tagged backends), the config's own
+/// winning for the same public or private address.
 fn effective(config: &Config, synced: &Synced) -> Result<Config> {
     let mut c = config.clone();
     c.steering.extend(
@@ -744,7 +748,7 @@ fn effective(config: &Config, synced: &Synced) -> Result<Config> {
             .filter(|r| !config.steering.iter().any(|s| s.source == r.source))
             .cloned(),
     );
-    if config.orientation == Orientation::Host {
+    {
         c.mappings.extend(synced.mappings.iter().filter(|m| {
             !config.mappings.iter().any(|own| {
                 own.public.0.contains(&m.public.0)
@@ -790,8 +794,10 @@ async fn sync_provider(config: &Config) -> Result<Synced> {
     let timeout = Duration::from_millis(timeout);
     // Every NIC's addresses with its subnet's prefix length, on the interface with its MAC.
     let mut addresses = Vec::new();
+    let (mut backends, mut warnings) = (Vec::new(), Vec::new());
     let (rules, missing, mappings) = if name == "aws" {
-        let nics = aws::Imds::new(endpoint, timeout)?.nics().await?;
+        let imds = aws::Imds::new(endpoint, timeout)?;
+        let nics = imds.nics().await?;
         for n in &nics {
             if let Some(iface) = aws::ifname_by_mac(&n.mac) {
                 for ip in &n.local_ipv4s {
@@ -803,7 +809,18 @@ async fn sync_provider(config: &Config) -> Result<Synced> {
             }
         }
         let (rules, missing) = aws::steering_rules(&nics, &aws::ifname_by_mac);
-        (rules, missing, aws::mappings(&nics))
+        let mappings = match &config.aws {
+            Some(a) if a.api => {
+                let view =
+                    ipnat::providers::ec2::gateway_backends(&imds, &nics, a, timeout).await?;
+                backends = view.backends;
+                warnings = view.warnings;
+                backends.iter().map(|b| b.mapping).collect()
+            }
+            _ if config.orientation == Orientation::Host => aws::mappings(&nics),
+            _ => Vec::new(),
+        };
+        (rules, missing, mappings)
     } else {
         let md = aliyun::Metadata::new(endpoint, timeout)?;
         let nics = md.nics().await?;
@@ -819,7 +836,8 @@ async fn sync_provider(config: &Config) -> Result<Synced> {
         }
         let (rules, missing) = aliyun::steering_rules(&nics, &aws::ifname_by_mac);
         let mappings = match &config.aliyun {
-            Some(a) if a.openapi && config.orientation == Orientation::Host => {
+            _ if config.orientation != Orientation::Host => Vec::new(),
+            Some(a) if a.openapi => {
                 ipnat::providers::aliyun_api::eip_mappings(&md, a, timeout).await?
             }
             _ => aliyun::mappings(&nics),
@@ -837,15 +855,14 @@ async fn sync_provider(config: &Config) -> Result<Synced> {
             warn!(interface = %r.interface, source = %r.source, "not steered: the interface is not one of the [[interface]]s");
         }
     }
+    // Host orientation maps the cloud's associations; a gateway only what the EC2 API's tags
+    // say (its EIPs are bound to its own addresses; which backend each serves is the tags' or
+    // the config's say).
     Ok(Synced {
         rules: kept,
-        // Only host orientation puts the cloud's associations in the table: a gateway's EIPs
-        // are bound to its own addresses, and which backend each serves is the config's say.
-        mappings: if config.orientation == Orientation::Host {
-            mappings
-        } else {
-            Vec::new()
-        },
+        mappings,
         addresses,
+        backends,
+        warnings,
     })
 }

@@ -23,6 +23,21 @@ pub struct Request {
     pub query: BTreeMap<String, String>,
     /// The request head, lower-cased (for header checks).
     pub head_lower: String,
+    head: String,
+    pub body: String,
+}
+
+impl Request {
+    /// A header's value (first of that name), as sent.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let prefix = format!("{}:", name.to_ascii_lowercase());
+        self.head_lower
+            .lines()
+            .position(|l| l.starts_with(&prefix))
+            .and_then(|i| self.head.lines().nth(i))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_owned())
+    }
 }
 
 type Handler = dyn Fn(&Request) -> (u16, String) + Send + Sync;
@@ -39,10 +54,28 @@ fn serve(ns: &Netns, hang: Arc<AtomicBool>, handler: Arc<Handler>) -> u16 {
             std::thread::spawn(move || {
                 let mut head = Vec::new();
                 let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let end = loop {
+                    if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break head.len(),
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                };
+                let mut body = head.split_off(end);
+                let length = String::from_utf8_lossy(&head)
+                    .to_ascii_lowercase()
+                    .lines()
+                    .find_map(|l| {
+                        l.strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap_or(0))
+                    })
+                    .unwrap_or(0usize);
+                while body.len() < length {
                     match s.read(&mut buf) {
                         Ok(0) | Err(_) => break,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                        Ok(n) => body.extend_from_slice(&buf[..n]),
                     }
                 }
                 if hang.load(Ordering::Relaxed) {
@@ -54,19 +87,14 @@ fn serve(ns: &Netns, hang: Arc<AtomicBool>, handler: Arc<Handler>) -> u16 {
                 let method = words.next().unwrap_or("").to_owned();
                 let target = words.next().unwrap_or("");
                 let (path, query) = target.split_once('?').unwrap_or((target, ""));
-                let query = query
-                    .split('&')
-                    .filter(|kv| !kv.is_empty())
-                    .map(|kv| {
-                        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                        (percent_decode(k), percent_decode(v))
-                    })
-                    .collect();
+                let query = parse_form(query);
                 let req = Request {
                     method,
                     path: path.to_owned(),
                     query,
                     head_lower: text.to_ascii_lowercase(),
+                    head: text.clone(),
+                    body: String::from_utf8_lossy(&body).into_owned(),
                 };
                 let (status, body) = handler(&req);
                 let _ = write!(
@@ -78,6 +106,17 @@ fn serve(ns: &Netns, hang: Arc<AtomicBool>, handler: Arc<Handler>) -> u16 {
         }
     });
     port
+}
+
+/// `a=1&b=2`, percent-decoded.
+pub fn parse_form(s: &str) -> BTreeMap<String, String> {
+    s.split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
 }
 
 fn percent_decode(s: &str) -> String {
@@ -309,4 +348,286 @@ impl FakeAliyunApi {
             "PrivateIpSets": {"PrivateIpSet": set},
         })
     }
+}
+
+/// A NIC as the fake EC2 API holds it.
+#[derive(Clone, Debug)]
+pub struct FakeEc2Nic {
+    pub id: String,
+    pub mac: String,
+    pub vpc: String,
+    pub instance: Option<String>,
+    pub source_dest_check: bool,
+    /// Primary first: (private address, associated EIP).
+    pub addresses: Vec<(std::net::Ipv4Addr, Option<std::net::Ipv4Addr>)>,
+    pub tags: Vec<(String, String)>,
+}
+
+impl FakeEc2Nic {
+    fn xml(&self) -> String {
+        let ips: String = self
+            .addresses
+            .iter()
+            .enumerate()
+            .map(|(i, (p, e))| {
+                let assoc = e.map_or(String::new(), |e| {
+                    format!("<association><publicIp>{e}</publicIp><ipOwnerId>amazon</ipOwnerId></association>")
+                });
+                format!("<item><privateIpAddress>{p}</privateIpAddress><primary>{}</primary>{assoc}</item>", i == 0)
+            })
+            .collect();
+        let tags: String = self
+            .tags
+            .iter()
+            .map(|(k, v)| format!("<item><key>{k}</key><value>{v}</value></item>"))
+            .collect();
+        let attachment = self.instance.as_ref().map_or(String::new(), |i| {
+            format!("<attachment><instanceId>{i}</instanceId><deviceIndex>0</deviceIndex><status>attached</status></attachment>")
+        });
+        format!(
+            "<item><networkInterfaceId>{}</networkInterfaceId><vpcId>{}</vpcId><macAddress>{}</macAddress>\
+             <privateIpAddress>{}</privateIpAddress><sourceDestCheck>{}</sourceDestCheck>{attachment}\
+             <privateIpAddressesSet>{ips}</privateIpAddressesSet><tagSet>{tags}</tagSet></item>",
+            self.id,
+            self.vpc,
+            self.mac,
+            self.addresses
+                .first()
+                .map_or(String::new(), |a| a.0.to_string()),
+            self.source_dest_check
+        )
+    }
+
+    fn matches(&self, name: &str, values: &[String]) -> Option<bool> {
+        Some(match name {
+            "vpc-id" => values.contains(&self.vpc),
+            "attachment.instance-id" => self.instance.as_ref().is_some_and(|i| values.contains(i)),
+            "tag-key" => self.tags.iter().any(|(k, _)| values.contains(k)),
+            _ => return None,
+        })
+    }
+}
+
+/// A fake EC2 Query API serving DescribeNetworkInterfaces (2016-11-15), checking requests like
+/// the real service: a known access key, the session token of temporary credentials, the
+/// SigV4 signature over what was sent (recomputed with the official `aws-sigv4`), the region
+/// of the credential scope; filters applied; answers in the documented XML and error shapes.
+/// One NIC a page, with `NextToken`s, so that clients must follow them.
+pub struct FakeEc2 {
+    pub port: u16,
+    pub nics: Arc<Mutex<Vec<FakeEc2Nic>>>,
+    pub keys: Arc<Mutex<HashMap<String, AccessKey>>>,
+    /// A canned answer for one page (1-based): (page, HTTP status, body).
+    pub fail_page: Arc<Mutex<Option<(u64, u16, String)>>>,
+    pub hang: Arc<AtomicBool>,
+    /// Requests that passed the checks.
+    pub calls: Arc<Mutex<usize>>,
+}
+
+fn ec2_error(status: u16, code: &str, message: &str) -> (u16, String) {
+    (
+        status,
+        format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>fake-request</RequestID></Response>"
+        ),
+    )
+}
+
+impl FakeEc2 {
+    pub fn start(ns: &Netns, region: &str) -> Self {
+        let nics: Arc<Mutex<Vec<FakeEc2Nic>>> = Arc::default();
+        let keys: Arc<Mutex<HashMap<String, AccessKey>>> = Arc::default();
+        let fail_page: Arc<Mutex<Option<(u64, u16, String)>>> = Arc::default();
+        let hang = Arc::new(AtomicBool::new(false));
+        let calls = Arc::new(Mutex::new(0));
+        let (n, k, f, c) = (nics.clone(), keys.clone(), fail_page.clone(), calls.clone());
+        let region = region.to_owned();
+        let port = Arc::new(std::sync::atomic::AtomicU16::new(0));
+        let p = port.clone();
+        let served = serve(
+            ns,
+            hang.clone(),
+            Arc::new(move |r: &Request| {
+                let port = p.load(Ordering::Relaxed);
+                if let Err(e) = check_sigv4(r, port, &region, &k.lock().unwrap()) {
+                    return e;
+                }
+                let form = parse_form(&r.body);
+                if form.get("Action").map(String::as_str) != Some("DescribeNetworkInterfaces") {
+                    return ec2_error(
+                        400,
+                        "InvalidAction",
+                        "The action is not valid for this web service.",
+                    );
+                }
+                if form.get("Version").map(String::as_str) != Some("2016-11-15") {
+                    return ec2_error(400, "InvalidParameterValue", "Version.");
+                }
+                *c.lock().unwrap() += 1;
+                let mut filters = Vec::new();
+                for i in 1.. {
+                    let Some(name) = form.get(&format!("Filter.{i}.Name")) else {
+                        break;
+                    };
+                    let values: Vec<String> = (1..)
+                        .map_while(|j| form.get(&format!("Filter.{i}.Value.{j}")).cloned())
+                        .collect();
+                    filters.push((name.clone(), values));
+                }
+                let mut selected = Vec::new();
+                for nic in n.lock().unwrap().iter() {
+                    let mut keep = true;
+                    for (name, values) in &filters {
+                        match nic.matches(name, values) {
+                            Some(m) => keep &= m,
+                            None => {
+                                return ec2_error(
+                                    400,
+                                    "InvalidParameterValue",
+                                    &format!("The filter '{name}' is invalid"),
+                                );
+                            }
+                        }
+                    }
+                    if keep {
+                        selected.push(nic.xml());
+                    }
+                }
+                let page: u64 = form
+                    .get("NextToken")
+                    .and_then(|t| t.strip_prefix("page-"))
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(1);
+                if let Some((fp, status, body)) = f.lock().unwrap().clone()
+                    && fp == page
+                {
+                    return (status, body);
+                }
+                let item = selected.get(page as usize - 1).cloned().unwrap_or_default();
+                let next = if (page as usize) < selected.len() {
+                    format!("<nextToken>page-{}</nextToken>", page + 1)
+                } else {
+                    String::new()
+                };
+                (
+                    200,
+                    format!(
+                        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DescribeNetworkInterfacesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>fake-request</requestId><networkInterfaceSet>{item}</networkInterfaceSet>{next}</DescribeNetworkInterfacesResponse>"
+                    ),
+                )
+            }),
+        );
+        port.store(served, Ordering::Relaxed);
+        Self {
+            port: served,
+            nics,
+            keys,
+            fail_page,
+            hang,
+            calls,
+        }
+    }
+}
+
+/// Checks a request's SigV4 `Authorization` like EC2 does; the error response otherwise.
+fn check_sigv4(
+    r: &Request,
+    port: u16,
+    region: &str,
+    keys: &HashMap<String, AccessKey>,
+) -> Result<(), (u16, String)> {
+    use aws_sigv4::{
+        http_request::{SignableBody, SignableRequest, SigningSettings, sign},
+        sign::v4,
+    };
+    let auth = r.header("authorization").unwrap_or_default();
+    let field = |name: &str| {
+        auth.split([' ', ','])
+            .find_map(|p| {
+                p.trim()
+                    .strip_prefix(&format!("{name}="))
+                    .map(str::to_owned)
+            })
+            .unwrap_or_default()
+    };
+    let credential = field("Credential");
+    let scope: Vec<&str> = credential.split('/').collect();
+    if !auth.starts_with("AWS4-HMAC-SHA256 ") || scope.len() != 5 {
+        return Err(ec2_error(
+            401,
+            "AuthFailure",
+            "AWS was not able to validate the provided access credentials",
+        ));
+    }
+    let Some((secret, token)) = keys.get(scope[0]).cloned() else {
+        return Err(ec2_error(
+            401,
+            "AuthFailure",
+            "AWS was not able to validate the provided access credentials",
+        ));
+    };
+    if scope[2] != region || scope[3] != "ec2" {
+        return Err(ec2_error(
+            403,
+            "SignatureDoesNotMatch",
+            &format!(
+                "Credential should be scoped to a valid region, not '{}'.",
+                scope[2]
+            ),
+        ));
+    }
+    if token.is_some() && r.header("x-amz-security-token") != token {
+        return Err(ec2_error(
+            401,
+            "AuthFailure",
+            "The security token included in the request is invalid.",
+        ));
+    }
+    let date = r.header("x-amz-date").unwrap_or_default();
+    let rfc3339 = if date.len() == 16 {
+        format!(
+            "{}-{}-{}T{}:{}:{}Z",
+            &date[0..4],
+            &date[4..6],
+            &date[6..8],
+            &date[9..11],
+            &date[11..13],
+            &date[13..15]
+        )
+    } else {
+        String::new()
+    };
+    let Ok(time) = humantime::parse_rfc3339(&rfc3339) else {
+        return Err(ec2_error(400, "MissingParameter", "X-Amz-Date."));
+    };
+    let creds = aws_credential_types::Credentials::new(scope[0], secret, token, None, "fake");
+    let identity = creds.into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name("ec2")
+        .time(time)
+        .settings(SigningSettings::default())
+        .build()
+        .unwrap()
+        .into();
+    let content_type = r.header("content-type").unwrap_or_default();
+    let url = format!("http://127.0.0.1:{port}/");
+    let headers = [("content-type", content_type.as_str())];
+    let signable = SignableRequest::new(
+        "POST",
+        &url,
+        headers.iter().copied(),
+        SignableBody::Bytes(r.body.as_bytes()),
+    )
+    .unwrap();
+    let expected = sign(signable, &params).unwrap().signature().to_owned();
+    if expected != field("Signature") {
+        return Err(ec2_error(
+            403,
+            "SignatureDoesNotMatch",
+            "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.",
+        ));
+    }
+    Ok(())
 }

@@ -509,3 +509,208 @@ fn aliyun_openapi_gives_every_nics_eips_and_bad_answers_change_nothing() {
     assert_eq!(status().result, "ok");
     assert!(*api.calls.lock().unwrap() >= 4, "two pages a sync");
 }
+
+/// A gateway on AWS with `api = true`: the EC2 API (SigV4 with the instance profile's
+/// temporary credentials) lists the backends' NICs tagged with the EIP they are served by; each
+/// becomes a mapping from the gateway's address that EIP is associated with; `ipnat status`
+/// says which EIP each stands for and warns about a source/destination check left on. A wrong
+/// signature, a failing page, garbage and throttling change nothing.
+#[test]
+fn ec2_api_tags_give_a_gateway_its_backends_and_bad_answers_change_nothing() {
+    use ipnat_tests::{
+        fakecloud::{FakeEc2, FakeEc2Nic},
+        netns::veth,
+    };
+    use std::net::Ipv4Addr;
+    require_root();
+    let gw = Netns::new("ec2gw").unwrap();
+    let other = Netns::new("ec2peer").unwrap();
+    veth(&gw, "eth0", &other, "eth0").unwrap();
+    for a in ["10.0.0.5/24", "10.0.0.6/24", "10.0.0.7/24"] {
+        gw.ip(&["addr", "add", a, "dev", "eth0"]).unwrap();
+    }
+    let imds = FakeImds::start(&gw);
+    let ec2 = FakeEc2::start(&gw, "eu-west-1");
+    let m0 = mac(&gw, "eth0");
+    let base = "network/interfaces/macs/";
+    imds.set("mac", &m0);
+    imds.set("instance-id", "i-gw");
+    imds.set("placement/region", "eu-west-1");
+    imds.set(base, &format!("{m0}/\n"));
+    imds.set(&format!("{base}{m0}/device-number"), "0");
+    imds.set(&format!("{base}{m0}/interface-id"), "eni-gw");
+    imds.set(&format!("{base}{m0}/vpc-id"), "vpc-1");
+    imds.set(
+        &format!("{base}{m0}/local-ipv4s"),
+        "10.0.0.5\n10.0.0.6\n10.0.0.7",
+    );
+    imds.set(&format!("{base}{m0}/subnet-ipv4-cidr-block"), "10.0.0.0/24");
+    imds.set(
+        &format!("{base}{m0}/ipv4-associations/"),
+        "198.51.100.6\n198.51.100.7\n",
+    );
+    imds.set(
+        &format!("{base}{m0}/ipv4-associations/198.51.100.6"),
+        "10.0.0.6",
+    );
+    imds.set(
+        &format!("{base}{m0}/ipv4-associations/198.51.100.7"),
+        "10.0.0.7",
+    );
+    let role = |secret: &str| {
+        format!(
+            "{{\"Code\":\"Success\",\"LastUpdated\":\"2026-11-23T00:00:00Z\",\"Type\":\"AWS-HMAC\",\"AccessKeyId\":\"ASIAFAKE\",\"SecretAccessKey\":\"{secret}\",\"Token\":\"session-token\",\"Expiration\":\"2099-01-01T00:00:00Z\"}}"
+        )
+    };
+    imds.set("iam/security-credentials/", "ipnat-gateway");
+    imds.set("iam/security-credentials/ipnat-gateway", &role("right"));
+    ec2.keys.lock().unwrap().insert(
+        "ASIAFAKE".into(),
+        ("right".into(), Some("session-token".into())),
+    );
+    let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    let nic =
+        |id: &str, vpc: &str, instance: Option<&str>, addr: &str, tag: Option<&str>| FakeEc2Nic {
+            id: id.into(),
+            mac: "02:00:00:00:00:01".into(),
+            vpc: vpc.into(),
+            instance: instance.map(str::to_owned),
+            source_dest_check: true,
+            addresses: vec![(ip(addr), None)],
+            tags: tag
+                .map(|t| vec![("ipnat:eip".to_owned(), t.to_owned())])
+                .unwrap_or_default(),
+        };
+    let mut own = nic("eni-gw", "vpc-1", Some("i-gw"), "10.0.0.5", None);
+    own.addresses
+        .push((ip("10.0.0.6"), Some(ip("198.51.100.6"))));
+    own.addresses
+        .push((ip("10.0.0.7"), Some(ip("198.51.100.7"))));
+    *ec2.nics.lock().unwrap() = vec![
+        own,
+        nic(
+            "eni-b1",
+            "vpc-1",
+            Some("i-b1"),
+            "10.0.1.10",
+            Some("198.51.100.6"),
+        ),
+        nic(
+            "eni-b2",
+            "vpc-1",
+            Some("i-b2"),
+            "10.0.1.11",
+            Some("198.51.100.7"),
+        ),
+        // Names an EIP the gateway does not have: skipped, with a warning.
+        nic(
+            "eni-b3",
+            "vpc-1",
+            Some("i-b3"),
+            "10.0.1.12",
+            Some("198.51.100.99"),
+        ),
+        // Another VPC, and an untagged NIC: not backends.
+        nic(
+            "eni-x",
+            "vpc-2",
+            Some("i-x"),
+            "10.9.0.10",
+            Some("198.51.100.6"),
+        ),
+        nic("eni-y", "vpc-1", Some("i-y"), "10.0.1.13", None),
+    ];
+
+    let pin = format!("/sys/fs/bpf/ipnat-ec2-{}", std::process::id());
+    let config = format!(
+        "pin_path = \"{pin}\"\n[[interface]]\nname = \"eth0\"\n\
+         [aws]\nendpoint = \"http://127.0.0.1:{}\"\ninterval_secs = 1\ntimeout_ms = 500\n\
+         addresses = false\napi = true\napi_endpoint = \"http://127.0.0.1:{}\"\n",
+        imds.port, ec2.port
+    );
+    let ipnat = Ipnat::start(&gw, &config, &pin).unwrap();
+    let table = || {
+        let mut t: Vec<(String, String)> = ipnat.stats_json().unwrap()["mappings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["public"].as_str().unwrap().to_owned(),
+                    m["private"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        t.sort();
+        t
+    };
+    let want = vec![
+        ("10.0.0.6".to_owned(), "10.0.1.10".to_owned()),
+        ("10.0.0.7".to_owned(), "10.0.1.11".to_owned()),
+    ];
+    wait_until("the two backends", || table() == want);
+    let status = || {
+        let out = gw
+            .run(
+                ipnat_tests::lab::ipnat_bin().to_str().unwrap(),
+                &["status", "--pin-path", &pin],
+            )
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let st = status();
+    assert!(
+        st.contains("10.0.0.6 <-> 10.0.1.10 stands for EIP 198.51.100.6 (tagged on eni-b1)"),
+        "{st}"
+    );
+    assert!(
+        st.contains("source/destination check is on for eni-gw"),
+        "{st}"
+    );
+    assert!(
+        st.contains("eni-b3: tag ipnat:eip names 198.51.100.99"),
+        "{st}"
+    );
+
+    let result = || {
+        ipnat::dataplane::status(&ipnat.pin_path)
+            .unwrap()
+            .sync
+            .unwrap()
+            .result
+    };
+    // Rotated credentials the API does not accept; a failing second page; garbage; throttling.
+    imds.set("iam/security-credentials/ipnat-gateway", &role("wrong"));
+    wait_until("SignatureDoesNotMatch", || {
+        result().contains("SignatureDoesNotMatch")
+    });
+    assert_eq!(table(), want);
+    imds.set("iam/security-credentials/ipnat-gateway", &role("right"));
+    *ec2.fail_page.lock().unwrap() = Some((
+        2,
+        500,
+        "<Response><Errors><Error><Code>InternalError</Code><Message>An internal error has occurred.</Message></Error></Errors><RequestID>x</RequestID></Response>".into(),
+    ));
+    wait_until("InternalError", || result().contains("InternalError"));
+    assert_eq!(table(), want);
+    *ec2.fail_page.lock().unwrap() = Some((1, 200, "<html>maintenance</html>".into()));
+    wait_until("garbage", || result().contains("not its documented XML"));
+    assert_eq!(table(), want);
+    *ec2.fail_page.lock().unwrap() = Some((
+        1,
+        503,
+        "<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>x</RequestID></Response>".into(),
+    ));
+    wait_until("throttled", || result().contains("RequestLimitExceeded"));
+    assert_eq!(table(), want);
+    // Healed; the second backend's tag removed, the source/destination check turned off.
+    *ec2.fail_page.lock().unwrap() = None;
+    {
+        let mut nics = ec2.nics.lock().unwrap();
+        nics[2].tags.clear();
+        nics[0].source_dest_check = false;
+    }
+    wait_until("one backend", || table().len() == 1);
+    assert_eq!(result(), "ok");
+    assert!(!status().contains("source/destination check"));
+}

@@ -27,6 +27,14 @@ pub struct Nic {
     pub associations: Vec<(Ipv4Addr, Ipv4Addr)>,
 }
 
+/// Who the instance is, for the EC2 API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub region: String,
+    pub instance_id: String,
+    pub vpc_id: String,
+}
+
 /// The IMDSv2 client; `endpoint` is e.g. `http://169.254.169.254`.
 #[derive(Clone)]
 pub struct Imds(MetadataClient);
@@ -48,6 +56,46 @@ impl Imds {
 
     fn garbage(&self, path: &str, value: &str, what: &'static str) -> MetadataError {
         self.0.garbage(path, value, what)
+    }
+
+    /// The instance's region, id and VPC (its primary NIC's).
+    pub async fn identity(&self) -> Result<Identity, MetadataError> {
+        let token = self.0.token().await?;
+        let region = self
+            .get(&token, "placement/region")
+            .await?
+            .trim()
+            .to_owned();
+        let instance_id = self.get(&token, "instance-id").await?.trim().to_owned();
+        let mac = self.get(&token, "mac").await?.trim().to_ascii_lowercase();
+        let vpc_id = self
+            .get(&token, &format!("network/interfaces/macs/{mac}/vpc-id"))
+            .await?
+            .trim()
+            .to_owned();
+        Ok(Identity {
+            region,
+            instance_id,
+            vpc_id,
+        })
+    }
+
+    /// The instance profile's temporary credentials (the first role the metadata lists).
+    pub async fn role_credentials(
+        &self,
+    ) -> Result<aws_credential_types::Credentials, MetadataError> {
+        let token = self.0.token().await?;
+        let base = "iam/security-credentials/";
+        let list = self.get(&token, base).await?;
+        let role = list
+            .lines()
+            .map(|l| l.trim().trim_end_matches('/'))
+            .find(|l| !l.is_empty())
+            .ok_or_else(|| self.garbage(base, &list, "an instance profile role"))?;
+        let path = format!("{base}{role}");
+        let doc = self.get(&token, &path).await?;
+        super::ec2::credentials_from_role(&doc)
+            .map_err(|_| self.garbage(&path, &doc, "role credentials (JSON)"))
     }
 
     /// Every NIC of the instance, or the first error: never a partial answer.

@@ -2,6 +2,7 @@
 pub mod aliyun;
 pub mod aliyun_api;
 pub mod aws;
+pub mod ec2;
 
 use std::time::Duration;
 
@@ -134,6 +135,12 @@ pub struct Synced {
     pub mappings: Vec<crate::config::MappingConfig>,
     /// The NICs' addresses: (interface, address/prefix length).
     pub addresses: Vec<(String, ipnet::Ipv4Net)>,
+    /// Gateway orientation: which EIP each mapping stands for, and whose tag says so.
+    #[serde(default)]
+    pub backends: Vec<ec2::Backend>,
+    /// What the cloud's answers show to be wrong (e.g. a source/destination check left on).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 pub fn state_path(pin_path: &Path) -> PathBuf {
