@@ -564,6 +564,13 @@ impl Status {
                 sync.rules,
                 sync.mappings
             );
+            if sync.consecutive_failures > 0 {
+                let _ = writeln!(
+                    s,
+                    "sync:       {} failures in a row; next attempt at {} (unix), backing off",
+                    sync.consecutive_failures, sync.next_attempt_unix
+                );
+            }
             for b in &sync.last_good.backends {
                 let _ = writeln!(
                     s,

@@ -530,9 +530,11 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
     rt.block_on(async {
         let mut tick = tokio::time::interval(Duration::from_secs(stats_interval.max(1)));
         let mut neighbours = tokio::time::interval(Duration::from_secs(20));
-        let mut sync_tick = tokio::time::interval(Duration::from_secs(
-            config.provider().map_or(3600, |p| p.2.max(1)),
-        ));
+        // The next sync: at once, then every interval; after a failure sooner at first and
+        // backing off (see providers::retry_delay).
+        let next_sync = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(next_sync);
+        let mut failures = 0u32;
         loop {
             tokio::select! {
                 _ = int.recv() => break,
@@ -559,7 +561,7 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
                         resolve_gateways(&eff);
                     }
                 }
-                _ = sync_tick.tick(), if config.provider().is_some() => {
+                () = &mut next_sync, if config.provider().is_some() => {
                     let name = config.provider().map_or("", |p| p.0);
                     let mut state = ipnat::providers::SyncState::load(&config.pin_path).unwrap_or_default();
                     state.provider = name.into();
@@ -591,6 +593,17 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
                             ctl.syncs_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
                     }
+                    let interval = Duration::from_secs(config.provider().map_or(3600, |p| p.2.max(1)));
+                    let delay = if state.result == "ok" {
+                        failures = 0;
+                        interval
+                    } else {
+                        failures += 1;
+                        ipnat::providers::retry_delay(interval, failures, ipnat::providers::jitter())
+                    };
+                    state.consecutive_failures = failures;
+                    state.next_attempt_unix = unix_now() + delay.as_secs();
+                    next_sync.as_mut().reset(tokio::time::Instant::now() + delay);
                     if let Err(e) = state.save(&config.pin_path) {
                         warn!("recording the sync state: {e}");
                     }

@@ -104,6 +104,42 @@ impl MetadataClient {
 
 use std::path::{Path, PathBuf};
 
+/// How long to wait after the `failures`-th failed sync in a row: 1 s, 2 s, 4 s, ... (a
+/// transient error is retried soon), at most four intervals (a cloud that throttles or is
+/// down is asked less often than usual, within the metadata services' rate limits), times
+/// `jitter` in [0.8, 1.2] so that a fleet that failed together does not retry together.
+pub fn retry_delay(interval: Duration, failures: u32, jitter: f64) -> Duration {
+    let exp = Duration::from_secs(1u64 << failures.saturating_sub(1).min(20));
+    let cap = interval.saturating_mul(4).max(Duration::from_secs(1));
+    exp.min(cap).mul_f64(jitter.clamp(0.8, 1.2))
+}
+
+/// A factor in [0.8, 1.2] from the clock's nanoseconds: spreading retries needs no better
+/// randomness.
+pub fn jitter() -> f64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    0.8 + 0.4 * f64::from(nanos % 1_000_000) / 1_000_000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_exponentially_up_to_four_intervals() {
+        let i = Duration::from_secs(30);
+        let d: Vec<u64> = (1..=9).map(|f| retry_delay(i, f, 1.0).as_secs()).collect();
+        assert_eq!(d, [1, 2, 4, 8, 16, 32, 64, 120, 120]);
+        assert_eq!(retry_delay(i, 3, 1.2), Duration::from_millis(4800));
+        assert_eq!(retry_delay(i, 3, 0.5), Duration::from_millis(3200));
+        assert_eq!(retry_delay(i, u32::MAX, 1.0), Duration::from_secs(120));
+        let j = jitter();
+        assert!((0.8..=1.2).contains(&j));
+    }
+}
+
 use serde::{Deserialize, Serialize};
 
 /// The outcome of the last provider syncs, kept where `ipnat status` finds it.
@@ -120,6 +156,12 @@ pub struct SyncState {
     /// Mappings the provider contributes (host orientation: the cloud's EIP associations).
     #[serde(default)]
     pub mappings: usize,
+    /// Failed syncs since the last success (0 after a success).
+    #[serde(default)]
+    pub consecutive_failures: u32,
+    /// When the next sync is due.
+    #[serde(default)]
+    pub next_attempt_unix: u64,
     /// What the last successful sync asked for, kept so that a restarted controller applies
     /// it at once instead of removing it until its first sync.
     #[serde(default)]
