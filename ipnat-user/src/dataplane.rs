@@ -75,6 +75,11 @@ pub enum DataplaneError {
         name: &'static str,
         source: MapError,
     },
+    #[error("map {name}: batch update: {source}")]
+    Batch {
+        name: &'static str,
+        source: std::io::Error,
+    },
     #[error("map {0} missing from the eBPF object")]
     MissingMap(&'static str),
     #[error("{path}: {why}")]
@@ -642,18 +647,6 @@ fn detach_pinned_link(path: &Path) -> std::io::Result<()> {
     const BPF_LINK_DETACH: libc::c_long = 34;
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    /// bpf(2) with a `union bpf_attr` of `attr`'s size.
-    fn bpf(cmd: libc::c_long, attr: &mut [u64]) -> libc::c_long {
-        // SAFETY: the attribute buffer is as long as we say; pointers in it are the caller's.
-        unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                cmd,
-                attr.as_mut_ptr(),
-                std::mem::size_of_val(attr),
-            )
-        }
-    }
     // union bpf_attr for BPF_OBJ_GET: pathname (u64), bpf_fd (u32), file_flags (u32); the
     // string outlives the call.
     let fd = bpf(BPF_OBJ_GET, &mut [c.as_ptr() as u64, 0]);
@@ -675,6 +668,101 @@ fn detach_pinned_link(path: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// bpf(2) with a `union bpf_attr` of `attr`'s size.
+fn bpf(cmd: libc::c_long, attr: &mut [u64]) -> libc::c_long {
+    // SAFETY: the attribute buffer is as long as we say; pointers in it are the caller's.
+    unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(attr),
+        )
+    }
+}
+
+/// Entries written per BPF_MAP_UPDATE_BATCH call.
+const BATCH: usize = 65_536;
+
+/// Writes `keys[i] -> values[i]` with BPF_MAP_UPDATE_BATCH, a system call per [`BATCH`]
+/// entries instead of one per entry. The kernel updates each element as BPF_MAP_UPDATE_ELEM
+/// does: a reader sees an entry's old or new value, whole. `Ok(false)`: the kernel has no batch
+/// operations for this map (nothing was written; the caller writes one by one).
+fn update_batch<K: aya::Pod, V: aya::Pod>(
+    fd: std::os::fd::BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> std::io::Result<bool> {
+    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+    assert_eq!(keys.len(), values.len());
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&fd) as u64;
+    for (k, v) in keys.chunks(BATCH).zip(values.chunks(BATCH)) {
+        // union bpf_attr, batch: in_batch, out_batch, keys, values, count | map_fd << 32,
+        // elem_flags, flags. The slices outlive the call.
+        let mut attr = [
+            0,
+            0,
+            k.as_ptr() as u64,
+            v.as_ptr() as u64,
+            k.len() as u64 | (fd << 32),
+            0,
+            0,
+        ];
+        if bpf(BPF_MAP_UPDATE_BATCH, &mut attr) < 0 {
+            let e = std::io::Error::last_os_error();
+            // ENOTSUPP (524): no batch operations for this map type or kernel.
+            if matches!(e.raw_os_error(), Some(libc::EINVAL | 524)) && k.as_ptr() == keys.as_ptr() {
+                return Ok(false);
+            }
+            return Err(e);
+        }
+    }
+    Ok(true)
+}
+
+/// Reads a whole hash map with BPF_MAP_LOOKUP_BATCH, [`BATCH`] entries a system call instead
+/// of two per entry. `Ok(None)`: the kernel has no batch operations for this map.
+fn lookup_batch<K: aya::Pod + Default, V: aya::Pod + Default>(
+    fd: std::os::fd::BorrowedFd<'_>,
+) -> std::io::Result<Option<Vec<(K, V)>>> {
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&fd) as u64;
+    let mut keys = vec![K::default(); BATCH];
+    let mut values = vec![V::default(); BATCH];
+    // The position tokens (a bucket index for hash maps); 8 bytes is room for any.
+    let (mut token_in, mut token_out) = (0u64, 0u64);
+    let mut out = Vec::new();
+    let mut first = true;
+    loop {
+        // union bpf_attr, batch: in_batch (NULL: from the start), out_batch, keys, values,
+        // count | map_fd << 32, elem_flags, flags. The buffers outlive the call.
+        let mut attr = [
+            if first { 0 } else { &raw mut token_in as u64 },
+            &raw mut token_out as u64,
+            keys.as_mut_ptr() as u64,
+            values.as_mut_ptr() as u64,
+            BATCH as u64 | (fd << 32),
+            0,
+            0,
+        ];
+        let rc = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let err = (rc < 0).then(std::io::Error::last_os_error);
+        // The kernel writes back how many entries it copied, also with ENOENT (the end).
+        let n = (attr[4] & 0xffff_ffff) as usize;
+        match err.as_ref().and_then(|e| e.raw_os_error()) {
+            None | Some(libc::ENOENT) => {}
+            Some(libc::EINVAL | 524) if first => return Ok(None),
+            _ => return Err(err.expect("an error")),
+        }
+        out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
+        if err.is_some() {
+            return Ok(Some(out));
+        }
+        token_in = token_out;
+        first = false;
+    }
 }
 
 fn remove_pin(path: &Path) -> Result<(), DataplaneError> {
@@ -937,6 +1025,8 @@ pub struct Tables {
     steer_counters: Array<MapData, SteerCounters>,
     xdp_targets: HashMap<MapData, u32, u32>,
     internal: LpmTrie<MapData, u32, u32>,
+    /// Descriptors of the maps written in batches (see [`update_batch`]).
+    batch_fds: BTreeMap<&'static str, std::os::fd::OwnedFd>,
     /// Kernel memory charged to each map (`memlock` in its fdinfo), bytes.
     memory: BTreeMap<&'static str, u64>,
 }
@@ -1094,10 +1184,21 @@ impl Tables {
         mut get: impl FnMut(&'static str) -> Result<aya::maps::Map, DataplaneError>,
     ) -> Result<Self, DataplaneError> {
         let mut memory = BTreeMap::new();
+        let mut batch_fds = BTreeMap::new();
         let mut typed = |name: &'static str| {
             let map = get(name)?;
             if let Some(data) = map_data(&map) {
                 memory.insert(name, memlock(data));
+                if RESIZED.contains(&name) {
+                    use std::os::fd::AsFd;
+                    let fd = data.fd().as_fd().try_clone_to_owned().map_err(|e| {
+                        DataplaneError::Pin {
+                            path: name.into(),
+                            why: e.to_string(),
+                        }
+                    })?;
+                    batch_fds.insert(name, fd);
+                }
             }
             Ok::<_, DataplaneError>(map)
         };
@@ -1133,15 +1234,33 @@ impl Tables {
             steer_counters,
             xdp_targets,
             internal,
+            batch_fds,
             memory,
         })
     }
 
     /// The mappings in the kernel, by id.
     pub fn mappings(&self) -> Result<Vec<InstalledMapping>, DataplaneError> {
+        use std::os::fd::AsFd;
         let mut out = Vec::new();
-        for entry in self.dnat.iter() {
-            let (public, target) = entry.map_err(map_err(names::DNAT_MAP))?;
+        let batch = match self.batch_fds.get(names::DNAT_MAP) {
+            Some(fd) => lookup_batch::<u32, NatTarget>(fd.as_fd()).map_err(|source| {
+                DataplaneError::Batch {
+                    name: names::DNAT_MAP,
+                    source,
+                }
+            })?,
+            None => None,
+        };
+        let entries = match batch {
+            Some(entries) => entries,
+            None => self
+                .dnat
+                .iter()
+                .collect::<Result<_, _>>()
+                .map_err(map_err(names::DNAT_MAP))?,
+        };
+        for (public, target) in entries {
             out.push(InstalledMapping {
                 id: target.id,
                 public: addr(public).into(),
@@ -1184,6 +1303,10 @@ impl Tables {
         // Ids of mappings that stay are kept; removed ones are only freed after the removals.
         let mut used: HashSet<u32> = current.iter().map(|m| m.id).collect();
         let mut next = 1u32;
+        // Written in batches, in this order: the new ids' counters (zeroed), then private ->
+        // public, then public -> private, so that a packet never finds a mapping whose other
+        // direction or counters are missing.
+        let (mut new_ids, mut snat, mut dnat) = (Vec::new(), Vec::new(), Vec::new());
         for m in desired {
             let id = match by_public.get(&m.public) {
                 Some(old) => old.id,
@@ -1196,9 +1319,7 @@ impl Tables {
                         return Err(DataplaneError::IdsExhausted(max_id));
                     }
                     used.insert(next);
-                    self.counters
-                        .set(next, MappingCounters::default(), 0)
-                        .map_err(map_err(names::MAPPING_COUNTERS))?;
+                    new_ids.push(next);
                     next
                 }
             };
@@ -1210,21 +1331,43 @@ impl Tables {
             }
             let (public, private) = (key(m.public.addr()), key(m.private.addr()));
             if m.public.is_host() {
-                self.snat
-                    .insert(private, NatTarget { addr: public, id }, 0)
-                    .map_err(map_err(names::SNAT_MAP))?;
-                self.dnat
-                    .insert(public, NatTarget { addr: private, id }, 0)
-                    .map_err(map_err(names::DNAT_MAP))?;
+                snat.push((private, NatTarget { addr: public, id }));
+                dnat.push((public, NatTarget { addr: private, id }));
             } else {
                 let len = u32::from(m.public.prefix_len());
                 let xor = public ^ private;
+                // Block mappings are few (MAX_PREFIXES); LPM tries have no batch operations.
+                self.counters
+                    .set(id, MappingCounters::default(), 0)
+                    .map_err(map_err(names::MAPPING_COUNTERS))?;
+                new_ids.retain(|&i| i != id);
                 self.snat_pfx
                     .insert(&Key::new(len, private), PrefixTarget { xor, id }, 0)
                     .map_err(map_err(names::SNAT_PREFIX_MAP))?;
                 self.dnat_pfx
                     .insert(&Key::new(len, public), PrefixTarget { xor, id }, 0)
                     .map_err(map_err(names::DNAT_PREFIX_MAP))?;
+            }
+        }
+        let zeros = vec![MappingCounters::default(); new_ids.len()];
+        if !self.write_batch(names::MAPPING_COUNTERS, &new_ids, &zeros)? {
+            for &id in &new_ids {
+                self.counters
+                    .set(id, MappingCounters::default(), 0)
+                    .map_err(map_err(names::MAPPING_COUNTERS))?;
+            }
+        }
+        for (name, entries) in [(names::SNAT_MAP, &snat), (names::DNAT_MAP, &dnat)] {
+            let (k, v): (Vec<u32>, Vec<NatTarget>) = entries.iter().copied().unzip();
+            if !self.write_batch(name, &k, &v)? {
+                let map = if name == names::SNAT_MAP {
+                    &mut self.snat
+                } else {
+                    &mut self.dnat
+                };
+                for (k, v) in entries {
+                    map.insert(k, v, 0).map_err(map_err(name))?;
+                }
             }
         }
         for old in &current {
@@ -1468,6 +1611,24 @@ impl Tables {
     /// Host orientation on or off (see [`FLAG_HOST`]).
     pub fn set_host(&mut self, on: bool) -> Result<(), DataplaneError> {
         self.set_flag(FLAG_HOST, on)
+    }
+
+    /// [`update_batch`] on the map `name`; `Ok(false)` when the kernel cannot.
+    fn write_batch<K: aya::Pod, V: aya::Pod>(
+        &self,
+        name: &'static str,
+        keys: &[K],
+        values: &[V],
+    ) -> Result<bool, DataplaneError> {
+        use std::os::fd::AsFd;
+        if keys.is_empty() {
+            return Ok(true);
+        }
+        let Some(fd) = self.batch_fds.get(name) else {
+            return Ok(false);
+        };
+        update_batch(fd.as_fd(), keys, values)
+            .map_err(|source| DataplaneError::Batch { name, source })
     }
 
     /// The internal prefixes in the kernel.

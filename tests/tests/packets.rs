@@ -566,3 +566,59 @@ fn a_million_mappings_with_counters_fit_well_under_a_gib() {
     // No per-CPU state grows with the mappings: the figure holds on a 16-CPU host too.
     assert!(m.total_bytes < 512 << 20, "{m:?}");
 }
+
+/// The tables are written and read in batches (BPF_MAP_UPDATE_BATCH / LOOKUP_BATCH, 65,536
+/// entries a call): more entries than one batch come back exactly, every one translates, and a
+/// change in the middle of a large table is applied alone.
+#[test]
+fn batched_writes_and_reads_cover_every_entry() {
+    require_root();
+    let n = 70_000u32;
+    let mut h = Harness {
+        dp: Dataplane::load(None, n + 10).unwrap(),
+    };
+    let mut desired: Vec<MappingConfig> = (0..n)
+        .map(|i| MappingConfig {
+            public: Ipv4Addr::from(0x6440_0000 + i).into(),
+            private: Ipv4Addr::from(0x0a40_0000 + i).into(),
+        })
+        .collect();
+    h.dp.tables.apply(&desired).unwrap();
+    let installed = h.dp.tables.mappings().unwrap();
+    assert_eq!(installed.len(), n as usize);
+    let mut got: Vec<(Block, Block)> = installed.iter().map(|m| (m.public, m.private)).collect();
+    got.sort();
+    let mut want: Vec<(Block, Block)> = desired.iter().map(|m| (m.public, m.private)).collect();
+    want.sort();
+    assert_eq!(got, want);
+    let mut ids: Vec<u32> = installed.iter().map(|m| m.id).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), n as usize, "ids unique");
+    for i in [0, 65_535, 65_536, n - 1] {
+        let public = Ipv4Addr::from(0x6440_0000 + i);
+        let p = Ipv4::udp(INET, 1, public, 2, b"x");
+        let (_, out) = h.run(Hook::Xdp, &p.frame());
+        assert_eq!(
+            out,
+            p.with_addrs(INET, Ipv4Addr::from(0x0a40_0000 + i)).frame(),
+            "{i}"
+        );
+    }
+    // One change among 70,000: only it moves, its id stays.
+    let before = installed
+        .iter()
+        .find(|m| m.public == desired[66_000].public)
+        .unwrap()
+        .id;
+    desired[66_000].private = Ipv4Addr::new(10, 99, 0, 1).into();
+    h.dp.tables.apply(&desired).unwrap();
+    let after = h.dp.tables.mappings().unwrap();
+    let m = after
+        .iter()
+        .find(|m| m.public == desired[66_000].public)
+        .unwrap();
+    assert_eq!((m.id, m.private), (before, desired[66_000].private));
+    assert_eq!(after.len(), n as usize);
+    h.dp.tables.apply(&desired[..10]).unwrap();
+    assert_eq!(h.dp.tables.mappings().unwrap().len(), 10);
+}

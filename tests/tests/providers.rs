@@ -704,9 +704,15 @@ fn ec2_api_tags_give_a_gateway_its_backends_and_bad_answers_change_nothing() {
     wait_until("throttled", || result().contains("RequestLimitExceeded"));
     assert_eq!(table(), want);
     // Four kinds of failure in a row: retried with a growing delay.
-    let sync = ipnat::dataplane::status(&ipnat.pin_path).unwrap().sync.unwrap();
+    let sync = ipnat::dataplane::status(&ipnat.pin_path)
+        .unwrap()
+        .sync
+        .unwrap();
     assert!(sync.consecutive_failures >= 4, "{sync:?}");
-    assert!(sync.next_attempt_unix >= sync.last_attempt_unix + 1, "{sync:?}");
+    assert!(
+        sync.next_attempt_unix >= sync.last_attempt_unix + 1,
+        "{sync:?}"
+    );
     // Healed; the second backend's tag removed, the source/destination check turned off.
     *ec2.fail_page.lock().unwrap() = None;
     {
@@ -716,7 +722,10 @@ fn ec2_api_tags_give_a_gateway_its_backends_and_bad_answers_change_nothing() {
     }
     wait_until("one backend", || table().len() == 1);
     assert_eq!(result(), "ok");
-    let sync = ipnat::dataplane::status(&ipnat.pin_path).unwrap().sync.unwrap();
+    let sync = ipnat::dataplane::status(&ipnat.pin_path)
+        .unwrap()
+        .sync
+        .unwrap();
     assert_eq!(sync.consecutive_failures, 0);
     assert!(!status().contains("source/destination check"));
 }
