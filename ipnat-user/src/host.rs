@@ -35,6 +35,14 @@ pub struct Changed {
     pub sysctls: BTreeMap<String, String>,
 }
 
+/// Replaces `path` with `text` in one step (a new file renamed over it): a reader such as
+/// `ipnat status` never sees it half written.
+pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
 fn proc_path(key: &str) -> PathBuf {
     PathBuf::from("/proc/sys").join(key.replace('.', "/"))
 }
@@ -109,7 +117,7 @@ pub fn quiet_arp(ifaces: &[String], state: &Path) -> std::io::Result<Vec<(String
 fn save(state: &Path, changed: &Changed) -> std::io::Result<()> {
     if !changed.sysctls.is_empty() {
         std::fs::create_dir_all(state.parent().unwrap_or(Path::new("/run")))?;
-        std::fs::write(state, serde_json::to_string_pretty(changed)?)?;
+        write_atomic(state, &serde_json::to_string_pretty(changed)?)?;
     }
     Ok(())
 }
@@ -315,7 +323,7 @@ impl AddedAddresses {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        std::fs::write(path, serde_json::to_string_pretty(self)?)
+        write_atomic(&path, &serde_json::to_string_pretty(self)?)
     }
 }
 

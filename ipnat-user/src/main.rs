@@ -37,6 +37,15 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         stats_interval: u64,
     },
+    /// Secondary private addresses on a NIC, through the cloud's API ([aws] or [aliyun] of the
+    /// config, with its credentials). The documented limits are checked first (10 on a NIC that
+    /// is not attached, the instance type's quota per NIC when attached) and a request that
+    /// would break one is refused before it is sent. A running `ipnat run` puts new addresses
+    /// on the interface at its next sync.
+    Eni {
+        #[command(subcommand)]
+        action: EniCommand,
+    },
     /// Validate a config file and print what it would install; changes nothing.
     Check {
         #[arg(long, short, default_value = "/etc/ipnat/ipnat.toml")]
@@ -102,6 +111,35 @@ enum Command {
         /// Print again every SECONDS, with per-mapping rates, until interrupted.
         #[arg(long, value_name = "SECONDS")]
         watch: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum EniCommand {
+    /// Assign `--count` new addresses (the cloud picks them) or the `--address`es given.
+    Assign {
+        /// The NIC (eni-...).
+        #[arg(long)]
+        nic: String,
+        #[arg(long, conflicts_with = "address", required_unless_present = "address")]
+        count: Option<u32>,
+        #[arg(long)]
+        address: Vec<std::net::Ipv4Addr>,
+        #[arg(long, short, default_value = "/etc/ipnat/ipnat.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Unassign secondary addresses (never the NIC's primary address).
+    Unassign {
+        #[arg(long)]
+        nic: String,
+        #[arg(long, required = true)]
+        address: Vec<std::net::Ipv4Addr>,
+        #[arg(long, short, default_value = "/etc/ipnat/ipnat.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -267,6 +305,50 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", report.render());
+            }
+            Ok(())
+        }
+        Command::Eni { action } => {
+            use ipnat::providers::ec2::Assign;
+            let (nic, assign, unassign, config, json) = match action {
+                EniCommand::Assign {
+                    nic,
+                    count,
+                    address,
+                    config,
+                    json,
+                } => {
+                    let what = match count {
+                        Some(n) => Assign::Count(n),
+                        None => Assign::List(address),
+                    };
+                    (nic, Some(what), Vec::new(), config, json)
+                }
+                EniCommand::Unassign {
+                    nic,
+                    address,
+                    config,
+                    json,
+                } => (nic, None, address, config, json),
+            };
+            let config = Config::load(&config)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let out = rt.block_on(ipnat::providers::eni::run(&config, &nic, assign, unassign))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                println!(
+                    "{}: {} private addresses before; limit {} ({})",
+                    out.nic, out.before, out.limit, out.limit_why
+                );
+                for a in &out.assigned {
+                    println!("assigned {a}");
+                }
+                for a in &out.unassigned {
+                    println!("unassigned {a}");
+                }
             }
             Ok(())
         }

@@ -200,6 +200,8 @@ pub struct FakeAliyunApi {
     pub hang: Arc<AtomicBool>,
     /// Requests that passed the checks.
     pub calls: Arc<Mutex<usize>>,
+    /// Instance type -> private addresses per NIC (DescribeInstanceTypes).
+    pub types: Arc<Mutex<HashMap<String, u32>>>,
 }
 
 /// An access key's secret and, for temporary credentials, its security token.
@@ -221,7 +223,9 @@ impl FakeAliyunApi {
         let hang = Arc::new(AtomicBool::new(false));
         let calls = Arc::new(Mutex::new(0));
         let nonces: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let types: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
         let (n, k, f, c) = (nics.clone(), keys.clone(), fail_page.clone(), calls.clone());
+        let t = types.clone();
         let (region, instance) = (region.to_owned(), instance.to_owned());
         let port = serve(
             ns,
@@ -281,17 +285,102 @@ impl FakeAliyunApi {
                 if q["Format"] != "JSON" || q["Version"] != "2014-05-26" {
                     return api_error(400, "InvalidParameter", "Format and Version.");
                 }
-                if q["Action"] != "DescribeNetworkInterfaces" {
+                *c.lock().unwrap() += 1;
+                let action = q["Action"].as_str();
+                if action == "DescribeInstanceTypes" {
+                    let name = q.get("InstanceTypes.1").cloned().unwrap_or_default();
+                    let quota = t.lock().unwrap().get(&name).copied();
+                    let set: Vec<serde_json::Value> = quota
+                        .map(|n| serde_json::json!({"InstanceTypeId": name, "EniPrivateIpAddressQuantity": n}))
+                        .into_iter()
+                        .collect();
+                    return (
+                        200,
+                        serde_json::json!({"RequestId": "FAKE-REQUEST", "InstanceTypes": {"InstanceType": set}})
+                            .to_string(),
+                    );
+                }
+                if q.get("RegionId") != Some(&region) {
+                    return api_error(
+                        400,
+                        "InvalidRegionId.NotFound",
+                        "The specified RegionId does not exist.",
+                    );
+                }
+                let mut nics = n.lock().unwrap();
+                if action == "AssignPrivateIpAddresses" || action == "UnassignPrivateIpAddresses" {
+                    let id = q.get("NetworkInterfaceId").cloned().unwrap_or_default();
+                    let Some(nic) = nics
+                        .iter_mut()
+                        .find(|x| x["NetworkInterfaceId"] == id.as_str())
+                    else {
+                        return api_error(
+                            404,
+                            "InvalidEniId.NotFound",
+                            "The specified ENI does not exist.",
+                        );
+                    };
+                    let listed: Vec<String> = (1..)
+                        .map_while(|i| q.get(&format!("PrivateIpAddress.{i}")).cloned())
+                        .collect();
+                    let set = nic["PrivateIpSets"]["PrivateIpSet"].as_array_mut().unwrap();
+                    if action == "UnassignPrivateIpAddresses" {
+                        set.retain(|x| !listed.iter().any(|a| x["PrivateIpAddress"] == a.as_str()));
+                        return (
+                            200,
+                            serde_json::json!({"RequestId": "FAKE-REQUEST"}).to_string(),
+                        );
+                    }
+                    let new: Vec<String> = match q.get("SecondaryPrivateIpAddressCount") {
+                        Some(k) => {
+                            let base = set[0]["PrivateIpAddress"]
+                                .as_str()
+                                .unwrap_or("10.0.0.1")
+                                .to_owned();
+                            let prefix = &base[..base.rfind('.').unwrap()];
+                            (100..250)
+                                .map(|h| format!("{prefix}.{h}"))
+                                .filter(|a| {
+                                    !set.iter().any(|x| x["PrivateIpAddress"] == a.as_str())
+                                })
+                                .take(k.parse().unwrap_or(0))
+                                .collect()
+                        }
+                        None => listed,
+                    };
+                    for a in &new {
+                        set.push(serde_json::json!({"PrivateIpAddress": a, "Primary": false}));
+                    }
+                    return (
+                        200,
+                        serde_json::json!({"RequestId": "FAKE-REQUEST", "NetworkInterfaceId": id,
+                            "AssignedPrivateIpAddressesSet": {"PrivateIpSet": {"PrivateIpAddress": new}}})
+                        .to_string(),
+                    );
+                }
+                if action != "DescribeNetworkInterfaces" {
                     return api_error(
                         400,
                         "InvalidAction.NotFound",
                         "Specified api is not found, please check your url and method.",
                     );
                 }
-                if q.get("RegionId") != Some(&region) || q.get("InstanceId") != Some(&instance) {
-                    return api_error(400, "InvalidParameter", "RegionId and InstanceId.");
-                }
-                *c.lock().unwrap() += 1;
+                // Filters: one NIC by id, or the instance's (a NIC without InstanceId counts as
+                // the instance's).
+                let selected: Vec<serde_json::Value> =
+                    if let Some(id) = q.get("NetworkInterfaceId.1") {
+                        nics.iter()
+                            .filter(|x| x["NetworkInterfaceId"] == id.as_str())
+                            .cloned()
+                            .collect()
+                    } else if q.get("InstanceId") == Some(&instance) {
+                        nics.iter()
+                            .filter(|x| x["InstanceId"].as_str().is_none_or(|i| i == instance))
+                            .cloned()
+                            .collect()
+                    } else {
+                        return api_error(400, "InvalidParameter", "InstanceId.");
+                    };
                 let page: u64 = q
                     .get("PageNumber")
                     .and_then(|p| p.parse().ok())
@@ -301,14 +390,16 @@ impl FakeAliyunApi {
                 {
                     return (status, body);
                 }
-                let nics = n.lock().unwrap();
-                let set: Vec<serde_json::Value> =
-                    nics.get(page as usize - 1).cloned().into_iter().collect();
+                let set: Vec<serde_json::Value> = selected
+                    .get(page as usize - 1)
+                    .cloned()
+                    .into_iter()
+                    .collect();
                 (
                     200,
                     serde_json::json!({
                         "RequestId": "FAKE-REQUEST",
-                        "TotalCount": nics.len(),
+                        "TotalCount": selected.len(),
                         "PageNumber": page,
                         "PageSize": 1,
                         "NetworkInterfaceSets": {"NetworkInterfaceSet": set},
@@ -324,6 +415,7 @@ impl FakeAliyunApi {
             fail_page,
             hang,
             calls,
+            types,
         }
     }
 
@@ -402,6 +494,7 @@ impl FakeEc2Nic {
         Some(match name {
             "vpc-id" => values.contains(&self.vpc),
             "attachment.instance-id" => self.instance.as_ref().is_some_and(|i| values.contains(i)),
+            "network-interface-id" => values.contains(&self.id),
             "tag-key" => self.tags.iter().any(|(k, _)| values.contains(k)),
             _ => return None,
         })
@@ -422,6 +515,8 @@ pub struct FakeEc2 {
     pub hang: Arc<AtomicBool>,
     /// Requests that passed the checks.
     pub calls: Arc<Mutex<usize>>,
+    /// Instance type -> private addresses per NIC (DescribeInstanceTypes).
+    pub types: Arc<Mutex<HashMap<String, u32>>>,
 }
 
 fn ec2_error(status: u16, code: &str, message: &str) -> (u16, String) {
@@ -441,6 +536,8 @@ impl FakeEc2 {
         let hang = Arc::new(AtomicBool::new(false));
         let calls = Arc::new(Mutex::new(0));
         let (n, k, f, c) = (nics.clone(), keys.clone(), fail_page.clone(), calls.clone());
+        let types: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+        let t = types.clone();
         let region = region.to_owned();
         let port = Arc::new(std::sync::atomic::AtomicU16::new(0));
         let p = port.clone();
@@ -453,17 +550,80 @@ impl FakeEc2 {
                     return e;
                 }
                 let form = parse_form(&r.body);
-                if form.get("Action").map(String::as_str) != Some("DescribeNetworkInterfaces") {
+                if form.get("Version").map(String::as_str) != Some("2016-11-15") {
+                    return ec2_error(400, "InvalidParameterValue", "Version.");
+                }
+                *c.lock().unwrap() += 1;
+                let action = form.get("Action").cloned().unwrap_or_default();
+                if action == "DescribeInstanceTypes" {
+                    let name = form.get("InstanceType.1").cloned().unwrap_or_default();
+                    let Some(q) = t.lock().unwrap().get(&name).copied() else {
+                        return ec2_error(
+                            400,
+                            "InvalidInstanceType",
+                            &format!(
+                                "The following supplied instance types do not exist: [{name}]"
+                            ),
+                        );
+                    };
+                    return (
+                        200,
+                        format!(
+                            "<DescribeInstanceTypesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>fake</requestId><instanceTypeSet><item><instanceType>{name}</instanceType><networkInfo><maximumNetworkInterfaces>3</maximumNetworkInterfaces><ipv4AddressesPerInterface>{q}</ipv4AddressesPerInterface></networkInfo></item></instanceTypeSet></DescribeInstanceTypesResponse>"
+                        ),
+                    );
+                }
+                if action == "AssignPrivateIpAddresses" || action == "UnassignPrivateIpAddresses" {
+                    let id = form.get("NetworkInterfaceId").cloned().unwrap_or_default();
+                    let mut nics = n.lock().unwrap();
+                    let Some(nic) = nics.iter_mut().find(|x| x.id == id) else {
+                        return ec2_error(
+                            400,
+                            "InvalidNetworkInterfaceID.NotFound",
+                            &format!("The networkInterface ID '{id}' does not exist"),
+                        );
+                    };
+                    let listed: Vec<std::net::Ipv4Addr> = (1..)
+                        .map_while(|i| {
+                            form.get(&format!("PrivateIpAddress.{i}"))
+                                .and_then(|a| a.parse().ok())
+                        })
+                        .collect();
+                    if action == "UnassignPrivateIpAddresses" {
+                        nic.addresses.retain(|(a, _)| !listed.contains(a));
+                        return (200, "<UnassignPrivateIpAddressesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>fake</requestId><return>true</return></UnassignPrivateIpAddressesResponse>".into());
+                    }
+                    let new: Vec<std::net::Ipv4Addr> =
+                        match form.get("SecondaryPrivateIpAddressCount") {
+                            Some(k) => {
+                                let o = nic.addresses[0].0.octets();
+                                (100..250u8)
+                                    .map(|h| std::net::Ipv4Addr::new(o[0], o[1], o[2], h))
+                                    .filter(|a| !nic.addresses.iter().any(|(x, _)| x == a))
+                                    .take(k.parse().unwrap_or(0))
+                                    .collect()
+                            }
+                            None => listed,
+                        };
+                    nic.addresses.extend(new.iter().map(|a| (*a, None)));
+                    let items: String = new
+                        .iter()
+                        .map(|a| format!("<item><privateIpAddress>{a}</privateIpAddress></item>"))
+                        .collect();
+                    return (
+                        200,
+                        format!(
+                            "<AssignPrivateIpAddressesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>fake</requestId><networkInterfaceId>{id}</networkInterfaceId><assignedPrivateIpAddressesSet>{items}</assignedPrivateIpAddressesSet><return>true</return></AssignPrivateIpAddressesResponse>"
+                        ),
+                    );
+                }
+                if action != "DescribeNetworkInterfaces" {
                     return ec2_error(
                         400,
                         "InvalidAction",
                         "The action is not valid for this web service.",
                     );
                 }
-                if form.get("Version").map(String::as_str) != Some("2016-11-15") {
-                    return ec2_error(400, "InvalidParameterValue", "Version.");
-                }
-                *c.lock().unwrap() += 1;
                 let mut filters = Vec::new();
                 for i in 1.. {
                     let Some(name) = form.get(&format!("Filter.{i}.Name")) else {
@@ -525,6 +685,7 @@ impl FakeEc2 {
             fail_page,
             hang,
             calls,
+            types,
         }
     }
 }

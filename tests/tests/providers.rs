@@ -709,10 +709,7 @@ fn ec2_api_tags_give_a_gateway_its_backends_and_bad_answers_change_nothing() {
         .sync
         .unwrap();
     assert!(sync.consecutive_failures >= 4, "{sync:?}");
-    assert!(
-        sync.next_attempt_unix > sync.last_attempt_unix,
-        "{sync:?}"
-    );
+    assert!(sync.next_attempt_unix > sync.last_attempt_unix, "{sync:?}");
     // Healed; the second backend's tag removed, the source/destination check turned off.
     *ec2.fail_page.lock().unwrap() = None;
     {

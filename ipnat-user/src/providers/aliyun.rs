@@ -153,6 +153,16 @@ impl Metadata {
         Ok((region, id))
     }
 
+    /// The instance type (e.g. `ecs.g7.large`).
+    pub async fn instance_type(&self) -> Result<String, MetadataError> {
+        let token = self.0.token().await?;
+        Ok(self
+            .get(&token, "instance/instance-type")
+            .await?
+            .trim()
+            .to_owned())
+    }
+
     /// The temporary credentials of the instance's RAM role (`role`, or the first listed).
     pub async fn ram_credentials(
         &self,

@@ -97,6 +97,8 @@ impl Credentials {
 pub struct ApiNic {
     pub id: String,
     pub mac: String,
+    /// The instance it is attached to, if any.
+    pub instance_id: Option<String>,
     /// Every private address, with the EIP associated with it.
     pub addresses: Vec<(Ipv4Addr, Option<Ipv4Addr>)>,
 }
@@ -240,6 +242,99 @@ impl OpenApi {
         region: &str,
         instance_id: &str,
     ) -> Result<Vec<ApiNic>, ApiError> {
+        self.network_interfaces_by(region, ("InstanceId", instance_id.to_owned()))
+            .await
+    }
+
+    /// One NIC by id.
+    pub async fn network_interface(&self, region: &str, id: &str) -> Result<ApiNic, ApiError> {
+        self.network_interfaces_by(region, ("NetworkInterfaceId.1", id.to_owned()))
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| ApiError::Api {
+                action: "DescribeNetworkInterfaces".into(),
+                status: 404,
+                code: "InvalidEniId.NotFound".into(),
+                message: format!("{id} does not exist"),
+                request_id: String::new(),
+                hint: "",
+            })
+    }
+
+    /// The private addresses an instance type allows per NIC (`DescribeInstanceTypes`,
+    /// `EniPrivateIpAddressQuantity`).
+    pub async fn ips_per_eni(&self, instance_type: &str) -> Result<u32, ApiError> {
+        const ACTION: &str = "DescribeInstanceTypes";
+        let body = self
+            .call(ACTION, &[("InstanceTypes.1", instance_type.to_owned())])
+            .await?;
+        body["InstanceTypes"]["InstanceType"]
+            .as_array()
+            .and_then(|a| a.iter().find(|t| t["InstanceTypeId"] == instance_type))
+            .and_then(|t| t["EniPrivateIpAddressQuantity"].as_u64())
+            .map(|n| n as u32)
+            .ok_or_else(|| ApiError::Garbage {
+                action: ACTION.into(),
+                why: format!("no EniPrivateIpAddressQuantity for {instance_type}"),
+            })
+    }
+
+    /// AssignPrivateIpAddresses; the addresses assigned.
+    pub async fn assign_private_ips(
+        &self,
+        region: &str,
+        nic: &str,
+        what: &super::ec2::Assign,
+    ) -> Result<Vec<Ipv4Addr>, ApiError> {
+        const ACTION: &str = "AssignPrivateIpAddresses";
+        let mut p = vec![
+            ("RegionId".to_owned(), region.to_owned()),
+            ("NetworkInterfaceId".to_owned(), nic.to_owned()),
+        ];
+        p.extend(what.params("SecondaryPrivateIpAddressCount", "PrivateIpAddress"));
+        let params: Vec<(&str, String)> = p.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        let body = self.call(ACTION, &params).await?;
+        let list = body["AssignedPrivateIpAddressesSet"]["PrivateIpSet"]["PrivateIpAddress"]
+            .as_array()
+            .ok_or_else(|| ApiError::Garbage {
+                action: ACTION.into(),
+                why: "no AssignedPrivateIpAddressesSet.PrivateIpSet.PrivateIpAddress".into(),
+            })?;
+        list.iter()
+            .map(|a| {
+                a.as_str()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| ApiError::Garbage {
+                        action: ACTION.into(),
+                        why: format!("{a} is not an IPv4 address"),
+                    })
+            })
+            .collect()
+    }
+
+    /// UnassignPrivateIpAddresses.
+    pub async fn unassign_private_ips(
+        &self,
+        region: &str,
+        nic: &str,
+        addresses: &[Ipv4Addr],
+    ) -> Result<(), ApiError> {
+        let mut p = vec![
+            ("RegionId".to_owned(), region.to_owned()),
+            ("NetworkInterfaceId".to_owned(), nic.to_owned()),
+        ];
+        p.extend(super::ec2::Assign::List(addresses.to_vec()).params("", "PrivateIpAddress"));
+        let params: Vec<(&str, String)> = p.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        self.call("UnassignPrivateIpAddresses", &params).await?;
+        Ok(())
+    }
+
+    async fn network_interfaces_by(
+        &self,
+        region: &str,
+        filter: (&str, String),
+    ) -> Result<Vec<ApiNic>, ApiError> {
         const ACTION: &str = "DescribeNetworkInterfaces";
         let garbage = |why: String| ApiError::Garbage {
             action: ACTION.into(),
@@ -252,7 +347,7 @@ impl OpenApi {
                     ACTION,
                     &[
                         ("RegionId", region.to_owned()),
-                        ("InstanceId", instance_id.to_owned()),
+                        (filter.0, filter.1.clone()),
                         ("PageNumber", page.to_string()),
                         ("PageSize", PAGE_SIZE.to_string()),
                     ],
@@ -281,13 +376,13 @@ impl OpenApi {
     }
 }
 
-/// Host orientation's mappings from the OpenAPI: every private address of every NIC of this
-/// instance with an EIP associated. Credentials as the module documentation says.
-pub async fn eip_mappings(
+/// An ECS OpenAPI client with the configured credentials (see the module documentation), and
+/// the instance's region and id.
+pub async fn client(
     md: &super::aliyun::Metadata,
     cfg: &crate::config::AliyunConfig,
     timeout: Duration,
-) -> Result<Vec<crate::config::MappingConfig>, ApiError> {
+) -> Result<(OpenApi, String, String), ApiError> {
     let creds = match (&cfg.access_key_id, &cfg.access_key_secret) {
         (Some(id), Some(secret)) => Credentials {
             access_key_id: id.clone(),
@@ -310,7 +405,21 @@ pub async fn eip_mappings(
         .api_endpoint
         .clone()
         .unwrap_or_else(|| format!("https://ecs-vpc.{region}.aliyuncs.com"));
-    let api = OpenApi::new(&endpoint, ECS_VERSION, creds, timeout)?;
+    Ok((
+        OpenApi::new(&endpoint, ECS_VERSION, creds, timeout)?,
+        region,
+        instance,
+    ))
+}
+
+/// Host orientation's mappings from the OpenAPI: every private address of every NIC of this
+/// instance with an EIP associated. Credentials as the module documentation says.
+pub async fn eip_mappings(
+    md: &super::aliyun::Metadata,
+    cfg: &crate::config::AliyunConfig,
+    timeout: Duration,
+) -> Result<Vec<crate::config::MappingConfig>, ApiError> {
+    let (api, region, instance) = client(md, cfg, timeout).await?;
     let nics = api.network_interfaces(&region, &instance).await?;
     Ok(nics
         .iter()
@@ -349,6 +458,10 @@ fn parse_nic(n: &serde_json::Value) -> Result<ApiNic, String> {
     Ok(ApiNic {
         id: text(n, "NetworkInterfaceId")?,
         mac: text(n, "MacAddress")?.to_ascii_lowercase(),
+        instance_id: n["InstanceId"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned),
         addresses,
     })
 }

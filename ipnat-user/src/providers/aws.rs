@@ -80,6 +80,12 @@ impl Imds {
         })
     }
 
+    /// The instance type (e.g. `c5.large`).
+    pub async fn instance_type(&self) -> Result<String, MetadataError> {
+        let token = self.0.token().await?;
+        Ok(self.get(&token, "instance-type").await?.trim().to_owned())
+    }
+
     /// The instance profile's temporary credentials (the first role the metadata lists).
     pub async fn role_credentials(
         &self,

@@ -247,14 +247,13 @@ pub struct GatewayView {
     pub warnings: Vec<String>,
 }
 
-/// Reads the backends of this gateway (see the module documentation). `nics` are the
-/// gateway's own NICs from the metadata, with their EIP associations.
-pub async fn gateway_backends(
+/// An EC2 client for this instance's region, with the configured credentials (see the module
+/// documentation), and who the instance is.
+pub async fn client(
     imds: &super::aws::Imds,
-    nics: &[super::aws::Nic],
     cfg: &crate::config::AwsConfig,
     timeout: Duration,
-) -> Result<GatewayView, Ec2Error> {
+) -> Result<(Ec2, super::aws::Identity), Ec2Error> {
     let creds = match (&cfg.access_key_id, &cfg.secret_access_key) {
         (Some(id), Some(secret)) => Credentials::new(id, secret, None, None, "config"),
         _ => match credentials_from_env() {
@@ -270,7 +269,18 @@ pub async fn gateway_backends(
         .api_endpoint
         .clone()
         .unwrap_or_else(|| format!("https://ec2.{}.amazonaws.com", id.region));
-    let ec2 = Ec2::new(&endpoint, &id.region, creds, timeout)?;
+    Ok((Ec2::new(&endpoint, &id.region, creds, timeout)?, id))
+}
+
+/// Reads the backends of this gateway (see the module documentation). `nics` are the
+/// gateway's own NICs from the metadata, with their EIP associations.
+pub async fn gateway_backends(
+    imds: &super::aws::Imds,
+    nics: &[super::aws::Nic],
+    cfg: &crate::config::AwsConfig,
+    timeout: Duration,
+) -> Result<GatewayView, Ec2Error> {
+    let (ec2, id) = client(imds, cfg, timeout).await?;
     let mut view = GatewayView::default();
     let own = ec2
         .network_interfaces(&[("attachment.instance-id", vec![id.instance_id.clone()])])
@@ -329,6 +339,120 @@ pub async fn gateway_backends(
     }
     view.backends.sort_by_key(|b| b.mapping.public);
     Ok(view)
+}
+
+/// How many secondary private addresses to ask for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Assign {
+    /// Any free addresses of the subnet.
+    Count(u32),
+    /// These addresses.
+    List(Vec<Ipv4Addr>),
+}
+
+impl Assign {
+    pub fn len(&self) -> usize {
+        match self {
+            Assign::Count(n) => *n as usize,
+            Assign::List(l) => l.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The request parameters: `count_key` = N, or `list_key.1`, `list_key.2`, ...
+    pub fn params(&self, count_key: &str, list_key: &str) -> Vec<(String, String)> {
+        match self {
+            Assign::Count(n) => vec![(count_key.to_owned(), n.to_string())],
+            Assign::List(l) => l
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (format!("{list_key}.{}", i + 1), a.to_string()))
+                .collect(),
+        }
+    }
+}
+
+impl Ec2 {
+    /// One NIC by id.
+    pub async fn network_interface(&self, id: &str) -> Result<Ec2Nic, Ec2Error> {
+        self.network_interfaces(&[("network-interface-id", vec![id.to_owned()])])
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| Ec2Error::Api {
+                action: "DescribeNetworkInterfaces".into(),
+                status: 400,
+                code: "InvalidNetworkInterfaceID.NotFound".into(),
+                message: format!("The networkInterface ID '{id}' does not exist"),
+                request_id: String::new(),
+                hint: "",
+            })
+    }
+
+    /// The private IPv4 addresses an instance type allows per NIC (`DescribeInstanceTypes`).
+    pub async fn ipv4_per_interface(&self, instance_type: &str) -> Result<u32, Ec2Error> {
+        const ACTION: &str = "DescribeInstanceTypes";
+        let text = self
+            .call(
+                ACTION,
+                &[("InstanceType.1".into(), instance_type.to_owned())],
+            )
+            .await?;
+        let garbage = |why: String| Ec2Error::Garbage {
+            action: ACTION.into(),
+            why,
+        };
+        let doc = roxmltree::Document::parse(&text).map_err(|e| garbage(e.to_string()))?;
+        doc.descendants()
+            .find(|n| n.has_tag_name("ipv4AddressesPerInterface"))
+            .and_then(|n| n.text())
+            .and_then(|t| t.trim().parse().ok())
+            .ok_or_else(|| garbage(format!("no ipv4AddressesPerInterface for {instance_type}")))
+    }
+
+    /// AssignPrivateIpAddresses; the addresses assigned.
+    pub async fn assign_private_ips(
+        &self,
+        nic: &str,
+        what: &Assign,
+    ) -> Result<Vec<Ipv4Addr>, Ec2Error> {
+        const ACTION: &str = "AssignPrivateIpAddresses";
+        let mut p = vec![("NetworkInterfaceId".to_owned(), nic.to_owned())];
+        p.extend(what.params("SecondaryPrivateIpAddressCount", "PrivateIpAddress"));
+        let text = self.call(ACTION, &p).await?;
+        let garbage = |why: String| Ec2Error::Garbage {
+            action: ACTION.into(),
+            why,
+        };
+        let doc = roxmltree::Document::parse(&text).map_err(|e| garbage(e.to_string()))?;
+        let mut out = Vec::new();
+        for n in doc
+            .descendants()
+            .filter(|n| n.has_tag_name("privateIpAddress"))
+        {
+            let t = n.text().unwrap_or("").trim();
+            out.push(
+                t.parse()
+                    .map_err(|_| garbage(format!("{t:?} is not an IPv4 address")))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// UnassignPrivateIpAddresses.
+    pub async fn unassign_private_ips(
+        &self,
+        nic: &str,
+        addresses: &[Ipv4Addr],
+    ) -> Result<(), Ec2Error> {
+        let mut p = vec![("NetworkInterfaceId".to_owned(), nic.to_owned())];
+        p.extend(Assign::List(addresses.to_vec()).params("", "PrivateIpAddress"));
+        self.call("UnassignPrivateIpAddresses", &p).await?;
+        Ok(())
+    }
 }
 
 /// The error an EC2 error document describes.

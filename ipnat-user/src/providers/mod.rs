@@ -3,6 +3,7 @@ pub mod aliyun;
 pub mod aliyun_api;
 pub mod aws;
 pub mod ec2;
+pub mod eni;
 
 use std::time::Duration;
 
@@ -202,7 +203,7 @@ impl SyncState {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        std::fs::write(path, serde_json::to_string_pretty(self)?)
+        crate::host::write_atomic(&path, &serde_json::to_string_pretty(self)?)
     }
 
     pub fn remove(pin_path: &Path) {
