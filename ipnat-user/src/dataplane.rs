@@ -229,9 +229,12 @@ impl Dataplane {
         let pin_dir = self.pin_dir.clone();
         let pinned = |hook: &str| pin_dir.as_ref().map(|d| d.join(link_pin_name(hook, iface)));
         let adopted_tc_gateway = pinned("tc-gw").is_some_and(|p| p.exists());
+        // What the driver says it can do (None: the kernel cannot tell; then attaching tells).
+        let features = crate::netdev::xdp_features(index).ok().flatten();
         let mode = if host {
             AttachMode::Host
-        } else if adopted_tc_gateway {
+        } else if adopted_tc_gateway || features.is_some_and(|f| f & crate::netdev::XDP_BASIC == 0)
+        {
             AttachMode::TcOnly
         } else {
             match self.attach_xdp(iface, pinned("xdp")) {
@@ -244,14 +247,7 @@ impl Dataplane {
                 Err(e) => return Err(e),
             }
         };
-        // XDP may redirect only to interfaces that have it.
-        match mode {
-            AttachMode::XdpNative => self.tables.xdp_targets.insert(index, 1, 0),
-            AttachMode::TcOnly | AttachMode::Host => {
-                absent_ok(self.tables.xdp_targets.remove(&index))
-            }
-        }
-        .map_err(map_err(names::XDP_TARGETS))?;
+        self.tables.set_xdp_target(index, mode, features)?;
         // TCX needs no qdisc; older kernels need clsact. An existing one is fine.
         let _ = tc::qdisc_add_clsact(iface);
         let receive = match mode {
@@ -454,6 +450,8 @@ pub struct AttachStatus {
     pub mode: &'static str,
     /// Whether the interface still exists (a link to a deleted one is defunct).
     pub present: bool,
+    /// What its driver can do with XDP, as the kernel says (`unknown` where it cannot).
+    pub xdp_features: String,
 }
 
 /// The state of the data plane pinned under `dir`.
@@ -468,6 +466,10 @@ pub fn status(dir: &Path) -> Result<Status, DataplaneError> {
         .into_iter()
         .map(|l| AttachStatus {
             present: ifindex(&l.iface).is_ok(),
+            xdp_features: ifindex(&l.iface)
+                .ok()
+                .and_then(|i| crate::netdev::xdp_features(i).ok().flatten())
+                .map_or("unknown".to_owned(), crate::netdev::describe),
             mode: match l.hook.as_str() {
                 "xdp" => "xdp native",
                 "tc-gw" => "tcx (no native XDP)",
@@ -544,11 +546,12 @@ impl Status {
         for a in &self.attached {
             let _ = writeln!(
                 s,
-                "attached:   {:<8} {:<7} {}{}",
+                "attached:   {:<8} {:<7} {}{} (xdp-features: {})",
                 a.iface,
                 a.hook,
                 a.mode,
-                if a.present { "" } else { " (interface gone)" }
+                if a.present { "" } else { " (interface gone)" },
+                a.xdp_features
             );
         }
         for r in &self.steering {
@@ -1629,6 +1632,26 @@ impl Tables {
         };
         update_batch(fd.as_fd(), keys, values)
             .map_err(|source| DataplaneError::Batch { name, source })
+    }
+
+    /// Whether XDP may redirect to interface `index`: only where ipnat's XDP runs (native) and
+    /// the driver can transmit redirected frames (`ndo-xmit`; a veth only while its peer has
+    /// an XDP program). Elsewhere XDP hands the packet to TC, which forwards it. Unknown
+    /// features (an older kernel): allowed, as before the kernel could say.
+    pub fn set_xdp_target(
+        &mut self,
+        index: u32,
+        mode: AttachMode,
+        features: Option<u64>,
+    ) -> Result<(), DataplaneError> {
+        let ok = mode == AttachMode::XdpNative
+            && features.is_none_or(|f| f & crate::netdev::XDP_NDO_XMIT != 0);
+        if ok {
+            self.xdp_targets.insert(index, 1, 0)
+        } else {
+            absent_ok(self.xdp_targets.remove(&index))
+        }
+        .map_err(map_err(names::XDP_TARGETS))
     }
 
     /// The internal prefixes in the kernel.

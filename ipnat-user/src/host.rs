@@ -147,12 +147,26 @@ pub fn restore(state: &Path) -> std::io::Result<Vec<(String, String)>> {
 
 /// Sends one rtnetlink request and waits for its acknowledgement.
 fn netlink_request(msg_type: u16, flags: u16, body: &[u8]) -> std::io::Result<()> {
+    netlink(libc::NETLINK_ROUTE, msg_type, flags, body, false).map(drop)
+}
+
+/// Sends one netlink request of `msg_type` with `body` on a socket of `protocol`; returns the
+/// reply (`reply`: the first message the kernel answers with) or waits for the
+/// acknowledgement. An error the kernel answers is returned as such.
+pub(crate) fn netlink(
+    protocol: i32,
+    msg_type: u16,
+    flags: u16,
+    body: &[u8],
+    reply: bool,
+) -> std::io::Result<Vec<u8>> {
     use std::mem::size_of;
     let len = 16 + body.len();
+    let ack = if reply { 0 } else { libc::NLM_F_ACK as u16 };
     let mut msg = Vec::with_capacity(len);
     msg.extend_from_slice(&(len as u32).to_ne_bytes());
     msg.extend_from_slice(&msg_type.to_ne_bytes());
-    msg.extend_from_slice(&(flags | (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
+    msg.extend_from_slice(&(flags | libc::NLM_F_REQUEST as u16 | ack).to_ne_bytes());
     msg.extend_from_slice(&1u32.to_ne_bytes()); // sequence
     msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it in
     msg.extend_from_slice(body);
@@ -161,7 +175,7 @@ fn netlink_request(msg_type: u16, flags: u16, body: &[u8]) -> std::io::Result<()
         let fd = libc::socket(
             libc::AF_NETLINK,
             libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
+            protocol,
         );
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
@@ -181,20 +195,21 @@ fn netlink_request(msg_type: u16, flags: u16, body: &[u8]) -> std::io::Result<()
         {
             return Err(std::io::Error::last_os_error());
         }
-        // The ACK: an nlmsgerr whose error is 0 on success.
-        let mut buf = [0u8; 512];
+        let mut buf = vec![0u8; 8192];
         let n = libc::recv(raw, buf.as_mut_ptr().cast(), buf.len(), 0);
         if n < 0 {
             return Err(std::io::Error::last_os_error());
         }
-        if n >= 20 && u16::from_ne_bytes([buf[4], buf[5]]) == libc::NLMSG_ERROR as u16 {
+        buf.truncate(n as usize);
+        // An nlmsgerr: error 0 is the acknowledgement.
+        if buf.len() >= 20 && u16::from_ne_bytes([buf[4], buf[5]]) == libc::NLMSG_ERROR as u16 {
             let err = i32::from_ne_bytes([buf[16], buf[17], buf[18], buf[19]]);
             if err != 0 {
                 return Err(std::io::Error::from_raw_os_error(-err));
             }
         }
+        Ok(buf)
     }
-    Ok(())
 }
 
 /// A netlink attribute: length, type, payload (4-byte aligned payloads only).

@@ -6,6 +6,7 @@ pub mod dataplane;
 pub mod host;
 pub mod import;
 pub mod metrics;
+pub mod netdev;
 pub mod providers;
 
 /// The compiled eBPF object (empty when built without bpf-linker; see build.rs).

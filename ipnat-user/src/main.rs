@@ -516,6 +516,7 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
             config.clone()
         }
     };
+    let mut modes: Vec<(u32, ipnat::dataplane::AttachMode)> = Vec::new();
     let setup = (|| -> Result<()> {
         apply_config(&mut dp, &start)?;
         if host {
@@ -527,15 +528,24 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
             }
         }
         for iface in &config.interfaces {
-            match dp.attach(&iface.name, host)? {
+            let mode = dp.attach(&iface.name, host)?;
+            let index = ipnat::dataplane::ifindex(&iface.name)?;
+            let features = ipnat::netdev::xdp_features(index).ok().flatten();
+            let xdp = features.map_or("unknown".to_owned(), ipnat::netdev::describe);
+            modes.push((index, mode));
+            match mode {
                 ipnat::dataplane::AttachMode::XdpNative => {
-                    info!(interface = %iface.name, "attached XDP (native) and TC on receive, TC on transmit")
+                    info!(interface = %iface.name, xdp_features = %xdp, "attached XDP (native) and TC on receive, TC on transmit");
+                    if features.is_some_and(|f| f & ipnat::netdev::XDP_NDO_XMIT == 0) {
+                        warn!(interface = %iface.name, "XDP cannot send into this interface (no ndo-xmit; a veth has it only while its peer runs an XDP program): packets for it are forwarded by TC until it can (checked every 20 s)");
+                    }
                 }
                 ipnat::dataplane::AttachMode::Host => {
                     info!(interface = %iface.name, "attached TC on receive and transmit (host orientation)")
                 }
                 ipnat::dataplane::AttachMode::TcOnly => warn!(
                     interface = %iface.name,
+                    xdp_features = %xdp,
                     "no native XDP on this interface: attached TC on receive and transmit instead (slower; generic XDP is not used, it runs after GRO and sees partial checksums)"
                 ),
             }
@@ -641,6 +651,14 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
                 _ = neighbours.tick() => {
                     if let Ok(eff) = effective(&config, &synced) {
                         resolve_gateways(&eff);
+                    }
+                    // What XDP may redirect to follows the drivers (a veth's peer may have
+                    // gained or lost its XDP program).
+                    for &(index, mode) in &modes {
+                        let features = ipnat::netdev::xdp_features(index).ok().flatten();
+                        if let Err(e) = dp.tables.set_xdp_target(index, mode, features) {
+                            warn!("updating the XDP redirect targets: {e}");
+                        }
                     }
                 }
                 () = &mut next_sync, if config.provider().is_some() => {

@@ -48,6 +48,8 @@ pub struct LabOptions {
     /// The gateway's external side is a bridge (`brx`, with ext0 as its port): an interface
     /// without native XDP.
     pub bridge_ext: bool,
+    /// An XDP program on the backend's end of int0's veth, which XDP_REDIRECT into int0 needs.
+    pub backend_xdp: bool,
 }
 
 impl Default for LabOptions {
@@ -58,6 +60,7 @@ impl Default for LabOptions {
             gateway_tx_csum_off: true,
             fast_path: true,
             bridge_ext: false,
+            backend_xdp: true,
         }
     }
 }
@@ -169,10 +172,12 @@ impl GatewayLab {
         // nothing of the kind). GRO would do too, but would merge what arrives into frames
         // whose checksums a capture cannot verify.
         lab.peers.lock().unwrap().push(xdp_pass(&lab.inet, "eth0")?);
-        lab.peers
-            .lock()
-            .unwrap()
-            .push(xdp_pass(&lab.backend, "eth0")?);
+        if opts.backend_xdp {
+            lab.peers
+                .lock()
+                .unwrap()
+                .push(xdp_pass(&lab.backend, "eth0")?);
+        }
         if opts.inet_tx_csum_off {
             ethtool_tx_off(&lab.inet, "eth0")?;
         }

@@ -837,3 +837,42 @@ fn a_block_mapping_keeps_host_bits_end_to_end() {
         "one counter for the block: {stats}"
     );
 }
+
+/// int0's veth peer (the backend) runs no XDP program, so int0 cannot transmit what XDP
+/// redirects to it (its xdp-features lack ndo-xmit). The controller reads that from the kernel
+/// and lets TC forward towards the backend instead: traffic flows (before, XDP redirected into
+/// int0 and the frames were dropped).
+#[test]
+fn a_veth_whose_peer_runs_no_xdp_is_reached_through_tc() {
+    require_root();
+    let lab = GatewayLab::new(LabOptions {
+        backend_xdp: false,
+        ..LabOptions::default()
+    })
+    .unwrap();
+    let ipnat = lab.start_ipnat().unwrap();
+    let x = tcp_exchange(&lab.inet, &lab.backend, EIP, 8098, b"no peer xdp", 100_000).unwrap();
+    assert_eq!(x.server_saw_peer.ip(), IpAddr::V4(INET));
+    assert_eq!(x.response.len(), 11 + 100_000);
+    let stats = ipnat.stats_json().unwrap();
+    let r = &stats["reasons"];
+    // In: handed to TC, which forwards into int0; out: XDP forwards to the internet.
+    assert!(r["pass_to_tc"].as_u64().unwrap() >= 5, "{stats}");
+    assert!(r["forwarded_neigh"].as_u64().unwrap() >= 5, "{stats}");
+    assert!(r["forwarded"].as_u64().unwrap() >= 5, "{stats}");
+    assert_eq!(lab.kernel_forwarded().unwrap(), 0, "{stats}");
+    // `ipnat status` in the gateway's namespace names the drivers' features.
+    let out = lab
+        .gw
+        .run(
+            ipnat_tests::lab::ipnat_bin().to_str().unwrap(),
+            &["status", "--pin-path", ipnat.pin_path.to_str().unwrap()],
+        )
+        .unwrap();
+    let st = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        st.contains("int0") && st.contains("xdp-features: basic redirect rx-sg"),
+        "{st}"
+    );
+    assert!(st.contains("ndo-xmit"), "ext0's peer runs XDP: {st}");
+}

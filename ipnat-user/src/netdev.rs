@@ -1,0 +1,121 @@
+//! What a NIC's driver can do with XDP, as the kernel reports it (the generic netlink `netdev`
+//! family, `NETDEV_A_DEV_XDP_FEATURES`, Linux 6.3 and later), instead of guessing from driver
+//! names. No maintained crate speaks this family; the two requests are written here.
+
+use crate::host::netlink;
+
+/// `NETDEV_XDP_ACT_*` bits.
+pub const XDP_BASIC: u64 = 1;
+pub const XDP_REDIRECT: u64 = 2;
+/// The driver can transmit frames other interfaces' XDP programs redirect to it.
+pub const XDP_NDO_XMIT: u64 = 4;
+const NAMES: [(u64, &str); 7] = [
+    (XDP_BASIC, "basic"),
+    (XDP_REDIRECT, "redirect"),
+    (XDP_NDO_XMIT, "ndo-xmit"),
+    (8, "xsk-zerocopy"),
+    (16, "hw-offload"),
+    (32, "rx-sg"),
+    (64, "ndo-xmit-sg"),
+];
+
+/// The names of the bits in `features` (`none` for none).
+pub fn describe(features: u64) -> String {
+    let names: Vec<&str> = NAMES
+        .iter()
+        .filter(|(b, _)| features & b != 0)
+        .map(|(_, n)| *n)
+        .collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(" ")
+    }
+}
+
+/// A netlink attribute, padded to 4 bytes.
+fn attr(kind: u16, payload: &[u8]) -> Vec<u8> {
+    let mut a = Vec::with_capacity(8 + payload.len());
+    a.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+    a.extend_from_slice(&kind.to_ne_bytes());
+    a.extend_from_slice(payload);
+    while a.len() % 4 != 0 {
+        a.push(0);
+    }
+    a
+}
+
+/// The attributes of a generic netlink reply (after its 16-byte header and 4-byte genl header).
+fn attrs(reply: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    let mut off = 20;
+    std::iter::from_fn(move || {
+        if off + 4 > reply.len() {
+            return None;
+        }
+        let len = u16::from_ne_bytes([reply[off], reply[off + 1]]) as usize;
+        let kind = u16::from_ne_bytes([reply[off + 2], reply[off + 3]]) & 0x3fff;
+        if len < 4 || off + len > reply.len() {
+            return None;
+        }
+        let payload = &reply[off + 4..off + len];
+        off += (len + 3) & !3;
+        Some((kind, payload))
+    })
+}
+
+/// The id of generic netlink family `name`, or `None` if this kernel does not have it.
+fn family(name: &str) -> std::io::Result<Option<u16>> {
+    const GENL_ID_CTRL: u16 = 0x10;
+    const CTRL_CMD_GETFAMILY: u8 = 3;
+    const CTRL_ATTR_FAMILY_ID: u16 = 1;
+    const CTRL_ATTR_FAMILY_NAME: u16 = 2;
+    let mut body = vec![CTRL_CMD_GETFAMILY, 1, 0, 0];
+    let mut cname = name.as_bytes().to_vec();
+    cname.push(0);
+    body.extend(attr(CTRL_ATTR_FAMILY_NAME, &cname));
+    let reply = match netlink(libc::NETLINK_GENERIC, GENL_ID_CTRL, 0, &body, true) {
+        Ok(r) => r,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok(attrs(&reply)
+        .find(|(k, p)| *k == CTRL_ATTR_FAMILY_ID && p.len() >= 2)
+        .map(|(_, p)| u16::from_ne_bytes([p[0], p[1]])))
+}
+
+/// The XDP features of interface `ifindex`, or `None` where the kernel cannot say.
+pub fn xdp_features(ifindex: u32) -> std::io::Result<Option<u64>> {
+    const NETDEV_CMD_DEV_GET: u8 = 1;
+    const NETDEV_A_DEV_IFINDEX: u16 = 1;
+    const NETDEV_A_DEV_XDP_FEATURES: u16 = 3;
+    let Some(id) = family("netdev")? else {
+        return Ok(None);
+    };
+    let mut body = vec![NETDEV_CMD_DEV_GET, 1, 0, 0];
+    body.extend(attr(NETDEV_A_DEV_IFINDEX, &ifindex.to_ne_bytes()));
+    let reply = netlink(libc::NETLINK_GENERIC, id, 0, &body, true)?;
+    Ok(attrs(&reply)
+        .find(|(k, p)| *k == NETDEV_A_DEV_XDP_FEATURES && p.len() >= 8)
+        .map(|(_, p)| u64::from_ne_bytes(p[..8].try_into().expect("8 bytes"))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_bits() {
+        assert_eq!(describe(0), "none");
+        assert_eq!(describe(1 | 2 | 4 | 32), "basic redirect ndo-xmit rx-sg");
+    }
+
+    #[test]
+    fn loopback_has_no_native_xdp() {
+        // Needs no privilege: the kernel answers any process.
+        match xdp_features(1) {
+            Ok(Some(f)) => assert_eq!(f & XDP_BASIC, 0, "{}", describe(f)),
+            Ok(None) => {} // a kernel before 6.3
+            Err(e) => panic!("netdev family query failed: {e}"),
+        }
+    }
+}
