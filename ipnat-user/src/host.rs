@@ -212,12 +212,15 @@ pub(crate) fn netlink(
     }
 }
 
-/// A netlink attribute: length, type, payload (4-byte aligned payloads only).
-fn attr(kind: u16, payload: &[u8]) -> Vec<u8> {
-    let mut a = Vec::with_capacity(4 + payload.len());
+/// A netlink attribute: length, type, payload, padded to 4 bytes.
+pub(crate) fn attr(kind: u16, payload: &[u8]) -> Vec<u8> {
+    let mut a = Vec::with_capacity(8 + payload.len());
     a.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
     a.extend_from_slice(&kind.to_ne_bytes());
     a.extend_from_slice(payload);
+    while a.len() % 4 != 0 {
+        a.push(0);
+    }
     a
 }
 
@@ -255,7 +258,122 @@ fn addr_message(ifindex: u32, net: ipnet::Ipv4Net) -> Vec<u8> {
     body.extend_from_slice(&ifindex.to_ne_bytes());
     body.extend_from_slice(&attr(IFA_LOCAL, &net.addr().octets()));
     body.extend_from_slice(&attr(IFA_ADDRESS, &net.addr().octets()));
+    body.extend_from_slice(&attr(IFA_PROTO, &[ADDR_PROTO]));
     body
+}
+
+/// `IFA_PROTO`: who added an address (Linux 6.3 and later; `ip addr` shows it as `proto`).
+const IFA_PROTO: u16 = 11;
+/// The `IFA_PROTO` ipnat marks the addresses it adds with ('I').
+pub const ADDR_PROTO: u8 = 0x49;
+
+/// Whether this kernel records `IFA_PROTO` (6.3 and later); it reports none for an address
+/// added without one, so an absent mark means "not ipnat's" only there.
+fn kernel_keeps_address_protos() -> bool {
+    let Ok(u) = nix::sys::utsname::uname() else {
+        return false;
+    };
+    let release = u.release().to_string_lossy().into_owned();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (6, 3)
+}
+
+/// Every IPv4 address in this namespace with its interface index and its `IFA_PROTO` (None
+/// where the kernel keeps none): an `RTM_GETADDR` dump.
+pub fn address_protos() -> std::io::Result<Vec<(u32, ipnet::Ipv4Net, Option<u8>)>> {
+    use std::mem::size_of;
+    const IFA_LOCAL: u16 = 2;
+    let body = [libc::AF_INET as u8, 0, 0, 0, 0, 0, 0, 0];
+    let len = 16 + body.len();
+    let mut msg = Vec::with_capacity(len);
+    msg.extend_from_slice(&(len as u32).to_ne_bytes());
+    msg.extend_from_slice(&libc::RTM_GETADDR.to_ne_bytes());
+    msg.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
+    msg.extend_from_slice(&1u32.to_ne_bytes());
+    msg.extend_from_slice(&0u32.to_ne_bytes());
+    msg.extend_from_slice(&body);
+    let mut out = Vec::new();
+    // SAFETY: plain socket calls on buffers we own, with their lengths.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        );
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd: std::os::fd::OwnedFd = std::os::fd::FromRawFd::from_raw_fd(fd);
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        let mut sa: libc::sockaddr_nl = std::mem::zeroed();
+        sa.nl_family = libc::AF_NETLINK as u16;
+        if libc::sendto(
+            raw,
+            msg.as_ptr().cast(),
+            msg.len(),
+            0,
+            (&sa as *const libc::sockaddr_nl).cast(),
+            size_of::<libc::sockaddr_nl>() as u32,
+        ) < 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut buf = vec![0u8; 32768];
+        loop {
+            let n = libc::recv(raw, buf.as_mut_ptr().cast(), buf.len(), 0);
+            if n < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let data = &buf[..n as usize];
+            let mut off = 0;
+            while off + 16 <= data.len() {
+                let mlen = u32::from_ne_bytes(data[off..off + 4].try_into().expect("4")) as usize;
+                let mtype = u16::from_ne_bytes([data[off + 4], data[off + 5]]);
+                if mlen < 16 || off + mlen > data.len() {
+                    break;
+                }
+                if mtype == libc::NLMSG_DONE as u16 {
+                    return Ok(out);
+                }
+                if mtype == libc::NLMSG_ERROR as u16 {
+                    let err = i32::from_ne_bytes(data[off + 16..off + 20].try_into().expect("4"));
+                    return Err(std::io::Error::from_raw_os_error(-err));
+                }
+                let m = &data[off + 16..off + mlen];
+                if mtype == libc::RTM_NEWADDR && m.len() >= 8 {
+                    let plen = m[1];
+                    let index = u32::from_ne_bytes(m[4..8].try_into().expect("4"));
+                    let (mut local, mut proto) = (None, None);
+                    let mut a = 8;
+                    while a + 4 <= m.len() {
+                        let alen = u16::from_ne_bytes([m[a], m[a + 1]]) as usize;
+                        let kind = u16::from_ne_bytes([m[a + 2], m[a + 3]]);
+                        if alen < 4 || a + alen > m.len() {
+                            break;
+                        }
+                        let p = &m[a + 4..a + alen];
+                        match kind {
+                            IFA_LOCAL if p.len() == 4 => {
+                                local = Some(std::net::Ipv4Addr::new(p[0], p[1], p[2], p[3]))
+                            }
+                            IFA_PROTO if !p.is_empty() => proto = Some(p[0]),
+                            _ => {}
+                        }
+                        a += (alen + 3) & !3;
+                    }
+                    if let Some(l) = local
+                        && let Ok(net) = ipnet::Ipv4Net::new(l, plen)
+                    {
+                        out.push((index, net, proto));
+                    }
+                }
+                off += (mlen + 3) & !3;
+            }
+        }
+    }
 }
 
 /// `ip addr add <net> dev <ifindex>`.
@@ -379,6 +497,16 @@ pub fn reconcile_addresses(
             continue;
         }
         if let (Some(index), Ok(net)) = (ifindex_of(&iface), text.parse::<ipnet::Ipv4Net>()) {
+            // Only while it still carries ipnat's mark: an address someone re-added by hand
+            // after ipnat's was removed is theirs.
+            let keeps_marks = kernel_keeps_address_protos();
+            let marked = address_protos()?
+                .iter()
+                .find(|(i, n, _)| *i == index && n.addr() == net.addr())
+                .map(|(_, _, p)| !keeps_marks || *p == Some(ADDR_PROTO));
+            if marked != Some(true) {
+                continue;
+            }
             match del_address(index, net) {
                 Ok(()) => removed.push(format!("{net} on {iface}")),
                 Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {}

@@ -2,7 +2,7 @@
 //! family, `NETDEV_A_DEV_XDP_FEATURES`, Linux 6.3 and later), instead of guessing from driver
 //! names. No maintained crate speaks this family; the two requests are written here.
 
-use crate::host::netlink;
+use crate::host::{attr, netlink};
 
 /// `NETDEV_XDP_ACT_*` bits.
 pub const XDP_BASIC: u64 = 1;
@@ -31,18 +31,6 @@ pub fn describe(features: u64) -> String {
     } else {
         names.join(" ")
     }
-}
-
-/// A netlink attribute, padded to 4 bytes.
-fn attr(kind: u16, payload: &[u8]) -> Vec<u8> {
-    let mut a = Vec::with_capacity(8 + payload.len());
-    a.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
-    a.extend_from_slice(&kind.to_ne_bytes());
-    a.extend_from_slice(payload);
-    while a.len() % 4 != 0 {
-        a.push(0);
-    }
-    a
 }
 
 /// The attributes of a generic netlink reply (after its 16-byte header and 4-byte genl header).

@@ -250,6 +250,26 @@ fn arp_never_gives_the_eip_away_and_down_restores_the_host() {
         .unwrap();
     let now = host_state(&lab.inst);
     assert!(!now.contains(extra) && !now.contains("10.0.5.5"), "{now}");
+    // An address ipnat added, then removed and added back by hand, is the admin's now: ipnat
+    // checks its mark (IFA_PROTO) before removing and leaves it.
+    let map = |args: &[&str]| {
+        let mut a = vec!["map"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["--pin-path", pin]);
+        lab.inst.run(bin, &a).unwrap();
+    };
+    map(&["add", "--public", "198.51.100.31", "--private", "10.0.0.13"]);
+    lab.inst
+        .ip(&["addr", "del", "198.51.100.31/32", "dev", "lo"])
+        .unwrap();
+    lab.inst
+        .ip(&["addr", "add", "198.51.100.31/32", "dev", "lo"])
+        .unwrap();
+    map(&["del", "--public", "198.51.100.31"]);
+    assert!(host_state(&lab.inst).contains("inet 198.51.100.31/32 scope global lo"));
+    lab.inst
+        .ip(&["addr", "del", "198.51.100.31/32", "dev", "lo"])
+        .unwrap();
 
     let (status, out) = ipnat.down().unwrap();
     assert!(status.success(), "{out}");
