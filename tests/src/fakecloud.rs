@@ -25,6 +25,8 @@ pub struct Request {
     pub head_lower: String,
     head: String,
     pub body: String,
+    /// Headers the handler adds to its reply (`Name: value`).
+    pub reply_headers: std::cell::RefCell<Vec<String>>,
 }
 
 impl Request {
@@ -95,11 +97,18 @@ fn serve(ns: &Netns, hang: Arc<AtomicBool>, handler: Arc<Handler>) -> u16 {
                     head_lower: text.to_ascii_lowercase(),
                     head: text.clone(),
                     body: String::from_utf8_lossy(&body).into_owned(),
+                    reply_headers: Default::default(),
                 };
                 let (status, body) = handler(&req);
+                let extra: String = req
+                    .reply_headers
+                    .borrow()
+                    .iter()
+                    .map(|h| format!("{h}\r\n"))
+                    .collect();
                 let _ = write!(
                     s,
-                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
                     body.len()
                 );
             });
@@ -134,6 +143,8 @@ pub struct FakeImds {
     pub hang: Arc<AtomicBool>,
     /// GETs answered.
     pub gets: Arc<Mutex<usize>>,
+    /// While set, every token is expired: GETs get 401, as the real service answers.
+    pub expire_tokens: Arc<AtomicBool>,
 }
 
 impl FakeImds {
@@ -142,7 +153,8 @@ impl FakeImds {
         let data: Arc<Mutex<HashMap<String, String>>> = Arc::default();
         let hang = Arc::new(AtomicBool::new(false));
         let gets = Arc::new(Mutex::new(0));
-        let (d, g) = (data.clone(), gets.clone());
+        let expire_tokens = Arc::new(AtomicBool::new(false));
+        let (d, g, e) = (data.clone(), gets.clone(), expire_tokens.clone());
         let port = serve(
             ns,
             hang.clone(),
@@ -151,8 +163,24 @@ impl FakeImds {
                     || r.head_lower
                         .contains("x-aliyun-ecs-metadata-token: token-1");
                 if r.method == "PUT" && r.path == "/latest/api/token" {
-                    (200, "token-1".to_owned())
-                } else if !token_ok {
+                    // A TTL of 1 to 21600 s is required, and echoed on the reply.
+                    let ttl = [
+                        "x-aws-ec2-metadata-token-ttl-seconds",
+                        "x-aliyun-ecs-metadata-token-ttl-seconds",
+                    ]
+                    .into_iter()
+                    .find_map(|h| r.header(h).map(|v| (h, v)));
+                    match ttl {
+                        Some((h, v))
+                            if v.parse::<u32>().is_ok_and(|t| (1..=21600).contains(&t)) =>
+                        {
+                            r.reply_headers.borrow_mut().push(format!("{h}: {v}"));
+                            (200, "token-1".to_owned())
+                        }
+                        _ => (400, String::new()),
+                    }
+                } else if !token_ok || e.load(Ordering::Relaxed) {
+                    // No token, or (while `expire_tokens`) an expired one.
                     (401, String::new())
                 } else {
                     *g.lock().unwrap() += 1;
@@ -169,6 +197,7 @@ impl FakeImds {
             data,
             hang,
             gets,
+            expire_tokens,
         }
     }
 

@@ -152,6 +152,17 @@ fn aws_metadata_drives_steering_and_bad_answers_change_nothing() {
     });
     assert_eq!(rules(&ipnat), 4);
     imds.hang.store(false, Ordering::Relaxed);
+    // Expired tokens: 401 on every GET; nothing changes, and a fresh token next time heals.
+    imds.expire_tokens.store(true, Ordering::Relaxed);
+    wait_until("a 401", || {
+        ipnat::dataplane::status(&ipnat.pin_path)
+            .unwrap()
+            .sync
+            .is_some_and(|s| s.result.contains("HTTP 401"))
+    });
+    assert_eq!(rules(&ipnat), 4);
+    assert!(eth1(&lab).contains("10.0.1.23/24"), "a 401 removes nothing");
+    imds.expire_tokens.store(false, Ordering::Relaxed);
 
     // The cloud removes two addresses: their rules go at the next sync, and the address ipnat
     // added goes from eth1; the one it did not add (10.0.1.22, the host's own) stays.
@@ -342,6 +353,25 @@ fn aws_associations_become_the_host_orientations_eips() {
     .unwrap();
     assert_eq!(x.server_local, SocketAddr::from((EIP1[1], 7320)));
     imds.hang.store(false, Ordering::Relaxed);
+    // The secondary NIC detached in the cloud: only its entries go (its mappings, addresses on
+    // lo and steering rules); eth0's EIP stays.
+    imds.set(base, &format!("{m0}/\n"));
+    wait_until("1 mapping", || mappings(&ipnat) == 1);
+    wait_until("eth1's EIP gone", || !lo_has(&lab.inst, EIP1[1]));
+    assert_eq!(rules(&ipnat), 0);
+    assert!(lo_has(&lab.inst, EIP0));
+    let x = tcp_exchange_at(
+        &lab.inet,
+        None,
+        &lab.inst,
+        Ipv4Addr::UNSPECIFIED,
+        EIP0,
+        7330,
+        b"x",
+        10,
+    )
+    .unwrap();
+    assert_eq!(x.server_local, SocketAddr::from((EIP0, 7330)));
     ipnat.stop().unwrap();
     let (ok, out) = ipnat.down().unwrap();
     assert!(ok.success(), "{out}");
