@@ -231,9 +231,16 @@ impl Dataplane {
         let adopted_tc_gateway = pinned("tc-gw").is_some_and(|p| p.exists());
         // What the driver says it can do (None: the kernel cannot tell; then attaching tells).
         let features = crate::netdev::xdp_features(index).ok().flatten();
+        let (driver, mtu) = crate::netdev::driver_and_mtu(iface);
+        let hint = crate::netdev::cloud_hint(iface, driver.as_deref(), mtu);
+        if let Some((_, why)) = hint.as_ref().filter(|_| !host) {
+            tracing::warn!(interface = iface, "{why}");
+        }
         let mode = if host {
             AttachMode::Host
-        } else if adopted_tc_gateway || features.is_some_and(|f| f & crate::netdev::XDP_BASIC == 0)
+        } else if adopted_tc_gateway
+            || features.is_some_and(|f| f & crate::netdev::XDP_BASIC == 0)
+            || hint.as_ref().is_some_and(|(blocking, _)| *blocking)
         {
             AttachMode::TcOnly
         } else {

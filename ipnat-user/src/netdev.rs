@@ -107,3 +107,69 @@ mod tests {
         }
     }
 }
+
+/// ENA runs native XDP only up to this MTU.
+pub const ENA_XDP_MAX_MTU: u32 = 3498;
+
+/// The driver of `iface` (from sysfs; `None` for virtual interfaces) and its MTU.
+pub fn driver_and_mtu(iface: &str) -> (Option<String>, Option<u32>) {
+    let base = std::path::Path::new("/sys/class/net").join(iface);
+    let driver = std::fs::read_link(base.join("device/driver"))
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    let mtu = std::fs::read_to_string(base.join("mtu"))
+        .ok()
+        .and_then(|m| m.trim().parse().ok());
+    (driver, mtu)
+}
+
+/// What the clouds' NIC drivers need for native XDP that the feature bits do not say: `Some`
+/// (why, what to do) where `driver` is known to refuse it as configured (`blocking`: attaching
+/// would fail for sure) or to need settings the kernel cannot report.
+pub fn cloud_hint(iface: &str, driver: Option<&str>, mtu: Option<u32>) -> Option<(bool, String)> {
+    match driver? {
+        "ena" => {
+            let mtu = mtu?;
+            (mtu > ENA_XDP_MAX_MTU).then(|| {
+                (
+                    true,
+                    format!(
+                        "ENA runs native XDP only with an MTU of {ENA_XDP_MAX_MTU} or less (this one: {mtu}): `ip link set dev {iface} mtu {ENA_XDP_MAX_MTU}`, and with at most half its queues in use (`ethtool -L {iface} combined <half of the maximum>`)"
+                    ),
+                )
+            })
+        }
+        "virtio_net" => Some((
+            false,
+            format!(
+                "virtio_net takes native XDP only if the host lets the guest turn its receive offloads off (VIRTIO_NET_F_CTRL_GUEST_OFFLOADS; `ethtool -K {iface} lro off`) and has a queue pair per CPU for XDP's transmit (`ethtool -L {iface} combined <CPUs>`)"
+            ),
+        )),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod cloud_tests {
+    use super::*;
+
+    #[test]
+    fn knows_the_cloud_drivers_limits() {
+        let (blocking, why) = cloud_hint("eth0", Some("ena"), Some(9001)).unwrap();
+        assert!(blocking);
+        assert!(
+            why.contains("MTU of 3498 or less (this one: 9001)"),
+            "{why}"
+        );
+        assert_eq!(cloud_hint("eth0", Some("ena"), Some(1500)), None);
+        let (blocking, why) = cloud_hint("eth1", Some("virtio_net"), Some(1500)).unwrap();
+        assert!(
+            !blocking && why.contains("ethtool -K eth1 lro off"),
+            "{why}"
+        );
+        assert_eq!(cloud_hint("veth0", None, Some(1500)), None);
+        assert_eq!(cloud_hint("eth0", Some("mlx5_core"), Some(9000)), None);
+        // A veth has no driver link in sysfs, and an MTU.
+        assert_eq!(driver_and_mtu("lo"), (None, Some(65536)));
+    }
+}
