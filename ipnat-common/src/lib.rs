@@ -267,6 +267,7 @@ pub mod names {
     pub const BENCH_CNT_MAP: &str = "IPNAT_BENCH_CNT";
     pub const BENCH_TPL_MAP: &str = "IPNAT_BENCH_TPL";
     pub const XDP_PROGRAM: &str = "ipnat_xdp";
+    pub const XDP_FRAGS_PROGRAM: &str = "ipnat_xdp_frags";
     pub const TC_EGRESS_PROGRAM: &str = "ipnat_tc_egress";
 }
 

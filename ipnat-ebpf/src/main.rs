@@ -95,7 +95,19 @@ fn count_reason(reason: Reason) {
 
 #[xdp]
 pub fn ipnat_xdp(ctx: XdpContext) -> u32 {
-    match try_ipnat_xdp(&ctx) {
+    xdp_entry(&ctx)
+}
+
+/// `ipnat_xdp` for interfaces whose MTU needs frames spread over several buffers (jumbo
+/// frames): the headers it works on are in the first buffer, as in any frame.
+#[xdp(frags)]
+pub fn ipnat_xdp_frags(ctx: XdpContext) -> u32 {
+    xdp_entry(&ctx)
+}
+
+#[inline(always)]
+fn xdp_entry(ctx: &XdpContext) -> u32 {
+    match try_ipnat_xdp(ctx) {
         Ok(action) => action,
         Err(()) => xdp_action::XDP_ABORTED,
     }
@@ -374,7 +386,7 @@ fn steer(ctx: &TcContext, h: &nat::Hdr, src: u32, flags: u32) -> Option<i32> {
 /// (which turns on the peer's NAPI); this one does nothing else. The lab attaches it to the
 /// hosts beside the gateway; a gateway that redirects into containers' veths needs it (or any
 /// XDP program) on their ends.
-#[xdp]
+#[xdp(frags)]
 pub fn ipnat_xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }

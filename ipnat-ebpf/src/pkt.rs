@@ -98,7 +98,9 @@ impl Packet for Xdp<'_> {
 
     #[inline(always)]
     fn frame_len(&self) -> u64 {
-        (self.0.data_end() - self.0.data()) as u64
+        // All buffers of a multi-buffer (jumbo) frame.
+        // SAFETY: plain helper call on the program's own context.
+        unsafe { aya_ebpf::helpers::generated::bpf_xdp_get_buff_len(self.0.ctx) }
     }
 
     #[inline(always)]

@@ -116,6 +116,8 @@ pub struct Dataplane {
     pub tables: Tables,
     pin_dir: Option<PathBuf>,
     adopted: bool,
+    /// Interfaces running the frags-capable XDP program.
+    frags: HashSet<u32>,
 }
 
 impl Dataplane {
@@ -162,6 +164,7 @@ impl Dataplane {
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(DataplaneError::Load)?;
         for name in [
             names::XDP_PROGRAM,
+            names::XDP_FRAGS_PROGRAM,
             names::TC_INGRESS_PROGRAM,
             names::TC_EGRESS_PROGRAM,
             names::TC_GATEWAY_PROGRAM,
@@ -193,6 +196,7 @@ impl Dataplane {
             tables,
             pin_dir: pin_dir.map(Path::to_owned),
             adopted,
+            frags: HashSet::new(),
         })
     }
 
@@ -244,17 +248,38 @@ impl Dataplane {
         {
             AttachMode::TcOnly
         } else {
-            match self.attach_xdp(iface, pinned("xdp")) {
-                Ok(()) => AttachMode::XdpNative,
+            // Jumbo frames arrive in several buffers: only a frags-capable program may run
+            // there (a veth refuses any other above about 3500 bytes).
+            let frags = mtu.is_some_and(|m| m > crate::netdev::SINGLE_BUFFER_MTU)
+                && features.is_none_or(|f| f & crate::netdev::XDP_RX_SG != 0);
+            let program = if frags {
+                names::XDP_FRAGS_PROGRAM
+            } else {
+                names::XDP_PROGRAM
+            };
+            match self.attach_xdp(iface, program, pinned("xdp")) {
+                Ok(()) => {
+                    if frags {
+                        self.frags.insert(index);
+                    } else {
+                        self.frags.remove(&index);
+                    }
+                    AttachMode::XdpNative
+                }
+                // EOPNOTSUPP/EINVAL: no native XDP; ERANGE: an MTU too large for it.
                 Err(DataplaneError::Attach { source, .. })
-                    if matches!(io_errno(&source), Some(libc::EOPNOTSUPP | libc::EINVAL)) =>
+                    if matches!(
+                        io_errno(&source),
+                        Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ERANGE)
+                    ) =>
                 {
                     AttachMode::TcOnly
                 }
                 Err(e) => return Err(e),
             }
         };
-        self.tables.set_xdp_target(index, mode, features)?;
+        let sg = !self.frags.is_empty();
+        self.tables.set_xdp_target(index, mode, features, sg)?;
         // TCX needs no qdisc; older kernels need clsact. An existing one is fine.
         let _ = tc::qdisc_add_clsact(iface);
         let receive = match mode {
@@ -270,17 +295,22 @@ impl Dataplane {
         Ok(mode)
     }
 
-    fn attach_xdp(&mut self, iface: &str, pinned: Option<PathBuf>) -> Result<(), DataplaneError> {
+    fn attach_xdp(
+        &mut self,
+        iface: &str,
+        program: &'static str,
+        pinned: Option<PathBuf>,
+    ) -> Result<(), DataplaneError> {
         let attach_err = |source| DataplaneError::Attach {
-            program: names::XDP_PROGRAM,
+            program,
             iface: iface.to_owned(),
             source,
         };
         let xdp: &mut Xdp = self
             .ebpf
-            .program_mut(names::XDP_PROGRAM)
+            .program_mut(program)
             .and_then(|p| p.try_into().ok())
-            .ok_or(DataplaneError::MissingMap(names::XDP_PROGRAM))?;
+            .ok_or(DataplaneError::MissingMap(program))?;
         match pinned {
             Some(path) if path.exists() => {
                 xdp.attach_to_link(adopt_as::<XdpLink>(&path)?)
@@ -326,6 +356,25 @@ impl Dataplane {
             }
         }
         Ok(())
+    }
+
+    /// Re-reads the drivers' XDP features and sets which of `attached` (ifindex, mode) XDP may
+    /// redirect into (see [`Tables::set_xdp_target`]).
+    pub fn refresh_xdp_targets(
+        &mut self,
+        attached: &[(u32, AttachMode)],
+    ) -> Result<(), DataplaneError> {
+        let sg = !self.frags.is_empty();
+        for &(index, mode) in attached {
+            let features = crate::netdev::xdp_features(index).ok().flatten();
+            self.tables.set_xdp_target(index, mode, features, sg)?;
+        }
+        Ok(())
+    }
+
+    /// Whether interface `index` runs the frags-capable XDP program.
+    pub fn uses_frags(&self, index: u32) -> bool {
+        self.frags.contains(&index)
     }
 
     /// Detaches (unpins) the links of interfaces that are not in `keep`: what an earlier run
@@ -1645,14 +1694,21 @@ impl Tables {
     /// the driver can transmit redirected frames (`ndo-xmit`; a veth only while its peer has
     /// an XDP program). Elsewhere XDP hands the packet to TC, which forwards it. Unknown
     /// features (an older kernel): allowed, as before the kernel could say.
+    ///
+    /// `sg`: some interface runs the frags-capable program, so a redirected frame may span
+    /// several buffers, which a target must also be able to send (`ndo-xmit-sg`).
     pub fn set_xdp_target(
         &mut self,
         index: u32,
         mode: AttachMode,
         features: Option<u64>,
+        sg: bool,
     ) -> Result<(), DataplaneError> {
-        let ok = mode == AttachMode::XdpNative
-            && features.is_none_or(|f| f & crate::netdev::XDP_NDO_XMIT != 0);
+        let mut needed = crate::netdev::XDP_NDO_XMIT;
+        if sg {
+            needed |= crate::netdev::XDP_NDO_XMIT_SG;
+        }
+        let ok = mode == AttachMode::XdpNative && features.is_none_or(|f| f & needed == needed);
         if ok {
             self.xdp_targets.insert(index, 1, 0)
         } else {

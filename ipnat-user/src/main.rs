@@ -535,7 +535,12 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
             modes.push((index, mode));
             match mode {
                 ipnat::dataplane::AttachMode::XdpNative => {
-                    info!(interface = %iface.name, xdp_features = %xdp, "attached XDP (native) and TC on receive, TC on transmit");
+                    let frags = if dp.uses_frags(index) {
+                        " (frags-capable: jumbo frames)"
+                    } else {
+                        ""
+                    };
+                    info!(interface = %iface.name, xdp_features = %xdp, "attached XDP (native){frags} and TC on receive, TC on transmit");
                     if features.is_some_and(|f| f & ipnat::netdev::XDP_NDO_XMIT == 0) {
                         warn!(interface = %iface.name, "XDP cannot send into this interface (no ndo-xmit; a veth has it only while its peer runs an XDP program): packets for it are forwarded by TC until it can (checked every 20 s)");
                     }
@@ -550,6 +555,8 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
                 ),
             }
         }
+        // Now that every interface is attached: which of them XDP may send into.
+        dp.refresh_xdp_targets(&modes)?;
         let keep: Vec<String> = config.interfaces.iter().map(|i| i.name.clone()).collect();
         for gone in dp.detach_others(&keep)? {
             info!(link = %gone, "detached: interface no longer configured");
@@ -654,11 +661,8 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
                     }
                     // What XDP may redirect to follows the drivers (a veth's peer may have
                     // gained or lost its XDP program).
-                    for &(index, mode) in &modes {
-                        let features = ipnat::netdev::xdp_features(index).ok().flatten();
-                        if let Err(e) = dp.tables.set_xdp_target(index, mode, features) {
-                            warn!("updating the XDP redirect targets: {e}");
-                        }
+                    if let Err(e) = dp.refresh_xdp_targets(&modes) {
+                        warn!("updating the XDP redirect targets: {e}");
                     }
                 }
                 () = &mut next_sync, if config.provider().is_some() => {

@@ -9,6 +9,13 @@ pub const XDP_BASIC: u64 = 1;
 pub const XDP_REDIRECT: u64 = 2;
 /// The driver can transmit frames other interfaces' XDP programs redirect to it.
 pub const XDP_NDO_XMIT: u64 = 4;
+/// The driver can receive frames spread over several buffers (jumbo frames) into XDP.
+pub const XDP_RX_SG: u64 = 32;
+/// ... and transmit such frames when redirected to it.
+pub const XDP_NDO_XMIT_SG: u64 = 64;
+/// Above this MTU a frame may not fit one buffer: ipnat attaches its frags-capable program
+/// (ENA's single-buffer limit; a veth's is about 3500 bytes with 4 KiB pages).
+pub const SINGLE_BUFFER_MTU: u32 = 3498;
 const NAMES: [(u64, &str); 7] = [
     (XDP_BASIC, "basic"),
     (XDP_REDIRECT, "redirect"),
@@ -111,16 +118,42 @@ mod tests {
 /// ENA runs native XDP only up to this MTU.
 pub const ENA_XDP_MAX_MTU: u32 = 3498;
 
-/// The driver of `iface` (from sysfs; `None` for virtual interfaces) and its MTU.
+/// The driver of `iface` (`None` where the kernel names none) and its MTU, asked of the
+/// kernel in this network namespace (ioctls: sysfs may show another namespace's interfaces).
 pub fn driver_and_mtu(iface: &str) -> (Option<String>, Option<u32>) {
-    let base = std::path::Path::new("/sys/class/net").join(iface);
-    let driver = std::fs::read_link(base.join("device/driver"))
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
-    let mtu = std::fs::read_to_string(base.join("mtu"))
-        .ok()
-        .and_then(|m| m.trim().parse().ok());
-    (driver, mtu)
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GDRVINFO: u32 = 3;
+    // struct ethtool_drvinfo: cmd, then driver[32], version[32], ... (196 bytes in all).
+    let mut drvinfo = [0u8; 196];
+    drvinfo[..4].copy_from_slice(&ETHTOOL_GDRVINFO.to_ne_bytes());
+    if iface.len() >= libc::IFNAMSIZ {
+        return (None, None);
+    }
+    // SAFETY: an ifreq we own, named with a NUL-terminated name that fits; the ioctls write
+    // only into it and into the drvinfo buffer it points to, both alive across the calls.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return (None, None);
+        }
+        let fd: std::os::fd::OwnedFd = std::os::fd::FromRawFd::from_raw_fd(fd);
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (d, c) in req.ifr_name.iter_mut().zip(iface.bytes()) {
+            *d = c as libc::c_char;
+        }
+        let mtu = (libc::ioctl(raw, libc::SIOCGIFMTU, &mut req) == 0)
+            .then(|| req.ifr_ifru.ifru_mtu as u32);
+        req.ifr_ifru.ifru_data = drvinfo.as_mut_ptr().cast();
+        let driver = (libc::ioctl(raw, SIOCETHTOOL, &mut req) == 0)
+            .then(|| {
+                let name = &drvinfo[4..36];
+                let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+                String::from_utf8_lossy(&name[..end]).into_owned()
+            })
+            .filter(|d| !d.is_empty());
+        (driver, mtu)
+    }
 }
 
 /// What the clouds' NIC drivers need for native XDP that the feature bits do not say: `Some`
@@ -169,7 +202,8 @@ mod cloud_tests {
         );
         assert_eq!(cloud_hint("veth0", None, Some(1500)), None);
         assert_eq!(cloud_hint("eth0", Some("mlx5_core"), Some(9000)), None);
-        // A veth has no driver link in sysfs, and an MTU.
-        assert_eq!(driver_and_mtu("lo"), (None, Some(65536)));
+        // The loopback interface: no ethtool driver info, and its MTU.
+        assert_eq!(driver_and_mtu("lo").1, Some(65536));
+        assert_eq!(driver_and_mtu("no-such-if"), (None, None));
     }
 }

@@ -50,6 +50,8 @@ pub struct LabOptions {
     pub bridge_ext: bool,
     /// An XDP program on the backend's end of int0's veth, which XDP_REDIRECT into int0 needs.
     pub backend_xdp: bool,
+    /// The MTU of every link (jumbo frames above about 3500: multi-buffer XDP).
+    pub mtu: Option<u32>,
 }
 
 impl Default for LabOptions {
@@ -61,6 +63,7 @@ impl Default for LabOptions {
             fast_path: true,
             bridge_ext: false,
             backend_xdp: true,
+            mtu: None,
         }
     }
 }
@@ -134,6 +137,17 @@ impl GatewayLab {
         };
         veth(&lab.inet, "eth0", &lab.gw, "ext0")?;
         veth(&lab.backend, "eth0", &lab.gw, "int0")?;
+        if let Some(mtu) = opts.mtu {
+            let mtu = mtu.to_string();
+            for (ns, dev) in [
+                (&lab.inet, "eth0"),
+                (&lab.gw, "ext0"),
+                (&lab.gw, "int0"),
+                (&lab.backend, "eth0"),
+            ] {
+                ns.ip(&["link", "set", dev, "mtu", &mtu])?;
+            }
+        }
         lab.inet
             .ip(&["addr", "add", &format!("{INET}/24"), "dev", "eth0"])?;
         lab.inet.ip(&[

@@ -876,3 +876,42 @@ fn a_veth_whose_peer_runs_no_xdp_is_reached_through_tc() {
     );
     assert!(st.contains("ndo-xmit"), "ext0's peer runs XDP: {st}");
 }
+
+/// Jumbo frames (MTU 9000 on every link): a frame no longer fits one buffer, so a veth takes
+/// only a frags-capable XDP program; ipnat attaches its frags-capable variant and the fast
+/// path translates and forwards multi-buffer frames, counting their full length.
+#[test]
+fn jumbo_frames_get_the_frags_capable_program_and_the_fast_path() {
+    require_root();
+    let lab = GatewayLab::new(LabOptions {
+        mtu: Some(9000),
+        ..LabOptions::default()
+    })
+    .unwrap();
+    let ipnat = lab.start_ipnat().unwrap();
+    let modes: Vec<(String, String)> = ipnat::dataplane::status(&ipnat.pin_path)
+        .unwrap()
+        .attached
+        .into_iter()
+        .map(|a| (a.iface, a.hook))
+        .collect();
+    assert!(modes.contains(&("int0".into(), "xdp".into())), "{modes:?}");
+    assert!(modes.contains(&("ext0".into(), "xdp".into())), "{modes:?}");
+    let before = ipnat.stats_json().unwrap();
+    let payload = vec![0x5a; 8000];
+    let x = udp_exchange(&lab.inet, &lab.backend, EIP, 5099, &payload).unwrap();
+    assert_eq!(x.server_saw_peer.ip(), IpAddr::V4(INET));
+    assert_eq!(x.request.len(), 8000);
+    assert_eq!(x.client_saw_peer, SocketAddr::from((EIP, 5099)));
+    let x = tcp_exchange(&lab.inet, &lab.backend, EIP, 8099, b"jumbo", 500_000).unwrap();
+    assert_eq!(x.response.len(), 5 + 500_000);
+    let stats = ipnat.stats_json().unwrap();
+    let r = &stats["reasons"];
+    assert!(r["forwarded"].as_u64().unwrap() >= 10, "{stats}");
+    assert_eq!(lab.kernel_forwarded().unwrap(), 0, "{stats}");
+    // The 8,000-byte datagram's bytes were counted whole (8,042 bytes on the wire each way).
+    let m = &stats["mappings"][0];
+    let moved =
+        m["dnat_bytes"].as_u64().unwrap() - before["mappings"][0]["dnat_bytes"].as_u64().unwrap();
+    assert!(moved >= 8042, "{stats}");
+}
