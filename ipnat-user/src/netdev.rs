@@ -143,7 +143,7 @@ pub fn driver_and_mtu(iface: &str) -> (Option<String>, Option<u32>) {
             *d = c as libc::c_char;
         }
         let mtu = (libc::ioctl(raw, libc::SIOCGIFMTU, &mut req) == 0)
-            .then(|| req.ifr_ifru.ifru_mtu as u32);
+            .then_some(req.ifr_ifru.ifru_mtu as u32);
         req.ifr_ifru.ifru_data = drvinfo.as_mut_ptr().cast();
         let driver = (libc::ioctl(raw, SIOCETHTOOL, &mut req) == 0)
             .then(|| {
