@@ -138,9 +138,14 @@ impl Dataplane {
             Some(dir) => prepare_pin_dir(dir)?,
             None => false,
         };
-        // Tables sized differently from `capacity` are rebuilt (see `Resize`).
-        let resize = match (adopted, pin_dir) {
-            (true, Some(dir)) => Resize::open(dir, capacity)?,
+        // Maps of another layout version are rebuilt and their contents carried over (see
+        // `Migrate`); tables sized differently from `capacity` are rebuilt (see `Resize`).
+        let migrate = match (adopted, pin_dir) {
+            (true, Some(dir)) => Migrate::open(dir)?,
+            _ => None,
+        };
+        let resize = match (adopted, pin_dir, &migrate) {
+            (true, Some(dir), None) => Resize::open(dir, capacity)?,
             _ => None,
         };
         let mut loader = aya::EbpfLoader::new();
@@ -152,6 +157,7 @@ impl Dataplane {
             .map(|dir| {
                 MAP_NAMES
                     .iter()
+                    .filter(|_| migrate.is_none())
                     .filter(|n| resize.is_none() || !RESIZED.contains(n))
                     .map(|n| (*n, dir.join(n)))
                     .collect()
@@ -182,12 +188,18 @@ impl Dataplane {
                 _ => return Err(DataplaneError::MissingMap(name)),
             }
         }
-        let repin = match (&resize, pin_dir) {
-            (Some(_), Some(dir)) => Some(dir),
+        let repin = match (&migrate, &resize, pin_dir) {
+            (Some(_), _, Some(dir)) => Some((dir, &MAP_NAMES[..])),
+            (None, Some(_), Some(dir)) => Some((dir, &RESIZED[..])),
             _ => None,
         };
         let mut tables = Tables::take(&mut ebpf, repin)?;
-        tables.claim_schema(adopted)?;
+        if let Some(old) = migrate {
+            old.copy_into(&tables)?;
+            tables.claim_schema(false)?;
+        } else {
+            tables.claim_schema(adopted)?;
+        }
         if let Some(old) = resize {
             old.copy_into(&mut tables)?;
         }
@@ -945,6 +957,214 @@ pub fn down(dir: &Path) -> Result<Removed, DataplaneError> {
 /// The maps whose size is `max_mappings`.
 const RESIZED: [&str; 3] = [names::DNAT_MAP, names::SNAT_MAP, names::MAPPING_COUNTERS];
 
+/// The maps of a pinned data plane of another layout version ([`SCHEMA_VERSION`]), held open
+/// while new maps of this version take their pins. Every map whose type, key size and value
+/// size are unchanged is copied entry by entry (an array up to the smaller length: reasons
+/// are only ever appended, so their counters keep their meaning); a map whose layout changed
+/// starts empty, and the controller refills the tables from the config. The programs are then
+/// replaced link by link as on any restart: traffic keeps flowing, and counter increments on
+/// the old maps between the copy and the swap are lost.
+struct Migrate {
+    from: u32,
+    old: Vec<(&'static str, MapData)>,
+}
+
+impl Migrate {
+    fn open(dir: &Path) -> Result<Option<Self>, DataplaneError> {
+        let path = dir.join(names::SETTINGS);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let settings: Array<MapData, Settings> = MapData::from_pin(&path)
+            .and_then(aya::maps::Map::from_map_data)
+            .map_err(|e| pin_error(&path, e))?
+            .try_into()
+            .map_err(map_err(names::SETTINGS))?;
+        let from = settings
+            .get(&0, 0)
+            .map_err(map_err(names::SETTINGS))?
+            .schema;
+        if from == 0 || from == SCHEMA_VERSION {
+            return Ok(None);
+        }
+        let mut old = Vec::new();
+        for name in MAP_NAMES {
+            let path = dir.join(name);
+            if path.exists() {
+                old.push((
+                    name,
+                    MapData::from_pin(&path).map_err(|e| pin_error(&path, e))?,
+                ));
+            }
+        }
+        tracing::info!(
+            from,
+            to = SCHEMA_VERSION,
+            "the pinned maps have another layout: building new ones and carrying their contents over"
+        );
+        Ok(Some(Self { from, old }))
+    }
+
+    fn copy_into(self, new: &Tables) -> Result<(), DataplaneError> {
+        use std::os::fd::AsFd;
+        for (name, old) in self.old {
+            let Some(fd) = new.batch_fds.get(name) else {
+                continue;
+            };
+            let new_map = fd
+                .try_clone()
+                .map_err(|source| DataplaneError::Batch { name, source })?;
+            let (a, b) = match (old.info(), MapData::from_fd(new_map).and_then(|d| d.info())) {
+                (Ok(a), Ok(b)) => (a, b),
+                _ => continue,
+            };
+            let same = a.map_type().ok().map(|t| t as u32) == b.map_type().ok().map(|t| t as u32)
+                && a.key_size() == b.key_size()
+                && a.value_size() == b.value_size();
+            if !same {
+                tracing::warn!(
+                    map = name,
+                    from = self.from,
+                    "its layout changed: it starts empty"
+                );
+                continue;
+            }
+            let per_cpu = matches!(
+                b.map_type(),
+                Ok(aya::maps::MapType::PerCpuArray | aya::maps::MapType::PerCpuHash)
+            );
+            copy_map(
+                old.fd().as_fd(),
+                fd.as_fd(),
+                a.key_size() as usize,
+                a.value_size() as usize,
+                per_cpu,
+            )
+            .map_err(|source| DataplaneError::Batch { name, source })?;
+        }
+        Ok(())
+    }
+}
+
+/// The batch path of [`copy_map`]: `Ok(false)` when the kernel has no batch operations for
+/// these maps, or `to` has no room for an entry (an array's tail): the caller then copies
+/// entry by entry, which skips those.
+fn copy_map_batched(
+    from: u64,
+    to: u64,
+    key_size: usize,
+    value_len: usize,
+) -> std::io::Result<bool> {
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+    let mut keys = vec![0u8; key_size * BATCH];
+    let mut values = vec![0u8; value_len * BATCH];
+    let (mut token_in, mut token_out) = (0u64, 0u64);
+    let mut first = true;
+    loop {
+        let mut attr = [
+            if first { 0 } else { &raw mut token_in as u64 },
+            &raw mut token_out as u64,
+            keys.as_mut_ptr() as u64,
+            values.as_mut_ptr() as u64,
+            BATCH as u64 | (from << 32),
+            0,
+            0,
+        ];
+        let rc = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let err = (rc < 0).then(std::io::Error::last_os_error);
+        let n = (attr[4] & 0xffff_ffff) as usize;
+        match err.as_ref().and_then(|e| e.raw_os_error()) {
+            None | Some(libc::ENOENT) => {}
+            Some(libc::EINVAL | 524) if first => return Ok(false),
+            _ => return Err(err.expect("an error")),
+        }
+        if n > 0 {
+            let mut up = [
+                0,
+                0,
+                keys.as_ptr() as u64,
+                values.as_ptr() as u64,
+                n as u64 | (to << 32),
+                0,
+                0,
+            ];
+            if bpf(BPF_MAP_UPDATE_BATCH, &mut up) < 0 {
+                let e = std::io::Error::last_os_error();
+                return match e.raw_os_error() {
+                    Some(libc::EINVAL | libc::E2BIG | 524) => Ok(false),
+                    _ => Err(e),
+                };
+            }
+        }
+        if err.is_some() {
+            return Ok(true);
+        }
+        token_in = token_out;
+        first = false;
+    }
+}
+
+/// Copies every entry of map `from` into map `to` (same key and value sizes): in batches
+/// where the kernel can, else through the generic bpf(2) element calls, skipping entries `to`
+/// has no room for (an array's tail).
+fn copy_map(
+    from: std::os::fd::BorrowedFd<'_>,
+    to: std::os::fd::BorrowedFd<'_>,
+    key_size: usize,
+    value_size: usize,
+    per_cpu: bool,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+    const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
+    let value_len = if per_cpu {
+        value_size.next_multiple_of(8) * aya::util::nr_cpus().map_err(|(_, e)| e)?
+    } else {
+        value_size
+    };
+    let (from, to) = (from.as_raw_fd() as u64, to.as_raw_fd() as u64);
+    if copy_map_batched(from, to, key_size, value_len)? {
+        return Ok(());
+    }
+    let mut key = vec![0u8; key_size];
+    let mut next = vec![0u8; key_size];
+    let mut value = vec![0u8; value_len];
+    let mut first = true;
+    loop {
+        // union bpf_attr for the element calls: map_fd, key, value / next_key, flags.
+        let mut attr = [
+            from,
+            if first { 0 } else { key.as_ptr() as u64 },
+            next.as_mut_ptr() as u64,
+            0,
+        ];
+        if bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) < 0 {
+            let e = std::io::Error::last_os_error();
+            return if e.raw_os_error() == Some(libc::ENOENT) {
+                Ok(())
+            } else {
+                Err(e)
+            };
+        }
+        first = false;
+        key.copy_from_slice(&next);
+        let mut attr = [from, key.as_ptr() as u64, value.as_mut_ptr() as u64, 0];
+        if bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) < 0 {
+            // Removed meanwhile.
+            continue;
+        }
+        let mut attr = [to, key.as_ptr() as u64, value.as_ptr() as u64, 0];
+        if bpf(BPF_MAP_UPDATE_ELEM, &mut attr) < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::E2BIG) {
+                return Err(e);
+            }
+        }
+    }
+}
+
 /// Pinned tables of another size than the configured one: their entries and counters are
 /// copied into new maps of the new size, the new maps take over the pins, and attaching
 /// replaces the programs (and so the maps they use) atomically per link. Traffic keeps flowing
@@ -1084,7 +1304,7 @@ pub struct Tables {
     steer_counters: Array<MapData, SteerCounters>,
     xdp_targets: HashMap<MapData, u32, u32>,
     internal: LpmTrie<MapData, u32, u32>,
-    /// Descriptors of the maps written in batches (see [`update_batch`]).
+    /// Descriptors of every map (batch operations, layout migration).
     batch_fds: BTreeMap<&'static str, std::os::fd::OwnedFd>,
     /// Kernel memory charged to each map (`memlock` in its fdinfo), bytes.
     memory: BTreeMap<&'static str, u64>,
@@ -1212,14 +1432,14 @@ pub fn ensure_bpffs(dir: &Path) -> Result<(), String> {
 }
 
 impl Tables {
-    /// Takes the maps out of the loaded object. With `repin`, the resized maps (`RESIZED`)
+    /// Takes the maps out of the loaded object. With `repin` (directory, names), those maps
     /// replace the pins of their predecessors there.
-    fn take(ebpf: &mut Ebpf, repin: Option<&Path>) -> Result<Self, DataplaneError> {
+    fn take(ebpf: &mut Ebpf, repin: Option<(&Path, &[&str])>) -> Result<Self, DataplaneError> {
         Self::assemble(|name| {
             let map = ebpf
                 .take_map(name)
                 .ok_or(DataplaneError::MissingMap(name))?;
-            if let Some(dir) = repin.filter(|_| RESIZED.contains(&name)) {
+            if let Some((dir, _)) = repin.filter(|(_, which)| which.contains(&name)) {
                 let path = dir.join(name);
                 remove_pin(&path)?;
                 map.pin(&path).map_err(|e| pin_error(&path, e))?;
@@ -1248,7 +1468,7 @@ impl Tables {
             let map = get(name)?;
             if let Some(data) = map_data(&map) {
                 memory.insert(name, memlock(data));
-                if RESIZED.contains(&name) {
+                {
                     use std::os::fd::AsFd;
                     let fd = data.fd().as_fd().try_clone_to_owned().map_err(|e| {
                         DataplaneError::Pin {

@@ -135,3 +135,45 @@ pub fn hex(b: &[u8]) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+/// Replaces the pin at `path` with a new per-CPU array of `entries` u32 -> u64 counters, each
+/// CPU's slot `i` holding `value(i)`: what an older ipnat with fewer outcome counters pinned.
+pub fn pin_old_reason_counters(
+    path: &std::path::Path,
+    entries: u32,
+    value: impl Fn(u32) -> u64,
+) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
+    fn bpf(cmd: libc::c_long, attr: *mut u8, size: usize) -> libc::c_long {
+        // SAFETY: `attr` points to `size` bytes the caller owns.
+        unsafe { libc::syscall(libc::SYS_bpf, cmd, attr, size) }
+    }
+    let mut create = [0u32; 18];
+    create[..4].copy_from_slice(&[BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, entries]);
+    let fd = bpf(BPF_MAP_CREATE, create.as_mut_ptr().cast(), 72);
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just gave us this descriptor.
+    let fd: std::os::fd::OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) };
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&fd) as u64;
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    for i in 0..entries {
+        let values = vec![value(i); cpus];
+        let mut attr = [raw, &i as *const u32 as u64, values.as_ptr() as u64, 0];
+        if bpf(BPF_MAP_UPDATE_ELEM, attr.as_mut_ptr().cast(), 32) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    std::fs::remove_file(path)?;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    let mut attr = [c.as_ptr() as u64, raw];
+    if bpf(BPF_OBJ_PIN, attr.as_mut_ptr().cast(), 16) < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
