@@ -388,56 +388,16 @@ pub enum ConfigError {
 
 impl Config {
     fn validate_steering(&self) -> Result<(), ConfigError> {
-        let invalid =
-            |key: String, value: &dyn std::fmt::Display, why: &str| ConfigError::Invalid {
-                key,
-                value: value.to_string(),
-                why: why.to_owned(),
-            };
         for (i, r) in self.steering.iter().enumerate() {
             if !self.interfaces.iter().any(|f| f.name == r.interface) {
-                return Err(invalid(
-                    format!("steer[{i}].interface"),
-                    &r.interface,
-                    "is not one of the [[interface]]s (ipnat steers on the interfaces it is attached to)",
-                ));
-            }
-            if !r.subnet.0.contains(&r.gateway) {
-                return Err(invalid(
-                    format!("steer[{i}].gateway"),
-                    &r.gateway,
-                    &format!("is outside the subnet {}", r.subnet),
-                ));
-            }
-            if r.subnet.is_host() {
-                return Err(invalid(
-                    format!("steer[{i}].subnet"),
-                    &r.subnet,
-                    "must be the interface's subnet (a block), not one address",
-                ));
+                return Err(ConfigError::Invalid {
+                    key: format!("steer[{i}].interface"),
+                    value: r.interface.clone(),
+                    why: "is not one of the [[interface]]s (ipnat steers on the interfaces it is attached to)".into(),
+                });
             }
         }
-        let sources: Vec<(usize, Block)> = self
-            .steering
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (i, r.source))
-            .collect();
-        if let Some(((j, a), (i, b))) = first_overlap(&sources) {
-            return Err(invalid(
-                format!("steer[{i}].source"),
-                &b,
-                &format!("overlaps {a} of steer[{j}]"),
-            ));
-        }
-        if self.steering.len() > ipnat_common::MAX_STEER_RULES as usize {
-            return Err(invalid(
-                "steer".into(),
-                &self.steering.len(),
-                &format!("more than {} rules", ipnat_common::MAX_STEER_RULES),
-            ));
-        }
-        Ok(())
+        validate_steer_rules(&self.steering, &|i| format!("steer[{i}]"))
     }
 
     /// The metrics address, unless metrics are off.
@@ -606,6 +566,56 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Checks a set of steering rules on their own (gateway inside the subnet, a subnet that is a
+/// block, sources that do not overlap, the table's capacity); `name(i)` names rule `i` in
+/// the errors (e.g. `steer[3]`).
+pub fn validate_steer_rules(
+    rules: &[SteerConfig],
+    name: &dyn Fn(usize) -> String,
+) -> Result<(), ConfigError> {
+    let invalid = |key: String, value: &dyn std::fmt::Display, why: &str| ConfigError::Invalid {
+        key,
+        value: value.to_string(),
+        why: why.to_owned(),
+    };
+    for (i, r) in rules.iter().enumerate() {
+        if !r.subnet.0.contains(&r.gateway) {
+            return Err(invalid(
+                format!("{}.gateway", name(i)),
+                &r.gateway,
+                &format!("is outside the subnet {}", r.subnet),
+            ));
+        }
+        if r.subnet.is_host() {
+            return Err(invalid(
+                format!("{}.subnet", name(i)),
+                &r.subnet,
+                "must be the interface's subnet (a block), not one address",
+            ));
+        }
+    }
+    let sources: Vec<(usize, Block)> = rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (i, r.source))
+        .collect();
+    if let Some(((j, a), (i, b))) = first_overlap(&sources) {
+        return Err(invalid(
+            format!("{}.source", name(i)),
+            &b,
+            &format!("overlaps {a} of {}", name(j)),
+        ));
+    }
+    if rules.len() > ipnat_common::MAX_STEER_RULES as usize {
+        return Err(invalid(
+            "steer".into(),
+            &rules.len(),
+            &format!("more than {} rules", ipnat_common::MAX_STEER_RULES),
+        ));
+    }
+    Ok(())
 }
 
 /// Host orientation: a public address must lie outside the internal prefixes. Inside one it

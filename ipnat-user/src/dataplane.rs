@@ -53,6 +53,8 @@ pub enum DataplaneError {
          (traffic stops until the next start) and start again"
     )]
     Schema { found: u32, ours: u32 },
+    #[error("no steering rule from {0} is installed (`ipnat steer list` shows them)")]
+    NoSuchSteer(Block),
     #[error("map {0} holds an entry ipnat could not have written; remove its pins and restart")]
     Corrupt(&'static str),
     #[error("loading the eBPF programs failed (are you root, with bpffs mounted?): {0}")]
@@ -1262,6 +1264,7 @@ pub struct InstalledSteer {
     pub id: u32,
     pub source: Block,
     pub interface: String,
+    pub ifindex: u32,
     pub gateway: Ipv4Addr,
     pub subnet: Block,
     pub packets: u64,
@@ -1708,6 +1711,7 @@ impl Tables {
                     .map(|n| n.to_string_lossy().into_owned())
                     .filter(|n| !n.is_empty())
                     .unwrap_or_else(|| format!("ifindex {}", t.ifindex)),
+                ifindex: t.ifindex,
                 gateway: addr(t.gateway),
                 subnet,
                 packets: c.packets,
@@ -1779,6 +1783,72 @@ impl Tables {
             self.set_flag(FLAG_STEER, false)?;
         }
         Ok(())
+    }
+
+    /// Adds one steering rule to the running tables (out of interface `ifindex`), validated
+    /// against the installed ones as the config is. Nothing changes when it is refused.
+    pub fn add_steer(
+        &mut self,
+        rule: crate::config::SteerConfig,
+        ifindex: u32,
+    ) -> Result<InstalledSteer, DataplaneError> {
+        let current = self.steering()?;
+        let mut all: Vec<(crate::config::SteerConfig, u32)> = current
+            .iter()
+            .map(|r| {
+                (
+                    crate::config::SteerConfig {
+                        source: r.source,
+                        interface: r.interface.clone(),
+                        gateway: r.gateway,
+                        subnet: r.subnet,
+                    },
+                    r.ifindex,
+                )
+            })
+            .collect();
+        all.push((rule.clone(), ifindex));
+        let n = current.len();
+        let rules: Vec<crate::config::SteerConfig> = all.iter().map(|(r, _)| r.clone()).collect();
+        crate::config::validate_steer_rules(&rules, &|i| {
+            if i == n {
+                "the new rule".to_owned()
+            } else {
+                format!("installed rule from {}", current[i].source)
+            }
+        })?;
+        self.apply_steering(&all)?;
+        self.steering()?
+            .into_iter()
+            .find(|r| r.source == rule.source)
+            .ok_or(DataplaneError::NoSuchSteer(rule.source))
+    }
+
+    /// Removes the steering rule for `source`. Nothing changes when there is none.
+    pub fn remove_steer(&mut self, source: Block) -> Result<InstalledSteer, DataplaneError> {
+        let current = self.steering()?;
+        let gone = current
+            .iter()
+            .find(|r| r.source == source)
+            .cloned()
+            .ok_or(DataplaneError::NoSuchSteer(source))?;
+        let rest: Vec<(crate::config::SteerConfig, u32)> = current
+            .iter()
+            .filter(|r| r.source != source)
+            .map(|r| {
+                (
+                    crate::config::SteerConfig {
+                        source: r.source,
+                        interface: r.interface.clone(),
+                        gateway: r.gateway,
+                        subnet: r.subnet,
+                    },
+                    r.ifindex,
+                )
+            })
+            .collect();
+        self.apply_steering(&rest)?;
+        Ok(gone)
     }
 
     /// Adds one mapping to the running tables, validated against the installed ones as the

@@ -37,6 +37,13 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         stats_interval: u64,
     },
+    /// List, add or remove source-based steering rules in the running data plane's tables
+    /// (validated as the config is). The next reload or restart of `ipnat run` puts the
+    /// config's (and the provider's) set back.
+    Steer {
+        #[command(subcommand)]
+        action: SteerCommand,
+    },
     /// Secondary private addresses on a NIC, through the cloud's API ([aws] or [aliyun] of the
     /// config, with its credentials). The documented limits are checked first (10 on a NIC that
     /// is not attached, the instance type's quota per NIC when attached) and a request that
@@ -111,6 +118,39 @@ enum Command {
         /// Print again every SECONDS, with per-mapping rates, until interrupted.
         #[arg(long, value_name = "SECONDS")]
         watch: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SteerCommand {
+    /// The installed rules, with their counters.
+    List {
+        #[arg(long, default_value = DEFAULT_PIN_PATH)]
+        pin_path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send packets from `--source` (an address or block) out of `--interface`, to the
+    /// destination itself inside `--subnet`, else to `--gateway`. Loosens a strict rp_filter
+    /// on the interface as `ipnat run` does.
+    Add {
+        #[arg(long)]
+        source: Block,
+        #[arg(long)]
+        interface: String,
+        #[arg(long)]
+        gateway: std::net::Ipv4Addr,
+        #[arg(long)]
+        subnet: Block,
+        #[arg(long, default_value = DEFAULT_PIN_PATH)]
+        pin_path: PathBuf,
+    },
+    /// Remove the rule for this source.
+    Del {
+        #[arg(long)]
+        source: Block,
+        #[arg(long, default_value = DEFAULT_PIN_PATH)]
+        pin_path: PathBuf,
     },
 }
 
@@ -308,6 +348,69 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Steer { action } => match action {
+            SteerCommand::List { pin_path, json } => {
+                let rules = Tables::open_pinned(&pin_path)?.steering()?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&rules)?);
+                } else {
+                    println!(
+                        "{:>4}  {:<18}  {:<10}  {:<15}  {:<18}  {:>10}",
+                        "id", "source", "interface", "gateway", "subnet", "packets"
+                    );
+                    for r in rules {
+                        println!(
+                            "{:>4}  {:<18}  {:<10}  {:<15}  {:<18}  {:>10}",
+                            r.id,
+                            r.source.to_string(),
+                            r.interface,
+                            r.gateway.to_string(),
+                            r.subnet.to_string(),
+                            r.packets
+                        );
+                    }
+                }
+                Ok(())
+            }
+            SteerCommand::Add {
+                source,
+                interface,
+                gateway,
+                subnet,
+                pin_path,
+            } => {
+                let ifindex = ipnat::dataplane::ifindex(&interface).context("--interface")?;
+                let rule = ipnat::config::SteerConfig {
+                    source,
+                    interface: interface.clone(),
+                    gateway,
+                    subnet,
+                };
+                let r = Tables::open_pinned(&pin_path)?.add_steer(rule, ifindex)?;
+                println!(
+                    "added steering rule {}: from {} out of {} (via {} outside {})",
+                    r.id, r.source, r.interface, r.gateway, r.subnet
+                );
+                for (key, old) in ipnat::host::loosen_rp_filter(
+                    &[interface],
+                    &ipnat::host::state_path(&pin_path),
+                )? {
+                    println!("set {key} = 2 (was {old}; `ipnat down` restores it)");
+                }
+                if let Err(e) = ipnat::host::resolve_neighbour(ifindex, gateway) {
+                    eprintln!("could not ask for the gateway's MAC address: {e}");
+                }
+                Ok(())
+            }
+            SteerCommand::Del { source, pin_path } => {
+                let r = Tables::open_pinned(&pin_path)?.remove_steer(source)?;
+                println!(
+                    "removed steering rule {}: from {} out of {}",
+                    r.id, r.source, r.interface
+                );
+                Ok(())
+            }
+        },
         Command::Eni { action } => {
             use ipnat::providers::ec2::Assign;
             let (nic, assign, unassign, config, json) = match action {

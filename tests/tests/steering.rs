@@ -367,3 +367,114 @@ fn the_fast_path_steers_translated_replies_out_of_the_uplink_that_owns_the_publi
     // first, failed connection, and the kernel forwards that while no ipnat runs.)
     let _ = &lab.up;
 }
+
+/// `ipnat steer add|list|del` against a running data plane that started without rules: the
+/// rule takes effect at once (and loosens the strict rp_filter), bad rules are refused with
+/// the key named and change nothing, and removing it takes the steering away again.
+#[test]
+fn steer_commands_change_the_running_rules() {
+    require_root();
+    let lab = SteerLab::new(1, false).unwrap();
+    let pin = format!("/sys/fs/bpf/ipnat-steercli-{}", std::process::id());
+    let config = format!(
+        "pin_path = \"{pin}\"\n[[interface]]\nname = \"eth0\"\n[[interface]]\nname = \"eth1\"\n"
+    );
+    let _ipnat = ipnat_tests::lab::Ipnat::start(&lab.inst, &config, &pin).unwrap();
+    let bin = ipnat_tests::lab::ipnat_bin();
+    let steer = |args: &[&str]| {
+        let mut a = vec!["steer"];
+        a.extend_from_slice(args);
+        a.extend_from_slice(&["--pin-path", &pin]);
+        let out = lab
+            .inst
+            .command(bin.to_str().unwrap())
+            .args(&a)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    assert!(udp_from(&lab, lab.eth1[0], 7600).is_err(), "no rule yet");
+    let rule = [
+        "--source",
+        "10.0.1.20/30",
+        "--interface",
+        "eth1",
+        "--gateway",
+        "10.0.1.1",
+        "--subnet",
+        "10.0.1.0/24",
+    ];
+    let (ok, out) = steer(&[&["add"][..], &rule].concat());
+    assert!(ok && out.contains("added steering rule"), "{out}");
+    assert!(
+        out.contains("net.ipv4.conf.eth1.rp_filter = 2 (was 1"),
+        "{out}"
+    );
+    let peer = udp_from(&lab, lab.eth1[0], 7601).unwrap();
+    assert_eq!(peer.ip(), std::net::IpAddr::V4(lab.eth1[0]));
+    // Refused, nothing changed.
+    for (args, why) in [
+        (
+            &[
+                "--source",
+                "10.0.1.21",
+                "--interface",
+                "eth1",
+                "--gateway",
+                "10.0.1.1",
+                "--subnet",
+                "10.0.1.0/24",
+            ][..],
+            "the new rule.source = \"10.0.1.21\": overlaps 10.0.1.20/30",
+        ),
+        (
+            &[
+                "--source",
+                "10.0.1.40",
+                "--interface",
+                "eth1",
+                "--gateway",
+                "10.0.2.1",
+                "--subnet",
+                "10.0.1.0/24",
+            ],
+            "is outside the subnet 10.0.1.0/24",
+        ),
+        (
+            &[
+                "--source",
+                "10.0.1.40",
+                "--interface",
+                "eth9",
+                "--gateway",
+                "10.0.1.1",
+                "--subnet",
+                "10.0.1.0/24",
+            ],
+            "--interface",
+        ),
+    ] {
+        let (ok, out) = steer(&[&["add"][..], args].concat());
+        assert!(!ok && out.contains(why), "{args:?}: {out}");
+    }
+    let (ok, out) = steer(&["list", "--json"]);
+    assert!(ok, "{out}");
+    let rules: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rules.as_array().unwrap().len(), 1, "{out}");
+    assert!(rules[0]["packets"].as_u64().unwrap() >= 1, "{out}");
+    let (ok, out) = steer(&["del", "--source", "10.0.1.40"]);
+    assert!(
+        !ok && out.contains("no steering rule from 10.0.1.40"),
+        "{out}"
+    );
+    let (ok, out) = steer(&["del", "--source", "10.0.1.20/30"]);
+    assert!(ok, "{out}");
+    assert!(udp_from(&lab, lab.eth1[0], 7602).is_err(), "steering gone");
+}
