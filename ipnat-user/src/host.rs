@@ -18,6 +18,36 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+/// Refuses, naming what is missing, when this process cannot load BPF programs and attach them
+/// to interfaces: it needs CAP_NET_ADMIN and CAP_BPF (or CAP_SYS_ADMIN, which root has; also
+/// needed to mount bpffs), and reads pins that only root may open.
+pub fn check_privileges(what: &str) -> Result<(), String> {
+    const CAP_NET_ADMIN: u32 = 12;
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_BPF: u32 = 39;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |c: u32| eff & (1 << c) != 0;
+    let mut missing = Vec::new();
+    if !has(CAP_NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN");
+    }
+    if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_BPF (or CAP_SYS_ADMIN)");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "{what} needs root, or at least {}: this process lacks them (run it as root, e.g. under dist/ipnat.service)",
+        missing.join(" and ")
+    ))
+}
+
 /// Where the old values of what ipnat changed are kept: beside no pin (bpffs holds only BPF
 /// objects), in /run, named after the pin directory.
 pub fn state_path(pin_path: &Path) -> PathBuf {

@@ -230,6 +230,20 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    // Everything but the offline commands touches BPF objects or pins that only root opens.
+    let offline = matches!(
+        &cli.command,
+        Command::Check { .. } | Command::Import { .. } | Command::Eni { .. }
+    );
+    if !offline {
+        let name = match &cli.command {
+            Command::Run { .. } => "ipnat run",
+            Command::Down { .. } => "ipnat down",
+            Command::Bench { .. } => "ipnat bench",
+            _ => "reading or changing the running data plane",
+        };
+        ipnat::host::check_privileges(name).map_err(anyhow::Error::msg)?;
+    }
     match cli.command {
         Command::Check { config } => {
             let config = Config::load(&config)?;

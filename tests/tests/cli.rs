@@ -233,3 +233,40 @@ fn map_status_and_stats_against_a_running_data_plane() {
         "{metrics}"
     );
 }
+
+/// Without root (nobody, no capabilities) every command that touches the kernel says what it
+/// lacks before trying; the offline ones still work.
+#[test]
+fn without_privileges_the_commands_say_what_is_missing() {
+    let as_nobody = |args: &[&str]| {
+        std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ])
+            .arg(ipnat_bin())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for args in [
+        &["run", "--config", "/nonexistent.toml"][..],
+        &["status"],
+        &["stats"],
+        &["map", "list"],
+        &["steer", "list"],
+        &["down"],
+    ] {
+        let out = as_nobody(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            err.contains("needs root, or at least CAP_NET_ADMIN and CAP_BPF (or CAP_SYS_ADMIN)"),
+            "{args:?}: {err}"
+        );
+    }
+    let out = as_nobody(&["import", "-"]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("needs root"));
+}
