@@ -192,15 +192,20 @@ impl OpenApi {
             .get(&url)
             .send()
             .await
-            .map_err(|source| ApiError::Http {
+            // The request's URL carries the key id, signature and security token: never in
+            // an error (or a log).
+            .map_err(|source: reqwest::Error| ApiError::Http {
                 url: shown.clone(),
-                source,
+                source: source.without_url(),
             })?;
         let status = r.status().as_u16();
-        let text = r.text().await.map_err(|source| ApiError::Http {
-            url: shown.clone(),
-            source,
-        })?;
+        let text = r
+            .text()
+            .await
+            .map_err(|source: reqwest::Error| ApiError::Http {
+                url: shown.clone(),
+                source: source.without_url(),
+            })?;
         let garbage = |why: String| ApiError::Garbage {
             action: action.to_owned(),
             why,
@@ -509,6 +514,35 @@ mod tests {
         .unwrap();
         assert_eq!(c.security_token.as_deref(), Some("tok"));
         assert!(Credentials::from_ram_role("<html>").is_err());
+    }
+
+    #[test]
+    fn errors_never_show_the_signed_url() {
+        // Nothing listens on port 1: a connection error, whose text must not carry the key,
+        // the signature or the token.
+        let api = OpenApi::new(
+            "http://127.0.0.1:1",
+            ECS_VERSION,
+            Credentials {
+                access_key_id: "LTAIsecretid".into(),
+                access_key_secret: "s".into(),
+                security_token: Some("tok3n".into()),
+            },
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let e = rt
+            .block_on(api.call("DescribeNetworkInterfaces", &[]))
+            .unwrap_err();
+        let text = format!("{e} {e:?}");
+        for secret in ["LTAIsecretid", "Signature", "tok3n"] {
+            assert!(!text.contains(secret), "{text}");
+        }
+        assert!(text.contains("Action=DescribeNetworkInterfaces"), "{text}");
     }
 
     #[test]

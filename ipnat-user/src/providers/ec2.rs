@@ -178,9 +178,9 @@ impl Ec2 {
         for (name, value) in instructions.headers() {
             req = req.header(name, value);
         }
-        let http = |source| Ec2Error::Http {
+        let http = |source: reqwest::Error| Ec2Error::Http {
             url: format!("{url}?Action={action}"),
-            source,
+            source: source.without_url(),
         };
         let r = req.send().await.map_err(http)?;
         let status = r.status().as_u16();
