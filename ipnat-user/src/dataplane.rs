@@ -800,13 +800,46 @@ fn update_batch<K: aya::Pod, V: aya::Pod>(
 fn lookup_batch<K: aya::Pod + Default, V: aya::Pod + Default>(
     fd: std::os::fd::BorrowedFd<'_>,
 ) -> std::io::Result<Option<Vec<(K, V)>>> {
-    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
     let fd = std::os::fd::AsRawFd::as_raw_fd(&fd) as u64;
-    let mut keys = vec![K::default(); BATCH];
-    let mut values = vec![V::default(); BATCH];
+    let mut out = Vec::new();
+    let read = read_batches(fd, size_of::<K>(), size_of::<V>(), |keys, values, n| {
+        for i in 0..n {
+            // SAFETY: the kernel wrote `n` whole keys and values of these sizes; Pod types
+            // take any bytes, read unaligned.
+            let (k, v) = unsafe {
+                (
+                    keys.as_ptr()
+                        .add(i * size_of::<K>())
+                        .cast::<K>()
+                        .read_unaligned(),
+                    values
+                        .as_ptr()
+                        .add(i * size_of::<V>())
+                        .cast::<V>()
+                        .read_unaligned(),
+                )
+            };
+            out.push((k, v));
+        }
+        Ok(true)
+    })?;
+    Ok(read.then_some(out))
+}
+
+/// Reads map `fd` with BPF_MAP_LOOKUP_BATCH, [`BATCH`] entries a call, handing each batch
+/// (keys, values, count) to `f`, which may stop early with `Ok(false)`. `Ok(false)`: the
+/// kernel has no batch operations for this map, or `f` stopped.
+fn read_batches(
+    fd: u64,
+    key_size: usize,
+    value_len: usize,
+    mut f: impl FnMut(&[u8], &[u8], usize) -> std::io::Result<bool>,
+) -> std::io::Result<bool> {
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    let mut keys = vec![0u8; key_size * BATCH];
+    let mut values = vec![0u8; value_len * BATCH];
     // The position tokens (a bucket index for hash maps); 8 bytes is room for any.
     let (mut token_in, mut token_out) = (0u64, 0u64);
-    let mut out = Vec::new();
     let mut first = true;
     loop {
         // union bpf_attr, batch: in_batch (NULL: from the start), out_batch, keys, values,
@@ -826,12 +859,14 @@ fn lookup_batch<K: aya::Pod + Default, V: aya::Pod + Default>(
         let n = (attr[4] & 0xffff_ffff) as usize;
         match err.as_ref().and_then(|e| e.raw_os_error()) {
             None | Some(libc::ENOENT) => {}
-            Some(libc::EINVAL | 524) if first => return Ok(None),
+            Some(libc::EINVAL | 524) if first => return Ok(false),
             _ => return Err(err.expect("an error")),
         }
-        out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
+        if n > 0 && !f(&keys, &values, n)? {
+            return Ok(false);
+        }
         if err.is_some() {
-            return Ok(Some(out));
+            return Ok(true);
         }
         token_in = token_out;
         first = false;
@@ -1057,54 +1092,26 @@ fn copy_map_batched(
     key_size: usize,
     value_len: usize,
 ) -> std::io::Result<bool> {
-    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
     const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-    let mut keys = vec![0u8; key_size * BATCH];
-    let mut values = vec![0u8; value_len * BATCH];
-    let (mut token_in, mut token_out) = (0u64, 0u64);
-    let mut first = true;
-    loop {
-        let mut attr = [
-            if first { 0 } else { &raw mut token_in as u64 },
-            &raw mut token_out as u64,
-            keys.as_mut_ptr() as u64,
-            values.as_mut_ptr() as u64,
-            BATCH as u64 | (from << 32),
+    read_batches(from, key_size, value_len, |keys, values, n| {
+        let mut up = [
+            0,
+            0,
+            keys.as_ptr() as u64,
+            values.as_ptr() as u64,
+            n as u64 | (to << 32),
             0,
             0,
         ];
-        let rc = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
-        let err = (rc < 0).then(std::io::Error::last_os_error);
-        let n = (attr[4] & 0xffff_ffff) as usize;
-        match err.as_ref().and_then(|e| e.raw_os_error()) {
-            None | Some(libc::ENOENT) => {}
-            Some(libc::EINVAL | 524) if first => return Ok(false),
-            _ => return Err(err.expect("an error")),
+        if bpf(BPF_MAP_UPDATE_BATCH, &mut up) < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EINVAL | libc::E2BIG | 524) => Ok(false),
+                _ => Err(e),
+            };
         }
-        if n > 0 {
-            let mut up = [
-                0,
-                0,
-                keys.as_ptr() as u64,
-                values.as_ptr() as u64,
-                n as u64 | (to << 32),
-                0,
-                0,
-            ];
-            if bpf(BPF_MAP_UPDATE_BATCH, &mut up) < 0 {
-                let e = std::io::Error::last_os_error();
-                return match e.raw_os_error() {
-                    Some(libc::EINVAL | libc::E2BIG | 524) => Ok(false),
-                    _ => Err(e),
-                };
-            }
-        }
-        if err.is_some() {
-            return Ok(true);
-        }
-        token_in = token_out;
-        first = false;
-    }
+        Ok(true)
+    })
 }
 
 /// Copies every entry of map `from` into map `to` (same key and value sizes): in batches

@@ -190,13 +190,34 @@ pub(crate) fn netlink(
     body: &[u8],
     reply: bool,
 ) -> std::io::Result<Vec<u8>> {
+    let ack = if reply { 0 } else { libc::NLM_F_ACK as u16 };
+    let fd = netlink_send(protocol, msg_type, flags | ack, body)?;
+    let mut buf = vec![0u8; 8192];
+    let n = netlink_recv(&fd, &mut buf)?;
+    buf.truncate(n);
+    // An nlmsgerr: error 0 is the acknowledgement.
+    if buf.len() >= 20 && u16::from_ne_bytes([buf[4], buf[5]]) == libc::NLMSG_ERROR as u16 {
+        let err = i32::from_ne_bytes([buf[16], buf[17], buf[18], buf[19]]);
+        if err != 0 {
+            return Err(std::io::Error::from_raw_os_error(-err));
+        }
+    }
+    Ok(buf)
+}
+
+/// Opens a netlink socket of `protocol` and sends one request on it.
+fn netlink_send(
+    protocol: i32,
+    msg_type: u16,
+    flags: u16,
+    body: &[u8],
+) -> std::io::Result<std::os::fd::OwnedFd> {
     use std::mem::size_of;
     let len = 16 + body.len();
-    let ack = if reply { 0 } else { libc::NLM_F_ACK as u16 };
     let mut msg = Vec::with_capacity(len);
     msg.extend_from_slice(&(len as u32).to_ne_bytes());
     msg.extend_from_slice(&msg_type.to_ne_bytes());
-    msg.extend_from_slice(&(flags | libc::NLM_F_REQUEST as u16 | ack).to_ne_bytes());
+    msg.extend_from_slice(&(flags | libc::NLM_F_REQUEST as u16).to_ne_bytes());
     msg.extend_from_slice(&1u32.to_ne_bytes()); // sequence
     msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it in
     msg.extend_from_slice(body);
@@ -211,11 +232,10 @@ pub(crate) fn netlink(
             return Err(std::io::Error::last_os_error());
         }
         let fd: std::os::fd::OwnedFd = std::os::fd::FromRawFd::from_raw_fd(fd);
-        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
         let mut sa: libc::sockaddr_nl = std::mem::zeroed();
         sa.nl_family = libc::AF_NETLINK as u16;
         if libc::sendto(
-            raw,
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
             msg.as_ptr().cast(),
             msg.len(),
             0,
@@ -225,21 +245,25 @@ pub(crate) fn netlink(
         {
             return Err(std::io::Error::last_os_error());
         }
-        let mut buf = vec![0u8; 8192];
-        let n = libc::recv(raw, buf.as_mut_ptr().cast(), buf.len(), 0);
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        buf.truncate(n as usize);
-        // An nlmsgerr: error 0 is the acknowledgement.
-        if buf.len() >= 20 && u16::from_ne_bytes([buf[4], buf[5]]) == libc::NLMSG_ERROR as u16 {
-            let err = i32::from_ne_bytes([buf[16], buf[17], buf[18], buf[19]]);
-            if err != 0 {
-                return Err(std::io::Error::from_raw_os_error(-err));
-            }
-        }
-        Ok(buf)
+        Ok(fd)
     }
+}
+
+/// One read from a netlink socket; the bytes read.
+fn netlink_recv(fd: &std::os::fd::OwnedFd, buf: &mut [u8]) -> std::io::Result<usize> {
+    // SAFETY: a read into a buffer we own, of its length.
+    let n = unsafe {
+        libc::recv(
+            std::os::fd::AsRawFd::as_raw_fd(fd),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            0,
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }
 
 /// A netlink attribute: length, type, payload, padded to 4 bytes.
@@ -314,94 +338,62 @@ fn kernel_keeps_address_protos() -> bool {
 /// Every IPv4 address in this namespace with its interface index and its `IFA_PROTO` (None
 /// where the kernel keeps none): an `RTM_GETADDR` dump.
 pub fn address_protos() -> std::io::Result<Vec<(u32, ipnet::Ipv4Net, Option<u8>)>> {
-    use std::mem::size_of;
     const IFA_LOCAL: u16 = 2;
     let body = [libc::AF_INET as u8, 0, 0, 0, 0, 0, 0, 0];
-    let len = 16 + body.len();
-    let mut msg = Vec::with_capacity(len);
-    msg.extend_from_slice(&(len as u32).to_ne_bytes());
-    msg.extend_from_slice(&libc::RTM_GETADDR.to_ne_bytes());
-    msg.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
-    msg.extend_from_slice(&1u32.to_ne_bytes());
-    msg.extend_from_slice(&0u32.to_ne_bytes());
-    msg.extend_from_slice(&body);
+    let fd = netlink_send(
+        libc::NETLINK_ROUTE,
+        libc::RTM_GETADDR,
+        libc::NLM_F_DUMP as u16,
+        &body,
+    )?;
     let mut out = Vec::new();
-    // SAFETY: plain socket calls on buffers we own, with their lengths.
-    unsafe {
-        let fd = libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        );
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let fd: std::os::fd::OwnedFd = std::os::fd::FromRawFd::from_raw_fd(fd);
-        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
-        let mut sa: libc::sockaddr_nl = std::mem::zeroed();
-        sa.nl_family = libc::AF_NETLINK as u16;
-        if libc::sendto(
-            raw,
-            msg.as_ptr().cast(),
-            msg.len(),
-            0,
-            (&sa as *const libc::sockaddr_nl).cast(),
-            size_of::<libc::sockaddr_nl>() as u32,
-        ) < 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
-        let mut buf = vec![0u8; 32768];
-        loop {
-            let n = libc::recv(raw, buf.as_mut_ptr().cast(), buf.len(), 0);
-            if n < 0 {
-                return Err(std::io::Error::last_os_error());
+    let mut buf = vec![0u8; 32768];
+    loop {
+        let n = netlink_recv(&fd, &mut buf)?;
+        let data = &buf[..n];
+        let mut off = 0;
+        while off + 16 <= data.len() {
+            let mlen = u32::from_ne_bytes(data[off..off + 4].try_into().expect("4")) as usize;
+            let mtype = u16::from_ne_bytes([data[off + 4], data[off + 5]]);
+            if mlen < 16 || off + mlen > data.len() {
+                break;
             }
-            let data = &buf[..n as usize];
-            let mut off = 0;
-            while off + 16 <= data.len() {
-                let mlen = u32::from_ne_bytes(data[off..off + 4].try_into().expect("4")) as usize;
-                let mtype = u16::from_ne_bytes([data[off + 4], data[off + 5]]);
-                if mlen < 16 || off + mlen > data.len() {
-                    break;
-                }
-                if mtype == libc::NLMSG_DONE as u16 {
-                    return Ok(out);
-                }
-                if mtype == libc::NLMSG_ERROR as u16 {
-                    let err = i32::from_ne_bytes(data[off + 16..off + 20].try_into().expect("4"));
-                    return Err(std::io::Error::from_raw_os_error(-err));
-                }
-                let m = &data[off + 16..off + mlen];
-                if mtype == libc::RTM_NEWADDR && m.len() >= 8 {
-                    let plen = m[1];
-                    let index = u32::from_ne_bytes(m[4..8].try_into().expect("4"));
-                    let (mut local, mut proto) = (None, None);
-                    let mut a = 8;
-                    while a + 4 <= m.len() {
-                        let alen = u16::from_ne_bytes([m[a], m[a + 1]]) as usize;
-                        let kind = u16::from_ne_bytes([m[a + 2], m[a + 3]]);
-                        if alen < 4 || a + alen > m.len() {
-                            break;
-                        }
-                        let p = &m[a + 4..a + alen];
-                        match kind {
-                            IFA_LOCAL if p.len() == 4 => {
-                                local = Some(std::net::Ipv4Addr::new(p[0], p[1], p[2], p[3]))
-                            }
-                            IFA_PROTO if !p.is_empty() => proto = Some(p[0]),
-                            _ => {}
-                        }
-                        a += (alen + 3) & !3;
-                    }
-                    if let Some(l) = local
-                        && let Ok(net) = ipnet::Ipv4Net::new(l, plen)
-                    {
-                        out.push((index, net, proto));
-                    }
-                }
-                off += (mlen + 3) & !3;
+            if mtype == libc::NLMSG_DONE as u16 {
+                return Ok(out);
             }
+            if mtype == libc::NLMSG_ERROR as u16 {
+                let err = i32::from_ne_bytes(data[off + 16..off + 20].try_into().expect("4"));
+                return Err(std::io::Error::from_raw_os_error(-err));
+            }
+            let m = &data[off + 16..off + mlen];
+            if mtype == libc::RTM_NEWADDR && m.len() >= 8 {
+                let plen = m[1];
+                let index = u32::from_ne_bytes(m[4..8].try_into().expect("4"));
+                let (mut local, mut proto) = (None, None);
+                let mut a = 8;
+                while a + 4 <= m.len() {
+                    let alen = u16::from_ne_bytes([m[a], m[a + 1]]) as usize;
+                    let kind = u16::from_ne_bytes([m[a + 2], m[a + 3]]);
+                    if alen < 4 || a + alen > m.len() {
+                        break;
+                    }
+                    let p = &m[a + 4..a + alen];
+                    match kind {
+                        IFA_LOCAL if p.len() == 4 => {
+                            local = Some(std::net::Ipv4Addr::new(p[0], p[1], p[2], p[3]))
+                        }
+                        IFA_PROTO if !p.is_empty() => proto = Some(p[0]),
+                        _ => {}
+                    }
+                    a += (alen + 3) & !3;
+                }
+                if let Some(l) = local
+                    && let Ok(net) = ipnet::Ipv4Net::new(l, plen)
+                {
+                    out.push((index, net, proto));
+                }
+            }
+            off += (mlen + 3) & !3;
         }
     }
 }
