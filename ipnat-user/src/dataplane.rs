@@ -1278,6 +1278,18 @@ pub struct InstalledSteer {
     pub bytes: u64,
 }
 
+impl InstalledSteer {
+    /// The rule as the config writes it.
+    pub fn rule(&self) -> crate::config::SteerConfig {
+        crate::config::SteerConfig {
+            source: self.source,
+            interface: self.interface.clone(),
+            gateway: self.gateway,
+            subnet: self.subnet,
+        }
+    }
+}
+
 /// Counters of one mapping.
 #[derive(Clone, Debug, Serialize)]
 pub struct MappingStats {
@@ -1800,20 +1812,8 @@ impl Tables {
         ifindex: u32,
     ) -> Result<InstalledSteer, DataplaneError> {
         let current = self.steering()?;
-        let mut all: Vec<(crate::config::SteerConfig, u32)> = current
-            .iter()
-            .map(|r| {
-                (
-                    crate::config::SteerConfig {
-                        source: r.source,
-                        interface: r.interface.clone(),
-                        gateway: r.gateway,
-                        subnet: r.subnet,
-                    },
-                    r.ifindex,
-                )
-            })
-            .collect();
+        let mut all: Vec<(crate::config::SteerConfig, u32)> =
+            current.iter().map(|r| (r.rule(), r.ifindex)).collect();
         all.push((rule.clone(), ifindex));
         let n = current.len();
         let rules: Vec<crate::config::SteerConfig> = all.iter().map(|(r, _)| r.clone()).collect();
@@ -1842,17 +1842,7 @@ impl Tables {
         let rest: Vec<(crate::config::SteerConfig, u32)> = current
             .iter()
             .filter(|r| r.source != source)
-            .map(|r| {
-                (
-                    crate::config::SteerConfig {
-                        source: r.source,
-                        interface: r.interface.clone(),
-                        gateway: r.gateway,
-                        subnet: r.subnet,
-                    },
-                    r.ifindex,
-                )
-            })
+            .map(|r| (r.rule(), r.ifindex))
             .collect();
         self.apply_steering(&rest)?;
         Ok(gone)
