@@ -8,9 +8,10 @@ use std::{
 
 use anyhow::{Context, Result};
 use ipnat_tests::{
+    hostlab::{self, EIP0, HostLab, PRIV0},
     lab::{
         BACKEND, EIP, GW_EXT, GW_INT, GatewayLab, INET, LabOptions, cleanup_all, cleanup_on_signal,
-        ipnat_bin, udp_exchange,
+        ipnat_bin, tcp_exchange_at, tcp_exchange_from, udp_exchange,
     },
     netns::require_root,
 };
@@ -20,7 +21,7 @@ fn main() {
     // Ctrl-C or SIGTERM: the Drop guards would not run; this removes what the lab made (the
     // namespaces, ipnat, and the data plane ipnat leaves pinned).
     cleanup_on_signal();
-    if let Err(e) = lab() {
+    if let Err(e) = lab().and_then(|()| host_lab()) {
         eprintln!("lab failed: {e:#}");
         cleanup_all();
         std::process::exit(1);
@@ -131,6 +132,53 @@ fn lab() -> Result<()> {
     drop(lab);
     say(&format!(
         "done: stopped `ipnat run` (the programs stay attached without it), then `ipnat down`:\n{}      and deleted the namespaces.",
+        out.lines()
+            .map(|l| format!("        {l}\n"))
+            .collect::<String>()
+    ));
+    Ok(())
+}
+
+/// Part two: host orientation, the EIP as an address of the instance itself.
+fn host_lab() -> Result<()> {
+    say("\n== part two: host orientation (the EIP visible on the instance) ==\n");
+    say(&format!(
+        "  internet host {}  --  [VPC router: the cloud's 1:1 NAT {EIP0} <-> {PRIV0}]  --  instance {PRIV0}\n\n  \
+         Applications on the instance bind to the EIP; ipnat puts it on lo, turns the destination\n  \
+         {PRIV0} -> {EIP0} on the way in and the source back on the way out (TC), and leaves VPC\n  \
+         traffic and sockets bound to {PRIV0} alone.\n",
+        hostlab::INET
+    ));
+    let lab = HostLab::new()?;
+    let ipnat = lab.start_ipnat()?;
+    say("[1/3] started `ipnat run` on the instance with orientation = \"host\"");
+    let x = tcp_exchange_at(&lab.inet, None, &lab.inst, EIP0, EIP0, 5060, b"INVITE", 10)?;
+    say(&format!(
+        "[2/3] a TCP service bound to {EIP0} on the instance: local address {}, peer {}",
+        x.server_local, x.server_saw_peer
+    ));
+    let x = tcp_exchange_from(
+        &lab.inst,
+        Some(EIP0),
+        &lab.inet,
+        hostlab::INET,
+        5061,
+        b"hi",
+        10,
+    )?;
+    say(&format!(
+        "[3/3] a client bound to {EIP0}: the internet host saw it as {}",
+        x.server_saw_peer
+    ));
+    let mut ipnat = ipnat;
+    ipnat.stop()?;
+    let (status, out) = ipnat.down()?;
+    if !status.success() {
+        anyhow::bail!("ipnat down failed: {out}");
+    }
+    drop(lab);
+    say(&format!(
+        "done: `ipnat down` put the instance back:\n{}",
         out.lines()
             .map(|l| format!("        {l}\n"))
             .collect::<String>()
