@@ -85,13 +85,17 @@ enum Hook {
     Empty,
     Floor,
     TcEmpty,
+    /// Host orientation, TC on receive (with the socket lookup).
+    HostIn,
+    /// Host orientation, TC on transmit.
+    HostOut,
 }
 
 impl Hook {
     fn name(self) -> &'static str {
         match self {
             Hook::Xdp => "xdp",
-            Hook::TcEgress | Hook::TcEmpty => "tc",
+            Hook::TcEgress | Hook::TcEmpty | Hook::HostIn | Hook::HostOut => "tc",
             Hook::Empty | Hook::Floor => "xdp",
         }
     }
@@ -244,6 +248,22 @@ fn paths(size: u32, distinct: usize, rng: &mut Rng) -> Vec<Path> {
                 .map(|m| fragment_frame(INET, octets(m.public)))
                 .collect(),
         },
+        Path {
+            name: "host in: TCP hit + sk lookup",
+            hook: Hook::HostIn,
+            frames: hits
+                .iter()
+                .map(|m| tcp_frame(INET, octets(m.private)))
+                .collect(),
+        },
+        Path {
+            name: "host out: UDP hit",
+            hook: Hook::HostOut,
+            frames: hits
+                .iter()
+                .map(|m| udp_frame(octets(m.public), INET))
+                .collect(),
+        },
     ]
 }
 
@@ -260,9 +280,14 @@ fn run_one(dp: &Dataplane, hook: Hook, frame: &[u8], out: &mut [u8]) -> Result<u
         Hook::Empty => names::XDP_PASS_PROGRAM,
         Hook::Floor => names::BENCH_FLOOR_PROGRAM,
         Hook::TcEmpty => names::BENCH_TC_EMPTY_PROGRAM,
+        Hook::HostIn => names::TC_INGRESS_PROGRAM,
+        Hook::HostOut => names::TC_EGRESS_PROGRAM,
     };
     let prog = ebpf.program(name).ok_or(format!("no program {name}"))?;
-    let r = if matches!(hook, Hook::TcEgress | Hook::TcEmpty) {
+    let r = if matches!(
+        hook,
+        Hook::TcEgress | Hook::TcEmpty | Hook::HostIn | Hook::HostOut
+    ) {
         let p: &SchedClassifier = prog.try_into().map_err(|e| format!("{e}"))?;
         p.test_run(opts)
     } else {
@@ -319,6 +344,10 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<Report
         let mut out = vec![0u8; 2048];
         for round in 0..opts.rounds {
             for (i, p) in paths.iter().enumerate() {
+                // Host orientation is a data-plane setting: on for its paths only.
+                dp.tables
+                    .set_host(matches!(p.hook, Hook::HostIn | Hook::HostOut))
+                    .map_err(|e| e.to_string())?;
                 let mut total = 0u64;
                 for f in &p.frames {
                     total += run_one(&dp, p.hook, f, &mut out)?;
@@ -331,7 +360,10 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<Report
         let (empty, floor, tc_empty) = (ns[0], ns[1], ns[2]);
         for (p, ns) in paths.iter().zip(ns) {
             // A hook's own empty program measures the test run's fixed cost.
-            let base = if matches!(p.hook, Hook::TcEgress | Hook::TcEmpty) {
+            let base = if matches!(
+                p.hook,
+                Hook::TcEgress | Hook::TcEmpty | Hook::HostIn | Hook::HostOut
+            ) {
                 tc_empty
             } else {
                 empty
