@@ -1085,7 +1085,7 @@ impl Migrate {
 
 /// The batch path of [`copy_map`]: `Ok(false)` when the kernel has no batch operations for
 /// these maps, or `to` has no room for an entry (an array's tail): the caller then copies
-/// entry by entry, which skips those.
+/// entry by entry, which leaves those out.
 fn copy_map_batched(
     from: u64,
     to: u64,
@@ -1115,8 +1115,8 @@ fn copy_map_batched(
 }
 
 /// Copies every entry of map `from` into map `to` (same key and value sizes): in batches
-/// where the kernel can, else through the generic bpf(2) element calls, skipping entries `to`
-/// has no room for (an array's tail).
+/// where the kernel can, else through the generic bpf(2) element calls, leaving out entries
+/// `to` has no room for (an array's tail).
 fn copy_map(
     from: std::os::fd::BorrowedFd<'_>,
     to: std::os::fd::BorrowedFd<'_>,
