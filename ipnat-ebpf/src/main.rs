@@ -95,28 +95,28 @@ fn count_reason(reason: Reason) {
 
 #[xdp]
 pub fn ipnat_xdp(ctx: XdpContext) -> u32 {
-    xdp_entry(&ctx)
+    xdp_entry::<false>(&ctx)
 }
 
 /// `ipnat_xdp` for interfaces whose MTU needs frames spread over several buffers (jumbo
 /// frames): the headers it works on are in the first buffer, as in any frame.
 #[xdp(frags)]
 pub fn ipnat_xdp_frags(ctx: XdpContext) -> u32 {
-    xdp_entry(&ctx)
+    xdp_entry::<true>(&ctx)
 }
 
 #[inline(always)]
-fn xdp_entry(ctx: &XdpContext) -> u32 {
-    match try_ipnat_xdp(ctx) {
+fn xdp_entry<const FRAGS: bool>(ctx: &XdpContext) -> u32 {
+    match try_ipnat_xdp::<FRAGS>(ctx) {
         Ok(action) => action,
         Err(()) => xdp_action::XDP_ABORTED,
     }
 }
 
 #[inline(always)]
-fn try_ipnat_xdp(ctx: &XdpContext) -> Result<u32, ()> {
+fn try_ipnat_xdp<const FRAGS: bool>(ctx: &XdpContext) -> Result<u32, ()> {
     let flags = flags();
-    let p = &mut pkt::Xdp(ctx);
+    let p = &mut pkt::Xdp::<FRAGS>(ctx);
     if flags & FLAG_FAST_PATH == 0 {
         let (reason, verdict) = nat::translate(p, Dir::Dnat, flags);
         count_reason(reason);
@@ -150,7 +150,8 @@ fn try_ipnat_xdp(ctx: &XdpContext) -> Result<u32, ()> {
                 xdp_action::XDP_PASS
             } else {
                 // No metadata room: the kernel's slow path instead.
-                let (reason, verdict) = nat::translate(&mut pkt::Xdp(ctx), Dir::Dnat, flags);
+                let (reason, verdict) =
+                    nat::translate(&mut pkt::Xdp::<FRAGS>(ctx), Dir::Dnat, flags);
                 count_reason(reason);
                 xdp_verdict(verdict)
             }
@@ -488,7 +489,7 @@ pub fn ipnat_bench_sink(ctx: XdpContext) -> u32 {
 /// (`bpf_fib_lookup`, TTL, MACs, redirect), as the kernel's xdp_fwd sample does.
 #[xdp]
 pub fn ipnat_bench_redirect(ctx: XdpContext) -> u32 {
-    let p = &mut pkt::Xdp(&ctx);
+    let p = &mut pkt::Xdp::<false>(&ctx);
     let Ok(h) = nat::parse(p) else {
         return xdp_action::XDP_PASS;
     };

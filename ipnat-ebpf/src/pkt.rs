@@ -74,9 +74,11 @@ pub trait Packet {
     fn ctx_ptr(&self) -> *mut c_void;
 }
 
-pub struct Xdp<'a>(pub &'a XdpContext);
+/// An XDP frame; `FRAGS`: the program is frags-capable, so a frame may continue past
+/// `data_end` in further buffers (only its length needs to know).
+pub struct Xdp<'a, const FRAGS: bool = false>(pub &'a XdpContext);
 
-impl Xdp<'_> {
+impl<const FRAGS: bool> Xdp<'_, FRAGS> {
     /// The one bounds-checked accessor of the XDP path.
     #[inline(always)]
     fn ptr_at<T>(&self, off: usize) -> Option<*mut T> {
@@ -89,7 +91,7 @@ impl Xdp<'_> {
     }
 }
 
-impl Packet for Xdp<'_> {
+impl<const FRAGS: bool> Packet for Xdp<'_, FRAGS> {
     #[inline(always)]
     fn read<T: Copy>(&self, off: usize) -> Option<T> {
         // SAFETY: ptr_at checked that the whole T lies inside the packet.
@@ -98,9 +100,14 @@ impl Packet for Xdp<'_> {
 
     #[inline(always)]
     fn frame_len(&self) -> u64 {
-        // All buffers of a multi-buffer (jumbo) frame.
-        // SAFETY: plain helper call on the program's own context.
-        unsafe { aya_ebpf::helpers::generated::bpf_xdp_get_buff_len(self.0.ctx) }
+        if FRAGS {
+            // All buffers of a multi-buffer (jumbo) frame: a helper call, paid only by the
+            // frags-capable program.
+            // SAFETY: plain helper call on the program's own context.
+            unsafe { aya_ebpf::helpers::generated::bpf_xdp_get_buff_len(self.0.ctx) }
+        } else {
+            (self.0.data_end() - self.0.data()) as u64
+        }
     }
 
     #[inline(always)]
@@ -153,7 +160,7 @@ impl Packet for Xdp<'_> {
     }
 }
 
-impl Xdp<'_> {
+impl<const FRAGS: bool> Xdp<'_, FRAGS> {
     #[inline(always)]
     fn replace_u16(&mut self, ip_off: usize, off: usize, old: u16, new: u16) -> Result<(), ()> {
         let word = self.ptr_at::<u16>(off).ok_or(())?;
