@@ -140,16 +140,13 @@ impl Dataplane {
             Some(dir) => prepare_pin_dir(dir)?,
             None => false,
         };
-        // Maps of another layout version are rebuilt and their contents carried over (see
-        // `Migrate`); tables sized differently from `capacity` are rebuilt (see `Resize`).
-        let migrate = match (adopted, pin_dir) {
-            (true, Some(dir)) => Migrate::open(dir)?,
+        // Maps of another layout version, or tables sized differently from `capacity`, are
+        // rebuilt and their contents carried over (see `Rebuild`).
+        let rebuild = match (adopted, pin_dir) {
+            (true, Some(dir)) => Rebuild::open(dir, capacity)?,
             _ => None,
         };
-        let resize = match (adopted, pin_dir, &migrate) {
-            (true, Some(dir), None) => Resize::open(dir, capacity)?,
-            _ => None,
-        };
+        let rebuilt = rebuild.as_ref().map(Rebuild::names).unwrap_or_default();
         let mut loader = aya::EbpfLoader::new();
         loader
             .map_max_entries(names::DNAT_MAP, capacity)
@@ -159,8 +156,7 @@ impl Dataplane {
             .map(|dir| {
                 MAP_NAMES
                     .iter()
-                    .filter(|_| migrate.is_none())
-                    .filter(|n| resize.is_none() || !RESIZED.contains(n))
+                    .filter(|n| !rebuilt.contains(n))
                     .map(|n| (*n, dir.join(n)))
                     .collect()
             })
@@ -190,21 +186,17 @@ impl Dataplane {
                 _ => return Err(DataplaneError::MissingMap(name)),
             }
         }
-        let repin = match (&migrate, &resize, pin_dir) {
-            (Some(_), _, Some(dir)) => Some((dir, &MAP_NAMES[..])),
-            (None, Some(_), Some(dir)) => Some((dir, &RESIZED[..])),
-            _ => None,
-        };
+        let repin = pin_dir
+            .filter(|_| rebuild.is_some())
+            .map(|dir| (dir, &rebuilt[..]));
         let mut tables = Tables::take(&mut ebpf, repin)?;
-        if let Some(old) = migrate {
+        // After a layout change the settings are a new map to claim; otherwise an adopted
+        // one must already be ours.
+        let migrated = rebuild.as_ref().is_some_and(Rebuild::migrates);
+        if let Some(old) = rebuild {
             old.copy_into(&tables)?;
-            tables.claim_schema(false)?;
-        } else {
-            tables.claim_schema(adopted)?;
         }
-        if let Some(old) = resize {
-            old.copy_into(&mut tables)?;
-        }
+        tables.claim_schema(adopted && !migrated)?;
         Ok(Self {
             ebpf,
             tables,
@@ -994,95 +986,6 @@ pub fn down(dir: &Path) -> Result<Removed, DataplaneError> {
 /// The maps whose size is `max_mappings`.
 const RESIZED: [&str; 3] = [names::DNAT_MAP, names::SNAT_MAP, names::MAPPING_COUNTERS];
 
-/// The maps of a pinned data plane of another layout version ([`SCHEMA_VERSION`]), held open
-/// while new maps of this version take their pins. Every map whose type, key size and value
-/// size are unchanged is copied entry by entry (an array up to the smaller length: reasons
-/// are only ever appended, so their counters keep their meaning); a map whose layout changed
-/// starts empty, and the controller refills the tables from the config. The programs are then
-/// replaced link by link as on any restart: traffic keeps flowing, and counter increments on
-/// the old maps between the copy and the swap are lost.
-struct Migrate {
-    from: u32,
-    old: Vec<(&'static str, MapData)>,
-}
-
-impl Migrate {
-    fn open(dir: &Path) -> Result<Option<Self>, DataplaneError> {
-        let path = dir.join(names::SETTINGS);
-        if !path.exists() {
-            return Ok(None);
-        }
-        let settings: Array<MapData, Settings> = MapData::from_pin(&path)
-            .and_then(aya::maps::Map::from_map_data)
-            .map_err(|e| pin_error(&path, e))?
-            .try_into()
-            .map_err(map_err(names::SETTINGS))?;
-        let from = settings
-            .get(&0, 0)
-            .map_err(map_err(names::SETTINGS))?
-            .schema;
-        if from == 0 || from == SCHEMA_VERSION {
-            return Ok(None);
-        }
-        let mut old = Vec::new();
-        for name in MAP_NAMES {
-            let path = dir.join(name);
-            if path.exists() {
-                old.push((
-                    name,
-                    MapData::from_pin(&path).map_err(|e| pin_error(&path, e))?,
-                ));
-            }
-        }
-        tracing::info!(
-            from,
-            to = SCHEMA_VERSION,
-            "the pinned maps have another layout: building new ones and carrying their contents over"
-        );
-        Ok(Some(Self { from, old }))
-    }
-
-    fn copy_into(self, new: &Tables) -> Result<(), DataplaneError> {
-        use std::os::fd::AsFd;
-        for (name, old) in self.old {
-            let Some(fd) = new.batch_fds.get(name) else {
-                continue;
-            };
-            let new_map = fd
-                .try_clone()
-                .map_err(|source| DataplaneError::Batch { name, source })?;
-            let (a, b) = match (old.info(), MapData::from_fd(new_map).and_then(|d| d.info())) {
-                (Ok(a), Ok(b)) => (a, b),
-                _ => continue,
-            };
-            let same = a.map_type().ok().map(|t| t as u32) == b.map_type().ok().map(|t| t as u32)
-                && a.key_size() == b.key_size()
-                && a.value_size() == b.value_size();
-            if !same {
-                tracing::warn!(
-                    map = name,
-                    from = self.from,
-                    "its layout changed: it starts empty"
-                );
-                continue;
-            }
-            let per_cpu = matches!(
-                b.map_type(),
-                Ok(aya::maps::MapType::PerCpuArray | aya::maps::MapType::PerCpuHash)
-            );
-            copy_map(
-                old.fd().as_fd(),
-                fd.as_fd(),
-                a.key_size() as usize,
-                a.value_size() as usize,
-                per_cpu,
-            )
-            .map_err(|source| DataplaneError::Batch { name, source })?;
-        }
-        Ok(())
-    }
-}
-
 /// The batch path of [`copy_map`]: `Ok(false)` when the kernel has no batch operations for
 /// these maps, or `to` has no room for an entry (an array's tail): the caller then copies
 /// entry by entry, which leaves those out.
@@ -1174,84 +1077,123 @@ fn copy_map(
     }
 }
 
-/// Pinned tables of another size than the configured one: their entries and counters are
-/// copied into new maps of the new size, the new maps take over the pins, and attaching
-/// replaces the programs (and so the maps they use) atomically per link. Traffic keeps flowing
-/// throughout; counter increments on the old maps between the copy and the program swap are
-/// lost.
-struct Resize {
-    dnat: HashMap<MapData, u32, NatTarget>,
-    snat: HashMap<MapData, u32, NatTarget>,
-    counters: Array<MapData, MappingCounters>,
+/// Pinned maps that an adopting controller rebuilds, held open while new maps take over their
+/// pins: every map when the pins carry another layout version ([`SCHEMA_VERSION`]), the
+/// tables sized by `max_mappings` ([`RESIZED`]) when their size differs from the configured
+/// one. Every rebuilt map whose type, key size and value size are unchanged is copied entry by
+/// entry (an array up to the shorter length: outcome counters are only ever appended, so
+/// they keep their meaning); one whose layout changed starts empty, and the controller refills
+/// the tables from the config. Attaching then replaces the programs (and so the maps they use)
+/// link by link: traffic keeps flowing, and counter increments on the old maps between the
+/// copy and the swap are lost.
+struct Rebuild {
+    /// The pinned maps' layout version.
+    from: u32,
+    old: Vec<(&'static str, MapData)>,
 }
 
-impl Resize {
+impl Rebuild {
     fn open(dir: &Path, capacity: u32) -> Result<Option<Self>, DataplaneError> {
         let open = |name: &'static str| {
-            MapData::from_pin(dir.join(name))
-                .and_then(aya::maps::Map::from_map_data)
-                .map_err(|e| DataplaneError::Pin {
-                    path: dir.join(name),
-                    why: e.to_string(),
-                })
+            let path = dir.join(name);
+            MapData::from_pin(&path).map_err(|e| pin_error(&path, e))
         };
-        if !dir.join(names::MAPPING_COUNTERS).exists() {
+        let typed = |name: &'static str| {
+            aya::maps::Map::from_map_data(open(name)?).map_err(|e| pin_error(&dir.join(name), e))
+        };
+        if !dir.join(names::SETTINGS).exists() {
             return Ok(None);
         }
-        let counters: Array<MapData, MappingCounters> =
-            open(names::MAPPING_COUNTERS)?
+        let settings: Array<MapData, Settings> = typed(names::SETTINGS)?
+            .try_into()
+            .map_err(map_err(names::SETTINGS))?;
+        let from = settings
+            .get(&0, 0)
+            .map_err(map_err(names::SETTINGS))?
+            .schema;
+        let which: &[&'static str] = if from != 0 && from != SCHEMA_VERSION {
+            tracing::info!(
+                from,
+                to = SCHEMA_VERSION,
+                "the pinned maps have another layout: building new ones and carrying their contents over"
+            );
+            &MAP_NAMES
+        } else {
+            let counters: Array<MapData, MappingCounters> = typed(names::MAPPING_COUNTERS)?
                 .try_into()
                 .map_err(map_err(names::MAPPING_COUNTERS))?;
-        if counters.len() == capacity + 1 {
-            return Ok(None);
-        }
-        let old = Self {
-            dnat: open(names::DNAT_MAP)?
+            if counters.len() == capacity + 1 {
+                return Ok(None);
+            }
+            // Everything installed must fit the new size, ids included.
+            let dnat: HashMap<MapData, u32, NatTarget> = typed(names::DNAT_MAP)?
                 .try_into()
-                .map_err(map_err(names::DNAT_MAP))?,
-            snat: open(names::SNAT_MAP)?
-                .try_into()
-                .map_err(map_err(names::SNAT_MAP))?,
-            counters,
+                .map_err(map_err(names::DNAT_MAP))?;
+            let (mut installed, mut top_id) = (0usize, 0u32);
+            for (_, t) in dnat.iter().filter_map(Result::ok) {
+                installed += 1;
+                top_id = top_id.max(t.id);
+            }
+            if installed > capacity as usize || top_id > capacity {
+                return Err(DataplaneError::Full(capacity));
+            }
+            &RESIZED
         };
-        let installed = old.dnat.keys().count();
-        let top_id = old
-            .dnat
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(_, t)| t.id)
-            .max()
-            .unwrap_or(0);
-        if installed > capacity as usize || top_id > capacity {
-            return Err(DataplaneError::Full(capacity));
+        let mut old = Vec::new();
+        for &name in which {
+            if dir.join(name).exists() {
+                old.push((name, open(name)?));
+            }
         }
-        Ok(Some(old))
+        Ok(Some(Self { from, old }))
     }
 
-    fn copy_into(self, new: &mut Tables) -> Result<(), DataplaneError> {
-        for entry in self.snat.iter() {
-            let (k, v) = entry.map_err(map_err(names::SNAT_MAP))?;
-            new.snat.insert(k, v, 0).map_err(map_err(names::SNAT_MAP))?;
-        }
-        for entry in self.dnat.iter() {
-            let (k, v) = entry.map_err(map_err(names::DNAT_MAP))?;
-            let c = self
-                .counters
-                .get(&v.id, 0)
-                .map_err(map_err(names::MAPPING_COUNTERS))?;
-            new.counters
-                .set(v.id, c, 0)
-                .map_err(map_err(names::MAPPING_COUNTERS))?;
-            new.dnat.insert(k, v, 0).map_err(map_err(names::DNAT_MAP))?;
-        }
-        // Block mappings' counters (their tables are not resized).
-        for entry in new.dnat_pfx.iter() {
-            let (_, v) = entry.map_err(map_err(names::DNAT_PREFIX_MAP))?;
-            if let Ok(c) = self.counters.get(&v.id, 0) {
-                new.counters
-                    .set(v.id, c, 0)
-                    .map_err(map_err(names::MAPPING_COUNTERS))?;
+    /// The maps rebuilt (whose pins the new maps take).
+    fn names(&self) -> Vec<&'static str> {
+        self.old.iter().map(|(n, _)| *n).collect()
+    }
+
+    /// Whether the layout version changes (else only sizes do).
+    fn migrates(&self) -> bool {
+        self.from != 0 && self.from != SCHEMA_VERSION
+    }
+
+    fn copy_into(self, new: &Tables) -> Result<(), DataplaneError> {
+        use std::os::fd::AsFd;
+        for (name, old) in self.old {
+            let Some(fd) = new.batch_fds.get(name) else {
+                continue;
+            };
+            let new_map = fd
+                .try_clone()
+                .map_err(|source| DataplaneError::Batch { name, source })?;
+            let (a, b) = match (old.info(), MapData::from_fd(new_map).and_then(|d| d.info())) {
+                (Ok(a), Ok(b)) => (a, b),
+                _ => continue,
+            };
+            let same = a.map_type().ok().map(|t| t as u32) == b.map_type().ok().map(|t| t as u32)
+                && a.key_size() == b.key_size()
+                && a.value_size() == b.value_size();
+            if !same {
+                tracing::warn!(
+                    map = name,
+                    from = self.from,
+                    "its layout changed: it starts empty"
+                );
+                continue;
             }
+            let per_cpu = matches!(
+                b.map_type(),
+                Ok(aya::maps::MapType::PerCpuArray | aya::maps::MapType::PerCpuHash)
+            );
+            copy_map(
+                old.fd().as_fd(),
+                fd.as_fd(),
+                a.key_size() as usize,
+                a.value_size() as usize,
+                per_cpu,
+            )
+            .map_err(|source| DataplaneError::Batch { name, source })?;
         }
         Ok(())
     }
