@@ -787,7 +787,7 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
                     let mut state = ipnat::providers::SyncState::load(&config.pin_path).unwrap_or_default();
                     state.provider = name.into();
                     state.last_attempt_unix = unix_now();
-                    let outcome = match sync_provider(&config).await {
+                    let outcome = match ipnat::providers::sync(&config).await.map_err(anyhow::Error::from) {
                         Ok(new) => apply_synced(&mut dp, &config, &new).map(|()| new),
                         Err(e) => Err(e),
                     };
@@ -1016,87 +1016,4 @@ fn apply_synced(dp: &mut Dataplane, config: &Config, new: &Synced) -> Result<()>
         }
     }
     apply_config(dp, &eff)
-}
-
-/// One sync with the configured provider's metadata: the steering rules it calls for, on the
-/// attached interfaces.
-async fn sync_provider(config: &Config) -> Result<Synced> {
-    use ipnat::providers::{aliyun, aws};
-    let Some((name, endpoint, _, timeout)) = config.provider() else {
-        return Ok(Default::default());
-    };
-    let timeout = Duration::from_millis(timeout);
-    // Every NIC's addresses with its subnet's prefix length, on the interface with its MAC.
-    let mut addresses = Vec::new();
-    let (mut backends, mut warnings) = (Vec::new(), Vec::new());
-    let (rules, missing, mappings) = if name == "aws" {
-        let imds = aws::Imds::new(endpoint, timeout)?;
-        let nics = imds.nics().await?;
-        for n in &nics {
-            if let Some(iface) = aws::ifname_by_mac(&n.mac) {
-                for ip in &n.local_ipv4s {
-                    addresses.push((
-                        iface.clone(),
-                        ipnet::Ipv4Net::new(*ip, n.subnet.prefix_len())?,
-                    ));
-                }
-            }
-        }
-        let (rules, missing) = aws::steering_rules(&nics, &aws::ifname_by_mac);
-        let mappings = match &config.aws {
-            Some(a) if a.api => {
-                let view =
-                    ipnat::providers::ec2::gateway_backends(&imds, &nics, a, timeout).await?;
-                backends = view.backends;
-                warnings = view.warnings;
-                backends.iter().map(|b| b.mapping).collect()
-            }
-            _ if config.orientation == Orientation::Host => aws::mappings(&nics),
-            _ => Vec::new(),
-        };
-        (rules, missing, mappings)
-    } else {
-        let md = aliyun::Metadata::new(endpoint, timeout)?;
-        let nics = md.nics().await?;
-        for n in &nics {
-            if let Some(iface) = aws::ifname_by_mac(&n.mac) {
-                for ip in &n.private_ipv4s {
-                    addresses.push((
-                        iface.clone(),
-                        ipnet::Ipv4Net::new(*ip, n.vswitch.prefix_len())?,
-                    ));
-                }
-            }
-        }
-        let (rules, missing) = aliyun::steering_rules(&nics, &aws::ifname_by_mac);
-        let mappings = match &config.aliyun {
-            _ if config.orientation != Orientation::Host => Vec::new(),
-            Some(a) if a.openapi => {
-                ipnat::providers::aliyun_api::eip_mappings(&md, a, timeout).await?
-            }
-            _ => aliyun::mappings(&nics),
-        };
-        (rules, missing, mappings)
-    };
-    for mac in missing {
-        warn!(%mac, "the metadata lists a secondary NIC that has no interface here (yet)");
-    }
-    let mut kept = Vec::new();
-    for r in rules {
-        if config.interfaces.iter().any(|i| i.name == r.interface) {
-            kept.push(r);
-        } else {
-            warn!(interface = %r.interface, source = %r.source, "not steered: the interface is not one of the [[interface]]s");
-        }
-    }
-    // Host orientation maps the cloud's associations; a gateway only what the EC2 API's tags
-    // say (its EIPs are bound to its own addresses; which backend each serves is the tags' or
-    // the config's say).
-    Ok(Synced {
-        rules: kept,
-        mappings,
-        addresses,
-        backends,
-        warnings,
-    })
 }

@@ -75,8 +75,8 @@ impl Metadata {
         .map(Self)
     }
 
-    async fn get(&self, token: &str, path: &str) -> Result<String, MetadataError> {
-        self.0.get(token, path).await
+    async fn get(&self, path: &str) -> Result<String, MetadataError> {
+        self.0.get(path).await
     }
 
     fn garbage(&self, path: &str, value: &str, what: &'static str) -> MetadataError {
@@ -85,10 +85,9 @@ impl Metadata {
 
     /// Every NIC, or the first error: never a partial answer.
     pub async fn nics(&self) -> Result<Vec<Nic>, MetadataError> {
-        let token = self.0.token().await?;
-        let primary_mac = self.get(&token, "mac").await?.trim().to_ascii_lowercase();
+        let primary_mac = self.get("mac").await?.trim().to_ascii_lowercase();
         // No EIP: 404.
-        let eip = match self.get(&token, "eipv4").await {
+        let eip = match self.get("eipv4").await {
             Ok(v) => Some(
                 v.trim()
                     .parse::<Ipv4Addr>()
@@ -98,17 +97,17 @@ impl Metadata {
             Err(e) => return Err(e),
         };
         let base = "network/interfaces/macs/";
-        let macs = self.get(&token, base).await?;
+        let macs = self.get(base).await?;
         let mut nics = Vec::new();
         for line in macs.lines().map(str::trim).filter(|l| !l.is_empty()) {
             let mac = line.trim_end_matches('/').to_ascii_lowercase();
             let p = |leaf: &str| format!("{base}{mac}/{leaf}");
             let interface_id = self
-                .get(&token, &p("network-interface-id"))
+                .get(&p("network-interface-id"))
                 .await?
                 .trim()
                 .to_owned();
-            let ips = self.get(&token, &p("private-ipv4s")).await?;
+            let ips = self.get(&p("private-ipv4s")).await?;
             let list: Vec<String> = serde_json::from_str(ips.trim()).map_err(|_| {
                 self.garbage(&p("private-ipv4s"), &ips, "a JSON array of addresses")
             })?;
@@ -119,12 +118,12 @@ impl Metadata {
                         .map_err(|_| self.garbage(&p("private-ipv4s"), ip, "an IPv4 address"))?,
                 );
             }
-            let gw = self.get(&token, &p("gateway")).await?;
+            let gw = self.get(&p("gateway")).await?;
             let gateway = gw
                 .trim()
                 .parse()
                 .map_err(|_| self.garbage(&p("gateway"), &gw, "an IPv4 address"))?;
-            let cidr = self.get(&token, &p("vswitch-cidr-block")).await?;
+            let cidr = self.get(&p("vswitch-cidr-block")).await?;
             let vswitch: Ipv4Net = cidr
                 .trim()
                 .parse()
@@ -147,20 +146,14 @@ impl Metadata {
 impl Metadata {
     /// The instance's region and id.
     pub async fn instance(&self) -> Result<(String, String), MetadataError> {
-        let token = self.0.token().await?;
-        let region = self.get(&token, "region-id").await?.trim().to_owned();
-        let id = self.get(&token, "instance-id").await?.trim().to_owned();
+        let region = self.get("region-id").await?.trim().to_owned();
+        let id = self.get("instance-id").await?.trim().to_owned();
         Ok((region, id))
     }
 
     /// The instance type (e.g. `ecs.g7.large`).
     pub async fn instance_type(&self) -> Result<String, MetadataError> {
-        let token = self.0.token().await?;
-        Ok(self
-            .get(&token, "instance/instance-type")
-            .await?
-            .trim()
-            .to_owned())
+        Ok(self.get("instance/instance-type").await?.trim().to_owned())
     }
 
     /// The temporary credentials of the instance's RAM role (`role`, or the first listed).
@@ -168,12 +161,11 @@ impl Metadata {
         &self,
         role: Option<&str>,
     ) -> Result<super::aliyun_api::Credentials, MetadataError> {
-        let token = self.0.token().await?;
         let base = "ram/security-credentials/";
         let role = match role {
             Some(r) => r.to_owned(),
             None => {
-                let list = self.get(&token, base).await?;
+                let list = self.get(base).await?;
                 list.lines()
                     .map(|l| l.trim().trim_end_matches('/'))
                     .find(|l| !l.is_empty())
@@ -182,7 +174,7 @@ impl Metadata {
             }
         };
         let path = format!("{base}{role}");
-        let doc = self.get(&token, &path).await?;
+        let doc = self.get(&path).await?;
         super::aliyun_api::Credentials::from_ram_role(&doc)
             .map_err(|_| self.garbage(&path, &doc, "RAM role credentials (JSON)"))
     }

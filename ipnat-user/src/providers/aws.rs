@@ -50,8 +50,8 @@ impl Imds {
         .map(Self)
     }
 
-    async fn get(&self, token: &str, path: &str) -> Result<String, MetadataError> {
-        self.0.get(token, path).await
+    async fn get(&self, path: &str) -> Result<String, MetadataError> {
+        self.0.get(path).await
     }
 
     fn garbage(&self, path: &str, value: &str, what: &'static str) -> MetadataError {
@@ -60,16 +60,11 @@ impl Imds {
 
     /// The instance's region, id and VPC (its primary NIC's).
     pub async fn identity(&self) -> Result<Identity, MetadataError> {
-        let token = self.0.token().await?;
-        let region = self
-            .get(&token, "placement/region")
-            .await?
-            .trim()
-            .to_owned();
-        let instance_id = self.get(&token, "instance-id").await?.trim().to_owned();
-        let mac = self.get(&token, "mac").await?.trim().to_ascii_lowercase();
+        let region = self.get("placement/region").await?.trim().to_owned();
+        let instance_id = self.get("instance-id").await?.trim().to_owned();
+        let mac = self.get("mac").await?.trim().to_ascii_lowercase();
         let vpc_id = self
-            .get(&token, &format!("network/interfaces/macs/{mac}/vpc-id"))
+            .get(&format!("network/interfaces/macs/{mac}/vpc-id"))
             .await?
             .trim()
             .to_owned();
@@ -82,33 +77,30 @@ impl Imds {
 
     /// The instance type (e.g. `c5.large`).
     pub async fn instance_type(&self) -> Result<String, MetadataError> {
-        let token = self.0.token().await?;
-        Ok(self.get(&token, "instance-type").await?.trim().to_owned())
+        Ok(self.get("instance-type").await?.trim().to_owned())
     }
 
     /// The instance profile's temporary credentials (the first role the metadata lists).
     pub async fn role_credentials(
         &self,
     ) -> Result<aws_credential_types::Credentials, MetadataError> {
-        let token = self.0.token().await?;
         let base = "iam/security-credentials/";
-        let list = self.get(&token, base).await?;
+        let list = self.get(base).await?;
         let role = list
             .lines()
             .map(|l| l.trim().trim_end_matches('/'))
             .find(|l| !l.is_empty())
             .ok_or_else(|| self.garbage(base, &list, "an instance profile role"))?;
         let path = format!("{base}{role}");
-        let doc = self.get(&token, &path).await?;
+        let doc = self.get(&path).await?;
         super::ec2::credentials_from_role(&doc)
             .map_err(|_| self.garbage(&path, &doc, "role credentials (JSON)"))
     }
 
     /// Every NIC of the instance, or the first error: never a partial answer.
     pub async fn nics(&self) -> Result<Vec<Nic>, MetadataError> {
-        let token = self.0.token().await?;
         let base = "network/interfaces/macs/";
-        let macs = self.get(&token, base).await?;
+        let macs = self.get(base).await?;
         let mut list = Vec::new();
         for line in macs.lines().map(str::trim).filter(|l| !l.is_empty()) {
             let mac = line.trim_end_matches('/').to_ascii_lowercase();
@@ -124,8 +116,8 @@ impl Imds {
             if running.len() >= super::CONCURRENT_NICS {
                 nics.push(joined(running.join_next().await)?);
             }
-            let (me, token) = (self.clone(), token.clone());
-            running.spawn(async move { me.nic(&token, mac).await });
+            let me = self.clone();
+            running.spawn(async move { me.nic(mac).await });
         }
         while let Some(r) = running.join_next().await {
             nics.push(joined(Some(r))?);
@@ -134,16 +126,16 @@ impl Imds {
         Ok(nics)
     }
 
-    async fn nic(&self, token: &str, mac: String) -> Result<Nic, MetadataError> {
+    async fn nic(&self, mac: String) -> Result<Nic, MetadataError> {
         let prefix = format!("network/interfaces/macs/{mac}/");
         let p = |leaf: &str| format!("{prefix}{leaf}");
-        let dn = self.get(token, &p("device-number")).await?;
+        let dn = self.get(&p("device-number")).await?;
         let device_number = dn
             .trim()
             .parse()
             .map_err(|_| self.garbage(&p("device-number"), &dn, "a device number"))?;
-        let interface_id = self.get(token, &p("interface-id")).await?.trim().to_owned();
-        let ips = self.get(token, &p("local-ipv4s")).await?;
+        let interface_id = self.get(&p("interface-id")).await?.trim().to_owned();
+        let ips = self.get(&p("local-ipv4s")).await?;
         let mut local_ipv4s = Vec::new();
         for l in ips.lines().map(str::trim).filter(|l| !l.is_empty()) {
             local_ipv4s.push(
@@ -151,21 +143,21 @@ impl Imds {
                     .map_err(|_| self.garbage(&p("local-ipv4s"), l, "an IPv4 address"))?,
             );
         }
-        let cidr = self.get(token, &p("subnet-ipv4-cidr-block")).await?;
+        let cidr = self.get(&p("subnet-ipv4-cidr-block")).await?;
         let subnet: Ipv4Net = cidr
             .trim()
             .parse()
             .map_err(|_| self.garbage(&p("subnet-ipv4-cidr-block"), &cidr, "a CIDR block"))?;
         // A NIC without EIPs has no `ipv4-associations/`: a 404 there means none.
         let mut associations = Vec::new();
-        match self.get(token, &p("ipv4-associations/")).await {
+        match self.get(&p("ipv4-associations/")).await {
             Ok(list) => {
                 for public in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
                     let pub_ip: Ipv4Addr = public.trim_end_matches('/').parse().map_err(|_| {
                         self.garbage(&p("ipv4-associations/"), public, "an IPv4 address")
                     })?;
                     let leaf = p(&format!("ipv4-associations/{pub_ip}"));
-                    let private = self.get(token, &leaf).await?;
+                    let private = self.get(&leaf).await?;
                     let priv_ip = private
                         .trim()
                         .parse()

@@ -9,6 +9,98 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+/// Why a sync failed; nothing is applied then.
+#[derive(Debug, Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    #[error(transparent)]
+    Ec2(#[from] ec2::Ec2Error),
+    #[error(transparent)]
+    Api(#[from] aliyun_api::ApiError),
+}
+
+/// The NICs' addresses on the interfaces with their MACs, each with its subnet's prefix
+/// length: (interface, address/len).
+fn nic_addresses(
+    nics: impl IntoIterator<Item = (String, Vec<std::net::Ipv4Addr>, u8)>,
+) -> Vec<(String, ipnet::Ipv4Net)> {
+    let mut out = Vec::new();
+    for (mac, ips, len) in nics {
+        if let Some(iface) = aws::ifname_by_mac(&mac) {
+            out.extend(
+                ips.into_iter()
+                    .filter_map(|ip| ipnet::Ipv4Net::new(ip, len).ok())
+                    .map(|net| (iface.clone(), net)),
+            );
+        }
+    }
+    out
+}
+
+/// One sync with the configured provider (nothing without one): the steering rules, mappings
+/// and addresses the cloud calls for, on the attached interfaces; an error, never a partial
+/// answer. Host orientation maps the cloud's EIP associations; a gateway only what the EC2
+/// API's tags say (its EIPs are bound to its own addresses; which backend each serves is the
+/// tags' or the config's say).
+pub async fn sync(config: &crate::config::Config) -> Result<Synced, SyncError> {
+    use crate::config::Orientation;
+    let Some((name, endpoint, _, timeout)) = config.provider() else {
+        return Ok(Synced::default());
+    };
+    let timeout = Duration::from_millis(timeout);
+    let host = config.orientation == Orientation::Host;
+    let mut synced = Synced::default();
+    let (rules, missing) = if name == "aws" {
+        let imds = aws::Imds::new(endpoint, timeout)?;
+        let nics = imds.nics().await?;
+        synced.addresses = nic_addresses(
+            nics.iter()
+                .map(|n| (n.mac.clone(), n.local_ipv4s.clone(), n.subnet.prefix_len())),
+        );
+        match &config.aws {
+            Some(a) if a.api => {
+                let view = ec2::gateway_backends(&imds, &nics, a, timeout).await?;
+                synced.mappings = view.backends.iter().map(|b| b.mapping).collect();
+                synced.backends = view.backends;
+                synced.warnings = view.warnings;
+            }
+            _ if host => synced.mappings = aws::mappings(&nics),
+            _ => {}
+        }
+        aws::steering_rules(&nics, &aws::ifname_by_mac)
+    } else {
+        let md = aliyun::Metadata::new(endpoint, timeout)?;
+        let nics = md.nics().await?;
+        synced.addresses = nic_addresses(nics.iter().map(|n| {
+            (
+                n.mac.clone(),
+                n.private_ipv4s.clone(),
+                n.vswitch.prefix_len(),
+            )
+        }));
+        match &config.aliyun {
+            Some(a) if host && a.openapi => {
+                synced.mappings = aliyun_api::eip_mappings(&md, a, timeout).await?;
+            }
+            _ if host => synced.mappings = aliyun::mappings(&nics),
+            _ => {}
+        }
+        aliyun::steering_rules(&nics, &aws::ifname_by_mac)
+    };
+    for mac in missing {
+        tracing::warn!(%mac, "the metadata lists a secondary NIC that has no interface here (yet)");
+    }
+    for r in rules {
+        if config.interfaces.iter().any(|i| i.name == r.interface) {
+            synced.rules.push(r);
+        } else {
+            tracing::warn!(interface = %r.interface, source = %r.source, "not steered: the interface is not one of the [[interface]]s");
+        }
+    }
+    Ok(synced)
+}
+
 /// NICs read at once from a metadata service.
 pub const CONCURRENT_NICS: usize = 16;
 
@@ -35,6 +127,10 @@ pub struct MetadataClient {
     endpoint: String,
     ttl_header: &'static str,
     token_header: &'static str,
+    /// The session token, fetched once and shared by the clones of this client (a sync's
+    /// concurrent requests); dropped when the service answers 401, so the next request
+    /// fetches a fresh one.
+    token: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl MetadataClient {
@@ -58,6 +154,7 @@ impl MetadataClient {
             endpoint: endpoint.trim_end_matches('/').to_owned(),
             ttl_header,
             token_header,
+            token: Default::default(),
         })
     }
 
@@ -79,18 +176,28 @@ impl MetadataClient {
             .map_err(|source| MetadataError::Http { url, source })
     }
 
-    /// A session token.
-    pub async fn token(&self) -> Result<String, MetadataError> {
+    /// The session token (6 hours), fetched on first use.
+    async fn token(&self) -> Result<String, MetadataError> {
+        if let Some(t) = self.token.lock().expect("token lock").clone() {
+            return Ok(t);
+        }
         let url = format!("{}/latest/api/token", self.endpoint);
         let req = self.client.put(&url).header(self.ttl_header, "21600");
-        self.send(req, url).await
+        let t = self.send(req, url).await?;
+        *self.token.lock().expect("token lock") = Some(t.clone());
+        Ok(t)
     }
 
-    /// `/latest/meta-data/<path>`.
-    pub async fn get(&self, token: &str, path: &str) -> Result<String, MetadataError> {
+    /// `/latest/meta-data/<path>`, with the session token.
+    pub async fn get(&self, path: &str) -> Result<String, MetadataError> {
+        let token = self.token().await?;
         let url = format!("{}/latest/meta-data/{path}", self.endpoint);
         let req = self.client.get(&url).header(self.token_header, token);
-        self.send(req, url).await
+        let r = self.send(req, url).await;
+        if let Err(MetadataError::Status { status: 401, .. }) = r {
+            *self.token.lock().expect("token lock") = None;
+        }
+        r
     }
 
     /// The error for a value at `path` that is not `what`.
