@@ -124,19 +124,22 @@ fn lab() -> Result<()> {
             .map(|l| format!("      {l}\n"))
             .collect::<String>()
     ));
+    let out = stop_and_down(&mut ipnat)?;
+    drop(lab);
+    say(&format!(
+        "done: stopped `ipnat run` (the programs stay attached without it), then `ipnat down`:\n{out}      and deleted the namespaces."
+    ));
+    Ok(())
+}
+
+/// Stops `ipnat run` and runs `ipnat down`; what it printed, indented.
+fn stop_and_down(ipnat: &mut ipnat_tests::lab::Ipnat) -> Result<String> {
     ipnat.stop()?;
     let (status, out) = ipnat.down()?;
     if !status.success() {
         anyhow::bail!("ipnat down failed: {out}");
     }
-    drop(lab);
-    say(&format!(
-        "done: stopped `ipnat run` (the programs stay attached without it), then `ipnat down`:\n{}      and deleted the namespaces.",
-        out.lines()
-            .map(|l| format!("        {l}\n"))
-            .collect::<String>()
-    ));
-    Ok(())
+    Ok(out.lines().map(|l| format!("        {l}\n")).collect())
 }
 
 /// Part two: host orientation, the EIP as an address of the instance itself.
@@ -150,7 +153,7 @@ fn host_lab() -> Result<()> {
         hostlab::INET
     ));
     let lab = HostLab::new()?;
-    let ipnat = lab.start_ipnat()?;
+    let mut ipnat = lab.start_ipnat()?;
     say("[1/3] started `ipnat run` on the instance with orientation = \"host\"");
     let x = tcp_exchange_at(&lab.inet, None, &lab.inst, EIP0, EIP0, 5060, b"INVITE", 10)?;
     say(&format!(
@@ -170,18 +173,8 @@ fn host_lab() -> Result<()> {
         "[3/3] a client bound to {EIP0}: the internet host saw it as {}",
         x.server_saw_peer
     ));
-    let mut ipnat = ipnat;
-    ipnat.stop()?;
-    let (status, out) = ipnat.down()?;
-    if !status.success() {
-        anyhow::bail!("ipnat down failed: {out}");
-    }
+    let out = stop_and_down(&mut ipnat)?;
     drop(lab);
-    say(&format!(
-        "done: `ipnat down` put the instance back:\n{}",
-        out.lines()
-            .map(|l| format!("        {l}\n"))
-            .collect::<String>()
-    ));
+    say(&format!("done: `ipnat down` put the instance back:\n{out}"));
     Ok(())
 }
