@@ -65,12 +65,11 @@ static IPNAT_STEER_CNT: Array<SteerCounters> = Array::with_max_entries(MAX_STEER
 /// other egress goes through TC.
 #[map(name = "IPNAT_XDP_TARGETS")]
 static IPNAT_XDP_TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
-/// The data plane's settings (one entry).
 /// Internal prefixes (host orientation): peers there see the private addresses.
 #[map(name = "IPNAT_INTERNAL")]
 static IPNAT_INTERNAL: LpmTrie<u32, u32> =
     LpmTrie::with_max_entries(MAX_INTERNAL_PREFIXES, BPF_F_NO_PREALLOC);
-
+/// The data plane's settings (one entry).
 #[map(name = "IPNAT_SETTINGS")]
 static IPNAT_SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 /// Per-mapping traffic counters, indexed by mapping id (0 unused).
