@@ -459,6 +459,8 @@ impl Config {
                 ));
             }
         }
+        crate::state::check_pin_path(&self.pin_path)
+            .map_err(|why| invalid("pin_path".into(), &self.pin_path.display(), &why))?;
         validate_mappings(&self.mappings, &|i| format!("mapping[{i}]"))?;
         self.validate_steering()?;
         if self.internal.len() > ipnat_common::MAX_INTERNAL_PREFIXES as usize {

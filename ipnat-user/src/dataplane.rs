@@ -88,6 +88,8 @@ pub enum DataplaneError {
     Pin { path: PathBuf, why: String },
     #[error("no free mapping id: all {0} are in use (raise max_mappings)")]
     IdsExhausted(u32),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
@@ -557,7 +559,7 @@ pub fn status(dir: &Path) -> Result<Status, DataplaneError> {
         memory_bytes: tables.memory().total_bytes,
         attached,
         steering: tables.steering()?,
-        host_changes: crate::host::changed(&crate::host::state_path(dir)).sysctls,
+        host_changes: crate::host::changed(dir).sysctls,
         sync: crate::providers::SyncState::load(dir),
     })
 }
@@ -896,14 +898,22 @@ fn check_pin_owner(path: &Path) -> Result<std::fs::Metadata, DataplaneError> {
     Ok(meta)
 }
 
-/// Creates the pin directory (0700), or checks an existing one before adopting it. Returns
-/// whether it existed.
+/// Creates the pin directory (0700) on its bpffs, or checks an existing one before adopting
+/// it. Returns whether it existed.
 fn prepare_pin_dir(dir: &Path) -> Result<bool, DataplaneError> {
-    use std::os::unix::fs::PermissionsExt;
+    crate::state::bpffs_of(dir)?;
     if std::fs::symlink_metadata(dir).is_err() {
         create_pin_dir(dir)?;
         return Ok(false);
     }
+    check_pin_dir(dir)?;
+    Ok(true)
+}
+
+/// Refuses a pin directory ipnat cannot have made: a symlink, another user's, not a
+/// directory, open to others, or holding such entries (bpffs is world-writable).
+fn check_pin_dir(dir: &Path) -> Result<(), DataplaneError> {
+    use std::os::unix::fs::PermissionsExt;
     let meta = check_pin_owner(dir)?;
     if !meta.is_dir() {
         return Err(DataplaneError::Pin {
@@ -930,57 +940,81 @@ fn prepare_pin_dir(dir: &Path) -> Result<bool, DataplaneError> {
         })?;
         check_pin_owner(&entry.path())?;
     }
-    Ok(true)
+    Ok(())
 }
 
 /// What [`down`] undid.
 #[derive(Debug, Default)]
 pub struct Removed {
     pub links: Vec<PinnedLinkInfo>,
+    /// Whether there were pins (there may be only records, e.g. after the bpffs went).
+    pub pins: bool,
+    /// Addresses ipnat had added, removed: "address on interface".
+    pub addresses: Vec<String>,
     /// Host settings put back: (sysctl key, value).
     pub restored: Vec<(String, String)>,
 }
 
-/// Removes everything an `ipnat run` left under `dir`: the links first (which detaches the
-/// programs from their interfaces), then the maps, then the directory; and puts back the host
-/// settings it changed. `ipnat run` must not be running (its open links would keep the
-/// programs attached until it exits).
+/// Takes apart the data plane at `dir` and everything recorded for it (see [`teardown`]).
+/// Only looks until it knows there is something to undo: with nothing pinned and nothing
+/// recorded it creates, mounts and prints nothing. Refused while an `ipnat run` owns the data
+/// plane, and from another network namespace than the one it is attached in.
 pub fn down(dir: &Path) -> Result<Removed, DataplaneError> {
-    prepare_pin_dir(dir).and_then(|existed| {
-        if existed {
-            Ok(())
-        } else {
-            // prepare_pin_dir created it: there was nothing.
-            let _ = std::fs::remove_dir(dir);
-            Err(DataplaneError::Pin {
-                path: dir.to_owned(),
-                why: "nothing is pinned there (is the pin path right?)".into(),
-            })
+    let records = crate::state::Records::of(dir)?;
+    if std::fs::symlink_metadata(dir).is_err() && !records.exist() {
+        return Err(DataplaneError::Pin {
+            path: dir.to_owned(),
+            why: "nothing is pinned there and nothing is recorded for it (is the pin path right?)"
+                .into(),
+        });
+    }
+    let lock = records.lock()?;
+    teardown(dir, &lock)
+}
+
+/// Removes everything an `ipnat run` left for the data plane at `dir`, holding its lock: the
+/// links first (which detaches the programs from their interfaces), then the maps and the
+/// directory; then the addresses ipnat added, then the host settings it changed (in that
+/// order: an address removed while `promote_secondaries` is still raised keeps the others of
+/// its subnet), then the records.
+pub fn teardown(dir: &Path, lock: &crate::state::OwnerLock) -> Result<Removed, DataplaneError> {
+    let records = crate::state::Records::of(dir)?;
+    let mut removed = Removed::default();
+    if std::fs::symlink_metadata(dir).is_ok() {
+        check_pin_dir(dir)?;
+        removed.pins = true;
+        removed.links = pinned_links(dir)?;
+        for link in &removed.links {
+            let path = dir.join(&link.file);
+            // Detach now: removing the pin alone lets the kernel release the link later.
+            detach_pinned_link(&path).map_err(|e| DataplaneError::Pin {
+                path: path.clone(),
+                why: format!("detaching: {e}"),
+            })?;
+            remove_pin(&path)?;
         }
-    })?;
-    let links = pinned_links(dir)?;
-    for link in &links {
-        let path = dir.join(&link.file);
-        // Detach now: removing the pin alone lets the kernel release the link later.
-        detach_pinned_link(&path).map_err(|e| DataplaneError::Pin {
-            path: path.clone(),
-            why: format!("detaching: {e}"),
+        for name in MAP_NAMES {
+            remove_pin(&dir.join(name))?;
+        }
+        std::fs::remove_dir(dir).map_err(|e| DataplaneError::Pin {
+            path: dir.to_owned(),
+            why: format!("{e} (something else is pinned there)"),
         })?;
-        remove_pin(&path)?;
     }
-    for name in MAP_NAMES {
-        remove_pin(&dir.join(name))?;
+    let host = |what: &str, e: std::io::Error| DataplaneError::Pin {
+        path: records.dir().to_owned(),
+        why: format!("{what}: {e}"),
+    };
+    // A namespace that is gone took its addresses and settings with it; this one's are not
+    // what was recorded.
+    if !lock.netns_gone {
+        removed.addresses = crate::host::remove_added_addresses(dir)
+            .map_err(|e| host("removing the addresses ipnat added", e))?;
+        removed.restored =
+            crate::host::restore(dir).map_err(|e| host("restoring host settings", e))?;
     }
-    std::fs::remove_dir(dir).map_err(|e| DataplaneError::Pin {
-        path: dir.to_owned(),
-        why: format!("{e} (something else is pinned there)"),
-    })?;
-    let state = crate::host::state_path(dir);
-    let restored = crate::host::restore(&state).map_err(|e| DataplaneError::Pin {
-        path: state,
-        why: format!("restoring host settings: {e}"),
-    })?;
-    Ok(Removed { links, restored })
+    records.remove_all()?;
+    Ok(removed)
 }
 
 /// The maps whose size is `max_mappings`.
@@ -1324,75 +1358,16 @@ fn map_data(map: &aya::maps::Map) -> Option<&MapData> {
     }
 }
 
-/// Creates the pin directory, which must not exist yet: ipnat never adopts a directory it did
-/// not create (bpffs is world-writable).
+/// Creates the pin directory (0700, its parent already checked to be on a bpffs).
 fn create_pin_dir(dir: &Path) -> Result<(), DataplaneError> {
     use std::os::unix::fs::DirBuilderExt;
-    let pin_err = |why: String| DataplaneError::Pin {
-        path: dir.to_owned(),
-        why,
-    };
-    let parent = dir.parent().unwrap_or(Path::new("/"));
-    ensure_bpffs(parent).map_err(|e| DataplaneError::Pin {
-        path: parent.to_owned(),
-        why: e,
-    })?;
-    if dir.exists() {
-        return Err(pin_err(
-            "already exists: another ipnat is running, or a stale one left it (if none runs, \
-             remove the directory)"
-                .into(),
-        ));
-    }
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(dir)
-        .map_err(|e| pin_err(format!("cannot create: {e} (is bpffs mounted there?)")))
-}
-
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
-
-fn is_bpffs(path: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs writes into a zeroed struct we own.
-    unsafe {
-        let mut st: libc::statfs = std::mem::zeroed();
-        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
-    }
-}
-
-/// Makes sure `dir` is on a bpffs, mounting one there (as systemd does at /sys/fs/bpf) when the
-/// directory exists and nothing is mounted on it yet.
-pub fn ensure_bpffs(dir: &Path) -> Result<(), String> {
-    use std::os::unix::ffi::OsStrExt;
-    if is_bpffs(dir) {
-        return Ok(());
-    }
-    if !dir.is_dir() {
-        return Err("does not exist; create it or mount a bpffs there".into());
-    }
-    let c = CString::new(dir.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
-    // SAFETY: valid NUL-terminated strings; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            c"bpf".as_ptr(),
-            c.as_ptr(),
-            c"bpf".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(format!(
-            "not a bpffs, and mounting one failed: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    tracing::info!(path = %dir.display(), "mounted bpffs");
-    Ok(())
+        .map_err(|e| DataplaneError::Pin {
+            path: dir.to_owned(),
+            why: format!("cannot create: {e}"),
+        })
 }
 
 impl Tables {
@@ -1414,6 +1389,7 @@ impl Tables {
 
     /// Opens the maps a running `ipnat run` pinned under `dir`.
     pub fn open_pinned(dir: &Path) -> Result<Self, DataplaneError> {
+        crate::state::bpffs_of(dir)?;
         Self::assemble(|name| {
             let path = dir.join(name);
             let data = MapData::from_pin(&path)

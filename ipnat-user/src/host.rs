@@ -48,29 +48,17 @@ pub fn check_privileges(what: &str) -> Result<(), String> {
     ))
 }
 
-/// Where the old values of what ipnat changed are kept: beside no pin (bpffs holds only BPF
-/// objects), in /run, named after the pin directory.
-pub fn state_path(pin_path: &Path) -> PathBuf {
-    let name: String = pin_path
-        .to_string_lossy()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    PathBuf::from("/run/ipnat").join(format!("{name}.sysctl.json"))
+/// The records of the data plane at `pin_path` (see [`crate::state`]).
+fn records(pin_path: &Path) -> crate::state::Records {
+    crate::state::Records::lookup(pin_path)
 }
+
+const SYSCTLS: &str = "sysctl.json";
 
 /// sysctl key -> value before ipnat changed it.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Changed {
     pub sysctls: BTreeMap<String, String>,
-}
-
-/// Replaces `path` with `text` in one step (a new file renamed over it): a reader such as
-/// `ipnat status` never sees it half written.
-pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
 }
 
 fn proc_path(key: &str) -> PathBuf {
@@ -85,17 +73,20 @@ fn write(key: &str, value: &str) -> std::io::Result<()> {
     std::fs::write(proc_path(key), value)
 }
 
-fn load(state: &Path) -> Changed {
-    std::fs::read_to_string(state)
-        .ok()
+fn load(pin_path: &Path) -> Changed {
+    records(pin_path)
+        .read(SYSCTLS)
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or_default()
 }
 
 /// Makes reverse-path filtering loose on `ifaces` where it is strict; returns what it changed
 /// now as (key, old value). Old values already recorded (by an earlier run) are kept.
-pub fn loosen_rp_filter(ifaces: &[String], state: &Path) -> std::io::Result<Vec<(String, String)>> {
-    let mut changed = load(state);
+pub fn loosen_rp_filter(
+    ifaces: &[String],
+    pin_path: &Path,
+) -> std::io::Result<Vec<(String, String)>> {
+    let mut changed = load(pin_path);
     let all: u8 = read("net.ipv4.conf.all.rp_filter")?.parse().unwrap_or(0);
     let mut now = Vec::new();
     for iface in ifaces {
@@ -111,7 +102,7 @@ pub fn loosen_rp_filter(ifaces: &[String], state: &Path) -> std::io::Result<Vec<
             now.push((key, old));
         }
     }
-    save(state, &changed)?;
+    save(pin_path, &changed)?;
     Ok(now)
 }
 
@@ -120,8 +111,8 @@ pub fn loosen_rp_filter(ifaces: &[String], state: &Path) -> std::io::Result<Vec<
 /// interface (`arp_ignore` 1) and ARP requests go out with the interface's own address as
 /// their source (`arp_announce` 2). Raises each where its effective value (the larger of
 /// `all` and the interface's) is lower; returns what it changed now as (key, old value).
-pub fn quiet_arp(ifaces: &[String], state: &Path) -> std::io::Result<Vec<(String, String)>> {
-    let mut changed = load(state);
+pub fn quiet_arp(ifaces: &[String], pin_path: &Path) -> std::io::Result<Vec<(String, String)>> {
+    let mut changed = load(pin_path);
     let mut now = Vec::new();
     for (name, needed) in [("arp_ignore", 1u8), ("arp_announce", 2u8)] {
         let all: u8 = read(&format!("net.ipv4.conf.all.{name}"))?
@@ -140,26 +131,27 @@ pub fn quiet_arp(ifaces: &[String], state: &Path) -> std::io::Result<Vec<(String
             }
         }
     }
-    save(state, &changed)?;
+    save(pin_path, &changed)?;
     Ok(now)
 }
 
-fn save(state: &Path, changed: &Changed) -> std::io::Result<()> {
+fn save(pin_path: &Path, changed: &Changed) -> std::io::Result<()> {
     if !changed.sysctls.is_empty() {
-        std::fs::create_dir_all(state.parent().unwrap_or(Path::new("/run")))?;
-        write_atomic(state, &serde_json::to_string_pretty(changed)?)?;
+        records(pin_path)
+            .write(SYSCTLS, &serde_json::to_string_pretty(changed)?)
+            .map_err(std::io::Error::other)?;
     }
     Ok(())
 }
 
 /// What ipnat changed on the host, still in force.
-pub fn changed(state: &Path) -> Changed {
-    load(state)
+pub fn changed(pin_path: &Path) -> Changed {
+    load(pin_path)
 }
 
 /// Puts back every value ipnat changed and forgets them; returns (key, restored value).
-pub fn restore(state: &Path) -> std::io::Result<Vec<(String, String)>> {
-    let changed = load(state);
+pub fn restore(pin_path: &Path) -> std::io::Result<Vec<(String, String)>> {
+    let changed = load(pin_path);
     let mut done = Vec::new();
     for (key, old) in changed.sysctls {
         // An interface that is gone took its setting with it.
@@ -168,10 +160,7 @@ pub fn restore(state: &Path) -> std::io::Result<Vec<(String, String)>> {
             done.push((key, old));
         }
     }
-    match std::fs::remove_file(state) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
+    records(pin_path).remove(SYSCTLS);
     Ok(done)
 }
 
@@ -459,26 +448,18 @@ pub struct AddedAddresses {
     pub added: Vec<(String, String)>,
 }
 
-pub fn addresses_path(pin_path: &Path, owner: AddressOwner) -> PathBuf {
-    state_path(pin_path)
-        .with_extension("")
-        .with_extension(owner.file())
-}
-
 impl AddedAddresses {
     pub fn load(pin_path: &Path, owner: AddressOwner) -> Self {
-        std::fs::read_to_string(addresses_path(pin_path, owner))
-            .ok()
+        records(pin_path)
+            .read(owner.file())
             .and_then(|t| serde_json::from_str(&t).ok())
             .unwrap_or_default()
     }
 
     pub fn save(&self, pin_path: &Path, owner: AddressOwner) -> std::io::Result<()> {
-        let path = addresses_path(pin_path, owner);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        write_atomic(&path, &serde_json::to_string_pretty(self)?)
+        records(pin_path)
+            .write(owner.file(), &serde_json::to_string_pretty(self)?)
+            .map_err(std::io::Error::other)
     }
 }
 
@@ -564,7 +545,7 @@ pub fn remove_added_addresses(pin_path: &Path) -> std::io::Result<Vec<String>> {
     let mut all = Vec::new();
     for owner in AddressOwner::ALL {
         let (_, removed) = reconcile_addresses(&[], pin_path, owner, false)?;
-        let _ = std::fs::remove_file(addresses_path(pin_path, owner));
+        records(pin_path).remove(owner.file());
         all.extend(removed);
     }
     Ok(all)
@@ -572,51 +553,4 @@ pub fn remove_added_addresses(pin_path: &Path) -> std::io::Result<Vec<String>> {
 
 fn ifindex_of(iface: &str) -> Option<u32> {
     nix::net::if_::if_nametoindex(iface).ok()
-}
-
-fn lock_path(pin_path: &Path) -> PathBuf {
-    state_path(pin_path)
-        .with_extension("")
-        .with_extension("lock")
-}
-
-/// Removes the lock file of `pin_path` (for `ipnat down`; a held lock is not affected).
-pub fn remove_lock(pin_path: &Path) {
-    let _ = std::fs::remove_file(lock_path(pin_path));
-}
-
-/// Held while an `ipnat run` owns a pin path: the tables have a single writer.
-pub struct OwnerLock(#[allow(dead_code)] nix::fcntl::Flock<std::fs::File>);
-
-/// Takes the lock of `pin_path` (a file in /run/ipnat), or says which process holds it.
-pub fn lock_owner(pin_path: &Path) -> std::io::Result<OwnerLock> {
-    use std::io::{Read, Seek, Write};
-    let path = lock_path(pin_path);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)?;
-    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(mut lock) => {
-            lock.set_len(0)?;
-            lock.rewind()?;
-            write!(lock, "{}", std::process::id())?;
-            Ok(OwnerLock(lock))
-        }
-        Err((f, _)) => {
-            file = f;
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
-            Err(std::io::Error::other(format!(
-                "another `ipnat run` (pid {}) owns {}: one controller per data plane",
-                pid.trim(),
-                pin_path.display()
-            )))
-        }
-    }
 }

@@ -8,6 +8,7 @@ pub mod import;
 pub mod metrics;
 pub mod netdev;
 pub mod providers;
+pub mod state;
 
 /// The compiled eBPF object (empty when built without bpf-linker; see build.rs).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ipnat"));

@@ -60,7 +60,7 @@ enum Command {
     },
     /// What is attached where, table sizes and settings of the running data plane.
     Status {
-        #[arg(long, default_value = DEFAULT_PIN_PATH)]
+        #[arg(long, default_value = DEFAULT_PIN_PATH, value_parser = pin_path_arg)]
         pin_path: PathBuf,
         /// Machine-readable output.
         #[arg(long)]
@@ -104,13 +104,13 @@ enum Command {
     /// the host (rp_filter, the addresses it added). Stop `ipnat run` first.
     Down {
         /// The pin directory of the data plane.
-        #[arg(long, default_value = DEFAULT_PIN_PATH)]
+        #[arg(long, default_value = DEFAULT_PIN_PATH, value_parser = pin_path_arg)]
         pin_path: PathBuf,
     },
     /// Print per-mapping packets and bytes, and packets by outcome, of a running `ipnat run`.
     Stats {
         /// The pin directory of the running data plane.
-        #[arg(long, default_value = DEFAULT_PIN_PATH)]
+        #[arg(long, default_value = DEFAULT_PIN_PATH, value_parser = pin_path_arg)]
         pin_path: PathBuf,
         /// Machine-readable output (with --watch: one JSON object per line).
         #[arg(long)]
@@ -125,7 +125,7 @@ enum Command {
 enum SteerCommand {
     /// The installed rules, with their counters.
     List {
-        #[arg(long, default_value = DEFAULT_PIN_PATH)]
+        #[arg(long, default_value = DEFAULT_PIN_PATH, value_parser = pin_path_arg)]
         pin_path: PathBuf,
         #[arg(long)]
         json: bool,
@@ -142,14 +142,14 @@ enum SteerCommand {
         gateway: std::net::Ipv4Addr,
         #[arg(long)]
         subnet: Block,
-        #[arg(long, default_value = DEFAULT_PIN_PATH)]
+        #[arg(long, default_value = DEFAULT_PIN_PATH, value_parser = pin_path_arg)]
         pin_path: PathBuf,
     },
     /// Remove the rule for this source.
     Del {
         #[arg(long)]
         source: Block,
-        #[arg(long, default_value = DEFAULT_PIN_PATH)]
+        #[arg(long, default_value = DEFAULT_PIN_PATH, value_parser = pin_path_arg)]
         pin_path: PathBuf,
     },
 }
@@ -187,7 +187,7 @@ enum EniCommand {
 enum MapCommand {
     /// The installed mappings, with their ids.
     List {
-        #[arg(long, default_value = DEFAULT_PIN_PATH)]
+        #[arg(long, default_value = DEFAULT_PIN_PATH, value_parser = pin_path_arg)]
         pin_path: PathBuf,
         #[arg(long)]
         json: bool,
@@ -199,7 +199,7 @@ enum MapCommand {
         public: Block,
         #[arg(long)]
         private: Block,
-        #[arg(long, default_value = DEFAULT_PIN_PATH)]
+        #[arg(long, default_value = DEFAULT_PIN_PATH, value_parser = pin_path_arg)]
         pin_path: PathBuf,
     },
     /// Remove the mapping with this public side (in host orientation also its address on
@@ -207,9 +207,16 @@ enum MapCommand {
     Del {
         #[arg(long)]
         public: Block,
-        #[arg(long, default_value = DEFAULT_PIN_PATH)]
+        #[arg(long, default_value = DEFAULT_PIN_PATH, value_parser = pin_path_arg)]
         pin_path: PathBuf,
     },
+}
+
+/// A `--pin-path`, checked as the config's `pin_path` is.
+fn pin_path_arg(s: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(s);
+    ipnat::state::check_pin_path(&path)?;
+    Ok(path)
 }
 
 fn main() -> ExitCode {
@@ -247,6 +254,8 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Check { config } => {
             let config = Config::load(&config)?;
+            // Where the pins would go must be a bpffs here (this only looks).
+            ipnat::state::bpffs_of(&config.pin_path)?;
             println!(
                 "config OK: {} orientation, {} interface(s), {} mapping(s)",
                 config.orientation.name(),
@@ -405,10 +414,7 @@ fn run(cli: Cli) -> Result<()> {
                     "added steering rule {}: from {} out of {} (via {} outside {})",
                     r.id, r.source, r.interface, r.gateway, r.subnet
                 );
-                for (key, old) in ipnat::host::loosen_rp_filter(
-                    &[interface],
-                    &ipnat::host::state_path(&pin_path),
-                )? {
+                for (key, old) in ipnat::host::loosen_rp_filter(&[interface], &pin_path)? {
                     println!("set {key} = 2 (was {old}; `ipnat down` restores it)");
                 }
                 if let Err(e) = ipnat::host::resolve_neighbour(ifindex, gateway) {
@@ -502,15 +508,20 @@ fn run(cli: Cli) -> Result<()> {
             for l in &removed.links {
                 println!("detached {} from {}", l.hook, l.iface);
             }
+            for a in &removed.addresses {
+                println!("removed address {a}");
+            }
             for (key, value) in &removed.restored {
                 println!("restored {key} = {value}");
             }
-            ipnat::providers::SyncState::remove(&pin_path);
-            ipnat::host::remove_lock(&pin_path);
-            for a in ipnat::host::remove_added_addresses(&pin_path)? {
-                println!("removed address {a}");
+            if removed.pins {
+                println!("removed {}", pin_path.display());
+            } else {
+                println!(
+                    "nothing was pinned at {} (undid what was recorded for it)",
+                    pin_path.display()
+                );
             }
-            println!("removed {}", pin_path.display());
             Ok(())
         }
         Command::Stats {
@@ -588,6 +599,14 @@ fn check_sysctls(config: &Config) {
 }
 
 fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: u64) -> Result<()> {
+    // The soft limit on open files up to the hard one (the unit's LimitNOFILE=): BPF objects,
+    // netlink sockets and the metrics server's connections share it.
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
     // Check every interface before touching the kernel: a bad config changes nothing.
     for iface in &config.interfaces {
         ipnat::dataplane::ifindex(&iface.name).with_context(|| "in [[interface]]".to_string())?;
@@ -595,7 +614,15 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
     check_sysctls(&config);
     // One controller per data plane: a second `ipnat run` on the same pins is refused before
     // it touches anything.
-    let _owner = ipnat::host::lock_owner(&config.pin_path)?;
+    let records = ipnat::state::Records::of(&config.pin_path)?;
+    let owner = records.lock()?;
+    if owner.netns_gone {
+        anyhow::bail!(
+            "the data plane at {} was attached in a network namespace that no longer exists: `ipnat down --pin-path {}` clears what is left of it",
+            config.pin_path.display(),
+            config.pin_path.display()
+        );
+    }
     let mut dp = Dataplane::load(Some(&config.pin_path), config.max_mappings)?;
     if dp.adopted() {
         info!(pin_path = %config.pin_path.display(), "adopting the data plane an earlier run left pinned (it kept forwarding meanwhile)");
@@ -638,9 +665,7 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
         apply_config(&mut dp, &start)?;
         if host {
             let ifaces: Vec<String> = config.interfaces.iter().map(|i| i.name.clone()).collect();
-            for (key, old) in
-                ipnat::host::quiet_arp(&ifaces, &ipnat::host::state_path(&config.pin_path))?
-            {
+            for (key, old) in ipnat::host::quiet_arp(&ifaces, &config.pin_path)? {
                 info!(%key, old = %old, "raised so that the public addresses on lo are never announced or answered for by ARP; `ipnat down` restores it");
             }
         }
@@ -684,7 +709,9 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
         if !dp.adopted() {
             // Leave nothing behind from a start that failed.
             drop(dp);
-            let _ = ipnat::dataplane::down(&config.pin_path);
+            if let Err(undo) = ipnat::dataplane::teardown(&config.pin_path, &owner) {
+                warn!("undoing the failed start: {undo}");
+            }
         }
         return Err(e);
     }
@@ -912,9 +939,7 @@ fn apply_steering(dp: &mut Dataplane, config: &Config) -> Result<()> {
             .collect();
         ifaces.sort();
         ifaces.dedup();
-        for (key, old) in
-            ipnat::host::loosen_rp_filter(&ifaces, &ipnat::host::state_path(&config.pin_path))?
-        {
+        for (key, old) in ipnat::host::loosen_rp_filter(&ifaces, &config.pin_path)? {
             warn!(%key, old = %old, "reverse-path filtering was strict: set to loose (2) so that replies to steered sources are accepted; `ipnat down` restores it");
         }
     }

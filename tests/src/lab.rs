@@ -347,6 +347,11 @@ impl Ipnat {
         Ok(())
     }
 
+    /// The controller's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Rewrites the config file (ipnat watches it).
     pub fn rewrite_config(&self, config: &str) -> Result<()> {
         // Write then rename, as editors and config management do.

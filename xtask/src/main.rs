@@ -144,6 +144,7 @@ fn setup() -> Result<()> {
     debian_packages()?;
     nightly_rust_src()?;
     bpf_linker()?;
+    bpffs()?;
     step("setup complete");
     Ok(())
 }
@@ -179,6 +180,25 @@ fn debian_packages() -> Result<()> {
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// A bpffs at /sys/fs/bpf, as systemd mounts one at boot: ipnat never mounts one itself (it
+/// cannot tell whether the mount would outlive it), and a fresh machine without systemd has
+/// none.
+fn bpffs() -> Result<()> {
+    const BPFFS: &str = "/sys/fs/bpf";
+    let fs = output(Command::new("stat").args(["-f", "-c", "%T", BPFFS]));
+    if fs.as_deref().map(str::trim) == Some("bpf_fs") {
+        step(&format!("bpffs: mounted at {BPFFS}"));
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("no bpffs at {BPFFS}: run as root, or `mount -t bpf bpf {BPFFS}`");
+    }
+    step(&format!(
+        "bpffs: none at {BPFFS}; mount -t bpf bpf {BPFFS} (as systemd does at boot)"
+    ));
+    run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))
 }
 
 fn nightly_rust_src() -> Result<()> {

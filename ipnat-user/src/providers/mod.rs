@@ -210,7 +210,7 @@ impl MetadataClient {
     }
 }
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// How long to wait after the `failures`-th failed sync in a row: 1 s, 2 s, 4 s, ... (a
 /// transient error is retried soon), at most four intervals (a cloud that throttles or is
@@ -293,27 +293,21 @@ pub struct Synced {
     pub warnings: Vec<String>,
 }
 
-pub fn state_path(pin_path: &Path) -> PathBuf {
-    crate::host::state_path(pin_path)
-        .with_extension("")
-        .with_extension("sync.json")
-}
+const SYNC_STATE: &str = "sync.json";
 
 impl SyncState {
     pub fn load(pin_path: &Path) -> Option<Self> {
-        let text = std::fs::read_to_string(state_path(pin_path)).ok()?;
+        let text = crate::state::Records::lookup(pin_path).read(SYNC_STATE)?;
         serde_json::from_str(&text).ok()
     }
 
     pub fn save(&self, pin_path: &Path) -> std::io::Result<()> {
-        let path = state_path(pin_path);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        crate::host::write_atomic(&path, &serde_json::to_string_pretty(self)?)
+        crate::state::Records::lookup(pin_path)
+            .write(SYNC_STATE, &serde_json::to_string_pretty(self)?)
+            .map_err(std::io::Error::other)
     }
 
     pub fn remove(pin_path: &Path) {
-        let _ = std::fs::remove_file(state_path(pin_path));
+        crate::state::Records::lookup(pin_path).remove(SYNC_STATE);
     }
 }
