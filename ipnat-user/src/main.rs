@@ -16,7 +16,14 @@ use tracing::{info, warn};
 #[command(
     name = "ipnat",
     version,
-    about = "Stateless one-to-one IPv4 NAT (EIP <-> private IP) and source-based steering in XDP and TC"
+    about = "Stateless one-to-one IPv4 NAT (EIP <-> private IP) and source-based steering in XDP and TC",
+    after_long_help = "Where ipnat keeps its state: the data plane (maps and links) is pinned under \
+pin_path on a bpffs (default /sys/fs/bpf/ipnat; systemd mounts the bpffs at boot, ipnat never \
+mounts one) and outlives `ipnat run`, which adopts it on its next start. What ipnat changed on \
+the host (addresses it added, sysctls it raised, the cloud's last good sync) and the \
+controller's lock are recorded in /run/ipnat, one directory per data plane (bpffs instance and \
+pin path). `ipnat down` undoes all of it. Run ipnat inside a network namespace with `nsenter \
+--net=/run/netns/NAME` (or ipnat@.service), not `ip netns exec`, whose fresh /sys has no bpffs."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -100,13 +107,18 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// Detach everything `ipnat run` attached, remove its pins, and put back what it changed on
-    /// the host (rp_filter, the addresses it added). Stop `ipnat run` first.
+    /// Detach everything `ipnat run` attached, remove its pins, remove the addresses it added,
+    /// and put back the sysctls it changed (rp_filter, arp_ignore, arp_announce), as recorded in
+    /// /run/ipnat. Refused while an `ipnat run` owns the data plane (stop it first), and from
+    /// another network namespace than the one the data plane is attached in.
     Down {
         /// The pin directory of the data plane.
         #[arg(long, default_value = DEFAULT_PIN_PATH, value_parser = pin_path_arg)]
         pin_path: PathBuf,
     },
+    /// Write the manual pages (ipnat.8 and one per command) into DIR; for packaging.
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
     /// Print per-mapping packets and bytes, and packets by outcome, of a running `ipnat run`.
     Stats {
         /// The pin directory of the running data plane.
@@ -240,7 +252,10 @@ fn run(cli: Cli) -> Result<()> {
     // Everything but the offline commands touches BPF objects or pins that only root opens.
     let offline = matches!(
         &cli.command,
-        Command::Check { .. } | Command::Import { .. } | Command::Eni { .. }
+        Command::Check { .. }
+            | Command::Import { .. }
+            | Command::Eni { .. }
+            | Command::Manpages { .. }
     );
     if !offline {
         let name = match &cli.command {
@@ -472,6 +487,22 @@ fn run(cli: Cli) -> Result<()> {
                 for a in &out.unassigned {
                     println!("unassigned {a}");
                 }
+            }
+            Ok(())
+        }
+        Command::Manpages { dir } => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(&dir)?;
+            let top = Cli::command();
+            let mut pages = vec![(String::from("ipnat"), top.clone())];
+            for sub in top.get_subcommands().filter(|s| !s.is_hide_set()) {
+                let name = format!("ipnat-{}", sub.get_name());
+                pages.push((name.clone(), sub.clone().name(&*name.clone().leak())));
+            }
+            for (name, cmd) in pages {
+                let mut out = Vec::new();
+                clap_mangen::Man::new(cmd).section("8").render(&mut out)?;
+                std::fs::write(dir.join(format!("{name}.8")), out)?;
             }
             Ok(())
         }

@@ -382,7 +382,7 @@ fn a_second_controller_on_the_same_data_plane_is_refused() {
         .err()
         .expect("refused");
     assert!(
-        err.to_string().contains("another `ipnat run` (pid")
+        err.to_string().contains("`ipnat run` (pid")
             && err.to_string().contains("one controller per data plane"),
         "{err}"
     );

@@ -68,6 +68,14 @@ enum Task {
     },
     /// Redraw docs/benchmarks/forwarding.svg from the last forwarding report.
     Chart,
+    /// Set up, build (release), and package `ipnat` as a Debian package (dpkg-deb): the binary
+    /// in /usr/sbin, ipnat.service and ipnat@.service (installed, not enabled), the example
+    /// config as /etc/ipnat/ipnat.toml (a conffile), the manual pages. Prints its path.
+    Deb {
+        /// Package the debug build instead (what the tests install).
+        #[arg(long)]
+        debug: bool,
+    },
 }
 
 fn main() {
@@ -79,6 +87,10 @@ fn main() {
         Task::Lab => setup().and_then(|()| lab()),
         Task::Bench { args } => setup().and_then(|()| bench(&args)),
         Task::Chart => chart(),
+        Task::Deb { debug } => setup()
+            .and_then(|()| build(!debug))
+            .and_then(|()| deb(!debug))
+            .map(|path| println!("{}", path.display())),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");
@@ -325,6 +337,140 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
+/// The maintainer scripts: the data plane outlives the controller, so removing the package
+/// takes it apart while the binary is still there; an upgrade restarts the controller, which
+/// adopts the running data plane without a gap.
+const PRERM: &str = r#"#!/bin/sh
+set -e
+case "$1" in
+remove|deconfigure)
+    if [ -d /run/systemd/system ]; then
+        systemctl stop ipnat.service 'ipnat@*.service' || true
+    fi
+    # Every config's data plane: ipnat.toml on the host, NAME.toml in /run/netns/NAME.
+    for conf in /etc/ipnat/*.toml; do
+        [ -e "$conf" ] || continue
+        pin=$(sed -n 's/^[[:space:]]*pin_path[[:space:]]*=[[:space:]]*"\([^"]*\)".*/\1/p' "$conf" | head -n 1)
+        pin=${pin:-/sys/fs/bpf/ipnat}
+        [ -d "$pin" ] || continue
+        name=$(basename "$conf" .toml)
+        if [ "$name" != ipnat ] && [ -e "/run/netns/$name" ]; then
+            nsenter --net="/run/netns/$name" -- /usr/sbin/ipnat down --pin-path "$pin" || true
+        else
+            /usr/sbin/ipnat down --pin-path "$pin" || true
+        fi
+    done
+    ;;
+esac
+exit 0
+"#;
+
+const POSTINST: &str = r#"#!/bin/sh
+set -e
+if [ "$1" = configure ] && [ -d /run/systemd/system ]; then
+    systemctl daemon-reload || true
+    # An upgrade: a running controller is restarted and adopts its data plane without a gap.
+    # A new install enables and starts nothing (the example config maps addresses on eth0).
+    if [ -n "$2" ]; then
+        systemctl try-restart ipnat.service 'ipnat@*.service' || true
+    fi
+fi
+exit 0
+"#;
+
+/// Stages and builds the .deb from the (release or debug) build; returns its path.
+fn deb(release: bool) -> Result<PathBuf> {
+    let root = workspace_root();
+    let bin = target_dir()
+        .join(if release { "release" } else { "debug" })
+        .join("ipnat");
+    let version = env!("CARGO_PKG_VERSION");
+    let arch = output(Command::new("dpkg").arg("--print-architecture"))
+        .context("dpkg --print-architecture")?
+        .trim()
+        .to_owned();
+    let out_dir = target_dir().join("debian");
+    let stage = out_dir.join(format!("ipnat_{version}_{arch}"));
+    let _ = std::fs::remove_dir_all(&stage);
+    let install = |from: &Path, to: &str, mode: u32| -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let dest = stage.join(to);
+        std::fs::create_dir_all(dest.parent().expect("a parent"))?;
+        std::fs::copy(from, &dest).with_context(|| format!("copy {}", from.display()))?;
+        std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(mode))?;
+        Ok(())
+    };
+    let write = |to: &str, text: &str, mode: u32| -> Result<()> {
+        let tmp = out_dir.join("file.tmp");
+        std::fs::create_dir_all(&out_dir)?;
+        std::fs::write(&tmp, text)?;
+        install(&tmp, to, mode)?;
+        std::fs::remove_file(tmp)?;
+        Ok(())
+    };
+    step(&format!(
+        "packaging {} as ipnat {version} ({arch})",
+        bin.display()
+    ));
+    install(&bin, "usr/sbin/ipnat", 0o755)?;
+    run(Command::new("strip")
+        .arg("--strip-debug")
+        .arg(stage.join("usr/sbin/ipnat")))?;
+    for unit in ["ipnat.service", "ipnat@.service"] {
+        install(
+            &root.join("dist").join(unit),
+            &format!("lib/systemd/system/{unit}"),
+            0o644,
+        )?;
+    }
+    install(
+        &root.join("ipnat.example.toml"),
+        "etc/ipnat/ipnat.toml",
+        0o600,
+    )?;
+    install(
+        &root.join("README.md"),
+        "usr/share/doc/ipnat/README.md",
+        0o644,
+    )?;
+    write(
+        "usr/share/doc/ipnat/copyright",
+        "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\
+         Upstream-Name: ipnat\n\nFiles: *\nCopyright: the ipnat authors\nLicense: MIT or Apache-2.0\n",
+        0o644,
+    )?;
+    let man = stage.join("usr/share/man/man8");
+    run(Command::new(&bin).arg("manpages").arg(&man))?;
+    for page in std::fs::read_dir(&man)? {
+        run(Command::new("gzip").args(["-9n"]).arg(page?.path()))?;
+    }
+    let size_kib = output(Command::new("du").args(["-sk"]).arg(&stage))
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "0".into());
+    write(
+        "DEBIAN/control",
+        &format!(
+            "Package: ipnat\nVersion: {version}\nArchitecture: {arch}\n\
+             Maintainer: ipnat developers <ipnat@localhost>\nInstalled-Size: {size_kib}\n\
+             Depends: libc6, libgcc-s1, util-linux\nSection: net\nPriority: optional\n\
+             Description: stateless one-to-one IPv4 NAT in XDP/TC\n \
+             ipnat rewrites elastic IP <-> private IP one to one in the kernel (XDP and TC)\n \
+             with exact checksums, steers a secondary NIC's addresses out of that NIC, and\n \
+             keeps both in step with AWS or Alibaba Cloud metadata or a config file.\n"
+        ),
+        0o644,
+    )?;
+    write("DEBIAN/conffiles", "/etc/ipnat/ipnat.toml\n", 0o644)?;
+    write("DEBIAN/prerm", PRERM, 0o755)?;
+    write("DEBIAN/postinst", POSTINST, 0o755)?;
+    let deb = out_dir.join(format!("ipnat_{version}_{arch}.deb"));
+    run(Command::new("dpkg-deb")
+        .args(["--root-owner-group", "--build"])
+        .arg(&stage)
+        .arg(&deb))?;
+    Ok(deb)
+}
+
 fn test(extra: &[String]) -> Result<()> {
     if !is_root() {
         bail!(
@@ -332,10 +478,13 @@ fn test(extra: &[String]) -> Result<()> {
         );
     }
     build(false)?;
+    // The package test installs this one.
+    let deb = deb(false)?;
     step("running unit and integration tests (serially: they share bpffs and the kernel)");
     // Default members: the eBPF crate only builds for the BPF target.
-    let mut c = cargo(&["test"]);
-    c.env("IPNAT_BIN", target_dir().join("debug/ipnat"));
+    let mut c = cargo(&["test", "--no-fail-fast"]);
+    c.env("IPNAT_BIN", target_dir().join("debug/ipnat"))
+        .env("IPNAT_DEB", &deb);
     c.args(["--", "--test-threads=1"]).args(extra);
     c.env("PATH", path_env()).stdout(Stdio::piped());
     let mut child = c.spawn().context("cannot start cargo test")?;
