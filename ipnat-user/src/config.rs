@@ -505,6 +505,22 @@ impl Config {
                     "interval and timeout must be positive",
                 ));
             }
+            // Bounded so that every deadline computed from them (backoff: four intervals)
+            // stays representable.
+            if interval > MAX_INTERVAL_SECS {
+                return Err(invalid(
+                    format!("{name}.interval_secs"),
+                    &interval,
+                    &format!("at most {MAX_INTERVAL_SECS} (a day)"),
+                ));
+            }
+            if timeout > MAX_TIMEOUT_MS {
+                return Err(invalid(
+                    format!("{name}.timeout_ms"),
+                    &timeout,
+                    &format!("at most {MAX_TIMEOUT_MS} (ten minutes)"),
+                ));
+            }
         }
         if let Some(a) = &self.aws {
             if a.access_key_id.is_some() != a.secret_access_key.is_some() {
@@ -639,6 +655,40 @@ pub fn validate_host_public(internal: &[Ipv4Net], public: Block) -> Result<(), C
     }
 }
 
+/// The longest sync interval accepted.
+pub const MAX_INTERVAL_SECS: u64 = 86_400;
+/// The longest cloud call timeout accepted.
+pub const MAX_TIMEOUT_MS: u64 = 600_000;
+
+/// Why no address of `block` may be translated, if one may not: the unspecified and the
+/// broadcast address, loopback and multicast space. One rule for single addresses and blocks
+/// (a block is refused when it holds any such address).
+pub fn not_unicast(block: Block) -> Option<&'static str> {
+    const SPECIAL: [(Ipv4Addr, u8, &str); 4] = [
+        (Ipv4Addr::UNSPECIFIED, 32, "the unspecified address 0.0.0.0"),
+        (
+            Ipv4Addr::BROADCAST,
+            32,
+            "the broadcast address 255.255.255.255",
+        ),
+        (
+            Ipv4Addr::new(127, 0, 0, 0),
+            8,
+            "loopback space (127.0.0.0/8)",
+        ),
+        (
+            Ipv4Addr::new(224, 0, 0, 0),
+            4,
+            "multicast space (224.0.0.0/4)",
+        ),
+    ];
+    SPECIAL.iter().find_map(|&(addr, len, what)| {
+        let special = Ipv4Net::new(addr, len).expect("a valid prefix");
+        (block.0.contains(&special.network()) || special.contains(&block.0.network()))
+            .then_some(what)
+    })
+}
+
 /// Checks a set of mappings on their own (addresses, sizes, overlaps, capacity of the block
 /// tables); `name(i)` names mapping `i` in the errors (e.g. `mapping[3]`).
 pub fn validate_mappings(
@@ -653,17 +703,11 @@ pub fn validate_mappings(
     let mut prefixes = 0usize;
     for (i, m) in mappings.iter().enumerate() {
         for (field, block) in [("public", m.public), ("private", m.private)] {
-            let addr = block.addr();
-            if block.is_host()
-                && (addr.is_unspecified()
-                    || addr.is_broadcast()
-                    || addr.is_multicast()
-                    || addr.is_loopback())
-            {
+            if let Some(what) = not_unicast(block) {
                 return Err(invalid(
                     format!("{}.{field}", name(i)),
                     &block,
-                    "must be a unicast address",
+                    &format!("must be unicast: it holds {what}"),
                 ));
             }
         }
@@ -765,6 +809,44 @@ mod tests {
 
     fn err(text: &str) -> String {
         Config::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn blocks_in_non_unicast_space_are_refused_like_single_addresses() {
+        for (public, private) in [
+            ("127.0.0.0/24", "10.0.2.0/24"),
+            ("224.0.0.0/24", "10.0.2.0/24"),
+            ("0.0.0.0/8", "10.0.0.0/8"),
+            ("255.255.255.0/24", "10.0.2.0/24"),
+            ("198.51.100.0/24", "127.0.1.0/24"),
+            ("0.0.0.0", "10.0.2.1"),
+            ("239.1.2.3", "10.0.2.1"),
+        ] {
+            let text = format!(
+                "[[interface]]\nname = \"eth0\"\n[[mapping]]\npublic = \"{public}\"\nprivate = \"{private}\"\n"
+            );
+            let e = err(&text);
+            assert!(e.contains("must be unicast"), "{public} <-> {private}: {e}");
+        }
+        let text = "[[interface]]\nname = \"eth0\"\n[[mapping]]\npublic = \"120.0.0.0/25\"\nprivate = \"10.0.1.0/25\"\n";
+        Config::parse(text).unwrap();
+    }
+
+    #[test]
+    fn durations_are_bounded() {
+        for (key, value, want) in [
+            ("interval_secs", "9223372036854775807", "aws.interval_secs"),
+            ("interval_secs", "86401", "aws.interval_secs"),
+            ("timeout_ms", "9223372036854775807", "aws.timeout_ms"),
+        ] {
+            let text = format!("{GOOD}\n[aws]\n{key} = {value}\n");
+            let e = err(&text);
+            assert!(
+                e.contains(want) && e.contains("at most"),
+                "{key} = {value}: {e}"
+            );
+        }
+        Config::parse(&format!("{GOOD}\n[aws]\ninterval_secs = 86400\n")).unwrap();
     }
 
     #[test]

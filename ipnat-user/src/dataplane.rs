@@ -441,8 +441,15 @@ fn io_errno(e: &aya::programs::ProgramError) -> Option<i32> {
         .then_some(libc::EOPNOTSUPP)
 }
 
+/// A link's pin name. bpffs refuses names with a dot, which VLAN interfaces (`eth0.100`) have:
+/// dots become colons, which interface names cannot hold, so the mapping is one-to-one.
 fn link_pin_name(hook: &str, iface: &str) -> String {
-    format!("link-{hook}-{iface}")
+    format!("link-{hook}-{}", iface.replace('.', ":"))
+}
+
+/// The interface a link pin name ([`link_pin_name`]) belongs to.
+fn link_pin_iface(name: &str) -> String {
+    name.replace(':', ".")
 }
 
 /// A link pinned in the pin directory.
@@ -471,7 +478,7 @@ pub fn pinned_links(dir: &Path) -> Result<Vec<PinnedLinkInfo>, DataplaneError> {
             if let Some(iface) = rest.strip_prefix(hook).and_then(|r| r.strip_prefix('-')) {
                 out.push(PinnedLinkInfo {
                     hook: hook.into(),
-                    iface: iface.into(),
+                    iface: link_pin_iface(iface),
                     file: file.clone(),
                 });
             }

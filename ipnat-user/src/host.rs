@@ -61,11 +61,24 @@ pub struct Changed {
     pub sysctls: BTreeMap<String, String>,
 }
 
-fn proc_path(key: &str) -> PathBuf {
-    PathBuf::from("/proc/sys").join(key.replace('.', "/"))
+/// The /proc/sys file of a sysctl key in dotted notation. An interface's settings
+/// (`net.ipv4.conf.<iface>.<name>`) keep the interface's name whole: a VLAN's `eth0.100` is
+/// the directory `conf/eth0.100`, not `conf/eth0/100` (setting names hold no dot).
+pub fn proc_path(key: &str) -> PathBuf {
+    let mut path = PathBuf::from("/proc/sys");
+    if let Some((iface, name)) = key
+        .strip_prefix("net.ipv4.conf.")
+        .and_then(|rest| rest.rsplit_once('.'))
+    {
+        path.extend(["net", "ipv4", "conf", iface, name]);
+    } else {
+        path.extend(key.split('.'));
+    }
+    path
 }
 
-fn read(key: &str) -> std::io::Result<String> {
+/// A sysctl's value, by its dotted key.
+pub fn read(key: &str) -> std::io::Result<String> {
     Ok(std::fs::read_to_string(proc_path(key))?.trim().to_owned())
 }
 
@@ -553,4 +566,26 @@ pub fn remove_added_addresses(pin_path: &Path) -> std::io::Result<Vec<String>> {
 
 fn ifindex_of(iface: &str) -> Option<u32> {
     nix::net::if_::if_nametoindex(iface).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sysctl_paths_keep_interface_names_whole() {
+        for (key, path) in [
+            (
+                "net.ipv4.conf.eth0.100.rp_filter",
+                "/proc/sys/net/ipv4/conf/eth0.100/rp_filter",
+            ),
+            (
+                "net.ipv4.conf.all.arp_ignore",
+                "/proc/sys/net/ipv4/conf/all/arp_ignore",
+            ),
+            ("net.ipv4.ip_forward", "/proc/sys/net/ipv4/ip_forward"),
+        ] {
+            assert_eq!(proc_path(key), PathBuf::from(path), "{key}");
+        }
+    }
 }

@@ -239,7 +239,17 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        // A command whose output goes to a pipe that closes (`ipnat check | head -1`) ends
+        // quietly, as the standard tools do, instead of panicking on the failed write. The
+        // controller keeps Rust's default (writes fail with EPIPE; it never dies of a reader).
+        // SAFETY: restoring a signal's default disposition before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ipnat: error: {e:#}");
@@ -611,11 +621,7 @@ fn check_sysctls(config: &Config) {
         // Nothing is forwarded: the public addresses are local.
         return;
     }
-    let read = |key: &str| {
-        std::fs::read_to_string(format!("/proc/sys/{}", key.replace('.', "/")))
-            .map(|v| v.trim().to_owned())
-            .unwrap_or_default()
-    };
+    let read = |key: &str| ipnat::host::read(key).unwrap_or_default();
     if read("net.ipv4.ip_forward") != "1" {
         warn!(
             "net.ipv4.ip_forward is off: translated packets will not be forwarded (sysctl -w net.ipv4.ip_forward=1)"
@@ -654,6 +660,26 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
             config.pin_path.display()
         );
     }
+    // The metrics port, bound before anything changes: a port in use fails the start while
+    // nothing is attached, added or raised yet (and no record is left for a new data plane).
+    let metrics = match config.metrics_addr() {
+        Some(addr) => {
+            let bound = std::net::TcpListener::bind(addr).and_then(|l| {
+                l.set_nonblocking(true)?;
+                Ok(l)
+            });
+            match bound {
+                Ok(listener) => Some((addr, listener)),
+                Err(e) => {
+                    if !config.pin_path.exists() {
+                        let _ = records.remove_all();
+                    }
+                    return Err(e).with_context(|| format!("metrics_listen = {addr}"));
+                }
+            }
+        }
+        None => None,
+    };
     let mut dp = Dataplane::load(Some(&config.pin_path), config.max_mappings)?;
     if dp.adopted() {
         info!(pin_path = %config.pin_path.display(), "adopting the data plane an earlier run left pinned (it kept forwarding meanwhile)");
@@ -762,11 +788,11 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
     let ctl = std::sync::Arc::new(ipnat::metrics::ControllerCounters::default());
     ctl.last_apply_unix
         .store(unix_now(), std::sync::atomic::Ordering::Relaxed);
-    if let Some(addr) = config.metrics_addr() {
-        // Bound before "running", so a failure is reported and a scrape right after works.
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind(addr))
-            .with_context(|| format!("metrics_listen = {addr}"))?;
+    if let Some((addr, listener)) = metrics {
+        let listener = {
+            let _rt = rt.enter();
+            tokio::net::TcpListener::from_std(listener)?
+        };
         let tables = Tables::open_pinned(&config.pin_path)?;
         let ctl = ctl.clone();
         rt.spawn(async move {

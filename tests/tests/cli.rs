@@ -270,3 +270,31 @@ fn without_privileges_the_commands_say_what_is_missing() {
     let out = as_nobody(&["import", "-"]);
     assert!(!String::from_utf8_lossy(&out.stderr).contains("needs root"));
 }
+
+/// Output into a pipe that closes early ends the command quietly: no panic, no message.
+#[test]
+fn a_closed_pipe_ends_a_command_quietly() {
+    let path = std::env::temp_dir().join(format!("ipnat-cli-pipe-{}.toml", std::process::id()));
+    let mut text = String::from("[[interface]]\nname = \"eth0\"\n");
+    for i in 0..20_000u32 {
+        text.push_str(&format!(
+            "[[mapping]]\npublic = \"{}\"\nprivate = \"{}\"\n",
+            Ipv4Addr::from(0x7800_0000 + i),
+            Ipv4Addr::from(0x0a00_0000 + i)
+        ));
+    }
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("\"$0\" check --config \"$1\" | head -n 1")
+        .arg(ipnat_bin())
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.starts_with("config OK"), "{stdout}");
+    assert_eq!(stdout.lines().count(), 1);
+    assert!(stderr.is_empty(), "{stderr}");
+    std::fs::remove_file(path).unwrap();
+}

@@ -915,3 +915,41 @@ fn jumbo_frames_get_the_frags_capable_program_and_the_fast_path() {
         m["dnat_bytes"].as_u64().unwrap() - before["mappings"][0]["dnat_bytes"].as_u64().unwrap();
     assert!(moved >= 8042, "{stats}");
 }
+
+/// An interface with a dot in its name, as VLAN interfaces have (`ext0.100`; this kernel has
+/// no 802.1Q, so the gateway's outer veth is renamed so): the links are pinned under names
+/// bpffs accepts, traffic is translated both ways, and `down` takes it all apart.
+#[test]
+fn an_interface_with_a_dot_in_its_name_works_end_to_end() {
+    require_root();
+    let lab = GatewayLab::new(LabOptions::default()).unwrap();
+    lab.gw.ip(&["link", "set", "ext0", "down"]).unwrap();
+    lab.gw
+        .ip(&["link", "set", "ext0", "name", "ext0.100"])
+        .unwrap();
+    lab.gw.ip(&["link", "set", "ext0.100", "up"]).unwrap();
+    let pin = format!("/sys/fs/bpf/ipnat-dot-{}", std::process::id());
+    let config = lab
+        .config(&pin)
+        .replace("name = \"ext0\"", "name = \"ext0.100\"");
+    let mut ipnat = ipnat_tests::lab::Ipnat::start(&lab.gw, &config, &pin).unwrap();
+    assert!(
+        std::path::Path::new(&pin)
+            .join("link-xdp-ext0:100")
+            .exists()
+    );
+    let x = udp_exchange(&lab.inet, &lab.backend, EIP, 8120, b"a dot").unwrap();
+    assert_eq!(x.server_saw_peer.ip(), IpAddr::V4(INET));
+    assert_eq!(x.client_saw_peer.ip(), IpAddr::V4(EIP));
+    let st = ipnat::dataplane::status(&ipnat.pin_path).unwrap();
+    assert!(
+        st.attached
+            .iter()
+            .any(|a| a.iface == "ext0.100" && a.hook == "xdp"),
+        "{st:?}"
+    );
+    ipnat.stop().unwrap();
+    let (status, out) = ipnat.down().unwrap();
+    assert!(status.success() && out.contains("from ext0.100"), "{out}");
+    assert!(!std::path::Path::new(&pin).exists());
+}

@@ -177,7 +177,7 @@ fn arp_never_gives_the_eip_away_and_down_restores_the_host() {
     require_root();
     let lab = HostLab::new().unwrap();
     let before = host_state(&lab.inst);
-    let ipnat = lab.start_ipnat().unwrap();
+    let mut ipnat = lab.start_ipnat().unwrap();
     let during = host_state(&lab.inst);
     assert!(
         during.contains(&format!("inet {EIP0}/32 scope global lo")),
@@ -271,6 +271,8 @@ fn arp_never_gives_the_eip_away_and_down_restores_the_host() {
         .ip(&["addr", "del", "198.51.100.31/32", "dev", "lo"])
         .unwrap();
 
+    // `down` is refused while the controller runs; stopped, it undoes everything.
+    ipnat.stop().unwrap();
     let (status, out) = ipnat.down().unwrap();
     assert!(status.success(), "{out}");
     assert!(
@@ -279,4 +281,34 @@ fn arp_never_gives_the_eip_away_and_down_restores_the_host() {
     );
     let after = host_state(&lab.inst);
     assert_eq!(before, after, "ipnat down left the host changed:\n{out}");
+}
+
+/// A host-orientation start that fails (here: the metrics port is taken) changes nothing on
+/// the host: no EIP left on lo, no sysctl raised, nothing pinned.
+#[test]
+fn a_failed_start_leaves_the_host_as_it_was() {
+    require_root();
+    let lab = HostLab::new().unwrap();
+    let taken = lab
+        .inst
+        .within(|| Ok(std::net::TcpListener::bind("127.0.0.1:0")?))
+        .unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let before = host_state(&lab.inst);
+    let pin = format!("/sys/fs/bpf/ipnat-host-failed-{}", std::process::id());
+    let config = format!(
+        "metrics_listen = \"127.0.0.1:{port}\"\n{}",
+        HostLab::config(&pin)
+    );
+    let err = ipnat_tests::lab::Ipnat::start(&lab.inst, &config, &pin)
+        .err()
+        .expect("started with its metrics port taken");
+    assert!(format!("{err:#}").contains("metrics_listen"), "{err:#}");
+    assert_eq!(
+        host_state(&lab.inst),
+        before,
+        "the failed start changed the host"
+    );
+    assert!(!std::path::Path::new(&pin).exists());
+    drop(taken);
 }

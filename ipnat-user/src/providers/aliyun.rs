@@ -175,8 +175,10 @@ impl Metadata {
         };
         let path = format!("{base}{role}");
         let doc = self.get(&path).await?;
-        super::aliyun_api::Credentials::from_ram_role(&doc)
-            .map_err(|_| self.garbage(&path, &doc, "RAM role credentials (JSON)"))
+        super::aliyun_api::Credentials::from_ram_role(&doc).map_err(|_| {
+            self.0
+                .refused_credentials(&path, &doc, "RAM role credentials (JSON)")
+        })
     }
 }
 
@@ -219,6 +221,60 @@ pub fn steering_rules(
 
 #[cfg(test)]
 mod tests {
+
+    /// A metadata service on loopback that hands out a token and answers every GET with
+    /// `body`, for `requests` requests.
+    fn serve(body: &'static str, requests: usize) -> String {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(requests) {
+                let mut stream = stream.unwrap();
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = stream.read(&mut buf).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    req.extend_from_slice(&buf[..n]);
+                }
+                let answer = if req.starts_with(b"PUT") {
+                    "token"
+                } else {
+                    body
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[test]
+    fn a_refused_credentials_document_is_never_echoed() {
+        let doc = r#"{"Code": "Failed", "AccessKeyId": "STS.id", "AccessKeySecret": "TOPSECRETvalue", "SecurityToken": "tok", "Expiration": "2026-12-04T00:00:00Z"}"#;
+        let endpoint = serve(doc, 2);
+        let md = Metadata::new(&endpoint, Duration::from_secs(5)).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let err = rt
+            .block_on(md.ram_credentials(Some("role")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("Failed"), "{err}");
+        assert!(
+            !err.contains("TOPSECRET") && !err.contains("STS.id"),
+            "{err}"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -93,8 +93,10 @@ impl Imds {
             .ok_or_else(|| self.garbage(base, &list, "an instance profile role"))?;
         let path = format!("{base}{role}");
         let doc = self.get(&path).await?;
-        super::ec2::credentials_from_role(&doc)
-            .map_err(|_| self.garbage(&path, &doc, "role credentials (JSON)"))
+        super::ec2::credentials_from_role(&doc).map_err(|_| {
+            self.0
+                .refused_credentials(&path, &doc, "role credentials (JSON)")
+        })
     }
 
     /// Every NIC of the instance, or the first error: never a partial answer.

@@ -200,6 +200,23 @@ impl MetadataClient {
         r
     }
 
+    /// The error for a credentials document at `path` that was refused: it names the
+    /// document's `Code` and nothing else of it (it holds the secret).
+    pub fn refused_credentials(&self, path: &str, doc: &str, what: &'static str) -> MetadataError {
+        let code = serde_json::from_str::<serde_json::Value>(doc)
+            .ok()
+            .and_then(|v| v["Code"].as_str().map(str::to_owned));
+        let shown = match code {
+            Some(code) => format!("Code {code:?} (the rest is not shown: it holds the secret)"),
+            None => "a document that is not one (not shown: it may hold the secret)".into(),
+        };
+        MetadataError::Garbage {
+            url: format!("{}/latest/meta-data/{path}", self.endpoint),
+            value: shown,
+            what,
+        }
+    }
+
     /// The error for a value at `path` that is not `what`.
     pub fn garbage(&self, path: &str, value: &str, what: &'static str) -> MetadataError {
         MetadataError::Garbage {
