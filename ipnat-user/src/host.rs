@@ -119,6 +119,33 @@ pub fn loosen_rp_filter(
     Ok(now)
 }
 
+/// Raises `promote_secondaries` to 1 on `iface` where its effective value (the larger of `all`
+/// and the interface's) is 0, recording the old value. Without it, removing the primary
+/// address of a subnet deletes every secondary address of that subnet with it: an address
+/// ipnat added and later removes would take the admin's own addresses along. Called before
+/// ipnat adds an address; `ipnat down` restores it after removing the addresses.
+pub fn promote_secondaries(
+    iface: &str,
+    pin_path: &Path,
+) -> std::io::Result<Option<(String, String)>> {
+    let all: u8 = read("net.ipv4.conf.all.promote_secondaries")?
+        .parse()
+        .unwrap_or(0);
+    let key = format!("net.ipv4.conf.{iface}.promote_secondaries");
+    let old = read(&key)?;
+    if all.max(old.parse().unwrap_or(0)) >= 1 {
+        return Ok(None);
+    }
+    let mut changed = load(pin_path);
+    write(&key, "1")?;
+    changed
+        .sysctls
+        .entry(key.clone())
+        .or_insert_with(|| old.clone());
+    save(pin_path, &changed)?;
+    Ok(Some((key, old)))
+}
+
 /// Host orientation: the public addresses live on `lo`, and no neighbour may learn them from
 /// this host: on each of `ifaces`, ARP requests are answered only for addresses of that
 /// interface (`arp_ignore` 1) and ARP requests go out with the interface's own address as
@@ -499,6 +526,12 @@ pub fn reconcile_addresses(
         let Some(index) = ifindex_of(iface) else {
             continue;
         };
+        // A /32 has no secondaries (they share the primary's subnet).
+        if net.prefix_len() < 32
+            && let Some((key, old)) = promote_secondaries(iface, pin_path)?
+        {
+            tracing::info!(%key, old = %old, "raised so that removing an address ipnat added never removes others of its subnet; `ipnat down` restores it");
+        }
         add_address(index, *net)?;
         record.added.push((iface.clone(), net.to_string()));
         added.push(format!("{net} on {iface}"));

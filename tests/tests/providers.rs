@@ -756,3 +756,78 @@ fn ec2_api_tags_give_a_gateway_its_backends_and_bad_answers_change_nothing() {
     assert_eq!(sync.consecutive_failures, 0);
     assert!(!status().contains("source/destination check"));
 }
+
+/// Addresses ipnat adds from the cloud's metadata, the first of them the primary of its
+/// subnet on eth1, and the admin's own added after it in the same subnet, on a host with
+/// `promote_secondaries` 0: the cloud removing ipnat's primary, and `ipnat down`, remove only
+/// ipnat's addresses; the admin's stays, and promote_secondaries is put back.
+#[test]
+fn removing_ipnats_addresses_never_removes_the_admins() {
+    require_root();
+    let lab = SteerLab::new(1, false).unwrap();
+    // Only the cloud's addresses, and ipnat puts them there.
+    lab.inst.ip(&["addr", "flush", "dev", "eth1"]).unwrap();
+    for conf in ["all", "default", "eth1"] {
+        lab.inst
+            .sysctl(&format!("net.ipv4.conf.{conf}.promote_secondaries"), "0")
+            .unwrap();
+    }
+    let promote = || {
+        let out = lab
+            .inst
+            .run("sysctl", &["-n", "net.ipv4.conf.eth1.promote_secondaries"])
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let imds = FakeImds::start(&lab.inst);
+    let (m0, m1) = (mac(&lab.inst, "eth0"), mac(&lab.inst, "eth1"));
+    let base = "network/interfaces/macs/";
+    imds.set(base, &format!("{m0}/\n{m1}/\n"));
+    for (m, dn, ips, subnet) in [
+        (&m0, "0", "10.0.0.10", "10.0.0.0/24"),
+        (&m1, "1", "10.0.1.20\n10.0.1.21", "10.0.1.0/24"),
+    ] {
+        imds.set(&format!("{base}{m}/device-number"), dn);
+        imds.set(&format!("{base}{m}/interface-id"), &format!("eni-{dn}"));
+        imds.set(&format!("{base}{m}/local-ipv4s"), ips);
+        imds.set(&format!("{base}{m}/subnet-ipv4-cidr-block"), subnet);
+    }
+    let pin = format!("/sys/fs/bpf/ipnat-promote-{}", std::process::id());
+    let config = format!(
+        "pin_path = \"{pin}\"\n[[interface]]\nname = \"eth0\"\n[[interface]]\nname = \"eth1\"\n\
+         [aws]\nendpoint = \"http://127.0.0.1:{}\"\ninterval_secs = 1\ntimeout_ms = 500\n",
+        imds.port
+    );
+    let mut ipnat = Ipnat::start(&lab.inst, &config, &pin).unwrap();
+    wait_until("ipnat's addresses", || {
+        let e = eth1(&lab);
+        e.contains("10.0.1.20/24") && e.contains("10.0.1.21/24")
+    });
+    // The admin's own, a secondary of ipnat's primary.
+    lab.inst
+        .ip(&["addr", "add", "10.0.1.99/24", "dev", "eth1"])
+        .unwrap();
+    assert_eq!(promote(), "1", "raised where ipnat adds addresses");
+    // The cloud takes ipnat's primary away.
+    imds.set(&format!("{base}{m1}/local-ipv4s"), "10.0.1.21");
+    wait_until("10.0.1.20 removed", || !eth1(&lab).contains("10.0.1.20/24"));
+    std::thread::sleep(Duration::from_millis(1500));
+    let now = eth1(&lab);
+    assert!(
+        now.contains("10.0.1.99/24") && now.contains("10.0.1.21/24"),
+        "the admin's address went with ipnat's: {now}"
+    );
+    ipnat.stop().unwrap();
+    let (ok, out) = ipnat.down().unwrap();
+    assert!(
+        ok.success() && out.contains("removed address 10.0.1.21/24 on eth1"),
+        "{out}"
+    );
+    let after = eth1(&lab);
+    assert!(
+        after.contains("10.0.1.99/24"),
+        "down removed the admin's address: {after}"
+    );
+    assert!(!after.contains("10.0.1.21/24"), "{after}");
+    assert_eq!(promote(), "0", "down puts promote_secondaries back");
+}
