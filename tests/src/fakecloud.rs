@@ -216,10 +216,13 @@ impl FakeImds {
 /// A fake ECS OpenAPI (RPC style, `Format=JSON`) serving DescribeNetworkInterfaces for one
 /// instance, checking requests like the real service: known access key, security token for
 /// temporary credentials, signature (v1), a nonce used once, and answering with the real
-/// error shapes (`{"Code","Message","RequestId"}`). It serves one NIC per page whatever the
-/// PageSize asked, so that clients must follow TotalCount.
+/// error shapes (`{"Code","Message","RequestId"}`). It pages DescribeNetworkInterfaces by
+/// `NextToken` (the documented way; page numbers are ignored) with one NIC per page whatever
+/// `MaxResults` asked, so that clients must follow the tokens.
 pub struct FakeAliyunApi {
     pub port: u16,
+    /// A page served wrong (see [`PageFault`]).
+    pub page_fault: Arc<Mutex<Option<PageFault>>>,
     /// `NetworkInterfaceSet` entries, in the documented shape (see [`FakeAliyunApi::nic`]).
     pub nics: Arc<Mutex<Vec<serde_json::Value>>>,
     /// Access key id -> (secret, security token of temporary credentials).
@@ -231,6 +234,15 @@ pub struct FakeAliyunApi {
     pub calls: Arc<Mutex<usize>>,
     /// Instance type -> private addresses per NIC (DescribeInstanceTypes).
     pub types: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+/// A page of the fake OpenAPI served wrong, by its number (from 1).
+#[derive(Clone, Copy, Debug)]
+pub enum PageFault {
+    /// Page N answers with page N-1's NICs again.
+    Repeat(u64),
+    /// Page N answers with page N+1's NICs (page N is missing).
+    Skip(u64),
 }
 
 /// An access key's secret and, for temporary credentials, its security token.
@@ -253,8 +265,10 @@ impl FakeAliyunApi {
         let calls = Arc::new(Mutex::new(0));
         let nonces: Arc<Mutex<HashSet<String>>> = Arc::default();
         let types: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+        let page_fault: Arc<Mutex<Option<PageFault>>> = Arc::default();
         let (n, k, f, c) = (nics.clone(), keys.clone(), fail_page.clone(), calls.clone());
         let t = types.clone();
+        let pf = page_fault.clone();
         let (region, instance) = (region.to_owned(), instance.to_owned());
         let port = serve(
             ns,
@@ -410,27 +424,47 @@ impl FakeAliyunApi {
                     } else {
                         return api_error(400, "InvalidParameter", "InstanceId.");
                     };
-                let page: u64 = q
-                    .get("PageNumber")
-                    .and_then(|p| p.parse().ok())
-                    .unwrap_or(1);
+                // Paged by NextToken, as documented: `page-N` names page N (from 1).
+                let page: u64 = match q.get("NextToken") {
+                    None => 1,
+                    Some(t) => match t.strip_prefix("page-").and_then(|p| p.parse().ok()) {
+                        Some(p) => p,
+                        None => {
+                            return api_error(
+                                400,
+                                "InvalidNextToken.Malformed",
+                                "The specified NextToken is invalid.",
+                            );
+                        }
+                    },
+                };
+                let fault = *pf.lock().unwrap();
+                let index = match fault {
+                    Some(PageFault::Repeat(p)) if p == page => page - 1,
+                    Some(PageFault::Skip(p)) if p == page => page + 1,
+                    _ => page,
+                };
                 if let Some((p, status, body)) = f.lock().unwrap().clone()
                     && p == page
                 {
                     return (status, body);
                 }
                 let set: Vec<serde_json::Value> = selected
-                    .get(page as usize - 1)
+                    .get((index as usize).wrapping_sub(1))
                     .cloned()
                     .into_iter()
                     .collect();
+                let next = if (index as usize) < selected.len() {
+                    format!("page-{}", page + 1)
+                } else {
+                    String::new()
+                };
                 (
                     200,
                     serde_json::json!({
                         "RequestId": "FAKE-REQUEST",
                         "TotalCount": selected.len(),
-                        "PageNumber": page,
-                        "PageSize": 1,
+                        "NextToken": next,
                         "NetworkInterfaceSets": {"NetworkInterfaceSet": set},
                     })
                     .to_string(),
@@ -439,6 +473,7 @@ impl FakeAliyunApi {
         );
         Self {
             port,
+            page_fault,
             nics,
             keys,
             fail_page,

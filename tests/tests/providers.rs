@@ -386,7 +386,7 @@ fn aws_associations_become_the_host_orientations_eips() {
 #[test]
 fn aliyun_openapi_gives_every_nics_eips_and_bad_answers_change_nothing() {
     use ipnat_tests::{
-        fakecloud::FakeAliyunApi,
+        fakecloud::{FakeAliyunApi, PageFault},
         hostlab::{EIP0, EIP1, HostLab, INET, PRIV0, PRIV1},
         lab::{tcp_exchange_at, tcp_exchange_from},
     };
@@ -531,8 +531,21 @@ fn aliyun_openapi_gives_every_nics_eips_and_bad_answers_change_nothing() {
     ));
     wait_until("throttling", || status().result.contains("Throttling.User"));
     unchanged("throttling");
-    // Healed, and the third EIP disassociated.
     *api.fail_page.lock().unwrap() = None;
+    // Paged by NextToken: page 2 repeating page 1, then page 2 missing (page 3's NICs in its
+    // place): errors, never a partial table.
+    *api.page_fault.lock().unwrap() = Some(PageFault::Repeat(2));
+    wait_until("a repeated page", || {
+        status().result.contains("a page came twice")
+    });
+    unchanged("a repeated page");
+    *api.page_fault.lock().unwrap() = Some(PageFault::Skip(2));
+    wait_until("a missing page", || {
+        status().result.contains("a page is missing")
+    });
+    unchanged("a missing page");
+    *api.page_fault.lock().unwrap() = None;
+    // Healed, and the third EIP disassociated.
     set_nics(2);
     wait_until("3 mappings", || mappings(&ipnat) == 3);
     wait_until("the third EIP gone from lo", || !lo_has(&lab.inst, EIP1[2]));

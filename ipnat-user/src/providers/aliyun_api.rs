@@ -345,37 +345,60 @@ impl OpenApi {
             action: ACTION.into(),
             why,
         };
-        let mut nics = Vec::new();
-        for page in 1.. {
-            let body = self
-                .call(
-                    ACTION,
-                    &[
-                        ("RegionId", region.to_owned()),
-                        (filter.0, filter.1.clone()),
-                        ("PageNumber", page.to_string()),
-                        ("PageSize", PAGE_SIZE.to_string()),
-                    ],
-                )
-                .await?;
-            let total = body["TotalCount"]
-                .as_u64()
-                .ok_or_else(|| garbage("no TotalCount".into()))? as usize;
+        // Paged by NextToken (PageNumber is slated for removal): the first request carries
+        // only MaxResults, each next one the previous answer's NextToken; an empty or absent
+        // NextToken ends the list. A repeated token or NIC, an empty page that promises more,
+        // or a count short of TotalCount (where given) is an error: never a partial table.
+        let mut nics: Vec<ApiNic> = Vec::new();
+        let mut token: Option<String> = None;
+        let mut tokens = std::collections::HashSet::new();
+        let mut ids = std::collections::HashSet::new();
+        let mut total = None;
+        for page in 1usize.. {
+            let mut params = vec![
+                ("RegionId", region.to_owned()),
+                (filter.0, filter.1.clone()),
+                ("MaxResults", PAGE_SIZE.to_string()),
+            ];
+            if let Some(t) = &token {
+                params.push(("NextToken", t.clone()));
+            }
+            let body = self.call(ACTION, &params).await?;
             let set = body["NetworkInterfaceSets"]["NetworkInterfaceSet"]
                 .as_array()
                 .ok_or_else(|| garbage("no NetworkInterfaceSets.NetworkInterfaceSet".into()))?;
             for n in set {
-                nics.push(parse_nic(n).map_err(garbage)?);
+                let nic = parse_nic(n).map_err(garbage)?;
+                if !ids.insert(nic.id.clone()) {
+                    return Err(garbage(format!(
+                        "page {page} repeats NIC {} (a page came twice)",
+                        nic.id
+                    )));
+                }
+                nics.push(nic);
             }
-            if nics.len() >= total {
-                break;
+            if let Some(t) = body["TotalCount"].as_u64() {
+                total = Some(t as usize);
             }
-            if set.is_empty() {
-                return Err(garbage(format!(
-                    "page {page} is empty after {} of {total} NICs",
-                    nics.len()
-                )));
+            match body["NextToken"].as_str().filter(|t| !t.is_empty()) {
+                None => break,
+                Some(_) if set.is_empty() => {
+                    return Err(garbage(format!(
+                        "page {page} is empty but has a NextToken, after {} NICs",
+                        nics.len()
+                    )));
+                }
+                Some(t) if !tokens.insert(t.to_owned()) => {
+                    return Err(garbage(format!("NextToken {t:?} repeats")));
+                }
+                Some(t) => token = Some(t.to_owned()),
             }
+        }
+        if let Some(total) = total.filter(|&t| t != nics.len()) {
+            return Err(garbage(format!(
+                "{} NICs on the pages but TotalCount {total} (a page is missing or short)",
+                nics.len()
+            )));
         }
         Ok(nics)
     }

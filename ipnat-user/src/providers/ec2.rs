@@ -208,8 +208,12 @@ impl Ec2 {
                 params.push((format!("Filter.{}.Value.{}", i + 1, j + 1), v.clone()));
             }
         }
-        let mut nics = Vec::new();
+        // Every page by NextToken (absent on the last); a token or a NIC seen before means a
+        // page came twice: an error, never a partial or doubled table.
+        let mut nics: Vec<Ec2Nic> = Vec::new();
         let mut token: Option<String> = None;
+        let mut tokens = std::collections::HashSet::new();
+        let mut ids = std::collections::HashSet::new();
         loop {
             let mut p = params.clone();
             if let Some(t) = &token {
@@ -217,9 +221,17 @@ impl Ec2 {
             }
             let text = self.call(ACTION, &p).await?;
             let (page, next) = parse_nics(&text).map_err(garbage)?;
-            nics.extend(page);
+            for nic in page {
+                if !ids.insert(nic.id.clone()) {
+                    return Err(garbage(format!(
+                        "NIC {} on two pages (a page came twice)",
+                        nic.id
+                    )));
+                }
+                nics.push(nic);
+            }
             match next {
-                Some(t) if Some(&t) == token.as_ref() => {
+                Some(t) if !tokens.insert(t.clone()) => {
                     return Err(garbage(format!("NextToken {t:?} repeats")));
                 }
                 Some(t) => token = Some(t),
