@@ -252,6 +252,46 @@ fn fixtures() -> Vec<Fixture> {
             bad_ihl,
             Reason::PassMalformed,
         ));
+        // RFC 1812 5.2.2: what a router must check before forwarding (the fast path bypasses
+        // ip_rcv). Each header's checksum is recomputed, so only the named field is wrong.
+        let with_total = |total: u16| {
+            let mut t = Ipv4::tcp(src, 40000, dst, 80, b"truncated").frame();
+            t[14 + 2..14 + 4].copy_from_slice(&total.to_be_bytes());
+            t[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+            let c = packet::checksum(&t[14..34]);
+            t[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
+            t
+        };
+        let whole = Ipv4::tcp(src, 40000, dst, 80, b"truncated")
+            .ip_bytes()
+            .len() as u16;
+        f.push(untouched(
+            "total length beyond the frame",
+            hook,
+            with_total(whole + 4),
+            Reason::PassMalformed,
+        ));
+        f.push(untouched(
+            "total length below the header",
+            hook,
+            with_total(16),
+            Reason::PassMalformed,
+        ));
+        let mut bad_check = Ipv4::tcp(src, 40000, dst, 80, b"bad header checksum").frame();
+        bad_check[14 + 11] ^= 0x5a;
+        f.push(untouched(
+            "bad header checksum",
+            hook,
+            bad_check,
+            Reason::PassMalformed,
+        ));
+        // A frame longer than its packet (Ethernet padding of a short one) is legal: translated,
+        // the padding kept.
+        let short = Ipv4::udp(src, 40000, dst, 53, b"pad");
+        let mut padded = build("ethernet padding behind a short packet", short);
+        padded.input.extend_from_slice(&[0u8; 12]);
+        padded.expected.extend_from_slice(&[0u8; 12]);
+        f.push(padded);
         if hook == Hook::Xdp {
             // The kernel's skb test-run refuses an IPv4 frame shorter than an IPv4 header (and
             // the stack never hands TC one), so this one is XDP's alone.
@@ -621,4 +661,27 @@ fn batched_writes_and_reads_cover_every_entry() {
     assert_eq!(after.len(), n as usize);
     h.dp.tables.apply(&desired[..10]).unwrap();
     assert_eq!(h.dp.tables.mappings().unwrap().len(), 10);
+}
+
+/// The fast path (XDP forwarding by itself, past `ip_rcv`) leaves a truncated packet to the
+/// kernel untouched, counted as malformed, as the translating hooks do.
+#[test]
+fn the_fast_path_leaves_malformed_headers_to_the_kernel() {
+    let mut h = Harness::new();
+    h.dp.tables.set_fast_path(true).unwrap();
+    let mut frame = Ipv4::tcp(INET, 40000, EIP, 80, b"fast path").frame();
+    let total = u16::from_be_bytes([frame[16], frame[17]]) + 8;
+    frame[16..18].copy_from_slice(&total.to_be_bytes());
+    frame[24..26].copy_from_slice(&[0, 0]);
+    let c = packet::checksum(&frame[14..34]);
+    frame[24..26].copy_from_slice(&c.to_be_bytes());
+    let before = h.snapshot();
+    let (verdict, out) = h.run(Hook::Xdp, &frame);
+    let after = h.snapshot();
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(hex(&out), hex(&frame));
+    assert_eq!(
+        after.reasons["pass_malformed"] - before.reasons["pass_malformed"],
+        1
+    );
 }
