@@ -176,8 +176,21 @@ pub fn render(tables: &Tables, ctl: &ControllerCounters) -> Result<String, Datap
     Ok(out)
 }
 
+/// At most this many connections to the metrics server at once; more are closed on accept.
+pub const MAX_CONNECTIONS: usize = 32;
+/// A connection must have sent its request head within this.
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// A connection is closed after this, whatever it is doing (a scrape takes milliseconds).
+pub const CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Serves `/metrics` on `listener` until the runtime stops. `tables` is a read-only view of the
 /// pinned maps (opened separately from the controller's own handle).
+///
+/// Bounded, so that what the port is sent never takes what the controller's own work needs
+/// (file descriptors for reloads, syncs, map writes): at most [`MAX_CONNECTIONS`] open
+/// connections (others are closed at once), each given [`HEADER_TIMEOUT`] to send its request
+/// and [`CONNECTION_TIMEOUT`] in all; an accept that fails (no descriptor left) waits a little
+/// instead of spinning.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     tables: Tables,
@@ -210,5 +223,27 @@ pub async fn serve(
             }
         }),
     );
-    axum::serve(listener, app).await
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(_) => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn).await;
+            drop(permit);
+        });
+    }
 }

@@ -283,10 +283,22 @@ pub struct Ipnat {
     /// Whether an `ipnat run` of this instance ever came up: only then is the data plane at
     /// the pin path this instance's to remove on drop.
     owns_pins: bool,
+    /// The controller's limit on open files (soft and hard), if not the caller's.
+    nofile: Option<u64>,
 }
 
 impl Ipnat {
     pub fn start(ns: &Netns, config: &str, pin_path: &str) -> Result<Self> {
+        Self::start_limited(ns, config, pin_path, None)
+    }
+
+    /// [`Ipnat::start`] with a limit on the controller's open files (`nofile`, soft and hard).
+    pub fn start_limited(
+        ns: &Netns,
+        config: &str,
+        pin_path: &str,
+        nofile: Option<u64>,
+    ) -> Result<Self> {
         let config_path = std::env::temp_dir().join(format!(
             "ipnat-{}-{}.toml",
             std::process::id(),
@@ -298,6 +310,7 @@ impl Ipnat {
             config_path,
             netns_path: None,
             owns_pins: false,
+            nofile,
         };
         if let Ok(mut pins) = PINS.lock() {
             pins.push(me.pin_path.clone());
@@ -321,11 +334,21 @@ impl Ipnat {
         std::fs::write(&self.config_path, config)?;
         self.netns_path = Some(ns.path());
         let mut cmd = ns.command(bin.to_str().context("binary path")?);
-        // SAFETY: pre_exec only calls sigprocmask, which is async-signal-safe. A caller that
-        // blocked SIGINT/SIGTERM to handle them itself must not pass that mask on to ipnat.
+        let nofile = self.nofile;
+        // SAFETY: pre_exec only calls sigprocmask and setrlimit, which are async-signal-safe. A
+        // caller that blocked SIGINT/SIGTERM to handle them itself must not pass that mask on.
         unsafe {
             use std::os::unix::process::CommandExt;
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
+                if let Some(n) = nofile {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 nix::sys::signal::SigSet::empty()
                     .thread_set_mask()
                     .map_err(std::io::Error::from)

@@ -453,3 +453,59 @@ fn an_older_map_layout_is_migrated_under_traffic() {
     let st = ipnat::dataplane::status(&pin).unwrap();
     assert_eq!(st.schema, SCHEMA_VERSION);
 }
+
+/// More idle connections to the metrics port than the controller may open files: the
+/// controller's own work goes on (a reload applies), the data plane translates, and a scrape
+/// works again once the idle connections time out.
+#[test]
+fn idle_metrics_connections_never_starve_the_controller() {
+    require_root();
+    let lab = GatewayLab::new(LabOptions::default()).unwrap();
+    let pin = format!("/sys/fs/bpf/ipnat-fds-{}", std::process::id());
+    let mut ipnat =
+        ipnat_tests::lab::Ipnat::start_limited(&lab.gw, &lab.config(&pin), &pin, Some(256))
+            .unwrap();
+    let idle: Vec<std::net::TcpStream> = lab
+        .gw
+        .within(|| {
+            (0..400)
+                .map(|_| Ok(std::net::TcpStream::connect("127.0.0.1:9469")?))
+                .collect::<anyhow::Result<Vec<_>>>()
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    // A reload that adds a mapping must apply (it opens the config file).
+    let more = format!(
+        "{}\n[[mapping]]\npublic = \"198.51.100.12\"\nprivate = \"10.0.1.12\"\n",
+        lab.config(&pin)
+    );
+    ipnat.reload(&more).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while ipnat.stats_json().unwrap()["mappings"]
+        .as_array()
+        .unwrap()
+        .len()
+        != 3
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reload did not apply with the metrics port flooded"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let x = ipnat_tests::lab::udp_exchange(&lab.inet, &lab.backend, EIP, 7400, b"flooded").unwrap();
+    assert_eq!(x.response, b"dedoolf");
+    // The idle ones are closed after the header timeout; a scrape then works.
+    let deadline = std::time::Instant::now() + ipnat::metrics::HEADER_TIMEOUT * 3;
+    loop {
+        if ipnat_tests::lab::metrics(&lab.gw).is_ok_and(|m| m.contains("ipnat_mappings 3")) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scrape after the idle ones"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(idle);
+}
