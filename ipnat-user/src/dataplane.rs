@@ -508,6 +508,8 @@ pub struct Status {
     pub steering: Vec<InstalledSteer>,
     /// Host settings ipnat changed (sysctl key -> the value it will restore).
     pub host_changes: BTreeMap<String, String>,
+    /// Addresses ipnat added (and `ipnat down` removes), by who asked for them.
+    pub addresses: Vec<crate::host::OwnedAddress>,
     /// The last cloud provider syncs, when a provider is configured.
     pub sync: Option<crate::providers::SyncState>,
 }
@@ -567,6 +569,7 @@ pub fn status(dir: &Path) -> Result<Status, DataplaneError> {
         attached,
         steering: tables.steering()?,
         host_changes: crate::host::changed(dir).sysctls,
+        addresses: crate::host::owned_addresses(dir),
         sync: crate::providers::SyncState::load(dir),
     })
 }
@@ -663,6 +666,13 @@ impl Status {
         }
         for (key, old) in &self.host_changes {
             let _ = writeln!(s, "changed:    {key} (was {old}; `ipnat down` restores it)");
+        }
+        for a in &self.addresses {
+            let _ = writeln!(
+                s,
+                "added:      {} on {} ({}; `ipnat down` removes it)",
+                a.address, a.interface, a.owner
+            );
         }
         s
     }

@@ -586,6 +586,35 @@ pub fn release_address(
     Ok(removed)
 }
 
+/// An address ipnat added, for `ipnat status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct OwnedAddress {
+    pub interface: String,
+    /// address/prefix length
+    pub address: String,
+    /// `provider sync` or `host orientation`.
+    pub owner: &'static str,
+}
+
+/// Every address ipnat added and still holds, by owner.
+pub fn owned_addresses(pin_path: &Path) -> Vec<OwnedAddress> {
+    AddressOwner::ALL
+        .iter()
+        .flat_map(|&owner| {
+            AddedAddresses::load(pin_path, owner).added.into_iter().map(
+                move |(interface, address)| OwnedAddress {
+                    interface,
+                    address,
+                    owner: match owner {
+                        AddressOwner::Provider => "provider sync",
+                        AddressOwner::Host => "host orientation",
+                    },
+                },
+            )
+        })
+        .collect()
+}
+
 /// Removes every address ipnat added, for every owner (for `ipnat down`); returns them.
 pub fn remove_added_addresses(pin_path: &Path) -> std::io::Result<Vec<String>> {
     let mut all = Vec::new();

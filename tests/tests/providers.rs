@@ -119,6 +119,24 @@ fn aws_metadata_drives_steering_and_bad_answers_change_nothing() {
         assert!(udp_ok(&lab, *a, 7200 + i as u16), "{a} is steered");
     }
     let st = ipnat::dataplane::status(&ipnat.pin_path).unwrap();
+    // `ipnat status` names the addresses ipnat owns (and only those).
+    let owned: Vec<(String, String, &str)> = st
+        .addresses
+        .iter()
+        .map(|a| (a.interface.clone(), a.address.clone(), a.owner))
+        .collect();
+    assert_eq!(
+        owned,
+        [(
+            "eth1".to_owned(),
+            "10.0.1.23/24".to_owned(),
+            "provider sync"
+        )]
+    );
+    assert!(
+        st.render()
+            .contains("added:      10.0.1.23/24 on eth1 (provider sync")
+    );
     let sync = st.sync.expect("sync state");
     assert_eq!(
         (sync.provider.as_str(), sync.result.as_str(), sync.rules),
