@@ -68,55 +68,76 @@ pub fn import(inputs: &[Input<'_>]) -> Imported {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let skip = |why: &str| Skipped {
-                file: input.name.to_owned(),
-                line: n,
-                text: line.to_owned(),
-                why: why.to_owned(),
-            };
-            // Strip what shells put around commands.
-            let cmd = line
-                .trim_start_matches("sudo ")
-                .trim_end_matches(';')
-                .trim_end_matches("|| true")
-                .trim();
-            let words: Vec<&str> = cmd.split_whitespace().collect();
-            match parse_line(&words) {
-                Parsed::Rule { from, table } => rules.push((from, table, input.name.into(), n)),
-                Parsed::Route {
-                    table,
-                    dst,
-                    via,
-                    dev,
-                } => {
-                    let Some(dev) = dev else {
-                        out.skipped
-                            .push(skip("a route without `dev`: which interface is unknown"));
-                        continue;
-                    };
-                    out.interfaces.insert(dev.clone());
-                    let t = tables.entry(table).or_default();
-                    match (dst, via) {
-                        (None, Some(gw)) => t.default = Some((gw, dev)),
-                        (Some(net), None) => t.connected.push((net, dev)),
-                        (None, None) => out
-                            .skipped
-                            .push(skip("a default route without `via`: no gateway")),
-                        (Some(_), Some(_)) => out.skipped.push(skip(
-                            "a route to a specific prefix via a gateway: steering sends everything \
-                             off-link to one gateway; add it by hand if it matters",
-                        )),
+            // One line may hold several commands (`a ; b`, `a && b`): each is converted or
+            // reported on its own.
+            for part in line.split(';').flat_map(|p| p.split("&&")) {
+                // Strip what shells put around commands.
+                let cmd = part
+                    .trim()
+                    .trim_start_matches("sudo ")
+                    .trim_end_matches("|| true")
+                    .trim();
+                if cmd.is_empty() {
+                    continue;
+                }
+                let skip = |why: &str| Skipped {
+                    file: input.name.to_owned(),
+                    line: n,
+                    text: cmd.to_owned(),
+                    why: why.to_owned(),
+                };
+                let words: Vec<&str> = cmd.split_whitespace().map(unquote).collect();
+                match parse_line(&words) {
+                    Parsed::Rule { from, table } => rules.push((from, table, input.name.into(), n)),
+                    Parsed::Route {
+                        table,
+                        dst,
+                        via,
+                        dev,
+                    } => {
+                        let Some(dev) = dev else {
+                            out.skipped
+                                .push(skip("a route without `dev`: which interface is unknown"));
+                            continue;
+                        };
+                        if !is_interface_name(&dev) {
+                            out.skipped
+                                .push(skip(&format!("{dev:?} is not an interface name")));
+                            continue;
+                        }
+                        out.interfaces.insert(dev.clone());
+                        let t = tables.entry(table).or_default();
+                        match (dst, via) {
+                            (None, Some(gw)) => t.default = Some((gw, dev)),
+                            (Some(net), None) => t.connected.push((net, dev)),
+                            (None, None) => out
+                                .skipped
+                                .push(skip("a default route without `via`: no gateway")),
+                            (Some(_), Some(_)) => out.skipped.push(skip(
+                                "a route to a specific prefix via a gateway: steering sends everything \
+                                 off-link to one gateway; add it by hand if it matters",
+                            )),
+                        }
                     }
+                    Parsed::Addr { net, dev } if !is_interface_name(&dev) => {
+                        out.skipped
+                            .push(skip(&format!("{dev:?} on {net} is not an interface name")));
+                    }
+                    Parsed::Addr { net, dev } => {
+                        out.interfaces.insert(dev.clone());
+                        out.addresses.push((net, dev));
+                    }
+                    Parsed::Ignore => {}
+                    Parsed::Unsupported(why) => out.skipped.push(skip(&why)),
                 }
-                Parsed::Addr { net, dev } => {
-                    out.interfaces.insert(dev.clone());
-                    out.addresses.push((net, dev));
-                }
-                Parsed::Ignore => {}
-                Parsed::Unsupported(why) => out.skipped.push(skip(&why)),
             }
         }
     }
+    // Indexes, so that many rules cost linear time: sources already steered, and each
+    // (interface, gateway)'s subnet from the addresses.
+    let mut steered: std::collections::HashSet<Block> = std::collections::HashSet::new();
+    let mut subnets: std::collections::HashMap<(String, Ipv4Addr), Option<Ipv4Net>> =
+        std::collections::HashMap::new();
     for (from, table, file, line) in rules {
         let skip = |why: String| Skipped {
             file: file.clone(),
@@ -144,10 +165,12 @@ pub fn import(inputs: &[Input<'_>]) -> Imported {
             .find(|(net, d)| *d == dev && net.contains(&gw))
             .map(|(net, _)| *net)
             .or_else(|| {
-                out.addresses
-                    .iter()
-                    .find(|(net, d)| *d == dev && net.contains(&gw))
-                    .map(|(net, _)| net.trunc())
+                *subnets.entry((dev.clone(), gw)).or_insert_with(|| {
+                    out.addresses
+                        .iter()
+                        .find(|(net, d)| *d == dev && net.contains(&gw))
+                        .map(|(net, _)| net.trunc())
+                })
             });
         let Some(subnet) = subnet else {
             out.skipped.push(skip(format!(
@@ -156,7 +179,7 @@ pub fn import(inputs: &[Input<'_>]) -> Imported {
             )));
             continue;
         };
-        if out.steering.iter().any(|s| s.source == from) {
+        if !steered.insert(from) {
             out.skipped.push(skip(format!(
                 "{from} is already steered by an earlier rule"
             )));
@@ -170,6 +193,28 @@ pub fn import(inputs: &[Input<'_>]) -> Imported {
         });
     }
     out
+}
+
+/// A shell word without the quotes around it (`"eth1"`, `'eth1'`).
+fn unquote(w: &str) -> &str {
+    for q in ['"', '\''] {
+        if let Some(inner) = w.strip_prefix(q).and_then(|r| r.strip_suffix(q)) {
+            return inner;
+        }
+    }
+    w
+}
+
+/// What the kernel accepts as an interface name: 1 to 15 bytes, no `/`, `:`, whitespace or
+/// quotes.
+fn is_interface_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < libc::IFNAMSIZ
+        && name != "."
+        && name != ".."
+        && !name.chars().any(|c| {
+            c == '/' || c == ':' || c == '"' || c == '\'' || c.is_whitespace() || c.is_control()
+        })
 }
 
 enum Parsed {
@@ -448,16 +493,22 @@ impl Imported {
             "# Attach to every interface the kernel may route steered sources through (the one\n\
              # the main table's default route uses too, if it is not listed here)."
         );
-        for i in &self.interfaces {
-            let _ = writeln!(s, "[[interface]]\nname = \"{i}\"\n");
+        // The tables through the TOML serializer: whatever the inputs held is quoted right.
+        #[derive(serde::Serialize)]
+        struct Tables<'a> {
+            interface: Vec<crate::config::InterfaceConfig>,
+            steer: &'a [SteerConfig],
         }
-        for r in &self.steering {
-            let _ = writeln!(
-                s,
-                "[[steer]]\nsource = \"{}\"\ninterface = \"{}\"\ngateway = \"{}\"\nsubnet = \"{}\"\n",
-                r.source, r.interface, r.gateway, r.subnet
-            );
-        }
+        let tables = Tables {
+            interface: self
+                .interfaces
+                .iter()
+                .map(|name| crate::config::InterfaceConfig { name: name.clone() })
+                .collect(),
+            steer: &self.steering,
+        };
+        s.push_str(&toml::to_string(&tables).expect("plain tables serialize"));
+        s.push('\n');
         if !self.addresses.is_empty() {
             let _ = writeln!(
                 s,
@@ -482,6 +533,25 @@ mod tests {
             name: "rc.local",
             text,
         }])
+    }
+
+    #[test]
+    fn quoted_names_several_commands_a_line_and_bad_names() {
+        let out = run(
+            "ip rule add from 10.0.1.27 lookup 1001 ; ip rule add from 10.0.1.28 lookup 1001\n\
+             ip route add default via 10.0.1.1 dev \"eth1\" table 1001 && ip route add 10.0.1.0/24 dev 'eth1' table 1001\n\
+             ip addr add 10.0.1.5/24 dev \"bad/name\"\n",
+        );
+        let sources: Vec<String> = out.steering.iter().map(|r| r.source.to_string()).collect();
+        assert_eq!(sources, ["10.0.1.27", "10.0.1.28"]);
+        assert_eq!(out.interfaces.iter().collect::<Vec<_>>(), ["eth1"]);
+        assert_eq!(out.skipped.len(), 1, "{:?}", out.skipped);
+        assert_eq!(out.skipped[0].line, 3);
+        assert!(out.skipped[0].why.contains("not an interface name"));
+        // What it writes is TOML the config reads back as the same rules.
+        let config = crate::config::Config::parse(&out.render()).unwrap();
+        assert_eq!(config.steering, out.steering);
+        assert_eq!(config.interfaces[0].name, "eth1");
     }
 
     #[test]

@@ -519,12 +519,18 @@ fn run(cli: Cli) -> Result<()> {
         Command::Import { files } => {
             let mut texts = Vec::new();
             for f in &files {
-                let text = if f.as_os_str() == "-" {
-                    std::io::read_to_string(std::io::stdin())?
+                let bytes = if f.as_os_str() == "-" {
+                    let mut b = Vec::new();
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)?;
+                    b
                 } else {
-                    std::fs::read_to_string(f)
-                        .with_context(|| format!("reading {}", f.display()))?
+                    std::fs::read(f).with_context(|| format!("reading {}", f.display()))?
                 };
+                let text = String::from_utf8(bytes).map_err(|e| {
+                    let bad = e.utf8_error().valid_up_to();
+                    let line = e.as_bytes()[..bad].iter().filter(|&&b| b == b'\n').count() + 1;
+                    anyhow::anyhow!("{}:{line}: not UTF-8 text", f.display())
+                })?;
                 texts.push((f.display().to_string(), text));
             }
             let inputs: Vec<ipnat::import::Input> = texts

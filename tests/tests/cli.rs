@@ -298,3 +298,20 @@ fn a_closed_pipe_ends_a_command_quietly() {
     assert!(stderr.is_empty(), "{stderr}");
     std::fs::remove_file(path).unwrap();
 }
+
+/// `ipnat import` of a file that is not UTF-8 names the line.
+#[test]
+fn import_names_the_line_that_is_not_utf8() {
+    let path = std::env::temp_dir().join(format!("ipnat-cli-latin1-{}", std::process::id()));
+    std::fs::write(
+        &path,
+        b"ip rule add from 10.0.1.27 lookup 1001\n# caf\xe9\n",
+    )
+    .unwrap();
+    let err = fails(&["import", path.to_str().unwrap()]);
+    assert!(
+        err.contains(&format!("{}:2: not UTF-8", path.display())),
+        "{err}"
+    );
+    std::fs::remove_file(path).unwrap();
+}
