@@ -58,29 +58,26 @@ pub enum DataplaneError {
     #[error("map {0} holds an entry ipnat could not have written; remove its pins and restart")]
     Corrupt(&'static str),
     #[error("loading the eBPF programs failed (are you root, with bpffs mounted?): {0}")]
-    Load(#[source] aya::EbpfError),
-    #[error("the kernel refused program {program}: {source}")]
+    Load(aya::EbpfError),
+    #[error("the kernel refused program {program}: {error}")]
     Verify {
         program: &'static str,
-        source: aya::programs::ProgramError,
+        error: aya::programs::ProgramError,
     },
     #[error("interface {0:?} does not exist")]
     NoSuchInterface(String),
-    #[error("attaching {program} to {iface} failed: {source}")]
+    #[error("attaching {program} to {iface} failed: {error}")]
     Attach {
         program: &'static str,
         iface: String,
-        source: aya::programs::ProgramError,
+        error: aya::programs::ProgramError,
     },
-    #[error("map {name}: {source}")]
-    Map {
-        name: &'static str,
-        source: MapError,
-    },
-    #[error("map {name}: batch update: {source}")]
+    #[error("map {name}: {error}")]
+    Map { name: &'static str, error: MapError },
+    #[error("map {name}: batch update: {error}")]
     Batch {
         name: &'static str,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("map {0} missing from the eBPF object")]
     MissingMap(&'static str),
@@ -93,7 +90,7 @@ pub enum DataplaneError {
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
-    move |source| DataplaneError::Map { name, source }
+    move |error| DataplaneError::Map { name, error }
 }
 
 /// The kernel's index of `name` in the current network namespace.
@@ -145,10 +142,23 @@ impl Dataplane {
         // Maps of another layout version, or tables sized differently from `capacity`, are
         // rebuilt and their contents carried over (see `Rebuild`).
         let rebuild = match (adopted, pin_dir) {
-            (true, Some(dir)) => Rebuild::open(dir, capacity)?,
+            (true, Some(dir)) => {
+                // The settings say which layout the pins have: they must be ours to read.
+                check_pinned_layout(dir, capacity, &[names::SETTINGS])?;
+                Rebuild::open(dir, capacity)?
+            }
             _ => None,
         };
         let rebuilt = rebuild.as_ref().map(Rebuild::names).unwrap_or_default();
+        if let (true, Some(dir)) = (adopted, pin_dir) {
+            // The loader would take whatever is pinned under a map's name: check first, while
+            // nothing is created or pinned.
+            let rest: Vec<&'static str> = MAP_NAMES
+                .into_iter()
+                .filter(|n| *n != names::SETTINGS && !rebuilt.contains(n))
+                .collect();
+            check_pinned_layout(dir, capacity, &rest)?;
+        }
         let mut loader = aya::EbpfLoader::new();
         loader
             .map_max_entries(names::DNAT_MAP, capacity)
@@ -178,9 +188,9 @@ impl Dataplane {
             let prog = ebpf
                 .program_mut(name)
                 .ok_or(DataplaneError::MissingMap(name))?;
-            let load = |source| DataplaneError::Verify {
+            let load = |error| DataplaneError::Verify {
                 program: name,
-                source,
+                error,
             };
             match prog {
                 aya::programs::Program::Xdp(p) => p.load().map_err(load)?,
@@ -275,9 +285,9 @@ impl Dataplane {
                     AttachMode::XdpNative
                 }
                 // EOPNOTSUPP/EINVAL: no native XDP; ERANGE: an MTU too large for it.
-                Err(DataplaneError::Attach { source, .. })
+                Err(DataplaneError::Attach { error, .. })
                     if matches!(
-                        io_errno(&source),
+                        io_errno(&error),
                         Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ERANGE)
                     ) =>
                 {
@@ -309,10 +319,10 @@ impl Dataplane {
         program: &'static str,
         pinned: Option<PathBuf>,
     ) -> Result<(), DataplaneError> {
-        let attach_err = |source| DataplaneError::Attach {
+        let attach_err = |error| DataplaneError::Attach {
             program,
             iface: iface.to_owned(),
-            source,
+            error,
         };
         let xdp: &mut Xdp = self
             .ebpf
@@ -341,10 +351,10 @@ impl Dataplane {
         attach_type: TcAttachType,
         pinned: Option<PathBuf>,
     ) -> Result<(), DataplaneError> {
-        let attach_err = |source| DataplaneError::Attach {
+        let attach_err = |error| DataplaneError::Attach {
             program: name,
             iface: iface.to_owned(),
-            source,
+            error,
         };
         let tc: &mut SchedClassifier = self
             .ebpf
@@ -1217,7 +1227,7 @@ impl Rebuild {
             };
             let new_map = fd
                 .try_clone()
-                .map_err(|source| DataplaneError::Batch { name, source })?;
+                .map_err(|error| DataplaneError::Batch { name, error })?;
             let (a, b) = match (old.info(), MapData::from_fd(new_map).and_then(|d| d.info())) {
                 (Ok(a), Ok(b)) => (a, b),
                 _ => continue,
@@ -1244,7 +1254,7 @@ impl Rebuild {
                 a.value_size() as usize,
                 per_cpu,
             )
-            .map_err(|source| DataplaneError::Batch { name, source })?;
+            .map_err(|error| DataplaneError::Batch { name, error })?;
         }
         Ok(())
     }
@@ -1366,6 +1376,93 @@ const MAP_NAMES: [&str; 11] = [
     names::SETTINGS,
 ];
 
+/// Refuses to adopt a pin under one of the map names `which` that is not a map of this
+/// binary's layout (type, key and value size, entries, flags as the object declares them; the
+/// tables sized `capacity`). The maps about to be rebuilt are left out by the caller: their
+/// layout may legitimately differ. Something else pinned there (another program's map, a stale
+/// experiment) would otherwise be opened by the loader and fail the verifier, after the
+/// missing maps were already created and pinned beside it.
+fn check_pinned_layout(
+    dir: &Path,
+    capacity: u32,
+    which: &[&'static str],
+) -> Result<(), DataplaneError> {
+    let object = aya_obj::Object::parse(EBPF_OBJECT).map_err(|e| DataplaneError::Pin {
+        path: dir.to_owned(),
+        why: format!("parsing this binary's eBPF object: {e}"),
+    })?;
+    for &name in which {
+        let path = dir.join(name);
+        if std::fs::symlink_metadata(&path).is_err() {
+            continue;
+        }
+        let want = object
+            .maps
+            .get(name)
+            .ok_or(DataplaneError::MissingMap(name))?;
+        let entries = match name {
+            names::DNAT_MAP | names::SNAT_MAP => capacity,
+            names::MAPPING_COUNTERS => capacity + 1,
+            _ => want.max_entries(),
+        };
+        let refuse = |what: String| DataplaneError::Pin {
+            path: path.clone(),
+            why: format!(
+                "refusing to adopt it: {what}, not ipnat's (remove it if it is left over, or \
+                 choose another pin_path)"
+            ),
+        };
+        let have = MapData::from_pin(&path)
+            .and_then(|m| m.info())
+            .map_err(|e| refuse(format!("not a BPF map ({e})")))?;
+        let have_type = have.map_type().map_or(u32::MAX, |t| t as u32);
+        let layout = |t: u32, k: u32, v: u32, n: u32, f: u32| {
+            format!(
+                "{} with {k}-byte keys, {v}-byte values, {n} entries, flags {f:#x}",
+                map_type_name(t)
+            )
+        };
+        let (have, want) = (
+            layout(
+                have_type,
+                have.key_size(),
+                have.value_size(),
+                have.max_entries(),
+                have.map_flags(),
+            ),
+            layout(
+                want.map_type(),
+                want.key_size(),
+                want.value_size(),
+                entries,
+                want.map_flags(),
+            ),
+        );
+        if have != want {
+            return Err(refuse(format!("{have} where ipnat's is {want}")));
+        }
+    }
+    Ok(())
+}
+
+/// The kernel's name for a map type (`enum bpf_map_type`) with its article, for a message.
+fn map_type_name(t: u32) -> String {
+    let name = match t {
+        1 => "a hash",
+        2 => "an array",
+        3 => "a prog_array",
+        5 => "a percpu_hash",
+        6 => "a percpu_array",
+        9 => "an lru_hash",
+        11 => "an lpm_trie",
+        14 => "a devmap",
+        25 => "a devmap_hash",
+        u32::MAX => return "a map of a type this ipnat does not know".into(),
+        _ => return format!("a map of type {t}"),
+    };
+    format!("{name} map")
+}
+
 /// The `MapData` inside a map taken from the object.
 fn map_data(map: &aya::maps::Map) -> Option<&MapData> {
     use aya::maps::Map;
@@ -1480,10 +1577,10 @@ impl Tables {
         use std::os::fd::AsFd;
         let mut out = Vec::new();
         let batch = match self.batch_fds.get(names::DNAT_MAP) {
-            Some(fd) => lookup_batch::<u32, NatTarget>(fd.as_fd()).map_err(|source| {
+            Some(fd) => lookup_batch::<u32, NatTarget>(fd.as_fd()).map_err(|error| {
                 DataplaneError::Batch {
                     name: names::DNAT_MAP,
-                    source,
+                    error,
                 }
             })?,
             None => None,
@@ -1909,7 +2006,7 @@ impl Tables {
             return Ok(false);
         };
         update_batch(fd.as_fd(), keys, values)
-            .map_err(|source| DataplaneError::Batch { name, source })
+            .map_err(|error| DataplaneError::Batch { name, error })
     }
 
     /// Whether XDP may redirect to interface `index`: only where ipnat's XDP runs (native) and

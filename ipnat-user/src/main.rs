@@ -658,6 +658,7 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
     // One controller per data plane: a second `ipnat run` on the same pins is refused before
     // it touches anything.
     let records = ipnat::state::Records::of(&config.pin_path)?;
+    let had_records = records.exist();
     let owner = records.lock()?;
     if owner.netns_gone {
         anyhow::bail!(
@@ -677,7 +678,7 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
             match bound {
                 Ok(listener) => Some((addr, listener)),
                 Err(e) => {
-                    if !config.pin_path.exists() {
+                    if !had_records {
                         let _ = records.remove_all();
                     }
                     return Err(e).with_context(|| format!("metrics_listen = {addr}"));
@@ -686,7 +687,22 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
         }
         None => None,
     };
-    let mut dp = Dataplane::load(Some(&config.pin_path), config.max_mappings)?;
+    let fresh = !config.pin_path.exists();
+    let mut dp = match Dataplane::load(Some(&config.pin_path), config.max_mappings) {
+        Ok(dp) => dp,
+        Err(e) => {
+            // Leave nothing of a start that failed: what the loader pinned in a directory it
+            // made, and the records of a data plane that never ran.
+            if fresh {
+                if let Err(undo) = ipnat::dataplane::teardown(&config.pin_path, &owner) {
+                    warn!("undoing the failed start: {undo}");
+                }
+            } else if !had_records {
+                let _ = records.remove_all();
+            }
+            return Err(e.into());
+        }
+    };
     if dp.adopted() {
         info!(pin_path = %config.pin_path.display(), "adopting the data plane an earlier run left pinned (it kept forwarding meanwhile)");
         if dp.tables.capacity() != config.max_mappings {

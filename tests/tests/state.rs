@@ -538,3 +538,81 @@ fn the_service_runs_in_its_units_sandbox_and_down_restores_everything() {
     assert!(!Path::new(&pin).exists());
     let _ = std::fs::remove_file(config_path);
 }
+
+/// Creates a map with the bpf(2) syscall directly (nothing of ipnat's) and pins it at `path`.
+fn pin_foreign_map(path: &Path, map_type: u32, key: u32, value: u32, entries: u32) {
+    use std::os::unix::ffi::OsStrExt;
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    let bpf = |cmd: libc::c_long, attr: &mut [u64; 16]| unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(attr),
+        )
+    };
+    // union bpf_attr, BPF_MAP_CREATE: map_type, key_size, value_size, max_entries (u32 each).
+    let mut attr = [0u64; 16];
+    attr[0] = u64::from(map_type) | u64::from(key) << 32;
+    attr[1] = u64::from(value) | u64::from(entries) << 32;
+    let fd = bpf(BPF_MAP_CREATE, &mut attr);
+    assert!(
+        fd >= 0,
+        "BPF_MAP_CREATE: {}",
+        std::io::Error::last_os_error()
+    );
+    // BPF_OBJ_PIN: pathname (u64 pointer), bpf_fd (u32).
+    let name = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let mut attr = [0u64; 16];
+    attr[0] = name.as_ptr() as u64;
+    attr[1] = fd as u64;
+    let r = bpf(BPF_OBJ_PIN, &mut attr);
+    assert!(r == 0, "BPF_OBJ_PIN: {}", std::io::Error::last_os_error());
+    unsafe { libc::close(fd as i32) };
+}
+
+/// A map someone else pinned under one of ipnat's map names (another type, or another value
+/// size) is never adopted: `ipnat run` refuses in one line naming the pin and what it is, and
+/// leaves the directory, the foreign map and /run/ipnat as they were (no pins created beside
+/// it, no records).
+#[test]
+fn a_foreign_map_under_an_ipnat_pin_name_is_refused_and_nothing_is_left() {
+    use ipnat_common::names;
+    use std::os::unix::fs::DirBuilderExt;
+    require_root();
+    let lab = GatewayLab::new(LabOptions::default()).unwrap();
+    // (the name, a hash map for an array, a 4-byte value for the settings' struct)
+    for (name, map_type, key, value) in [(names::DNAT_MAP, 2, 4, 16), (names::SETTINGS, 2, 4, 4)] {
+        let pin = format!("/sys/fs/bpf/{}", unique("ipnat-foreign"));
+        std::fs::DirBuilder::new().mode(0o700).create(&pin).unwrap();
+        let foreign = Path::new(&pin).join(name);
+        pin_foreign_map(&foreign, map_type, key, value, 8);
+        let before = records();
+        let err = Ipnat::start(&lab.gw, &lab.config(&pin), &pin)
+            .err()
+            .expect("ipnat adopted a foreign map");
+        let log = format!("{err:#}");
+        let error: Vec<&str> = log.lines().filter(|l| l.contains("error")).collect();
+        assert_eq!(error.len(), 1, "{log}");
+        assert!(
+            error[0].contains(&format!(
+                "{}: refusing to adopt it: an array map",
+                foreign.display()
+            )) && error[0].contains("not ipnat's"),
+            "{log}"
+        );
+        assert!(
+            !log.contains("verifier") && !log.contains("refused program"),
+            "{log}"
+        );
+        let left: Vec<String> = std::fs::read_dir(&pin)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, [name], "{log}");
+        assert_eq!(records(), before, "{log}");
+        std::fs::remove_file(&foreign).unwrap();
+        std::fs::remove_dir(&pin).unwrap();
+    }
+}

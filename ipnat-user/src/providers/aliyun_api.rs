@@ -28,8 +28,8 @@ const PAGE_SIZE: usize = 100;
 
 #[derive(Debug, Error)]
 pub enum ApiError {
-    #[error("OpenAPI {url}: {source} (is the endpoint reachable from here?)")]
-    Http { url: String, source: reqwest::Error },
+    #[error("OpenAPI {url}: {why} (is the endpoint reachable from here?)")]
+    Http { url: String, why: String },
     #[error("OpenAPI {action}: HTTP {status}, {code}: {message} (request {request_id}){hint}")]
     Api {
         action: String,
@@ -137,7 +137,7 @@ impl OpenApi {
             .build()
             .map_err(|source| ApiError::Http {
                 url: endpoint.to_owned(),
-                source,
+                why: super::transport(source),
             })?;
         Ok(Self {
             client,
@@ -196,7 +196,7 @@ impl OpenApi {
             // an error (or a log).
             .map_err(|source: reqwest::Error| ApiError::Http {
                 url: shown.clone(),
-                source: source.without_url(),
+                why: super::transport(source),
             })?;
         let status = r.status().as_u16();
         let text = r
@@ -204,7 +204,7 @@ impl OpenApi {
             .await
             .map_err(|source: reqwest::Error| ApiError::Http {
                 url: shown.clone(),
-                source: source.without_url(),
+                why: super::transport(source),
             })?;
         let garbage = |why: String| ApiError::Garbage {
             action: action.to_owned(),

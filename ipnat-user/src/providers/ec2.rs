@@ -33,8 +33,8 @@ const PAGE_SIZE: usize = 1000;
 
 #[derive(Debug, Error)]
 pub enum Ec2Error {
-    #[error("EC2 API {url}: {source} (is the endpoint reachable from here?)")]
-    Http { url: String, source: reqwest::Error },
+    #[error("EC2 API {url}: {why} (is the endpoint reachable from here?)")]
+    Http { url: String, why: String },
     #[error("EC2 API {action}: HTTP {status}, {code}: {message} (request {request_id}){hint}")]
     Api {
         action: String,
@@ -130,7 +130,7 @@ impl Ec2 {
             .build()
             .map_err(|source| Ec2Error::Http {
                 url: endpoint.to_owned(),
-                source,
+                why: super::transport(source),
             })?;
         Ok(Self {
             client,
@@ -180,7 +180,7 @@ impl Ec2 {
         }
         let http = |source: reqwest::Error| Ec2Error::Http {
             url: format!("{url}?Action={action}"),
-            source: source.without_url(),
+            why: super::transport(source),
         };
         let r = req.send().await.map_err(http)?;
         let status = r.status().as_u16();

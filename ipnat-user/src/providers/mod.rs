@@ -101,13 +101,31 @@ pub async fn sync(config: &crate::config::Config) -> Result<Synced, SyncError> {
     Ok(synced)
 }
 
+/// A transport error told once: reqwest's message without its URL (the error that carries it
+/// names the URL already), then each cause beneath it ("operation timed out", "Connection
+/// refused") that the text does not already hold.
+pub(crate) fn transport(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        let s = c.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 /// NICs read at once from a metadata service.
 pub const CONCURRENT_NICS: usize = 16;
 
 #[derive(Debug, Error)]
 pub enum MetadataError {
-    #[error("instance metadata at {url}: {source} (is the metadata service reachable from here?)")]
-    Http { url: String, source: reqwest::Error },
+    #[error("instance metadata at {url}: {why} (is the metadata service reachable from here?)")]
+    Http { url: String, why: String },
     #[error("instance metadata at {url}: HTTP {status}")]
     Status { url: String, status: u16 },
     #[error("instance metadata at {url} returned {value:?}, which is not {what}")]
@@ -147,7 +165,7 @@ impl MetadataClient {
             .build()
             .map_err(|source| MetadataError::Http {
                 url: endpoint.to_owned(),
-                source,
+                why: transport(source),
             })?;
         Ok(Self {
             client,
@@ -165,15 +183,16 @@ impl MetadataClient {
     ) -> Result<String, MetadataError> {
         let r = req.send().await.map_err(|source| MetadataError::Http {
             url: url.clone(),
-            source,
+            why: transport(source),
         })?;
         let status = r.status().as_u16();
         if status != 200 {
             return Err(MetadataError::Status { url, status });
         }
-        r.text()
-            .await
-            .map_err(|source| MetadataError::Http { url, source })
+        r.text().await.map_err(|source| MetadataError::Http {
+            url,
+            why: transport(source),
+        })
     }
 
     /// The session token (6 hours), fetched on first use.
@@ -262,6 +281,32 @@ mod tests {
         assert_eq!(retry_delay(i, u32::MAX, 1.0), Duration::from_secs(120));
         let j = jitter();
         assert!((0.8..=1.2).contains(&j));
+    }
+
+    /// The error as `ipnat` prints it (`{:#}`, the whole chain).
+    fn printed(e: MetadataError) -> String {
+        format!("{:#}", anyhow::Error::from(e))
+    }
+
+    #[test]
+    fn a_transport_error_names_its_url_once_and_says_why() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // A service that accepts and never answers: the request times out.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", silent.local_addr().unwrap());
+        let md = MetadataClient::new(&endpoint, Duration::from_millis(300), "ttl", "tok").unwrap();
+        let err = printed(rt.block_on(md.get("mac")).unwrap_err());
+        assert_eq!(err.matches(&endpoint).count(), 1, "{err}");
+        assert!(err.contains("timed out"), "{err}");
+        // Nothing listening: the connection is refused.
+        drop(silent);
+        let md = MetadataClient::new(&endpoint, Duration::from_millis(300), "ttl", "tok").unwrap();
+        let err = printed(rt.block_on(md.get("mac")).unwrap_err());
+        assert_eq!(err.matches(&endpoint).count(), 1, "{err}");
+        assert!(err.contains("refused"), "{err}");
     }
 }
 
