@@ -863,7 +863,12 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
                 _ = term.recv() => break,
                 _ = hup.recv() => {
                     last_text = std::fs::read_to_string(config_path).ok();
-                    do_reload(&mut dp, config_path, &mut config, &ctl, &synced);
+                    if do_reload(&mut dp, config_path, &mut config, &ctl, &synced) {
+                        // A config that fixes the provider's settings takes effect now, not
+                        // after the schedule or its backoff.
+                        failures = 0;
+                        next_sync.as_mut().reset(tokio::time::Instant::now());
+                    }
                 }
                 Some(()) = changed.recv() => {
                     // Editors write in several steps: let them finish, then reload only when
@@ -874,7 +879,10 @@ fn run_dataplane(config_path: &std::path::Path, config: Config, stats_interval: 
                     if text.is_some() && text != last_text {
                         info!("{} changed", config_path.display());
                         last_text = text;
-                        do_reload(&mut dp, config_path, &mut config, &ctl, &synced);
+                        if do_reload(&mut dp, config_path, &mut config, &ctl, &synced) {
+                            failures = 0;
+                            next_sync.as_mut().reset(tokio::time::Instant::now());
+                        }
                     }
                 }
                 _ = tick.tick(), if stats_interval > 0 => print!("{}", dp.tables.snapshot()?.render()),
@@ -1025,14 +1033,15 @@ fn apply_steering(dp: &mut Dataplane, config: &Config) -> Result<()> {
     Ok(())
 }
 
-/// Reloads the config file and records the outcome for the metrics.
+/// Reloads the config file (see [`reload`]) and records the outcome for the metrics; whether
+/// it was applied.
 fn do_reload(
     dp: &mut Dataplane,
     path: &std::path::Path,
     config: &mut Config,
     ctl: &ipnat::metrics::ControllerCounters,
     synced: &Synced,
-) {
+) -> bool {
     use std::sync::atomic::Ordering;
     match reload(dp, path, config, synced) {
         Ok(new) => {
@@ -1040,10 +1049,12 @@ fn do_reload(
             *config = new;
             ctl.reloads_ok.fetch_add(1, Ordering::Relaxed);
             ctl.last_apply_unix.store(unix_now(), Ordering::Relaxed);
+            true
         }
         Err(e) => {
             warn!("reload refused, the data plane keeps its tables: {e:#}");
             ctl.reloads_failed.fetch_add(1, Ordering::Relaxed);
+            false
         }
     }
 }

@@ -254,6 +254,53 @@ fn aliyun_metadata_drives_steering() {
     assert_eq!(rules(&ipnat), 3);
 }
 
+/// A reload starts a sync at once, whatever the sync's schedule (an interval of an hour here,
+/// or a backoff after failures): a config that fixes the provider's settings takes effect now.
+#[test]
+fn a_reload_starts_a_sync_at_once() {
+    require_root();
+    let lab = SteerLab::new(1, false).unwrap();
+    let meta = FakeImds::start(&lab.inst);
+    let (m0, m1) = (mac(&lab.inst, "eth0"), mac(&lab.inst, "eth1"));
+    let base = "network/interfaces/macs/";
+    meta.set("mac", &m0);
+    meta.set(base, &format!("{m0}/\n{m1}/\n"));
+    for (m, id, ips, gw, cidr) in [
+        (&m0, "eni-0", r#"["10.0.0.10"]"#, "10.0.0.1", "10.0.0.0/24"),
+        (
+            &m1,
+            "eni-1",
+            r#"["10.0.1.20","10.0.1.21"]"#,
+            "10.0.1.1",
+            "10.0.1.0/24",
+        ),
+    ] {
+        meta.set(&format!("{base}{m}/network-interface-id"), id);
+        meta.set(&format!("{base}{m}/private-ipv4s"), ips);
+        meta.set(&format!("{base}{m}/gateway"), gw);
+        meta.set(&format!("{base}{m}/vswitch-cidr-block"), cidr);
+    }
+    let pin = format!("/sys/fs/bpf/ipnat-resync-{}", std::process::id());
+    let config = |timeout_ms: u32| {
+        format!(
+            "pin_path = \"{pin}\"\n[[interface]]\nname = \"eth0\"\n[[interface]]\nname = \"eth1\"\n\
+             [aliyun]\nendpoint = \"http://127.0.0.1:{}\"\ninterval_secs = 3600\ntimeout_ms = {timeout_ms}\n",
+            meta.port
+        )
+    };
+    let mut ipnat = Ipnat::start(&lab.inst, &config(500), &pin).unwrap();
+    wait_until("the first sync", || rules(&ipnat) == 2);
+    // The cloud assigns a third address; the next scheduled sync is an hour away.
+    meta.set(
+        &format!("{base}{m1}/private-ipv4s"),
+        r#"["10.0.1.20","10.0.1.21","10.0.1.22"]"#,
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(rules(&ipnat), 2, "synced before the reload");
+    ipnat.reload(&config(600)).unwrap();
+    wait_until("a sync right after the reload", || rules(&ipnat) == 3);
+}
+
 fn lo_has(ns: &Netns, addr: std::net::Ipv4Addr) -> bool {
     let out = ns.ip(&["-4", "addr", "show", "dev", "lo"]).unwrap();
     String::from_utf8_lossy(&out.stdout).contains(&format!("inet {addr}/32 "))
