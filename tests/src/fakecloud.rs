@@ -236,7 +236,7 @@ pub struct FakeAliyunApi {
     pub types: Arc<Mutex<HashMap<String, u32>>>,
 }
 
-/// A page of the fake OpenAPI served wrong, by its number (from 1).
+/// A page of a fake API served wrong, by its number (from 1).
 #[derive(Clone, Copy, Debug)]
 pub enum PageFault {
     /// Page N answers with page N-1's NICs again.
@@ -576,6 +576,8 @@ pub struct FakeEc2 {
     pub keys: Arc<Mutex<HashMap<String, AccessKey>>>,
     /// A canned answer for one page (1-based): (page, HTTP status, body).
     pub fail_page: Arc<Mutex<Option<(u64, u16, String)>>>,
+    /// A page served wrong (see [`PageFault`]).
+    pub page_fault: Arc<Mutex<Option<PageFault>>>,
     pub hang: Arc<AtomicBool>,
     /// Requests that passed the checks.
     pub calls: Arc<Mutex<usize>>,
@@ -600,6 +602,8 @@ impl FakeEc2 {
         let hang = Arc::new(AtomicBool::new(false));
         let calls = Arc::new(Mutex::new(0));
         let (n, k, f, c) = (nics.clone(), keys.clone(), fail_page.clone(), calls.clone());
+        let page_fault: Arc<Mutex<Option<PageFault>>> = Arc::default();
+        let pf = page_fault.clone();
         let types: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
         let t = types.clone();
         let region = region.to_owned();
@@ -727,8 +731,16 @@ impl FakeEc2 {
                 {
                     return (status, body);
                 }
-                let item = selected.get(page as usize - 1).cloned().unwrap_or_default();
-                let next = if (page as usize) < selected.len() {
+                let index = match *pf.lock().unwrap() {
+                    Some(PageFault::Repeat(p)) if p == page => page - 1,
+                    Some(PageFault::Skip(p)) if p == page => page + 1,
+                    _ => page,
+                };
+                let item = selected
+                    .get((index as usize).wrapping_sub(1))
+                    .cloned()
+                    .unwrap_or_default();
+                let next = if (index as usize) < selected.len() {
                     format!("<nextToken>page-{}</nextToken>", page + 1)
                 } else {
                     String::new()
@@ -747,6 +759,7 @@ impl FakeEc2 {
             nics,
             keys,
             fail_page,
+            page_fault,
             hang,
             calls,
             types,

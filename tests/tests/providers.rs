@@ -833,6 +833,13 @@ fn ec2_api_tags_give_a_gateway_its_backends_and_bad_answers_change_nothing() {
         .unwrap();
     assert_eq!(sync.consecutive_failures, 0);
     assert!(!status().contains("source/destination check"));
+    // Page 2 repeating page 1 (EC2 gives no total to count a missing page against): an error,
+    // never a partial table.
+    *ec2.page_fault.lock().unwrap() = Some(ipnat_tests::fakecloud::PageFault::Repeat(2));
+    wait_until("a repeated page", || result().contains("a page came twice"));
+    assert_eq!(table().len(), 1);
+    *ec2.page_fault.lock().unwrap() = None;
+    wait_until("healed", || result() == "ok");
 }
 
 /// Addresses ipnat adds from the cloud's metadata, the first of them the primary of its
