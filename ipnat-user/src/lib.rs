@@ -2,6 +2,7 @@
 //! CLI over it.
 pub mod bench;
 pub mod config;
+pub mod controller;
 pub mod dataplane;
 pub mod host;
 pub mod import;

@@ -1,0 +1,61 @@
+//! `ipnat map list|add|del`: the running data plane's mappings.
+
+use crate::cli::MapCommand;
+use anyhow::Result;
+use ipnat::{config::MappingConfig, dataplane::Tables, host::AddressOwner};
+
+pub fn run(action: MapCommand) -> Result<()> {
+    match action {
+        MapCommand::List { pin_path, json } => {
+            let maps = Tables::open_pinned(&pin_path)?.mappings()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&maps)?);
+            } else {
+                println!("{:>4}  {:<18}  {:<18}", "id", "public", "private");
+                for m in maps {
+                    println!(
+                        "{:>4}  {:<18}  {:<18}",
+                        m.id,
+                        m.public.to_string(),
+                        m.private.to_string()
+                    );
+                }
+            }
+            Ok(())
+        }
+        MapCommand::Add {
+            public,
+            private,
+            pin_path,
+        } => {
+            let mut tables = Tables::open_pinned(&pin_path)?;
+            let host = tables.flags()? & ipnat_common::FLAG_HOST != 0;
+            if host {
+                // The address first: translated packets find it local.
+                ipnat::config::validate_host_public(&tables.internal_prefixes()?, public)?;
+                let eip = [("lo".to_owned(), public.0)];
+                let (added, _) =
+                    ipnat::host::reconcile_addresses(&eip, &pin_path, AddressOwner::Host, true)?;
+                for a in added {
+                    println!("added address {a}");
+                }
+            }
+            let m = tables.add_mapping(MappingConfig { public, private })?;
+            println!("added mapping {}: {} <-> {}", m.id, m.public, m.private);
+            Ok(())
+        }
+        MapCommand::Del { public, pin_path } => {
+            let mut tables = Tables::open_pinned(&pin_path)?;
+            let m = tables.remove_mapping(public)?;
+            println!("removed mapping {}: {} <-> {}", m.id, m.public, m.private);
+            if tables.flags()? & ipnat_common::FLAG_HOST != 0 {
+                for a in
+                    ipnat::host::release_address(&pin_path, AddressOwner::Host, "lo", public.0)?
+                {
+                    println!("removed address {a}");
+                }
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! The controller's rules for combining its inputs: the config with the provider's last good
+//! sync (the config wins), and what a reload may change without a restart.
+
+use anyhow::{Context, Result};
+
+use crate::{config::Config, providers::Synced};
+
+/// The config with what the provider's last good sync asks for added, validated as a whole:
+/// its steering rules (the config's own win for the same source) and its mappings (host
+/// orientation: the EIP associations; a gateway: the tagged backends), the config's own
+/// winning for the same public or private address.
+pub fn effective(config: &Config, synced: &Synced) -> Result<Config> {
+    let mut c = config.clone();
+    c.steering.extend(
+        synced
+            .rules
+            .iter()
+            .filter(|r| !config.steering.iter().any(|s| s.source == r.source))
+            .cloned(),
+    );
+    {
+        c.mappings.extend(synced.mappings.iter().filter(|m| {
+            !config.mappings.iter().any(|own| {
+                own.public.0.contains(&m.public.0)
+                    || m.public.0.contains(&own.public.0)
+                    || own.private.0.contains(&m.private.0)
+                    || m.private.0.contains(&own.private.0)
+            })
+        }));
+    }
+    c.validate()
+        .context("what the provider asks for conflicts with the config")?;
+    Ok(c)
+}
+
+/// Whether `new` may replace `old` in a running controller: the tables and settings may change;
+/// the interfaces, the pin path, max_mappings, metrics_listen, the orientation, and the
+/// provider and its interval need a restart (the orientation after `ipnat down`).
+pub fn reloadable(old: &Config, new: &Config) -> Result<()> {
+    if new.interfaces != old.interfaces
+        || new.pin_path != old.pin_path
+        || new.max_mappings != old.max_mappings
+        || new.metrics_listen != old.metrics_listen
+        || new.orientation != old.orientation
+        || new.provider().map(|p| (p.0, p.2)) != old.provider().map(|p| (p.0, p.2))
+    {
+        anyhow::bail!(
+            "interfaces, pin_path, max_mappings, metrics_listen, orientation and the provider and its interval change only with a restart of `ipnat run` (orientation: after `ipnat down`)"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+        [[interface]]
+        name = "eth0"
+        [[interface]]
+        name = "eth1"
+        [[mapping]]
+        public = "198.51.100.10"
+        private = "10.0.1.10"
+        [[steer]]
+        source = "10.0.1.20"
+        interface = "eth1"
+        gateway = "10.0.1.1"
+        subnet = "10.0.1.0/24"
+        [aws]
+        interval_secs = 30
+    "#;
+
+    /// What a provider asks for, each entry parsed as the config's (but not validated as a
+    /// whole: a provider's answer may conflict with itself).
+    fn synced(text: &str) -> Synced {
+        let mut out = Synced::default();
+        for entry in text.split("[[").filter(|e| !e.trim().is_empty()) {
+            let c = Config::parse(&format!("[[interface]]\nname = \"eth1\"\n[[{entry}")).unwrap();
+            out.rules.extend(c.steering);
+            out.mappings.extend(c.mappings);
+        }
+        out
+    }
+
+    fn pairs(c: &Config) -> Vec<(String, String)> {
+        c.mappings
+            .iter()
+            .map(|m| (m.public.to_string(), m.private.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_config_wins_over_the_provider_on_either_side_and_the_rest_is_added() {
+        let config = Config::parse(BASE).unwrap();
+        let from_cloud = synced(
+            r#"
+            [[mapping]]
+            public = "198.51.100.10"
+            private = "10.0.1.99"
+            [[mapping]]
+            public = "198.51.100.99"
+            private = "10.0.1.10"
+            [[mapping]]
+            public = "198.51.100.10/31"
+            private = "10.0.2.0/31"
+            [[mapping]]
+            public = "198.51.100.20"
+            private = "10.0.1.11"
+            [[steer]]
+            source = "10.0.1.20"
+            interface = "eth1"
+            gateway = "10.0.1.254"
+            subnet = "10.0.1.0/24"
+            [[steer]]
+            source = "10.0.1.21"
+            interface = "eth1"
+            gateway = "10.0.1.1"
+            subnet = "10.0.1.0/24"
+            "#,
+        );
+        let eff = effective(&config, &from_cloud).unwrap();
+        // Same public, same private, and a block holding the config's public: the config's.
+        assert_eq!(
+            pairs(&eff),
+            [
+                ("198.51.100.10".into(), "10.0.1.10".into()),
+                ("198.51.100.20".into(), "10.0.1.11".into())
+            ]
+        );
+        let rules: Vec<(String, String)> = eff
+            .steering
+            .iter()
+            .map(|r| (r.source.to_string(), r.gateway.to_string()))
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                ("10.0.1.20".into(), "10.0.1.1".into()),
+                ("10.0.1.21".into(), "10.0.1.1".into())
+            ]
+        );
+        // Nothing synced: the config as it is.
+        assert_eq!(
+            pairs(&effective(&config, &Synced::default()).unwrap()),
+            pairs(&config)
+        );
+    }
+
+    #[test]
+    fn a_provider_that_conflicts_with_itself_is_refused_whole() {
+        let config = Config::parse(BASE).unwrap();
+        let from_cloud = synced(
+            r#"
+            [[mapping]]
+            public = "198.51.100.20"
+            private = "10.0.1.20"
+            [[mapping]]
+            public = "198.51.100.21"
+            private = "10.0.1.20"
+            "#,
+        );
+        let err = format!("{:#}", effective(&config, &from_cloud).unwrap_err());
+        assert!(
+            err.starts_with("what the provider asks for conflicts with the config"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_reload_changes_the_tables_never_what_needs_a_restart() {
+        let old = Config::parse(BASE).unwrap();
+        let tables = BASE.replace("198.51.100.10", "198.51.100.12");
+        reloadable(&old, &Config::parse(&tables).unwrap()).unwrap();
+        for (what, text) in [
+            ("interfaces", format!("[[interface]]\nname = \"eth2\"\n{BASE}")),
+            ("interval", BASE.replace("interval_secs = 30", "interval_secs = 60")),
+            ("provider", BASE.replace("[aws]", "[aliyun]")),
+            ("max_mappings", format!("max_mappings = 128\n{BASE}")),
+            ("pin_path", format!("pin_path = \"/sys/fs/bpf/other\"\n{BASE}")),
+            ("orientation", format!("orientation = \"host\"\n{BASE}").replace(
+                "[[steer]]\n        source = \"10.0.1.20\"\n        interface = \"eth1\"\n        gateway = \"10.0.1.1\"\n        subnet = \"10.0.1.0/24\"\n",
+                "",
+            )),
+        ] {
+            let new = Config::parse(&text).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let err = reloadable(&old, &new).expect_err(what).to_string();
+            assert!(err.contains("only with a restart"), "{what}: {err}");
+        }
+    }
+}
