@@ -206,10 +206,9 @@ fn aws_metadata_drives_steering_and_bad_answers_change_nothing() {
     );
 }
 
-#[test]
-fn aliyun_metadata_drives_steering() {
-    require_root();
-    let lab = SteerLab::new(1, false).unwrap();
+/// Alibaba Cloud's metadata for the lab's instance: eth0 (eni-0, 10.0.0.10) and eth1 (eni-1)
+/// with the private addresses `eth1_ips` (a JSON array); returns the service and eth1's MAC.
+fn aliyun_metadata(lab: &SteerLab, eth1_ips: &str) -> (FakeImds, String) {
     let meta = FakeImds::start(&lab.inst);
     let (m0, m1) = (mac(&lab.inst, "eth0"), mac(&lab.inst, "eth1"));
     let base = "network/interfaces/macs/";
@@ -217,19 +216,22 @@ fn aliyun_metadata_drives_steering() {
     meta.set(base, &format!("{m0}/\n{m1}/\n"));
     for (m, id, ips, gw, cidr) in [
         (&m0, "eni-0", r#"["10.0.0.10"]"#, "10.0.0.1", "10.0.0.0/24"),
-        (
-            &m1,
-            "eni-1",
-            r#"["10.0.1.20","10.0.1.21","10.0.1.22"]"#,
-            "10.0.1.1",
-            "10.0.1.0/24",
-        ),
+        (&m1, "eni-1", eth1_ips, "10.0.1.1", "10.0.1.0/24"),
     ] {
         meta.set(&format!("{base}{m}/network-interface-id"), id);
         meta.set(&format!("{base}{m}/private-ipv4s"), ips);
         meta.set(&format!("{base}{m}/gateway"), gw);
         meta.set(&format!("{base}{m}/vswitch-cidr-block"), cidr);
     }
+    (meta, m1)
+}
+
+#[test]
+fn aliyun_metadata_drives_steering() {
+    require_root();
+    let lab = SteerLab::new(1, false).unwrap();
+    let (meta, m1) = aliyun_metadata(&lab, r#"["10.0.1.20","10.0.1.21","10.0.1.22"]"#);
+    let base = "network/interfaces/macs/";
     let pin = format!("/sys/fs/bpf/ipnat-aliyun-{}", std::process::id());
     let config = format!(
         "pin_path = \"{pin}\"\n[[interface]]\nname = \"eth0\"\n[[interface]]\nname = \"eth1\"\n\
@@ -260,26 +262,8 @@ fn aliyun_metadata_drives_steering() {
 fn a_reload_starts_a_sync_at_once() {
     require_root();
     let lab = SteerLab::new(1, false).unwrap();
-    let meta = FakeImds::start(&lab.inst);
-    let (m0, m1) = (mac(&lab.inst, "eth0"), mac(&lab.inst, "eth1"));
+    let (meta, m1) = aliyun_metadata(&lab, r#"["10.0.1.20","10.0.1.21"]"#);
     let base = "network/interfaces/macs/";
-    meta.set("mac", &m0);
-    meta.set(base, &format!("{m0}/\n{m1}/\n"));
-    for (m, id, ips, gw, cidr) in [
-        (&m0, "eni-0", r#"["10.0.0.10"]"#, "10.0.0.1", "10.0.0.0/24"),
-        (
-            &m1,
-            "eni-1",
-            r#"["10.0.1.20","10.0.1.21"]"#,
-            "10.0.1.1",
-            "10.0.1.0/24",
-        ),
-    ] {
-        meta.set(&format!("{base}{m}/network-interface-id"), id);
-        meta.set(&format!("{base}{m}/private-ipv4s"), ips);
-        meta.set(&format!("{base}{m}/gateway"), gw);
-        meta.set(&format!("{base}{m}/vswitch-cidr-block"), cidr);
-    }
     let pin = format!("/sys/fs/bpf/ipnat-resync-{}", std::process::id());
     let config = |timeout_ms: u32| {
         format!(
