@@ -9,23 +9,12 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
 
-use super::{MetadataClient, MetadataError};
+use super::client::{MetadataClient, MetadataError, percent_encode};
 use crate::config::{Block, MappingConfig, SteerConfig};
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use ipnet::Ipv4Net;
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
-
-/// What the OpenAPI leaves unescaped: RFC 3986's unreserved characters.
-const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
-
-pub fn percent_encode(s: &str) -> String {
-    utf8_percent_encode(s, UNRESERVED).to_string()
-}
+use serde::Deserialize;
 
 /// The signature (version 1) of an RPC-style OpenAPI request: HMAC-SHA1 keyed with
 /// `secret + "&"` over `METHOD&%2F&<percent-encoded canonical query>`, base64.
@@ -44,6 +33,49 @@ pub fn sign_v1(method: &str, params: &BTreeMap<String, String>, secret: &str) ->
         .expect("HMAC takes keys of any length");
     mac.update(to_sign.as_bytes());
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// An access key, with the security token of temporary (RAM role) credentials.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credentials {
+    pub access_key_id: String,
+    pub access_key_secret: String,
+    pub security_token: Option<String>,
+}
+
+impl Credentials {
+    /// From the environment, if both variables are set.
+    pub fn from_env() -> Option<Self> {
+        let id = std::env::var("ALIBABA_CLOUD_ACCESS_KEY_ID").ok()?;
+        let secret = std::env::var("ALIBABA_CLOUD_ACCESS_KEY_SECRET").ok()?;
+        Some(Self {
+            access_key_id: id,
+            access_key_secret: secret,
+            security_token: std::env::var("ALIBABA_CLOUD_SECURITY_TOKEN").ok(),
+        })
+    }
+
+    /// From the metadata's `ram/security-credentials/<role>` document.
+    pub fn from_ram_role(json: &str) -> Result<Self, String> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "PascalCase")]
+        struct Doc {
+            access_key_id: String,
+            access_key_secret: String,
+            security_token: String,
+            #[serde(default)]
+            code: Option<String>,
+        }
+        let d: Doc = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        if d.code.as_deref().is_some_and(|c| c != "Success") {
+            return Err(format!("Code {:?}", d.code));
+        }
+        Ok(Self {
+            access_key_id: d.access_key_id,
+            access_key_secret: d.access_key_secret,
+            security_token: Some(d.security_token),
+        })
+    }
 }
 
 /// One NIC as the metadata describes it.
@@ -157,10 +189,7 @@ impl Metadata {
     }
 
     /// The temporary credentials of the instance's RAM role (`role`, or the first listed).
-    pub async fn ram_credentials(
-        &self,
-        role: Option<&str>,
-    ) -> Result<super::aliyun_api::Credentials, MetadataError> {
+    pub async fn ram_credentials(&self, role: Option<&str>) -> Result<Credentials, MetadataError> {
         let base = "ram/security-credentials/";
         let role = match role {
             Some(r) => r.to_owned(),
@@ -175,7 +204,7 @@ impl Metadata {
         };
         let path = format!("{base}{role}");
         let doc = self.get(&path).await?;
-        super::aliyun_api::Credentials::from_ram_role(&doc).map_err(|_| {
+        Credentials::from_ram_role(&doc).map_err(|_| {
             self.0
                 .refused_credentials(&path, &doc, "RAM role credentials (JSON)")
         })

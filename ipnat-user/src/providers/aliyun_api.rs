@@ -16,10 +16,12 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use serde::Deserialize;
 use thiserror::Error;
 
-use super::aliyun::{percent_encode, sign_v1};
+use super::{
+    aliyun::{Credentials, sign_v1},
+    client::{Assign, percent_encode},
+};
 
 /// The ECS API version whose response shapes this module reads.
 pub const ECS_VERSION: &str = "2014-05-26";
@@ -46,50 +48,7 @@ pub enum ApiError {
     )]
     NoCredentials,
     #[error(transparent)]
-    Metadata(#[from] super::MetadataError),
-}
-
-/// An access key, with the security token of temporary (RAM role) credentials.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Credentials {
-    pub access_key_id: String,
-    pub access_key_secret: String,
-    pub security_token: Option<String>,
-}
-
-impl Credentials {
-    /// From the environment, if both variables are set.
-    pub fn from_env() -> Option<Self> {
-        let id = std::env::var("ALIBABA_CLOUD_ACCESS_KEY_ID").ok()?;
-        let secret = std::env::var("ALIBABA_CLOUD_ACCESS_KEY_SECRET").ok()?;
-        Some(Self {
-            access_key_id: id,
-            access_key_secret: secret,
-            security_token: std::env::var("ALIBABA_CLOUD_SECURITY_TOKEN").ok(),
-        })
-    }
-
-    /// From the metadata's `ram/security-credentials/<role>` document.
-    pub fn from_ram_role(json: &str) -> Result<Self, String> {
-        #[derive(Deserialize)]
-        #[serde(rename_all = "PascalCase")]
-        struct Doc {
-            access_key_id: String,
-            access_key_secret: String,
-            security_token: String,
-            #[serde(default)]
-            code: Option<String>,
-        }
-        let d: Doc = serde_json::from_str(json).map_err(|e| e.to_string())?;
-        if d.code.as_deref().is_some_and(|c| c != "Success") {
-            return Err(format!("Code {:?}", d.code));
-        }
-        Ok(Self {
-            access_key_id: d.access_key_id,
-            access_key_secret: d.access_key_secret,
-            security_token: Some(d.security_token),
-        })
-    }
+    Metadata(#[from] super::client::MetadataError),
 }
 
 /// One NIC as DescribeNetworkInterfaces describes it.
@@ -137,7 +96,7 @@ impl OpenApi {
             .build()
             .map_err(|source| ApiError::Http {
                 url: endpoint.to_owned(),
-                why: super::transport(source),
+                why: super::client::transport(source),
             })?;
         Ok(Self {
             client,
@@ -196,7 +155,7 @@ impl OpenApi {
             // an error (or a log).
             .map_err(|source: reqwest::Error| ApiError::Http {
                 url: shown.clone(),
-                why: super::transport(source),
+                why: super::client::transport(source),
             })?;
         let status = r.status().as_u16();
         let text = r
@@ -204,7 +163,7 @@ impl OpenApi {
             .await
             .map_err(|source: reqwest::Error| ApiError::Http {
                 url: shown.clone(),
-                why: super::transport(source),
+                why: super::client::transport(source),
             })?;
         let garbage = |why: String| ApiError::Garbage {
             action: action.to_owned(),
@@ -290,7 +249,7 @@ impl OpenApi {
         &self,
         region: &str,
         nic: &str,
-        what: &super::ec2::Assign,
+        what: &Assign,
     ) -> Result<Vec<Ipv4Addr>, ApiError> {
         const ACTION: &str = "AssignPrivateIpAddresses";
         let mut p = vec![
@@ -329,7 +288,7 @@ impl OpenApi {
             ("RegionId".to_owned(), region.to_owned()),
             ("NetworkInterfaceId".to_owned(), nic.to_owned()),
         ];
-        p.extend(super::ec2::Assign::List(addresses.to_vec()).params("", "PrivateIpAddress"));
+        p.extend(Assign::List(addresses.to_vec()).params("", "PrivateIpAddress"));
         let params: Vec<(&str, String)> = p.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
         self.call("UnassignPrivateIpAddresses", &params).await?;
         Ok(())
@@ -423,7 +382,9 @@ pub async fn client(
                 .ram_credentials(cfg.ram_role.as_deref())
                 .await
                 .map_err(|e| match e {
-                    super::MetadataError::Status { status: 404, .. } => ApiError::NoCredentials,
+                    super::client::MetadataError::Status { status: 404, .. } => {
+                        ApiError::NoCredentials
+                    }
                     e => e.into(),
                 })?,
         },

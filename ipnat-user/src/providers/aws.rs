@@ -10,9 +10,34 @@
 use std::{net::Ipv4Addr, time::Duration};
 
 use crate::config::{Block, MappingConfig, SteerConfig};
+use aws_credential_types::Credentials;
 use ipnet::Ipv4Net;
+use serde::Deserialize;
 
-use super::{MetadataClient, MetadataError};
+use super::client::{MetadataClient, MetadataError};
+
+/// From the metadata's `iam/security-credentials/<role>` document.
+pub fn credentials_from_role(json: &str) -> Result<Credentials, String> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Doc {
+        code: String,
+        access_key_id: String,
+        secret_access_key: String,
+        token: String,
+    }
+    let d: Doc = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    if d.code != "Success" {
+        return Err(format!("Code {:?}", d.code));
+    }
+    Ok(Credentials::new(
+        d.access_key_id,
+        d.secret_access_key,
+        Some(d.token),
+        None,
+        "instance profile",
+    ))
+}
 
 /// One network interface as the metadata describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,7 +118,7 @@ impl Imds {
             .ok_or_else(|| self.garbage(base, &list, "an instance profile role"))?;
         let path = format!("{base}{role}");
         let doc = self.get(&path).await?;
-        super::ec2::credentials_from_role(&doc).map_err(|_| {
+        credentials_from_role(&doc).map_err(|_| {
             self.0
                 .refused_credentials(&path, &doc, "role credentials (JSON)")
         })
@@ -115,7 +140,7 @@ impl Imds {
         let mut nics = Vec::with_capacity(list.len());
         let mut running = tokio::task::JoinSet::new();
         for mac in list {
-            if running.len() >= super::CONCURRENT_NICS {
+            if running.len() >= super::client::CONCURRENT_NICS {
                 nics.push(joined(running.join_next().await)?);
             }
             let me = self.clone();
@@ -267,6 +292,16 @@ pub fn ifname_by_mac(mac: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn role_credentials() {
+        let c = credentials_from_role(
+            r#"{"Code":"Success","LastUpdated":"2026-11-23T00:00:00Z","Type":"AWS-HMAC","AccessKeyId":"ASIA1","SecretAccessKey":"s","Token":"t","Expiration":"2026-11-23T06:00:00Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.access_key_id(), "ASIA1");
+        assert_eq!(c.session_token(), Some("t"));
+        assert!(credentials_from_role(r#"{"Code":"Failure"}"#).is_err());
+    }
     use super::*;
 
     #[test]

@@ -19,11 +19,12 @@
 use std::{net::Ipv4Addr, time::Duration, time::SystemTime};
 
 use aws_credential_types::Credentials;
+
+use super::client::Assign;
 use aws_sigv4::{
     http_request::{SignableBody, SignableRequest, SigningSettings, sign},
     sign::v4,
 };
-use serde::Deserialize;
 use thiserror::Error;
 
 /// The API version whose XML this module reads.
@@ -53,7 +54,7 @@ pub enum Ec2Error {
     )]
     NoCredentials,
     #[error(transparent)]
-    Metadata(#[from] super::MetadataError),
+    Metadata(#[from] super::client::MetadataError),
 }
 
 /// From the environment, if both variables are set.
@@ -66,29 +67,6 @@ pub fn credentials_from_env() -> Option<Credentials> {
         std::env::var("AWS_SESSION_TOKEN").ok(),
         None,
         "environment",
-    ))
-}
-
-/// From the metadata's `iam/security-credentials/<role>` document.
-pub fn credentials_from_role(json: &str) -> Result<Credentials, String> {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "PascalCase")]
-    struct Doc {
-        code: String,
-        access_key_id: String,
-        secret_access_key: String,
-        token: String,
-    }
-    let d: Doc = serde_json::from_str(json).map_err(|e| e.to_string())?;
-    if d.code != "Success" {
-        return Err(format!("Code {:?}", d.code));
-    }
-    Ok(Credentials::new(
-        d.access_key_id,
-        d.secret_access_key,
-        Some(d.token),
-        None,
-        "instance profile",
     ))
 }
 
@@ -115,7 +93,7 @@ pub struct Ec2 {
 
 /// `application/x-www-form-urlencoded` value encoding (RFC 3986 unreserved left alone).
 fn form_encode(s: &str) -> String {
-    super::aliyun::percent_encode(s)
+    super::client::percent_encode(s)
 }
 
 impl Ec2 {
@@ -130,7 +108,7 @@ impl Ec2 {
             .build()
             .map_err(|source| Ec2Error::Http {
                 url: endpoint.to_owned(),
-                why: super::transport(source),
+                why: super::client::transport(source),
             })?;
         Ok(Self {
             client,
@@ -180,7 +158,7 @@ impl Ec2 {
         }
         let http = |source: reqwest::Error| Ec2Error::Http {
             url: format!("{url}?Action={action}"),
-            why: super::transport(source),
+            why: super::client::transport(source),
         };
         let r = req.send().await.map_err(http)?;
         let status = r.status().as_u16();
@@ -271,7 +249,7 @@ pub async fn client(
         _ => match credentials_from_env() {
             Some(c) => c,
             None => imds.role_credentials().await.map_err(|e| match e {
-                super::MetadataError::Status { status: 404, .. } => Ec2Error::NoCredentials,
+                super::client::MetadataError::Status { status: 404, .. } => Ec2Error::NoCredentials,
                 e => e.into(),
             })?,
         },
@@ -351,40 +329,6 @@ pub async fn gateway_backends(
     }
     view.backends.sort_by_key(|b| b.mapping.public);
     Ok(view)
-}
-
-/// How many secondary private addresses to ask for.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Assign {
-    /// Any free addresses of the subnet.
-    Count(u32),
-    /// These addresses.
-    List(Vec<Ipv4Addr>),
-}
-
-impl Assign {
-    pub fn len(&self) -> usize {
-        match self {
-            Assign::Count(n) => *n as usize,
-            Assign::List(l) => l.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The request parameters: `count_key` = N, or `list_key.1`, `list_key.2`, ...
-    pub fn params(&self, count_key: &str, list_key: &str) -> Vec<(String, String)> {
-        match self {
-            Assign::Count(n) => vec![(count_key.to_owned(), n.to_string())],
-            Assign::List(l) => l
-                .iter()
-                .enumerate()
-                .map(|(i, a)| (format!("{list_key}.{}", i + 1), a.to_string()))
-                .collect(),
-        }
-    }
 }
 
 impl Ec2 {
@@ -652,16 +596,5 @@ mod tests {
             api_error("X", 500, "<html>"),
             Ec2Error::Garbage { .. }
         ));
-    }
-
-    #[test]
-    fn role_credentials() {
-        let c = credentials_from_role(
-            r#"{"Code":"Success","LastUpdated":"2026-11-23T00:00:00Z","Type":"AWS-HMAC","AccessKeyId":"ASIA1","SecretAccessKey":"s","Token":"t","Expiration":"2026-11-23T06:00:00Z"}"#,
-        )
-        .unwrap();
-        assert_eq!(c.access_key_id(), "ASIA1");
-        assert_eq!(c.session_token(), Some("t"));
-        assert!(credentials_from_role(r#"{"Code":"Failure"}"#).is_err());
     }
 }

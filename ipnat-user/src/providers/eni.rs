@@ -11,7 +11,7 @@ use std::{net::Ipv4Addr, time::Duration};
 use serde::Serialize;
 use thiserror::Error;
 
-use super::{aliyun, aliyun_api, aws, ec2, ec2::Assign};
+use super::{aliyun, aliyun_api, aws, client::Assign, ec2};
 use crate::config::Config;
 
 /// What a NIC not attached to an instance may hold.
@@ -45,7 +45,7 @@ pub enum EniError {
     #[error(transparent)]
     Api(#[from] aliyun_api::ApiError),
     #[error(transparent)]
-    Metadata(#[from] super::MetadataError),
+    Metadata(#[from] super::client::MetadataError),
 }
 
 /// What `ipnat eni` did.

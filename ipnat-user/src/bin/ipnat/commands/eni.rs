@@ -5,7 +5,7 @@ use anyhow::Result;
 use ipnat::config::Config;
 
 pub fn run(action: EniCommand) -> Result<()> {
-    use ipnat::providers::ec2::Assign;
+    use ipnat::providers::Assign;
     let (nic, assign, unassign, config, json) = match action {
         EniCommand::Assign {
             nic,

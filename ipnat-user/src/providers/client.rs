@@ -1,0 +1,229 @@
+//! What both clouds' clients share: the metadata service's client in token mode, its errors,
+//! transport errors told once, RFC 3986 percent-encoding, and how many addresses to ask for.
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+/// What the clouds' signatures and form bodies leave unescaped: RFC 3986's unreserved
+/// characters.
+const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// Percent-encoding as both clouds' signatures define it (RFC 3986, unreserved left alone).
+pub fn percent_encode(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, UNRESERVED).to_string()
+}
+
+/// How many secondary private addresses to ask for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Assign {
+    /// Any free addresses of the subnet.
+    Count(u32),
+    /// These addresses.
+    List(Vec<std::net::Ipv4Addr>),
+}
+
+impl Assign {
+    pub fn len(&self) -> usize {
+        match self {
+            Assign::Count(n) => *n as usize,
+            Assign::List(l) => l.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The request parameters: `count_key` = N, or `list_key.1`, `list_key.2`, ...
+    pub fn params(&self, count_key: &str, list_key: &str) -> Vec<(String, String)> {
+        match self {
+            Assign::Count(n) => vec![(count_key.to_owned(), n.to_string())],
+            Assign::List(l) => l
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (format!("{list_key}.{}", i + 1), a.to_string()))
+                .collect(),
+        }
+    }
+}
+
+/// A transport error told once: reqwest's message without its URL (the error that carries it
+/// names the URL already), then each cause beneath it ("operation timed out", "Connection
+/// refused") that the text does not already hold.
+pub(crate) fn transport(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        let s = c.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// NICs read at once from a metadata service.
+pub const CONCURRENT_NICS: usize = 16;
+
+#[derive(Debug, Error)]
+pub enum MetadataError {
+    #[error("instance metadata at {url}: {why} (is the metadata service reachable from here?)")]
+    Http { url: String, why: String },
+    #[error("instance metadata at {url}: HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("instance metadata at {url} returned {value:?}, which is not {what}")]
+    Garbage {
+        url: String,
+        value: String,
+        what: &'static str,
+    },
+}
+
+/// A metadata service in token mode (AWS IMDSv2 and Alibaba Cloud's ECS metadata work alike):
+/// `PUT /latest/api/token` with a TTL header, then GETs under `/latest/meta-data/` carrying
+/// the token in another header.
+#[derive(Clone)]
+pub struct MetadataClient {
+    client: reqwest::Client,
+    endpoint: String,
+    ttl_header: &'static str,
+    token_header: &'static str,
+    /// The session token, fetched once and shared by the clones of this client (a sync's
+    /// concurrent requests); dropped when the service answers 401, so the next request
+    /// fetches a fresh one.
+    token: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl MetadataClient {
+    pub fn new(
+        endpoint: &str,
+        timeout: Duration,
+        ttl_header: &'static str,
+        token_header: &'static str,
+    ) -> Result<Self, MetadataError> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            // The metadata service must be reached directly, never through a proxy.
+            .no_proxy()
+            .build()
+            .map_err(|source| MetadataError::Http {
+                url: endpoint.to_owned(),
+                why: transport(source),
+            })?;
+        Ok(Self {
+            client,
+            endpoint: endpoint.trim_end_matches('/').to_owned(),
+            ttl_header,
+            token_header,
+            token: Default::default(),
+        })
+    }
+
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        url: String,
+    ) -> Result<String, MetadataError> {
+        let r = req.send().await.map_err(|source| MetadataError::Http {
+            url: url.clone(),
+            why: transport(source),
+        })?;
+        let status = r.status().as_u16();
+        if status != 200 {
+            return Err(MetadataError::Status { url, status });
+        }
+        r.text().await.map_err(|source| MetadataError::Http {
+            url,
+            why: transport(source),
+        })
+    }
+
+    /// The session token (6 hours), fetched on first use.
+    async fn token(&self) -> Result<String, MetadataError> {
+        if let Some(t) = self.token.lock().expect("token lock").clone() {
+            return Ok(t);
+        }
+        let url = format!("{}/latest/api/token", self.endpoint);
+        let req = self.client.put(&url).header(self.ttl_header, "21600");
+        let t = self.send(req, url).await?;
+        *self.token.lock().expect("token lock") = Some(t.clone());
+        Ok(t)
+    }
+
+    /// `/latest/meta-data/<path>`, with the session token.
+    pub async fn get(&self, path: &str) -> Result<String, MetadataError> {
+        let token = self.token().await?;
+        let url = format!("{}/latest/meta-data/{path}", self.endpoint);
+        let req = self.client.get(&url).header(self.token_header, token);
+        let r = self.send(req, url).await;
+        if let Err(MetadataError::Status { status: 401, .. }) = r {
+            *self.token.lock().expect("token lock") = None;
+        }
+        r
+    }
+
+    /// The error for a credentials document at `path` that was refused: it names the
+    /// document's `Code` and nothing else of it (it holds the secret).
+    pub fn refused_credentials(&self, path: &str, doc: &str, what: &'static str) -> MetadataError {
+        let code = serde_json::from_str::<serde_json::Value>(doc)
+            .ok()
+            .and_then(|v| v["Code"].as_str().map(str::to_owned));
+        let shown = match code {
+            Some(code) => format!("Code {code:?} (the rest is not shown: it holds the secret)"),
+            None => "a document that is not one (not shown: it may hold the secret)".into(),
+        };
+        MetadataError::Garbage {
+            url: format!("{}/latest/meta-data/{path}", self.endpoint),
+            value: shown,
+            what,
+        }
+    }
+
+    /// The error for a value at `path` that is not `what`.
+    pub fn garbage(&self, path: &str, value: &str, what: &'static str) -> MetadataError {
+        MetadataError::Garbage {
+            url: format!("{}/latest/meta-data/{path}", self.endpoint),
+            value: value.chars().take(80).collect(),
+            what,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error as `ipnat` prints it (`{:#}`, the whole chain).
+    fn printed(e: MetadataError) -> String {
+        format!("{:#}", anyhow::Error::from(e))
+    }
+
+    #[test]
+    fn a_transport_error_names_its_url_once_and_says_why() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // A service that accepts and never answers: the request times out.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", silent.local_addr().unwrap());
+        let md = MetadataClient::new(&endpoint, Duration::from_millis(300), "ttl", "tok").unwrap();
+        let err = printed(rt.block_on(md.get("mac")).unwrap_err());
+        assert_eq!(err.matches(&endpoint).count(), 1, "{err}");
+        assert!(err.contains("timed out"), "{err}");
+        // Nothing listening: the connection is refused.
+        drop(silent);
+        let md = MetadataClient::new(&endpoint, Duration::from_millis(300), "ttl", "tok").unwrap();
+        let err = printed(rt.block_on(md.get("mac")).unwrap_err());
+        assert_eq!(err.matches(&endpoint).count(), 1, "{err}");
+        assert!(err.contains("refused"), "{err}");
+    }
+}
