@@ -1,0 +1,829 @@
+//! The tables: mappings, steering rules, block tables, settings and counters, as the data
+//! path reads them.
+
+use super::*;
+
+/// A mapping as installed in the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct InstalledMapping {
+    pub id: u32,
+    pub public: Block,
+    pub private: Block,
+}
+
+/// A steering rule as installed, with its counters.
+#[derive(Clone, Debug, Serialize)]
+pub struct InstalledSteer {
+    pub id: u32,
+    pub source: Block,
+    pub interface: String,
+    pub ifindex: u32,
+    pub gateway: Ipv4Addr,
+    pub subnet: Block,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl InstalledSteer {
+    /// The rule as the config writes it.
+    pub fn rule(&self) -> crate::config::SteerConfig {
+        crate::config::SteerConfig {
+            source: self.source,
+            interface: self.interface.clone(),
+            gateway: self.gateway,
+            subnet: self.subnet,
+        }
+    }
+}
+
+/// Counters of one mapping.
+#[derive(Clone, Debug, Serialize)]
+pub struct MappingStats {
+    #[serde(flatten)]
+    pub mapping: InstalledMapping,
+    pub dnat_packets: u64,
+    pub dnat_bytes: u64,
+    pub snat_packets: u64,
+    pub snat_bytes: u64,
+}
+
+/// Everything the counters say, at one moment.
+#[derive(Clone, Debug, Serialize)]
+pub struct Snapshot {
+    pub mappings: Vec<MappingStats>,
+    /// Packets per reason, summed over CPUs, in `Reason` order.
+    pub reasons: BTreeMap<&'static str, u64>,
+    /// Kernel memory of the tables.
+    pub memory: MemoryReport,
+    /// Steering rules and their counters.
+    pub steering: Vec<InstalledSteer>,
+}
+
+/// The maps, owned by whoever writes them: the running controller, or a CLI that opened pins.
+pub struct Tables {
+    pub(super) dnat: HashMap<MapData, u32, NatTarget>,
+    pub(super) snat: HashMap<MapData, u32, NatTarget>,
+    pub(super) counters: Array<MapData, MappingCounters>,
+    pub(super) reasons: PerCpuArray<MapData, u64>,
+    pub(super) settings: Array<MapData, Settings>,
+    pub(super) dnat_pfx: LpmTrie<MapData, u32, PrefixTarget>,
+    pub(super) snat_pfx: LpmTrie<MapData, u32, PrefixTarget>,
+    pub(super) steer: LpmTrie<MapData, u32, SteerTarget>,
+    pub(super) steer_counters: Array<MapData, SteerCounters>,
+    pub(super) xdp_targets: HashMap<MapData, u32, u32>,
+    pub(super) internal: LpmTrie<MapData, u32, u32>,
+    /// Descriptors of every map (batch operations, layout migration).
+    pub(super) batch_fds: BTreeMap<&'static str, std::os::fd::OwnedFd>,
+    /// Kernel memory charged to each map (`memlock` in its fdinfo), bytes.
+    pub(super) memory: BTreeMap<&'static str, u64>,
+}
+
+/// The kernel memory a map holds, as its fdinfo reports it.
+pub(super) fn memlock(map: &MapData) -> u64 {
+    use std::os::fd::{AsFd, AsRawFd};
+    let fd = map.fd().as_fd().as_raw_fd();
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("memlock:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// What the tables cost in kernel memory.
+#[derive(Clone, Debug, Serialize)]
+pub struct MemoryReport {
+    /// Bytes per map.
+    pub maps: BTreeMap<&'static str, u64>,
+    pub total_bytes: u64,
+    /// Mappings the tables have room for (`max_mappings`).
+    pub capacity: u32,
+    /// The exact tables and the counters, divided by `capacity` (the block tables and the
+    /// per-CPU reason counters do not grow with it).
+    pub bytes_per_mapping: f64,
+}
+
+/// The `MapData` inside a map taken from the object.
+pub(super) fn map_data(map: &aya::maps::Map) -> Option<&MapData> {
+    use aya::maps::Map;
+    match map {
+        Map::HashMap(m) | Map::LpmTrie(m) | Map::Array(m) | Map::PerCpuArray(m) => Some(m),
+        _ => None,
+    }
+}
+
+impl Tables {
+    /// Takes the maps out of the loaded object. With `repin` (directory, names), those maps
+    /// replace the pins of their predecessors there.
+    pub(super) fn take(
+        ebpf: &mut Ebpf,
+        repin: Option<(&Path, &[&str])>,
+    ) -> Result<Self, DataplaneError> {
+        Self::assemble(|name| {
+            let map = ebpf
+                .take_map(name)
+                .ok_or(DataplaneError::MissingMap(name))?;
+            if let Some((dir, _)) = repin.filter(|(_, which)| which.contains(&name)) {
+                let path = dir.join(name);
+                remove_pin(&path)?;
+                map.pin(&path).map_err(|e| pin_error(&path, e))?;
+            }
+            Ok(map)
+        })
+    }
+
+    /// Opens the maps a running `ipnat run` pinned under `dir`.
+    pub fn open_pinned(dir: &Path) -> Result<Self, DataplaneError> {
+        crate::state::bpffs_of(dir)?;
+        Self::assemble(|name| {
+            let path = dir.join(name);
+            let data = MapData::from_pin(&path)
+                .map_err(|e| pin_error(&path, format!("{e} (is `ipnat run` running?)")))?;
+            aya::maps::Map::from_map_data(data).map_err(|e| pin_error(&path, e))
+        })
+    }
+
+    /// The tables from `get`, which gives each map by name; records what each costs.
+    pub(super) fn assemble(
+        mut get: impl FnMut(&'static str) -> Result<aya::maps::Map, DataplaneError>,
+    ) -> Result<Self, DataplaneError> {
+        let mut memory = BTreeMap::new();
+        let mut batch_fds = BTreeMap::new();
+        let mut typed = |name: &'static str| {
+            let map = get(name)?;
+            if let Some(data) = map_data(&map) {
+                memory.insert(name, memlock(data));
+                {
+                    use std::os::fd::AsFd;
+                    let fd = data.fd().as_fd().try_clone_to_owned().map_err(|e| {
+                        DataplaneError::Pin {
+                            path: name.into(),
+                            why: e.to_string(),
+                        }
+                    })?;
+                    batch_fds.insert(name, fd);
+                }
+            }
+            Ok::<_, DataplaneError>(map)
+        };
+        macro_rules! map {
+            ($name:expr) => {
+                typed($name)?.try_into().map_err(map_err($name))?
+            };
+        }
+        let (dnat, snat, counters, reasons, settings) = (
+            map!(names::DNAT_MAP),
+            map!(names::SNAT_MAP),
+            map!(names::MAPPING_COUNTERS),
+            map!(names::REASON_COUNTERS),
+            map!(names::SETTINGS),
+        );
+        let (dnat_pfx, snat_pfx, steer, steer_counters, xdp_targets, internal) = (
+            map!(names::DNAT_PREFIX_MAP),
+            map!(names::SNAT_PREFIX_MAP),
+            map!(names::STEER_MAP),
+            map!(names::STEER_COUNTERS),
+            map!(names::XDP_TARGETS),
+            map!(names::INTERNAL_MAP),
+        );
+        Ok(Self {
+            dnat,
+            snat,
+            counters,
+            reasons,
+            settings,
+            dnat_pfx,
+            snat_pfx,
+            steer,
+            steer_counters,
+            xdp_targets,
+            internal,
+            batch_fds,
+            memory,
+        })
+    }
+
+    /// The mappings in the kernel, by id.
+    pub fn mappings(&self) -> Result<Vec<InstalledMapping>, DataplaneError> {
+        use std::os::fd::AsFd;
+        let mut out = Vec::new();
+        let batch = match self.batch_fds.get(names::DNAT_MAP) {
+            Some(fd) => lookup_batch::<u32, NatTarget>(fd.as_fd()).map_err(|error| {
+                DataplaneError::Batch {
+                    name: names::DNAT_MAP,
+                    error,
+                }
+            })?,
+            None => None,
+        };
+        let entries = match batch {
+            Some(entries) => entries,
+            None => self
+                .dnat
+                .iter()
+                .collect::<Result<_, _>>()
+                .map_err(map_err(names::DNAT_MAP))?,
+        };
+        for (public, target) in entries {
+            out.push(InstalledMapping {
+                id: target.id,
+                public: addr(public).into(),
+                private: addr(target.addr).into(),
+            });
+        }
+        for entry in self.dnat_pfx.iter() {
+            let (k, target) = entry.map_err(map_err(names::DNAT_PREFIX_MAP))?;
+            let block = |net: u32| {
+                Ipv4Net::new(addr(net), k.prefix_len() as u8)
+                    .map(Block)
+                    .map_err(|_| DataplaneError::Corrupt(names::DNAT_PREFIX_MAP))
+            };
+            out.push(InstalledMapping {
+                id: target.id,
+                public: block(k.data())?,
+                private: block(k.data() ^ target.xor)?,
+            });
+        }
+        out.sort_by_key(|m| m.id);
+        Ok(out)
+    }
+
+    /// Makes the kernel tables equal `desired`. Additions and changes are written before
+    /// removals, and every write replaces a whole 8-byte value in place, so a mapping that stays
+    /// is never absent. A mapping keeps its id (and counters) while its public side stays.
+    /// Single addresses go to the hash tables, blocks to the longest-prefix-match tables.
+    pub fn apply(&mut self, desired: &[MappingConfig]) -> Result<(), DataplaneError> {
+        let current = self.mappings()?;
+        let by_public: std::collections::HashMap<Block, InstalledMapping> =
+            current.iter().map(|m| (m.public, *m)).collect();
+        let wanted_public: HashSet<Block> = desired.iter().map(|m| m.public).collect();
+        let wanted_private: HashSet<Block> = desired.iter().map(|m| m.private).collect();
+        let any_prefix = desired.iter().any(|m| !m.public.is_host());
+        if any_prefix {
+            // Before the first block is written: the data plane skips the prefix tables
+            // while the flag is off.
+            self.set_flag(FLAG_PREFIXES, true)?;
+        }
+        // Ids of mappings that stay are kept; removed ones are only freed after the removals.
+        let mut used: HashSet<u32> = current.iter().map(|m| m.id).collect();
+        let mut next = 1u32;
+        // Written in batches, in this order: the new ids' counters (zeroed), then private ->
+        // public, then public -> private, so that a packet never finds a mapping whose other
+        // direction or counters are missing.
+        let (mut new_ids, mut snat, mut dnat) = (Vec::new(), Vec::new(), Vec::new());
+        for m in desired {
+            let id = match by_public.get(&m.public) {
+                Some(old) => old.id,
+                None => {
+                    while used.contains(&next) {
+                        next += 1;
+                    }
+                    let max_id = self.counters.len() - 1;
+                    if next > max_id {
+                        return Err(DataplaneError::IdsExhausted(max_id));
+                    }
+                    used.insert(next);
+                    new_ids.push(next);
+                    next
+                }
+            };
+            if by_public
+                .get(&m.public)
+                .is_some_and(|old| old.private == m.private)
+            {
+                continue; // unchanged: no write
+            }
+            let (public, private) = (key(m.public.addr()), key(m.private.addr()));
+            if m.public.is_host() {
+                snat.push((private, NatTarget { addr: public, id }));
+                dnat.push((public, NatTarget { addr: private, id }));
+            } else {
+                let len = u32::from(m.public.prefix_len());
+                let xor = public ^ private;
+                // Block mappings are few (MAX_PREFIXES); LPM tries have no batch operations.
+                self.counters
+                    .set(id, MappingCounters::default(), 0)
+                    .map_err(map_err(names::MAPPING_COUNTERS))?;
+                new_ids.retain(|&i| i != id);
+                self.snat_pfx
+                    .insert(&Key::new(len, private), PrefixTarget { xor, id }, 0)
+                    .map_err(map_err(names::SNAT_PREFIX_MAP))?;
+                self.dnat_pfx
+                    .insert(&Key::new(len, public), PrefixTarget { xor, id }, 0)
+                    .map_err(map_err(names::DNAT_PREFIX_MAP))?;
+            }
+        }
+        let zeros = vec![MappingCounters::default(); new_ids.len()];
+        if !self.write_batch(names::MAPPING_COUNTERS, &new_ids, &zeros)? {
+            for &id in &new_ids {
+                self.counters
+                    .set(id, MappingCounters::default(), 0)
+                    .map_err(map_err(names::MAPPING_COUNTERS))?;
+            }
+        }
+        for (name, entries) in [(names::SNAT_MAP, &snat), (names::DNAT_MAP, &dnat)] {
+            let (k, v): (Vec<u32>, Vec<NatTarget>) = entries.iter().copied().unzip();
+            if !self.write_batch(name, &k, &v)? {
+                let map = if name == names::SNAT_MAP {
+                    &mut self.snat
+                } else {
+                    &mut self.dnat
+                };
+                for (k, v) in entries {
+                    map.insert(k, v, 0).map_err(map_err(name))?;
+                }
+            }
+        }
+        for old in &current {
+            if !wanted_public.contains(&old.public) {
+                self.remove_side(old.public, true)?;
+            }
+            if !wanted_private.contains(&old.private) {
+                self.remove_side(old.private, false)?;
+            }
+        }
+        if !any_prefix {
+            self.set_flag(FLAG_PREFIXES, false)?;
+        }
+        Ok(())
+    }
+
+    /// Removes one side of a mapping; a key already gone (e.g. a private side that moved to
+    /// another mapping and was overwritten) is fine.
+    pub(super) fn remove_side(&mut self, side: Block, public: bool) -> Result<(), DataplaneError> {
+        let k = key(side.addr());
+        let (result, name) = match (side.is_host(), public) {
+            (true, true) => (self.dnat.remove(&k), names::DNAT_MAP),
+            (true, false) => (self.snat.remove(&k), names::SNAT_MAP),
+            (false, true) => (
+                self.dnat_pfx
+                    .remove(&Key::new(u32::from(side.prefix_len()), k)),
+                names::DNAT_PREFIX_MAP,
+            ),
+            (false, false) => (
+                self.snat_pfx
+                    .remove(&Key::new(u32::from(side.prefix_len()), k)),
+                names::SNAT_PREFIX_MAP,
+            ),
+        };
+        absent_ok(result).map_err(map_err(name))
+    }
+
+    /// The steering rules in the kernel.
+    pub fn steering(&self) -> Result<Vec<InstalledSteer>, DataplaneError> {
+        let mut out = Vec::new();
+        for entry in self.steer.iter() {
+            let (k, t) = entry.map_err(map_err(names::STEER_MAP))?;
+            let c = self
+                .steer_counters
+                .get(&t.id, 0)
+                .map_err(map_err(names::STEER_COUNTERS))?;
+            let plen = k.prefix_len() as u8;
+            let source = Ipv4Net::new(addr(k.data()), plen)
+                .map(Block)
+                .map_err(|_| DataplaneError::Corrupt(names::STEER_MAP))?;
+            let subnet = Ipv4Net::new(addr(t.subnet), u32::from_be(t.mask).count_ones() as u8)
+                .map(Block)
+                .map_err(|_| DataplaneError::Corrupt(names::STEER_MAP))?;
+            out.push(InstalledSteer {
+                id: t.id,
+                source,
+                interface: nix::net::if_::if_indextoname(t.ifindex)
+                    .ok()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| format!("ifindex {}", t.ifindex)),
+                ifindex: t.ifindex,
+                gateway: addr(t.gateway),
+                subnet,
+                packets: c.packets,
+                bytes: c.bytes,
+            });
+        }
+        out.sort_by_key(|r| r.id);
+        Ok(out)
+    }
+
+    /// Makes the steering table equal `rules` (with their interfaces' indexes): additions and
+    /// changes first, then removals; a rule keeps its id and counters while its source stays.
+    pub fn apply_steering(
+        &mut self,
+        rules: &[(crate::config::SteerConfig, u32)],
+    ) -> Result<(), DataplaneError> {
+        // What is installed, by (prefix length, network): one pass over the trie.
+        let mut current: std::collections::HashMap<(u32, u32), SteerTarget> =
+            std::collections::HashMap::new();
+        for entry in self.steer.iter() {
+            let (k, t) = entry.map_err(map_err(names::STEER_MAP))?;
+            current.insert((k.prefix_len(), k.data()), t);
+        }
+        let mut used: HashSet<u32> = current.values().map(|t| t.id).collect();
+        let mut wanted = HashSet::new();
+        let mut next = 1u32;
+        if !rules.is_empty() {
+            self.set_flag(FLAG_STEER, true)?;
+        }
+        for (r, ifindex) in rules {
+            let k = (u32::from(r.source.prefix_len()), key(r.source.addr()));
+            wanted.insert(k);
+            let old = current.get(&k);
+            let id = match old {
+                Some(t) => t.id,
+                None => {
+                    while used.contains(&next) {
+                        next += 1;
+                    }
+                    used.insert(next);
+                    self.steer_counters
+                        .set(next, SteerCounters::default(), 0)
+                        .map_err(map_err(names::STEER_COUNTERS))?;
+                    next
+                }
+            };
+            let target = SteerTarget {
+                ifindex: *ifindex,
+                gateway: key(r.gateway),
+                subnet: key(r.subnet.addr()),
+                mask: u32::from(r.subnet.0.netmask()).to_be(),
+                id,
+                _pad: 0,
+            };
+            if old == Some(&target) {
+                continue; // unchanged: no write
+            }
+            self.steer
+                .insert(&Key::new(k.0, k.1), target, 0)
+                .map_err(map_err(names::STEER_MAP))?;
+        }
+        for k in current.keys() {
+            if !wanted.contains(k) {
+                absent_ok(self.steer.remove(&Key::new(k.0, k.1)))
+                    .map_err(map_err(names::STEER_MAP))?;
+            }
+        }
+        if rules.is_empty() {
+            self.set_flag(FLAG_STEER, false)?;
+        }
+        Ok(())
+    }
+
+    /// Adds one steering rule to the running tables (out of interface `ifindex`), validated
+    /// against the installed ones as the config is. Nothing changes when it is refused.
+    pub fn add_steer(
+        &mut self,
+        rule: crate::config::SteerConfig,
+        ifindex: u32,
+    ) -> Result<InstalledSteer, DataplaneError> {
+        let current = self.steering()?;
+        let mut all: Vec<(crate::config::SteerConfig, u32)> =
+            current.iter().map(|r| (r.rule(), r.ifindex)).collect();
+        all.push((rule.clone(), ifindex));
+        let n = current.len();
+        let rules: Vec<crate::config::SteerConfig> = all.iter().map(|(r, _)| r.clone()).collect();
+        crate::config::validate_steer_rules(&rules, &|i| {
+            if i == n {
+                "the new rule".to_owned()
+            } else {
+                format!("installed rule from {}", current[i].source)
+            }
+        })?;
+        self.apply_steering(&all)?;
+        self.steering()?
+            .into_iter()
+            .find(|r| r.source == rule.source)
+            .ok_or(DataplaneError::NoSuchSteer(rule.source))
+    }
+
+    /// Removes the steering rule for `source`. Nothing changes when there is none.
+    pub fn remove_steer(&mut self, source: Block) -> Result<InstalledSteer, DataplaneError> {
+        let current = self.steering()?;
+        let gone = current
+            .iter()
+            .find(|r| r.source == source)
+            .cloned()
+            .ok_or(DataplaneError::NoSuchSteer(source))?;
+        let rest: Vec<(crate::config::SteerConfig, u32)> = current
+            .iter()
+            .filter(|r| r.source != source)
+            .map(|r| (r.rule(), r.ifindex))
+            .collect();
+        self.apply_steering(&rest)?;
+        Ok(gone)
+    }
+
+    /// Adds one mapping to the running tables, validated against the installed ones as the
+    /// config is. Nothing changes when it is refused.
+    pub fn add_mapping(&mut self, new: MappingConfig) -> Result<InstalledMapping, DataplaneError> {
+        let current = self.mappings()?;
+        let mut all: Vec<MappingConfig> = current
+            .iter()
+            .map(|m| MappingConfig {
+                public: m.public,
+                private: m.private,
+            })
+            .collect();
+        all.push(new);
+        let n = current.len();
+        crate::config::validate_mappings(&all, &|i| {
+            if i == n {
+                "the new mapping".to_owned()
+            } else {
+                format!(
+                    "installed mapping {} <-> {}",
+                    current[i].public, current[i].private
+                )
+            }
+        })?;
+        if all.len() > self.capacity() as usize {
+            return Err(DataplaneError::Full(self.capacity()));
+        }
+        self.apply(&all)?;
+        self.mappings()?
+            .into_iter()
+            .find(|m| m.public == new.public)
+            .ok_or(DataplaneError::NoSuchMapping(new.public))
+    }
+
+    /// Removes the mapping whose public side is `public` (both directions). Nothing changes
+    /// when there is none.
+    pub fn remove_mapping(&mut self, public: Block) -> Result<InstalledMapping, DataplaneError> {
+        let current = self.mappings()?;
+        let gone = *current
+            .iter()
+            .find(|m| m.public == public)
+            .ok_or(DataplaneError::NoSuchMapping(public))?;
+        let rest: Vec<MappingConfig> = current
+            .iter()
+            .filter(|m| m.public != public)
+            .map(|m| MappingConfig {
+                public: m.public,
+                private: m.private,
+            })
+            .collect();
+        self.apply(&rest)?;
+        Ok(gone)
+    }
+
+    /// Records this binary's map layout in fresh maps, or checks that adopted maps have it.
+    pub(super) fn claim_schema(&mut self, adopted: bool) -> Result<(), DataplaneError> {
+        let mut settings = self.settings.get(&0, 0).map_err(map_err(names::SETTINGS))?;
+        if settings.schema == SCHEMA_VERSION {
+            return Ok(());
+        }
+        if adopted && settings.schema != 0 {
+            return Err(DataplaneError::Schema {
+                found: settings.schema,
+                ours: SCHEMA_VERSION,
+            });
+        }
+        settings.schema = SCHEMA_VERSION;
+        self.settings
+            .set(0, settings, 0)
+            .map_err(map_err(names::SETTINGS))
+    }
+
+    /// Room in the mapping tables.
+    pub fn capacity(&self) -> u32 {
+        self.counters.len() - 1
+    }
+
+    /// Kernel memory held by the tables.
+    pub fn memory(&self) -> MemoryReport {
+        let capacity = self.counters.len() - 1;
+        let total_bytes = self.memory.values().sum();
+        let scaling: u64 = [names::DNAT_MAP, names::SNAT_MAP, names::MAPPING_COUNTERS]
+            .iter()
+            .filter_map(|n| self.memory.get(n))
+            .sum();
+        MemoryReport {
+            maps: self.memory.clone(),
+            total_bytes,
+            capacity,
+            bytes_per_mapping: scaling as f64 / f64::from(capacity.max(1)),
+        }
+    }
+
+    /// The data plane's `FLAG_*` bits.
+    pub fn flags(&self) -> Result<u32, DataplaneError> {
+        Ok(self
+            .settings
+            .get(&0, 0)
+            .map_err(map_err(names::SETTINGS))?
+            .flags)
+    }
+
+    /// Turns the forwarding fast path on or off.
+    pub fn set_fast_path(&mut self, on: bool) -> Result<(), DataplaneError> {
+        self.set_flag(FLAG_FAST_PATH, on)
+    }
+
+    /// Host orientation on or off (see [`FLAG_HOST`]).
+    pub fn set_host(&mut self, on: bool) -> Result<(), DataplaneError> {
+        self.set_flag(FLAG_HOST, on)
+    }
+
+    /// [`update_batch`] on the map `name`; `Ok(false)` when the kernel cannot.
+    pub(super) fn write_batch<K: aya::Pod, V: aya::Pod>(
+        &self,
+        name: &'static str,
+        keys: &[K],
+        values: &[V],
+    ) -> Result<bool, DataplaneError> {
+        use std::os::fd::AsFd;
+        if keys.is_empty() {
+            return Ok(true);
+        }
+        let Some(fd) = self.batch_fds.get(name) else {
+            return Ok(false);
+        };
+        update_batch(fd.as_fd(), keys, values)
+            .map_err(|error| DataplaneError::Batch { name, error })
+    }
+
+    /// Whether XDP may redirect to interface `index`: only where ipnat's XDP runs (native) and
+    /// the driver can transmit redirected frames (`ndo-xmit`; a veth only while its peer has
+    /// an XDP program). Elsewhere XDP hands the packet to TC, which forwards it. Unknown
+    /// features (an older kernel): allowed, as before the kernel could say.
+    ///
+    /// `sg`: some interface runs the frags-capable program, so a redirected frame may span
+    /// several buffers, which a target must also be able to send (`ndo-xmit-sg`).
+    pub fn set_xdp_target(
+        &mut self,
+        index: u32,
+        mode: AttachMode,
+        features: Option<u64>,
+        sg: bool,
+    ) -> Result<(), DataplaneError> {
+        let mut needed = crate::netdev::XDP_NDO_XMIT;
+        if sg {
+            needed |= crate::netdev::XDP_NDO_XMIT_SG;
+        }
+        let ok = mode == AttachMode::XdpNative && features.is_none_or(|f| f & needed == needed);
+        if ok {
+            self.xdp_targets.insert(index, 1, 0)
+        } else {
+            absent_ok(self.xdp_targets.remove(&index))
+        }
+        .map_err(map_err(names::XDP_TARGETS))
+    }
+
+    /// The internal prefixes in the kernel.
+    pub fn internal_prefixes(&self) -> Result<Vec<Ipv4Net>, DataplaneError> {
+        let mut out = Vec::new();
+        for k in self.internal.keys() {
+            let k = k.map_err(map_err(names::INTERNAL_MAP))?;
+            let net = Ipv4Net::new(addr(k.data()), k.prefix_len() as u8)
+                .map_err(|_| DataplaneError::Corrupt(names::INTERNAL_MAP))?;
+            out.push(net);
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Makes the internal prefixes equal `desired`: additions first, then removals.
+    pub fn apply_internal(&mut self, desired: &[Ipv4Net]) -> Result<(), DataplaneError> {
+        let have = self.internal_prefixes()?;
+        for net in desired.iter().filter(|n| !have.contains(n)) {
+            self.internal
+                .insert(
+                    &Key::new(u32::from(net.prefix_len()), key(net.network())),
+                    1,
+                    0,
+                )
+                .map_err(map_err(names::INTERNAL_MAP))?;
+        }
+        for net in have.iter().filter(|n| !desired.contains(n)) {
+            absent_ok(
+                self.internal
+                    .remove(&Key::new(u32::from(net.prefix_len()), key(net.network()))),
+            )
+            .map_err(map_err(names::INTERNAL_MAP))?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn set_flag(&mut self, flag: u32, on: bool) -> Result<(), DataplaneError> {
+        let mut flags = self.flags()? & !flag;
+        if on {
+            flags |= flag;
+        }
+        let schema = self
+            .settings
+            .get(&0, 0)
+            .map_err(map_err(names::SETTINGS))?
+            .schema;
+        self.settings
+            .set(0, Settings { flags, schema }, 0)
+            .map_err(map_err(names::SETTINGS))
+    }
+
+    /// Reads every counter.
+    pub fn snapshot(&self) -> Result<Snapshot, DataplaneError> {
+        let mut mappings = Vec::new();
+        for m in self.mappings()? {
+            let c = self
+                .counters
+                .get(&m.id, 0)
+                .map_err(map_err(names::MAPPING_COUNTERS))?;
+            mappings.push(MappingStats {
+                mapping: m,
+                dnat_packets: c.dnat_packets,
+                dnat_bytes: c.dnat_bytes,
+                snat_packets: c.snat_packets,
+                snat_bytes: c.snat_bytes,
+            });
+        }
+        let mut reasons = BTreeMap::new();
+        for r in Reason::ALL {
+            let per_cpu = self
+                .reasons
+                .get(&(r as u32), 0)
+                .map_err(map_err(names::REASON_COUNTERS))?;
+            reasons.insert(r.name(), per_cpu.iter().sum());
+        }
+        Ok(Snapshot {
+            mappings,
+            reasons,
+            memory: self.memory(),
+            steering: self.steering()?,
+        })
+    }
+}
+
+impl Snapshot {
+    /// Per-mapping rates since `prev`, `secs` seconds earlier: (public, in pkt/s, in bit/s,
+    /// out pkt/s, out bit/s).
+    pub fn rates(&self, prev: &Snapshot, secs: f64) -> Vec<(Block, f64, f64, f64, f64)> {
+        self.mappings
+            .iter()
+            .map(|m| {
+                let p = prev
+                    .mappings
+                    .iter()
+                    .find(|o| o.mapping.id == m.mapping.id && o.mapping.public == m.mapping.public);
+                let d = |now: u64, then: Option<u64>| {
+                    now.saturating_sub(then.unwrap_or(0)) as f64 / secs
+                };
+                (
+                    m.mapping.public,
+                    d(m.dnat_packets, p.map(|p| p.dnat_packets)),
+                    8.0 * d(m.dnat_bytes, p.map(|p| p.dnat_bytes)),
+                    d(m.snat_packets, p.map(|p| p.snat_packets)),
+                    8.0 * d(m.snat_bytes, p.map(|p| p.snat_bytes)),
+                )
+            })
+            .collect()
+    }
+
+    /// Human-readable table.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{:>4}  {:<15}  {:<15}  {:>10} {:>12}  {:>10} {:>12}",
+            "id", "public", "private", "in pkts", "in bytes", "out pkts", "out bytes"
+        );
+        for m in &self.mappings {
+            let _ = writeln!(
+                s,
+                "{:>4}  {:<15}  {:<15}  {:>10} {:>12}  {:>10} {:>12}",
+                m.mapping.id,
+                m.mapping.public.to_string(),
+                m.mapping.private.to_string(),
+                m.dnat_packets,
+                m.dnat_bytes,
+                m.snat_packets,
+                m.snat_bytes
+            );
+        }
+        let _ = writeln!(
+            s,
+            "(in: public -> private, destination translated; out: private -> public, source translated)"
+        );
+        let reasons: Vec<String> = self
+            .reasons
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(r, n)| format!("{r}={n}"))
+            .collect();
+        let _ = writeln!(s, "packets by outcome: {}", reasons.join(" "));
+        for r in &self.steering {
+            let _ = writeln!(
+                s,
+                "steer {}: from {} out of {} (via {} outside {}): {} packets, {} bytes",
+                r.id, r.source, r.interface, r.gateway, r.subnet, r.packets, r.bytes
+            );
+        }
+        let _ = writeln!(
+            s,
+            "table memory: {} KiB for {} mappings ({:.0} bytes per mapping)",
+            self.memory.total_bytes / 1024,
+            self.memory.capacity,
+            self.memory.bytes_per_mapping
+        );
+        s
+    }
+}
