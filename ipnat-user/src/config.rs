@@ -108,15 +108,51 @@ impl Config {
             == Some(true)
     }
 
-    /// The configured provider: (name, endpoint, interval, timeout).
-    pub fn provider(&self) -> Option<(&'static str, &str, u64, u64)> {
+    /// The configured provider, if any (at most one: see [`Config::validate`]).
+    pub fn provider(&self) -> Option<Provider<'_>> {
         if let Some(a) = &self.aws {
-            return Some(("aws", &a.endpoint, a.interval_secs, a.timeout_ms));
+            return Some(Provider {
+                cloud: Cloud::Aws,
+                endpoint: &a.endpoint,
+                interval_secs: a.interval_secs,
+                timeout_ms: a.timeout_ms,
+            });
         }
-        self.aliyun
-            .as_ref()
-            .map(|a| ("aliyun", a.endpoint.as_str(), a.interval_secs, a.timeout_ms))
+        self.aliyun.as_ref().map(|a| Provider {
+            cloud: Cloud::Aliyun,
+            endpoint: &a.endpoint,
+            interval_secs: a.interval_secs,
+            timeout_ms: a.timeout_ms,
+        })
     }
+}
+
+/// The clouds ipnat syncs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cloud {
+    Aws,
+    Aliyun,
+}
+
+impl Cloud {
+    /// Its config section's name (and the provider's name in status and metrics).
+    pub fn name(self) -> &'static str {
+        match self {
+            Cloud::Aws => "aws",
+            Cloud::Aliyun => "aliyun",
+        }
+    }
+}
+
+/// What every provider section has: which cloud, its metadata service, the sync's schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Provider<'a> {
+    pub cloud: Cloud,
+    /// The metadata service.
+    pub endpoint: &'a str,
+    pub interval_secs: u64,
+    /// Per request.
+    pub timeout_ms: u64,
 }
 
 /// The `aws` provider: every address of a secondary NIC (device number > 0) is steered out of
@@ -490,7 +526,14 @@ impl Config {
                 "one provider at a time: the config also has [aws]",
             ));
         }
-        if let Some((name, endpoint, interval, timeout)) = self.provider() {
+        if let Some(Provider {
+            cloud,
+            endpoint,
+            interval_secs: interval,
+            timeout_ms: timeout,
+        }) = self.provider()
+        {
+            let name = cloud.name();
             if !endpoint.starts_with("http://") {
                 return Err(invalid(
                     format!("{name}.endpoint"),

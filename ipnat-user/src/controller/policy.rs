@@ -42,7 +42,8 @@ pub fn reloadable(old: &Config, new: &Config) -> Result<()> {
         || new.max_mappings != old.max_mappings
         || new.metrics_listen != old.metrics_listen
         || new.orientation != old.orientation
-        || new.provider().map(|p| (p.0, p.2)) != old.provider().map(|p| (p.0, p.2))
+        || new.provider().map(|p| (p.cloud, p.interval_secs))
+            != old.provider().map(|p| (p.cloud, p.interval_secs))
     {
         anyhow::bail!(
             "interfaces, pin_path, max_mappings, metrics_listen, orientation and the provider and its interval change only with a restart of `ipnat run` (orientation: after `ipnat down`)"

@@ -277,7 +277,7 @@ pub fn run(config_path: &Path, config: Config, stats_interval: u64) -> Result<()
                     }
                 }
                 () = &mut next_sync, if config.provider().is_some() => {
-                    let name = config.provider().map_or("", |p| p.0);
+                    let name = config.provider().map_or("", |p| p.cloud.name());
                     let mut state = crate::providers::SyncState::load(&config.pin_path).unwrap_or_default();
                     state.provider = name.into();
                     state.last_attempt_unix = unix_now();
@@ -308,7 +308,7 @@ pub fn run(config_path: &Path, config: Config, stats_interval: u64) -> Result<()
                             ctl.syncs_failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
                     }
-                    let interval = Duration::from_secs(config.provider().map_or(3600, |p| p.2.max(1)));
+                    let interval = Duration::from_secs(config.provider().map_or(3600, |p| p.interval_secs.max(1)));
                     let delay = if state.result == "ok" {
                         failures = 0;
                         interval

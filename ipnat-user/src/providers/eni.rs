@@ -133,7 +133,13 @@ pub async fn run(
     if assign.is_none() && unassign.is_empty() {
         return Err(EniError::Empty);
     }
-    let Some((name, endpoint, _, timeout)) = config.provider() else {
+    let Some(crate::config::Provider {
+        cloud,
+        endpoint,
+        timeout_ms: timeout,
+        ..
+    }) = config.provider()
+    else {
         return Err(EniError::NoProvider);
     };
     let timeout = Duration::from_millis(timeout);
@@ -145,7 +151,7 @@ pub async fn run(
         assigned: Vec::new(),
         unassigned: Vec::new(),
     };
-    if name == "aws" {
+    if cloud == crate::config::Cloud::Aws {
         let cfg = config.aws.as_ref().expect("provider aws");
         let imds = aws::Imds::new(endpoint, timeout)?;
         let (api, id) = ec2::client(&imds, cfg, timeout).await?;

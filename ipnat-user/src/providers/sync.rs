@@ -43,14 +43,17 @@ fn nic_addresses(
 /// API's tags say (its EIPs are bound to its own addresses; which backend each serves is the
 /// tags' or the config's say).
 pub async fn sync(config: &crate::config::Config) -> Result<Synced, SyncError> {
-    use crate::config::Orientation;
-    let Some((name, endpoint, _, timeout)) = config.provider() else {
+    use crate::config::{Cloud, Orientation};
+    let Some(provider) = config.provider() else {
         return Ok(Synced::default());
     };
-    let timeout = Duration::from_millis(timeout);
+    let (endpoint, timeout) = (
+        provider.endpoint,
+        Duration::from_millis(provider.timeout_ms),
+    );
     let host = config.orientation == Orientation::Host;
     let mut synced = Synced::default();
-    let (rules, missing) = if name == "aws" {
+    let (rules, missing) = if provider.cloud == Cloud::Aws {
         let imds = aws::Imds::new(endpoint, timeout)?;
         let nics = imds.nics().await?;
         synced.addresses = nic_addresses(

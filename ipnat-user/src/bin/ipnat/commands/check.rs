@@ -27,7 +27,8 @@ pub fn run(config: PathBuf) -> Result<()> {
             r.source, r.interface, r.gateway, r.subnet
         );
     }
-    if let Some((name, endpoint, interval, _)) = config.provider() {
+    if let Some(p) = config.provider() {
+        let (name, endpoint, interval) = (p.cloud.name(), p.endpoint, p.interval_secs);
         println!("  {name}: sync from {endpoint} every {interval} s");
     }
     Ok(())
