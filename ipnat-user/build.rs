@@ -1,11 +1,11 @@
-//! Builds the eBPF programs with aya-build and leaves the object in OUT_DIR for the binary to
-//! embed. Without bpf-linker (e.g. `cargo check`/`cargo clippy` on a machine that never ran
+//! Builds the eBPF programs with aya-build and leaves the objects in OUT_DIR for the library to
+//! embed: `ipnat` (the product's programs) and `ipnat-bench` (the benchmarks'). Without bpf-linker (e.g. `cargo check`/`cargo clippy` on a machine that never ran
 //! `cargo xtask setup`), or with AYA_BUILD_SKIP=1, an empty object is written instead and the
 //! binary refuses to load it with an error that says how to fix it.
 use std::{env, fs, path::PathBuf};
 
 fn main() -> anyhow::Result<()> {
-    let out = PathBuf::from(env::var("OUT_DIR")?).join("ipnat");
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     println!("cargo:rerun-if-changed=../ipnat-common/src");
     println!("cargo:rerun-if-env-changed=PATH");
     println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
@@ -27,7 +27,9 @@ fn main() -> anyhow::Result<()> {
                 "bpf-linker not on PATH"
             }
         );
-        fs::write(&out, b"")?;
+        for object in ["ipnat", "ipnat-bench"] {
+            fs::write(out_dir.join(object), b"")?;
+        }
         return Ok(());
     }
     let ebpf = aya_build::Package {

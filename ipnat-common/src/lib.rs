@@ -243,6 +243,15 @@ impl Reason {
 }
 
 /// Names of the maps and programs in the eBPF object.
+/// IP protocol numbers (IANA) the data plane tells apart.
+pub mod ipproto {
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const DCCP: u8 = 33;
+    pub const UDPLITE: u8 = 136;
+}
+
 pub mod names {
     pub const DNAT_MAP: &str = "IPNAT_DNAT";
     pub const SNAT_MAP: &str = "IPNAT_SNAT";
@@ -280,6 +289,20 @@ mod pod {
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::SteerTarget {}
     unsafe impl aya::Pod for super::SteerCounters {}
+}
+
+impl SteerTarget {
+    /// Where a packet steered by this rule to `dst` goes next: `dst` itself when it is on the
+    /// rule's interface's subnet, the rule's gateway otherwise (addresses in network order).
+    /// The one definition, for the fast path and TC egress alike.
+    #[inline(always)]
+    pub fn next_hop(&self, dst: u32) -> u32 {
+        if dst & self.mask == self.subnet {
+            dst
+        } else {
+            self.gateway
+        }
+    }
 }
 
 const _: () = assert!(core::mem::size_of::<NatTarget>() == 8);

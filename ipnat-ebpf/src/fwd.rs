@@ -10,19 +10,22 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
-        BPF_FIB_LOOKUP_OUTPUT, BPF_FIB_LOOKUP_SKIP_NEIGH, bpf_fib_lookup as FibParams,
+        BPF_FIB_LOOKUP_OUTPUT, BPF_FIB_LOOKUP_SKIP_NEIGH, TC_ACT_OK, TC_ACT_SHOT,
+        bpf_fib_lookup as FibParams, bpf_redir_neigh,
     },
-    helpers::generated::bpf_fib_lookup,
+    helpers::generated::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh},
 };
-use ipnat_common::{FLAG_STEER, Reason, SteerTarget};
+use ipnat_common::{NatTarget, Reason};
 
 use crate::{
-    nat::{self, Dir, ETH_HLEN, Hdr, Verdict},
-    pkt::Packet,
+    ctx::Packet,
+    dir::Dir,
+    maps,
+    nat::{self, Verdict},
+    parse::{self, ETH_DEST, ETH_SOURCE, Hdr, IP_CHECK, IP_TTL},
 };
 
 const AF_INET: u8 = 2;
@@ -42,6 +45,7 @@ pub enum Action {
     ToTc,
 }
 
+/// The result of a FIB lookup.
 pub struct Fib {
     pub rc: i64,
     pub ifindex: u32,
@@ -51,6 +55,15 @@ pub struct Fib {
     pub dmac: [u8; 6],
 }
 
+impl Fib {
+    #[inline(always)]
+    pub fn found(&self) -> bool {
+        self.rc == BPF_FIB_LKUP_RET_SUCCESS as i64
+    }
+}
+
+/// Looks up the route (and neighbour) of an IPv4 packet with `bpf_fib_lookup`; `ifindex`: the
+/// ingress for a forwarding lookup, the egress with `BPF_FIB_LOOKUP_OUTPUT`.
 #[inline(always)]
 pub fn fib<P: Packet>(
     p: &P,
@@ -81,29 +94,50 @@ pub fn fib<P: Packet>(
     }
 }
 
-/// The steering rule for `src` (id 0: none), as plain values (see `gateway`'s note on
-/// `Option`s).
+/// Writes the next hop's and the egress's MAC addresses that the FIB returned.
 #[inline(always)]
-pub fn steering(src: u32, flags: u32) -> SteerTarget {
-    if flags & FLAG_STEER == 0 {
-        return SteerTarget::default();
-    }
-    match crate::IPNAT_STEER.get(&Key::new(32, src)) {
-        Some(t) => core::hint::black_box(*t),
-        None => core::hint::black_box(SteerTarget::default()),
-    }
+pub fn write_macs<P: Packet>(p: &mut P, f: &Fib) -> Result<(), ()> {
+    p.write(ETH_DEST, f.dmac)?;
+    p.write(ETH_SOURCE, f.smac)
 }
 
-/// Counts one packet of `bytes` on steering rule `id`.
+/// TTL - 1, as a router does (the TTL and protocol bytes form one checksummed word).
 #[inline(always)]
-pub fn count_steer(id: u32, bytes: u64) {
-    use core::intrinsics::{AtomicOrdering, atomic_xadd};
-    if let Some(c) = crate::IPNAT_STEER_CNT.get_ptr_mut(id) {
-        // SAFETY: the array value lives as long as the map; atomics because CPUs share it.
-        unsafe {
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*c).packets, 1);
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*c).bytes, bytes);
-        }
+pub fn decrement_ttl<P: Packet>(p: &mut P, h: &Hdr) -> Result<(), ()> {
+    let old = u16::from_ne_bytes([h.ttl, h.proto]);
+    let new = u16::from_ne_bytes([h.ttl - 1, h.proto]);
+    p.replace_l3_u16(h.ip_off + IP_CHECK, h.ip_off + IP_TTL, old, new)
+}
+
+/// `bpf_redirect` out of `ifindex` (the program's return value).
+#[inline(always)]
+pub fn redirect(ifindex: u32) -> i64 {
+    // SAFETY: plain helper call.
+    unsafe { bpf_redirect(ifindex, 0) }
+}
+
+/// `bpf_redirect_neigh` out of `ifindex` to the IPv4 `nexthop` (network order): the kernel
+/// resolves its MAC address and writes the Ethernet header (TC only).
+#[inline(always)]
+pub fn redirect_neigh(ifindex: u32, nexthop: u32) -> i32 {
+    let mut nh = bpf_redir_neigh {
+        nh_family: AF_INET as u32,
+        // SAFETY: all-zero is a valid value of this union.
+        __bindgen_anon_1: unsafe { core::mem::zeroed() },
+    };
+    nh.__bindgen_anon_1.ipv4_nh = nexthop;
+    // SAFETY: the helper reads the struct we pass, of the size we pass.
+    unsafe { bpf_redirect_neigh(ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0) as i32 }
+}
+
+/// What a TC program returns for a forwarding decision.
+#[inline(always)]
+pub fn tc_action(action: Action) -> i32 {
+    match action {
+        Action::Pass | Action::ToTc => TC_ACT_OK as i32,
+        Action::Drop => TC_ACT_SHOT,
+        Action::Out(ifindex) => redirect(ifindex) as i32,
+        Action::OutNeigh(ifindex, nexthop) => redirect_neigh(ifindex, nexthop),
     }
 }
 
@@ -113,7 +147,7 @@ pub fn count_steer(id: u32, bytes: u64) {
 fn slow<P: Packet>(
     p: &mut P,
     h: &Hdr,
-    dnat: Option<ipnat_common::NatTarget>,
+    dnat: Option<NatTarget>,
     flags: u32,
     declined: Reason,
 ) -> (Reason, Action) {
@@ -131,22 +165,20 @@ fn slow<P: Packet>(
 /// The gateway hook with the fast path on. `xdp`: running in XDP (cannot resolve neighbours).
 #[inline(always)]
 pub fn gateway<P: Packet>(p: &mut P, ingress: u32, flags: u32, xdp: bool) -> (Reason, Action) {
-    let h = match nat::parse(p) {
+    let h = match parse::parse(p) {
         Ok(h) => h,
         Err(reason) => return (reason, Action::Pass),
     };
-    // Mapping ids start at 1: id 0 stands for "none" below. Materialized values rather than
-    // `Option`s: LLVM leaves a `None`'s payload undefined and may spill that register, which
-    // the verifier refuses ("!read_ok").
-    let dnat_t = core::hint::black_box(nat::lookup(Dir::Dnat, h.dst, flags).unwrap_or_default());
-    let snat_t = core::hint::black_box(nat::lookup(Dir::Snat, h.src, flags).unwrap_or_default());
+    // Plain values, id 0 for none (see maps::lookup_or_none).
+    let dnat_t = maps::lookup_or_none(Dir::Dnat, h.dst, flags);
+    let snat_t = maps::lookup_or_none(Dir::Snat, h.src, flags);
     let dnat = (dnat_t.id != 0).then_some(dnat_t);
     let snat = (snat_t.id != 0).then_some(snat_t);
     if dnat.is_none() && snat.is_none() {
         // Nothing of ours to forward; the slow path still translates a quote that matches.
         return slow(p, &h, None, flags, Reason::PassNoMapping);
     }
-    if h.ip_off != ETH_HLEN {
+    if !h.untagged() {
         // VLAN-tagged: the FIB knows nothing of the tag; let the kernel forward it.
         return slow(p, &h, dnat, flags, Reason::SlowNoRoute);
     }
@@ -156,7 +188,7 @@ pub fn gateway<P: Packet>(p: &mut P, ingress: u32, flags: u32, xdp: bool) -> (Re
     // Reverse path: the replies to this packet must leave by the interface it came in on.
     // They will carry its destination as their source: when that is steered, they leave by
     // the steering rule's interface; otherwise by the route back to its source.
-    let steer_back = steering(h.dst, flags);
+    let steer_back = maps::steering(h.dst, flags);
     let back_ok = if steer_back.id != 0 {
         steer_back.ifindex == ingress
     } else {
@@ -169,7 +201,7 @@ pub fn gateway<P: Packet>(p: &mut P, ingress: u32, flags: u32, xdp: bool) -> (Re
             0,
             BPF_FIB_LOOKUP_SKIP_NEIGH,
         );
-        back.rc == BPF_FIB_LKUP_RET_SUCCESS as i64 && back.ifindex == ingress
+        back.found() && back.ifindex == ingress
     };
     if !back_ok {
         return slow(p, &h, dnat, flags, Reason::SlowSpoofed);
@@ -178,18 +210,13 @@ pub fn gateway<P: Packet>(p: &mut P, ingress: u32, flags: u32, xdp: bool) -> (Re
     let new_dst = dnat.map_or(h.dst, |t| t.addr);
     // Source-based steering of the translated packet: out of the rule's interface, to the
     // destination when it is on that interface's subnet, else to the rule's gateway.
-    let steer = steering(new_src, flags);
+    let steer = maps::steering(new_src, flags);
     let out = if steer.id != 0 {
-        let nexthop = if new_dst & steer.mask == steer.subnet {
-            new_dst
-        } else {
-            steer.gateway
-        };
         let f = fib(
             p,
             steer.ifindex,
             new_src,
-            nexthop,
+            steer.next_hop(new_dst),
             h.tos,
             h.tot_len,
             BPF_FIB_LOOKUP_OUTPUT,
@@ -201,7 +228,7 @@ pub fn gateway<P: Packet>(p: &mut P, ingress: u32, flags: u32, xdp: bool) -> (Re
     } else {
         fib(p, ingress, new_src, new_dst, h.tos, h.tot_len, 0)
     };
-    let neigh = if out.rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
+    let neigh = if out.found() {
         false
     } else if out.rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         if xdp {
@@ -214,7 +241,7 @@ pub fn gateway<P: Packet>(p: &mut P, ingress: u32, flags: u32, xdp: bool) -> (Re
         return slow(p, &h, dnat, flags, Reason::SlowNoRoute);
     };
 
-    if xdp && crate::IPNAT_XDP_TARGETS.get_ptr(out.ifindex).is_none() {
+    if xdp && !maps::xdp_target(out.ifindex) {
         // XDP cannot transmit there: TC ingress forwards it (skb redirects work anywhere).
         return (Reason::PassToTc, Action::ToTc);
     }
@@ -236,14 +263,11 @@ pub fn gateway<P: Packet>(p: &mut P, ingress: u32, flags: u32, xdp: bool) -> (Re
             _ => return (Reason::DropRewriteFailed, Action::Drop),
         }
     }
-    // TTL - 1 (the TTL and protocol bytes form one checksummed word).
-    let old = u16::from_ne_bytes([h.ttl, h.proto]);
-    let new = u16::from_ne_bytes([h.ttl - 1, h.proto]);
-    if p.replace_l3_u16(h.ip_off, h.ip_off + 8, old, new).is_err() {
+    if decrement_ttl(p, &h).is_err() {
         return (Reason::DropRewriteFailed, Action::Drop);
     }
     if steer.id != 0 {
-        count_steer(steer.id, p.frame_len());
+        maps::count_steer(steer.id, p.frame_len());
     }
     if neigh {
         return (
@@ -251,7 +275,7 @@ pub fn gateway<P: Packet>(p: &mut P, ingress: u32, flags: u32, xdp: bool) -> (Re
             Action::OutNeigh(out.ifindex, out.nexthop),
         );
     }
-    if p.write(0, out.dmac).is_err() || p.write(6, out.smac).is_err() {
+    if write_macs(p, &out).is_err() {
         return (Reason::DropRewriteFailed, Action::Drop);
     }
     (

@@ -17,18 +17,21 @@ use aya_ebpf::{
     helpers::generated::{bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp},
     programs::TcContext,
 };
-use ipnat_common::Reason;
+use ipnat_common::{Reason, ipproto};
 
 use crate::{
-    nat::{self, Dir, Hdr, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Verdict},
-    pkt::{self, Packet},
+    ctx::{Packet, Tc},
+    dir::Dir,
+    icmp, maps,
+    nat::{self, Verdict},
+    parse::{self, Hdr, IP_DADDR, IP_FRAG_OFF, IP_PROTO, IP_SADDR},
 };
 
 /// `BPF_F_CURRENT_NETNS` (-1) as the helpers' `u64` argument: the packet's namespace.
 const CURRENT_NETNS: u64 = u64::MAX;
 
 /// A flow as the receiving socket sees it: remote and local address and port (network order).
-/// `proto` 0: none (plain values rather than an `Option`: see `pkt::L4Csum`).
+/// `proto` 0: none (plain values rather than an `Option`: see `csum::L4Csum`).
 struct Flow {
     proto: u8,
     remote: u32,
@@ -50,16 +53,16 @@ impl Flow {
 /// TC ingress in host orientation: what happened and whether to keep the packet.
 #[inline(always)]
 pub fn receive(ctx: &TcContext, flags: u32) -> (Reason, Verdict) {
-    let mut p = pkt::Tc(ctx);
-    let h = match nat::parse(&p) {
+    let mut p = Tc(ctx);
+    let h = match parse::parse(&p) {
         Ok(h) => h,
         Err(reason) => return (reason, Verdict::Pass),
     };
-    let t = core::hint::black_box(nat::lookup(Dir::HostIn, h.dst, flags).unwrap_or_default());
+    let t = maps::lookup_or_none(Dir::HostIn, h.dst, flags);
     if t.id == 0 {
         return (Reason::PassNoMapping, Verdict::Pass);
     }
-    if nat::is_internal(h.src) {
+    if maps::is_internal(h.src) {
         return (Reason::PassInternalPeer, Verdict::Pass);
     }
     let flow = core::hint::black_box(flow(&p, &h));
@@ -77,7 +80,7 @@ fn flow<P: Packet>(p: &P, h: &Hdr) -> Flow {
         return Flow::NONE;
     }
     let l4 = h.l4_off;
-    if h.proto == IPPROTO_TCP || h.proto == IPPROTO_UDP {
+    if h.proto == ipproto::TCP || h.proto == ipproto::UDP {
         let Some(ports) = p.read::<[u16; 2]>(l4) else {
             return Flow::NONE;
         };
@@ -89,33 +92,25 @@ fn flow<P: Packet>(p: &P, h: &Hdr) -> Flow {
             local_port: ports[1],
         };
     }
-    if h.proto != IPPROTO_ICMP || h.more_fragments() {
+    if h.proto != ipproto::ICMP || h.more_fragments() {
         return Flow::NONE;
     }
-    match p.read::<[u8; 2]>(l4) {
-        Some(tc) if nat::is_icmp_error(tc[0]) => {}
-        _ => return Flow::NONE,
-    }
-    // One bounds check for the quoted header (see nat::parse_quote).
-    let Some(q) = p.read::<[u8; 20]>(l4 + 8) else {
+    let Some((q, ihl)) = icmp::quoted_header(p, l4) else {
         return Flow::NONE;
     };
-    let ihl = (q[0] & 0x0f) as usize * 4;
-    let frag = u16::from_be_bytes([q[6], q[7]]);
-    if q[0] >> 4 != 4
-        || ihl < 20
-        || frag & 0x1fff != 0
-        || (q[9] != IPPROTO_TCP && q[9] != IPPROTO_UDP)
+    let proto = q[IP_PROTO];
+    if parse::non_first_fragment(parse::be16(&q, IP_FRAG_OFF))
+        || (proto != ipproto::TCP && proto != ipproto::UDP)
     {
         return Flow::NONE;
     }
-    let Some(ports) = p.read::<[u16; 2]>(l4 + 8 + ihl) else {
+    let Some(ports) = p.read::<[u16; 2]>(l4 + icmp::QUOTE_OFF + ihl) else {
         return Flow::NONE;
     };
     Flow {
-        proto: q[9],
-        remote: u32::from_ne_bytes([q[16], q[17], q[18], q[19]]),
-        local: u32::from_ne_bytes([q[12], q[13], q[14], q[15]]),
+        proto,
+        remote: parse::addr(&q, IP_DADDR),
+        local: parse::addr(&q, IP_SADDR),
         remote_port: ports[1],
         local_port: ports[0],
     }
@@ -134,7 +129,7 @@ fn bound_to(ctx: &TcContext, flow: &Flow) -> bool {
         dport: flow.local_port,
     };
     let skb = ctx.as_ptr();
-    let bound = if flow.proto == IPPROTO_TCP {
+    let bound = if flow.proto == ipproto::TCP {
         tcp_local_addr(skb, &mut tuple)
     } else {
         udp_local_addr(skb, &mut tuple)

@@ -1,7 +1,8 @@
 //! `ipnat bench`: the per-packet cost of the rewrite path, measured in the kernel with
-//! BPF_PROG_TEST_RUN, against two baselines measured in the same run: an empty XDP program
-//! (`ipnat_xdp_pass`) and the floor any table NAT pays (`ipnat_bench_floor`: one hash lookup,
-//! one address store).
+//! BPF_PROG_TEST_RUN, against baselines measured in the same run: an empty XDP program
+//! (`ipnat_xdp_pass`), an empty TC program and the floor any table NAT pays
+//! (`ipnat_bench_floor`: one hash lookup in a table of the same size and contents, one address
+//! store). The baselines live in the benchmarks' own object ([`crate::BENCH_OBJECT`]).
 //!
 //! One packet repeated would keep one hash bucket hot and make every table size look the same,
 //! and `repeat` reuses one buffer (the second run would see the packet already translated).
@@ -12,15 +13,40 @@
 
 use std::{net::Ipv4Addr, time::Instant};
 
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::HashMap,
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+};
 use etherparse::{IpNumber, Ipv4Header, PacketBuilder};
-use ipnat_common::names;
+use ipnat_common::{NatTarget, names};
 use serde::Serialize;
 
 use crate::{
+    BENCH_OBJECT,
     config::MappingConfig,
-    dataplane::{Dataplane, DataplaneError},
+    dataplane::{Dataplane, DataplaneError, MAP_NAMES},
 };
+
+/// The floor's table in the benchmarks' object.
+const FLOOR_MAP: &str = "IPNAT_BENCH_DNAT";
+
+/// Loads the benchmarks' object, its floor table sized `floor_entries` (programs not loaded
+/// yet). The shared eBPF code brings the product's map definitions along; nothing in this
+/// object uses them, so they are created at one entry each.
+pub fn load_bench_object(floor_entries: u32) -> Result<Ebpf, String> {
+    if BENCH_OBJECT.is_empty() {
+        return Err(DataplaneError::NotBuilt.to_string());
+    }
+    let mut loader = EbpfLoader::new();
+    for name in MAP_NAMES {
+        loader.map_max_entries(name, 1);
+    }
+    loader.map_max_entries(FLOOR_MAP, floor_entries);
+    loader
+        .load(BENCH_OBJECT)
+        .map_err(|e| format!("loading the benchmarks' eBPF object: {e}"))
+}
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -267,13 +293,23 @@ fn paths(size: u32, distinct: usize, rng: &mut Rng) -> Vec<Path> {
     ]
 }
 
-fn run_one(dp: &Dataplane, hook: Hook, frame: &[u8], out: &mut [u8]) -> Result<u64, String> {
+fn run_one(
+    dp: &Dataplane,
+    bench: &Ebpf,
+    hook: Hook,
+    frame: &[u8],
+    out: &mut [u8],
+) -> Result<u64, String> {
     let opts = TestRunOptions {
         data_in: Some(frame),
         data_out: Some(out),
         ..Default::default()
     };
-    let ebpf = dp.ebpf();
+    let ebpf = if matches!(hook, Hook::Floor | Hook::TcEmpty) {
+        bench
+    } else {
+        dp.ebpf()
+    };
     let name = match hook {
         Hook::Xdp => names::XDP_PROGRAM,
         Hook::TcEgress => names::TC_EGRESS_PROGRAM,
@@ -311,12 +347,12 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<Report
     for &size in &opts.sizes {
         let size = size.max(1);
         progress(&format!("loading {size} mappings..."));
-        let mut dp = Dataplane::load(None, size.max(1024)).map_err(|e| e.to_string())?;
-        for name in [names::XDP_PASS_PROGRAM, names::BENCH_FLOOR_PROGRAM] {
-            load_extra(&mut dp, name)?;
-        }
-        let tc: &mut SchedClassifier = dp
-            .ebpf_mut()
+        let capacity = size.max(1024);
+        let mut dp = Dataplane::load(None, capacity).map_err(|e| e.to_string())?;
+        load_xdp(dp.ebpf_mut(), names::XDP_PASS_PROGRAM)?;
+        let mut bench = load_bench_object(capacity)?;
+        load_xdp(&mut bench, names::BENCH_FLOOR_PROGRAM)?;
+        let tc: &mut SchedClassifier = bench
             .program_mut(names::BENCH_TC_EMPTY_PROGRAM)
             .ok_or("no TC baseline program")?
             .try_into()
@@ -330,6 +366,7 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<Report
             .map_err(|e: DataplaneError| e.to_string())?;
         let seconds = t.elapsed().as_secs_f64();
         let memory = dp.tables.memory().total_bytes;
+        fill_floor(&mut bench, &all)?;
         progress(&format!(
             "  loaded in {seconds:.2} s, {} MiB of map memory",
             memory >> 20
@@ -350,7 +387,7 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<Report
                     .map_err(|e| e.to_string())?;
                 let mut total = 0u64;
                 for f in &p.frames {
-                    total += run_one(&dp, p.hook, f, &mut out)?;
+                    total += run_one(&dp, &bench, p.hook, f, &mut out)?;
                 }
                 per_round[i].push(total as f64 / p.frames.len() as f64);
             }
@@ -397,9 +434,28 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<Report
     })
 }
 
-fn load_extra(dp: &mut Dataplane, name: &'static str) -> Result<(), String> {
-    let p: &mut Xdp = dp
-        .ebpf_mut()
+/// The floor's table holds what the product's DNAT table holds: public -> private.
+fn fill_floor(bench: &mut Ebpf, mappings: &[MappingConfig]) -> Result<(), String> {
+    let mut floor: HashMap<_, u32, NatTarget> = HashMap::try_from(
+        bench
+            .map_mut(FLOOR_MAP)
+            .ok_or(format!("no map {FLOOR_MAP}"))?,
+    )
+    .map_err(|e| e.to_string())?;
+    for (i, m) in mappings.iter().enumerate() {
+        let target = NatTarget {
+            addr: u32::from_ne_bytes(m.private.0.addr().octets()),
+            id: i as u32 + 1,
+        };
+        floor
+            .insert(u32::from_ne_bytes(m.public.0.addr().octets()), target, 0)
+            .map_err(|e| format!("filling the floor's table: {e}"))?;
+    }
+    Ok(())
+}
+
+fn load_xdp(ebpf: &mut Ebpf, name: &'static str) -> Result<(), String> {
+    let p: &mut Xdp = ebpf
         .program_mut(name)
         .ok_or(format!("no program {name}"))?
         .try_into()

@@ -509,3 +509,61 @@ fn idle_metrics_connections_never_starve_the_controller() {
     }
     drop(idle);
 }
+
+/// The ids of the BPF maps and programs process `pid` holds open (its fds' `map_id` and
+/// `prog_id` lines in /proc/PID/fdinfo).
+fn bpf_ids_held_by(pid: u32) -> (BTreeSet<u32>, BTreeSet<u32>) {
+    let (mut maps, mut progs) = (BTreeSet::new(), BTreeSet::new());
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap() {
+        let Ok(info) = std::fs::read_to_string(entry.unwrap().path()) else {
+            continue;
+        };
+        for line in info.lines() {
+            let id = |v: &str| v.trim().parse::<u32>().unwrap();
+            if let Some(v) = line.strip_prefix("map_id:") {
+                maps.insert(id(v));
+            } else if let Some(v) = line.strip_prefix("prog_id:") {
+                progs.insert(id(v));
+            }
+        }
+    }
+    (maps, progs)
+}
+
+/// `ipnat run` creates the product's maps and programs only; the benchmarks' are in an object
+/// of their own that only `ipnat bench` and the forwarding benchmark load.
+#[test]
+fn run_creates_no_benchmark_program_or_map() {
+    require_root();
+    let lab = GatewayLab::new(LabOptions::default()).unwrap();
+    let mut ipnat = lab.start_ipnat().unwrap();
+    let (map_ids, prog_ids) = bpf_ids_held_by(ipnat.pid().unwrap());
+    let maps: BTreeSet<String> = aya::maps::loaded_maps()
+        .filter_map(Result::ok)
+        .filter(|m| map_ids.contains(&m.id()))
+        .map(|m| m.name_as_str().unwrap_or("?").to_owned())
+        .collect();
+    let progs: BTreeSet<String> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| prog_ids.contains(&p.id()))
+        .map(|p| p.name_as_str().unwrap_or("?").to_owned())
+        .collect();
+    ipnat.stop().unwrap();
+    // The kernel keeps 15 characters of a name.
+    let product: BTreeSet<String> = ipnat::dataplane::MAP_NAMES
+        .iter()
+        .map(|n| n[..n.len().min(15)].to_owned())
+        .collect();
+    // Besides them, the loader's map of the object's constants (.rodata).
+    let ipnat_maps: BTreeSet<String> = maps
+        .iter()
+        .filter(|m| !m.starts_with('.'))
+        .cloned()
+        .collect();
+    assert_eq!(ipnat_maps, product, "the maps `ipnat run` holds: {maps:?}");
+    assert!(!progs.is_empty(), "no programs seen: {prog_ids:?}");
+    assert!(
+        progs.iter().all(|p| !p.contains("bench")),
+        "benchmark programs loaded by `ipnat run`: {progs:?}"
+    );
+}

@@ -276,7 +276,8 @@ pub fn teardown(dir: &Path, lock: &crate::state::OwnerLock) -> Result<Removed, D
     Ok(removed)
 }
 
-pub(super) const MAP_NAMES: [&str; 11] = [
+/// The product's maps, by name.
+pub const MAP_NAMES: [&str; 11] = [
     names::XDP_TARGETS,
     names::INTERNAL_MAP,
     names::DNAT_MAP,

@@ -11,44 +11,11 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 
-use crate::csum;
-
-/// Where the L4 checksum that covers the IPv4 pseudo-header lives, if any.
-///
-/// A plain struct rather than an enum with payloads: LLVM leaves the payload of a variant
-/// without one undefined, may spill that register, and the verifier refuses the read.
-#[derive(Clone, Copy)]
-pub struct L4Csum {
-    /// Packet offset of the checksum field (0 with `NONE`).
-    pub off: usize,
-    pub kind: u8,
-}
-
-impl L4Csum {
-    /// No L4 checksum over the addresses (ICMP, non-first fragments, other protocols).
-    pub const NONE: u8 = 0;
-    /// Always covers the pseudo-header (TCP, DCCP, UDP-Lite).
-    pub const ALWAYS: u8 = 1;
-    /// UDP: a zero checksum means "none" and must stay zero; a computed zero is sent as 0xffff.
-    pub const UDP: u8 = 2;
-
-    #[inline(always)]
-    pub const fn none() -> Self {
-        Self {
-            off: 0,
-            kind: Self::NONE,
-        }
-    }
-
-    #[inline(always)]
-    pub const fn at(off: usize, kind: u8) -> Self {
-        Self { off, kind }
-    }
-}
+use crate::csum::{self, L4Csum};
 
 pub struct Rewrite {
-    /// Offset of the IPv4 header.
-    pub ip_off: usize,
+    /// Offset of the IPv4 header checksum.
+    pub check_off: usize,
     /// Offset of the address field being replaced (inside the IPv4 header).
     pub addr_off: usize,
     pub old: u32,
@@ -67,9 +34,15 @@ pub trait Packet {
     /// Replaces one IPv4 address and updates the IPv4 and L4 checksums together.
     /// On error the packet is unchanged (XDP) or must be dropped (TC).
     fn rewrite(&mut self, rw: &Rewrite) -> Result<(), ()>;
-    /// Replaces the 16-bit word at `off` (inside the IPv4 header at `ip_off`; `old` and `new`
-    /// as loaded from packet memory) and fixes the header checksum.
-    fn replace_l3_u16(&mut self, ip_off: usize, off: usize, old: u16, new: u16) -> Result<(), ()>;
+    /// Replaces the 16-bit word at `off` (inside an IPv4 header whose checksum is at
+    /// `check_off`; `old` and `new` as loaded from packet memory) and fixes the checksum.
+    fn replace_l3_u16(
+        &mut self,
+        check_off: usize,
+        off: usize,
+        old: u16,
+        new: u16,
+    ) -> Result<(), ()>;
     /// The program context, for helpers such as `bpf_fib_lookup`.
     fn ctx_ptr(&self) -> *mut c_void;
 }
@@ -122,26 +95,19 @@ impl<const FRAGS: bool> Packet for Xdp<'_, FRAGS> {
     fn rewrite(&mut self, rw: &Rewrite) -> Result<(), ()> {
         // Resolve every pointer before writing anything, so a short packet is left untouched.
         let addr = self.ptr_at::<u32>(rw.addr_off).ok_or(())?;
-        let ip_check = self.ptr_at::<u16>(rw.ip_off + 10).ok_or(())?;
-        let l4_check = if rw.l4.kind == L4Csum::NONE {
-            None
+        let ip_check = self.ptr_at::<u16>(rw.check_off).ok_or(())?;
+        let l4_check = if rw.l4.present() {
+            Some(self.ptr_at::<u16>(rw.l4.off).ok_or(())?)
         } else {
-            Some((
-                self.ptr_at::<u16>(rw.l4.off).ok_or(())?,
-                rw.l4.kind == L4Csum::UDP,
-            ))
+            None
         };
         // SAFETY: all pointers were bounds-checked above.
         unsafe {
             addr.write_unaligned(rw.new);
             ip_check.write_unaligned(csum::replace4(ip_check.read_unaligned(), rw.old, rw.new));
-            if let Some((p, udp)) = l4_check {
-                let cur = p.read_unaligned();
-                if !(udp && cur == 0) {
-                    let mut next = csum::replace4(cur, rw.old, rw.new);
-                    if udp && next == 0 {
-                        next = 0xffff;
-                    }
+            if let Some(p) = l4_check {
+                let (next, write) = rw.l4.replace4(p.read_unaligned(), rw.old, rw.new);
+                if write {
                     p.write_unaligned(next);
                 }
             }
@@ -150,8 +116,14 @@ impl<const FRAGS: bool> Packet for Xdp<'_, FRAGS> {
     }
 
     #[inline(always)]
-    fn replace_l3_u16(&mut self, ip_off: usize, off: usize, old: u16, new: u16) -> Result<(), ()> {
-        self.replace_u16(ip_off, off, old, new)
+    fn replace_l3_u16(
+        &mut self,
+        check_off: usize,
+        off: usize,
+        old: u16,
+        new: u16,
+    ) -> Result<(), ()> {
+        self.replace_u16(check_off, off, old, new)
     }
 
     #[inline(always)]
@@ -162,9 +134,9 @@ impl<const FRAGS: bool> Packet for Xdp<'_, FRAGS> {
 
 impl<const FRAGS: bool> Xdp<'_, FRAGS> {
     #[inline(always)]
-    fn replace_u16(&mut self, ip_off: usize, off: usize, old: u16, new: u16) -> Result<(), ()> {
+    fn replace_u16(&mut self, check_off: usize, off: usize, old: u16, new: u16) -> Result<(), ()> {
         let word = self.ptr_at::<u16>(off).ok_or(())?;
-        let check = self.ptr_at::<u16>(ip_off + 10).ok_or(())?;
+        let check = self.ptr_at::<u16>(check_off).ok_or(())?;
         // SAFETY: both pointers were bounds-checked.
         unsafe {
             word.write_unaligned(new);
@@ -196,8 +168,9 @@ impl Packet for Tc<'_> {
     fn rewrite(&mut self, rw: &Rewrite) -> Result<(), ()> {
         let size = size_of::<u32>() as u64;
         let (old, new) = (rw.old as u64, rw.new as u64);
-        if rw.l4.kind != L4Csum::NONE {
+        if rw.l4.present() {
             let mut flags = BPF_F_PSEUDO_HDR as u64 | size;
+            // The kernel's form of the UDP zero rule (see L4Csum::UDP).
             if rw.l4.kind == L4Csum::UDP {
                 flags |= BPF_F_MARK_MANGLED_0 as u64;
             }
@@ -206,15 +179,21 @@ impl Packet for Tc<'_> {
                 .map_err(|_| ())?;
         }
         self.0
-            .l3_csum_replace(rw.ip_off + 10, old, new, size)
+            .l3_csum_replace(rw.check_off, old, new, size)
             .map_err(|_| ())?;
         self.0.store(rw.addr_off, &rw.new, 0).map_err(|_| ())
     }
 
     #[inline(always)]
-    fn replace_l3_u16(&mut self, ip_off: usize, off: usize, old: u16, new: u16) -> Result<(), ()> {
+    fn replace_l3_u16(
+        &mut self,
+        check_off: usize,
+        off: usize,
+        old: u16,
+        new: u16,
+    ) -> Result<(), ()> {
         self.0
-            .l3_csum_replace(ip_off + 10, old as u64, new as u64, size_of::<u16>() as u64)
+            .l3_csum_replace(check_off, old as u64, new as u64, size_of::<u16>() as u64)
             .map_err(|_| ())?;
         self.0.store(off, &new, 0).map_err(|_| ())
     }

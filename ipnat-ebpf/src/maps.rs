@@ -1,0 +1,187 @@
+//! Every map of the product's object, the lookups that read them and the counters they hold.
+//! Values the controller replaces in place are read with one 8-byte load (see [`load8`]),
+//! paired with the controller's whole-value writes.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+};
+use ipnat_common::{
+    FLAG_PREFIXES, FLAG_STEER, MAX_INTERNAL_PREFIXES, MAX_MAPPING_ID, MAX_MAPPINGS, MAX_PREFIXES,
+    MAX_STEER_RULES, MappingCounters, NatTarget, PrefixTarget, REASON_COUNT, Reason, Settings,
+    SteerCounters, SteerTarget,
+};
+
+use crate::dir::Dir;
+
+/// public -> {private, mapping id}
+#[map(name = "IPNAT_DNAT")]
+static IPNAT_DNAT: HashMap<u32, NatTarget> = HashMap::with_max_entries(MAX_MAPPINGS, 0);
+/// private -> {public, mapping id}
+#[map(name = "IPNAT_SNAT")]
+static IPNAT_SNAT: HashMap<u32, NatTarget> = HashMap::with_max_entries(MAX_MAPPINGS, 0);
+/// public prefix -> {public ^ private network, mapping id}
+#[map(name = "IPNAT_DNAT_PFX")]
+static IPNAT_DNAT_PFX: LpmTrie<u32, PrefixTarget> =
+    LpmTrie::with_max_entries(MAX_PREFIXES, BPF_F_NO_PREALLOC);
+/// private prefix -> {private ^ public network, mapping id}
+#[map(name = "IPNAT_SNAT_PFX")]
+static IPNAT_SNAT_PFX: LpmTrie<u32, PrefixTarget> =
+    LpmTrie::with_max_entries(MAX_PREFIXES, BPF_F_NO_PREALLOC);
+/// source prefix -> where its packets leave (steering).
+#[map(name = "IPNAT_STEER")]
+static IPNAT_STEER: LpmTrie<u32, SteerTarget> =
+    LpmTrie::with_max_entries(MAX_STEER_RULES, BPF_F_NO_PREALLOC);
+/// Per-rule steering counters, indexed by rule id (0 unused).
+#[map(name = "IPNAT_STEER_CNT")]
+static IPNAT_STEER_CNT: Array<SteerCounters> = Array::with_max_entries(MAX_STEER_RULES + 1, 0);
+/// Interfaces XDP may redirect to (ifindex -> 1): those with ipnat's native XDP program. Any
+/// other egress goes through TC.
+#[map(name = "IPNAT_XDP_TARGETS")]
+static IPNAT_XDP_TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
+/// Internal prefixes (host orientation): peers there see the private addresses.
+#[map(name = "IPNAT_INTERNAL")]
+static IPNAT_INTERNAL: LpmTrie<u32, u32> =
+    LpmTrie::with_max_entries(MAX_INTERNAL_PREFIXES, BPF_F_NO_PREALLOC);
+/// The data plane's settings (one entry).
+#[map(name = "IPNAT_SETTINGS")]
+static IPNAT_SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+/// Per-mapping traffic counters, indexed by mapping id (0 unused).
+#[map(name = "IPNAT_MAP_CNT")]
+static IPNAT_MAP_CNT: Array<MappingCounters> = Array::with_max_entries(MAX_MAPPING_ID + 1, 0);
+/// Per-CPU counters of what happened to each packet, indexed by `Reason`.
+#[map(name = "IPNAT_REASONS")]
+static IPNAT_REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+
+/// The data plane's `FLAG_*` settings.
+#[inline(always)]
+pub fn flags() -> u32 {
+    IPNAT_SETTINGS.get(0).map_or(0, |s| s.flags)
+}
+
+/// Counts one packet under `reason` (the drop reason or what was done).
+#[inline(always)]
+pub fn count_reason(reason: Reason) {
+    if let Some(c) = IPNAT_REASONS.get_ptr_mut(reason as u32) {
+        // SAFETY: per-CPU slot, no other writer while this program runs on this CPU.
+        unsafe { *c += 1 };
+    }
+}
+
+/// One 8-byte load of a map value: an entry the controller replaces in place is seen whole,
+/// old or new, never half of each.
+#[inline(always)]
+fn load8(p: *const u64) -> (u32, u32) {
+    // SAFETY: the map returned a valid pointer to an 8-byte, 8-aligned value.
+    let raw = unsafe { core::ptr::read_volatile(p) };
+    (raw as u32, (raw >> 32) as u32)
+}
+
+#[inline(always)]
+fn lookup_exact(map: &HashMap<u32, NatTarget>, addr: u32) -> Option<NatTarget> {
+    let (addr, id) = load8(map.get_ptr(addr)? as *const u64);
+    Some(NatTarget { addr, id })
+}
+
+#[inline(always)]
+fn lookup_prefix(map: &LpmTrie<u32, PrefixTarget>, addr: u32) -> Option<NatTarget> {
+    let v: *const PrefixTarget = map.get(&Key::new(32, addr))?;
+    let (xor, id) = load8(v as *const u64);
+    Some(NatTarget {
+        addr: addr ^ xor,
+        id,
+    })
+}
+
+/// The translation of `addr` in direction `dir`: an exact mapping first, then the longest
+/// matching prefix mapping (only when the controller installed any: `flags`).
+#[inline(always)]
+pub fn lookup(dir: Dir, addr: u32, flags: u32) -> Option<NatTarget> {
+    let (exact, prefixes) = if dir.keyed_by_public() {
+        (&IPNAT_DNAT, &IPNAT_DNAT_PFX)
+    } else {
+        (&IPNAT_SNAT, &IPNAT_SNAT_PFX)
+    };
+    if let Some(t) = lookup_exact(exact, addr) {
+        return Some(t);
+    }
+    if flags & FLAG_PREFIXES == 0 {
+        return None;
+    }
+    lookup_prefix(prefixes, addr)
+}
+
+/// [`lookup`] as a plain value, id 0 for none. Mapping ids start at 1. The callers keep it in
+/// a register across helper calls: LLVM leaves a `None`'s payload undefined and may spill that
+/// register, which the verifier refuses ("!read_ok"); `black_box` materializes the value.
+#[inline(always)]
+pub fn lookup_or_none(dir: Dir, addr: u32, flags: u32) -> NatTarget {
+    core::hint::black_box(lookup(dir, addr, flags).unwrap_or_default())
+}
+
+/// Whether `addr` is in one of the internal prefixes (host orientation: the VPC, peered
+/// networks, link-local), which the cloud does not translate either.
+#[inline(always)]
+pub fn is_internal(addr: u32) -> bool {
+    IPNAT_INTERNAL.get(&Key::new(32, addr)).is_some()
+}
+
+/// Whether XDP may redirect into `ifindex` (it runs ipnat's native XDP program).
+#[inline(always)]
+pub fn xdp_target(ifindex: u32) -> bool {
+    IPNAT_XDP_TARGETS.get_ptr(ifindex).is_some()
+}
+
+/// Adds one packet of `bytes` to a pair of shared counters.
+#[inline(always)]
+fn add(packets: *mut u64, bytes_counter: *mut u64, bytes: u64) {
+    // SAFETY: pointers into a map value, which lives as long as the map. BPF atomic add (no
+    // fetch), because CPUs share the value: the bpfel target has no compare-and-swap, so
+    // core's AtomicU64::fetch_add is not available there.
+    unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(packets, 1);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(bytes_counter, bytes);
+    }
+}
+
+/// Counts one packet of `bytes` translated by mapping `id` in direction `dir`.
+#[inline(always)]
+pub fn count_mapping(id: u32, dir: Dir, bytes: u64) {
+    let Some(c) = IPNAT_MAP_CNT.get_ptr_mut(id) else {
+        return;
+    };
+    let c: *mut MappingCounters = c;
+    // SAFETY: taking field addresses of a valid map value.
+    unsafe {
+        if dir.rewrites_dst() {
+            add(&raw mut (*c).dnat_packets, &raw mut (*c).dnat_bytes, bytes);
+        } else {
+            add(&raw mut (*c).snat_packets, &raw mut (*c).snat_bytes, bytes);
+        }
+    }
+}
+
+/// The steering rule for `src` (id 0: none), as a plain value (see [`lookup_or_none`]).
+#[inline(always)]
+pub fn steering(src: u32, flags: u32) -> SteerTarget {
+    if flags & FLAG_STEER == 0 {
+        return SteerTarget::default();
+    }
+    match IPNAT_STEER.get(&Key::new(32, src)) {
+        Some(t) => core::hint::black_box(*t),
+        None => core::hint::black_box(SteerTarget::default()),
+    }
+}
+
+/// Counts one packet of `bytes` on steering rule `id`.
+#[inline(always)]
+pub fn count_steer(id: u32, bytes: u64) {
+    if let Some(c) = IPNAT_STEER_CNT.get_ptr_mut(id) {
+        let c: *mut SteerCounters = c;
+        // SAFETY: taking field addresses of a valid map value.
+        unsafe { add(&raw mut (*c).packets, &raw mut (*c).bytes, bytes) };
+    }
+}
