@@ -1,0 +1,201 @@
+//! The config's unit tests.
+
+use super::*;
+
+const GOOD: &str = r#"
+        [[interface]]
+        name = "eth0"
+        [[mapping]]
+        public = "198.51.100.10"
+        private = "10.0.1.10"
+    "#;
+
+#[test]
+fn parses_with_defaults() {
+    let c = Config::parse(GOOD).unwrap();
+    assert_eq!(c.pin_path, PathBuf::from(DEFAULT_PIN_PATH));
+    assert_eq!(c.interfaces[0].name, "eth0");
+    assert_eq!(c.mappings[0].public, Ipv4Addr::new(198, 51, 100, 10).into());
+    assert!(c.fast_path);
+}
+
+fn err(text: &str) -> String {
+    Config::parse(text).unwrap_err().to_string()
+}
+
+#[test]
+fn blocks_in_non_unicast_space_are_refused_like_single_addresses() {
+    for (public, private) in [
+        ("127.0.0.0/24", "10.0.2.0/24"),
+        ("224.0.0.0/24", "10.0.2.0/24"),
+        ("0.0.0.0/8", "10.0.0.0/8"),
+        ("255.255.255.0/24", "10.0.2.0/24"),
+        ("198.51.100.0/24", "127.0.1.0/24"),
+        ("0.0.0.0", "10.0.2.1"),
+        ("239.1.2.3", "10.0.2.1"),
+    ] {
+        let text = format!(
+            "[[interface]]\nname = \"eth0\"\n[[mapping]]\npublic = \"{public}\"\nprivate = \"{private}\"\n"
+        );
+        let e = err(&text);
+        assert!(e.contains("must be unicast"), "{public} <-> {private}: {e}");
+    }
+    let text = "[[interface]]\nname = \"eth0\"\n[[mapping]]\npublic = \"120.0.0.0/25\"\nprivate = \"10.0.1.0/25\"\n";
+    Config::parse(text).unwrap();
+}
+
+#[test]
+fn durations_are_bounded() {
+    for (key, value, want) in [
+        ("interval_secs", "9223372036854775807", "aws.interval_secs"),
+        ("interval_secs", "86401", "aws.interval_secs"),
+        ("timeout_ms", "9223372036854775807", "aws.timeout_ms"),
+    ] {
+        let text = format!("{GOOD}\n[aws]\n{key} = {value}\n");
+        let e = err(&text);
+        assert!(
+            e.contains(want) && e.contains("at most"),
+            "{key} = {value}: {e}"
+        );
+    }
+    Config::parse(&format!("{GOOD}\n[aws]\ninterval_secs = 86400\n")).unwrap();
+}
+
+#[test]
+fn rejects_duplicates_and_chains_naming_the_key() {
+    let dup_public =
+        format!("{GOOD}\n[[mapping]]\npublic = \"198.51.100.10\"\nprivate = \"10.0.1.11\"\n");
+    assert_eq!(
+        err(&dup_public),
+        "mapping[1].public = \"198.51.100.10\": already mapped by mapping[0]"
+    );
+    let dup_private =
+        format!("{GOOD}\n[[mapping]]\npublic = \"198.51.100.11\"\nprivate = \"10.0.1.10\"\n");
+    assert!(err(&dup_private).starts_with("mapping[1].private = \"10.0.1.10\""));
+    let chain = format!("{GOOD}\n[[mapping]]\npublic = \"10.0.1.10\"\nprivate = \"10.0.1.12\"\n");
+    assert!(
+        err(&chain).contains("overlaps the private side 10.0.1.10 of mapping[0]"),
+        "{}",
+        err(&chain)
+    );
+}
+
+#[test]
+fn rejects_garbage_and_unknown_keys() {
+    assert!(err("[[mapping]]\npublic = \"1.2.3\"\nprivate = \"10.0.0.1\"").contains("not valid"));
+    assert!(err(&format!("{GOOD}\nbogus = 1\n")).contains("unknown field"));
+    assert!(err("").starts_with("interface"));
+    let mcast =
+        "[[interface]]\nname=\"a\"\n[[mapping]]\npublic = \"224.0.0.1\"\nprivate = \"10.0.0.1\"";
+    assert!(err(mcast).contains("unicast"));
+}
+
+fn with(public: &str, private: &str) -> String {
+    format!("{GOOD}\n[[mapping]]\npublic = \"{public}\"\nprivate = \"{private}\"\n")
+}
+
+#[test]
+fn block_mappings_are_checked_for_size_host_bits_and_overlaps() {
+    let c = Config::parse(&with("120.0.0.0/25", "10.0.2.0/25")).unwrap();
+    assert_eq!(c.mappings[1].public.to_string(), "120.0.0.0/25");
+    assert_eq!(c.mappings[1].private.prefix_len(), 25);
+    assert_eq!(
+        err(&with("120.0.0.0/25", "10.0.2.0/24")),
+        "mapping[1].private = \"10.0.2.0/24\": is a /24 but the public side 120.0.0.0/25 \
+             is a /25: blocks map host bits one to one and must be the same size"
+    );
+    assert!(err(&with("120.0.0.1/25", "10.0.2.0/25")).contains("host bits set"));
+    assert!(err(&with("0.0.0.0/0", "0.0.0.0/0")).contains("/0"));
+    // A block over an existing single mapping, on either side.
+    assert_eq!(
+        err(&with("198.51.100.0/24", "10.0.2.0/24")),
+        "mapping[1].public = \"198.51.100.0/24\": overlaps 198.51.100.10 of mapping[0]"
+    );
+    assert!(
+        err(&with("120.0.0.0/24", "10.0.1.0/24"))
+            .starts_with("mapping[1].private = \"10.0.1.0/24\"")
+    );
+    // A public block that covers a private address.
+    assert!(
+        err(&with("10.0.0.0/16", "172.16.0.0/16"))
+            .contains("overlaps the private side 10.0.1.10 of mapping[0]")
+    );
+}
+
+#[test]
+fn the_example_parses_and_states_the_defaults() {
+    let example = Config::parse(include_str!("../../../ipnat.example.toml")).unwrap();
+    let minimal = Config::parse(GOOD).unwrap();
+    assert_eq!(example.pin_path, minimal.pin_path);
+    assert_eq!(example.fast_path, minimal.fast_path);
+    assert_eq!(example.metrics_listen, minimal.metrics_listen);
+    assert_eq!(example.max_mappings, minimal.max_mappings);
+    assert_eq!(example.orientation, minimal.orientation);
+    assert_eq!(example.orientation, Orientation::Gateway);
+    assert_eq!(example.internal, minimal.internal);
+}
+
+#[test]
+fn host_orientation_keeps_public_addresses_outside_the_internal_prefixes() {
+    let host = format!("orientation = \"host\"\n{GOOD}");
+    let c = Config::parse(&host).unwrap();
+    assert_eq!(c.orientation, Orientation::Host);
+    assert_eq!(c.internal.len(), DEFAULT_INTERNAL.len());
+    let inside = format!(
+        "orientation = \"host\"\n{}",
+        with("100.64.1.1", "10.0.1.20")
+    );
+    assert_eq!(
+        err(&inside),
+        "mapping[1].public = \"100.64.1.1\": is inside the internal prefix 100.64.0.0/10: \
+             in host orientation the public side is the EIP the cloud translates, outside the \
+             internal prefixes"
+    );
+    // The same mapping is fine on a gateway, and with narrower internal prefixes.
+    Config::parse(&with("100.64.1.1", "10.0.1.20")).unwrap();
+    Config::parse(&format!(
+        "orientation = \"host\"\ninternal = [\"10.0.0.0/16\"]\n{}",
+        with("100.64.1.1", "10.0.1.20")
+    ))
+    .unwrap();
+    assert!(err(&format!("orientation = \"router\"\n{GOOD}")).contains("unknown variant"));
+    assert!(err(&format!("internal = [\"10.0.0.1/8\"]\n{GOOD}")).contains("host bits"));
+}
+
+#[test]
+fn steering_rules_are_checked() {
+    let base = "[[interface]]\nname = \"eth0\"\n[[interface]]\nname = \"eth1\"\n";
+    let rule = |src: &str, iface: &str, gw: &str, subnet: &str| {
+        format!(
+            "[[steer]]\nsource = \"{src}\"\ninterface = \"{iface}\"\ngateway = \"{gw}\"\nsubnet = \"{subnet}\"\n"
+        )
+    };
+    let good = format!(
+        "{base}{}",
+        rule("10.0.1.20/30", "eth1", "10.0.1.1", "10.0.1.0/24")
+    );
+    assert_eq!(Config::parse(&good).unwrap().steering[0].interface, "eth1");
+    let e = |t: String| Config::parse(&t).unwrap_err().to_string();
+    assert!(
+        e(format!(
+            "{base}{}",
+            rule("10.0.1.20", "eth9", "10.0.1.1", "10.0.1.0/24")
+        ))
+        .starts_with("steer[0].interface = \"eth9\"")
+    );
+    assert!(
+        e(format!(
+            "{base}{}",
+            rule("10.0.1.20", "eth1", "10.0.2.1", "10.0.1.0/24")
+        ))
+        .contains("outside the subnet 10.0.1.0/24")
+    );
+    assert!(
+        e(format!(
+            "{base}{}{}",
+            rule("10.0.1.20/30", "eth1", "10.0.1.1", "10.0.1.0/24"),
+            rule("10.0.1.21", "eth1", "10.0.1.1", "10.0.1.0/24")
+        ))
+        .contains("steer[1].source = \"10.0.1.21\": overlaps 10.0.1.20/30 of steer[0]")
+    );
+}
