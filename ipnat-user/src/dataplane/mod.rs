@@ -33,12 +33,14 @@ use crate::{
     config::{Block, MappingConfig},
 };
 
+mod counters;
 mod pins;
 mod rebuild;
 mod status;
 mod sys;
 mod tables;
 
+pub use counters::*;
 pub use pins::*;
 use rebuild::*;
 pub use status::*;
