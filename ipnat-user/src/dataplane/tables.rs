@@ -11,6 +11,16 @@ pub struct InstalledMapping {
     pub private: Block,
 }
 
+impl InstalledMapping {
+    /// The mapping as the config writes it.
+    pub fn config(&self) -> MappingConfig {
+        MappingConfig {
+            public: self.public,
+            private: self.private,
+        }
+    }
+}
+
 /// A steering rule as installed, with its counters.
 #[derive(Clone, Debug, Serialize)]
 pub struct InstalledSteer {
@@ -494,13 +504,7 @@ impl Tables {
     /// config is. Nothing changes when it is refused.
     pub fn add_mapping(&mut self, new: MappingConfig) -> Result<InstalledMapping, DataplaneError> {
         let current = self.mappings()?;
-        let mut all: Vec<MappingConfig> = current
-            .iter()
-            .map(|m| MappingConfig {
-                public: m.public,
-                private: m.private,
-            })
-            .collect();
+        let mut all: Vec<MappingConfig> = current.iter().map(InstalledMapping::config).collect();
         all.push(new);
         let n = current.len();
         crate::config::validate_mappings(&all, &|i| {
@@ -534,10 +538,7 @@ impl Tables {
         let rest: Vec<MappingConfig> = current
             .iter()
             .filter(|m| m.public != public)
-            .map(|m| MappingConfig {
-                public: m.public,
-                private: m.private,
-            })
+            .map(InstalledMapping::config)
             .collect();
         self.apply(&rest)?;
         Ok(gone)

@@ -16,40 +16,15 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use thiserror::Error;
-
 use super::{
     aliyun::{Credentials, sign_v1},
-    client::{Assign, percent_encode},
+    client::{Api, ApiError, Assign, percent_encode},
 };
 
 /// The ECS API version whose response shapes this module reads.
 pub const ECS_VERSION: &str = "2014-05-26";
 /// NICs asked for per page (the API's maximum for this call is 500).
 const PAGE_SIZE: usize = 100;
-
-#[derive(Debug, Error)]
-pub enum ApiError {
-    #[error("OpenAPI {url}: {why} (is the endpoint reachable from here?)")]
-    Http { url: String, why: String },
-    #[error("OpenAPI {action}: HTTP {status}, {code}: {message} (request {request_id}){hint}")]
-    Api {
-        action: String,
-        status: u16,
-        code: String,
-        message: String,
-        request_id: String,
-        hint: &'static str,
-    },
-    #[error("OpenAPI {action} returned something that is not its documented JSON: {why}")]
-    Garbage { action: String, why: String },
-    #[error(
-        "no Alibaba Cloud credentials: set access_key_id and access_key_secret in [aliyun], or ALIBABA_CLOUD_ACCESS_KEY_ID and ALIBABA_CLOUD_ACCESS_KEY_SECRET, or attach a RAM role to the instance"
-    )]
-    NoCredentials,
-    #[error(transparent)]
-    Metadata(#[from] super::client::MetadataError),
-}
 
 /// One NIC as DescribeNetworkInterfaces describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,6 +70,7 @@ impl OpenApi {
             .timeout(timeout)
             .build()
             .map_err(|source| ApiError::Http {
+                api: Api::Ecs,
                 url: endpoint.to_owned(),
                 why: super::client::transport(source),
             })?;
@@ -154,6 +130,7 @@ impl OpenApi {
             // The request's URL carries the key id, signature and security token: never in
             // an error (or a log).
             .map_err(|source: reqwest::Error| ApiError::Http {
+                api: Api::Ecs,
                 url: shown.clone(),
                 why: super::client::transport(source),
             })?;
@@ -162,10 +139,12 @@ impl OpenApi {
             .text()
             .await
             .map_err(|source: reqwest::Error| ApiError::Http {
+                api: Api::Ecs,
                 url: shown.clone(),
                 why: super::client::transport(source),
             })?;
         let garbage = |why: String| ApiError::Garbage {
+            api: Api::Ecs,
             action: action.to_owned(),
             why,
         };
@@ -189,6 +168,7 @@ impl OpenApi {
                 _ => "",
             };
             return Err(ApiError::Api {
+                api: Api::Ecs,
                 action: action.to_owned(),
                 status,
                 code,
@@ -217,6 +197,7 @@ impl OpenApi {
             .into_iter()
             .next()
             .ok_or_else(|| ApiError::Api {
+                api: Api::Ecs,
                 action: "DescribeNetworkInterfaces".into(),
                 status: 404,
                 code: "InvalidEniId.NotFound".into(),
@@ -239,6 +220,7 @@ impl OpenApi {
             .and_then(|t| t["EniPrivateIpAddressQuantity"].as_u64())
             .map(|n| n as u32)
             .ok_or_else(|| ApiError::Garbage {
+                api: Api::Ecs,
                 action: ACTION.into(),
                 why: format!("no EniPrivateIpAddressQuantity for {instance_type}"),
             })
@@ -262,6 +244,7 @@ impl OpenApi {
         let list = body["AssignedPrivateIpAddressesSet"]["PrivateIpSet"]["PrivateIpAddress"]
             .as_array()
             .ok_or_else(|| ApiError::Garbage {
+                api: Api::Ecs,
                 action: ACTION.into(),
                 why: "no AssignedPrivateIpAddressesSet.PrivateIpSet.PrivateIpAddress".into(),
             })?;
@@ -270,6 +253,7 @@ impl OpenApi {
                 a.as_str()
                     .and_then(|s| s.parse().ok())
                     .ok_or_else(|| ApiError::Garbage {
+                        api: Api::Ecs,
                         action: ACTION.into(),
                         why: format!("{a} is not an IPv4 address"),
                     })
@@ -301,6 +285,7 @@ impl OpenApi {
     ) -> Result<Vec<ApiNic>, ApiError> {
         const ACTION: &str = "DescribeNetworkInterfaces";
         let garbage = |why: String| ApiError::Garbage {
+            api: Api::Ecs,
             action: ACTION.into(),
             why,
         };
@@ -383,7 +368,7 @@ pub async fn client(
                 .await
                 .map_err(|e| match e {
                     super::client::MetadataError::Status { status: 404, .. } => {
-                        ApiError::NoCredentials
+                        ApiError::NoCredentials(Api::Ecs)
                     }
                     e => e.into(),
                 })?,

@@ -87,6 +87,75 @@ pub enum MetadataError {
     },
 }
 
+/// The cloud APIs ipnat calls besides the metadata services.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    /// AWS EC2 (Query API, XML, SigV4).
+    Ec2,
+    /// Alibaba Cloud ECS OpenAPI (RPC style, JSON, signature v1).
+    Ecs,
+}
+
+impl Api {
+    /// What its responses are written in.
+    fn format(self) -> &'static str {
+        match self {
+            Api::Ec2 => "XML",
+            Api::Ecs => "JSON",
+        }
+    }
+
+    /// How to give it credentials.
+    fn no_credentials(self) -> &'static str {
+        match self {
+            Api::Ec2 => {
+                "no AWS credentials: set access_key_id and secret_access_key in [aws], or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or attach an instance profile"
+            }
+            Api::Ecs => {
+                "no Alibaba Cloud credentials: set access_key_id and access_key_secret in [aliyun], or ALIBABA_CLOUD_ACCESS_KEY_ID and ALIBABA_CLOUD_ACCESS_KEY_SECRET, or attach a RAM role to the instance"
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Api::Ec2 => "EC2 API",
+            Api::Ecs => "OpenAPI",
+        })
+    }
+}
+
+/// Why a call to a cloud API failed, for both clouds.
+#[derive(Debug, Error)]
+pub enum ApiError {
+    #[error("{api} {url}: {why} (is the endpoint reachable from here?)")]
+    Http { api: Api, url: String, why: String },
+    #[error("{api} {action}: HTTP {status}, {code}: {message} (request {request_id}){hint}")]
+    Api {
+        api: Api,
+        action: String,
+        status: u16,
+        code: String,
+        message: String,
+        request_id: String,
+        hint: &'static str,
+    },
+    #[error("{api} {action} returned something that is not its documented {}: {why}", .api.format())]
+    Garbage {
+        api: Api,
+        action: String,
+        why: String,
+    },
+    #[error("signing the EC2 request: {0}")]
+    Sign(String),
+    #[error("{}", .0.no_credentials())]
+    NoCredentials(Api),
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+}
+
 /// A metadata service in token mode (AWS IMDSv2 and Alibaba Cloud's ECS metadata work alike):
 /// `PUT /latest/api/token` with a TTL header, then GETs under `/latest/meta-data/` carrying
 /// the token in another header.

@@ -20,42 +20,16 @@ use std::{net::Ipv4Addr, time::Duration, time::SystemTime};
 
 use aws_credential_types::Credentials;
 
-use super::client::Assign;
+use super::client::{Api, ApiError, Assign};
 use aws_sigv4::{
     http_request::{SignableBody, SignableRequest, SigningSettings, sign},
     sign::v4,
 };
-use thiserror::Error;
 
 /// The API version whose XML this module reads.
 pub const EC2_VERSION: &str = "2016-11-15";
 /// NICs asked for per page (the API allows 5 to 1000).
 const PAGE_SIZE: usize = 1000;
-
-#[derive(Debug, Error)]
-pub enum Ec2Error {
-    #[error("EC2 API {url}: {why} (is the endpoint reachable from here?)")]
-    Http { url: String, why: String },
-    #[error("EC2 API {action}: HTTP {status}, {code}: {message} (request {request_id}){hint}")]
-    Api {
-        action: String,
-        status: u16,
-        code: String,
-        message: String,
-        request_id: String,
-        hint: &'static str,
-    },
-    #[error("EC2 API {action} returned something that is not its documented XML: {why}")]
-    Garbage { action: String, why: String },
-    #[error("signing the EC2 request: {0}")]
-    Sign(String),
-    #[error(
-        "no AWS credentials: set access_key_id and secret_access_key in [aws], or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or attach an instance profile"
-    )]
-    NoCredentials,
-    #[error(transparent)]
-    Metadata(#[from] super::client::MetadataError),
-}
 
 /// From the environment, if both variables are set.
 pub fn credentials_from_env() -> Option<Credentials> {
@@ -102,11 +76,12 @@ impl Ec2 {
         region: &str,
         creds: Credentials,
         timeout: Duration,
-    ) -> Result<Self, Ec2Error> {
+    ) -> Result<Self, ApiError> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .build()
-            .map_err(|source| Ec2Error::Http {
+            .map_err(|source| ApiError::Http {
+                api: Api::Ec2,
                 url: endpoint.to_owned(),
                 why: super::client::transport(source),
             })?;
@@ -119,7 +94,7 @@ impl Ec2 {
     }
 
     /// Calls `action` (POST, form body, SigV4 in the headers); the parsed response document.
-    async fn call(&self, action: &str, params: &[(String, String)]) -> Result<String, Ec2Error> {
+    async fn call(&self, action: &str, params: &[(String, String)]) -> Result<String, ApiError> {
         let mut body = format!("Action={action}&Version={EC2_VERSION}");
         for (k, v) in params {
             body.push_str(&format!("&{}={}", form_encode(k), form_encode(v)));
@@ -135,7 +110,7 @@ impl Ec2 {
             .time(SystemTime::now())
             .settings(settings)
             .build()
-            .map_err(|e| Ec2Error::Sign(e.to_string()))?
+            .map_err(|e| ApiError::Sign(e.to_string()))?
             .into();
         let headers = [("content-type", content_type)];
         let signable = SignableRequest::new(
@@ -144,9 +119,9 @@ impl Ec2 {
             headers.iter().copied(),
             SignableBody::Bytes(body.as_bytes()),
         )
-        .map_err(|e| Ec2Error::Sign(e.to_string()))?;
+        .map_err(|e| ApiError::Sign(e.to_string()))?;
         let (instructions, _) = sign(signable, &params)
-            .map_err(|e| Ec2Error::Sign(e.to_string()))?
+            .map_err(|e| ApiError::Sign(e.to_string()))?
             .into_parts();
         let mut req = self
             .client
@@ -156,7 +131,8 @@ impl Ec2 {
         for (name, value) in instructions.headers() {
             req = req.header(name, value);
         }
-        let http = |source: reqwest::Error| Ec2Error::Http {
+        let http = |source: reqwest::Error| ApiError::Http {
+            api: Api::Ec2,
             url: format!("{url}?Action={action}"),
             why: super::client::transport(source),
         };
@@ -173,9 +149,10 @@ impl Ec2 {
     pub async fn network_interfaces(
         &self,
         filters: &[(&str, Vec<String>)],
-    ) -> Result<Vec<Ec2Nic>, Ec2Error> {
+    ) -> Result<Vec<Ec2Nic>, ApiError> {
         const ACTION: &str = "DescribeNetworkInterfaces";
-        let garbage = |why: String| Ec2Error::Garbage {
+        let garbage = |why: String| ApiError::Garbage {
+            api: Api::Ec2,
             action: ACTION.into(),
             why,
         };
@@ -243,13 +220,15 @@ pub async fn client(
     imds: &super::aws::Imds,
     cfg: &crate::config::AwsConfig,
     timeout: Duration,
-) -> Result<(Ec2, super::aws::Identity), Ec2Error> {
+) -> Result<(Ec2, super::aws::Identity), ApiError> {
     let creds = match (&cfg.access_key_id, &cfg.secret_access_key) {
         (Some(id), Some(secret)) => Credentials::new(id, secret, None, None, "config"),
         _ => match credentials_from_env() {
             Some(c) => c,
             None => imds.role_credentials().await.map_err(|e| match e {
-                super::client::MetadataError::Status { status: 404, .. } => Ec2Error::NoCredentials,
+                super::client::MetadataError::Status { status: 404, .. } => {
+                    ApiError::NoCredentials(Api::Ec2)
+                }
                 e => e.into(),
             })?,
         },
@@ -269,7 +248,7 @@ pub async fn gateway_backends(
     nics: &[super::aws::Nic],
     cfg: &crate::config::AwsConfig,
     timeout: Duration,
-) -> Result<GatewayView, Ec2Error> {
+) -> Result<GatewayView, ApiError> {
     let (ec2, id) = client(imds, cfg, timeout).await?;
     let mut view = GatewayView::default();
     let own = ec2
@@ -333,12 +312,13 @@ pub async fn gateway_backends(
 
 impl Ec2 {
     /// One NIC by id.
-    pub async fn network_interface(&self, id: &str) -> Result<Ec2Nic, Ec2Error> {
+    pub async fn network_interface(&self, id: &str) -> Result<Ec2Nic, ApiError> {
         self.network_interfaces(&[("network-interface-id", vec![id.to_owned()])])
             .await?
             .into_iter()
             .next()
-            .ok_or_else(|| Ec2Error::Api {
+            .ok_or_else(|| ApiError::Api {
+                api: Api::Ec2,
                 action: "DescribeNetworkInterfaces".into(),
                 status: 400,
                 code: "InvalidNetworkInterfaceID.NotFound".into(),
@@ -349,7 +329,7 @@ impl Ec2 {
     }
 
     /// The private IPv4 addresses an instance type allows per NIC (`DescribeInstanceTypes`).
-    pub async fn ipv4_per_interface(&self, instance_type: &str) -> Result<u32, Ec2Error> {
+    pub async fn ipv4_per_interface(&self, instance_type: &str) -> Result<u32, ApiError> {
         const ACTION: &str = "DescribeInstanceTypes";
         let text = self
             .call(
@@ -357,7 +337,8 @@ impl Ec2 {
                 &[("InstanceType.1".into(), instance_type.to_owned())],
             )
             .await?;
-        let garbage = |why: String| Ec2Error::Garbage {
+        let garbage = |why: String| ApiError::Garbage {
+            api: Api::Ec2,
             action: ACTION.into(),
             why,
         };
@@ -374,12 +355,13 @@ impl Ec2 {
         &self,
         nic: &str,
         what: &Assign,
-    ) -> Result<Vec<Ipv4Addr>, Ec2Error> {
+    ) -> Result<Vec<Ipv4Addr>, ApiError> {
         const ACTION: &str = "AssignPrivateIpAddresses";
         let mut p = vec![("NetworkInterfaceId".to_owned(), nic.to_owned())];
         p.extend(what.params("SecondaryPrivateIpAddressCount", "PrivateIpAddress"));
         let text = self.call(ACTION, &p).await?;
-        let garbage = |why: String| Ec2Error::Garbage {
+        let garbage = |why: String| ApiError::Garbage {
+            api: Api::Ec2,
             action: ACTION.into(),
             why,
         };
@@ -403,7 +385,7 @@ impl Ec2 {
         &self,
         nic: &str,
         addresses: &[Ipv4Addr],
-    ) -> Result<(), Ec2Error> {
+    ) -> Result<(), ApiError> {
         let mut p = vec![("NetworkInterfaceId".to_owned(), nic.to_owned())];
         p.extend(Assign::List(addresses.to_vec()).params("", "PrivateIpAddress"));
         self.call("UnassignPrivateIpAddresses", &p).await?;
@@ -412,7 +394,7 @@ impl Ec2 {
 }
 
 /// The error an EC2 error document describes.
-fn api_error(action: &str, status: u16, text: &str) -> Ec2Error {
+fn api_error(action: &str, status: u16, text: &str) -> ApiError {
     let doc = roxmltree::Document::parse(text);
     let find = |name: &str| {
         doc.as_ref()
@@ -424,7 +406,8 @@ fn api_error(action: &str, status: u16, text: &str) -> Ec2Error {
     };
     let code = find("Code");
     if code.is_empty() {
-        return Ec2Error::Garbage {
+        return ApiError::Garbage {
+            api: Api::Ec2,
             action: action.to_owned(),
             why: format!(
                 "HTTP {status}: {:?}",
@@ -440,7 +423,8 @@ fn api_error(action: &str, status: u16, text: &str) -> Ec2Error {
         "UnauthorizedOperation" => ": the IAM policy must allow ec2:DescribeNetworkInterfaces",
         _ => "",
     };
-    Ec2Error::Api {
+    ApiError::Api {
+        api: Api::Ec2,
         action: action.to_owned(),
         status,
         code,
@@ -594,7 +578,7 @@ mod tests {
         );
         assert!(matches!(
             api_error("X", 500, "<html>"),
-            Ec2Error::Garbage { .. }
+            ApiError::Garbage { api: Api::Ec2, .. }
         ));
     }
 }

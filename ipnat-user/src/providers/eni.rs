@@ -41,9 +41,7 @@ pub enum EniError {
     #[error("nothing to do: ask for at least one address")]
     Empty,
     #[error(transparent)]
-    Ec2(#[from] ec2::Ec2Error),
-    #[error(transparent)]
-    Api(#[from] aliyun_api::ApiError),
+    Api(#[from] super::client::ApiError),
     #[error(transparent)]
     Metadata(#[from] super::client::MetadataError),
 }

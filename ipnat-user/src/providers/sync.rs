@@ -14,9 +14,7 @@ pub enum SyncError {
     #[error(transparent)]
     Metadata(#[from] MetadataError),
     #[error(transparent)]
-    Ec2(#[from] ec2::Ec2Error),
-    #[error(transparent)]
-    Api(#[from] aliyun_api::ApiError),
+    Api(#[from] super::client::ApiError),
 }
 
 /// The NICs' addresses on the interfaces with their MACs, each with its subnet's prefix
