@@ -184,6 +184,15 @@ impl Config {
     }
 }
 
+/// The error for `key = value`, and why it is refused.
+fn invalid(key: String, value: &dyn std::fmt::Display, why: &str) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        value: value.to_string(),
+        why: why.to_owned(),
+    }
+}
+
 /// Checks a set of steering rules on their own (gateway inside the subnet, a subnet that is a
 /// block, sources that do not overlap, the table's capacity); `name(i)` names rule `i` in
 /// the errors (e.g. `steer[3]`).
@@ -191,11 +200,6 @@ pub fn validate_steer_rules(
     rules: &[SteerConfig],
     name: &dyn Fn(usize) -> String,
 ) -> Result<(), ConfigError> {
-    let invalid = |key: String, value: &dyn std::fmt::Display, why: &str| ConfigError::Invalid {
-        key,
-        value: value.to_string(),
-        why: why.to_owned(),
-    };
     for (i, r) in rules.iter().enumerate() {
         if !r.subnet.0.contains(&r.gateway) {
             return Err(invalid(
@@ -293,11 +297,6 @@ pub fn validate_mappings(
     mappings: &[MappingConfig],
     name: &dyn Fn(usize) -> String,
 ) -> Result<(), ConfigError> {
-    let invalid = |key: String, value: &dyn std::fmt::Display, why: &str| ConfigError::Invalid {
-        key,
-        value: value.to_string(),
-        why: why.to_owned(),
-    };
     let mut prefixes = 0usize;
     for (i, m) in mappings.iter().enumerate() {
         for (field, block) in [("public", m.public), ("private", m.private)] {

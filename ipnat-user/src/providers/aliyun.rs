@@ -96,6 +96,15 @@ pub struct Nic {
 /// The ECS metadata client (token mode); `endpoint` is e.g. `http://100.100.100.200`.
 pub struct Metadata(MetadataClient);
 
+/// The shared client's `get` and `garbage`, with this cloud's token headers.
+impl std::ops::Deref for Metadata {
+    type Target = MetadataClient;
+
+    fn deref(&self) -> &MetadataClient {
+        &self.0
+    }
+}
+
 impl Metadata {
     pub fn new(endpoint: &str, timeout: Duration) -> Result<Self, MetadataError> {
         MetadataClient::new(
@@ -105,14 +114,6 @@ impl Metadata {
             "X-aliyun-ecs-metadata-token",
         )
         .map(Self)
-    }
-
-    async fn get(&self, path: &str) -> Result<String, MetadataError> {
-        self.0.get(path).await
-    }
-
-    fn garbage(&self, path: &str, value: &str, what: &'static str) -> MetadataError {
-        self.0.garbage(path, value, what)
     }
 
     /// Every NIC, or the first error: never a partial answer.

@@ -122,6 +122,13 @@ impl OpenApi {
     ) -> Result<serde_json::Value, ApiError> {
         let url = format!("{}/?{}", self.endpoint, self.signed_query(action, params));
         let shown = format!("{}/?Action={action}", self.endpoint);
+        // The request's URL carries the key id, signature and security token: never in an
+        // error (or a log).
+        let http = |source: reqwest::Error| ApiError::Http {
+            api: Api::Ecs,
+            url: shown.clone(),
+            why: super::client::transport(source),
+        };
         let r = self
             .client
             .get(&url)
@@ -129,20 +136,9 @@ impl OpenApi {
             .await
             // The request's URL carries the key id, signature and security token: never in
             // an error (or a log).
-            .map_err(|source: reqwest::Error| ApiError::Http {
-                api: Api::Ecs,
-                url: shown.clone(),
-                why: super::client::transport(source),
-            })?;
+            .map_err(http)?;
         let status = r.status().as_u16();
-        let text = r
-            .text()
-            .await
-            .map_err(|source: reqwest::Error| ApiError::Http {
-                api: Api::Ecs,
-                url: shown.clone(),
-                why: super::client::transport(source),
-            })?;
+        let text = r.text().await.map_err(http)?;
         let garbage = |why: String| ApiError::Garbage {
             api: Api::Ecs,
             action: action.to_owned(),
@@ -196,14 +192,14 @@ impl OpenApi {
             .await?
             .into_iter()
             .next()
-            .ok_or_else(|| ApiError::Api {
-                api: Api::Ecs,
-                action: "DescribeNetworkInterfaces".into(),
-                status: 404,
-                code: "InvalidEniId.NotFound".into(),
-                message: format!("{id} does not exist"),
-                request_id: String::new(),
-                hint: "",
+            .ok_or_else(|| {
+                ApiError::not_found(
+                    Api::Ecs,
+                    "DescribeNetworkInterfaces",
+                    404,
+                    "InvalidEniId.NotFound",
+                    format!("{id} does not exist"),
+                )
             })
     }
 

@@ -64,6 +64,15 @@ pub struct Identity {
 #[derive(Clone)]
 pub struct Imds(MetadataClient);
 
+/// The shared client's `get` and `garbage`, with this cloud's token headers.
+impl std::ops::Deref for Imds {
+    type Target = MetadataClient;
+
+    fn deref(&self) -> &MetadataClient {
+        &self.0
+    }
+}
+
 impl Imds {
     pub fn new(endpoint: &str, timeout: Duration) -> Result<Self, MetadataError> {
         MetadataClient::new(
@@ -73,14 +82,6 @@ impl Imds {
             "X-aws-ec2-metadata-token",
         )
         .map(Self)
-    }
-
-    async fn get(&self, path: &str) -> Result<String, MetadataError> {
-        self.0.get(path).await
-    }
-
-    fn garbage(&self, path: &str, value: &str, what: &'static str) -> MetadataError {
-        self.0.garbage(path, value, what)
     }
 
     /// The instance's region, id and VPC (its primary NIC's).

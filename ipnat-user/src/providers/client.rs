@@ -118,6 +118,22 @@ impl Api {
     }
 }
 
+impl ApiError {
+    /// A resource the API described as absent (an empty answer to a lookup by id), in the
+    /// API's own words.
+    pub fn not_found(api: Api, action: &str, status: u16, code: &str, message: String) -> Self {
+        ApiError::Api {
+            api,
+            action: action.into(),
+            status,
+            code: code.into(),
+            message,
+            request_id: String::new(),
+            hint: "",
+        }
+    }
+}
+
 impl std::fmt::Display for Api {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

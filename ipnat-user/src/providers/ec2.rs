@@ -317,14 +317,14 @@ impl Ec2 {
             .await?
             .into_iter()
             .next()
-            .ok_or_else(|| ApiError::Api {
-                api: Api::Ec2,
-                action: "DescribeNetworkInterfaces".into(),
-                status: 400,
-                code: "InvalidNetworkInterfaceID.NotFound".into(),
-                message: format!("The networkInterface ID '{id}' does not exist"),
-                request_id: String::new(),
-                hint: "",
+            .ok_or_else(|| {
+                ApiError::not_found(
+                    Api::Ec2,
+                    "DescribeNetworkInterfaces",
+                    400,
+                    "InvalidNetworkInterfaceID.NotFound",
+                    format!("The networkInterface ID '{id}' does not exist"),
+                )
             })
     }
 

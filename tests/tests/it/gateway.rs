@@ -456,50 +456,12 @@ fn a_forward_drop_firewall_accepting_established_flows_keeps_working_on_the_slow
     // opening the service. Conntrack sees the private destination (translated before routing)
     // and the private source of replies (translated after netfilter): one consistent flow.
     for rule in [
-        vec!["-P", "FORWARD", "DROP"],
-        vec![
-            "-A",
-            "FORWARD",
-            "-m",
-            "conntrack",
-            "--ctstate",
-            "RELATED,ESTABLISHED",
-            "-j",
-            "ACCEPT",
-        ],
-        vec![
-            "-A",
-            "FORWARD",
-            "-i",
-            "ext0",
-            "-o",
-            "int0",
-            "-p",
-            "tcp",
-            "-d",
-            "10.0.1.10",
-            "--dport",
-            "8093",
-            "-j",
-            "ACCEPT",
-        ],
-        vec![
-            "-A",
-            "FORWARD",
-            "-i",
-            "ext0",
-            "-o",
-            "int0",
-            "-p",
-            "udp",
-            "-d",
-            "10.0.1.10",
-            "--dport",
-            "5393",
-            "-j",
-            "ACCEPT",
-        ],
+        "-P FORWARD DROP",
+        "-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        "-A FORWARD -i ext0 -o int0 -p tcp -d 10.0.1.10 --dport 8093 -j ACCEPT",
+        "-A FORWARD -i ext0 -o int0 -p udp -d 10.0.1.10 --dport 5393 -j ACCEPT",
     ] {
+        let rule: Vec<&str> = rule.split(' ').collect();
         lab.gw.run("iptables", &rule).unwrap();
     }
     let x = tcp_exchange(
