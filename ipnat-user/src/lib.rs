@@ -4,12 +4,12 @@ pub mod bench;
 pub mod config;
 pub mod controller;
 pub mod dataplane;
-pub mod host;
 pub mod import;
 pub mod metrics;
 pub mod netdev;
 pub mod providers;
 pub mod state;
+pub mod system;
 
 /// The product's eBPF object, the programs and maps `ipnat run` loads (empty when built without bpf-linker; see build.rs).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ipnat"));

@@ -2,7 +2,7 @@
 //! family, `NETDEV_A_DEV_XDP_FEATURES`, Linux 6.3 and later), instead of guessing from driver
 //! names. No maintained crate speaks this family; the two requests are written here.
 
-use crate::host::{attr, netlink};
+use crate::system::{attr, netlink};
 
 /// `NETDEV_XDP_ACT_*` bits.
 pub const XDP_BASIC: u64 = 1;

@@ -11,8 +11,8 @@ use super::{
 use crate::{
     config::{Config, Orientation},
     dataplane::Dataplane,
-    host::AddressOwner,
     providers::Synced,
+    system::AddressOwner,
 };
 
 /// Asks the kernel to resolve (or refresh) the steering gateways' MAC addresses, so that
@@ -21,7 +21,7 @@ pub(super) fn resolve_gateways(config: &Config) {
     for r in &config.steering {
         let result = crate::dataplane::ifindex(&r.interface)
             .map_err(|e| std::io::Error::other(e.to_string()))
-            .and_then(|ifindex| crate::host::resolve_neighbour(ifindex, r.gateway));
+            .and_then(|ifindex| crate::system::resolve_neighbour(ifindex, r.gateway));
         if let Err(e) = result {
             warn!(gateway = %r.gateway, interface = %r.interface, "could not ask for the gateway's MAC address: {e}");
         }
@@ -42,7 +42,7 @@ pub(super) fn apply_config(dp: &mut Dataplane, config: &Config) -> Result<()> {
         Vec::new()
     };
     let reconcile = |keep_others: bool| -> Result<()> {
-        let (added, removed) = crate::host::reconcile_addresses(
+        let (added, removed) = crate::system::reconcile_addresses(
             &eips,
             &config.pin_path,
             AddressOwner::Host,
@@ -84,7 +84,7 @@ fn apply_steering(dp: &mut Dataplane, config: &Config) -> Result<()> {
             .collect();
         ifaces.sort();
         ifaces.dedup();
-        for (key, old) in crate::host::loosen_rp_filter(&ifaces, &config.pin_path)? {
+        for (key, old) in crate::system::loosen_rp_filter(&ifaces, &config.pin_path)? {
             warn!(%key, old = %old, "reverse-path filtering was strict: set to loose (2) so that replies to steered sources are accepted; `ipnat down` restores it");
         }
     }
@@ -136,7 +136,7 @@ fn reload(
 pub(super) fn apply_synced(dp: &mut Dataplane, config: &Config, new: &Synced) -> Result<()> {
     let eff = effective(config, new)?;
     if config.provider_addresses() {
-        let (added, removed) = crate::host::reconcile_addresses(
+        let (added, removed) = crate::system::reconcile_addresses(
             &new.addresses,
             &config.pin_path,
             AddressOwner::Provider,

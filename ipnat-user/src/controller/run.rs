@@ -124,7 +124,7 @@ pub fn run(config_path: &Path, config: Config, stats_interval: u64) -> Result<()
         apply_config(&mut dp, &start)?;
         if host {
             let ifaces: Vec<String> = config.interfaces.iter().map(|i| i.name.clone()).collect();
-            for (key, old) in crate::host::quiet_arp(&ifaces, &config.pin_path)? {
+            for (key, old) in crate::system::quiet_arp(&ifaces, &config.pin_path)? {
                 info!(%key, old = %old, "raised so that the public addresses on lo are never announced or answered for by ARP; `ipnat down` restores it");
             }
         }
@@ -337,7 +337,7 @@ fn check_sysctls(config: &Config) {
         // Nothing is forwarded: the public addresses are local.
         return;
     }
-    let read = |key: &str| crate::host::read(key).unwrap_or_default();
+    let read = |key: &str| crate::system::read(key).unwrap_or_default();
     if read("net.ipv4.ip_forward") != "1" {
         warn!(
             "net.ipv4.ip_forward is off: translated packets will not be forwarded (sysctl -w net.ipv4.ip_forward=1)"

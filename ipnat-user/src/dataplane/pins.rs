@@ -267,10 +267,10 @@ pub fn teardown(dir: &Path, lock: &crate::state::OwnerLock) -> Result<Removed, D
     // A namespace that is gone took its addresses and settings with it; this one's are not
     // what was recorded.
     if !lock.netns_gone {
-        removed.addresses = crate::host::remove_added_addresses(dir)
+        removed.addresses = crate::system::remove_added_addresses(dir)
             .map_err(|e| host("removing the addresses ipnat added", e))?;
         removed.restored =
-            crate::host::restore(dir).map_err(|e| host("restoring host settings", e))?;
+            crate::system::restore(dir).map_err(|e| host("restoring host settings", e))?;
     }
     records.remove_all()?;
     Ok(removed)

@@ -23,7 +23,7 @@ pub struct Status {
     /// Host settings ipnat changed (sysctl key -> the value it will restore).
     pub host_changes: BTreeMap<String, String>,
     /// Addresses ipnat added (and `ipnat down` removes), by who asked for them.
-    pub addresses: Vec<crate::host::OwnedAddress>,
+    pub addresses: Vec<crate::system::OwnedAddress>,
     /// The last cloud provider syncs, when a provider is configured.
     pub sync: Option<crate::providers::SyncState>,
 }
@@ -82,8 +82,8 @@ pub fn status(dir: &Path) -> Result<Status, DataplaneError> {
         memory_bytes: tables.memory().total_bytes,
         attached,
         steering: tables.steering()?,
-        host_changes: crate::host::changed(dir).sysctls,
-        addresses: crate::host::owned_addresses(dir),
+        host_changes: crate::system::changed(dir).sysctls,
+        addresses: crate::system::owned_addresses(dir),
         sync: crate::providers::SyncState::load(dir),
     })
 }

@@ -54,7 +54,7 @@ fn run(cli: Cli) -> Result<()> {
             Command::Bench { .. } => "ipnat bench",
             _ => "reading or changing the running data plane",
         };
-        ipnat::host::check_privileges(name).map_err(anyhow::Error::msg)?;
+        ipnat::system::check_privileges(name).map_err(anyhow::Error::msg)?;
     }
     match cli.command {
         Command::Check { config } => commands::check::run(config),

@@ -2,7 +2,7 @@
 
 use crate::cli::MapCommand;
 use anyhow::Result;
-use ipnat::{config::MappingConfig, dataplane::Tables, host::AddressOwner};
+use ipnat::{config::MappingConfig, dataplane::Tables, system::AddressOwner};
 
 pub fn run(action: MapCommand) -> Result<()> {
     match action {
@@ -35,7 +35,7 @@ pub fn run(action: MapCommand) -> Result<()> {
                 ipnat::config::validate_host_public(&tables.internal_prefixes()?, public)?;
                 let eip = [("lo".to_owned(), public.0)];
                 let (added, _) =
-                    ipnat::host::reconcile_addresses(&eip, &pin_path, AddressOwner::Host, true)?;
+                    ipnat::system::reconcile_addresses(&eip, &pin_path, AddressOwner::Host, true)?;
                 for a in added {
                     println!("added address {a}");
                 }
@@ -50,7 +50,7 @@ pub fn run(action: MapCommand) -> Result<()> {
             println!("removed mapping {}: {} <-> {}", m.id, m.public, m.private);
             if tables.flags()? & ipnat_common::FLAG_HOST != 0 {
                 for a in
-                    ipnat::host::release_address(&pin_path, AddressOwner::Host, "lo", public.0)?
+                    ipnat::system::release_address(&pin_path, AddressOwner::Host, "lo", public.0)?
                 {
                     println!("removed address {a}");
                 }

@@ -48,10 +48,10 @@ pub fn run(action: SteerCommand) -> Result<()> {
                 "added steering rule {}: from {} out of {} (via {} outside {})",
                 r.id, r.source, r.interface, r.gateway, r.subnet
             );
-            for (key, old) in ipnat::host::loosen_rp_filter(&[interface], &pin_path)? {
+            for (key, old) in ipnat::system::loosen_rp_filter(&[interface], &pin_path)? {
                 println!("set {key} = 2 (was {old}; `ipnat down` restores it)");
             }
-            if let Err(e) = ipnat::host::resolve_neighbour(ifindex, gateway) {
+            if let Err(e) = ipnat::system::resolve_neighbour(ifindex, gateway) {
                 eprintln!("could not ask for the gateway's MAC address: {e}");
             }
             Ok(())
