@@ -134,6 +134,16 @@ impl Netns {
         sh(Command::new("ip").arg("-n").arg(&self.name).args(args))
     }
 
+    /// The MAC address of `iface`, as `ip -br link` shows it (lower case).
+    pub fn mac(&self, iface: &str) -> Result<String> {
+        let out = self.ip(&["-br", "link", "show", iface])?;
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .find(|w| w.len() == 17 && w.matches(':').count() == 5)
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow::anyhow!("no MAC address for {iface} in {}", self.name))
+    }
+
     /// A command that runs inside the namespace (network only; /sys and bpffs stay as they are).
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new("nsenter");

@@ -55,8 +55,14 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Set up, build, then show ipnat at work in a simulated cloud made of network namespaces.
-    Lab,
+    /// Set up, build, then show ipnat at work in a simulated cloud made of network namespaces:
+    /// part 1 a gateway's 1:1 NAT, part 2 host orientation, part 3 a second NIC's addresses
+    /// steered from the cloud's metadata. All three, or one with `--part N`.
+    Lab {
+        /// Run only this part (1, 2 or 3).
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=3))]
+        part: Option<u8>,
+    },
     /// Set up, build (release), then run `ipnat bench ARGS` (per-packet cost; see `ipnat bench
     /// --help`), the forwarding benchmark (`--forward` then its arguments: --rounds N, --secs S,
     /// --flows 1,1000,100000) and the steering benchmark (`--steer` then --rounds N, --secs S,
@@ -84,7 +90,7 @@ fn main() {
         Task::Setup => setup(),
         Task::Build { release } => setup().and_then(|()| build(release)),
         Task::Test { args } => setup().and_then(|()| test(&args)),
-        Task::Lab => setup().and_then(|()| lab()),
+        Task::Lab { part } => setup().and_then(|()| lab(part)),
         Task::Bench { args } => setup().and_then(|()| bench(&args)),
         Task::Chart => chart(),
         Task::Deb { debug } => setup()
@@ -662,12 +668,15 @@ fn chart() -> Result<()> {
     Ok(())
 }
 
-fn lab() -> Result<()> {
+fn lab(part: Option<u8>) -> Result<()> {
     if !is_root() {
         bail!("the lab creates network namespaces and loads eBPF programs: run as root");
     }
     build(false)?;
     let mut c = Command::new(target_dir().join("debug/ipnat-lab"));
     c.env("IPNAT_BIN", target_dir().join("debug/ipnat"));
+    if let Some(part) = part {
+        c.args(["--part", &part.to_string()]);
+    }
     run(&mut c)
 }

@@ -6,25 +6,57 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result};
+use std::{net::Ipv4Addr, time::Instant};
+
+use anyhow::{Context, Result, bail};
 use ipnat_tests::{
+    fakecloud::FakeImds,
     hostlab::{self, EIP0, HostLab, PRIV0},
     lab::{
-        BACKEND, EIP, GW_EXT, GW_INT, GatewayLab, INET, LabOptions, cleanup_all, cleanup_on_signal,
-        ipnat_bin, tcp_exchange_at, tcp_exchange_from, udp_exchange,
+        BACKEND, EIP, GW_EXT, GW_INT, GatewayLab, INET, Ipnat, LabOptions, SteerLab, cleanup_all,
+        cleanup_on_signal, ipnat_bin, tcp_exchange_at, tcp_exchange_from, udp_exchange,
+        udp_exchange_at,
     },
     netns::require_root,
 };
 
+const USAGE: &str = "usage: ipnat-lab [--part 1|2|3]   (cargo xtask lab [--part N])
+
+Runs ipnat in a simulated cloud made of network namespaces, and takes it all down again.
+  --part 1   a gateway's one-to-one NAT of an elastic IP
+  --part 2   host orientation: the EIP visible on the instance itself
+  --part 3   a second NIC's addresses, steered from the cloud's metadata (no ip rule)
+Without --part, all three, in that order.";
+
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let parts: Vec<u8> = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        [] => vec![1, 2, 3],
+        ["--part", n] if matches!(n, "1" | "2" | "3") => vec![n.parse().unwrap()],
+        ["--help" | "-h"] => {
+            println!("{USAGE}");
+            return;
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
+    };
     require_root();
     // Ctrl-C or SIGTERM: the Drop guards would not run; this removes what the lab made (the
     // namespaces, ipnat, and the data plane ipnat leaves pinned).
     cleanup_on_signal();
-    if let Err(e) = lab().and_then(|()| host_lab()) {
-        eprintln!("lab failed: {e:#}");
-        cleanup_all();
-        std::process::exit(1);
+    for part in parts {
+        let result = match part {
+            1 => lab(),
+            2 => host_lab(),
+            _ => steer_lab(),
+        };
+        if let Err(e) = result {
+            eprintln!("lab failed: {e:#}");
+            cleanup_all();
+            std::process::exit(1);
+        }
     }
 }
 
@@ -176,5 +208,279 @@ fn host_lab() -> Result<()> {
     let out = stop_and_down(&mut ipnat)?;
     drop(lab);
     say(&format!("done: `ipnat down` put the instance back:\n{out}"));
+    Ok(())
+}
+
+/// The instance's eth1 addresses, one line each, those `ipnat status` says ipnat added (while
+/// a data plane is pinned at `pin`) marked.
+fn eth1_addresses(lab: &SteerLab, pin: Option<&str>) -> Result<Vec<String>> {
+    let added = match pin {
+        Some(pin) => {
+            let out = lab.inst.run(
+                &ipnat_bin().to_string_lossy(),
+                &["status", "--pin-path", pin],
+            )?;
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("added:"))
+                .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+                .collect()
+        }
+        None => Vec::new(),
+    };
+    let out = lab.inst.ip(&["-4", "-o", "addr", "show", "eth1"])?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let addr = w[w.iter().position(|x| *x == "inet")? + 1];
+            Some(if added.iter().any(|a| a == addr) {
+                format!("{addr}   <- added by ipnat (`ipnat status`)")
+            } else {
+                addr.to_owned()
+            })
+        })
+        .collect())
+}
+
+fn indent(lines: impl IntoIterator<Item = String>) -> String {
+    lines
+        .into_iter()
+        .map(|l| format!("        {l}\n"))
+        .collect()
+}
+
+/// Packets the VPC router's source check dropped from the instance's eth0.
+fn source_check_drops(lab: &SteerLab) -> Result<u64> {
+    let out = lab
+        .vpc
+        .run("nft", &["list", "chain", "inet", "cloud", "srccheck"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("\"v0\""))
+        .context("no source check rule for v0")?;
+    let w: Vec<&str> = line.split_whitespace().collect();
+    let i = w
+        .iter()
+        .position(|x| *x == "packets")
+        .context("no counter")?;
+    Ok(w[i + 1].parse()?)
+}
+
+fn wait_for(what: &str, f: impl Fn() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while !f()? {
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// The fake Alibaba Cloud metadata's list of eth1's private addresses.
+fn set_eth1_ips(meta: &FakeImds, m1: &str, ips: &[Ipv4Addr]) {
+    let list: Vec<String> = ips.iter().map(|a| format!("\"{a}\"")).collect();
+    meta.set(
+        &format!("network/interfaces/macs/{m1}/private-ipv4s"),
+        &format!("[{}]", list.join(",")),
+    );
+}
+
+/// Part three: the problem most users come with. A second NIC's addresses get nowhere, because
+/// their packets leave by eth0 and the VPC drops what a NIC does not own; the cloud's documented
+/// fix is rc.local `ip addr` / `ip rule` / `ip route ... table`, lost at reboot and blind to the
+/// console. ipnat reads the NIC's addresses from the cloud's metadata and steers them instead.
+fn steer_lab() -> Result<()> {
+    say("\n== part three: a second NIC's addresses, from the cloud's metadata ==\n");
+    say(
+        "  internet host 203.0.113.10  --  [VPC router, source check]  --  eth0 10.0.0.10 [instance]\n  \
+         \x20                                                              eth1 10.0.1.20 (+ secondaries)\n\n  \
+         The VPC router drops a packet whose source does not belong to the NIC it comes from (the\n  \
+         clouds' source/destination check). The instance's default route is eth0, so whatever\n  \
+         eth1's addresses send leaves by eth0 and is dropped. The fake cloud here is Alibaba\n  \
+         Cloud's ECS metadata (100.100.100.200 in the real cloud; AWS's IMDSv2 works the same way\n  \
+         with [aws]).\n",
+    );
+    let lab = SteerLab::new(1, false)?;
+    let [primary, second, third] = lab.eth1;
+    // The OS has eth1's primary address (DHCP gives it); the secondaries are only in the cloud.
+    for a in [second, third] {
+        lab.inst
+            .ip(&["addr", "del", &format!("{a}/24"), "dev", "eth1"])?;
+    }
+    let inet = Ipv4Addr::new(203, 0, 113, 10);
+    say(&format!(
+        "[1/5] without ipnat: a UDP socket bound to eth1's {primary} sends to the internet host"
+    ));
+    let route = lab.inst.ip(&[
+        "route",
+        "get",
+        &inet.to_string(),
+        "from",
+        &primary.to_string(),
+    ])?;
+    let before = source_check_drops(&lab)?;
+    let r = udp_exchange_at(
+        &lab.inst,
+        Some(primary),
+        &lab.inet,
+        inet,
+        inet,
+        7400,
+        b"hello",
+    );
+    if r.is_ok() {
+        bail!("the VPC let eth1's address out of eth0: the lab's source check is broken");
+    }
+    say(&format!(
+        "      no reply. The kernel routes it `{}`:\n      \
+         out of eth0, and the VPC router's source check dropped {} packet(s) from eth0.",
+        String::from_utf8_lossy(&route.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim(),
+        source_check_drops(&lab)? - before
+    ));
+
+    let recipe = std::env::temp_dir().join(format!("ipnat-lab-rc.local-{}", std::process::id()));
+    let rc = format!(
+        "ip addr add {second}/24 dev eth1\n\
+         ip rule add from {primary} lookup 1001\n\
+         ip rule add from {second} lookup 1001\n\
+         ip route add default via {gw} dev eth1 table 1001\n",
+        gw = lab.gateway1
+    );
+    std::fs::write(&recipe, &rc)?;
+    let out = std::process::Command::new(ipnat_bin())
+        .arg("import")
+        .arg(&recipe)
+        .output()?;
+    let _ = std::fs::remove_file(&recipe);
+    if !out.status.success() {
+        bail!(
+            "ipnat import failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    say(&format!(
+        "[2/5] the clouds' documented fix, as rc.local has it:\n{}      \
+         `ipnat import` turns it into ipnat's config:\n{}",
+        indent(rc.lines().map(str::to_owned)),
+        indent(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_owned)
+        )
+    ));
+
+    let meta = FakeImds::start(&lab.inst);
+    let (m0, m1) = (lab.inst.mac("eth0")?, lab.inst.mac("eth1")?);
+    let base = "network/interfaces/macs/";
+    meta.set("mac", &m0);
+    meta.set(base, &format!("{m0}/\n{m1}/\n"));
+    for (m, id, gw, cidr) in [
+        (&m0, "eni-0", "10.0.0.1", "10.0.0.0/24"),
+        (&m1, "eni-1", "10.0.1.1", "10.0.1.0/24"),
+    ] {
+        meta.set(&format!("{base}{m}/network-interface-id"), id);
+        meta.set(&format!("{base}{m}/gateway"), gw);
+        meta.set(&format!("{base}{m}/vswitch-cidr-block"), cidr);
+    }
+    meta.set(&format!("{base}{m0}/private-ipv4s"), "[\"10.0.0.10\"]");
+    set_eth1_ips(&meta, &m1, &[primary, second]);
+    let pin = format!("/sys/fs/bpf/ipnat-lab-steer-{}", std::process::id());
+    let config = format!(
+        "pin_path = \"{pin}\"\n\n[[interface]]\nname = \"eth0\"\n\n[[interface]]\nname = \"eth1\"\n\n\
+         [aliyun]\nendpoint = \"http://127.0.0.1:{}\"\ninterval_secs = 1\n",
+        meta.port
+    );
+    let mut ipnat = Ipnat::start(&lab.inst, &config, &pin)?;
+    wait_for("the first sync", || {
+        Ok(eth1_addresses(&lab, Some(&pin))?
+            .iter()
+            .any(|a| a.starts_with(&format!("{second}/"))))
+    })?;
+    let steer = lab.inst.run(
+        &ipnat_bin().to_string_lossy(),
+        &["steer", "list", "--pin-path", &pin],
+    )?;
+    say(&format!(
+        "[3/5] instead: `ipnat run` with this config (the metadata lists eth1's {primary} and {second}):\n{}      \
+         eth1's addresses now:\n{}      `ipnat steer list`:\n{}",
+        indent(config.lines().map(str::to_owned)),
+        indent(eth1_addresses(&lab, Some(&pin))?),
+        indent(
+            String::from_utf8_lossy(&steer.stdout)
+                .lines()
+                .map(str::to_owned)
+        )
+    ));
+    for (i, a) in [primary, second].into_iter().enumerate() {
+        let x = udp_exchange_at(
+            &lab.inst,
+            Some(a),
+            &lab.inet,
+            inet,
+            inet,
+            7401 + i as u16,
+            b"hello",
+        )
+        .with_context(|| format!("UDP from {a} with ipnat"))?;
+        say(&format!(
+            "      a socket bound to {a} reached the internet host, which saw it come from {}",
+            x.server_saw_peer.ip()
+        ));
+    }
+    let rules = lab.inst.ip(&["rule", "show"])?;
+    say(&format!(
+        "      and the instance has no ip rule of its own (`ip rule show`):\n{}",
+        indent(
+            String::from_utf8_lossy(&rules.stdout)
+                .lines()
+                .map(str::to_owned)
+        )
+    ));
+
+    let own = Ipv4Addr::new(10, 0, 1, 99);
+    lab.inst
+        .ip(&["addr", "add", &format!("{own}/24"), "dev", "eth1"])?;
+    set_eth1_ips(&meta, &m1, &[primary, third]);
+    wait_for("the sync to follow the cloud", || {
+        let now = eth1_addresses(&lab, Some(&pin))?;
+        Ok(now.iter().any(|a| a.starts_with(&format!("{third}/")))
+            && !now.iter().any(|a| a.starts_with(&format!("{second}/"))))
+    })?;
+    say(&format!(
+        "[4/5] the user adds {own} to eth1 by hand; the cloud assigns {third} and unassigns {second}.\n      \
+         The next sync follows the cloud and leaves the user's address alone:\n{}",
+        indent(eth1_addresses(&lab, Some(&pin))?)
+    ));
+    let x = udp_exchange_at(
+        &lab.inst,
+        Some(third),
+        &lab.inet,
+        inet,
+        inet,
+        7403,
+        b"hello",
+    )
+    .with_context(|| format!("UDP from {third} after the sync"))?;
+    say(&format!(
+        "      {third} reaches the internet host as {}",
+        x.server_saw_peer.ip()
+    ));
+
+    let out = stop_and_down(&mut ipnat)?;
+    say(&format!(
+        "[5/5] `ipnat down` removed the rules and the addresses ipnat added:\n{out}      \
+         eth1 is back as it was, with the user's address:\n{}",
+        indent(eth1_addresses(&lab, None)?)
+    ));
+    drop(meta);
+    drop(lab);
+    say("done: deleted the namespaces.");
     Ok(())
 }

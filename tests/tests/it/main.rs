@@ -7,6 +7,7 @@ mod eni;
 mod gateway;
 mod host;
 mod host_packets;
+mod lab;
 mod package;
 mod packets;
 mod properties;

@@ -13,12 +13,7 @@ use ipnat_tests::{
 };
 
 fn mac(ns: &Netns, iface: &str) -> String {
-    let out = ns.ip(&["-br", "link", "show", iface]).unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .find(|w| w.len() == 17 && w.matches(':').count() == 5)
-        .unwrap()
-        .to_owned()
+    ns.mac(iface).unwrap()
 }
 
 fn eth1(lab: &SteerLab) -> String {
