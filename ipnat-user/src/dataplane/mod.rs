@@ -109,12 +109,7 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
 
 /// The kernel's index of `name` in the current network namespace.
 pub fn ifindex(name: &str) -> Result<u32, DataplaneError> {
-    let c = CString::new(name).map_err(|_| DataplaneError::NoSuchInterface(name.into()))?;
-    // SAFETY: c is a valid NUL-terminated string.
-    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
-        0 => Err(DataplaneError::NoSuchInterface(name.into())),
-        i => Ok(i),
-    }
+    crate::system::ifindex_of(name).ok_or_else(|| DataplaneError::NoSuchInterface(name.into()))
 }
 
 fn key(addr: Ipv4Addr) -> u32 {

@@ -300,6 +300,7 @@ pub fn remove_added_addresses(pin_path: &Path) -> std::io::Result<Vec<String>> {
     Ok(all)
 }
 
-fn ifindex_of(iface: &str) -> Option<u32> {
+/// The kernel's index of `iface` in the current network namespace, if there is one.
+pub fn ifindex_of(iface: &str) -> Option<u32> {
     nix::net::if_::if_nametoindex(iface).ok()
 }
