@@ -28,24 +28,47 @@ use crate::{
     dataplane::{Dataplane, DataplaneError, MAP_NAMES},
 };
 
+/// Why a benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error("loading the benchmarks' eBPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("no {kind} {name} in the eBPF object (rebuild with `cargo xtask build`)")]
+    Missing {
+        kind: &'static str,
+        name: &'static str,
+    },
+    #[error("{name}: {error}")]
+    Program {
+        name: &'static str,
+        error: aya::programs::ProgramError,
+    },
+    #[error("the floor's table: {0}")]
+    Map(#[from] aya::maps::MapError),
+}
+
+fn program(name: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> BenchError {
+    move |error| BenchError::Program { name, error }
+}
+
 /// The floor's table in the benchmarks' object.
 const FLOOR_MAP: &str = "IPNAT_BENCH_DNAT";
 
 /// Loads the benchmarks' object, its floor table sized `floor_entries` (programs not loaded
 /// yet). The shared eBPF code brings the product's map definitions along; nothing in this
 /// object uses them, so they are created at one entry each.
-pub fn load_bench_object(floor_entries: u32) -> Result<Ebpf, String> {
+pub fn load_bench_object(floor_entries: u32) -> Result<Ebpf, BenchError> {
     if BENCH_OBJECT.is_empty() {
-        return Err(DataplaneError::NotBuilt.to_string());
+        return Err(DataplaneError::NotBuilt.into());
     }
     let mut loader = EbpfLoader::new();
     for name in MAP_NAMES {
         loader.map_max_entries(name, 1);
     }
     loader.map_max_entries(FLOOR_MAP, floor_entries);
-    loader
-        .load(BENCH_OBJECT)
-        .map_err(|e| format!("loading the benchmarks' eBPF object: {e}"))
+    Ok(loader.load(BENCH_OBJECT)?)
 }
 
 /// What to measure.
@@ -299,7 +322,7 @@ fn run_one(
     hook: Hook,
     frame: &[u8],
     out: &mut [u8],
-) -> Result<u64, String> {
+) -> Result<u64, BenchError> {
     let opts = TestRunOptions {
         data_in: Some(frame),
         data_out: Some(out),
@@ -319,18 +342,21 @@ fn run_one(
         Hook::HostIn => names::TC_INGRESS_PROGRAM,
         Hook::HostOut => names::TC_EGRESS_PROGRAM,
     };
-    let prog = ebpf.program(name).ok_or(format!("no program {name}"))?;
+    let prog = ebpf.program(name).ok_or(BenchError::Missing {
+        kind: "program",
+        name,
+    })?;
     let r = if matches!(
         hook,
         Hook::TcEgress | Hook::TcEmpty | Hook::HostIn | Hook::HostOut
     ) {
-        let p: &SchedClassifier = prog.try_into().map_err(|e| format!("{e}"))?;
+        let p: &SchedClassifier = prog.try_into().map_err(program(name))?;
         p.test_run(opts)
     } else {
-        let p: &Xdp = prog.try_into().map_err(|e| format!("{e}"))?;
+        let p: &Xdp = prog.try_into().map_err(program(name))?;
         p.test_run(opts)
     }
-    .map_err(|e| format!("BPF_PROG_TEST_RUN on {name}: {e}"))?;
+    .map_err(program(name))?;
     Ok(r.duration.as_nanos() as u64)
 }
 
@@ -340,7 +366,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Runs the benchmark, calling `progress` with a line now and then.
-pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<Report, String> {
+pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<Report, BenchError> {
     let mut rows = Vec::new();
     let mut loads = Vec::new();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
@@ -348,22 +374,22 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<Report
         let size = size.max(1);
         progress(&format!("loading {size} mappings..."));
         let capacity = size.max(1024);
-        let mut dp = Dataplane::load(None, capacity).map_err(|e| e.to_string())?;
+        let mut dp = Dataplane::load(None, capacity)?;
         load_xdp(dp.ebpf_mut(), names::XDP_PASS_PROGRAM)?;
         let mut bench = load_bench_object(capacity)?;
         load_xdp(&mut bench, names::BENCH_FLOOR_PROGRAM)?;
         let tc: &mut SchedClassifier = bench
             .program_mut(names::BENCH_TC_EMPTY_PROGRAM)
-            .ok_or("no TC baseline program")?
+            .ok_or(BenchError::Missing {
+                kind: "program",
+                name: names::BENCH_TC_EMPTY_PROGRAM,
+            })?
             .try_into()
-            .map_err(|e| format!("{e}"))?;
-        tc.load()
-            .map_err(|e| format!("loading the TC baseline: {e}"))?;
+            .map_err(program(names::BENCH_TC_EMPTY_PROGRAM))?;
+        tc.load().map_err(program(names::BENCH_TC_EMPTY_PROGRAM))?;
         let all: Vec<MappingConfig> = (0..size).map(mapping).collect();
         let t = Instant::now();
-        dp.tables
-            .apply(&all)
-            .map_err(|e: DataplaneError| e.to_string())?;
+        dp.tables.apply(&all)?;
         let seconds = t.elapsed().as_secs_f64();
         let memory = dp.tables.memory().total_bytes;
         fill_floor(&mut bench, &all)?;
@@ -383,8 +409,7 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<Report
             for (i, p) in paths.iter().enumerate() {
                 // Host orientation is a data-plane setting: on for its paths only.
                 dp.tables
-                    .set_host(matches!(p.hook, Hook::HostIn | Hook::HostOut))
-                    .map_err(|e| e.to_string())?;
+                    .set_host(matches!(p.hook, Hook::HostIn | Hook::HostOut))?;
                 let mut total = 0u64;
                 for f in &p.frames {
                     total += run_one(&dp, &bench, p.hook, f, &mut out)?;
@@ -435,32 +460,32 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<Report
 }
 
 /// The floor's table holds what the product's DNAT table holds: public -> private.
-fn fill_floor(bench: &mut Ebpf, mappings: &[MappingConfig]) -> Result<(), String> {
-    let mut floor: HashMap<_, u32, NatTarget> = HashMap::try_from(
-        bench
-            .map_mut(FLOOR_MAP)
-            .ok_or(format!("no map {FLOOR_MAP}"))?,
-    )
-    .map_err(|e| e.to_string())?;
+fn fill_floor(bench: &mut Ebpf, mappings: &[MappingConfig]) -> Result<(), BenchError> {
+    let mut floor: HashMap<_, u32, NatTarget> =
+        HashMap::try_from(bench.map_mut(FLOOR_MAP).ok_or(BenchError::Missing {
+            kind: "map",
+            name: FLOOR_MAP,
+        })?)?;
     for (i, m) in mappings.iter().enumerate() {
         let target = NatTarget {
             addr: u32::from_ne_bytes(m.private.0.addr().octets()),
             id: i as u32 + 1,
         };
-        floor
-            .insert(u32::from_ne_bytes(m.public.0.addr().octets()), target, 0)
-            .map_err(|e| format!("filling the floor's table: {e}"))?;
+        floor.insert(u32::from_ne_bytes(m.public.0.addr().octets()), target, 0)?;
     }
     Ok(())
 }
 
-fn load_xdp(ebpf: &mut Ebpf, name: &'static str) -> Result<(), String> {
+fn load_xdp(ebpf: &mut Ebpf, name: &'static str) -> Result<(), BenchError> {
     let p: &mut Xdp = ebpf
         .program_mut(name)
-        .ok_or(format!("no program {name}"))?
+        .ok_or(BenchError::Missing {
+            kind: "program",
+            name,
+        })?
         .try_into()
-        .map_err(|e| format!("{e}"))?;
-    p.load().map_err(|e| format!("loading {name}: {e}"))
+        .map_err(program(name))?;
+    p.load().map_err(program(name))
 }
 
 impl Report {

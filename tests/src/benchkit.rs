@@ -17,7 +17,7 @@ use crate::netns::Netns;
 /// is `expected` and the others, and drops them. Detached when the returned object drops.
 pub fn attach_sink(ns: &Netns, iface: &'static str, expected: Ipv4Addr) -> Result<Ebpf> {
     ns.within(move || {
-        let mut ebpf = ipnat::bench::load_bench_object(1).map_err(anyhow::Error::msg)?;
+        let mut ebpf = ipnat::bench::load_bench_object(1)?;
         let mut cfg: Array<_, u32> =
             Array::try_from(ebpf.map_mut(names::BENCH_CFG_MAP).context("cfg map")?)?;
         cfg.set(2, u32::from_ne_bytes(expected.octets()), 0)?;

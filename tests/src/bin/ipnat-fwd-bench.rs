@@ -120,7 +120,7 @@ fn start_generator(ns: &Netns) -> Result<mpsc::Sender<GenCmd>> {
     let (ready_tx, ready_rx) = mpsc::channel();
     let _thread = ns.spawn(move || {
         let setup = || -> Result<Ebpf> {
-            let mut ebpf = ipnat::bench::load_bench_object(1).map_err(anyhow::Error::msg)?;
+            let mut ebpf = ipnat::bench::load_bench_object(1)?;
             let p: &mut Xdp = ebpf
                 .program_mut(names::BENCH_GEN_PROGRAM)
                 .context("no generator program")?
@@ -269,7 +269,7 @@ fn install(t: &Topology, setup: Setup, round: usize) -> Result<Installed> {
             Installed::Ipnat(Ipnat::start(&t.gw, &config, &pin)?)
         }
         Setup::Ceiling => Installed::Xdp(t.gw.within(|| {
-            let mut ebpf = ipnat::bench::load_bench_object(1).map_err(anyhow::Error::msg)?;
+            let mut ebpf = ipnat::bench::load_bench_object(1)?;
             let p: &mut Xdp = ebpf
                 .program_mut(names::BENCH_REDIRECT_PROGRAM)
                 .context("redirect program")?

@@ -15,8 +15,7 @@ pub fn run(
         distinct: distinct.max(1),
         rounds: rounds.max(1),
     };
-    let report = ipnat::bench::run(&opts, &mut |line| eprintln!("{line}"))
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let report = ipnat::bench::run(&opts, &mut |line| eprintln!("{line}"))?;
     if let Some(path) = json_out {
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;
