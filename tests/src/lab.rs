@@ -10,7 +10,7 @@
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
@@ -285,11 +285,18 @@ pub struct Ipnat {
     owns_pins: bool,
     /// The controller's limit on open files (soft and hard), if not the caller's.
     nofile: Option<u64>,
+    /// The `ipnat` binary this instance runs (and takes down with).
+    bin: PathBuf,
 }
 
 impl Ipnat {
     pub fn start(ns: &Netns, config: &str, pin_path: &str) -> Result<Self> {
         Self::start_limited(ns, config, pin_path, None)
+    }
+
+    /// [`Ipnat::start`] with another `ipnat` binary than [`ipnat_bin`] (e.g. a package's).
+    pub fn start_binary(ns: &Netns, config: &str, pin_path: &str, bin: &Path) -> Result<Self> {
+        Self::start_with(ns, config, pin_path, None, bin.to_owned())
     }
 
     /// [`Ipnat::start`] with a limit on the controller's open files (`nofile`, soft and hard).
@@ -298,6 +305,16 @@ impl Ipnat {
         config: &str,
         pin_path: &str,
         nofile: Option<u64>,
+    ) -> Result<Self> {
+        Self::start_with(ns, config, pin_path, nofile, ipnat_bin())
+    }
+
+    fn start_with(
+        ns: &Netns,
+        config: &str,
+        pin_path: &str,
+        nofile: Option<u64>,
+        bin: PathBuf,
     ) -> Result<Self> {
         let config_path = std::env::temp_dir().join(format!(
             "ipnat-{}-{}.toml",
@@ -311,6 +328,7 @@ impl Ipnat {
             netns_path: None,
             owns_pins: false,
             nofile,
+            bin,
         };
         if let Ok(mut pins) = PINS.lock() {
             pins.push(me.pin_path.clone());
@@ -324,7 +342,7 @@ impl Ipnat {
         if self.child.is_some() {
             bail!("ipnat is already running");
         }
-        let bin = ipnat_bin();
+        let bin = self.bin.clone();
         if !bin.is_file() {
             bail!(
                 "{} not found: build it first (cargo xtask test does)",
@@ -430,7 +448,7 @@ impl Ipnat {
     /// `ipnat stats --json` against this instance.
     pub fn stats_json(&self) -> Result<serde_json::Value> {
         let out = crate::netns::sh(
-            std::process::Command::new(ipnat_bin())
+            std::process::Command::new(&self.bin)
                 .args(["stats", "--json", "--pin-path"])
                 .arg(&self.pin_path),
         )?;
@@ -450,7 +468,7 @@ impl Ipnat {
         }
         let out = cmd
             .arg("--")
-            .arg(ipnat_bin())
+            .arg(&self.bin)
             .args(["down", "--pin-path"])
             .arg(&self.pin_path)
             .output()?;

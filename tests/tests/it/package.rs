@@ -101,9 +101,14 @@ fn the_package_installs_runs_and_purges_without_a_trace() {
     let pin = format!("/sys/fs/bpf/ipnat-pkg-{}", std::process::id());
     let conf = format!("/etc/ipnat/{name}.toml");
     std::fs::write(&conf, lab.config(&pin)).unwrap();
-    // SAFETY: only this test in this process sets IPNAT_BIN, before starting the controller.
-    unsafe { std::env::set_var("IPNAT_BIN", "/usr/sbin/ipnat") };
-    let mut gw = Ipnat::start(&lab.gw, &lab.config(&pin), &pin).unwrap();
+    // The installed binary (not the process-wide IPNAT_BIN: the other tests share this process).
+    let mut gw = Ipnat::start_binary(
+        &lab.gw,
+        &lab.config(&pin),
+        &pin,
+        Path::new("/usr/sbin/ipnat"),
+    )
+    .unwrap();
     gw.stop().unwrap();
     let ex = udp_exchange(&lab.inet, &lab.backend, EIP, 7010, b"pinned").unwrap();
     assert_eq!(ex.response, b"dennip");
