@@ -1,0 +1,121 @@
+//! A VPC with the clouds' source check and an instance with two NICs (steering).
+
+use super::*;
+
+/// A VPC like the clouds': a router (`vpc`) that drops packets whose source does not belong to
+/// the NIC they arrive on, an internet host behind it, and an instance with two NICs: eth0
+/// (10.0.0.10, the default route) and eth1 with three addresses, either in a second subnet
+/// (10.0.1.20-22, router 10.0.1.1) or in eth0's own subnet (10.0.0.20-22: the router's side is
+/// then a bridge, whose port the source check looks at).
+pub struct SteerLab {
+    pub inet: Netns,
+    pub vpc: Netns,
+    pub inst: Netns,
+    /// eth1's addresses.
+    pub eth1: [Ipv4Addr; 3],
+    /// eth1's subnet and its gateway.
+    pub subnet1: &'static str,
+    pub gateway1: Ipv4Addr,
+}
+
+pub const INST_ETH0: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
+
+impl SteerLab {
+    /// `rp_filter`: the instance's reverse-path filtering (1 strict, 2 loose) on all its
+    /// interfaces; `same_subnet`: eth1 in eth0's subnet.
+    pub fn new(rp_filter: u8, same_subnet: bool) -> Result<Self> {
+        let third = if same_subnet { 0 } else { 1 };
+        let lab = Self {
+            inet: Netns::new("inet")?,
+            vpc: Netns::new("vpc")?,
+            inst: Netns::new("inst")?,
+            eth1: [20, 21, 22].map(|h| Ipv4Addr::new(10, 0, third, h)),
+            subnet1: if same_subnet {
+                "10.0.0.0/24"
+            } else {
+                "10.0.1.0/24"
+            },
+            gateway1: Ipv4Addr::new(10, 0, third, 1),
+        };
+        veth(&lab.inet, "eth0", &lab.vpc, "inet0")?;
+        veth(&lab.inst, "eth0", &lab.vpc, "v0")?;
+        veth(&lab.inst, "eth1", &lab.vpc, "v1")?;
+        lab.inet
+            .ip(&["addr", "add", "203.0.113.10/24", "dev", "eth0"])?;
+        lab.inet
+            .ip(&["route", "add", "default", "via", "203.0.113.1"])?;
+        lab.vpc
+            .ip(&["addr", "add", "203.0.113.1/24", "dev", "inet0"])?;
+        ethtool_tx_off(&lab.vpc, "inet0")?;
+        let eth1_set = lab
+            .eth1
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        if same_subnet {
+            lab.vpc.ip(&["link", "add", "br0", "type", "bridge"])?;
+            for dev in ["v0", "v1"] {
+                lab.vpc.ip(&["link", "set", dev, "master", "br0"])?;
+                ethtool_tx_off(&lab.vpc, dev)?;
+            }
+            lab.vpc.ip(&["link", "set", "br0", "up"])?;
+            lab.vpc.ip(&["addr", "add", "10.0.0.1/24", "dev", "br0"])?;
+            // The cloud's source check, per bridge port: a NIC may only send its own addresses.
+            lab.vpc.run(
+                "nft",
+                &[&format!(
+                    "add table bridge cloud; \
+                     add chain bridge cloud srccheck {{ type filter hook prerouting priority 0; }}; \
+                     add rule bridge cloud srccheck iifname \"v0\" ether type ip ip saddr != 10.0.0.10 counter drop; \
+                     add rule bridge cloud srccheck iifname \"v1\" ether type ip ip saddr != {{ {eth1_set} }} counter drop"
+                )],
+            )?;
+        } else {
+            for (dev, addr) in [("v0", "10.0.0.1/24"), ("v1", "10.0.1.1/24")] {
+                lab.vpc.ip(&["addr", "add", addr, "dev", dev])?;
+                ethtool_tx_off(&lab.vpc, dev)?;
+            }
+            lab.vpc.run(
+                "nft",
+                &[&format!(
+                    "add table inet cloud; \
+                     add chain inet cloud srccheck {{ type filter hook forward priority 0; }}; \
+                     add rule inet cloud srccheck iifname \"v0\" ip saddr != 10.0.0.10 counter drop; \
+                     add rule inet cloud srccheck iifname \"v1\" ip saddr != {{ {eth1_set} }} counter drop"
+                )],
+            )?;
+        }
+        lab.vpc.sysctl("net.ipv4.ip_forward", "1")?;
+        lab.inst
+            .ip(&["addr", "add", &format!("{INST_ETH0}/24"), "dev", "eth0"])?;
+        for a in lab.eth1 {
+            lab.inst
+                .ip(&["addr", "add", &format!("{a}/24"), "dev", "eth1"])?;
+        }
+        lab.inst
+            .ip(&["route", "add", "default", "via", "10.0.0.1", "dev", "eth0"])?;
+        for conf in ["all", "default", "eth0", "eth1"] {
+            lab.inst.sysctl(
+                &format!("net.ipv4.conf.{conf}.rp_filter"),
+                &rp_filter.to_string(),
+            )?;
+        }
+        ethtool_tx_off(&lab.inst, "eth0")?;
+        ethtool_tx_off(&lab.inst, "eth1")?;
+        ethtool_tx_off(&lab.inet, "eth0")?;
+        Ok(lab)
+    }
+
+    /// `ipnat run` on the instance, steering eth1's addresses out of eth1.
+    pub fn start_ipnat(&self) -> Result<Ipnat> {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let pin = format!("/sys/fs/bpf/ipnat-steer-{}-{n}", std::process::id());
+        let config = format!(
+            "pin_path = \"{pin}\"\n\n[[interface]]\nname = \"eth0\"\n\n[[interface]]\nname = \"eth1\"\n\n\
+             [[steer]]\nsource = \"{}/30\"\ninterface = \"eth1\"\ngateway = \"{}\"\nsubnet = \"{}\"\n",
+            self.eth1[0], self.gateway1, self.subnet1
+        );
+        Ipnat::start(&self.inst, &config, &pin)
+    }
+}
