@@ -499,7 +499,12 @@ fn the_service_runs_in_its_units_sandbox_and_down_restores_everything() {
         ));
     }
     if values("PrivateTmp") == ["yes"] {
-        script.push_str("mount -t tmpfs tmpfs /tmp\n");
+        // A checkout under /tmp (the unit's binary is in /usr/sbin): keep the binary reachable
+        // through an open descriptor once /tmp is private.
+        script.push_str(
+            "case \"$IPNAT\" in /tmp/*) exec 9<\"$IPNAT\"; IPNAT=/proc/self/fd/9;; esac\n\
+             mount -t tmpfs tmpfs /tmp\n",
+        );
     }
     // systemd (PID 1) may raise the limit past this process's hard limit; here it is capped.
     let hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
