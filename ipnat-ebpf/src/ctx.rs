@@ -123,18 +123,6 @@ impl<const FRAGS: bool> Packet for Xdp<'_, FRAGS> {
         old: u16,
         new: u16,
     ) -> Result<(), ()> {
-        self.replace_u16(check_off, off, old, new)
-    }
-
-    #[inline(always)]
-    fn ctx_ptr(&self) -> *mut c_void {
-        self.0.as_ptr()
-    }
-}
-
-impl<const FRAGS: bool> Xdp<'_, FRAGS> {
-    #[inline(always)]
-    fn replace_u16(&mut self, check_off: usize, off: usize, old: u16, new: u16) -> Result<(), ()> {
         let word = self.ptr_at::<u16>(off).ok_or(())?;
         let check = self.ptr_at::<u16>(check_off).ok_or(())?;
         // SAFETY: both pointers were bounds-checked.
@@ -143,6 +131,11 @@ impl<const FRAGS: bool> Xdp<'_, FRAGS> {
             check.write_unaligned(csum::replace2(check.read_unaligned(), old, new));
         }
         Ok(())
+    }
+
+    #[inline(always)]
+    fn ctx_ptr(&self) -> *mut c_void {
+        self.0.as_ptr()
     }
 }
 

@@ -6,16 +6,16 @@ use std::{
     time::Duration,
 };
 
-use std::{net::Ipv4Addr, time::Instant};
+use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result, bail};
 use ipnat_tests::{
     fakecloud::FakeImds,
     hostlab::{self, EIP0, HostLab, PRIV0},
     lab::{
-        BACKEND, EIP, GW_EXT, GW_INT, GatewayLab, INET, Ipnat, LabOptions, SteerLab, cleanup_all,
-        cleanup_on_signal, ipnat_bin, tcp_exchange_at, tcp_exchange_from, udp_exchange,
-        udp_exchange_at,
+        ALIYUN_MACS, BACKEND, EIP, GW_EXT, GW_INT, GatewayLab, INET, Ipnat, LabOptions, SteerLab,
+        cleanup_all, cleanup_on_signal, ipnat_bin, tcp_exchange_at, tcp_exchange_from,
+        udp_exchange, udp_exchange_at, wait_until,
     },
     netns::require_root,
 };
@@ -268,22 +268,11 @@ fn source_check_drops(lab: &SteerLab) -> Result<u64> {
     Ok(w[i + 1].parse()?)
 }
 
-fn wait_for(what: &str, f: impl Fn() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + std::time::Duration::from_secs(10);
-    while !f()? {
-        if Instant::now() > deadline {
-            bail!("timed out waiting for {what}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    Ok(())
-}
-
 /// The fake Alibaba Cloud metadata's list of eth1's private addresses.
 fn set_eth1_ips(meta: &FakeImds, m1: &str, ips: &[Ipv4Addr]) {
     let list: Vec<String> = ips.iter().map(|a| format!("\"{a}\"")).collect();
     meta.set(
-        &format!("network/interfaces/macs/{m1}/private-ipv4s"),
+        &format!("{ALIYUN_MACS}{m1}/private-ipv4s"),
         &format!("[{}]", list.join(",")),
     );
 }
@@ -376,20 +365,7 @@ fn steer_lab() -> Result<()> {
         )
     ));
 
-    let meta = FakeImds::start(&lab.inst);
-    let (m0, m1) = (lab.inst.mac("eth0")?, lab.inst.mac("eth1")?);
-    let base = "network/interfaces/macs/";
-    meta.set("mac", &m0);
-    meta.set(base, &format!("{m0}/\n{m1}/\n"));
-    for (m, id, gw, cidr) in [
-        (&m0, "eni-0", "10.0.0.1", "10.0.0.0/24"),
-        (&m1, "eni-1", "10.0.1.1", "10.0.1.0/24"),
-    ] {
-        meta.set(&format!("{base}{m}/network-interface-id"), id);
-        meta.set(&format!("{base}{m}/gateway"), gw);
-        meta.set(&format!("{base}{m}/vswitch-cidr-block"), cidr);
-    }
-    meta.set(&format!("{base}{m0}/private-ipv4s"), "[\"10.0.0.10\"]");
+    let (meta, m1) = lab.aliyun_metadata("[]")?;
     set_eth1_ips(&meta, &m1, &[primary, second]);
     let pin = format!("/sys/fs/bpf/ipnat-lab-steer-{}", std::process::id());
     let config = format!(
@@ -398,7 +374,7 @@ fn steer_lab() -> Result<()> {
         meta.port
     );
     let mut ipnat = Ipnat::start(&lab.inst, &config, &pin)?;
-    wait_for("the first sync", || {
+    wait_until("the first sync", || {
         Ok(eth1_addresses(&lab, Some(&pin))?
             .iter()
             .any(|a| a.starts_with(&format!("{second}/"))))
@@ -448,7 +424,7 @@ fn steer_lab() -> Result<()> {
     lab.inst
         .ip(&["addr", "add", &format!("{own}/24"), "dev", "eth1"])?;
     set_eth1_ips(&meta, &m1, &[primary, third]);
-    wait_for("the sync to follow the cloud", || {
+    wait_until("the sync to follow the cloud", || {
         let now = eth1_addresses(&lab, Some(&pin))?;
         Ok(now.iter().any(|a| a.starts_with(&format!("{third}/")))
             && !now.iter().any(|a| a.starts_with(&format!("{second}/"))))

@@ -1,6 +1,7 @@
 //! A VPC with the clouds' source check and an instance with two NICs (steering).
 
 use super::*;
+use crate::fakecloud::FakeImds;
 
 /// A VPC like the clouds': a router (`vpc`) that drops packets whose source does not belong to
 /// the NIC they arrive on, an internet host behind it, and an instance with two NICs: eth0
@@ -118,4 +119,41 @@ impl SteerLab {
         );
         Ipnat::start(&self.inst, &config, &pin)
     }
+}
+
+impl SteerLab {
+    /// The fake Alibaba Cloud ECS metadata of this instance: eth0 (10.0.0.10) and eth1 whose
+    /// private addresses are `eth1_ips` (a JSON array, as the metadata writes it), each NIC with
+    /// its vSwitch's gateway and block. Returns the service and eth1's MAC address.
+    pub fn aliyun_metadata(&self, eth1_ips: &str) -> Result<(FakeImds, String)> {
+        let meta = FakeImds::start(&self.inst);
+        let (m0, m1) = (self.inst.mac("eth0")?, self.inst.mac("eth1")?);
+        meta.set("mac", &m0);
+        meta.set(ALIYUN_MACS, &format!("{m0}/\n{m1}/\n"));
+        for (m, id, ips, gw, cidr) in [
+            (&m0, "eni-0", r#"["10.0.0.10"]"#, "10.0.0.1", "10.0.0.0/24"),
+            (&m1, "eni-1", eth1_ips, "10.0.1.1", "10.0.1.0/24"),
+        ] {
+            meta.set(&format!("{ALIYUN_MACS}{m}/network-interface-id"), id);
+            meta.set(&format!("{ALIYUN_MACS}{m}/private-ipv4s"), ips);
+            meta.set(&format!("{ALIYUN_MACS}{m}/gateway"), gw);
+            meta.set(&format!("{ALIYUN_MACS}{m}/vswitch-cidr-block"), cidr);
+        }
+        Ok((meta, m1))
+    }
+}
+
+/// Where the ECS metadata lists the NICs by MAC address.
+pub const ALIYUN_MACS: &str = "network/interfaces/macs/";
+
+/// Waits up to 10 s for `f` to hold, checking every 100 ms.
+pub fn wait_until(what: &str, f: impl Fn() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f()? {
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
 }

@@ -1,10 +1,7 @@
 //! Cloud providers against a fake metadata service on loopback: the rules the metadata calls
 //! for are applied, and a metadata service that returns garbage or hangs changes nothing.
 
-use std::{
-    sync::atomic::Ordering,
-    time::{Duration, Instant},
-};
+use std::{sync::atomic::Ordering, time::Duration};
 
 use ipnat_tests::{
     fakecloud::FakeImds,
@@ -29,11 +26,7 @@ fn rules(ipnat: &Ipnat) -> usize {
 }
 
 fn wait_until(what: &str, f: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    ipnat_tests::lab::wait_until(what, || Ok(f())).unwrap();
 }
 
 fn udp_ok(lab: &SteerLab, bind: std::net::Ipv4Addr, port: u16) -> bool {
@@ -204,21 +197,7 @@ fn aws_metadata_drives_steering_and_bad_answers_change_nothing() {
 /// Alibaba Cloud's metadata for the lab's instance: eth0 (eni-0, 10.0.0.10) and eth1 (eni-1)
 /// with the private addresses `eth1_ips` (a JSON array); returns the service and eth1's MAC.
 fn aliyun_metadata(lab: &SteerLab, eth1_ips: &str) -> (FakeImds, String) {
-    let meta = FakeImds::start(&lab.inst);
-    let (m0, m1) = (mac(&lab.inst, "eth0"), mac(&lab.inst, "eth1"));
-    let base = "network/interfaces/macs/";
-    meta.set("mac", &m0);
-    meta.set(base, &format!("{m0}/\n{m1}/\n"));
-    for (m, id, ips, gw, cidr) in [
-        (&m0, "eni-0", r#"["10.0.0.10"]"#, "10.0.0.1", "10.0.0.0/24"),
-        (&m1, "eni-1", eth1_ips, "10.0.1.1", "10.0.1.0/24"),
-    ] {
-        meta.set(&format!("{base}{m}/network-interface-id"), id);
-        meta.set(&format!("{base}{m}/private-ipv4s"), ips);
-        meta.set(&format!("{base}{m}/gateway"), gw);
-        meta.set(&format!("{base}{m}/vswitch-cidr-block"), cidr);
-    }
-    (meta, m1)
+    lab.aliyun_metadata(eth1_ips).unwrap()
 }
 
 #[test]
