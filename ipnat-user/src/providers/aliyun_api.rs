@@ -18,7 +18,7 @@ use std::{
 
 use super::{
     aliyun::{Credentials, sign_v1},
-    client::{Api, ApiError, Assign, percent_encode},
+    client::{Api, ApiError, ApiHttp, Assign, Pages, percent_encode},
 };
 
 /// The ECS API version whose response shapes this module reads.
@@ -39,8 +39,7 @@ pub struct ApiNic {
 
 /// A client of one RPC-style product endpoint, e.g. `https://ecs.cn-hangzhou.aliyuncs.com`.
 pub struct OpenApi {
-    client: reqwest::Client,
-    endpoint: String,
+    http: ApiHttp,
     version: &'static str,
     creds: Credentials,
 }
@@ -66,17 +65,8 @@ impl OpenApi {
         creds: Credentials,
         timeout: Duration,
     ) -> Result<Self, ApiError> {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(|source| ApiError::Http {
-                api: Api::Ecs,
-                url: endpoint.to_owned(),
-                why: super::client::transport(source),
-            })?;
         Ok(Self {
-            client,
-            endpoint: endpoint.trim_end_matches('/').to_owned(),
+            http: ApiHttp::new(Api::Ecs, endpoint, timeout)?,
             version,
             creds,
         })
@@ -120,30 +110,14 @@ impl OpenApi {
         action: &str,
         params: &[(&str, String)],
     ) -> Result<serde_json::Value, ApiError> {
-        let url = format!("{}/?{}", self.endpoint, self.signed_query(action, params));
-        let shown = format!("{}/?Action={action}", self.endpoint);
-        // The request's URL carries the key id, signature and security token: never in an
-        // error (or a log).
-        let http = |source: reqwest::Error| ApiError::Http {
-            api: Api::Ecs,
-            url: shown.clone(),
-            why: super::client::transport(source),
-        };
-        let r = self
-            .client
-            .get(&url)
-            .send()
-            .await
-            // The request's URL carries the key id, signature and security token: never in
-            // an error (or a log).
-            .map_err(http)?;
-        let status = r.status().as_u16();
-        let text = r.text().await.map_err(http)?;
-        let garbage = |why: String| ApiError::Garbage {
-            api: Api::Ecs,
-            action: action.to_owned(),
-            why,
-        };
+        let endpoint = &self.http.endpoint;
+        let url = format!("{endpoint}/?{}", self.signed_query(action, params));
+        let req = self.http.client.get(&url);
+        let (status, text) = self
+            .http
+            .send(req, &format!("{endpoint}/?Action={action}"))
+            .await?;
+        let garbage = |why| self.http.garbage(action, why);
         let body: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
             garbage(format!(
                 "HTTP {status}, {e}: {:?}",
@@ -215,10 +189,11 @@ impl OpenApi {
             .and_then(|a| a.iter().find(|t| t["InstanceTypeId"] == instance_type))
             .and_then(|t| t["EniPrivateIpAddressQuantity"].as_u64())
             .map(|n| n as u32)
-            .ok_or_else(|| ApiError::Garbage {
-                api: Api::Ecs,
-                action: ACTION.into(),
-                why: format!("no EniPrivateIpAddressQuantity for {instance_type}"),
+            .ok_or_else(|| {
+                self.http.garbage(
+                    ACTION,
+                    format!("no EniPrivateIpAddressQuantity for {instance_type}"),
+                )
             })
     }
 
@@ -239,20 +214,18 @@ impl OpenApi {
         let body = self.call(ACTION, &params).await?;
         let list = body["AssignedPrivateIpAddressesSet"]["PrivateIpSet"]["PrivateIpAddress"]
             .as_array()
-            .ok_or_else(|| ApiError::Garbage {
-                api: Api::Ecs,
-                action: ACTION.into(),
-                why: "no AssignedPrivateIpAddressesSet.PrivateIpSet.PrivateIpAddress".into(),
+            .ok_or_else(|| {
+                self.http.garbage(
+                    ACTION,
+                    "no AssignedPrivateIpAddressesSet.PrivateIpSet.PrivateIpAddress".into(),
+                )
             })?;
         list.iter()
             .map(|a| {
-                a.as_str()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or_else(|| ApiError::Garbage {
-                        api: Api::Ecs,
-                        action: ACTION.into(),
-                        why: format!("{a} is not an IPv4 address"),
-                    })
+                a.as_str().and_then(|s| s.parse().ok()).ok_or_else(|| {
+                    self.http
+                        .garbage(ACTION, format!("{a} is not an IPv4 address"))
+                })
             })
             .collect()
     }
@@ -280,19 +253,14 @@ impl OpenApi {
         filter: (&str, String),
     ) -> Result<Vec<ApiNic>, ApiError> {
         const ACTION: &str = "DescribeNetworkInterfaces";
-        let garbage = |why: String| ApiError::Garbage {
-            api: Api::Ecs,
-            action: ACTION.into(),
-            why,
-        };
+        let garbage = |why| self.http.garbage(ACTION, why);
         // Paged by NextToken (PageNumber is slated for removal): the first request carries
         // only MaxResults, each next one the previous answer's NextToken; an empty or absent
         // NextToken ends the list. A repeated token or NIC, an empty page that promises more,
         // or a count short of TotalCount (where given) is an error: never a partial table.
         let mut nics: Vec<ApiNic> = Vec::new();
         let mut token: Option<String> = None;
-        let mut tokens = std::collections::HashSet::new();
-        let mut ids = std::collections::HashSet::new();
+        let mut pages = Pages::default();
         let mut total = None;
         for page in 1usize.. {
             let mut params = vec![
@@ -309,18 +277,14 @@ impl OpenApi {
                 .ok_or_else(|| garbage("no NetworkInterfaceSets.NetworkInterfaceSet".into()))?;
             for n in set {
                 let nic = parse_nic(n).map_err(garbage)?;
-                if !ids.insert(nic.id.clone()) {
-                    return Err(garbage(format!(
-                        "page {page} repeats NIC {} (a page came twice)",
-                        nic.id
-                    )));
-                }
+                pages.item(page, &nic.id).map_err(garbage)?;
                 nics.push(nic);
             }
             if let Some(t) = body["TotalCount"].as_u64() {
                 total = Some(t as usize);
             }
-            match body["NextToken"].as_str().filter(|t| !t.is_empty()) {
+            token = pages.next(body["NextToken"].as_str()).map_err(garbage)?;
+            match &token {
                 None => break,
                 Some(_) if set.is_empty() => {
                     return Err(garbage(format!(
@@ -328,10 +292,7 @@ impl OpenApi {
                         nics.len()
                     )));
                 }
-                Some(t) if !tokens.insert(t.to_owned()) => {
-                    return Err(garbage(format!("NextToken {t:?} repeats")));
-                }
-                Some(t) => token = Some(t.to_owned()),
+                Some(_) => {}
             }
         }
         if let Some(total) = total.filter(|&t| t != nics.len()) {

@@ -172,6 +172,89 @@ pub enum ApiError {
     Metadata(#[from] MetadataError),
 }
 
+/// The HTTP side of one cloud API: a client with the configured timeout and the endpoint
+/// without its trailing slash.
+#[derive(Clone)]
+pub(crate) struct ApiHttp {
+    pub api: Api,
+    pub client: reqwest::Client,
+    pub endpoint: String,
+}
+
+impl ApiHttp {
+    pub fn new(api: Api, endpoint: &str, timeout: Duration) -> Result<Self, ApiError> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|source| ApiError::Http {
+                api,
+                url: endpoint.to_owned(),
+                why: transport(source),
+            })?;
+        Ok(Self {
+            api,
+            client,
+            endpoint: endpoint.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// Sends `req`; the HTTP status and the body. Errors name `shown`, never the request's
+    /// own URL (a signed query carries the key id, the signature and the security token).
+    pub async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        shown: &str,
+    ) -> Result<(u16, String), ApiError> {
+        let http = |source: reqwest::Error| ApiError::Http {
+            api: self.api,
+            url: shown.to_owned(),
+            why: transport(source),
+        };
+        let r = req.send().await.map_err(http)?;
+        let status = r.status().as_u16();
+        let text = r.text().await.map_err(http)?;
+        Ok((status, text))
+    }
+
+    /// The error for an answer to `action` that is not what the API documents.
+    pub fn garbage(&self, action: &str, why: String) -> ApiError {
+        ApiError::Garbage {
+            api: self.api,
+            action: action.to_owned(),
+            why,
+        }
+    }
+}
+
+/// What a listing paged by `NextToken` must hold to be whole: no token twice, no item on two
+/// pages. Either means a page came twice: an error, never a partial or doubled table.
+#[derive(Default)]
+pub(crate) struct Pages {
+    tokens: std::collections::HashSet<String>,
+    ids: std::collections::HashSet<String>,
+}
+
+impl Pages {
+    /// An item of the page numbered `page`.
+    pub fn item(&mut self, page: usize, id: &str) -> Result<(), String> {
+        if self.ids.insert(id.to_owned()) {
+            Ok(())
+        } else {
+            Err(format!("page {page} repeats NIC {id} (a page came twice)"))
+        }
+    }
+
+    /// The page's `NextToken` (an empty one ends the list, as no token does): the token to
+    /// send next, or `None` at the end.
+    pub fn next(&mut self, token: Option<&str>) -> Result<Option<String>, String> {
+        match token.filter(|t| !t.is_empty()) {
+            None => Ok(None),
+            Some(t) if !self.tokens.insert(t.to_owned()) => Err(format!("NextToken {t:?} repeats")),
+            Some(t) => Ok(Some(t.to_owned())),
+        }
+    }
+}
+
 /// A metadata service in token mode (AWS IMDSv2 and Alibaba Cloud's ECS metadata work alike):
 /// `PUT /latest/api/token` with a TTL header, then GETs under `/latest/meta-data/` carrying
 /// the token in another header.

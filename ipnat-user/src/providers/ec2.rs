@@ -20,7 +20,7 @@ use std::{net::Ipv4Addr, time::Duration, time::SystemTime};
 
 use aws_credential_types::Credentials;
 
-use super::client::{Api, ApiError, Assign};
+use super::client::{Api, ApiError, ApiHttp, Assign, Pages};
 use aws_sigv4::{
     http_request::{SignableBody, SignableRequest, SigningSettings, sign},
     sign::v4,
@@ -59,8 +59,7 @@ pub struct Ec2Nic {
 }
 
 pub struct Ec2 {
-    client: reqwest::Client,
-    endpoint: String,
+    http: ApiHttp,
     region: String,
     creds: Credentials,
 }
@@ -77,17 +76,8 @@ impl Ec2 {
         creds: Credentials,
         timeout: Duration,
     ) -> Result<Self, ApiError> {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(|source| ApiError::Http {
-                api: Api::Ec2,
-                url: endpoint.to_owned(),
-                why: super::client::transport(source),
-            })?;
         Ok(Self {
-            client,
-            endpoint: endpoint.trim_end_matches('/').to_owned(),
+            http: ApiHttp::new(Api::Ec2, endpoint, timeout)?,
             region: region.to_owned(),
             creds,
         })
@@ -99,7 +89,7 @@ impl Ec2 {
         for (k, v) in params {
             body.push_str(&format!("&{}={}", form_encode(k), form_encode(v)));
         }
-        let url = format!("{}/", self.endpoint);
+        let url = format!("{}/", self.http.endpoint);
         let content_type = "application/x-www-form-urlencoded; charset=utf-8";
         let identity = self.creds.clone().into();
         let settings = SigningSettings::default();
@@ -124,6 +114,7 @@ impl Ec2 {
             .map_err(|e| ApiError::Sign(e.to_string()))?
             .into_parts();
         let mut req = self
+            .http
             .client
             .post(&url)
             .header("content-type", content_type)
@@ -131,14 +122,10 @@ impl Ec2 {
         for (name, value) in instructions.headers() {
             req = req.header(name, value);
         }
-        let http = |source: reqwest::Error| ApiError::Http {
-            api: Api::Ec2,
-            url: format!("{url}?Action={action}"),
-            why: super::client::transport(source),
-        };
-        let r = req.send().await.map_err(http)?;
-        let status = r.status().as_u16();
-        let text = r.text().await.map_err(http)?;
+        let (status, text) = self
+            .http
+            .send(req, &format!("{url}?Action={action}"))
+            .await?;
         if status != 200 {
             return Err(api_error(action, status, &text));
         }
@@ -151,11 +138,7 @@ impl Ec2 {
         filters: &[(&str, Vec<String>)],
     ) -> Result<Vec<Ec2Nic>, ApiError> {
         const ACTION: &str = "DescribeNetworkInterfaces";
-        let garbage = |why: String| ApiError::Garbage {
-            api: Api::Ec2,
-            action: ACTION.into(),
-            why,
-        };
+        let garbage = |why| self.http.garbage(ACTION, why);
         let mut params = vec![("MaxResults".to_owned(), PAGE_SIZE.to_string())];
         for (i, (name, values)) in filters.iter().enumerate() {
             params.push((format!("Filter.{}.Name", i + 1), (*name).to_owned()));
@@ -167,30 +150,21 @@ impl Ec2 {
         // page came twice: an error, never a partial or doubled table.
         let mut nics: Vec<Ec2Nic> = Vec::new();
         let mut token: Option<String> = None;
-        let mut tokens = std::collections::HashSet::new();
-        let mut ids = std::collections::HashSet::new();
-        loop {
+        let mut pages = Pages::default();
+        for page in 1usize.. {
             let mut p = params.clone();
             if let Some(t) = &token {
                 p.push(("NextToken".into(), t.clone()));
             }
             let text = self.call(ACTION, &p).await?;
-            let (page, next) = parse_nics(&text).map_err(garbage)?;
-            for nic in page {
-                if !ids.insert(nic.id.clone()) {
-                    return Err(garbage(format!(
-                        "NIC {} on two pages (a page came twice)",
-                        nic.id
-                    )));
-                }
+            let (items, next) = parse_nics(&text).map_err(garbage)?;
+            for nic in items {
+                pages.item(page, &nic.id).map_err(garbage)?;
                 nics.push(nic);
             }
-            match next {
-                Some(t) if !tokens.insert(t.clone()) => {
-                    return Err(garbage(format!("NextToken {t:?} repeats")));
-                }
-                Some(t) => token = Some(t),
-                None => break,
+            token = pages.next(next.as_deref()).map_err(garbage)?;
+            if token.is_none() {
+                break;
             }
         }
         Ok(nics)
@@ -337,11 +311,7 @@ impl Ec2 {
                 &[("InstanceType.1".into(), instance_type.to_owned())],
             )
             .await?;
-        let garbage = |why: String| ApiError::Garbage {
-            api: Api::Ec2,
-            action: ACTION.into(),
-            why,
-        };
+        let garbage = |why| self.http.garbage(ACTION, why);
         let doc = roxmltree::Document::parse(&text).map_err(|e| garbage(e.to_string()))?;
         doc.descendants()
             .find(|n| n.has_tag_name("ipv4AddressesPerInterface"))
@@ -360,11 +330,7 @@ impl Ec2 {
         let mut p = vec![("NetworkInterfaceId".to_owned(), nic.to_owned())];
         p.extend(what.params("SecondaryPrivateIpAddressCount", "PrivateIpAddress"));
         let text = self.call(ACTION, &p).await?;
-        let garbage = |why: String| ApiError::Garbage {
-            api: Api::Ec2,
-            action: ACTION.into(),
-            why,
-        };
+        let garbage = |why| self.http.garbage(ACTION, why);
         let doc = roxmltree::Document::parse(&text).map_err(|e| garbage(e.to_string()))?;
         let mut out = Vec::new();
         for n in doc
