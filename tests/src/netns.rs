@@ -83,6 +83,15 @@ pub fn sh(cmd: &mut Command) -> Result<Output> {
     Ok(out)
 }
 
+/// What a finished command printed: its stdout, then its stderr.
+pub fn printed(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Runs `ip ARGS...`.
 pub fn ip(args: &[&str]) -> Result<Output> {
     sh(Command::new("ip").args(args))

@@ -79,4 +79,29 @@ impl FakeImds {
     pub fn remove(&self, key: &str) {
         self.data.lock().unwrap().remove(key);
     }
+
+    /// Serves an IAM instance profile's temporary credentials as IMDS documents them
+    /// (`iam/security-credentials/` lists the role; its document holds the key). Called again,
+    /// it rotates the secret.
+    pub fn set_aws_role(&self, role: &str, key_id: &str, secret: &str, token: &str) {
+        self.set("iam/security-credentials/", role);
+        self.set(
+            &format!("iam/security-credentials/{role}"),
+            &format!(
+                "{{\"Code\":\"Success\",\"LastUpdated\":\"2026-11-23T00:00:00Z\",\"Type\":\"AWS-HMAC\",\"AccessKeyId\":\"{key_id}\",\"SecretAccessKey\":\"{secret}\",\"Token\":\"{token}\",\"Expiration\":\"2099-01-01T00:00:00Z\"}}"
+            ),
+        );
+    }
+
+    /// Serves a RAM role's STS credentials as Alibaba Cloud's metadata documents them
+    /// (`ram/security-credentials/`). Called again, it rotates the secret.
+    pub fn set_aliyun_role(&self, role: &str, key_id: &str, secret: &str, token: &str) {
+        self.set("ram/security-credentials/", &format!("{role}\n"));
+        self.set(
+            &format!("ram/security-credentials/{role}"),
+            &format!(
+                "{{\"AccessKeyId\":\"{key_id}\",\"AccessKeySecret\":\"{secret}\",\"SecurityToken\":\"{token}\",\"Expiration\":\"2099-01-01T00:00:00Z\",\"Code\":\"Success\"}}"
+            ),
+        );
+    }
 }

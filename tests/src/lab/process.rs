@@ -13,6 +13,17 @@ pub fn ipnat_bin() -> PathBuf {
     target.join("debug/ipnat")
 }
 
+/// `ipnat ARGS...` (the binary under test) in `ns`: whether it succeeded, and what it printed
+/// (stdout, then stderr).
+pub fn ipnat_in(ns: &Netns, args: &[&str]) -> (bool, String) {
+    let out = ns
+        .command(ipnat_bin().to_str().unwrap())
+        .args(args)
+        .output()
+        .expect("run ipnat");
+    (out.status.success(), crate::netns::printed(&out))
+}
+
 /// Pin directories of the `ipnat run`s started here, for [`cleanup_all`].
 static PINS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
 
@@ -243,14 +254,7 @@ impl Ipnat {
             .args(["down", "--pin-path"])
             .arg(&self.pin_path)
             .output()?;
-        Ok((
-            out.status,
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        ))
+        Ok((out.status, crate::netns::printed(&out)))
     }
 
     fn terminate(&mut self) -> Result<std::process::ExitStatus> {

@@ -19,11 +19,7 @@ fn ipnat(args: &[&str]) -> Output {
 
 fn ok(args: &[&str]) -> String {
     let out = ipnat(args);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = ipnat_tests::netns::printed(&out);
     assert!(out.status.success(), "ipnat {args:?} failed: {text}");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -2,11 +2,11 @@
 //! checked before anything is sent (a refused request leaves the cloud unchanged), then the
 //! cloud's API assigns or unassigns, on AWS (EC2, SigV4) and Alibaba Cloud (ECS, signature v1).
 
-use std::{net::Ipv4Addr, process::Output};
+use std::net::Ipv4Addr;
 
 use ipnat_tests::{
     fakecloud::{FakeAliyunApi, FakeEc2, FakeEc2Nic, FakeImds},
-    lab::ipnat_bin,
+    lab::ipnat_in,
     netns::{Netns, require_root},
 };
 
@@ -18,22 +18,10 @@ fn eni(ns: &Netns, config: &str, args: &[&str]) -> (bool, String) {
         ns.name()
     ));
     std::fs::write(&path, config).unwrap();
-    let out: Output = ns
-        .command(ipnat_bin().to_str().unwrap())
-        .arg("eni")
-        .args(args)
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let mut all = vec!["eni"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--config", path.to_str().unwrap()]);
+    ipnat_in(ns, &all)
 }
 
 #[test]
@@ -47,11 +35,7 @@ fn aws_eni_assign_checks_the_limits_first() {
     imds.set("instance-type", "c5.large");
     imds.set("placement/region", "eu-west-1");
     imds.set("network/interfaces/macs/02:00:00:00:00:01/vpc-id", "vpc-1");
-    imds.set("iam/security-credentials/", "ipnat");
-    imds.set(
-        "iam/security-credentials/ipnat",
-        "{\"Code\":\"Success\",\"AccessKeyId\":\"ASIAENI\",\"SecretAccessKey\":\"s\",\"Token\":\"t\",\"Expiration\":\"2099-01-01T00:00:00Z\"}",
-    );
+    imds.set_aws_role("ipnat", "ASIAENI", "s", "t");
     ec2.keys
         .lock()
         .unwrap()

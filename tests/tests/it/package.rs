@@ -11,11 +11,7 @@ use ipnat_tests::{
 
 fn sh(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = ipnat_tests::netns::printed(&out);
     assert!(out.status.success(), "{cmd:?} failed: {text}");
     text
 }

@@ -447,13 +447,8 @@ fn aliyun_openapi_gives_every_nics_eips_and_bad_answers_change_nothing() {
         md.set(&format!("{base}{m}/gateway"), gw);
         md.set(&format!("{base}{m}/vswitch-cidr-block"), cidr);
     }
-    let role = |secret: &str| {
-        format!(
-            "{{\"AccessKeyId\":\"STS.fake\",\"AccessKeySecret\":\"{secret}\",\"SecurityToken\":\"sts-token\",\"Expiration\":\"2099-01-01T00:00:00Z\",\"Code\":\"Success\"}}"
-        )
-    };
-    md.set("ram/security-credentials/", "ipnat-role\n");
-    md.set("ram/security-credentials/ipnat-role", &role("sts-secret"));
+    let role = |secret: &str| md.set_aliyun_role("ipnat-role", "STS.fake", secret, "sts-token");
+    role("sts-secret");
     api.keys.lock().unwrap().insert(
         "STS.fake".into(),
         ("sts-secret".into(), Some("sts-token".into())),
@@ -517,7 +512,9 @@ fn aliyun_openapi_gives_every_nics_eips_and_bad_answers_change_nothing() {
             .sync
             .unwrap()
     };
-    let unchanged = |what: &str| {
+    // The sync reports `says`, and the table and the addresses are as they were.
+    let refused = |what: &str, says: &str| {
+        wait_until(what, || status().result.contains(says));
         assert_eq!(mappings(&ipnat), 4, "{what}");
         assert!(
             EIP1.iter().all(|e| lo_has(&lab.inst, *e)) && lo_has(&lab.inst, EIP0),
@@ -525,48 +522,32 @@ fn aliyun_openapi_gives_every_nics_eips_and_bad_answers_change_nothing() {
         );
     };
     // Credentials rotated wrongly: the service refuses the signature.
-    md.set("ram/security-credentials/ipnat-role", &role("stale-secret"));
-    wait_until("SignatureDoesNotMatch", || {
-        status().result.contains("SignatureDoesNotMatch")
-    });
-    unchanged("wrong signature");
-    md.set("ram/security-credentials/ipnat-role", &role("sts-secret"));
+    role("stale-secret");
+    refused("wrong signature", "SignatureDoesNotMatch");
+    role("sts-secret");
     // A page missing in the middle (HTTP 500 on page 2 of 2).
     *api.fail_page.lock().unwrap() = Some((
         2,
         500,
         "{\"Code\":\"InternalError\",\"Message\":\"The request processing has failed due to some unknown error.\",\"RequestId\":\"X\"}".into(),
     ));
-    wait_until("InternalError", || {
-        status().result.contains("InternalError")
-    });
-    unchanged("a failing page");
+    refused("a failing page", "InternalError");
     // Garbage, then throttling.
     *api.fail_page.lock().unwrap() = Some((1, 200, "<html>oops</html>".into()));
-    wait_until("garbage", || {
-        status().result.contains("not its documented JSON")
-    });
-    unchanged("garbage");
+    refused("garbage", "not its documented JSON");
     *api.fail_page.lock().unwrap() = Some((
         1,
         400,
         "{\"Code\":\"Throttling.User\",\"Message\":\"Request was denied due to user flow control.\",\"RequestId\":\"X\"}".into(),
     ));
-    wait_until("throttling", || status().result.contains("Throttling.User"));
-    unchanged("throttling");
+    refused("throttling", "Throttling.User");
     *api.fail_page.lock().unwrap() = None;
     // Paged by NextToken: page 2 repeating page 1, then page 2 missing (page 3's NICs in its
     // place): errors, never a partial table.
     *api.page_fault.lock().unwrap() = Some(PageFault::Repeat(2));
-    wait_until("a repeated page", || {
-        status().result.contains("a page came twice")
-    });
-    unchanged("a repeated page");
+    refused("a repeated page", "a page came twice");
     *api.page_fault.lock().unwrap() = Some(PageFault::Skip(2));
-    wait_until("a missing page", || {
-        status().result.contains("a page is missing")
-    });
-    unchanged("a missing page");
+    refused("a missing page", "a page is missing");
     *api.page_fault.lock().unwrap() = None;
     // Healed, and the third EIP disassociated.
     set_nics(2);
@@ -623,13 +604,9 @@ fn ec2_api_tags_give_a_gateway_its_backends_and_bad_answers_change_nothing() {
         &format!("{base}{m0}/ipv4-associations/198.51.100.7"),
         "10.0.0.7",
     );
-    let role = |secret: &str| {
-        format!(
-            "{{\"Code\":\"Success\",\"LastUpdated\":\"2026-11-23T00:00:00Z\",\"Type\":\"AWS-HMAC\",\"AccessKeyId\":\"ASIAFAKE\",\"SecretAccessKey\":\"{secret}\",\"Token\":\"session-token\",\"Expiration\":\"2099-01-01T00:00:00Z\"}}"
-        )
-    };
-    imds.set("iam/security-credentials/", "ipnat-gateway");
-    imds.set("iam/security-credentials/ipnat-gateway", &role("right"));
+    let role =
+        |secret: &str| imds.set_aws_role("ipnat-gateway", "ASIAFAKE", secret, "session-token");
+    role("right");
     ec2.keys.lock().unwrap().insert(
         "ASIAFAKE".into(),
         ("right".into(), Some("session-token".into())),
@@ -745,30 +722,29 @@ fn ec2_api_tags_give_a_gateway_its_backends_and_bad_answers_change_nothing() {
             .unwrap()
             .result
     };
+    // The sync reports `says`, and the table is as it was.
+    let refused = |what: &str, says: &str| {
+        wait_until(what, || result().contains(says));
+        assert_eq!(table(), want, "{what}");
+    };
     // Rotated credentials the API does not accept; a failing second page; garbage; throttling.
-    imds.set("iam/security-credentials/ipnat-gateway", &role("wrong"));
-    wait_until("SignatureDoesNotMatch", || {
-        result().contains("SignatureDoesNotMatch")
-    });
-    assert_eq!(table(), want);
-    imds.set("iam/security-credentials/ipnat-gateway", &role("right"));
+    role("wrong");
+    refused("SignatureDoesNotMatch", "SignatureDoesNotMatch");
+    role("right");
     *ec2.fail_page.lock().unwrap() = Some((
         2,
         500,
         "<Response><Errors><Error><Code>InternalError</Code><Message>An internal error has occurred.</Message></Error></Errors><RequestID>x</RequestID></Response>".into(),
     ));
-    wait_until("InternalError", || result().contains("InternalError"));
-    assert_eq!(table(), want);
+    refused("InternalError", "InternalError");
     *ec2.fail_page.lock().unwrap() = Some((1, 200, "<html>maintenance</html>".into()));
-    wait_until("garbage", || result().contains("not its documented XML"));
-    assert_eq!(table(), want);
+    refused("garbage", "not its documented XML");
     *ec2.fail_page.lock().unwrap() = Some((
         1,
         503,
         "<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>x</RequestID></Response>".into(),
     ));
-    wait_until("throttled", || result().contains("RequestLimitExceeded"));
-    assert_eq!(table(), want);
+    refused("throttled", "RequestLimitExceeded");
     // Four kinds of failure in a row: retried with a growing delay.
     let sync = ipnat::dataplane::status(&ipnat.pin_path)
         .unwrap()

@@ -380,25 +380,11 @@ fn steer_commands_change_the_running_rules() {
         "pin_path = \"{pin}\"\n[[interface]]\nname = \"eth0\"\n[[interface]]\nname = \"eth1\"\n"
     );
     let _ipnat = ipnat_tests::lab::Ipnat::start(&lab.inst, &config, &pin).unwrap();
-    let bin = ipnat_tests::lab::ipnat_bin();
     let steer = |args: &[&str]| {
         let mut a = vec!["steer"];
         a.extend_from_slice(args);
         a.extend_from_slice(&["--pin-path", &pin]);
-        let out = lab
-            .inst
-            .command(bin.to_str().unwrap())
-            .args(&a)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        )
+        ipnat_tests::lab::ipnat_in(&lab.inst, &a)
     };
     assert!(udp_from(&lab, lab.eth1[0], 7600).is_err(), "no rule yet");
     let rule = [
