@@ -10,8 +10,27 @@ use ipnat_tests::{
     netns::{Netns, require_root},
 };
 
-/// `ipnat eni <args> --config <config>` in `ns`: (success, stdout + stderr).
-fn eni(ns: &Netns, config: &str, args: &[&str]) -> (bool, String) {
+/// Runs `ipnat eni <args>` and checks that it succeeds or fails as `ok` says, prints `says`,
+/// and leaves the NIC with `count` addresses (a refused request sends nothing).
+fn step(
+    ns: &Netns,
+    config: &str,
+    args: &str,
+    ok: bool,
+    says: &str,
+    count: impl Fn() -> usize,
+    want: usize,
+) -> String {
+    let (success, out) = eni(ns, config, args);
+    assert_eq!(success, ok, "ipnat eni {args}: {out}");
+    assert!(out.contains(says), "ipnat eni {args}: {out}");
+    assert_eq!(count(), want, "ipnat eni {args}: {out}");
+    out
+}
+
+/// `ipnat eni <args> --config <config>` in `ns` (`args` split at white space): (success,
+/// stdout + stderr).
+fn eni(ns: &Netns, config: &str, args: &str) -> (bool, String) {
     let path = std::env::temp_dir().join(format!(
         "ipnat-eni-{}-{}.toml",
         std::process::id(),
@@ -19,7 +38,7 @@ fn eni(ns: &Netns, config: &str, args: &[&str]) -> (bool, String) {
     ));
     std::fs::write(&path, config).unwrap();
     let mut all = vec!["eni"];
-    all.extend_from_slice(args);
+    all.extend(args.split_whitespace());
     all.extend_from_slice(&["--config", path.to_str().unwrap()]);
     ipnat_in(ns, &all)
 }
@@ -72,85 +91,34 @@ fn aws_eni_assign_checks_the_limits_first() {
         imds.port, ec2.port
     );
 
-    let (ok, out) = eni(&ns, &config, &["assign", "--nic", "eni-me", "--count", "3"]);
-    assert!(!ok, "{out}");
-    assert!(
-        out.contains("eni-me has 8 private addresses; 3 more would make 11, over instance type c5.large's quota per NIC (10): nothing was sent"),
-        "{out}"
-    );
-    assert_eq!(count("eni-me"), 8);
-    let (ok, out) = eni(&ns, &config, &["assign", "--nic", "eni-me", "--count", "2"]);
-    assert!(ok, "{out}");
-    assert!(
-        out.contains("assigned 10.0.0.100") && out.contains("assigned 10.0.0.101"),
-        "{out}"
-    );
-    assert_eq!(count("eni-me"), 10);
-
-    let (ok, out) = eni(
-        &ns,
-        &config,
-        &[
-            "assign",
-            "--nic",
-            "eni-free",
-            "--address",
-            "10.0.0.200",
-            "--address",
-            "10.0.0.201",
-        ],
-    );
-    assert!(
-        !ok && out.contains("over the limit of a NIC that is not attached (10)"),
-        "{out}"
-    );
-    assert_eq!(count("eni-free"), 9);
-    let (ok, out) = eni(
-        &ns,
-        &config,
-        &[
-            "assign",
-            "--nic",
-            "eni-free",
-            "--address",
-            "10.0.0.200",
-            "--json",
-        ],
-    );
-    assert!(ok, "{out}");
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["assigned"][0], "10.0.0.200");
-    assert_eq!(v["limit"], 10);
-
-    let (ok, out) = eni(
-        &ns,
-        &config,
-        &["assign", "--nic", "eni-other", "--count", "1"],
-    );
-    assert!(!ok && out.contains("attached to i-other"), "{out}");
-    let (ok, out) = eni(
-        &ns,
-        &config,
-        &["unassign", "--nic", "eni-me", "--address", "10.0.0.10"],
-    );
-    assert!(
-        !ok && out.contains("10.0.0.10 is not a secondary address of eni-me"),
-        "{out}"
-    );
-    assert_eq!(count("eni-me"), 10);
-    let (ok, out) = eni(
-        &ns,
-        &config,
-        &["unassign", "--nic", "eni-me", "--address", "10.0.0.100"],
-    );
-    assert!(ok && out.contains("unassigned 10.0.0.100"), "{out}");
-    assert_eq!(count("eni-me"), 9);
-    let (ok, out) = eni(
-        &ns,
-        &config,
-        &["assign", "--nic", "eni-nope", "--count", "1"],
-    );
-    assert!(!ok && out.contains("does not exist"), "{out}");
+    let me = || count("eni-me");
+    let free = || count("eni-free");
+    let other = || count("eni-other");
+    #[rustfmt::skip]
+    let steps: [(&str, bool, &str, &dyn Fn() -> usize, usize); 8] = [
+        ("assign --nic eni-me --count 3", false,
+         "eni-me has 8 private addresses; 3 more would make 11, over instance type c5.large's quota per NIC (10): nothing was sent", &me, 8),
+        ("assign --nic eni-me --count 2", true, "assigned 10.0.0.100", &me, 10),
+        ("assign --nic eni-free --address 10.0.0.200 --address 10.0.0.201", false,
+         "over the limit of a NIC that is not attached (10)", &free, 9),
+        ("assign --nic eni-other --count 1", false, "attached to i-other", &other, 2),
+        ("unassign --nic eni-me --address 10.0.0.10", false,
+         "10.0.0.10 is not a secondary address of eni-me", &me, 10),
+        ("unassign --nic eni-me --address 10.0.0.100", true, "unassigned 10.0.0.100", &me, 9),
+        ("assign --nic eni-nope --count 1", false, "does not exist", &me, 9),
+        ("assign --nic eni-free --address 10.0.0.200 --json", true, "\"assigned\"", &free, 10),
+    ];
+    for (args, ok, says, n, want) in steps {
+        let out = step(&ns, &config, args, ok, says, n, want);
+        if args == "assign --nic eni-me --count 2" {
+            assert!(out.contains("assigned 10.0.0.101"), "{out}");
+        }
+        if args.ends_with("--json") {
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(v["assigned"][0], "10.0.0.200");
+            assert_eq!(v["limit"], 10);
+        }
+    }
 }
 
 #[test]
@@ -187,32 +155,19 @@ fn aliyun_eni_assign_checks_the_limits_first() {
          access_key_id = \"LTAIfake\"\naccess_key_secret = \"secret\"\n",
         md.port, api.port
     );
-    let (ok, out) = eni(&ns, &config, &["assign", "--nic", "eni-1", "--count", "2"]);
-    assert!(
-        !ok && out.contains("over instance type ecs.g7.large's quota per NIC (6)"),
-        "{out}"
-    );
-    assert_eq!(count(), 5);
-    let (ok, out) = eni(
-        &ns,
-        &config,
-        &["assign", "--nic", "eni-1", "--address", "10.0.1.77"],
-    );
-    assert!(ok && out.contains("assigned 10.0.1.77"), "{out}");
-    assert_eq!(count(), 6);
-    let (ok, out) = eni(
-        &ns,
-        &config,
-        &["unassign", "--nic", "eni-1", "--address", "10.0.1.77"],
-    );
-    assert!(ok && out.contains("unassigned 10.0.1.77"), "{out}");
-    assert_eq!(count(), 5);
     // A wrong secret: the service's refusal, nothing changed.
     let bad = config.replace(
         "access_key_secret = \"secret\"",
         "access_key_secret = \"nope\"",
     );
-    let (ok, out) = eni(&ns, &bad, &["assign", "--nic", "eni-1", "--count", "1"]);
-    assert!(!ok && out.contains("SignatureDoesNotMatch"), "{out}");
-    assert_eq!(count(), 5);
+    #[rustfmt::skip]
+    let steps = [
+        (&config, "assign --nic eni-1 --count 2", false, "over instance type ecs.g7.large's quota per NIC (6)", 5),
+        (&config, "assign --nic eni-1 --address 10.0.1.77", true, "assigned 10.0.1.77", 6),
+        (&config, "unassign --nic eni-1 --address 10.0.1.77", true, "unassigned 10.0.1.77", 5),
+        (&bad, "assign --nic eni-1 --count 1", false, "SignatureDoesNotMatch", 5),
+    ];
+    for (config, args, ok, says, want) in steps {
+        step(&ns, config, args, ok, says, count, want);
+    }
 }
