@@ -98,13 +98,12 @@ fn commands_with_nothing_to_act_on_only_look_on_a_fresh_machine() {
     // With the host's bpffs: the same, and nothing recorded in /run.
     assert_eq!(fs_type("/sys/fs/bpf"), "bpf_fs");
     for cmd in READ_COMMANDS {
-        let out = Command::new(ipnat_bin())
-            .args(cmd)
-            .args(["--pin-path", &pin])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{cmd:?}");
+        let stderr = refused(
+            Command::new(ipnat_bin())
+                .args(cmd)
+                .args(["--pin-path", &pin]),
+            &[],
+        );
         assert!(
             stderr.starts_with("ipnat: error: ") && stderr.trim_end().lines().count() == 1,
             "{cmd:?}: {stderr}"
@@ -112,6 +111,17 @@ fn commands_with_nothing_to_act_on_only_look_on_a_fresh_machine() {
         assert!(!Path::new(&pin).exists(), "{cmd:?} created {pin}");
         assert_eq!(records(), before, "{cmd:?} recorded something");
     }
+}
+
+/// Runs `cmd`, which must fail, and checks that its error says each of `says`; the error.
+fn refused(cmd: &mut Command, says: &[&str]) -> String {
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{cmd:?} succeeded: {err}");
+    for s in says {
+        assert!(err.contains(s), "{cmd:?}: no {s:?} in: {err}");
+    }
+    err
 }
 
 fn write_config(text: &str) -> PathBuf {
@@ -138,22 +148,17 @@ fn pin_paths_off_bpffs_are_refused_and_nothing_is_mounted_over_them() {
         ("/sys/fs/bpf/../ipnat", "plain components"),
     ] {
         let path = write_config(&config(pin));
-        let out = Command::new(ipnat_bin())
-            .arg("check")
-            .arg("--config")
-            .arg(&path)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success() && err.contains("pin_path") && err.contains(want),
-            "{pin:?}: {err}"
+        refused(
+            Command::new(ipnat_bin())
+                .arg("check")
+                .arg("--config")
+                .arg(&path),
+            &["pin_path", want],
         );
-        let out = Command::new(ipnat_bin())
-            .args(["status", "--pin-path", pin])
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "status --pin-path {pin:?}");
+        refused(
+            Command::new(ipnat_bin()).args(["status", "--pin-path", pin]),
+            &[],
+        );
         let _ = std::fs::remove_file(path);
     }
     // A directory that is not a bpffs, with something in it that a mount would hide.
@@ -162,29 +167,20 @@ fn pin_paths_off_bpffs_are_refused_and_nothing_is_mounted_over_them() {
     std::fs::write(parent.join("keep"), "mine").unwrap();
     let pin = parent.join("pins");
     let path = write_config(&config(pin.to_str().unwrap()));
-    let out = Command::new(ipnat_bin())
-        .arg("check")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("is not on a bpffs"),
-        "{err}"
+    refused(
+        Command::new(ipnat_bin())
+            .arg("check")
+            .arg("--config")
+            .arg(&path),
+        &["is not on a bpffs"],
     );
     let before = records();
-    let out = ns
-        .command(ipnat_bin().to_str().unwrap())
-        .arg("run")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("is not on a bpffs"),
-        "{err}"
+    refused(
+        ns.command(ipnat_bin().to_str().unwrap())
+            .arg("run")
+            .arg("--config")
+            .arg(&path),
+        &["is not on a bpffs"],
     );
     assert_ne!(
         fs_type(parent.to_str().unwrap()),
@@ -406,15 +402,13 @@ fn two_gateways_in_two_namespaces_translate_side_by_side() {
     ia.stop().unwrap();
     // `down` of a's data plane from b's namespace is refused: its interfaces, addresses and
     // settings are a's namespace's.
-    let out =
-        b.gw.command(ipnat_bin().to_str().unwrap())
-            .args(["down", "--pin-path", ia.pin_path.to_str().unwrap()])
-            .output()
-            .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("is attached to interfaces of network namespace"),
-        "{err}"
+    refused(
+        b.gw.command(ipnat_bin().to_str().unwrap()).args([
+            "down",
+            "--pin-path",
+            ia.pin_path.to_str().unwrap(),
+        ]),
+        &["is attached to interfaces of network namespace"],
     );
     assert!(ia.pin_path.exists());
     let (status, out) = ia.down().unwrap();
