@@ -177,3 +177,128 @@ pub fn pin_old_reason_counters(
     }
     Ok(())
 }
+
+/// One packet through one hook: the input frame, the exact frame that must come out, the
+/// verdict (pass unless `drop`), the one reason counter that must move, and the mapping whose
+/// counters move by this packet (DNAT or host-in counters on XDP and TC ingress, SNAT or
+/// host-out counters on TC egress).
+pub struct Fixture {
+    pub name: String,
+    pub hook: Hook,
+    pub input: Vec<u8>,
+    pub expected: Vec<u8>,
+    pub drop: bool,
+    pub reason: ipnat_common::Reason,
+    pub mapping: Option<Block>,
+}
+
+impl Fixture {
+    /// A frame that must come out as it went in, counted under `reason` and no mapping.
+    pub fn untouched(name: &str, hook: Hook, frame: Vec<u8>, reason: ipnat_common::Reason) -> Self {
+        Self {
+            name: name.to_owned(),
+            hook,
+            expected: frame.clone(),
+            input: frame,
+            drop: false,
+            reason,
+            mapping: None,
+        }
+    }
+}
+
+/// A mapping's (packets, bytes) counted on `hook`'s side.
+pub fn mapping_counters(s: &Snapshot, public: impl Into<Block>, hook: Hook) -> (u64, u64) {
+    let public = public.into();
+    let m = s
+        .mappings
+        .iter()
+        .find(|m| m.mapping.public == public)
+        .unwrap_or_else(|| panic!("no mapping {public}"));
+    match hook {
+        Hook::TcEgress => (m.snat_packets, m.snat_bytes),
+        Hook::Xdp | Hook::TcIngress => (m.dnat_packets, m.dnat_bytes),
+    }
+}
+
+/// Runs each fixture through the real program on `h` and compares the verdict, the bytes,
+/// the reason counters (exactly one moves, by one) and the counters of every mapping in
+/// `watched`; every IPv4 frame that comes out well formed must also verify on its own
+/// (independent checksums). The failures, each naming its fixture.
+pub fn run_fixtures(
+    h: &Harness,
+    fixtures: impl IntoIterator<Item = Fixture>,
+    watched: &[Block],
+) -> Vec<String> {
+    use ipnat_common::Reason;
+    let mut failures = Vec::new();
+    for fx in fixtures {
+        let before = h.snapshot();
+        let (verdict, out) = h.run(fx.hook, &fx.input);
+        let after = h.snapshot();
+        let want_verdict = match (fx.hook, fx.drop) {
+            (Hook::Xdp, false) => XDP_PASS,
+            (Hook::Xdp, true) => XDP_DROP,
+            (_, false) => TC_ACT_OK,
+            (_, true) => TC_ACT_SHOT,
+        };
+        let label = format!("{:?} / {}", fx.hook, fx.name);
+        if verdict != want_verdict {
+            failures.push(format!("{label}: verdict {verdict}, want {want_verdict}"));
+        }
+        if out != fx.expected {
+            failures.push(format!(
+                "{label}: bytes differ\n   got  {}\n   want {}",
+                hex(&out),
+                hex(&fx.expected)
+            ));
+        }
+        let delta = after.reasons[fx.reason.name()] - before.reasons[fx.reason.name()];
+        let total: u64 = after.reasons.values().sum::<u64>() - before.reasons.values().sum::<u64>();
+        if delta != 1 || total != 1 {
+            failures.push(format!(
+                "{label}: reason {} moved by {delta} (all reasons by {total}), want 1",
+                fx.reason.name()
+            ));
+        }
+        for &public in watched {
+            let (p0, b0) = mapping_counters(&before, public, fx.hook);
+            let (p1, b1) = mapping_counters(&after, public, fx.hook);
+            let want = if fx.mapping == Some(public) {
+                (1, fx.input.len() as u64)
+            } else {
+                (0, 0)
+            };
+            if (p1 - p0, b1 - b0) != want {
+                failures.push(format!(
+                    "{label}: mapping {public} counters moved by {:?}, want {want:?}",
+                    (p1 - p0, b1 - b0)
+                ));
+            }
+        }
+        let ethertype_at = if fx.input[12..14] == [0x81, 0] {
+            16
+        } else {
+            12
+        };
+        let is_ipv4 = fx.input[ethertype_at..ethertype_at + 2] == [0x08, 0x00];
+        let well_formed = !matches!(fx.reason, Reason::PassMalformed | Reason::PassTruncatedL4);
+        if is_ipv4
+            && well_formed
+            && let Err(e) = crate::packet::verify_ipv4(&out[ethertype_at + 2..])
+        {
+            failures.push(format!("{label}: output does not verify: {e}"));
+        }
+    }
+    failures
+}
+
+/// Fails, listing them all, unless `failures` is empty.
+pub fn assert_no_failures(failures: Vec<String>) {
+    assert!(
+        failures.is_empty(),
+        "{} fixture failure(s):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}

@@ -5,26 +5,18 @@
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 
-use ipnat::config::Block;
 use ipnat_common::Reason;
 use ipnat_tests::{
     netns::{Netns, require_root},
-    packet::{self, IPPROTO_GRE, Ipv4, UdpCsum},
-    testrun::{EIP, EIP2, Harness, Hook, INET, PRIV, TC_ACT_OK, hex},
+    packet::{IPPROTO_GRE, Ipv4, UdpCsum},
+    testrun::{
+        EIP, EIP2, Fixture, Harness, Hook, INET, PRIV, TC_ACT_OK, assert_no_failures, hex,
+        run_fixtures,
+    },
 };
 
 /// A peer inside the internal prefix (the VPC).
 const VPC_PEER: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 30);
-
-struct Fixture {
-    name: String,
-    hook: Hook,
-    input: Vec<u8>,
-    expected: Vec<u8>,
-    reason: Reason,
-    /// The mapping whose inbound (TC ingress) or outbound (TC egress) counters move.
-    mapping: Option<Ipv4Addr>,
-}
 
 fn inbound(name: &str, p: Ipv4) -> Fixture {
     Fixture {
@@ -33,7 +25,8 @@ fn inbound(name: &str, p: Ipv4) -> Fixture {
         input: p.frame(),
         expected: p.with_addrs(p.src, EIP).frame(),
         reason: Reason::HostIn,
-        mapping: Some(EIP),
+        drop: false,
+        mapping: Some(EIP.into()),
     }
 }
 
@@ -44,19 +37,13 @@ fn outbound(name: &str, p: Ipv4) -> Fixture {
         input: p.frame(),
         expected: p.with_addrs(PRIV, p.dst).frame(),
         reason: Reason::HostOut,
-        mapping: Some(EIP),
+        drop: false,
+        mapping: Some(EIP.into()),
     }
 }
 
 fn untouched(name: &str, hook: Hook, p: Ipv4, reason: Reason) -> Fixture {
-    Fixture {
-        name: name.to_owned(),
-        hook,
-        input: p.frame(),
-        expected: p.frame(),
-        reason,
-        mapping: None,
-    }
+    Fixture::untouched(name, hook, p.frame(), reason)
 }
 
 fn fixtures() -> Vec<Fixture> {
@@ -85,7 +72,8 @@ fn fixtures() -> Vec<Fixture> {
         input: Ipv4::icmp_error(INET, PRIV, 3, 4, 1400, &sent, 500).frame(),
         expected: Ipv4::icmp_error(INET, EIP, 3, 4, 1400, &sent.with_addrs(EIP, INET), 500).frame(),
         reason: Reason::HostIn,
-        mapping: Some(EIP),
+        drop: false,
+        mapping: Some(EIP.into()),
     });
     let mut big = Ipv4::udp(INET, 40000, PRIV, 5060, &[7u8; 300]);
     big.frag = 0;
@@ -95,7 +83,8 @@ fn fixtures() -> Vec<Fixture> {
         input: big.fragment_frame(96, 308, false),
         expected: big.with_addrs(INET, EIP).fragment_frame(96, 308, false),
         reason: Reason::FragmentTranslated,
-        mapping: Some(EIP),
+        drop: false,
+        mapping: Some(EIP.into()),
     });
     f.push(untouched(
         "from the VPC: the private address stays",
@@ -137,7 +126,8 @@ fn fixtures() -> Vec<Fixture> {
         input: Ipv4::icmp_error(EIP, INET, 3, 3, 0, &got, 500).frame(),
         expected: Ipv4::icmp_error(PRIV, INET, 3, 3, 0, &got.with_addrs(INET, PRIV), 500).frame(),
         reason: Reason::HostOut,
-        mapping: Some(EIP),
+        drop: false,
+        mapping: Some(EIP.into()),
     });
     f.push(untouched(
         "from the EIP to the VPC: untouched",
@@ -154,80 +144,15 @@ fn fixtures() -> Vec<Fixture> {
     f
 }
 
-fn counters(h: &Harness, public: Ipv4Addr) -> (u64, u64, u64, u64) {
-    let s = h.snapshot();
-    let m = s
-        .mappings
-        .iter()
-        .find(|m| m.mapping.public == Block::from(public))
-        .expect("mapping");
-    (m.dnat_packets, m.dnat_bytes, m.snat_packets, m.snat_bytes)
-}
-
-/// Runs the fixtures on `h`; returns the failures.
+/// Runs the fixtures on `h`, watching both mappings' counters; returns the failures.
 fn check(h: &Harness, fixtures: Vec<Fixture>) -> Vec<String> {
-    let mut failures = Vec::new();
-    for fx in fixtures {
-        let before = h.snapshot();
-        let c0 = [EIP, EIP2].map(|e| counters(h, e));
-        let (verdict, out) = h.run(fx.hook, &fx.input);
-        let after = h.snapshot();
-        let c1 = [EIP, EIP2].map(|e| counters(h, e));
-        let label = format!("{:?} / {}", fx.hook, fx.name);
-        if verdict != TC_ACT_OK {
-            failures.push(format!("{label}: verdict {verdict}, want TC_ACT_OK"));
-        }
-        if out != fx.expected {
-            failures.push(format!(
-                "{label}: bytes differ\n   got  {}\n   want {}",
-                hex(&out),
-                hex(&fx.expected)
-            ));
-        }
-        if let Err(e) = packet::verify_ipv4(&out[14..]) {
-            failures.push(format!("{label}: output does not verify: {e}"));
-        }
-        let delta = after.reasons[fx.reason.name()] - before.reasons[fx.reason.name()];
-        let total: u64 = after.reasons.values().sum::<u64>() - before.reasons.values().sum::<u64>();
-        if delta != 1 || total != 1 {
-            failures.push(format!(
-                "{label}: reason {} moved by {delta} (all reasons by {total}), want 1",
-                fx.reason.name()
-            ));
-        }
-        for (i, e) in [EIP, EIP2].into_iter().enumerate() {
-            let moved = (
-                c1[i].0 - c0[i].0,
-                c1[i].1 - c0[i].1,
-                c1[i].2 - c0[i].2,
-                c1[i].3 - c0[i].3,
-            );
-            let len = fx.input.len() as u64;
-            let want = match (fx.mapping == Some(e), fx.hook) {
-                (false, _) => (0, 0, 0, 0),
-                (true, Hook::TcIngress) => (1, len, 0, 0),
-                (true, _) => (0, 0, 1, len),
-            };
-            if moved != want {
-                failures.push(format!(
-                    "{label}: mapping {e} counters moved by {moved:?}, want {want:?}"
-                ));
-            }
-        }
-    }
-    failures
+    run_fixtures(h, fixtures, &[EIP.into(), EIP2.into()])
 }
 
 #[test]
 fn host_orientation_translates_exactly() {
     let h = Harness::host();
-    let failures = check(&h, fixtures());
-    assert!(
-        failures.is_empty(),
-        "{} fixture failure(s):\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert_no_failures(check(&h, fixtures()));
 }
 
 /// Sockets bound to the private address keep their packets untranslated; wildcard sockets
@@ -314,19 +239,15 @@ fn sockets_bound_to_the_private_address_keep_it() {
                 )
                 .frame(),
                 reason: Reason::HostIn,
-                mapping: Some(EIP),
+                drop: false,
+                mapping: Some(EIP.into()),
             });
             let failures = check(&h, f);
             drop((udp_private, udp_any, tcp_private, tcp_any, client));
             Ok(failures)
         })
         .unwrap();
-    assert!(
-        failures.is_empty(),
-        "{} failure(s):\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert_no_failures(failures);
 }
 
 #[test]

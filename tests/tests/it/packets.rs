@@ -6,36 +6,24 @@ use std::net::Ipv4Addr;
 
 use ipnat::{
     config::{Block, MappingConfig},
-    dataplane::{Dataplane, Snapshot},
+    dataplane::Dataplane,
 };
 use ipnat_common::Reason;
 use ipnat_tests::{
     netns::require_root,
     packet::{self, IPPROTO_DCCP, IPPROTO_GRE, IPPROTO_UDPLITE, Ipv4, UdpCsum, ethernet},
     testrun::{
-        BLOCK_PUBLIC, EIP, EIP2, Harness, Hook, INET, PRIV, PRIV2, TC_ACT_OK, TC_ACT_SHOT,
-        XDP_DROP, XDP_PASS, block, hex,
+        BLOCK_PUBLIC, EIP, EIP2, Fixture, Harness, Hook, INET, PRIV, PRIV2, XDP_PASS,
+        assert_no_failures, block, hex, mapping_counters, run_fixtures,
     },
 };
 
 const OTHER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 99);
 
-struct Fixture {
-    name: &'static str,
-    hook: Hook,
-    input: Vec<u8>,
-    expected: Vec<u8>,
-    /// Expected verdict when not "pass" (XDP_PASS / TC_ACT_OK).
-    drop: bool,
-    reason: Reason,
-    /// The public side of the mapping whose counters move by this packet.
-    mapping: Option<Block>,
-}
-
 fn dnat(name: &'static str, p: Ipv4) -> Fixture {
     let out = p.with_addrs(p.src, PRIV);
     Fixture {
-        name,
+        name: name.into(),
         hook: Hook::Xdp,
         input: p.frame(),
         expected: out.frame(),
@@ -48,7 +36,7 @@ fn dnat(name: &'static str, p: Ipv4) -> Fixture {
 fn snat(name: &'static str, p: Ipv4) -> Fixture {
     let out = p.with_addrs(EIP, p.dst);
     Fixture {
-        name,
+        name: name.into(),
         hook: Hook::TcEgress,
         input: p.frame(),
         expected: out.frame(),
@@ -58,16 +46,8 @@ fn snat(name: &'static str, p: Ipv4) -> Fixture {
     }
 }
 
-fn untouched(name: &'static str, hook: Hook, frame: Vec<u8>, reason: Reason) -> Fixture {
-    Fixture {
-        name,
-        hook,
-        expected: frame.clone(),
-        input: frame,
-        drop: false,
-        reason,
-        mapping: None,
-    }
+fn untouched(name: &str, hook: Hook, frame: Vec<u8>, reason: Reason) -> Fixture {
+    Fixture::untouched(name, hook, frame, reason)
 }
 
 fn fixtures() -> Vec<Fixture> {
@@ -149,7 +129,7 @@ fn fixtures() -> Vec<Fixture> {
             big.with_addrs(EIP, dst)
         };
         f.push(Fixture {
-            name: "first fragment",
+            name: "first fragment".into(),
             hook,
             input: big.fragment_frame(0, 96, true),
             expected: out.fragment_frame(0, 96, true),
@@ -162,7 +142,7 @@ fn fixtures() -> Vec<Fixture> {
             mapping: Some(EIP.into()),
         });
         f.push(Fixture {
-            name: "last fragment",
+            name: "last fragment".into(),
             hook,
             input: big.fragment_frame(96, 1000, false),
             expected: out.fragment_frame(96, 1000, false),
@@ -173,7 +153,7 @@ fn fixtures() -> Vec<Fixture> {
         // A first fragment too short to hold the UDP checksum: dropped, untouched.
         let tiny = big.fragment_frame(0, 4, true);
         f.push(Fixture {
-            name: "first fragment without room for the L4 checksum (RFC 1858)",
+            name: "first fragment without room for the L4 checksum (RFC 1858)".into(),
             hook,
             expected: tiny.clone(),
             input: tiny,
@@ -357,7 +337,7 @@ fn icmp_error_fixtures(hook: Hook) -> Vec<Fixture> {
             Hook::TcIngress => unreachable!("gateway fixtures do not run TC ingress"),
         };
         f.push(Fixture {
-            name,
+            name: name.into(),
             hook,
             input: input.frame(),
             expected: expected.frame(),
@@ -375,7 +355,7 @@ fn icmp_error_fixtures(hook: Hook) -> Vec<Fixture> {
         ] {
             let q = Ipv4::tcp(INET, 40000, PRIV, 80, &payload);
             f.push(Fixture {
-                name,
+                name: name.into(),
                 hook,
                 input: Ipv4::icmp_error(GW, INET, t, code, mtu, &q, 548).frame(),
                 expected: Ipv4::icmp_error(GW, INET, t, code, mtu, &q.with_addrs(INET, EIP), 548)
@@ -395,7 +375,7 @@ fn icmp_error_fixtures(hook: Hook) -> Vec<Fixture> {
     if hook == Hook::Xdp {
         let p = Ipv4::tcp(INET, 40000, a, 443, &payload);
         f.push(Fixture {
-            name: "block: TCP to 120.0.0.7 -> 10.0.2.7",
+            name: "block: TCP to 120.0.0.7 -> 10.0.2.7".into(),
             hook,
             input: p.frame(),
             expected: p.with_addrs(INET, a_priv).frame(),
@@ -412,7 +392,7 @@ fn icmp_error_fixtures(hook: Hook) -> Vec<Fixture> {
     } else {
         let p = Ipv4::udp(b_priv, 53, INET, 40000, &payload);
         f.push(Fixture {
-            name: "block: UDP from 10.0.2.127 -> 120.0.0.127",
+            name: "block: UDP from 10.0.2.127 -> 120.0.0.127".into(),
             hook,
             input: p.frame(),
             expected: p.with_addrs(b, INET).frame(),
@@ -423,7 +403,7 @@ fn icmp_error_fixtures(hook: Hook) -> Vec<Fixture> {
         // The gateway's own error about a packet it translated into the block.
         let q = Ipv4::udp(INET, 40000, a_priv, 53, &payload);
         f.push(Fixture {
-            name: "block: gateway's time exceeded quoting 10.0.2.7",
+            name: "block: gateway's time exceeded quoting 10.0.2.7".into(),
             hook,
             input: Ipv4::icmp_error(GW, INET, 11, 0, 0, &q, 548).frame(),
             expected: Ipv4::icmp_error(GW, INET, 11, 0, 0, &q.with_addrs(INET, a), 548).frame(),
@@ -435,89 +415,14 @@ fn icmp_error_fixtures(hook: Hook) -> Vec<Fixture> {
     f
 }
 
-fn mapping_packets(s: &Snapshot, public: impl Into<Block>, hook: Hook) -> (u64, u64) {
-    let public = public.into();
-    let m = s
-        .mappings
-        .iter()
-        .find(|m| m.mapping.public == public)
-        .unwrap();
-    match hook {
-        Hook::Xdp => (m.dnat_packets, m.dnat_bytes),
-        Hook::TcEgress => (m.snat_packets, m.snat_bytes),
-        Hook::TcIngress => unreachable!("gateway fixtures do not run TC ingress"),
-    }
-}
-
 #[test]
 fn fixtures_translate_exactly() {
     let h = Harness::new();
-    let mut failures = Vec::new();
-    for fx in fixtures() {
-        let before = h.snapshot();
-        let (verdict, out) = h.run(fx.hook, &fx.input);
-        let after = h.snapshot();
-        let want_verdict = match (fx.hook, fx.drop) {
-            (Hook::Xdp, false) => XDP_PASS,
-            (Hook::Xdp, true) => XDP_DROP,
-            (_, false) => TC_ACT_OK,
-            (_, true) => TC_ACT_SHOT,
-        };
-        let label = format!("{:?} / {}", fx.hook, fx.name);
-        if verdict != want_verdict {
-            failures.push(format!("{label}: verdict {verdict}, want {want_verdict}"));
-        }
-        if out != fx.expected {
-            failures.push(format!(
-                "{label}: bytes differ\n   got  {}\n   want {}",
-                hex(&out),
-                hex(&fx.expected)
-            ));
-        }
-        let delta = after.reasons[fx.reason.name()] - before.reasons[fx.reason.name()];
-        let total: u64 = after.reasons.values().sum::<u64>() - before.reasons.values().sum::<u64>();
-        if delta != 1 || total != 1 {
-            failures.push(format!(
-                "{label}: reason {} moved by {delta} (all reasons by {total}), want 1",
-                fx.reason.name()
-            ));
-        }
-        for public in [EIP.into(), EIP2.into(), block(BLOCK_PUBLIC)] {
-            let (p0, b0) = mapping_packets(&before, public, fx.hook);
-            let (p1, b1) = mapping_packets(&after, public, fx.hook);
-            let want = if fx.mapping == Some(public) {
-                (1, fx.input.len() as u64)
-            } else {
-                (0, 0)
-            };
-            if (p1 - p0, b1 - b0) != want {
-                failures.push(format!(
-                    "{label}: mapping {public} counters moved by {:?}, want {want:?}",
-                    (p1 - p0, b1 - b0)
-                ));
-            }
-        }
-        // Every IPv4 packet that came out must also verify on its own.
-        let ethertype_at = if fx.input[12..14] == [0x81, 0] {
-            16
-        } else {
-            12
-        };
-        let is_ipv4 = fx.input[ethertype_at..ethertype_at + 2] == [0x08, 0x00];
-        let well_formed = !matches!(fx.reason, Reason::PassMalformed | Reason::PassTruncatedL4);
-        if is_ipv4
-            && well_formed
-            && let Err(e) = packet::verify_ipv4(&out[ethertype_at + 2..])
-        {
-            failures.push(format!("{label}: output does not verify: {e}"));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} fixture failure(s):\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert_no_failures(run_fixtures(
+        &h,
+        fixtures(),
+        &[EIP.into(), EIP2.into(), block(BLOCK_PUBLIC)],
+    ));
 }
 
 #[test]
@@ -527,8 +432,8 @@ fn second_mapping_counts_separately() {
     let (_, out) = h.run(Hook::Xdp, &p.frame());
     assert_eq!(out, p.with_addrs(INET, PRIV2).frame());
     let s = h.snapshot();
-    assert_eq!(mapping_packets(&s, EIP2, Hook::Xdp).0, 1);
-    assert_eq!(mapping_packets(&s, EIP, Hook::Xdp).0, 0);
+    assert_eq!(mapping_counters(&s, EIP2, Hook::Xdp).0, 1);
+    assert_eq!(mapping_counters(&s, EIP, Hook::Xdp).0, 0);
 }
 
 #[test]
