@@ -193,6 +193,27 @@ pub struct Fixture {
 }
 
 impl Fixture {
+    /// A frame that must come out as `expected` and pass, counted under `reason` and by the
+    /// mapping of `public`.
+    pub fn translated(
+        name: &str,
+        hook: Hook,
+        input: Vec<u8>,
+        expected: Vec<u8>,
+        reason: ipnat_common::Reason,
+        public: impl Into<Block>,
+    ) -> Self {
+        Self {
+            name: name.to_owned(),
+            hook,
+            input,
+            expected,
+            drop: false,
+            reason,
+            mapping: Some(public.into()),
+        }
+    }
+
     /// A frame that must come out as it went in, counted under `reason` and no mapping.
     pub fn untouched(name: &str, hook: Hook, frame: Vec<u8>, reason: ipnat_common::Reason) -> Self {
         Self {

@@ -50,42 +50,41 @@ fn fixtures() -> Vec<Fixture> {
     let payload: Vec<u8> = (0..=150u8).collect();
     let mut f = Vec::new();
     // Received from the internet: the cloud delivered INET -> PRIV; the host sees INET -> EIP.
-    f.push(inbound("tcp", Ipv4::tcp(INET, 40000, PRIV, 443, &payload)));
-    f.push(inbound("udp", Ipv4::udp(INET, 40000, PRIV, 5060, &payload)));
     let mut zero = Ipv4::udp(INET, 40000, PRIV, 5060, b"no checksum");
     zero.udp_csum = UdpCsum::Zero;
-    f.push(inbound("udp with checksum 0 stays 0", zero));
-    f.push(inbound(
-        "icmp echo",
-        Ipv4::icmp_echo(INET, PRIV, 7, 1, &payload),
-    ));
-    f.push(inbound(
-        "gre (IPv4 header only)",
-        Ipv4::new(INET, PRIV, IPPROTO_GRE, vec![0, 0, 0x08, 0, 1, 2, 3, 4]),
-    ));
+    for (name, p) in [
+        ("tcp", Ipv4::tcp(INET, 40000, PRIV, 443, &payload)),
+        ("udp", Ipv4::udp(INET, 40000, PRIV, 5060, &payload)),
+        ("udp with checksum 0 stays 0", zero),
+        ("icmp echo", Ipv4::icmp_echo(INET, PRIV, 7, 1, &payload)),
+        (
+            "gre (IPv4 header only)",
+            Ipv4::new(INET, PRIV, IPPROTO_GRE, vec![0, 0, 0x08, 0, 1, 2, 3, 4]),
+        ),
+    ] {
+        f.push(inbound(name, p));
+    }
     // An error about a packet the host sent from its EIP (the cloud made it PRIV -> INET on
     // the way out and translated the quote back on the way in).
     let sent = Ipv4::tcp(PRIV, 40000, INET, 443, &payload);
-    f.push(Fixture {
-        name: "fragmentation needed quoting the host's tcp".into(),
-        hook: Hook::TcIngress,
-        input: Ipv4::icmp_error(INET, PRIV, 3, 4, 1400, &sent, 500).frame(),
-        expected: Ipv4::icmp_error(INET, EIP, 3, 4, 1400, &sent.with_addrs(EIP, INET), 500).frame(),
-        reason: Reason::HostIn,
-        drop: false,
-        mapping: Some(EIP.into()),
-    });
+    f.push(Fixture::translated(
+        "fragmentation needed quoting the host's tcp",
+        Hook::TcIngress,
+        Ipv4::icmp_error(INET, PRIV, 3, 4, 1400, &sent, 500).frame(),
+        Ipv4::icmp_error(INET, EIP, 3, 4, 1400, &sent.with_addrs(EIP, INET), 500).frame(),
+        Reason::HostIn,
+        EIP,
+    ));
     let mut big = Ipv4::udp(INET, 40000, PRIV, 5060, &[7u8; 300]);
     big.frag = 0;
-    f.push(Fixture {
-        name: "non-first fragment".into(),
-        hook: Hook::TcIngress,
-        input: big.fragment_frame(96, 308, false),
-        expected: big.with_addrs(INET, EIP).fragment_frame(96, 308, false),
-        reason: Reason::FragmentTranslated,
-        drop: false,
-        mapping: Some(EIP.into()),
-    });
+    f.push(Fixture::translated(
+        "non-first fragment",
+        Hook::TcIngress,
+        big.fragment_frame(96, 308, false),
+        big.with_addrs(INET, EIP).fragment_frame(96, 308, false),
+        Reason::FragmentTranslated,
+        EIP,
+    ));
     f.push(untouched(
         "from the VPC: the private address stays",
         Hook::TcIngress,
@@ -106,29 +105,32 @@ fn fixtures() -> Vec<Fixture> {
     ));
 
     // Sent by an application bound to the EIP: the cloud expects the private source.
-    f.push(outbound("tcp", Ipv4::tcp(EIP, 443, INET, 40000, &payload)));
-    f.push(outbound("udp", Ipv4::udp(EIP, 5060, INET, 40000, &payload)));
     let mut ffff = Ipv4::udp(EIP, 5060, INET, 40000, b"computed zero!");
     ffff.force_zero_checksum_for(PRIV, INET);
-    f.push(outbound(
-        "udp whose new checksum computes to 0 is sent as 0xffff",
-        ffff,
-    ));
-    f.push(outbound(
-        "icmp echo reply",
-        Ipv4::icmp_echo(EIP, INET, 7, 1, &payload),
-    ));
+    for (name, p) in [
+        ("tcp", Ipv4::tcp(EIP, 443, INET, 40000, &payload)),
+        ("udp", Ipv4::udp(EIP, 5060, INET, 40000, &payload)),
+        (
+            "udp whose new checksum computes to 0 is sent as 0xffff",
+            ffff,
+        ),
+        (
+            "icmp echo reply",
+            Ipv4::icmp_echo(EIP, INET, 7, 1, &payload),
+        ),
+    ] {
+        f.push(outbound(name, p));
+    }
     // The host's port unreachable about a datagram it received on its EIP.
     let got = Ipv4::udp(INET, 40000, EIP, 9, &payload);
-    f.push(Fixture {
-        name: "port unreachable quoting a datagram to the EIP".into(),
-        hook: Hook::TcEgress,
-        input: Ipv4::icmp_error(EIP, INET, 3, 3, 0, &got, 500).frame(),
-        expected: Ipv4::icmp_error(PRIV, INET, 3, 3, 0, &got.with_addrs(INET, PRIV), 500).frame(),
-        reason: Reason::HostOut,
-        drop: false,
-        mapping: Some(EIP.into()),
-    });
+    f.push(Fixture::translated(
+        "port unreachable quoting a datagram to the EIP",
+        Hook::TcEgress,
+        Ipv4::icmp_error(EIP, INET, 3, 3, 0, &got, 500).frame(),
+        Ipv4::icmp_error(PRIV, INET, 3, 3, 0, &got.with_addrs(INET, PRIV), 500).frame(),
+        Reason::HostOut,
+        EIP,
+    ));
     f.push(untouched(
         "from the EIP to the VPC: untouched",
         Hook::TcEgress,
@@ -183,38 +185,45 @@ fn sockets_bound_to_the_private_address_keep_it() {
             assert_eq!(*local.ip(), PRIV, "the kernel's source for INET");
             let client_port = local.port();
             let payload = b"hello";
-            let mut f = vec![
-                untouched(
+            // (what, the packet, whether a socket bound to the private address keeps it)
+            let mut f: Vec<Fixture> = [
+                (
                     "udp to a socket bound to the private address",
-                    Hook::TcIngress,
                     Ipv4::udp(INET, 40000, PRIV, 5353, payload),
-                    Reason::PassPrivateSocket,
+                    true,
                 ),
-                inbound(
+                (
                     "udp to a wildcard socket: the public address",
                     Ipv4::udp(INET, 40000, PRIV, 5354, payload),
+                    false,
                 ),
-                untouched(
+                (
                     "tcp to a listener bound to the private address",
-                    Hook::TcIngress,
                     Ipv4::tcp(INET, 40000, PRIV, 8080, payload),
-                    Reason::PassPrivateSocket,
+                    true,
                 ),
-                inbound(
+                (
                     "tcp to a wildcard listener: the public address",
                     Ipv4::tcp(INET, 40000, PRIV, 8081, payload),
+                    false,
                 ),
-                untouched(
+                (
                     "a reply to a private-address client",
-                    Hook::TcIngress,
                     Ipv4::udp(INET, 53, PRIV, client_port, payload),
-                    Reason::PassPrivateSocket,
+                    true,
                 ),
-                inbound(
+                (
                     "to a port nobody listens on: the public address",
                     Ipv4::udp(INET, 40000, PRIV, 5399, payload),
+                    false,
                 ),
-            ];
+            ]
+            .into_iter()
+            .map(|(what, p, kept)| match kept {
+                true => untouched(what, Hook::TcIngress, p, Reason::PassPrivateSocket),
+                false => inbound(what, p),
+            })
+            .collect();
             // An ICMP error about a datagram the private-address socket sent.
             let sent = Ipv4::udp(PRIV, 5353, INET, 40000, payload);
             f.push(untouched(
@@ -224,24 +233,15 @@ fn sockets_bound_to_the_private_address_keep_it() {
                 Reason::PassPrivateSocket,
             ));
             let sent_any = Ipv4::udp(PRIV, 5354, INET, 40000, payload);
-            f.push(Fixture {
-                name: "an ICMP error quoting the wildcard socket's datagram".into(),
-                hook: Hook::TcIngress,
-                input: Ipv4::icmp_error(INET, PRIV, 3, 4, 1400, &sent_any, 500).frame(),
-                expected: Ipv4::icmp_error(
-                    INET,
-                    EIP,
-                    3,
-                    4,
-                    1400,
-                    &sent_any.with_addrs(EIP, INET),
-                    500,
-                )
-                .frame(),
-                reason: Reason::HostIn,
-                drop: false,
-                mapping: Some(EIP.into()),
-            });
+            f.push(Fixture::translated(
+                "an ICMP error quoting the wildcard socket's datagram",
+                Hook::TcIngress,
+                Ipv4::icmp_error(INET, PRIV, 3, 4, 1400, &sent_any, 500).frame(),
+                Ipv4::icmp_error(INET, EIP, 3, 4, 1400, &sent_any.with_addrs(EIP, INET), 500)
+                    .frame(),
+                Reason::HostIn,
+                EIP,
+            ));
             let failures = check(&h, f);
             drop((udp_private, udp_any, tcp_private, tcp_any, client));
             Ok(failures)

@@ -22,28 +22,19 @@ const OTHER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 99);
 
 fn dnat(name: &'static str, p: Ipv4) -> Fixture {
     let out = p.with_addrs(p.src, PRIV);
-    Fixture {
-        name: name.into(),
-        hook: Hook::Xdp,
-        input: p.frame(),
-        expected: out.frame(),
-        drop: false,
-        reason: Reason::Dnat,
-        mapping: Some(EIP.into()),
-    }
+    Fixture::translated(name, Hook::Xdp, p.frame(), out.frame(), Reason::Dnat, EIP)
 }
 
 fn snat(name: &'static str, p: Ipv4) -> Fixture {
     let out = p.with_addrs(EIP, p.dst);
-    Fixture {
-        name: name.into(),
-        hook: Hook::TcEgress,
-        input: p.frame(),
-        expected: out.frame(),
-        drop: false,
-        reason: Reason::Snat,
-        mapping: Some(EIP.into()),
-    }
+    Fixture::translated(
+        name,
+        Hook::TcEgress,
+        p.frame(),
+        out.frame(),
+        Reason::Snat,
+        EIP,
+    )
 }
 
 fn untouched(name: &str, hook: Hook, frame: Vec<u8>, reason: Reason) -> Fixture {
@@ -128,28 +119,26 @@ fn fixtures() -> Vec<Fixture> {
         } else {
             big.with_addrs(EIP, dst)
         };
-        f.push(Fixture {
-            name: "first fragment".into(),
+        f.push(Fixture::translated(
+            "first fragment",
             hook,
-            input: big.fragment_frame(0, 96, true),
-            expected: out.fragment_frame(0, 96, true),
-            drop: false,
-            reason: if hook == Hook::Xdp {
+            big.fragment_frame(0, 96, true),
+            out.fragment_frame(0, 96, true),
+            if hook == Hook::Xdp {
                 Reason::Dnat
             } else {
                 Reason::Snat
             },
-            mapping: Some(EIP.into()),
-        });
-        f.push(Fixture {
-            name: "last fragment".into(),
+            EIP,
+        ));
+        f.push(Fixture::translated(
+            "last fragment",
             hook,
-            input: big.fragment_frame(96, 1000, false),
-            expected: out.fragment_frame(96, 1000, false),
-            drop: false,
-            reason: Reason::FragmentTranslated,
-            mapping: Some(EIP.into()),
-        });
+            big.fragment_frame(96, 1000, false),
+            out.fragment_frame(96, 1000, false),
+            Reason::FragmentTranslated,
+            EIP,
+        ));
         // A first fragment too short to hold the UDP checksum: dropped, untouched.
         let tiny = big.fragment_frame(0, 4, true);
         f.push(Fixture {
@@ -354,16 +343,14 @@ fn icmp_error_fixtures(hook: Hook) -> Vec<Fixture> {
             ("gateway's fragmentation needed, quote only", 3, 4, 1400),
         ] {
             let q = Ipv4::tcp(INET, 40000, PRIV, 80, &payload);
-            f.push(Fixture {
-                name: name.into(),
+            f.push(Fixture::translated(
+                name,
                 hook,
-                input: Ipv4::icmp_error(GW, INET, t, code, mtu, &q, 548).frame(),
-                expected: Ipv4::icmp_error(GW, INET, t, code, mtu, &q.with_addrs(INET, EIP), 548)
-                    .frame(),
-                drop: false,
-                reason: Reason::IcmpQuoteOnly,
-                mapping: Some(EIP.into()),
-            });
+                Ipv4::icmp_error(GW, INET, t, code, mtu, &q, 548).frame(),
+                Ipv4::icmp_error(GW, INET, t, code, mtu, &q.with_addrs(INET, EIP), 548).frame(),
+                Reason::IcmpQuoteOnly,
+                EIP,
+            ));
         }
     }
     // Block mappings: host bits kept, the longest prefix wins, addresses beyond the block
@@ -374,15 +361,14 @@ fn icmp_error_fixtures(hook: Hook) -> Vec<Fixture> {
     let b = Ipv4Addr::new(120, 0, 0, 127);
     if hook == Hook::Xdp {
         let p = Ipv4::tcp(INET, 40000, a, 443, &payload);
-        f.push(Fixture {
-            name: "block: TCP to 120.0.0.7 -> 10.0.2.7".into(),
+        f.push(Fixture::translated(
+            "block: TCP to 120.0.0.7 -> 10.0.2.7",
             hook,
-            input: p.frame(),
-            expected: p.with_addrs(INET, a_priv).frame(),
-            drop: false,
-            reason: Reason::Dnat,
-            mapping: Some(block(BLOCK_PUBLIC)),
-        });
+            p.frame(),
+            p.with_addrs(INET, a_priv).frame(),
+            Reason::Dnat,
+            block(BLOCK_PUBLIC),
+        ));
         f.push(untouched(
             "block: 120.0.0.128 is outside the /25",
             hook,
@@ -391,26 +377,24 @@ fn icmp_error_fixtures(hook: Hook) -> Vec<Fixture> {
         ));
     } else {
         let p = Ipv4::udp(b_priv, 53, INET, 40000, &payload);
-        f.push(Fixture {
-            name: "block: UDP from 10.0.2.127 -> 120.0.0.127".into(),
+        f.push(Fixture::translated(
+            "block: UDP from 10.0.2.127 -> 120.0.0.127",
             hook,
-            input: p.frame(),
-            expected: p.with_addrs(b, INET).frame(),
-            drop: false,
-            reason: Reason::Snat,
-            mapping: Some(block(BLOCK_PUBLIC)),
-        });
+            p.frame(),
+            p.with_addrs(b, INET).frame(),
+            Reason::Snat,
+            block(BLOCK_PUBLIC),
+        ));
         // The gateway's own error about a packet it translated into the block.
         let q = Ipv4::udp(INET, 40000, a_priv, 53, &payload);
-        f.push(Fixture {
-            name: "block: gateway's time exceeded quoting 10.0.2.7".into(),
+        f.push(Fixture::translated(
+            "block: gateway's time exceeded quoting 10.0.2.7",
             hook,
-            input: Ipv4::icmp_error(GW, INET, 11, 0, 0, &q, 548).frame(),
-            expected: Ipv4::icmp_error(GW, INET, 11, 0, 0, &q.with_addrs(INET, a), 548).frame(),
-            drop: false,
-            reason: Reason::IcmpQuoteOnly,
-            mapping: Some(block(BLOCK_PUBLIC)),
-        });
+            Ipv4::icmp_error(GW, INET, 11, 0, 0, &q, 548).frame(),
+            Ipv4::icmp_error(GW, INET, 11, 0, 0, &q.with_addrs(INET, a), 548).frame(),
+            Reason::IcmpQuoteOnly,
+            block(BLOCK_PUBLIC),
+        ));
     }
     f
 }
