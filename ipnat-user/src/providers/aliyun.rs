@@ -7,10 +7,10 @@
 //! the primary NIC is the one whose MAC is the instance's `mac`. Every address of a secondary
 //! NIC is steered out of it via its `gateway`.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
-use super::client::{MetadataClient, MetadataError, percent_encode};
-use crate::config::{Block, MappingConfig, SteerConfig};
+use super::client::{CloudMetadata, MetadataError, MetadataService, percent_encode};
+use crate::config::MappingConfig;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use ipnet::Ipv4Net;
@@ -93,29 +93,17 @@ pub struct Nic {
     pub eip: Option<Ipv4Addr>,
 }
 
-/// The ECS metadata client (token mode); `endpoint` is e.g. `http://100.100.100.200`.
-pub struct Metadata(MetadataClient);
+/// Alibaba Cloud's ECS metadata service (token mode).
+pub struct Ecs;
 
-/// The shared client's `get` and `garbage`, with this cloud's token headers.
-impl std::ops::Deref for Metadata {
-    type Target = MetadataClient;
-
-    fn deref(&self) -> &MetadataClient {
-        &self.0
-    }
+impl MetadataService for Ecs {
+    const TOKEN_HEADER: &'static str = "X-aliyun-ecs-metadata-token";
 }
 
-impl Metadata {
-    pub fn new(endpoint: &str, timeout: Duration) -> Result<Self, MetadataError> {
-        MetadataClient::new(
-            endpoint,
-            timeout,
-            "X-aliyun-ecs-metadata-token-ttl-seconds",
-            "X-aliyun-ecs-metadata-token",
-        )
-        .map(Self)
-    }
+/// The ECS metadata client; `endpoint` is e.g. `http://100.100.100.200`.
+pub type Metadata = CloudMetadata<Ecs>;
 
+impl Metadata {
     /// Every NIC, or the first error: never a partial answer.
     pub async fn nics(&self) -> Result<Vec<Nic>, MetadataError> {
         let primary_mac = self.get("mac").await?.trim().to_ascii_lowercase();
@@ -191,24 +179,13 @@ impl Metadata {
 
     /// The temporary credentials of the instance's RAM role (`role`, or the first listed).
     pub async fn ram_credentials(&self, role: Option<&str>) -> Result<Credentials, MetadataError> {
-        let base = "ram/security-credentials/";
-        let role = match role {
-            Some(r) => r.to_owned(),
-            None => {
-                let list = self.get(base).await?;
-                list.lines()
-                    .map(|l| l.trim().trim_end_matches('/'))
-                    .find(|l| !l.is_empty())
-                    .ok_or_else(|| self.garbage(base, &list, "a RAM role name"))?
-                    .to_owned()
-            }
-        };
-        let path = format!("{base}{role}");
-        let doc = self.get(&path).await?;
-        Credentials::from_ram_role(&doc).map_err(|_| {
-            self.0
-                .refused_credentials(&path, &doc, "RAM role credentials (JSON)")
-        })
+        self.role_document(
+            "ram/security-credentials/",
+            role,
+            "RAM role credentials (JSON)",
+            Credentials::from_ram_role,
+        )
+        .await
     }
 }
 
@@ -225,28 +202,16 @@ pub fn mappings(nics: &[Nic]) -> Vec<MappingConfig> {
         .collect()
 }
 
-/// The steering rules the NICs call for: each address of a secondary NIC leaves by it, via its
-/// gateway. NICs with no interface here are returned by MAC.
-pub fn steering_rules(
-    nics: &[Nic],
-    ifname: &dyn Fn(&str) -> Option<String>,
-) -> (Vec<SteerConfig>, Vec<String>) {
-    let (mut rules, mut missing) = (Vec::new(), Vec::new());
-    for nic in nics.iter().filter(|n| !n.primary) {
-        let Some(iface) = ifname(&nic.mac) else {
-            missing.push(nic.mac.clone());
-            continue;
-        };
-        for &ip in &nic.private_ipv4s {
-            rules.push(SteerConfig {
-                source: ip.into(),
-                interface: iface.clone(),
-                gateway: nic.gateway,
-                subnet: Block(nic.vswitch.trunc()),
-            });
-        }
-    }
-    (rules, missing)
+/// The NICs whose addresses are steered: the secondary ones, via their vSwitch's gateway.
+pub fn secondaries(nics: &[Nic]) -> impl Iterator<Item = super::nic::Secondary<'_>> {
+    nics.iter()
+        .filter(|n| !n.primary)
+        .map(|n| super::nic::Secondary {
+            mac: &n.mac,
+            addresses: &n.private_ipv4s,
+            gateway: n.gateway,
+            subnet: n.vswitch,
+        })
 }
 
 #[cfg(test)]
@@ -289,7 +254,7 @@ mod tests {
     fn a_refused_credentials_document_is_never_echoed() {
         let doc = r#"{"Code": "Failed", "AccessKeyId": "STS.id", "AccessKeySecret": "TOPSECRETvalue", "SecurityToken": "tok", "Expiration": "2026-12-04T00:00:00Z"}"#;
         let endpoint = serve(doc, 2);
-        let md = Metadata::new(&endpoint, Duration::from_secs(5)).unwrap();
+        let md = Metadata::new(&endpoint, std::time::Duration::from_secs(5)).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

@@ -7,14 +7,14 @@
 //! of a secondary NIC (device number > 0) leaves by that NIC, via the subnet's router (the
 //! network address + 1, as AWS documents).
 
-use std::{net::Ipv4Addr, time::Duration};
+use std::net::Ipv4Addr;
 
-use crate::config::{Block, MappingConfig, SteerConfig};
+use crate::config::MappingConfig;
 use aws_credential_types::Credentials;
 use ipnet::Ipv4Net;
 use serde::Deserialize;
 
-use super::client::{MetadataClient, MetadataError};
+use super::client::{CloudMetadata, MetadataError, MetadataService};
 
 /// From the metadata's `iam/security-credentials/<role>` document.
 pub fn credentials_from_role(json: &str) -> Result<Credentials, String> {
@@ -60,30 +60,17 @@ pub struct Identity {
     pub vpc_id: String,
 }
 
-/// The IMDSv2 client; `endpoint` is e.g. `http://169.254.169.254`.
-#[derive(Clone)]
-pub struct Imds(MetadataClient);
+/// AWS's instance metadata service, version 2 (token mode).
+pub struct Imdsv2;
 
-/// The shared client's `get` and `garbage`, with this cloud's token headers.
-impl std::ops::Deref for Imds {
-    type Target = MetadataClient;
-
-    fn deref(&self) -> &MetadataClient {
-        &self.0
-    }
+impl MetadataService for Imdsv2 {
+    const TOKEN_HEADER: &'static str = "X-aws-ec2-metadata-token";
 }
 
-impl Imds {
-    pub fn new(endpoint: &str, timeout: Duration) -> Result<Self, MetadataError> {
-        MetadataClient::new(
-            endpoint,
-            timeout,
-            "X-aws-ec2-metadata-token-ttl-seconds",
-            "X-aws-ec2-metadata-token",
-        )
-        .map(Self)
-    }
+/// The IMDSv2 client; `endpoint` is e.g. `http://169.254.169.254`.
+pub type Imds = CloudMetadata<Imdsv2>;
 
+impl Imds {
     /// The instance's region, id and VPC (its primary NIC's).
     pub async fn identity(&self) -> Result<Identity, MetadataError> {
         let region = self.get("placement/region").await?.trim().to_owned();
@@ -110,19 +97,13 @@ impl Imds {
     pub async fn role_credentials(
         &self,
     ) -> Result<aws_credential_types::Credentials, MetadataError> {
-        let base = "iam/security-credentials/";
-        let list = self.get(base).await?;
-        let role = list
-            .lines()
-            .map(|l| l.trim().trim_end_matches('/'))
-            .find(|l| !l.is_empty())
-            .ok_or_else(|| self.garbage(base, &list, "an instance profile role"))?;
-        let path = format!("{base}{role}");
-        let doc = self.get(&path).await?;
-        credentials_from_role(&doc).map_err(|_| {
-            self.0
-                .refused_credentials(&path, &doc, "role credentials (JSON)")
-        })
+        self.role_document(
+            "iam/security-credentials/",
+            None,
+            "role credentials (JSON)",
+            credentials_from_role,
+        )
+        .await
     }
 
     /// Every NIC of the instance, or the first error: never a partial answer.
@@ -245,50 +226,17 @@ pub fn mappings(nics: &[Nic]) -> Vec<MappingConfig> {
         .collect()
 }
 
-/// The steering rules the NICs call for: each address of a secondary NIC (device number > 0)
-/// leaves by it, via its subnet's router. `ifname(mac)` names the local interface with that
-/// MAC address; NICs without one here are skipped and returned by MAC.
-pub fn steering_rules(
-    nics: &[Nic],
-    ifname: &dyn Fn(&str) -> Option<String>,
-) -> (Vec<SteerConfig>, Vec<String>) {
-    let (mut rules, mut missing) = (Vec::new(), Vec::new());
-    for nic in nics.iter().filter(|n| n.device_number > 0) {
-        let Some(iface) = ifname(&nic.mac) else {
-            missing.push(nic.mac.clone());
-            continue;
-        };
-        let gateway = Ipv4Addr::from(u32::from(nic.subnet.network()) + 1);
-        for &ip in &nic.local_ipv4s {
-            rules.push(SteerConfig {
-                source: ip.into(),
-                interface: iface.clone(),
-                gateway,
-                subnet: Block(nic.subnet.trunc()),
-            });
-        }
-    }
-    (rules, missing)
-}
-
-/// The local interface whose MAC address is `mac`, in this network namespace.
-pub fn ifname_by_mac(mac: &str) -> Option<String> {
-    let addrs = nix::ifaddrs::getifaddrs().ok()?;
-    for a in addrs {
-        let Some(link) = a.address.as_ref().and_then(|s| s.as_link_addr()) else {
-            continue;
-        };
-        let Some(m) = link.addr() else { continue };
-        let text = m
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":");
-        if text == mac {
-            return Some(a.interface_name);
-        }
-    }
-    None
+/// The NICs whose addresses are steered: the secondary ones (device number > 0), via their
+/// subnet's router (its first address).
+pub fn secondaries(nics: &[Nic]) -> impl Iterator<Item = super::nic::Secondary<'_>> {
+    nics.iter()
+        .filter(|n| n.device_number > 0)
+        .map(|n| super::nic::Secondary {
+            mac: &n.mac,
+            addresses: &n.local_ipv4s,
+            gateway: Ipv4Addr::from(u32::from(n.subnet.network()) + 1),
+            subnet: n.subnet,
+        })
 }
 
 #[cfg(test)]
@@ -325,7 +273,7 @@ mod tests {
             ),
             nic(2, "0a:00:00:00:00:03", &["10.0.2.5"], "10.0.2.0/24"),
         ];
-        let (rules, missing) = steering_rules(&nics, &|mac| {
+        let (rules, missing) = crate::providers::nic::steering_rules(secondaries(&nics), &|mac| {
             (mac == "0a:00:00:00:00:02").then(|| "eth1".to_owned())
         });
         assert_eq!(missing, ["0a:00:00:00:00:03"]);

@@ -255,14 +255,45 @@ impl Pages {
     }
 }
 
+/// A cloud's metadata service in token mode.
+pub trait MetadataService {
+    /// The header that carries the token; `<it>-ttl-seconds` asks for one.
+    const TOKEN_HEADER: &'static str;
+}
+
+/// One cloud's metadata client: the shared client with that cloud's token headers. Each cloud
+/// adds its own reads in an `impl` of its `CloudMetadata<Service>`.
+pub struct CloudMetadata<S>(MetadataClient, std::marker::PhantomData<S>);
+
+impl<S> Clone for CloudMetadata<S> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone(), std::marker::PhantomData)
+    }
+}
+
+impl<S: MetadataService> CloudMetadata<S> {
+    pub fn new(endpoint: &str, timeout: Duration) -> Result<Self, MetadataError> {
+        MetadataClient::new(endpoint, timeout, S::TOKEN_HEADER)
+            .map(|c| Self(c, std::marker::PhantomData))
+    }
+}
+
+/// The shared client's `get`, `garbage` and the rest.
+impl<S> std::ops::Deref for CloudMetadata<S> {
+    type Target = MetadataClient;
+
+    fn deref(&self) -> &MetadataClient {
+        &self.0
+    }
+}
+
 /// A metadata service in token mode (AWS IMDSv2 and Alibaba Cloud's ECS metadata work alike):
-/// `PUT /latest/api/token` with a TTL header, then GETs under `/latest/meta-data/` carrying
+/// `PUT /latest/api/token` with a TTL header (`<token header>-ttl-seconds`), then GETs under `/latest/meta-data/` carrying
 /// the token in another header.
 #[derive(Clone)]
 pub struct MetadataClient {
     client: reqwest::Client,
     endpoint: String,
-    ttl_header: &'static str,
     token_header: &'static str,
     /// The session token, fetched once and shared by the clones of this client (a sync's
     /// concurrent requests); dropped when the service answers 401, so the next request
@@ -274,7 +305,6 @@ impl MetadataClient {
     pub fn new(
         endpoint: &str,
         timeout: Duration,
-        ttl_header: &'static str,
         token_header: &'static str,
     ) -> Result<Self, MetadataError> {
         let client = reqwest::Client::builder()
@@ -289,7 +319,6 @@ impl MetadataClient {
         Ok(Self {
             client,
             endpoint: endpoint.trim_end_matches('/').to_owned(),
-            ttl_header,
             token_header,
             token: Default::default(),
         })
@@ -320,7 +349,8 @@ impl MetadataClient {
             return Ok(t);
         }
         let url = format!("{}/latest/api/token", self.endpoint);
-        let req = self.client.put(&url).header(self.ttl_header, "21600");
+        let ttl_header = format!("{}-ttl-seconds", self.token_header);
+        let req = self.client.put(&url).header(ttl_header, "21600");
         let t = self.send(req, url).await?;
         *self.token.lock().expect("token lock") = Some(t.clone());
         Ok(t)
@@ -336,6 +366,32 @@ impl MetadataClient {
             *self.token.lock().expect("token lock") = None;
         }
         r
+    }
+
+    /// An instance role's credentials document under `base` (e.g. `iam/security-credentials/`):
+    /// `role`'s, or the first role the directory lists; `parse` reads it. A document `parse`
+    /// refuses is reported by its `Code` only ([`Self::refused_credentials`]).
+    pub async fn role_document<T, E>(
+        &self,
+        base: &str,
+        role: Option<&str>,
+        what: &'static str,
+        parse: impl FnOnce(&str) -> Result<T, E>,
+    ) -> Result<T, MetadataError> {
+        let role = match role {
+            Some(r) => r.to_owned(),
+            None => {
+                let list = self.get(base).await?;
+                list.lines()
+                    .map(|l| l.trim().trim_end_matches('/'))
+                    .find(|l| !l.is_empty())
+                    .ok_or_else(|| self.garbage(base, &list, "a role name"))?
+                    .to_owned()
+            }
+        };
+        let path = format!("{base}{role}");
+        let doc = self.get(&path).await?;
+        parse(&doc).map_err(|_| self.refused_credentials(&path, &doc, what))
     }
 
     /// The error for a credentials document at `path` that was refused: it names the
@@ -383,13 +439,13 @@ mod tests {
         // A service that accepts and never answers: the request times out.
         let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let endpoint = format!("http://{}", silent.local_addr().unwrap());
-        let md = MetadataClient::new(&endpoint, Duration::from_millis(300), "ttl", "tok").unwrap();
+        let md = MetadataClient::new(&endpoint, Duration::from_millis(300), "tok").unwrap();
         let err = printed(rt.block_on(md.get("mac")).unwrap_err());
         assert_eq!(err.matches(&endpoint).count(), 1, "{err}");
         assert!(err.contains("timed out"), "{err}");
         // Nothing listening: the connection is refused.
         drop(silent);
-        let md = MetadataClient::new(&endpoint, Duration::from_millis(300), "ttl", "tok").unwrap();
+        let md = MetadataClient::new(&endpoint, Duration::from_millis(300), "tok").unwrap();
         let err = printed(rt.block_on(md.get("mac")).unwrap_err());
         assert_eq!(err.matches(&endpoint).count(), 1, "{err}");
         assert!(err.contains("refused"), "{err}");

@@ -6,7 +6,7 @@ use std::{path::Path, time::Duration};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::{aliyun, aliyun_api, aws, client::MetadataError, ec2};
+use super::{aliyun, aliyun_api, aws, client::MetadataError, ec2, nic};
 
 /// Why a sync failed; nothing is applied then.
 #[derive(Debug, Error)]
@@ -15,24 +15,6 @@ pub enum SyncError {
     Metadata(#[from] MetadataError),
     #[error(transparent)]
     Api(#[from] super::client::ApiError),
-}
-
-/// The NICs' addresses on the interfaces with their MACs, each with its subnet's prefix
-/// length: (interface, address/len).
-fn nic_addresses(
-    nics: impl IntoIterator<Item = (String, Vec<std::net::Ipv4Addr>, u8)>,
-) -> Vec<(String, ipnet::Ipv4Net)> {
-    let mut out = Vec::new();
-    for (mac, ips, len) in nics {
-        if let Some(iface) = aws::ifname_by_mac(&mac) {
-            out.extend(
-                ips.into_iter()
-                    .filter_map(|ip| ipnet::Ipv4Net::new(ip, len).ok())
-                    .map(|net| (iface.clone(), net)),
-            );
-        }
-    }
-    out
 }
 
 /// One sync with the configured provider (nothing without one): the steering rules, mappings
@@ -54,7 +36,7 @@ pub async fn sync(config: &crate::config::Config) -> Result<Synced, SyncError> {
     let (rules, missing) = if provider.cloud == Cloud::Aws {
         let imds = aws::Imds::new(endpoint, timeout)?;
         let nics = imds.nics().await?;
-        synced.addresses = nic_addresses(
+        synced.addresses = nic::addresses(
             nics.iter()
                 .map(|n| (n.mac.clone(), n.local_ipv4s.clone(), n.subnet.prefix_len())),
         );
@@ -68,11 +50,11 @@ pub async fn sync(config: &crate::config::Config) -> Result<Synced, SyncError> {
             _ if host => synced.mappings = aws::mappings(&nics),
             _ => {}
         }
-        aws::steering_rules(&nics, &aws::ifname_by_mac)
+        nic::steering_rules(aws::secondaries(&nics), &nic::ifname_by_mac)
     } else {
         let md = aliyun::Metadata::new(endpoint, timeout)?;
         let nics = md.nics().await?;
-        synced.addresses = nic_addresses(nics.iter().map(|n| {
+        synced.addresses = nic::addresses(nics.iter().map(|n| {
             (
                 n.mac.clone(),
                 n.private_ipv4s.clone(),
@@ -86,7 +68,7 @@ pub async fn sync(config: &crate::config::Config) -> Result<Synced, SyncError> {
             _ if host => synced.mappings = aliyun::mappings(&nics),
             _ => {}
         }
-        aliyun::steering_rules(&nics, &aws::ifname_by_mac)
+        nic::steering_rules(aliyun::secondaries(&nics), &nic::ifname_by_mac)
     };
     for mac in missing {
         tracing::warn!(%mac, "the metadata lists a secondary NIC that has no interface here (yet)");

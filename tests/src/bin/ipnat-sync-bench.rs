@@ -8,7 +8,10 @@ use anyhow::{Context, Result};
 use ipnat::{
     config::MappingConfig,
     dataplane::Dataplane,
-    providers::aws::{Imds, steering_rules},
+    providers::{
+        aws::{Imds, secondaries},
+        nic::steering_rules,
+    },
 };
 use ipnat_tests::{
     benchkit::Args,
@@ -64,7 +67,7 @@ fn main() -> Result<()> {
     })?;
     let requests = *cloud.gets.lock().unwrap();
     let t = Instant::now();
-    let (rules, _) = steering_rules(&fetched, &|_| Some("lo".to_owned()));
+    let (rules, _) = steering_rules(secondaries(&fetched), &|_| Some("lo".to_owned()));
     let compute_time = t.elapsed();
     let mut dp = Dataplane::load(None, 1024).context("load the data plane")?;
     let with_index: Vec<_> = rules.iter().cloned().map(|r| (r, 1u32)).collect();
