@@ -43,30 +43,57 @@ fn load(pin_path: &Path) -> Changed {
         .unwrap_or_default()
 }
 
-/// Makes reverse-path filtering loose on `ifaces` where it is strict; returns what it changed
-/// now as (key, old value). Old values already recorded (by an earlier run) are kept.
-pub fn loosen_rp_filter(
+/// The one rule of every sysctl ipnat changes: sets `net.ipv4.conf.<iface>.<name>` to `to`
+/// where `needs` says so of its effective value (the larger of `all`'s and the interface's),
+/// recording the old value in `changed` (an old value recorded by an earlier run is kept).
+/// What it changed now, as (key, old value).
+fn set_where(
+    changed: &mut Changed,
+    iface: &str,
+    name: &str,
+    to: u8,
+    needs: impl Fn(u8) -> bool,
+) -> std::io::Result<Option<(String, String)>> {
+    let all: u8 = read(&format!("net.ipv4.conf.all.{name}"))?
+        .parse()
+        .unwrap_or(0);
+    let key = format!("net.ipv4.conf.{iface}.{name}");
+    let old = read(&key)?;
+    if !needs(all.max(old.parse().unwrap_or(0))) {
+        return Ok(None);
+    }
+    write(&key, &to.to_string())?;
+    changed
+        .sysctls
+        .entry(key.clone())
+        .or_insert_with(|| old.clone());
+    Ok(Some((key, old)))
+}
+
+/// [`set_where`] on each of `ifaces`, saved once.
+fn set_each(
     ifaces: &[String],
+    settings: &[(&str, u8, fn(u8) -> bool)],
     pin_path: &Path,
 ) -> std::io::Result<Vec<(String, String)>> {
     let mut changed = load(pin_path);
-    let all: u8 = read("net.ipv4.conf.all.rp_filter")?.parse().unwrap_or(0);
     let mut now = Vec::new();
-    for iface in ifaces {
-        let key = format!("net.ipv4.conf.{iface}.rp_filter");
-        let old = read(&key)?;
-        let effective = all.max(old.parse().unwrap_or(0));
-        if effective == 1 {
-            write(&key, "2")?;
-            changed
-                .sysctls
-                .entry(key.clone())
-                .or_insert_with(|| old.clone());
-            now.push((key, old));
+    for &(name, to, needs) in settings {
+        for iface in ifaces {
+            now.extend(set_where(&mut changed, iface, name, to, needs)?);
         }
     }
     save(pin_path, &changed)?;
     Ok(now)
+}
+
+/// Makes reverse-path filtering loose (2) on `ifaces` where it is strict (1); returns what it
+/// changed now as (key, old value).
+pub fn loosen_rp_filter(
+    ifaces: &[String],
+    pin_path: &Path,
+) -> std::io::Result<Vec<(String, String)>> {
+    set_each(ifaces, &[("rp_filter", 2, |v| v == 1)], pin_path)
 }
 
 /// Raises `promote_secondaries` to 1 on `iface` where its effective value (the larger of `all`
@@ -78,22 +105,8 @@ pub fn promote_secondaries(
     iface: &str,
     pin_path: &Path,
 ) -> std::io::Result<Option<(String, String)>> {
-    let all: u8 = read("net.ipv4.conf.all.promote_secondaries")?
-        .parse()
-        .unwrap_or(0);
-    let key = format!("net.ipv4.conf.{iface}.promote_secondaries");
-    let old = read(&key)?;
-    if all.max(old.parse().unwrap_or(0)) >= 1 {
-        return Ok(None);
-    }
-    let mut changed = load(pin_path);
-    write(&key, "1")?;
-    changed
-        .sysctls
-        .entry(key.clone())
-        .or_insert_with(|| old.clone());
-    save(pin_path, &changed)?;
-    Ok(Some((key, old)))
+    let settings = [("promote_secondaries", 1, (|v| v == 0) as fn(u8) -> bool)];
+    Ok(set_each(&[iface.to_owned()], &settings, pin_path)?.pop())
 }
 
 /// Host orientation: the public addresses live on `lo`, and no neighbour may learn them from
@@ -102,27 +115,11 @@ pub fn promote_secondaries(
 /// their source (`arp_announce` 2). Raises each where its effective value (the larger of
 /// `all` and the interface's) is lower; returns what it changed now as (key, old value).
 pub fn quiet_arp(ifaces: &[String], pin_path: &Path) -> std::io::Result<Vec<(String, String)>> {
-    let mut changed = load(pin_path);
-    let mut now = Vec::new();
-    for (name, needed) in [("arp_ignore", 1u8), ("arp_announce", 2u8)] {
-        let all: u8 = read(&format!("net.ipv4.conf.all.{name}"))?
-            .parse()
-            .unwrap_or(0);
-        for iface in ifaces {
-            let key = format!("net.ipv4.conf.{iface}.{name}");
-            let old = read(&key)?;
-            if all.max(old.parse().unwrap_or(0)) < needed {
-                write(&key, &needed.to_string())?;
-                changed
-                    .sysctls
-                    .entry(key.clone())
-                    .or_insert_with(|| old.clone());
-                now.push((key, old));
-            }
-        }
-    }
-    save(pin_path, &changed)?;
-    Ok(now)
+    set_each(
+        ifaces,
+        &[("arp_ignore", 1, |v| v < 1), ("arp_announce", 2, |v| v < 2)],
+        pin_path,
+    )
 }
 
 fn save(pin_path: &Path, changed: &Changed) -> std::io::Result<()> {

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use ipnat::config::{Block, DEFAULT_PIN_PATH};
 
 #[derive(Parser)]
@@ -61,8 +61,8 @@ pub enum Command {
     },
     /// What is attached where, table sizes and settings of the running data plane.
     Status {
-        #[arg(long, default_value = DEFAULT_PIN_PATH, value_parser = pin_path_arg)]
-        pin_path: PathBuf,
+        #[command(flatten)]
+        pin_path: PinPath,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -107,8 +107,8 @@ pub enum Command {
     /// another network namespace than the one the data plane is attached in.
     Down {
         /// The pin directory of the data plane.
-        #[arg(long, default_value = DEFAULT_PIN_PATH, value_parser = pin_path_arg)]
-        pin_path: PathBuf,
+        #[command(flatten)]
+        pin_path: PinPath,
     },
     /// Write the manual pages (ipnat.8 and one per command) into DIR; for packaging.
     #[command(hide = true)]
@@ -116,8 +116,8 @@ pub enum Command {
     /// Print per-mapping packets and bytes, and packets by outcome, of a running `ipnat run`.
     Stats {
         /// The pin directory of the running data plane.
-        #[arg(long, default_value = DEFAULT_PIN_PATH, value_parser = pin_path_arg)]
-        pin_path: PathBuf,
+        #[command(flatten)]
+        pin_path: PinPath,
         /// Machine-readable output (with --watch: one JSON object per line).
         #[arg(long)]
         json: bool,
@@ -131,8 +131,8 @@ pub enum Command {
 pub enum SteerCommand {
     /// The installed rules, with their counters.
     List {
-        #[arg(long, default_value = DEFAULT_PIN_PATH, value_parser = pin_path_arg)]
-        pin_path: PathBuf,
+        #[command(flatten)]
+        pin_path: PinPath,
         #[arg(long)]
         json: bool,
     },
@@ -148,15 +148,15 @@ pub enum SteerCommand {
         gateway: std::net::Ipv4Addr,
         #[arg(long)]
         subnet: Block,
-        #[arg(long, default_value = DEFAULT_PIN_PATH, value_parser = pin_path_arg)]
-        pin_path: PathBuf,
+        #[command(flatten)]
+        pin_path: PinPath,
     },
     /// Remove the rule for this source.
     Del {
         #[arg(long)]
         source: Block,
-        #[arg(long, default_value = DEFAULT_PIN_PATH, value_parser = pin_path_arg)]
-        pin_path: PathBuf,
+        #[command(flatten)]
+        pin_path: PinPath,
     },
 }
 
@@ -193,8 +193,8 @@ pub enum EniCommand {
 pub enum MapCommand {
     /// The installed mappings, with their ids.
     List {
-        #[arg(long, default_value = DEFAULT_PIN_PATH, value_parser = pin_path_arg)]
-        pin_path: PathBuf,
+        #[command(flatten)]
+        pin_path: PinPath,
         #[arg(long)]
         json: bool,
     },
@@ -205,17 +205,32 @@ pub enum MapCommand {
         public: Block,
         #[arg(long)]
         private: Block,
-        #[arg(long, default_value = DEFAULT_PIN_PATH, value_parser = pin_path_arg)]
-        pin_path: PathBuf,
+        #[command(flatten)]
+        pin_path: PinPath,
     },
     /// Remove the mapping with this public side (in host orientation also its address on
     /// `lo`, if ipnat put it there).
     Del {
         #[arg(long)]
         public: Block,
-        #[arg(long, default_value = DEFAULT_PIN_PATH, value_parser = pin_path_arg)]
-        pin_path: PathBuf,
+        #[command(flatten)]
+        pin_path: PinPath,
     },
+}
+
+/// The `--pin-path` of the commands that act on a running data plane.
+#[derive(Args)]
+pub struct PinPath {
+    #[arg(long, default_value = DEFAULT_PIN_PATH, value_parser = pin_path_arg)]
+    pin_path: PathBuf,
+}
+
+impl std::ops::Deref for PinPath {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &std::path::Path {
+        &self.pin_path
+    }
 }
 
 /// A `--pin-path`, checked as the config's `pin_path` is.

@@ -58,7 +58,7 @@ fn run(cli: Cli) -> Result<()> {
     }
     match cli.command {
         Command::Check { config } => commands::check::run(config),
-        Command::Status { pin_path, json } => commands::status::run(pin_path, json),
+        Command::Status { pin_path, json } => commands::status::run(&pin_path, json),
         Command::Map { action } => commands::map::run(action),
         Command::Bench {
             sizes,
@@ -71,12 +71,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Eni { action } => commands::eni::run(action),
         Command::Manpages { dir } => commands::manpages::run(dir),
         Command::Import { files } => commands::import::run(files),
-        Command::Down { pin_path } => commands::down::run(pin_path),
+        Command::Down { pin_path } => commands::down::run(&pin_path),
         Command::Stats {
             pin_path,
             json,
             watch,
-        } => commands::stats::run(pin_path, json, watch),
+        } => commands::stats::run(&pin_path, json, watch),
         Command::Run {
             config,
             stats_interval,

@@ -1,9 +1,8 @@
 //! `ipnat down`: takes the data plane apart and undoes what ipnat changed on the host.
 
 use anyhow::Result;
-use std::path::PathBuf;
 
-pub fn run(pin_path: PathBuf) -> Result<()> {
+pub fn run(pin_path: &std::path::Path) -> Result<()> {
     let removed = ipnat::dataplane::down(&pin_path)?;
     for l in &removed.links {
         println!("detached {} from {}", l.hook, l.iface);

@@ -2,9 +2,9 @@
 
 use anyhow::Result;
 use ipnat::dataplane::Tables;
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
-pub fn run(pin_path: PathBuf, json: bool, watch: Option<u64>) -> Result<()> {
+pub fn run(pin_path: &std::path::Path, json: bool, watch: Option<u64>) -> Result<()> {
     let tables = Tables::open_pinned(&pin_path)?;
     let mut prev = tables.snapshot()?;
     let Some(secs) = watch else {
