@@ -14,10 +14,9 @@ use aya::{
         lpm_trie::{Key, LpmTrie},
     },
     programs::{
-        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
-        tc::{self, SchedClassifierLink},
-        xdp::XdpLink,
+        tc,
     },
 };
 use ipnat_common::{
@@ -76,7 +75,7 @@ pub enum DataplaneError {
     #[error("the kernel refused program {program}: {error}")]
     Verify {
         program: &'static str,
-        error: aya::programs::ProgramError,
+        error: ProgramError,
     },
     #[error("interface {0:?} does not exist")]
     NoSuchInterface(String),
@@ -84,7 +83,7 @@ pub enum DataplaneError {
     Attach {
         program: &'static str,
         iface: String,
-        error: aya::programs::ProgramError,
+        error: ProgramError,
     },
     #[error("map {name}: {error}")]
     Map { name: &'static str, error: MapError },
@@ -284,7 +283,7 @@ impl Dataplane {
             } else {
                 names::XDP_PROGRAM
             };
-            match self.attach_xdp(iface, program, pinned("xdp")) {
+            match self.attach_one(iface, program, None, pinned("xdp")) {
                 Ok(()) => {
                     if frags {
                         self.frags.insert(index);
@@ -317,72 +316,54 @@ impl Dataplane {
             (receive.0, receive.1, TcAttachType::Ingress),
             (names::TC_EGRESS_PROGRAM, "tc-out", TcAttachType::Egress),
         ] {
-            self.attach_tc(iface, name, attach_type, pinned(hook))?;
+            self.attach_one(iface, name, Some(attach_type), pinned(hook))?;
         }
         Ok(mode)
     }
 
-    fn attach_xdp(
+    /// Attaches `program` to `iface` (XDP in driver mode, or TC at `tc`), or adopts the link
+    /// pinned at `pinned` when there is one; a new link is pinned there.
+    fn attach_one(
         &mut self,
         iface: &str,
         program: &'static str,
+        tc: Option<TcAttachType>,
         pinned: Option<PathBuf>,
     ) -> Result<(), DataplaneError> {
-        let attach_err = |error| DataplaneError::Attach {
+        let err = |error| DataplaneError::Attach {
             program,
             iface: iface.to_owned(),
             error,
         };
-        let xdp: &mut Xdp = self
+        let p = self
             .ebpf
             .program_mut(program)
-            .and_then(|p| p.try_into().ok())
             .ok_or(DataplaneError::MissingMap(program))?;
-        match pinned {
-            Some(path) if path.exists() => {
-                xdp.attach_to_link(adopt_as::<XdpLink>(&path)?)
-                    .map_err(attach_err)?;
+        let wrong = |_| DataplaneError::MissingMap(program);
+        match tc {
+            None => {
+                let xdp: &mut Xdp = p.try_into().map_err(wrong)?;
+                attach_or_adopt(
+                    xdp,
+                    pinned,
+                    err,
+                    |x| x.attach(iface, XdpMode::Driver),
+                    Xdp::take_link,
+                    Xdp::attach_to_link,
+                )
             }
-            path => {
-                let id = xdp.attach(iface, XdpMode::Driver).map_err(attach_err)?;
-                if let Some(path) = path {
-                    pin_taken(xdp.take_link(id).map_err(attach_err)?, &path)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn attach_tc(
-        &mut self,
-        iface: &str,
-        name: &'static str,
-        attach_type: TcAttachType,
-        pinned: Option<PathBuf>,
-    ) -> Result<(), DataplaneError> {
-        let attach_err = |error| DataplaneError::Attach {
-            program: name,
-            iface: iface.to_owned(),
-            error,
-        };
-        let tc: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(name)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(DataplaneError::MissingMap(name))?;
-        match pinned {
-            Some(path) if path.exists() => {
-                tc.attach_to_link(adopt_as::<SchedClassifierLink>(&path)?)
-                    .map_err(attach_err)?;
-            }
-            path => {
-                let id = tc.attach(iface, attach_type).map_err(attach_err)?;
-                if let Some(path) = path {
-                    pin_taken(tc.take_link(id).map_err(attach_err)?, &path)?;
-                }
+            Some(at) => {
+                let c: &mut SchedClassifier = p.try_into().map_err(wrong)?;
+                attach_or_adopt(
+                    c,
+                    pinned,
+                    err,
+                    |c| c.attach(iface, at),
+                    SchedClassifier::take_link,
+                    SchedClassifier::attach_to_link,
+                )
             }
         }
-        Ok(())
     }
 
     /// Re-reads the drivers' XDP features and sets which of `attached` (ifindex, mode) XDP may
@@ -443,7 +424,7 @@ fn absent_ok(r: Result<(), MapError>) -> Result<(), MapError> {
 }
 
 /// The errno inside an attach error, if any.
-fn io_errno(e: &aya::programs::ProgramError) -> Option<i32> {
+fn io_errno(e: &ProgramError) -> Option<i32> {
     use std::error::Error;
     let mut cur: Option<&dyn Error> = Some(e);
     while let Some(err) = cur {
@@ -458,4 +439,35 @@ fn io_errno(e: &aya::programs::ProgramError) -> Option<i32> {
         .iter()
         .any(|m| text.contains(m))
         .then_some(libc::EOPNOTSUPP)
+}
+
+/// One program's link on one hook: the link pinned at `pinned` adopted when it exists (an
+/// upgrade or a restart keeps the attachment, never detaching), else a new attachment
+/// (`attach`), pinned there when a path is given.
+fn attach_or_adopt<P, L, Id>(
+    program: &mut P,
+    pinned: Option<PathBuf>,
+    err: impl Fn(ProgramError) -> DataplaneError,
+    attach: impl FnOnce(&mut P) -> Result<Id, ProgramError>,
+    take: fn(&mut P, Id) -> Result<L, ProgramError>,
+    adopt: fn(&mut P, L) -> Result<Id, ProgramError>,
+) -> Result<(), DataplaneError>
+where
+    L: TryFrom<FdLink>,
+    <L as TryFrom<FdLink>>::Error: std::fmt::Display,
+    FdLink: TryFrom<L>,
+    <FdLink as TryFrom<L>>::Error: std::fmt::Display,
+{
+    match pinned {
+        Some(path) if path.exists() => {
+            adopt(program, adopt_as::<L>(&path)?).map_err(&err)?;
+        }
+        path => {
+            let id = attach(program).map_err(&err)?;
+            if let Some(path) = path {
+                pin_taken(take(program, id).map_err(&err)?, &path)?;
+            }
+        }
+    }
+    Ok(())
 }
