@@ -28,6 +28,27 @@ pub(super) fn resolve_gateways(config: &Config) {
     }
 }
 
+/// Puts `addresses` on their interfaces for `owner` and takes off what it added before and no
+/// longer wants ([`crate::system::reconcile_addresses`]), logging each with `why` (added,
+/// removed).
+fn reconcile_logged(
+    addresses: &[(String, ipnet::Ipv4Net)],
+    config: &Config,
+    owner: AddressOwner,
+    keep_others: bool,
+    why: (&str, &str),
+) -> Result<()> {
+    let (added, removed) =
+        crate::system::reconcile_addresses(addresses, &config.pin_path, owner, keep_others)?;
+    for a in added {
+        info!(address = %a, "added: {}", why.0);
+    }
+    for a in removed {
+        info!(address = %a, "removed: {}", why.1);
+    }
+    Ok(())
+}
+
 /// Writes the config's tables and settings. In host orientation the public addresses are put
 /// on `lo` before their mappings are installed, and those of removed mappings taken off after.
 pub(super) fn apply_config(dp: &mut Dataplane, config: &Config) -> Result<()> {
@@ -41,20 +62,17 @@ pub(super) fn apply_config(dp: &mut Dataplane, config: &Config) -> Result<()> {
     } else {
         Vec::new()
     };
-    let reconcile = |keep_others: bool| -> Result<()> {
-        let (added, removed) = crate::system::reconcile_addresses(
+    let reconcile = |keep_others: bool| {
+        reconcile_logged(
             &eips,
-            &config.pin_path,
+            config,
             AddressOwner::Host,
             keep_others,
-        )?;
-        for a in added {
-            info!(address = %a, "added: a public address of host orientation");
-        }
-        for a in removed {
-            info!(address = %a, "removed: its mapping is gone");
-        }
-        Ok(())
+            (
+                "a public address of host orientation",
+                "its mapping is gone",
+            ),
+        )
     };
     reconcile(true)?;
     dp.tables
@@ -136,18 +154,13 @@ fn reload(
 pub(super) fn apply_synced(dp: &mut Dataplane, config: &Config, new: &Synced) -> Result<()> {
     let eff = effective(config, new)?;
     if config.provider_addresses() {
-        let (added, removed) = crate::system::reconcile_addresses(
+        reconcile_logged(
             &new.addresses,
-            &config.pin_path,
+            config,
             AddressOwner::Provider,
             false,
+            ("the cloud assigned it", "the cloud no longer assigns it"),
         )?;
-        for a in added {
-            info!(address = %a, "added: the cloud assigned it");
-        }
-        for a in removed {
-            info!(address = %a, "removed: the cloud no longer assigns it");
-        }
     }
     apply_config(dp, &eff)
 }
