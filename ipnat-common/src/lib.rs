@@ -249,6 +249,8 @@ pub mod ipproto {
     pub const TCP: u8 = 6;
     pub const UDP: u8 = 17;
     pub const DCCP: u8 = 33;
+    /// One of the protocols translated in the IPv4 header only.
+    pub const GRE: u8 = 47;
     pub const UDPLITE: u8 = 136;
 }
 

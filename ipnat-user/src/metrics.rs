@@ -144,22 +144,25 @@ pub fn render(tables: &Tables, ctl: &ControllerCounters) -> Result<String, Datap
         "Kernel memory charged to each map",
         memory,
     );
-    let reloads = Family::<ResultLabels, Counter>::default();
-    reloads
-        .get_or_create(&ResultLabels { result: "ok" })
-        .inc_by(ctl.reloads_ok.load(Ordering::Relaxed));
-    reloads
-        .get_or_create(&ResultLabels { result: "error" })
-        .inc_by(ctl.reloads_failed.load(Ordering::Relaxed));
-    reg.register("config_reloads", "Config reloads by result", reloads);
-    let syncs = Family::<ResultLabels, Counter>::default();
-    syncs
-        .get_or_create(&ResultLabels { result: "ok" })
-        .inc_by(ctl.syncs_ok.load(Ordering::Relaxed));
-    syncs
-        .get_or_create(&ResultLabels { result: "error" })
-        .inc_by(ctl.syncs_failed.load(Ordering::Relaxed));
-    reg.register("provider_syncs", "Cloud provider syncs by result", syncs);
+    // A counter by result (`ok`, `error`).
+    let by_result = |ok: &AtomicU64, failed: &AtomicU64| {
+        let f = Family::<ResultLabels, Counter>::default();
+        for (result, n) in [("ok", ok), ("error", failed)] {
+            f.get_or_create(&ResultLabels { result })
+                .inc_by(n.load(Ordering::Relaxed));
+        }
+        f
+    };
+    reg.register(
+        "config_reloads",
+        "Config reloads by result",
+        by_result(&ctl.reloads_ok, &ctl.reloads_failed),
+    );
+    reg.register(
+        "provider_syncs",
+        "Cloud provider syncs by result",
+        by_result(&ctl.syncs_ok, &ctl.syncs_failed),
+    );
     reg.register(
         "last_sync_timestamp_seconds",
         "When a cloud provider sync last succeeded (Unix time; 0: never)",

@@ -3,12 +3,10 @@
 
 use std::net::Ipv4Addr;
 
-pub const IPPROTO_ICMP: u8 = 1;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
-pub const IPPROTO_DCCP: u8 = 33;
-pub const IPPROTO_GRE: u8 = 47;
-pub const IPPROTO_UDPLITE: u8 = 136;
+pub use ipnat_common::ipproto::{
+    DCCP as IPPROTO_DCCP, GRE as IPPROTO_GRE, ICMP as IPPROTO_ICMP, TCP as IPPROTO_TCP,
+    UDP as IPPROTO_UDP, UDPLITE as IPPROTO_UDPLITE,
+};
 
 /// The Internet checksum of `data` (one's complement of the one's complement sum).
 pub fn checksum(data: &[u8]) -> u16 {
