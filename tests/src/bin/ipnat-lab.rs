@@ -13,7 +13,7 @@ use ipnat_tests::{
     fakecloud::FakeImds,
     hostlab::{self, EIP0, HostLab, PRIV0},
     lab::{
-        ALIYUN_MACS, BACKEND, EIP, GW_EXT, GW_INT, GatewayLab, INET, Ipnat, LabOptions, SteerLab,
+        BACKEND, EIP, GW_EXT, GW_INT, GatewayLab, INET, Ipnat, LabOptions, METADATA_MACS, SteerLab,
         cleanup_all, cleanup_on_signal, ipnat_bin, tcp_exchange_at, tcp_exchange_from,
         udp_exchange, udp_exchange_at, wait_until,
     },
@@ -272,7 +272,7 @@ fn source_check_drops(lab: &SteerLab) -> Result<u64> {
 fn set_eth1_ips(meta: &FakeImds, m1: &str, ips: &[Ipv4Addr]) {
     let list: Vec<String> = ips.iter().map(|a| format!("\"{a}\"")).collect();
     meta.set(
-        &format!("{ALIYUN_MACS}{m1}/private-ipv4s"),
+        &format!("{METADATA_MACS}{m1}/private-ipv4s"),
         &format!("[{}]", list.join(",")),
     );
 }

@@ -129,22 +129,42 @@ impl SteerLab {
         let meta = FakeImds::start(&self.inst);
         let (m0, m1) = (self.inst.mac("eth0")?, self.inst.mac("eth1")?);
         meta.set("mac", &m0);
-        meta.set(ALIYUN_MACS, &format!("{m0}/\n{m1}/\n"));
+        meta.set(METADATA_MACS, &format!("{m0}/\n{m1}/\n"));
         for (m, id, ips, gw, cidr) in [
             (&m0, "eni-0", r#"["10.0.0.10"]"#, "10.0.0.1", "10.0.0.0/24"),
             (&m1, "eni-1", eth1_ips, "10.0.1.1", "10.0.1.0/24"),
         ] {
-            meta.set(&format!("{ALIYUN_MACS}{m}/network-interface-id"), id);
-            meta.set(&format!("{ALIYUN_MACS}{m}/private-ipv4s"), ips);
-            meta.set(&format!("{ALIYUN_MACS}{m}/gateway"), gw);
-            meta.set(&format!("{ALIYUN_MACS}{m}/vswitch-cidr-block"), cidr);
+            meta.set(&format!("{METADATA_MACS}{m}/network-interface-id"), id);
+            meta.set(&format!("{METADATA_MACS}{m}/private-ipv4s"), ips);
+            meta.set(&format!("{METADATA_MACS}{m}/gateway"), gw);
+            meta.set(&format!("{METADATA_MACS}{m}/vswitch-cidr-block"), cidr);
         }
         Ok((meta, m1))
     }
+
+    /// The fake AWS instance metadata (IMDSv2) of this instance: eth0 (device 0, 10.0.0.10)
+    /// and eth1 (device 1) whose `local-ipv4s` are `eth1_ips` (one per line), each NIC with its
+    /// subnet. Returns the service and eth1's MAC address.
+    pub fn aws_metadata(&self, eth1_ips: &str) -> Result<(FakeImds, String)> {
+        let imds = FakeImds::start(&self.inst);
+        let (m0, m1) = (self.inst.mac("eth0")?, self.inst.mac("eth1")?);
+        imds.set(METADATA_MACS, &format!("{m0}/\n{m1}/\n"));
+        for (m, dn, ips, subnet) in [
+            (&m0, "0", "10.0.0.10", "10.0.0.0/24"),
+            (&m1, "1", eth1_ips, "10.0.1.0/24"),
+        ] {
+            let at = |k: &str| format!("{METADATA_MACS}{m}/{k}");
+            imds.set(&at("device-number"), dn);
+            imds.set(&at("interface-id"), &format!("eni-{dn}"));
+            imds.set(&at("local-ipv4s"), ips);
+            imds.set(&at("subnet-ipv4-cidr-block"), subnet);
+        }
+        Ok((imds, m1))
+    }
 }
 
-/// Where the ECS metadata lists the NICs by MAC address.
-pub const ALIYUN_MACS: &str = "network/interfaces/macs/";
+/// Where both clouds' metadata list the NICs by MAC address.
+pub const METADATA_MACS: &str = "network/interfaces/macs/";
 
 /// Waits up to 10 s for `f` to hold, checking every 100 ms.
 pub fn wait_until(what: &str, f: impl Fn() -> Result<bool>) -> Result<()> {

@@ -5,7 +5,7 @@ use std::{sync::atomic::Ordering, time::Duration};
 
 use ipnat_tests::{
     fakecloud::FakeImds,
-    lab::{Ipnat, SteerLab},
+    lab::{Ipnat, METADATA_MACS, SteerLab},
     netns::{Netns, require_root},
 };
 
@@ -16,6 +16,32 @@ fn mac(ns: &Netns, iface: &str) -> String {
 fn eth1(lab: &SteerLab) -> String {
     String::from_utf8_lossy(&lab.inst.ip(&["-4", "addr", "show", "eth1"]).unwrap().stdout)
         .into_owned()
+}
+
+/// Stops `ipnat` and takes its data plane down: the address ipnat added, `removed`, goes from
+/// eth1 (and `down` says so); every one of `kept` (not ipnat's) stays.
+fn down_removes_only_its_address(ipnat: &mut Ipnat, lab: &SteerLab, removed: &str, kept: &[&str]) {
+    ipnat.stop().unwrap();
+    let (ok, out) = ipnat.down().unwrap();
+    assert!(
+        ok.success() && out.contains(&format!("removed address {removed} on eth1")),
+        "{out}"
+    );
+    let after = eth1(lab);
+    assert!(!after.contains(removed), "{after}");
+    for k in kept {
+        assert!(after.contains(k), "down removed {k}, not ipnat's: {after}");
+    }
+}
+
+/// The running controller's last sync as `ipnat status` reports it.
+fn last_sync(ipnat: &Ipnat) -> Option<ipnat::providers::SyncState> {
+    ipnat::dataplane::status(&ipnat.pin_path).unwrap().sync
+}
+
+/// Waits until the last sync's result says what `says` looks for.
+fn wait_for_sync(ipnat: &Ipnat, what: &str, says: impl Fn(&ipnat::providers::SyncState) -> bool) {
+    wait_until(what, || last_sync(ipnat).is_some_and(|s| says(&s)));
 }
 
 fn rules(ipnat: &Ipnat) -> usize {
@@ -61,24 +87,10 @@ fn udp_ok(lab: &SteerLab, bind: std::net::Ipv4Addr, port: u16) -> bool {
 fn aws_metadata_drives_steering_and_bad_answers_change_nothing() {
     require_root();
     let lab = SteerLab::new(1, false).unwrap();
-    let imds = FakeImds::start(&lab.inst);
-    let (m0, m1) = (mac(&lab.inst, "eth0"), mac(&lab.inst, "eth1"));
-    let base = "network/interfaces/macs/";
-    imds.set(base, &format!("{m0}/\n{m1}/\n"));
-    for (m, dn, ips, subnet) in [
-        (&m0, "0", "10.0.0.10", "10.0.0.0/24"),
-        (
-            &m1,
-            "1",
-            "10.0.1.20\n10.0.1.21\n10.0.1.22\n10.0.1.23",
-            "10.0.1.0/24",
-        ),
-    ] {
-        imds.set(&format!("{base}{m}/device-number"), dn);
-        imds.set(&format!("{base}{m}/interface-id"), &format!("eni-{dn}"));
-        imds.set(&format!("{base}{m}/local-ipv4s"), ips);
-        imds.set(&format!("{base}{m}/subnet-ipv4-cidr-block"), subnet);
-    }
+    let (imds, m1) = lab
+        .aws_metadata("10.0.1.20\n10.0.1.21\n10.0.1.22\n10.0.1.23")
+        .unwrap();
+    let base = METADATA_MACS;
     imds.set(&format!("{base}{m1}/ipv4-associations/"), "198.51.100.7\n");
     imds.set(
         &format!("{base}{m1}/ipv4-associations/198.51.100.7"),
@@ -133,11 +145,8 @@ fn aws_metadata_drives_steering_and_bad_answers_change_nothing() {
 
     // Garbage, then a metadata service that hangs: errors, and the last good table stays.
     imds.set(&format!("{base}{m1}/local-ipv4s"), "<html>503</html>");
-    wait_until("a failed sync", || {
-        ipnat::dataplane::status(&ipnat.pin_path)
-            .unwrap()
-            .sync
-            .is_some_and(|s| s.result.contains("not an IPv4 address"))
+    wait_for_sync(&ipnat, "a failed sync", |s| {
+        s.result.contains("not an IPv4 address")
     });
     assert_eq!(rules(&ipnat), 4);
     assert!(
@@ -150,22 +159,14 @@ fn aws_metadata_drives_steering_and_bad_answers_change_nothing() {
         "10.0.1.20\n10.0.1.21\n10.0.1.22\n10.0.1.23",
     );
     imds.hang.store(true, Ordering::Relaxed);
-    wait_until("a timed-out sync", || {
-        ipnat::dataplane::status(&ipnat.pin_path)
-            .unwrap()
-            .sync
-            .is_some_and(|s| s.result.contains("error") && !s.result.contains("IPv4"))
+    wait_for_sync(&ipnat, "a timed-out sync", |s| {
+        s.result.contains("error") && !s.result.contains("IPv4")
     });
     assert_eq!(rules(&ipnat), 4);
     imds.hang.store(false, Ordering::Relaxed);
     // Expired tokens: 401 on every GET; nothing changes, and a fresh token next time heals.
     imds.expire_tokens.store(true, Ordering::Relaxed);
-    wait_until("a 401", || {
-        ipnat::dataplane::status(&ipnat.pin_path)
-            .unwrap()
-            .sync
-            .is_some_and(|s| s.result.contains("HTTP 401"))
-    });
+    wait_for_sync(&ipnat, "a 401", |s| s.result.contains("HTTP 401"));
     assert_eq!(rules(&ipnat), 4);
     assert!(eth1(&lab).contains("10.0.1.23/24"), "a 401 removes nothing");
     imds.expire_tokens.store(false, Ordering::Relaxed);
@@ -181,17 +182,7 @@ fn aws_metadata_drives_steering_and_bad_answers_change_nothing() {
     // `ipnat down` takes away what ipnat added, and only that.
     imds.set(&format!("{base}{m1}/local-ipv4s"), "10.0.1.20\n10.0.1.23");
     wait_until("10.0.1.23 back", || eth1(&lab).contains("10.0.1.23/24"));
-    ipnat.stop().unwrap();
-    let (ok, out) = ipnat.down().unwrap();
-    assert!(
-        ok.success() && out.contains("removed address 10.0.1.23/24 on eth1"),
-        "{out}"
-    );
-    let after = eth1(&lab);
-    assert!(
-        !after.contains("10.0.1.23/24") && after.contains("10.0.1.21/24"),
-        "{after}"
-    );
+    down_removes_only_its_address(&mut ipnat, &lab, "10.0.1.23/24", &["10.0.1.21/24"]);
 }
 
 /// Alibaba Cloud's metadata for the lab's instance: eth0 (eni-0, 10.0.0.10) and eth1 (eni-1)
@@ -205,7 +196,7 @@ fn aliyun_metadata_drives_steering() {
     require_root();
     let lab = SteerLab::new(1, false).unwrap();
     let (meta, m1) = aliyun_metadata(&lab, r#"["10.0.1.20","10.0.1.21","10.0.1.22"]"#);
-    let base = "network/interfaces/macs/";
+    let base = METADATA_MACS;
     let pin = format!("/sys/fs/bpf/ipnat-aliyun-{}", std::process::id());
     let config = format!(
         "pin_path = \"{pin}\"\n[[interface]]\nname = \"eth0\"\n[[interface]]\nname = \"eth1\"\n\
@@ -214,18 +205,15 @@ fn aliyun_metadata_drives_steering() {
     );
     let ipnat = Ipnat::start(&lab.inst, &config, &pin).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    let sync = ipnat::dataplane::status(&ipnat.pin_path).unwrap().sync;
+    let sync = last_sync(&ipnat);
     assert_eq!(rules(&ipnat), 3, "{sync:?}");
     for (i, a) in lab.eth1.iter().enumerate() {
         assert!(udp_ok(&lab, *a, 7300 + i as u16), "{a} is steered");
     }
     // A broken JSON array changes nothing.
     meta.set(&format!("{base}{m1}/private-ipv4s"), "[\"10.0.1.20\",");
-    wait_until("a failed sync", || {
-        ipnat::dataplane::status(&ipnat.pin_path)
-            .unwrap()
-            .sync
-            .is_some_and(|s| s.provider == "aliyun" && s.result.contains("JSON array"))
+    wait_for_sync(&ipnat, "a failed sync", |s| {
+        s.provider == "aliyun" && s.result.contains("JSON array")
     });
     assert_eq!(rules(&ipnat), 3);
 }
@@ -237,7 +225,7 @@ fn a_reload_starts_a_sync_at_once() {
     require_root();
     let lab = SteerLab::new(1, false).unwrap();
     let (meta, m1) = aliyun_metadata(&lab, r#"["10.0.1.20","10.0.1.21"]"#);
-    let base = "network/interfaces/macs/";
+    let base = METADATA_MACS;
     let pin = format!("/sys/fs/bpf/ipnat-resync-{}", std::process::id());
     let config = |timeout_ms: u32| {
         format!(
@@ -286,7 +274,7 @@ fn aws_associations_become_the_host_orientations_eips() {
     let lab = HostLab::new().unwrap();
     let imds = FakeImds::start(&lab.inst);
     let (m0, m1) = (mac(&lab.inst, "eth0"), mac(&lab.inst, "eth1"));
-    let base = "network/interfaces/macs/";
+    let base = METADATA_MACS;
     imds.set(base, &format!("{m0}/\n{m1}/\n"));
     let priv1: Vec<String> = PRIV1.iter().map(|a| a.to_string()).collect();
     for (m, dn, ips, subnet) in [
@@ -340,10 +328,7 @@ fn aws_associations_become_the_host_orientations_eips() {
             .unwrap();
         assert_eq!(x.server_saw_peer.ip(), IpAddr::V4(eip));
     }
-    let sync = ipnat::dataplane::status(&ipnat.pin_path)
-        .unwrap()
-        .sync
-        .unwrap();
+    let sync = last_sync(&ipnat).unwrap();
     assert_eq!((sync.result.as_str(), sync.mappings), ("ok", 4));
 
     // The cloud disassociates the third EIP: its mapping and address go at the next sync.
@@ -355,12 +340,7 @@ fn aws_associations_become_the_host_orientations_eips() {
     imds.hang.store(true, Ordering::Relaxed);
     ipnat.kill().unwrap();
     ipnat.spawn(&lab.inst, &config).unwrap();
-    wait_until("a timed-out sync", || {
-        ipnat::dataplane::status(&ipnat.pin_path)
-            .unwrap()
-            .sync
-            .is_some_and(|s| s.result.contains("error"))
-    });
+    wait_for_sync(&ipnat, "a timed-out sync", |s| s.result.contains("error"));
     assert_eq!(mappings(&ipnat), 3);
     assert!(lo_has(&lab.inst, EIP1[1]) && lo_has(&lab.inst, EIP0));
     let x = tcp_exchange_at(
@@ -419,7 +399,7 @@ fn aliyun_openapi_gives_every_nics_eips_and_bad_answers_change_nothing() {
     let md = FakeImds::start(&lab.inst);
     let api = FakeAliyunApi::start(&lab.inst, "cn-hangzhou", "i-fake1");
     let (m0, m1) = (mac(&lab.inst, "eth0"), mac(&lab.inst, "eth1"));
-    let base = "network/interfaces/macs/";
+    let base = METADATA_MACS;
     md.set("mac", &m0);
     md.set("eipv4", &EIP0.to_string());
     md.set("region-id", "cn-hangzhou");
@@ -506,12 +486,7 @@ fn aliyun_openapi_gives_every_nics_eips_and_bad_answers_change_nothing() {
     let x = tcp_exchange_from(&lab.inst, Some(EIP1[2]), &lab.inet, INET, 7401, b"out", 10).unwrap();
     assert_eq!(x.server_saw_peer.ip(), IpAddr::V4(EIP1[2]));
 
-    let status = || {
-        ipnat::dataplane::status(&ipnat.pin_path)
-            .unwrap()
-            .sync
-            .unwrap()
-    };
+    let status = || last_sync(&ipnat).unwrap();
     // The sync reports `says`, and the table and the addresses are as they were.
     let refused = |what: &str, says: &str| {
         wait_until(what, || status().result.contains(says));
@@ -579,7 +554,7 @@ fn ec2_api_tags_give_a_gateway_its_backends_and_bad_answers_change_nothing() {
     let imds = FakeImds::start(&gw);
     let ec2 = FakeEc2::start(&gw, "eu-west-1");
     let m0 = mac(&gw, "eth0");
-    let base = "network/interfaces/macs/";
+    let base = METADATA_MACS;
     imds.set("mac", &m0);
     imds.set("instance-id", "i-gw");
     imds.set("placement/region", "eu-west-1");
@@ -715,13 +690,7 @@ fn ec2_api_tags_give_a_gateway_its_backends_and_bad_answers_change_nothing() {
         "{st}"
     );
 
-    let result = || {
-        ipnat::dataplane::status(&ipnat.pin_path)
-            .unwrap()
-            .sync
-            .unwrap()
-            .result
-    };
+    let result = || last_sync(&ipnat).unwrap().result;
     // The sync reports `says`, and the table is as it was.
     let refused = |what: &str, says: &str| {
         wait_until(what, || result().contains(says));
@@ -746,10 +715,7 @@ fn ec2_api_tags_give_a_gateway_its_backends_and_bad_answers_change_nothing() {
     ));
     refused("throttled", "RequestLimitExceeded");
     // Four kinds of failure in a row: retried with a growing delay.
-    let sync = ipnat::dataplane::status(&ipnat.pin_path)
-        .unwrap()
-        .sync
-        .unwrap();
+    let sync = last_sync(&ipnat).unwrap();
     assert!(sync.consecutive_failures >= 4, "{sync:?}");
     assert!(sync.next_attempt_unix > sync.last_attempt_unix, "{sync:?}");
     // Healed; the second backend's tag removed, the source/destination check turned off.
@@ -761,10 +727,7 @@ fn ec2_api_tags_give_a_gateway_its_backends_and_bad_answers_change_nothing() {
     }
     wait_until("one backend", || table().len() == 1);
     assert_eq!(result(), "ok");
-    let sync = ipnat::dataplane::status(&ipnat.pin_path)
-        .unwrap()
-        .sync
-        .unwrap();
+    let sync = last_sync(&ipnat).unwrap();
     assert_eq!(sync.consecutive_failures, 0);
     assert!(!status().contains("source/destination check"));
     // Page 2 repeating page 1 (EC2 gives no total to count a missing page against): an error,
@@ -798,19 +761,8 @@ fn removing_ipnats_addresses_never_removes_the_admins() {
             .unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
-    let imds = FakeImds::start(&lab.inst);
-    let (m0, m1) = (mac(&lab.inst, "eth0"), mac(&lab.inst, "eth1"));
-    let base = "network/interfaces/macs/";
-    imds.set(base, &format!("{m0}/\n{m1}/\n"));
-    for (m, dn, ips, subnet) in [
-        (&m0, "0", "10.0.0.10", "10.0.0.0/24"),
-        (&m1, "1", "10.0.1.20\n10.0.1.21", "10.0.1.0/24"),
-    ] {
-        imds.set(&format!("{base}{m}/device-number"), dn);
-        imds.set(&format!("{base}{m}/interface-id"), &format!("eni-{dn}"));
-        imds.set(&format!("{base}{m}/local-ipv4s"), ips);
-        imds.set(&format!("{base}{m}/subnet-ipv4-cidr-block"), subnet);
-    }
+    let (imds, m1) = lab.aws_metadata("10.0.1.20\n10.0.1.21").unwrap();
+    let base = METADATA_MACS;
     let pin = format!("/sys/fs/bpf/ipnat-promote-{}", std::process::id());
     let config = format!(
         "pin_path = \"{pin}\"\n[[interface]]\nname = \"eth0\"\n[[interface]]\nname = \"eth1\"\n\
@@ -836,17 +788,6 @@ fn removing_ipnats_addresses_never_removes_the_admins() {
         now.contains("10.0.1.99/24") && now.contains("10.0.1.21/24"),
         "the admin's address went with ipnat's: {now}"
     );
-    ipnat.stop().unwrap();
-    let (ok, out) = ipnat.down().unwrap();
-    assert!(
-        ok.success() && out.contains("removed address 10.0.1.21/24 on eth1"),
-        "{out}"
-    );
-    let after = eth1(&lab);
-    assert!(
-        after.contains("10.0.1.99/24"),
-        "down removed the admin's address: {after}"
-    );
-    assert!(!after.contains("10.0.1.21/24"), "{after}");
+    down_removes_only_its_address(&mut ipnat, &lab, "10.0.1.21/24", &["10.0.1.99/24"]);
     assert_eq!(promote(), "0", "down puts promote_secondaries back");
 }
