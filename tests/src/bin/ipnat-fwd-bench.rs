@@ -293,24 +293,29 @@ fn install(t: &Topology, setup: Setup, round: usize) -> Result<Installed> {
             Installed::Rules(Setup::Nft, xdp_pass(&t.gw, "ext0")?)
         }
         Setup::Iptables => {
-            t.gw.run(
-                "iptables",
-                &[
-                    "-t",
-                    "nat",
-                    "-A",
-                    "PREROUTING",
-                    "-d",
-                    &EIP.to_string(),
-                    "-j",
-                    "DNAT",
-                    "--to-destination",
-                    &SINK.to_string(),
-                ],
-            )?;
+            iptables_dnat(t, "-A")?;
             Installed::Rules(Setup::Iptables, xdp_pass(&t.gw, "ext0")?)
         }
     })
+}
+
+/// The conntrack NAT setup's one rule, added (`-A`) or deleted (`-D`): EIP -> the sink.
+fn iptables_dnat(t: &Topology, op: &str) -> Result<()> {
+    let (eip, sink) = (EIP.to_string(), SINK.to_string());
+    let rule = [
+        "-t",
+        "nat",
+        op,
+        "PREROUTING",
+        "-d",
+        &eip,
+        "-j",
+        "DNAT",
+        "--to-destination",
+        &sink,
+    ];
+    t.gw.run("iptables", &rule)?;
+    Ok(())
 }
 
 fn teardown(t: &Topology, installed: Installed) -> Result<()> {
@@ -327,21 +332,7 @@ fn teardown(t: &Topology, installed: Installed) -> Result<()> {
             t.gw.run("nft", &["delete table ip ipnat_bench"])?;
         }
         Installed::Rules(_, _pass) => {
-            t.gw.run(
-                "iptables",
-                &[
-                    "-t",
-                    "nat",
-                    "-D",
-                    "PREROUTING",
-                    "-d",
-                    &EIP.to_string(),
-                    "-j",
-                    "DNAT",
-                    "--to-destination",
-                    &SINK.to_string(),
-                ],
-            )?;
+            iptables_dnat(t, "-D")?;
         }
     }
     Ok(())

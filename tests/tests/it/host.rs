@@ -208,64 +208,30 @@ fn arp_never_gives_the_eip_away_and_down_restores_the_host() {
     let bin = bin.to_str().unwrap();
     let pin = ipnat.pin_path.to_str().unwrap();
     let extra = "inet 198.51.100.30/32 scope global lo";
-    lab.inst
-        .run(
-            bin,
-            &[
-                "map",
-                "add",
-                "--public",
-                "198.51.100.30",
-                "--private",
-                "10.0.0.11",
-                "--pin-path",
-                pin,
-            ],
-        )
-        .unwrap();
+    // `ipnat map ARGS --pin-path PIN` (ARGS split at white space): whether it succeeded.
+    let map = |args: &str| {
+        let mut a: Vec<&str> = vec!["map"];
+        a.extend(args.split_whitespace());
+        a.extend_from_slice(&["--pin-path", pin]);
+        lab.inst.run(bin, &a).is_ok()
+    };
+    assert!(map("add --public 198.51.100.30 --private 10.0.0.11"));
     assert!(host_state(&lab.inst).contains(extra));
     // Inside an internal prefix: refused, nothing added.
-    assert!(
-        lab.inst
-            .run(
-                bin,
-                &[
-                    "map",
-                    "add",
-                    "--public",
-                    "10.0.5.5",
-                    "--private",
-                    "10.0.0.12",
-                    "--pin-path",
-                    pin
-                ],
-            )
-            .is_err()
-    );
-    lab.inst
-        .run(
-            bin,
-            &["map", "del", "--public", "198.51.100.30", "--pin-path", pin],
-        )
-        .unwrap();
+    assert!(!map("add --public 10.0.5.5 --private 10.0.0.12"));
+    assert!(map("del --public 198.51.100.30"));
     let now = host_state(&lab.inst);
     assert!(!now.contains(extra) && !now.contains("10.0.5.5"), "{now}");
     // An address ipnat added, then removed and added back by hand, is the admin's now: ipnat
     // checks its mark (IFA_PROTO) before removing and leaves it.
-    let map = |args: &[&str]| {
-        let mut a = vec!["map"];
-        a.extend_from_slice(args);
-        a.extend_from_slice(&["--pin-path", pin]);
-        lab.inst.run(bin, &a).unwrap();
-    };
-    map(&["add", "--public", "198.51.100.31", "--private", "10.0.0.13"]);
+    assert!(map("add --public 198.51.100.31 --private 10.0.0.13"));
     lab.inst
         .ip(&["addr", "del", "198.51.100.31/32", "dev", "lo"])
         .unwrap();
     lab.inst
         .ip(&["addr", "add", "198.51.100.31/32", "dev", "lo"])
         .unwrap();
-    map(&["del", "--public", "198.51.100.31"]);
+    assert!(map("del --public 198.51.100.31"));
     assert!(host_state(&lab.inst).contains("inet 198.51.100.31/32 scope global lo"));
     lab.inst
         .ip(&["addr", "del", "198.51.100.31/32", "dev", "lo"])

@@ -262,18 +262,22 @@ impl TwoUplinks {
         let ip = |ns: &Netns, args: &str| {
             ns.ip(&args.split_whitespace().collect::<Vec<_>>()).unwrap();
         };
-        ip(&inet, "addr add 192.0.2.10/24 dev eth0");
-        ip(&inet, "route add default via 192.0.2.1");
-        ip(&up, "addr add 192.0.2.1/24 dev i0");
-        ip(&up, "addr add 203.0.113.254/24 dev u0");
-        ip(&up, "addr add 198.18.0.254/24 dev u1");
-        ip(&gw, "addr add 203.0.113.1/24 dev ext0");
-        ip(&gw, "addr add 198.18.0.1/24 dev ext1");
-        ip(&gw, "addr add 198.18.0.10/24 dev ext1");
-        ip(&gw, "addr add 10.0.1.1/24 dev int0");
-        ip(&gw, "route add default via 203.0.113.254");
-        ip(&backend, "addr add 10.0.1.10/24 dev eth0");
-        ip(&backend, "route add default via 10.0.1.1");
+        for (ns, args) in [
+            (&inet, "addr add 192.0.2.10/24 dev eth0"),
+            (&inet, "route add default via 192.0.2.1"),
+            (&up, "addr add 192.0.2.1/24 dev i0"),
+            (&up, "addr add 203.0.113.254/24 dev u0"),
+            (&up, "addr add 198.18.0.254/24 dev u1"),
+            (&gw, "addr add 203.0.113.1/24 dev ext0"),
+            (&gw, "addr add 198.18.0.1/24 dev ext1"),
+            (&gw, "addr add 198.18.0.10/24 dev ext1"),
+            (&gw, "addr add 10.0.1.1/24 dev int0"),
+            (&gw, "route add default via 203.0.113.254"),
+            (&backend, "addr add 10.0.1.10/24 dev eth0"),
+            (&backend, "route add default via 10.0.1.1"),
+        ] {
+            ip(ns, args);
+        }
         up.sysctl("net.ipv4.ip_forward", "1").unwrap();
         gw.sysctl("net.ipv4.ip_forward", "1").unwrap();
         up.run(
@@ -380,24 +384,16 @@ fn steer_commands_change_the_running_rules() {
         "pin_path = \"{pin}\"\n[[interface]]\nname = \"eth0\"\n[[interface]]\nname = \"eth1\"\n"
     );
     let _ipnat = ipnat_tests::lab::Ipnat::start(&lab.inst, &config, &pin).unwrap();
-    let steer = |args: &[&str]| {
+    // `ipnat steer ARGS --pin-path PIN` (ARGS split at white space).
+    let steer = |args: &str| {
         let mut a = vec!["steer"];
-        a.extend_from_slice(args);
+        a.extend(args.split_whitespace());
         a.extend_from_slice(&["--pin-path", &pin]);
         ipnat_tests::lab::ipnat_in(&lab.inst, &a)
     };
     assert!(udp_from(&lab, lab.eth1[0], 7600).is_err(), "no rule yet");
-    let rule = [
-        "--source",
-        "10.0.1.20/30",
-        "--interface",
-        "eth1",
-        "--gateway",
-        "10.0.1.1",
-        "--subnet",
-        "10.0.1.0/24",
-    ];
-    let (ok, out) = steer(&[&["add"][..], &rule].concat());
+    let (ok, out) =
+        steer("add --source 10.0.1.20/30 --interface eth1 --gateway 10.0.1.1 --subnet 10.0.1.0/24");
     assert!(ok && out.contains("added steering rule"), "{out}");
     assert!(
         out.contains("net.ipv4.conf.eth1.rp_filter = 2 (was 1"),
@@ -406,61 +402,30 @@ fn steer_commands_change_the_running_rules() {
     let peer = udp_from(&lab, lab.eth1[0], 7601).unwrap();
     assert_eq!(peer.ip(), std::net::IpAddr::V4(lab.eth1[0]));
     // Refused, nothing changed.
-    for (args, why) in [
-        (
-            &[
-                "--source",
-                "10.0.1.21",
-                "--interface",
-                "eth1",
-                "--gateway",
-                "10.0.1.1",
-                "--subnet",
-                "10.0.1.0/24",
-            ][..],
-            "the new rule.source = \"10.0.1.21\": overlaps 10.0.1.20/30",
-        ),
-        (
-            &[
-                "--source",
-                "10.0.1.40",
-                "--interface",
-                "eth1",
-                "--gateway",
-                "10.0.2.1",
-                "--subnet",
-                "10.0.1.0/24",
-            ],
-            "is outside the subnet 10.0.1.0/24",
-        ),
-        (
-            &[
-                "--source",
-                "10.0.1.40",
-                "--interface",
-                "eth9",
-                "--gateway",
-                "10.0.1.1",
-                "--subnet",
-                "10.0.1.0/24",
-            ],
-            "--interface",
-        ),
-    ] {
-        let (ok, out) = steer(&[&["add"][..], args].concat());
-        assert!(!ok && out.contains(why), "{args:?}: {out}");
+    #[rustfmt::skip]
+    let refused = [
+        ("add --source 10.0.1.21 --interface eth1 --gateway 10.0.1.1 --subnet 10.0.1.0/24",
+         "the new rule.source = \"10.0.1.21\": overlaps 10.0.1.20/30"),
+        ("add --source 10.0.1.40 --interface eth1 --gateway 10.0.2.1 --subnet 10.0.1.0/24",
+         "is outside the subnet 10.0.1.0/24"),
+        ("add --source 10.0.1.40 --interface eth9 --gateway 10.0.1.1 --subnet 10.0.1.0/24",
+         "--interface"),
+    ];
+    for (args, why) in refused {
+        let (ok, out) = steer(args);
+        assert!(!ok && out.contains(why), "{args}: {out}");
     }
-    let (ok, out) = steer(&["list", "--json"]);
+    let (ok, out) = steer("list --json");
     assert!(ok, "{out}");
     let rules: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(rules.as_array().unwrap().len(), 1, "{out}");
     assert!(rules[0]["packets"].as_u64().unwrap() >= 1, "{out}");
-    let (ok, out) = steer(&["del", "--source", "10.0.1.40"]);
+    let (ok, out) = steer("del --source 10.0.1.40");
     assert!(
         !ok && out.contains("no steering rule from 10.0.1.40"),
         "{out}"
     );
-    let (ok, out) = steer(&["del", "--source", "10.0.1.20/30"]);
+    let (ok, out) = steer("del --source 10.0.1.20/30");
     assert!(ok, "{out}");
     assert!(udp_from(&lab, lab.eth1[0], 7602).is_err(), "steering gone");
 }
