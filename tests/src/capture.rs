@@ -68,35 +68,16 @@ fn open(iface: &str) -> Result<OwnedFd> {
                 std::io::Error::last_os_error()
             );
         }
-        let one: libc::c_int = 1;
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_PACKET,
-            libc::PACKET_AUXDATA,
-            &one as *const _ as *const libc::c_void,
-            size_of::<libc::c_int>() as u32,
-        );
+        use crate::sock::{enable, set_option};
+        enable(&fd, libc::SOL_PACKET, libc::PACKET_AUXDATA)?;
         // Large enough that a burst is not dropped while the test thread is busy; drops are
         // checked with PACKET_STATISTICS when the capture stops.
-        let buf: libc::c_int = 64 << 20;
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUFFORCE,
-            &buf as *const _ as *const libc::c_void,
-            size_of::<libc::c_int>() as u32,
-        );
+        set_option::<libc::c_int>(&fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, 64 << 20)?;
         let tv = libc::timeval {
             tv_sec: 0,
             tv_usec: 100_000,
         };
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            &tv as *const _ as *const libc::c_void,
-            size_of::<libc::timeval>() as u32,
-        );
+        set_option(&fd, libc::SOL_SOCKET, libc::SO_RCVTIMEO, tv)?;
         Ok(fd)
     }
 }

@@ -8,4 +8,5 @@ pub mod hostlab;
 pub mod lab;
 pub mod netns;
 pub mod packet;
+pub mod sock;
 pub mod testrun;

@@ -357,18 +357,7 @@ fn udp_error_with_ttl(
 ) -> std::io::Result<usize> {
     ns.within(move || {
         let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
-        let one: libc::c_int = 1;
-        // SAFETY: setsockopt with a pointer to a live c_int.
-        let rc = unsafe {
-            libc::setsockopt(
-                std::os::fd::AsRawFd::as_raw_fd(&s),
-                libc::IPPROTO_IP,
-                libc::IP_RECVERR,
-                &one as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as u32,
-            )
-        };
-        assert_eq!(rc, 0);
+        ipnat_tests::sock::enable(&s, libc::IPPROTO_IP, libc::IP_RECVERR)?;
         s.set_ttl(ttl)?;
         s.connect((target, port))?;
         s.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
@@ -658,20 +647,7 @@ fn a_one_nic_gateway_translates_and_sends_back_out_of_the_same_nic() {
 /// A UDP socket in `ns` bound to `bind` that sends without a checksum (SO_NO_CHECK).
 fn udp_no_check(bind: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     let s = std::net::UdpSocket::bind(bind)?;
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt with a pointer to a live c_int.
-    let rc = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&s),
-            libc::SOL_SOCKET,
-            libc::SO_NO_CHECK,
-            &one as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as u32,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    ipnat_tests::sock::enable(&s, libc::SOL_SOCKET, libc::SO_NO_CHECK)?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(3)))?;
     Ok(s)
 }
