@@ -155,6 +155,13 @@ impl GatewayLab {
     }
 
     /// Starts `ipnat run` on the gateway.
+    /// A lab built with `opts` and `ipnat run` started in it; panics on failure (for tests).
+    pub fn started(opts: LabOptions) -> (Self, Ipnat) {
+        let lab = Self::new(opts).expect("build the gateway lab");
+        let ipnat = lab.start_ipnat().expect("start ipnat in the gateway lab");
+        (lab, ipnat)
+    }
+
     pub fn start_ipnat(&self) -> Result<Ipnat> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let pin = format!("/sys/fs/bpf/ipnat-lab-{}-{n}", std::process::id());

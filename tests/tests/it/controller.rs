@@ -151,8 +151,7 @@ fn dnat_packets(stats: &serde_json::Value) -> u64 {
 #[test]
 fn killing_and_restarting_the_controller_loses_no_packet() {
     require_root();
-    let lab = GatewayLab::new(LabOptions::default()).unwrap();
-    let mut ipnat = lab.start_ipnat().unwrap();
+    let (lab, mut ipnat) = GatewayLab::started(LabOptions::default());
     let stream = Stream::start(&lab);
     std::thread::sleep(Duration::from_millis(400));
     let before = dnat_packets(&ipnat.stats_json().unwrap());
@@ -196,8 +195,7 @@ fn killing_and_restarting_the_controller_loses_no_packet() {
 #[test]
 fn sighup_reloads_and_a_bad_config_keeps_the_last_good_table() {
     require_root();
-    let lab = GatewayLab::new(LabOptions::default()).unwrap();
-    let mut ipnat = lab.start_ipnat().unwrap();
+    let (lab, mut ipnat) = GatewayLab::started(LabOptions::default());
     let pin = ipnat.pin_path.to_string_lossy().into_owned();
     let stream = Stream::start(&lab);
     let wait_for = |ipnat: &ipnat_tests::lab::Ipnat, private: &str| {
@@ -342,8 +340,7 @@ fn churning_a_mapping_never_loses_or_mistranslates_a_packet() {
 #[test]
 fn growing_the_tables_on_restart_keeps_traffic_and_counters() {
     require_root();
-    let lab = GatewayLab::new(LabOptions::default()).unwrap();
-    let mut ipnat = lab.start_ipnat().unwrap();
+    let (lab, mut ipnat) = GatewayLab::started(LabOptions::default());
     let pin = ipnat.pin_path.to_string_lossy().into_owned();
     let sized = |n: u32| format!("max_mappings = {n}\n{}", lab.config(&pin));
     // Restart at a fixed size first, then grow it under traffic.
@@ -408,8 +405,7 @@ fn an_older_map_layout_is_migrated_under_traffic() {
     use aya::maps::{Array, MapData};
     use ipnat_common::{SCHEMA_VERSION, Settings, names};
     require_root();
-    let lab = GatewayLab::new(LabOptions::default()).unwrap();
-    let mut ipnat = lab.start_ipnat().unwrap();
+    let (lab, mut ipnat) = GatewayLab::started(LabOptions::default());
     let pin = ipnat.pin_path.clone();
     let stream = Stream::start(&lab);
     std::thread::sleep(Duration::from_millis(400));
@@ -535,8 +531,7 @@ fn bpf_ids_held_by(pid: u32) -> (BTreeSet<u32>, BTreeSet<u32>) {
 #[test]
 fn run_creates_no_benchmark_program_or_map() {
     require_root();
-    let lab = GatewayLab::new(LabOptions::default()).unwrap();
-    let mut ipnat = lab.start_ipnat().unwrap();
+    let (_lab, mut ipnat) = GatewayLab::started(LabOptions::default());
     let (map_ids, prog_ids) = bpf_ids_held_by(ipnat.pid().unwrap());
     let maps: BTreeSet<String> = aya::maps::loaded_maps()
         .filter_map(Result::ok)

@@ -87,8 +87,7 @@ fn mapping_counters(stats: &serde_json::Value) -> (u64, u64) {
 #[test]
 fn tcp_to_the_eip_reaches_the_backend_and_replies_come_from_the_eip() {
     require_root();
-    let lab = GatewayLab::new(LabOptions::default()).unwrap();
-    let mut ipnat = lab.start_ipnat().unwrap();
+    let (lab, mut ipnat) = GatewayLab::started(LabOptions::default());
     let at_backend = Capture::start(&lab.backend, "eth0").unwrap();
     let at_inet = Capture::start(&lab.inet, "eth0").unwrap();
 
@@ -144,8 +143,7 @@ fn tcp_to_the_eip_reaches_the_backend_and_replies_come_from_the_eip() {
 #[test]
 fn udp_to_the_eip_round_trips() {
     require_root();
-    let lab = GatewayLab::new(LabOptions::default()).unwrap();
-    let ipnat = lab.start_ipnat().unwrap();
+    let (lab, ipnat) = GatewayLab::started(LabOptions::default());
     let at_backend = Capture::start(&lab.backend, "eth0").unwrap();
     let at_inet = Capture::start(&lab.inet, "eth0").unwrap();
     for (i, size) in [1usize, 2, 3, 100, 1401, 8000].into_iter().enumerate() {
@@ -178,8 +176,7 @@ fn udp_to_the_eip_round_trips() {
 #[test]
 fn ping_to_the_eip_is_answered_by_the_backend() {
     require_root();
-    let lab = GatewayLab::new(LabOptions::default()).unwrap();
-    let _ipnat = lab.start_ipnat().unwrap();
+    let (lab, _ipnat) = GatewayLab::started(LabOptions::default());
     let at_inet = Capture::start(&lab.inet, "eth0").unwrap();
     let out = lab
         .inet
@@ -207,13 +204,11 @@ fn partial_checksums_from_the_backend_are_translated_with_the_kernel_helpers() {
     // kernel completes the checksum after TC, and the internet host can verify it.
     // The kernel's forwarding path (fast path off): veth hands the backend's packets to XDP
     // with partial checksums it cannot see, so only TC may translate them.
-    let lab = GatewayLab::new(LabOptions {
+    let (lab, _ipnat) = GatewayLab::started(LabOptions {
         backend_tx_csum_off: false,
         fast_path: false,
         ..LabOptions::default()
-    })
-    .unwrap();
-    let _ipnat = lab.start_ipnat().unwrap();
+    });
     let at_gw = Capture::start(&lab.gw, "int0").unwrap();
     let at_inet = Capture::start(&lab.inet, "eth0").unwrap();
     let x = tcp_exchange(&lab.inet, &lab.backend, EIP, 8081, b"partial", 50_000).unwrap();
@@ -237,8 +232,7 @@ fn partial_checksums_from_the_backend_are_translated_with_the_kernel_helpers() {
 #[test]
 fn the_data_plane_outlives_the_controller_and_down_removes_it() {
     require_root();
-    let lab = GatewayLab::new(LabOptions::default()).unwrap();
-    let mut ipnat = lab.start_ipnat().unwrap();
+    let (lab, mut ipnat) = GatewayLab::started(LabOptions::default());
     let pin = ipnat.pin_path.clone();
     assert!(pin.join("IPNAT_DNAT").exists());
     let xdp_on = || {
@@ -313,8 +307,7 @@ fn a_bad_config_is_refused_and_changes_nothing() {
 #[test]
 fn hairpin_a_backend_reaches_another_mapping_through_its_public_address() {
     require_root();
-    let lab = GatewayLab::new(LabOptions::default()).unwrap();
-    let ipnat = lab.start_ipnat().unwrap();
+    let (lab, ipnat) = GatewayLab::started(LabOptions::default());
     // From 10.0.1.10 to the EIP of 10.0.1.11: in at int0, back out of int0, both rewrites.
     let x = tcp_exchange_from(
         &lab.backend,
@@ -371,8 +364,7 @@ fn udp_error_with_ttl(
 #[test]
 fn ttl_expiry_at_the_gateway_reaches_the_sending_socket_both_ways() {
     require_root();
-    let lab = GatewayLab::new(LabOptions::default()).unwrap();
-    let ipnat = lab.start_ipnat().unwrap();
+    let (lab, ipnat) = GatewayLab::started(LabOptions::default());
     // Internet -> EIP with TTL 1: the gateway's kernel answers "time exceeded" quoting the
     // packet it had already translated (to 10.0.1.10); ipnat translates the quote back, so
     // the connected socket (to the EIP) matches it.
@@ -391,8 +383,7 @@ fn ttl_expiry_at_the_gateway_reaches_the_sending_socket_both_ways() {
 #[test]
 fn path_mtu_discovery_through_a_smaller_mtu_behind_the_gateway() {
     require_root();
-    let lab = GatewayLab::new(LabOptions::default()).unwrap();
-    let ipnat = lab.start_ipnat().unwrap();
+    let (lab, ipnat) = GatewayLab::started(LabOptions::default());
     // The link between the gateway and the backend carries only 1280 bytes, but the backend
     // announces an MSS for 1500 (a route's advmss, as behind a tunnel or a smaller-MTU hop).
     // The internet host's full-size segments get "fragmentation needed" from the gateway,
@@ -422,8 +413,7 @@ fn path_mtu_discovery_through_a_smaller_mtu_behind_the_gateway() {
 #[test]
 fn path_mtu_discovery_through_a_smaller_mtu_in_front_of_the_gateway() {
     require_root();
-    let lab = GatewayLab::new(LabOptions::default()).unwrap();
-    let _ipnat = lab.start_ipnat().unwrap();
+    let (lab, _ipnat) = GatewayLab::started(LabOptions::default());
     lab.gw.ip(&["link", "set", "ext0", "mtu", "1280"]).unwrap();
     let at_inet = Capture::start(&lab.inet, "eth0").unwrap();
     let x = tcp_exchange(&lab.inet, &lab.backend, EIP, 8092, b"download", 300_000).unwrap();
@@ -435,12 +425,10 @@ fn path_mtu_discovery_through_a_smaller_mtu_in_front_of_the_gateway() {
 #[test]
 fn a_forward_drop_firewall_accepting_established_flows_keeps_working_on_the_slow_path() {
     require_root();
-    let lab = GatewayLab::new(LabOptions {
+    let (lab, _ipnat) = GatewayLab::started(LabOptions {
         fast_path: false,
         ..LabOptions::default()
-    })
-    .unwrap();
-    let _ipnat = lab.start_ipnat().unwrap();
+    });
     // What Docker installs: FORWARD policy drop, established/related accepted, plus one rule
     // opening the service. Conntrack sees the private destination (translated before routing)
     // and the private source of replies (translated after netfilter): one consistent flow.
@@ -472,8 +460,7 @@ fn a_forward_drop_firewall_accepting_established_flows_keeps_working_on_the_slow
 #[test]
 fn ipv6_and_neighbour_discovery_pass_untouched() {
     require_root();
-    let lab = GatewayLab::new(LabOptions::default()).unwrap();
-    let ipnat = lab.start_ipnat().unwrap();
+    let (lab, ipnat) = GatewayLab::started(LabOptions::default());
     lab.inet
         .ip(&[
             "-6",
@@ -515,8 +502,7 @@ fn ipv6_and_neighbour_discovery_pass_untouched() {
 #[test]
 fn a_forward_drop_firewall_does_not_break_flows_split_between_fast_and_slow_path() {
     require_root();
-    let lab = GatewayLab::new(LabOptions::default()).unwrap();
-    let ipnat = lab.start_ipnat().unwrap();
+    let (lab, ipnat) = GatewayLab::started(LabOptions::default());
     // Docker's FORWARD chain: policy drop, established/related accepted, nothing opened for
     // this service. The fast path forwards the mapped flows without the FORWARD chain; the
     // packets it declines (too big for the link behind, so answered "fragmentation needed";
@@ -565,8 +551,7 @@ fn a_forward_drop_firewall_does_not_break_flows_split_between_fast_and_slow_path
 #[test]
 fn spoofed_sources_are_left_to_the_kernel() {
     require_root();
-    let lab = GatewayLab::new(LabOptions::default()).unwrap();
-    let ipnat = lab.start_ipnat().unwrap();
+    let (lab, ipnat) = GatewayLab::started(LabOptions::default());
     // The internet host claims the backend's private address as its source: the route back
     // to 10.0.1.10 leaves by int0, not ext0, so the fast path will not forward (and
     // translate) it; the kernel's rp_filter drops it.
@@ -655,8 +640,7 @@ fn udp_no_check(bind: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 #[test]
 fn udp_without_a_checksum_keeps_it_zero_both_ways() {
     require_root();
-    let lab = GatewayLab::new(LabOptions::default()).unwrap();
-    let _ipnat = lab.start_ipnat().unwrap();
+    let (lab, _ipnat) = GatewayLab::started(LabOptions::default());
     let at_backend = Capture::start(&lab.backend, "eth0").unwrap();
     let at_inet = Capture::start(&lab.inet, "eth0").unwrap();
     let server = lab
@@ -703,12 +687,10 @@ fn udp_without_a_checksum_keeps_it_zero_both_ways() {
 #[test]
 fn an_interface_without_native_xdp_gets_the_gateway_in_tc() {
     require_root();
-    let lab = GatewayLab::new(LabOptions {
+    let (lab, ipnat) = GatewayLab::started(LabOptions {
         bridge_ext: true,
         ..LabOptions::default()
-    })
-    .unwrap();
-    let ipnat = lab.start_ipnat().unwrap();
+    });
     let st = ipnat::dataplane::status(&ipnat.pin_path).unwrap();
     let modes: Vec<(String, String, &str)> = st
         .attached
@@ -783,12 +765,10 @@ fn a_block_mapping_keeps_host_bits_end_to_end() {
 #[test]
 fn a_veth_whose_peer_runs_no_xdp_is_reached_through_tc() {
     require_root();
-    let lab = GatewayLab::new(LabOptions {
+    let (lab, ipnat) = GatewayLab::started(LabOptions {
         backend_xdp: false,
         ..LabOptions::default()
-    })
-    .unwrap();
-    let ipnat = lab.start_ipnat().unwrap();
+    });
     let x = tcp_exchange(&lab.inet, &lab.backend, EIP, 8098, b"no peer xdp", 100_000).unwrap();
     assert_eq!(x.server_saw_peer.ip(), IpAddr::V4(INET));
     assert_eq!(x.response.len(), 11 + 100_000);
@@ -821,12 +801,10 @@ fn a_veth_whose_peer_runs_no_xdp_is_reached_through_tc() {
 #[test]
 fn jumbo_frames_get_the_frags_capable_program_and_the_fast_path() {
     require_root();
-    let lab = GatewayLab::new(LabOptions {
+    let (lab, ipnat) = GatewayLab::started(LabOptions {
         mtu: Some(9000),
         ..LabOptions::default()
-    })
-    .unwrap();
-    let ipnat = lab.start_ipnat().unwrap();
+    });
     let modes: Vec<(String, String)> = ipnat::dataplane::status(&ipnat.pin_path)
         .unwrap()
         .attached

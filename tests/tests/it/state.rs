@@ -317,8 +317,7 @@ fn the_same_pin_path_on_two_bpffs_instances_is_two_data_planes() {
 #[test]
 fn down_is_refused_while_a_controller_runs() {
     require_root();
-    let lab = GatewayLab::new(LabOptions::default()).unwrap();
-    let mut ipnat = lab.start_ipnat().unwrap();
+    let (lab, mut ipnat) = GatewayLab::started(LabOptions::default());
     let pid = ipnat.pid().unwrap();
     let (status, out) = ipnat.down().unwrap();
     assert!(!status.success(), "{out}");
