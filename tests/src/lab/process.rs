@@ -24,6 +24,18 @@ pub fn ipnat_in(ns: &Netns, args: &[&str]) -> (bool, String) {
     (out.status.success(), crate::netns::printed(&out))
 }
 
+/// The mapping whose public side is `public` in `ipnat stats --json`'s output, if any.
+pub fn mapping_stats<'a>(
+    stats: &'a serde_json::Value,
+    public: impl std::fmt::Display,
+) -> Option<&'a serde_json::Value> {
+    let public = public.to_string();
+    stats["mappings"]
+        .as_array()?
+        .iter()
+        .find(|m| m["public"] == public.as_str())
+}
+
 /// Pin directories of the `ipnat run`s started here, for [`cleanup_all`].
 static PINS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
 

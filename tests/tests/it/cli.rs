@@ -97,8 +97,7 @@ fn commands_against_no_data_plane_say_so() {
 #[test]
 fn map_status_and_stats_against_a_running_data_plane() {
     require_root();
-    let lab = GatewayLab::new(LabOptions::default()).unwrap();
-    let running = lab.start_ipnat().unwrap();
+    let (lab, running) = GatewayLab::started(LabOptions::default());
     let pin = running.pin_path.to_string_lossy().into_owned();
     let pin = pin.as_str();
 
@@ -188,11 +187,7 @@ fn map_status_and_stats_against_a_running_data_plane() {
         assert_eq!(x.client_saw_peer.ip(), std::net::IpAddr::V4(EIP));
     }
     let stats = json(&["stats", "--json", "--pin-path", pin]);
-    let m = stats["mappings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["public"] == EIP.to_string())
+    let m = ipnat_tests::lab::mapping_stats(&stats, EIP)
         .unwrap()
         .clone();
     assert_eq!(m["private"], BACKEND.to_string());
@@ -201,12 +196,7 @@ fn map_status_and_stats_against_a_running_data_plane() {
         (Some(5), Some(5)),
         "{stats}"
     );
-    let new = stats["mappings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["public"] == new_eip.to_string())
-        .unwrap();
+    let new = ipnat_tests::lab::mapping_stats(&stats, new_eip).unwrap();
     assert!(new["dnat_packets"].as_u64().unwrap() >= 3, "{stats}");
 
     // The metrics endpoint (in the gateway's namespace) says the same.

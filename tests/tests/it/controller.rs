@@ -121,29 +121,19 @@ fn assert_complete(sent: u32, seen: &BTreeSet<u32>, back: &BTreeSet<u32>, odd: &
         "mistranslated: {:?}",
         &odd[..odd.len().min(5)]
     );
-    let missing: Vec<u32> = (0..sent).filter(|s| !seen.contains(s)).collect();
-    assert!(
-        missing.is_empty(),
-        "{} of {sent} lost on the way in, first {:?}",
-        missing.len(),
-        &missing[..missing.len().min(10)]
-    );
-    let missing: Vec<u32> = (0..sent).filter(|s| !back.contains(s)).collect();
-    assert!(
-        missing.is_empty(),
-        "{} of {sent} lost on the way back, first {:?}",
-        missing.len(),
-        &missing[..missing.len().min(10)]
-    );
+    for (got, way) in [(seen, "in"), (back, "back")] {
+        let missing: Vec<u32> = (0..sent).filter(|s| !got.contains(s)).collect();
+        assert!(
+            missing.is_empty(),
+            "{} of {sent} lost on the way {way}, first {:?}",
+            missing.len(),
+            &missing[..missing.len().min(10)]
+        );
+    }
 }
 
 fn dnat_packets(stats: &serde_json::Value) -> u64 {
-    stats["mappings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["public"] == EIP.to_string())
-        .unwrap()["dnat_packets"]
+    ipnat_tests::lab::mapping_stats(&stats, EIP).unwrap()["dnat_packets"]
         .as_u64()
         .unwrap()
 }
@@ -180,12 +170,7 @@ fn killing_and_restarting_the_controller_loses_no_packet() {
         after >= u64::from(sent) && after > before,
         "counters continue across restarts: {before} then {after} for {sent} sent"
     );
-    let second = stats["mappings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["public"] == EIP2.to_string())
-        .unwrap();
+    let second = ipnat_tests::lab::mapping_stats(&stats, EIP2).unwrap();
     assert_eq!(
         second["private"], "10.0.1.12",
         "the changed config was applied"
@@ -202,12 +187,7 @@ fn sighup_reloads_and_a_bad_config_keeps_the_last_good_table() {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let stats = ipnat.stats_json().unwrap();
-            let m = stats["mappings"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|m| m["public"] == EIP2.to_string())
-                .cloned();
+            let m = ipnat_tests::lab::mapping_stats(&stats, EIP2).cloned();
             if m.as_ref().is_some_and(|m| m["private"] == private) {
                 return;
             }
@@ -220,15 +200,15 @@ fn sighup_reloads_and_a_bad_config_keeps_the_last_good_table() {
         .unwrap();
     wait_for(&ipnat, "10.0.1.13");
     // Garbage, then a conflicting mapping: refused, the table stays as it was.
-    ipnat.reload("this is not toml").unwrap();
-    std::thread::sleep(Duration::from_millis(300));
     let conflicting = format!(
         "{}\n[[mapping]]\npublic = \"{EIP}\"\nprivate = \"10.0.1.99\"\n",
         lab.config(&pin)
     );
-    ipnat.reload(&conflicting).unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    wait_for(&ipnat, "10.0.1.13");
+    for bad in ["this is not toml", &conflicting] {
+        ipnat.reload(bad).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        wait_for(&ipnat, "10.0.1.13");
+    }
     // No signal needed: a changed file is reloaded, a broken one refused.
     ipnat
         .rewrite_config(&lab.config(&pin).replace("10.0.1.11", "10.0.1.14"))
@@ -244,8 +224,7 @@ fn sighup_reloads_and_a_bad_config_keeps_the_last_good_table() {
 #[test]
 fn churning_a_mapping_never_loses_or_mistranslates_a_packet() {
     require_root();
-    let lab = GatewayLab::new(LabOptions::default()).unwrap();
-    let running = lab.start_ipnat().unwrap();
+    let (lab, running) = GatewayLab::started(LabOptions::default());
     let (a, b) = (BACKEND, ipnat_tests::lab::BACKEND2);
     // The backend listens on both addresses the EIP will alternate between.
     let socks: Vec<UdpSocket> = [a, b]
@@ -372,8 +351,7 @@ fn growing_the_tables_on_restart_keeps_traffic_and_counters() {
 #[test]
 fn a_second_controller_on_the_same_data_plane_is_refused() {
     require_root();
-    let lab = GatewayLab::new(LabOptions::default()).unwrap();
-    let first = lab.start_ipnat().unwrap();
+    let (lab, first) = GatewayLab::started(LabOptions::default());
     let pin = first.pin_path.to_string_lossy().into_owned();
     let err = ipnat_tests::lab::Ipnat::start(&lab.gw, &lab.config(&pin), &pin)
         .err()

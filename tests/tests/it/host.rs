@@ -136,11 +136,7 @@ fn several_eips_on_a_secondary_nic_each_work() {
     assert_eq!(lab.source_check_drops().unwrap(), 0, "{stats}");
     // Each EIP's own counters moved.
     for eip in EIP1 {
-        let m = stats["mappings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["public"] == eip.to_string())
+        let m = ipnat_tests::lab::mapping_stats(&stats, eip)
             .unwrap_or_else(|| panic!("{eip} in {stats}"));
         assert!(m["dnat_packets"].as_u64().unwrap() >= 3, "{m}");
         assert!(m["snat_packets"].as_u64().unwrap() >= 3, "{m}");
