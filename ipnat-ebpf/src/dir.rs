@@ -29,30 +29,28 @@ impl Dir {
         matches!(self, Dir::Dnat | Dir::HostOut)
     }
 
+    /// `dst` in a direction that rewrites the destination, else `src`.
+    #[inline(always)]
+    fn side<T>(self, dst: T, src: T) -> T {
+        if self.rewrites_dst() { dst } else { src }
+    }
+
     /// Offset of the translated address field in an IPv4 header.
     #[inline(always)]
     pub fn field(self) -> usize {
-        if self.rewrites_dst() {
-            IP_DADDR
-        } else {
-            IP_SADDR
-        }
+        self.side(IP_DADDR, IP_SADDR)
     }
 
     /// Offset of the field an ICMP error's quote translates: the opposite one, since the
     /// quoted packet travelled the other way.
     #[inline(always)]
     pub fn quote_field(self) -> usize {
-        if self.rewrites_dst() {
-            IP_SADDR
-        } else {
-            IP_DADDR
-        }
+        self.side(IP_SADDR, IP_DADDR)
     }
 
     /// The packet's address that this direction looks up.
     #[inline(always)]
     pub fn key(self, h: &Hdr) -> u32 {
-        if self.rewrites_dst() { h.dst } else { h.src }
+        self.side(h.dst, h.src)
     }
 }

@@ -49,59 +49,53 @@ fn xdp_entry<const FRAGS: bool>(ctx: &XdpContext) -> u32 {
     let flags = maps::flags();
     let p = &mut Xdp::<FRAGS>(ctx);
     if flags & FLAG_FAST_PATH == 0 {
-        let (reason, verdict) = nat::translate(p, Dir::Dnat, flags);
-        count_reason(reason);
-        return xdp_verdict(verdict);
+        return xdp_counted(nat::translate(p, Dir::Dnat, flags));
     }
     let ingress = ctx.ingress_ifindex() as u32;
     let (reason, action) = fwd::gateway(p, ingress, flags, true);
     match action {
-        Action::Pass => {
-            count_reason(reason);
-            xdp_action::XDP_PASS
-        }
-        Action::Drop => {
-            count_reason(reason);
-            xdp_action::XDP_DROP
-        }
-        Action::Out(ifindex) => {
-            count_reason(reason);
-            if ifindex == ingress {
-                xdp_action::XDP_TX
-            } else {
-                fwd::redirect(ifindex) as u32
-            }
-        }
         // Not produced in XDP.
-        Action::OutNeigh(..) => xdp_action::XDP_ABORTED,
-        Action::ToTc => {
-            if mark_for_tc(ctx) {
-                count_reason(reason);
-                xdp_action::XDP_PASS
-            } else {
-                // No metadata room: the kernel's slow path instead.
-                let (reason, verdict) = nat::translate(&mut Xdp::<FRAGS>(ctx), Dir::Dnat, flags);
-                count_reason(reason);
-                xdp_verdict(verdict)
-            }
+        Action::OutNeigh(..) => return xdp_action::XDP_ABORTED,
+        Action::ToTc if !mark_for_tc(ctx) => {
+            // No metadata room: the kernel's slow path instead.
+            return xdp_counted(nat::translate(&mut Xdp::<FRAGS>(ctx), Dir::Dnat, flags));
         }
+        _ => count_reason(reason),
+    }
+    match action {
+        Action::Out(ifindex) if ifindex == ingress => xdp_action::XDP_TX,
+        Action::Out(ifindex) => fwd::redirect(ifindex) as u32,
+        Action::Drop => xdp_action::XDP_DROP,
+        // Passed on, or marked for TC ingress.
+        _ => xdp_action::XDP_PASS,
     }
 }
 
+/// Counts the reason; the verdict as XDP's action.
 #[inline(always)]
-fn xdp_verdict(v: Verdict) -> u32 {
+fn xdp_counted((reason, v): (Reason, Verdict)) -> u32 {
+    count_reason(reason);
     match v {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
     }
 }
 
+/// Counts the reason; the verdict as TC's action.
 #[inline(always)]
-fn tc_verdict(v: Verdict) -> i32 {
+fn tc_counted((reason, v): (Reason, Verdict)) -> i32 {
+    count_reason(reason);
     match v {
         Verdict::Pass => TC_ACT_OK as i32,
         Verdict::Drop => TC_ACT_SHOT,
     }
+}
+
+/// Counts the reason; the forwarding decision as TC's action.
+#[inline(always)]
+fn tc_forwarded((reason, action): (Reason, Action)) -> i32 {
+    count_reason(reason);
+    fwd::tc_action(action)
 }
 
 /// Puts [`META_FORWARD`] in the XDP metadata in front of the packet, for TC ingress; false
@@ -128,15 +122,11 @@ fn mark_for_tc(ctx: &XdpContext) -> bool {
 pub fn ipnat_tc_gateway(ctx: TcContext) -> i32 {
     let flags = maps::flags();
     if flags & FLAG_FAST_PATH == 0 {
-        let (reason, verdict) = nat::translate(&mut Tc(&ctx), Dir::Dnat, flags);
-        count_reason(reason);
-        return tc_verdict(verdict);
+        return tc_counted(nat::translate(&mut Tc(&ctx), Dir::Dnat, flags));
     }
     // SAFETY: reading the context's field.
     let ingress = unsafe { (*ctx.skb.skb).ifindex };
-    let (reason, action) = fwd::gateway(&mut Tc(&ctx), ingress, flags, false);
-    count_reason(reason);
-    fwd::tc_action(action)
+    tc_forwarded(fwd::gateway(&mut Tc(&ctx), ingress, flags, false))
 }
 
 /// TC ingress: forwards the packets XDP marked; everything else continues untouched.
@@ -144,9 +134,7 @@ pub fn ipnat_tc_gateway(ctx: TcContext) -> i32 {
 pub fn ipnat_tc_ingress(ctx: TcContext) -> i32 {
     let flags = maps::flags();
     if flags & FLAG_HOST != 0 {
-        let (reason, verdict) = host::receive(&ctx, flags);
-        count_reason(reason);
-        return tc_verdict(verdict);
+        return tc_counted(host::receive(&ctx, flags));
     }
     let skb = ctx.skb.skb;
     // SAFETY: reading the context's fields.
@@ -164,9 +152,7 @@ pub fn ipnat_tc_ingress(ctx: TcContext) -> i32 {
     if unsafe { (meta as *const u32).read_unaligned() } != META_FORWARD {
         return TC_ACT_OK as i32;
     }
-    let (reason, action) = fwd::gateway(&mut Tc(&ctx), ingress, flags, false);
-    count_reason(reason);
-    fwd::tc_action(action)
+    tc_forwarded(fwd::gateway(&mut Tc(&ctx), ingress, flags, false))
 }
 
 #[classifier]
