@@ -8,20 +8,19 @@ pub fn run(action: MapCommand) -> Result<()> {
     match action {
         MapCommand::List { pin_path, json } => {
             let maps = Tables::open_pinned(&pin_path)?.mappings()?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&maps)?);
-            } else {
-                println!("{:>4}  {:<18}  {:<18}", "id", "public", "private");
-                for m in maps {
-                    println!(
+            super::print_list(
+                &maps,
+                json,
+                format!("{:>4}  {:<18}  {:<18}", "id", "public", "private"),
+                |m| {
+                    format!(
                         "{:>4}  {:<18}  {:<18}",
                         m.id,
                         m.public.to_string(),
                         m.private.to_string()
-                    );
-                }
-            }
-            Ok(())
+                    )
+                },
+            )
         }
         MapCommand::Add {
             public,

@@ -10,3 +10,21 @@ pub mod map;
 pub mod stats;
 pub mod status;
 pub mod steer;
+
+/// Prints `items` as JSON (`--json`), else as a table: `header`, then one `row` per item.
+pub fn print_list<T: serde::Serialize>(
+    items: &[T],
+    json: bool,
+    header: String,
+    row: impl Fn(&T) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(items)?);
+    } else {
+        println!("{header}");
+        for i in items {
+            println!("{}", row(i));
+        }
+    }
+    Ok(())
+}

@@ -8,15 +8,15 @@ pub fn run(action: SteerCommand) -> Result<()> {
     match action {
         SteerCommand::List { pin_path, json } => {
             let rules = Tables::open_pinned(&pin_path)?.steering()?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&rules)?);
-            } else {
-                println!(
+            super::print_list(
+                &rules,
+                json,
+                format!(
                     "{:>4}  {:<18}  {:<10}  {:<15}  {:<18}  {:>10}",
                     "id", "source", "interface", "gateway", "subnet", "packets"
-                );
-                for r in rules {
-                    println!(
+                ),
+                |r| {
+                    format!(
                         "{:>4}  {:<18}  {:<10}  {:<15}  {:<18}  {:>10}",
                         r.id,
                         r.source.to_string(),
@@ -24,10 +24,9 @@ pub fn run(action: SteerCommand) -> Result<()> {
                         r.gateway.to_string(),
                         r.subnet.to_string(),
                         r.packets
-                    );
-                }
-            }
-            Ok(())
+                    )
+                },
+            )
         }
         SteerCommand::Add {
             source,
