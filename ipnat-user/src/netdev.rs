@@ -4,27 +4,31 @@
 
 use crate::system::{attr, netlink};
 
-/// `NETDEV_XDP_ACT_*` bits.
-pub const XDP_BASIC: u64 = 1;
-pub const XDP_REDIRECT: u64 = 2;
-/// The driver can transmit frames other interfaces' XDP programs redirect to it.
-pub const XDP_NDO_XMIT: u64 = 4;
-/// The driver can receive frames spread over several buffers (jumbo frames) into XDP.
-pub const XDP_RX_SG: u64 = 32;
-/// ... and transmit such frames when redirected to it.
-pub const XDP_NDO_XMIT_SG: u64 = 64;
+/// Each `NETDEV_XDP_ACT_*` bit once: its constant and the name the kernel's netdev family
+/// (and `ynl`) gives it.
+macro_rules! xdp_features {
+    ($($(#[$doc:meta])* $name:ident = $bit:literal, $text:literal;)*) => {
+        $($(#[$doc])* pub const $name: u64 = $bit;)*
+        const NAMES: &[(u64, &str)] = &[$(($bit, $text)),*];
+    };
+}
+
+xdp_features! {
+    XDP_BASIC = 1, "basic";
+    XDP_REDIRECT = 2, "redirect";
+    /// The driver can transmit frames other interfaces' XDP programs redirect to it.
+    XDP_NDO_XMIT = 4, "ndo-xmit";
+    XDP_XSK_ZEROCOPY = 8, "xsk-zerocopy";
+    XDP_HW_OFFLOAD = 16, "hw-offload";
+    /// The driver can receive frames spread over several buffers (jumbo frames) into XDP.
+    XDP_RX_SG = 32, "rx-sg";
+    /// ... and transmit such frames when redirected to it.
+    XDP_NDO_XMIT_SG = 64, "ndo-xmit-sg";
+}
+
 /// Above this MTU a frame may not fit one buffer: ipnat attaches its frags-capable program
 /// (ENA's single-buffer limit; a veth's is about 3500 bytes with 4 KiB pages).
 pub const SINGLE_BUFFER_MTU: u32 = 3498;
-const NAMES: [(u64, &str); 7] = [
-    (XDP_BASIC, "basic"),
-    (XDP_REDIRECT, "redirect"),
-    (XDP_NDO_XMIT, "ndo-xmit"),
-    (8, "xsk-zerocopy"),
-    (16, "hw-offload"),
-    (32, "rx-sg"),
-    (64, "ndo-xmit-sg"),
-];
 
 /// The names of the bits in `features` (`none` for none).
 pub fn describe(features: u64) -> String {

@@ -59,20 +59,15 @@ impl HostLab {
             inst: Netns::new("hinst")?,
             peer: Netns::new("hpeer")?,
         };
-        veth(&lab.inet, "eth0", &lab.vpc, "inet0")?;
+        crate::lab::internet_host(&lab.inet, &lab.vpc)?;
         veth(&lab.inst, "eth0", &lab.vpc, "v0")?;
         veth(&lab.inst, "eth1", &lab.vpc, "v1")?;
         veth(&lab.peer, "eth0", &lab.vpc, "v2")?;
-        lab.inet
-            .ip(&["addr", "add", "203.0.113.10/24", "dev", "eth0"])?;
-        lab.inet
-            .ip(&["route", "add", "default", "via", "203.0.113.1"])?;
         lab.peer
             .ip(&["addr", "add", "10.0.2.30/24", "dev", "eth0"])?;
         lab.peer
             .ip(&["route", "add", "default", "via", "10.0.2.1"])?;
         for (dev, addr) in [
-            ("inet0", "203.0.113.1/24"),
             ("v0", "10.0.0.1/24"),
             ("v1", "10.0.1.1/24"),
             ("v2", "10.0.2.1/24"),

@@ -24,6 +24,16 @@ use anyhow::{Context, Result, bail};
 
 use crate::netns::{Netns, veth};
 
+/// The internet host of the VPC labs: `inet`'s eth0 (203.0.113.10) wired to the VPC router's
+/// `inet0` (203.0.113.1), its default route. The VPC's own addresses are each lab's.
+pub fn internet_host(inet: &Netns, vpc: &Netns) -> Result<()> {
+    veth(inet, "eth0", vpc, "inet0")?;
+    inet.ip(&["addr", "add", "203.0.113.10/24", "dev", "eth0"])?;
+    inet.ip(&["route", "add", "default", "via", "203.0.113.1"])?;
+    vpc.ip(&["addr", "add", "203.0.113.1/24", "dev", "inet0"])?;
+    Ok(())
+}
+
 mod gateway;
 mod onenic;
 mod process;

@@ -26,11 +26,12 @@ impl OneNicLab {
             backend: Netns::new("be")?,
             peers: Vec::new(),
         };
-        veth(&lab.inet, "eth0", &lab.vpc, "inet0")?;
+        internet_host(&lab.inet, &lab.vpc)?;
+        ethtool_tx_off(&lab.inet, "eth0")?;
+        ethtool_tx_off(&lab.vpc, "inet0")?;
         veth(&lab.gw, "eth0", &lab.vpc, "gw0")?;
         veth(&lab.backend, "eth0", &lab.vpc, "be0")?;
         for (ns, addr, via) in [
-            (&lab.inet, "203.0.113.10/24", "203.0.113.1"),
             (&lab.gw, "10.0.0.5/24", "10.0.0.1"),
             (&lab.backend, "10.0.1.10/24", "10.0.1.1"),
         ] {
@@ -39,7 +40,6 @@ impl OneNicLab {
             ethtool_tx_off(ns, "eth0")?;
         }
         for (dev, addr) in [
-            ("inet0", "203.0.113.1/24"),
             ("gw0", "10.0.0.1/24"),
             ("be0", "10.0.1.1/24"),
         ] {

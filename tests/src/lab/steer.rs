@@ -38,15 +38,9 @@ impl SteerLab {
             },
             gateway1: Ipv4Addr::new(10, 0, third, 1),
         };
-        veth(&lab.inet, "eth0", &lab.vpc, "inet0")?;
+        internet_host(&lab.inet, &lab.vpc)?;
         veth(&lab.inst, "eth0", &lab.vpc, "v0")?;
         veth(&lab.inst, "eth1", &lab.vpc, "v1")?;
-        lab.inet
-            .ip(&["addr", "add", "203.0.113.10/24", "dev", "eth0"])?;
-        lab.inet
-            .ip(&["route", "add", "default", "via", "203.0.113.1"])?;
-        lab.vpc
-            .ip(&["addr", "add", "203.0.113.1/24", "dev", "inet0"])?;
         ethtool_tx_off(&lab.vpc, "inet0")?;
         let eth1_set = lab
             .eth1
