@@ -39,10 +39,7 @@ impl OneNicLab {
             ns.ip(&["route", "add", "default", "via", via])?;
             ethtool_tx_off(ns, "eth0")?;
         }
-        for (dev, addr) in [
-            ("gw0", "10.0.0.1/24"),
-            ("be0", "10.0.1.1/24"),
-        ] {
+        for (dev, addr) in [("gw0", "10.0.0.1/24"), ("be0", "10.0.1.1/24")] {
             lab.vpc.ip(&["addr", "add", addr, "dev", dev])?;
             ethtool_tx_off(&lab.vpc, dev)?;
         }

@@ -116,6 +116,31 @@ impl SteerLab {
 }
 
 impl SteerLab {
+    /// A UDP datagram from `bind` on the instance to the internet host (203.0.113.10), echoed
+    /// there: the source the internet host saw, or why nothing came back.
+    pub fn udp_from(&self, bind: Ipv4Addr, port: u16) -> std::io::Result<SocketAddr> {
+        let inet = Ipv4Addr::new(203, 0, 113, 10);
+        let server = self
+            .inet
+            .within(move || Ok(UdpSocket::bind((inet, port))?))
+            .map_err(std::io::Error::other)?;
+        server.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let echo = udp_echo_once(server);
+        let sent = self
+            .inst
+            .within(move || {
+                let s = UdpSocket::bind((bind, 0))?;
+                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                s.send_to(b"steer me", (inet, port))?;
+                let mut buf = [0u8; 64];
+                Ok(s.recv_from(&mut buf).map(|(n, _)| n))
+            })
+            .map_err(std::io::Error::other)?;
+        let peer = echo.join().expect("echo thread");
+        sent?;
+        peer
+    }
+
     /// The fake Alibaba Cloud ECS metadata of this instance: eth0 (10.0.0.10) and eth1 whose
     /// private addresses are `eth1_ips` (a JSON array, as the metadata writes it), each NIC with
     /// its vSwitch's gateway and block. Returns the service and eth1's MAC address.

@@ -183,3 +183,14 @@ pub fn udp_exchange_at(
         response,
     })
 }
+
+/// Echoes one datagram that `server` receives back to its sender, in a thread; the sender's
+/// address as the server saw it.
+pub fn udp_echo_once(server: UdpSocket) -> std::thread::JoinHandle<std::io::Result<SocketAddr>> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        let (n, peer) = server.recv_from(&mut buf)?;
+        server.send_to(&buf[..n], peer)?;
+        Ok(peer)
+    })
+}

@@ -647,12 +647,7 @@ fn udp_without_a_checksum_keeps_it_zero_both_ways() {
         .backend
         .within(|| Ok(udp_no_check(SocketAddr::from((BACKEND, 5398)))?))
         .unwrap();
-    let echo = std::thread::spawn(move || -> std::io::Result<SocketAddr> {
-        let mut buf = [0u8; 1500];
-        let (n, peer) = server.recv_from(&mut buf)?;
-        server.send_to(&buf[..n], peer)?;
-        Ok(peer)
-    });
+    let echo = ipnat_tests::lab::udp_echo_once(server);
     let got = lab
         .inet
         .within(|| {

@@ -56,31 +56,7 @@ fn wait_until(what: &str, f: impl Fn() -> bool) {
 }
 
 fn udp_ok(lab: &SteerLab, bind: std::net::Ipv4Addr, port: u16) -> bool {
-    let server = lab
-        .inet
-        .within(move || Ok(std::net::UdpSocket::bind(("203.0.113.10", port))?))
-        .unwrap();
-    server
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .unwrap();
-    let echo = std::thread::spawn(move || {
-        let mut buf = [0u8; 16];
-        if let Ok((n, peer)) = server.recv_from(&mut buf) {
-            let _ = server.send_to(&buf[..n], peer);
-        }
-    });
-    let ok = lab
-        .inst
-        .within(move || {
-            let s = std::net::UdpSocket::bind((bind, 0))?;
-            s.set_read_timeout(Some(Duration::from_secs(2)))?;
-            s.send_to(b"hi", ("203.0.113.10", port))?;
-            let mut buf = [0u8; 16];
-            Ok(s.recv_from(&mut buf).is_ok())
-        })
-        .unwrap();
-    echo.join().unwrap();
-    ok
+    lab.udp_from(bind, port).is_ok()
 }
 
 #[test]

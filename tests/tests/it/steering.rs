@@ -2,10 +2,7 @@
 //! sockets bound to eth1's addresses reach the internet only when their packets leave by eth1,
 //! which ipnat does without any `ip rule`.
 
-use std::{
-    net::{Ipv4Addr, SocketAddr, UdpSocket},
-    time::Duration,
-};
+use std::net::{Ipv4Addr, SocketAddr};
 
 use ipnat_tests::{
     lab::{INST_ETH0, SteerLab, tcp_exchange_from},
@@ -14,32 +11,9 @@ use ipnat_tests::{
 
 const INET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 
-/// A UDP datagram from `bind` in `client` to INET, echoed by a server there.
+/// A UDP datagram from `bind` on the instance to INET, echoed there: the source INET saw.
 fn udp_from(lab: &SteerLab, bind: Ipv4Addr, port: u16) -> std::io::Result<SocketAddr> {
-    let server = lab
-        .inet
-        .within(move || Ok(UdpSocket::bind((INET, port))?))
-        .unwrap();
-    server.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let echo = std::thread::spawn(move || -> std::io::Result<SocketAddr> {
-        let mut buf = [0u8; 64];
-        let (n, peer) = server.recv_from(&mut buf)?;
-        server.send_to(&buf[..n], peer)?;
-        Ok(peer)
-    });
-    let sent = lab
-        .inst
-        .within(move || {
-            let s = UdpSocket::bind((bind, 0))?;
-            s.set_read_timeout(Some(Duration::from_secs(2)))?;
-            s.send_to(b"steer me", (INET, port))?;
-            let mut buf = [0u8; 64];
-            Ok(s.recv_from(&mut buf).map(|(n, _)| n))
-        })
-        .unwrap();
-    let peer = echo.join().unwrap();
-    sent?;
-    peer
+    lab.udp_from(bind, port)
 }
 
 fn ping_from(ns: &Netns, bind: Ipv4Addr) -> bool {
