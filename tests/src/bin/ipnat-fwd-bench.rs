@@ -115,17 +115,26 @@ enum GenCmd {
 }
 
 /// The generator: a thread in the generator's namespace holding the loaded program.
+/// The benchmark object with its XDP program `name` loaded.
+fn bench_xdp(name: &str) -> Result<Ebpf> {
+    let mut ebpf = ipnat::bench::load_bench_object(1)?;
+    xdp_program(&mut ebpf, name)?.load()?;
+    Ok(ebpf)
+}
+
+fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    Ok(ebpf
+        .program_mut(name)
+        .with_context(|| format!("no program {name}"))?
+        .try_into()?)
+}
+
 fn start_generator(ns: &Netns) -> Result<mpsc::Sender<GenCmd>> {
     let (tx, rx) = mpsc::channel::<GenCmd>();
     let (ready_tx, ready_rx) = mpsc::channel();
     let _thread = ns.spawn(move || {
         let setup = || -> Result<Ebpf> {
-            let mut ebpf = ipnat::bench::load_bench_object(1)?;
-            let p: &mut Xdp = ebpf
-                .program_mut(names::BENCH_GEN_PROGRAM)
-                .context("no generator program")?
-                .try_into()?;
-            p.load()?;
+            let mut ebpf = bench_xdp(names::BENCH_GEN_PROGRAM)?;
             let ifindex = ipnat::dataplane::ifindex("g0")?;
             let mut cfg: Array<_, u32> =
                 Array::try_from(ebpf.map_mut(names::BENCH_CFG_MAP).context("cfg map")?)?;
@@ -269,13 +278,9 @@ fn install(t: &Topology, setup: Setup, round: usize) -> Result<Installed> {
             Installed::Ipnat(Ipnat::start(&t.gw, &config, &pin)?)
         }
         Setup::Ceiling => Installed::Xdp(t.gw.within(|| {
-            let mut ebpf = ipnat::bench::load_bench_object(1)?;
-            let p: &mut Xdp = ebpf
-                .program_mut(names::BENCH_REDIRECT_PROGRAM)
-                .context("redirect program")?
-                .try_into()?;
-            p.load()?;
-            p.attach("ext0", XdpMode::Driver)?;
+            let mut ebpf = bench_xdp(names::BENCH_REDIRECT_PROGRAM)?;
+            xdp_program(&mut ebpf, names::BENCH_REDIRECT_PROGRAM)?
+                .attach("ext0", XdpMode::Driver)?;
             Ok(ebpf)
         })?),
         // The kernel paths get a pass-everything XDP program on ext0: the generator's

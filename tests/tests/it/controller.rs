@@ -121,15 +121,20 @@ fn assert_complete(sent: u32, seen: &BTreeSet<u32>, back: &BTreeSet<u32>, odd: &
         "mistranslated: {:?}",
         &odd[..odd.len().min(5)]
     );
-    for (got, way) in [(seen, "in"), (back, "back")] {
-        let missing: Vec<u32> = (0..sent).filter(|s| !got.contains(s)).collect();
-        assert!(
-            missing.is_empty(),
-            "{} of {sent} lost on the way {way}, first {:?}",
-            missing.len(),
-            &missing[..missing.len().min(10)]
-        );
+    for (got, way) in [(seen, "on the way in"), (back, "on the way back")] {
+        assert_none_lost(sent, got, way);
     }
+}
+
+/// Every one of datagrams `0..sent` is in `got`.
+fn assert_none_lost(sent: u32, got: &BTreeSet<u32>, where_: &str) {
+    let missing: Vec<u32> = (0..sent).filter(|s| !got.contains(s)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {sent} lost {where_}, first {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
 }
 
 fn dnat_packets(stats: &serde_json::Value) -> u64 {
@@ -303,13 +308,7 @@ fn churning_a_mapping_never_loses_or_mistranslates_a_packet() {
         got[0].len() + got[1].len(),
         "no datagram delivered twice"
     );
-    let missing: Vec<u32> = (0..sent).filter(|s| !all.contains(s)).collect();
-    assert!(
-        missing.is_empty(),
-        "{} of {sent} lost: {:?}",
-        missing.len(),
-        &missing[..missing.len().min(10)]
-    );
+    assert_none_lost(sent, &all, "between the two private addresses");
     // Every translation was counted on the one mapping, whatever its private side.
     let stats = running.stats_json().unwrap();
     let m = &stats["mappings"].as_array().unwrap()[0];
