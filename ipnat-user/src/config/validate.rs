@@ -121,13 +121,12 @@ impl Config {
             }
         }
         if let Some(a) = &self.aws {
-            if a.access_key_id.is_some() != a.secret_access_key.is_some() {
-                return Err(invalid(
-                    "aws.secret_access_key".into(),
-                    &"<hidden>",
-                    "access_key_id and secret_access_key go together",
-                ));
-            }
+            both_or_neither(
+                "aws",
+                &a.access_key_id,
+                &a.secret_access_key,
+                "secret_access_key",
+            )?;
             if a.api && self.orientation == Orientation::Host {
                 return Err(invalid(
                     "aws.api".into(),
@@ -137,13 +136,12 @@ impl Config {
             }
         }
         if let Some(a) = &self.aliyun {
-            if a.access_key_id.is_some() != a.access_key_secret.is_some() {
-                return Err(invalid(
-                    "aliyun.access_key_secret".into(),
-                    &"<hidden>",
-                    "access_key_id and access_key_secret go together",
-                ));
-            }
+            both_or_neither(
+                "aliyun",
+                &a.access_key_id,
+                &a.access_key_secret,
+                "access_key_secret",
+            )?;
             if let Some(e) = &a.api_endpoint
                 && !(e.starts_with("https://") || e.starts_with("http://"))
             {
@@ -185,6 +183,24 @@ impl Config {
 }
 
 /// The error for `key = value`, and why it is refused.
+/// A section's access key: its id and its secret (named `secret`) both given, or neither. The
+/// error never shows the secret.
+fn both_or_neither(
+    section: &str,
+    id: &Option<String>,
+    secret: &Option<String>,
+    secret_name: &str,
+) -> Result<(), ConfigError> {
+    if id.is_some() == secret.is_some() {
+        return Ok(());
+    }
+    Err(invalid(
+        format!("{section}.{secret_name}"),
+        &"<hidden>",
+        &format!("access_key_id and {secret_name} go together"),
+    ))
+}
+
 fn invalid(key: String, value: &dyn std::fmt::Display, why: &str) -> ConfigError {
     ConfigError::Invalid {
         key,

@@ -442,21 +442,27 @@ mod tests {
         assert!(Credentials::from_ram_role("<html>").is_err());
     }
 
+    /// A client of an endpoint nobody listens on (port 1), with these credentials.
+    fn api_on_port_1(id: &str, secret: &str, token: &str) -> OpenApi {
+        let creds = Credentials {
+            access_key_id: id.into(),
+            access_key_secret: secret.into(),
+            security_token: Some(token.into()),
+        };
+        OpenApi::new(
+            "http://127.0.0.1:1",
+            ECS_VERSION,
+            creds,
+            Duration::from_secs(1),
+        )
+        .unwrap()
+    }
+
     #[test]
     fn errors_never_show_the_signed_url() {
         // Nothing listens on port 1: a connection error, whose text must not carry the key,
         // the signature or the token.
-        let api = OpenApi::new(
-            "http://127.0.0.1:1",
-            ECS_VERSION,
-            Credentials {
-                access_key_id: "LTAIsecretid".into(),
-                access_key_secret: "s".into(),
-                security_token: Some("tok3n".into()),
-            },
-            Duration::from_secs(1),
-        )
-        .unwrap();
+        let api = api_on_port_1("LTAIsecretid", "s", "tok3n");
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -473,17 +479,7 @@ mod tests {
 
     #[test]
     fn requests_are_signed_over_every_parameter() {
-        let api = OpenApi::new(
-            "http://127.0.0.1:1",
-            ECS_VERSION,
-            Credentials {
-                access_key_id: "id".into(),
-                access_key_secret: "secret".into(),
-                security_token: Some("tok".into()),
-            },
-            Duration::from_secs(1),
-        )
-        .unwrap();
+        let api = api_on_port_1("id", "secret", "tok");
         let q = api.signed_query(
             "DescribeNetworkInterfaces",
             &[("RegionId", "cn-hangzhou".into())],

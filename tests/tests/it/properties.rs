@@ -28,27 +28,21 @@ fn address() -> impl Strategy<Value = Ipv4Addr> {
     ]
 }
 
-/// The translation a hook applies to an address, per the standard tables.
+/// The translation a hook applies to an address, per the standard tables: the two exact
+/// mappings, then the block 120.0.0.0/25 <-> 10.0.2.0/25 with its host bits kept.
 fn translated(hook: Hook, a: Ipv4Addr) -> Option<Ipv4Addr> {
-    let o = a.octets();
-    match hook {
-        Hook::Xdp => match a {
-            EIP => Some(PRIV),
-            EIP2 => Some(PRIV2),
-            _ if o[0] == 120 && o[1] == 0 && o[2] == 0 && o[3] < 128 => {
-                Some(Ipv4Addr::new(10, 0, 2, o[3]))
-            }
-            _ => None,
-        },
+    let (exact, from, to) = match hook {
+        Hook::Xdp => ([(EIP, PRIV), (EIP2, PRIV2)], [120, 0, 0], [10, 0, 2]),
+        Hook::TcEgress => ([(PRIV, EIP), (PRIV2, EIP2)], [10, 0, 2], [120, 0, 0]),
         Hook::TcIngress => unreachable!("gateway properties do not run TC ingress"),
-        Hook::TcEgress => match a {
-            PRIV => Some(EIP),
-            PRIV2 => Some(EIP2),
-            _ if o[0] == 10 && o[1] == 0 && o[2] == 2 && o[3] < 128 => {
-                Some(Ipv4Addr::new(120, 0, 0, o[3]))
-            }
-            _ => None,
-        },
+    };
+    let o = a.octets();
+    if let Some(&(_, b)) = exact.iter().find(|(x, _)| *x == a) {
+        Some(b)
+    } else if o[..3] == from && o[3] < 128 {
+        Some(Ipv4Addr::new(to[0], to[1], to[2], o[3]))
+    } else {
+        None
     }
 }
 
