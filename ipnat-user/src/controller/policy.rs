@@ -73,16 +73,29 @@ mod tests {
         interval_secs = 30
     "#;
 
-    /// What a provider asks for, each entry parsed as the config's (but not validated as a
-    /// whole: a provider's answer may conflict with itself).
-    fn synced(text: &str) -> Synced {
-        let mut out = Synced::default();
-        for entry in text.split("[[").filter(|e| !e.trim().is_empty()) {
-            let c = Config::parse(&format!("[[interface]]\nname = \"eth1\"\n[[{entry}")).unwrap();
-            out.rules.extend(c.steering);
-            out.mappings.extend(c.mappings);
+    /// What a provider asks for (not validated as a whole: a provider's answer may conflict
+    /// with itself): mappings as (public, private), steering rules as (source, gateway) on
+    /// eth1 in 10.0.1.0/24.
+    fn synced(mappings: &[(&str, &str)], rules: &[(&str, &str)]) -> Synced {
+        Synced {
+            mappings: mappings
+                .iter()
+                .map(|(p, q)| crate::config::MappingConfig {
+                    public: p.parse().unwrap(),
+                    private: q.parse().unwrap(),
+                })
+                .collect(),
+            rules: rules
+                .iter()
+                .map(|(source, gateway)| crate::config::SteerConfig {
+                    source: source.parse().unwrap(),
+                    interface: "eth1".into(),
+                    gateway: gateway.parse().unwrap(),
+                    subnet: "10.0.1.0/24".parse().unwrap(),
+                })
+                .collect(),
+            ..Synced::default()
         }
-        out
     }
 
     fn pairs(c: &Config) -> Vec<(String, String)> {
@@ -96,30 +109,13 @@ mod tests {
     fn the_config_wins_over_the_provider_on_either_side_and_the_rest_is_added() {
         let config = Config::parse(BASE).unwrap();
         let from_cloud = synced(
-            r#"
-            [[mapping]]
-            public = "198.51.100.10"
-            private = "10.0.1.99"
-            [[mapping]]
-            public = "198.51.100.99"
-            private = "10.0.1.10"
-            [[mapping]]
-            public = "198.51.100.10/31"
-            private = "10.0.2.0/31"
-            [[mapping]]
-            public = "198.51.100.20"
-            private = "10.0.1.11"
-            [[steer]]
-            source = "10.0.1.20"
-            interface = "eth1"
-            gateway = "10.0.1.254"
-            subnet = "10.0.1.0/24"
-            [[steer]]
-            source = "10.0.1.21"
-            interface = "eth1"
-            gateway = "10.0.1.1"
-            subnet = "10.0.1.0/24"
-            "#,
+            &[
+                ("198.51.100.10", "10.0.1.99"),
+                ("198.51.100.99", "10.0.1.10"),
+                ("198.51.100.10/31", "10.0.2.0/31"),
+                ("198.51.100.20", "10.0.1.11"),
+            ],
+            &[("10.0.1.20", "10.0.1.254"), ("10.0.1.21", "10.0.1.1")],
         );
         let eff = effective(&config, &from_cloud).unwrap();
         // Same public, same private, and a block holding the config's public: the config's.
@@ -152,16 +148,12 @@ mod tests {
     #[test]
     fn a_provider_that_conflicts_with_itself_is_refused_whole() {
         let config = Config::parse(BASE).unwrap();
-        let from_cloud = synced(
-            r#"
-            [[mapping]]
-            public = "198.51.100.20"
-            private = "10.0.1.20"
-            [[mapping]]
-            public = "198.51.100.21"
-            private = "10.0.1.20"
-            "#,
-        );
+        // Two public addresses for one private one.
+        let twice = [
+            ("198.51.100.20", "10.0.1.20"),
+            ("198.51.100.21", "10.0.1.20"),
+        ];
+        let from_cloud = synced(&twice, &[]);
         let err = format!("{:#}", effective(&config, &from_cloud).unwrap_err());
         assert!(
             err.starts_with("what the provider asks for conflicts with the config"),

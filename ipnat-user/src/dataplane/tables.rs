@@ -467,35 +467,24 @@ impl Tables {
         let mut all: Vec<(crate::config::SteerConfig, u32)> =
             current.iter().map(|r| (r.rule(), r.ifindex)).collect();
         all.push((rule.clone(), ifindex));
-        let n = current.len();
         let rules: Vec<crate::config::SteerConfig> = all.iter().map(|(r, _)| r.clone()).collect();
-        crate::config::validate_steer_rules(&rules, &|i| {
-            if i == n {
-                "the new rule".to_owned()
-            } else {
+        crate::config::validate_steer_rules(
+            &rules,
+            &new_or_installed(current.len(), "the new rule", |i| {
                 format!("installed rule from {}", current[i].source)
-            }
-        })?;
+            }),
+        )?;
         self.apply_steering(&all)?;
-        self.steering()?
-            .into_iter()
-            .find(|r| r.source == rule.source)
-            .ok_or(DataplaneError::NoSuchSteer(rule.source))
+        let (added, _) = without(self.steering()?, |r| r.source == rule.source)
+            .ok_or(DataplaneError::NoSuchSteer(rule.source))?;
+        Ok(added)
     }
 
     /// Removes the steering rule for `source`. Nothing changes when there is none.
     pub fn remove_steer(&mut self, source: Block) -> Result<InstalledSteer, DataplaneError> {
-        let current = self.steering()?;
-        let gone = current
-            .iter()
-            .find(|r| r.source == source)
-            .cloned()
+        let (gone, rest) = without(self.steering()?, |r| r.source == source)
             .ok_or(DataplaneError::NoSuchSteer(source))?;
-        let rest: Vec<(crate::config::SteerConfig, u32)> = current
-            .iter()
-            .filter(|r| r.source != source)
-            .map(|r| (r.rule(), r.ifindex))
-            .collect();
+        let rest: Vec<_> = rest.iter().map(|r| (r.rule(), r.ifindex)).collect();
         self.apply_steering(&rest)?;
         Ok(gone)
     }
@@ -506,40 +495,30 @@ impl Tables {
         let current = self.mappings()?;
         let mut all: Vec<MappingConfig> = current.iter().map(InstalledMapping::config).collect();
         all.push(new);
-        let n = current.len();
-        crate::config::validate_mappings(&all, &|i| {
-            if i == n {
-                "the new mapping".to_owned()
-            } else {
+        crate::config::validate_mappings(
+            &all,
+            &new_or_installed(current.len(), "the new mapping", |i| {
                 format!(
                     "installed mapping {} <-> {}",
                     current[i].public, current[i].private
                 )
-            }
-        })?;
+            }),
+        )?;
         if all.len() > self.capacity() as usize {
             return Err(DataplaneError::Full(self.capacity()));
         }
         self.apply(&all)?;
-        self.mappings()?
-            .into_iter()
-            .find(|m| m.public == new.public)
-            .ok_or(DataplaneError::NoSuchMapping(new.public))
+        let (added, _) = without(self.mappings()?, |m| m.public == new.public)
+            .ok_or(DataplaneError::NoSuchMapping(new.public))?;
+        Ok(added)
     }
 
     /// Removes the mapping whose public side is `public` (both directions). Nothing changes
     /// when there is none.
     pub fn remove_mapping(&mut self, public: Block) -> Result<InstalledMapping, DataplaneError> {
-        let current = self.mappings()?;
-        let gone = *current
-            .iter()
-            .find(|m| m.public == public)
+        let (gone, rest) = without(self.mappings()?, |m| m.public == public)
             .ok_or(DataplaneError::NoSuchMapping(public))?;
-        let rest: Vec<MappingConfig> = current
-            .iter()
-            .filter(|m| m.public != public)
-            .map(InstalledMapping::config)
-            .collect();
+        let rest: Vec<_> = rest.iter().map(InstalledMapping::config).collect();
         self.apply(&rest)?;
         Ok(gone)
     }
@@ -696,4 +675,27 @@ impl Tables {
             .set(0, Settings { flags, schema }, 0)
             .map_err(map_err(names::SETTINGS))
     }
+}
+
+/// How validation names entry `i` of the installed entries (the first `installed`, named by
+/// `name`) followed by one new entry (named `new`).
+fn new_or_installed<'a>(
+    installed: usize,
+    new: &'a str,
+    name: impl Fn(usize) -> String + 'a,
+) -> impl Fn(usize) -> String + 'a {
+    move |i| {
+        if i == installed {
+            new.to_owned()
+        } else {
+            name(i)
+        }
+    }
+}
+
+/// The one item of `items` that `is` picks, and the rest; `None` when there is none.
+fn without<T>(items: Vec<T>, is: impl Fn(&T) -> bool) -> Option<(T, Vec<T>)> {
+    let (mut picked, rest): (Vec<T>, Vec<T>) = items.into_iter().partition(|i| is(i));
+    let one = picked.pop()?;
+    Some((one, rest))
 }
