@@ -215,27 +215,14 @@ impl FakeAliyunApi {
                         }
                     },
                 };
-                let fault = *pf.lock().unwrap();
-                let index = match fault {
-                    Some(PageFault::Repeat(p)) if p == page => page - 1,
-                    Some(PageFault::Skip(p)) if p == page => page + 1,
-                    _ => page,
-                };
                 if let Some((p, status, body)) = f.lock().unwrap().clone()
                     && p == page
                 {
                     return (status, body);
                 }
-                let set: Vec<serde_json::Value> = selected
-                    .get((index as usize).wrapping_sub(1))
-                    .cloned()
-                    .into_iter()
-                    .collect();
-                let next = if (index as usize) < selected.len() {
-                    format!("page-{}", page + 1)
-                } else {
-                    String::new()
-                };
+                let (item, next) = PageFault::serve(*pf.lock().unwrap(), page, &selected);
+                let set: Vec<serde_json::Value> = item.into_iter().collect();
+                let next = next.unwrap_or_default();
                 (
                     200,
                     serde_json::json!({

@@ -227,20 +227,11 @@ impl FakeEc2 {
                 {
                     return (status, body);
                 }
-                let index = match *pf.lock().unwrap() {
-                    Some(PageFault::Repeat(p)) if p == page => page - 1,
-                    Some(PageFault::Skip(p)) if p == page => page + 1,
-                    _ => page,
-                };
-                let item = selected
-                    .get((index as usize).wrapping_sub(1))
-                    .cloned()
+                let (item, next) = PageFault::serve(*pf.lock().unwrap(), page, &selected);
+                let item = item.unwrap_or_default();
+                let next = next
+                    .map(|t| format!("<nextToken>{t}</nextToken>"))
                     .unwrap_or_default();
-                let next = if (index as usize) < selected.len() {
-                    format!("<nextToken>page-{}</nextToken>", page + 1)
-                } else {
-                    String::new()
-                };
                 (
                     200,
                     format!(

@@ -154,5 +154,24 @@ pub enum PageFault {
     Skip(u64),
 }
 
+impl PageFault {
+    /// The page served when page `page` of `items` is asked for (one item a page) under
+    /// `fault`: the item, and the token of the next page (`page-N`) unless it is the last.
+    pub fn serve<T: Clone>(
+        fault: Option<Self>,
+        page: u64,
+        items: &[T],
+    ) -> (Option<T>, Option<String>) {
+        let index = match fault {
+            Some(PageFault::Repeat(p)) if p == page => page - 1,
+            Some(PageFault::Skip(p)) if p == page => page + 1,
+            _ => page,
+        };
+        let item = items.get((index as usize).wrapping_sub(1)).cloned();
+        let next = ((index as usize) < items.len()).then(|| format!("page-{}", page + 1));
+        (item, next)
+    }
+}
+
 /// An access key's secret and, for temporary credentials, its security token.
 pub type AccessKey = (String, Option<String>);
