@@ -44,6 +44,25 @@ fn wait_for_sync(ipnat: &Ipnat, what: &str, says: impl Fn(&ipnat::providers::Syn
     wait_until(what, || last_sync(ipnat).is_some_and(|s| says(&s)));
 }
 
+/// `ipnat run` in `ns` (eth0 and eth1) with the `[section]` provider's
+/// metadata at `port`, synced every second with a 500 ms timeout; `top` goes before the
+/// interfaces, `more` into the section.
+fn start_synced(
+    ns: &ipnat_tests::netns::Netns,
+    tag: &str,
+    section: &str,
+    port: u16,
+    top: &str,
+    more: &str,
+) -> (Ipnat, String) {
+    let pin = format!("/sys/fs/bpf/ipnat-{tag}-{}", std::process::id());
+    let config = format!(
+        "pin_path = \"{pin}\"\n{top}[[interface]]\nname = \"eth0\"\n[[interface]]\nname = \"eth1\"\n\
+         [{section}]\nendpoint = \"http://127.0.0.1:{port}\"\ninterval_secs = 1\ntimeout_ms = 500\n{more}"
+    );
+    (Ipnat::start(ns, &config, &pin).unwrap(), config)
+}
+
 fn rules(ipnat: &Ipnat) -> usize {
     ipnat.stats_json().unwrap()["steering"]
         .as_array()
@@ -73,12 +92,6 @@ fn aws_metadata_drives_steering_and_bad_answers_change_nothing() {
         "10.0.1.21",
     );
 
-    let pin = format!("/sys/fs/bpf/ipnat-aws-{}", std::process::id());
-    let config = format!(
-        "pin_path = \"{pin}\"\n[[interface]]\nname = \"eth0\"\n[[interface]]\nname = \"eth1\"\n\
-         [aws]\nendpoint = \"http://127.0.0.1:{}\"\ninterval_secs = 1\ntimeout_ms = 500\n",
-        imds.port
-    );
     // The cloud assigned 10.0.1.23 to eth1's NIC too: its router lets it out of v1.
     lab.vpc
         .run(
@@ -86,7 +99,7 @@ fn aws_metadata_drives_steering_and_bad_answers_change_nothing() {
             &["insert rule inet cloud srccheck iifname \"v1\" ip saddr 10.0.1.23 accept"],
         )
         .unwrap();
-    let mut ipnat = Ipnat::start(&lab.inst, &config, &pin).unwrap();
+    let (mut ipnat, _) = start_synced(&lab.inst, "aws", "aws", imds.port, "", "");
     wait_until("4 rules from the metadata", || rules(&ipnat) == 4);
     // The address the cloud assigned and the host lacked is put on eth1 (10.0.1.23).
     assert!(eth1(&lab).contains("10.0.1.23/24"), "{}", eth1(&lab));
@@ -173,13 +186,7 @@ fn aliyun_metadata_drives_steering() {
     let lab = SteerLab::new(1, false).unwrap();
     let (meta, m1) = aliyun_metadata(&lab, r#"["10.0.1.20","10.0.1.21","10.0.1.22"]"#);
     let base = METADATA_MACS;
-    let pin = format!("/sys/fs/bpf/ipnat-aliyun-{}", std::process::id());
-    let config = format!(
-        "pin_path = \"{pin}\"\n[[interface]]\nname = \"eth0\"\n[[interface]]\nname = \"eth1\"\n\
-         [aliyun]\nendpoint = \"http://127.0.0.1:{}\"\ninterval_secs = 1\ntimeout_ms = 500\n",
-        meta.port
-    );
-    let ipnat = Ipnat::start(&lab.inst, &config, &pin).unwrap();
+    let (ipnat, _) = start_synced(&lab.inst, "aliyun", "aliyun", meta.port, "", "");
     std::thread::sleep(Duration::from_millis(1500));
     let sync = last_sync(&ipnat);
     assert_eq!(rules(&ipnat), 3, "{sync:?}");
@@ -273,14 +280,14 @@ fn aws_associations_become_the_host_orientations_eips() {
     let eth1_pairs: Vec<(Ipv4Addr, Ipv4Addr)> = EIP1.into_iter().zip(PRIV1).collect();
     associate(&m1, &eth1_pairs);
 
-    let pin = format!("/sys/fs/bpf/ipnat-awshost-{}", std::process::id());
-    let config = format!(
-        "pin_path = \"{pin}\"\norientation = \"host\"\ninternal = [\"10.0.0.0/16\"]\n\
-         [[interface]]\nname = \"eth0\"\n[[interface]]\nname = \"eth1\"\n\
-         [aws]\nendpoint = \"http://127.0.0.1:{}\"\ninterval_secs = 1\ntimeout_ms = 500\n",
-        imds.port
+    let (mut ipnat, config) = start_synced(
+        &lab.inst,
+        "awshost",
+        "aws",
+        imds.port,
+        "orientation = \"host\"\ninternal = [\"10.0.0.0/16\"]\n",
+        "",
     );
-    let mut ipnat = Ipnat::start(&lab.inst, &config, &pin).unwrap();
     wait_until("4 mappings from the associations", || mappings(&ipnat) == 4);
     wait_until("the EIPs on lo", || {
         lo_has(&lab.inst, EIP0) && EIP1.iter().all(|e| lo_has(&lab.inst, *e))
@@ -434,15 +441,17 @@ fn aliyun_openapi_gives_every_nics_eips_and_bad_answers_change_nothing() {
     };
     set_nics(3);
 
-    let pin = format!("/sys/fs/bpf/ipnat-aliapi-{}", std::process::id());
-    let config = format!(
-        "pin_path = \"{pin}\"\norientation = \"host\"\ninternal = [\"10.0.0.0/16\"]\n\
-         [[interface]]\nname = \"eth0\"\n[[interface]]\nname = \"eth1\"\n\
-         [aliyun]\nendpoint = \"http://127.0.0.1:{}\"\ninterval_secs = 1\ntimeout_ms = 500\n\
-         openapi = true\napi_endpoint = \"http://127.0.0.1:{}\"\n",
-        md.port, api.port
+    let (ipnat, _) = start_synced(
+        &lab.inst,
+        "aliapi",
+        "aliyun",
+        md.port,
+        "orientation = \"host\"\ninternal = [\"10.0.0.0/16\"]\n",
+        &format!(
+            "openapi = true\napi_endpoint = \"http://127.0.0.1:{}\"\n",
+            api.port
+        ),
     );
-    let ipnat = Ipnat::start(&lab.inst, &config, &pin).unwrap();
     wait_until("4 mappings from the OpenAPI", || mappings(&ipnat) == 4);
     wait_until("the EIPs on lo", || {
         EIP1.iter().all(|e| lo_has(&lab.inst, *e))
@@ -739,13 +748,7 @@ fn removing_ipnats_addresses_never_removes_the_admins() {
     };
     let (imds, m1) = lab.aws_metadata("10.0.1.20\n10.0.1.21").unwrap();
     let base = METADATA_MACS;
-    let pin = format!("/sys/fs/bpf/ipnat-promote-{}", std::process::id());
-    let config = format!(
-        "pin_path = \"{pin}\"\n[[interface]]\nname = \"eth0\"\n[[interface]]\nname = \"eth1\"\n\
-         [aws]\nendpoint = \"http://127.0.0.1:{}\"\ninterval_secs = 1\ntimeout_ms = 500\n",
-        imds.port
-    );
-    let mut ipnat = Ipnat::start(&lab.inst, &config, &pin).unwrap();
+    let (mut ipnat, _) = start_synced(&lab.inst, "promote", "aws", imds.port, "", "");
     wait_until("ipnat's addresses", || {
         let e = eth1(&lab);
         e.contains("10.0.1.20/24") && e.contains("10.0.1.21/24")
