@@ -1,7 +1,8 @@
 //! The packet abstraction the translation code runs on, one implementation per hook
 //! (Cilium's `ctx` idea): XDP writes the packet directly and fixes checksums with RFC 1624
-//! arithmetic; TC uses the kernel's checksum helpers, which know whether the skb carries a full
-//! or a partial (pseudo-header only) L4 checksum.
+//! arithmetic; TC does the same for the IPv4 header in the skb's linear data and leaves the L4
+//! checksum to the kernel's helper, which knows whether the skb carries a full or a partial
+//! (pseudo-header only) L4 checksum.
 
 use core::{ffi::c_void, mem::size_of};
 
@@ -139,11 +140,35 @@ impl<const FRAGS: bool> Packet for Xdp<'_, FRAGS> {
     }
 }
 
+/// An skb at TC. A rewrite writes the IPv4 address and header checksum directly when they lie
+/// in the skb's linear data (two helper calls fewer), else through `bpf_l3_csum_replace` and
+/// `bpf_skb_store_bytes`; reads go through `bpf_skb_load_bytes`. The L4
+/// checksum always goes through `bpf_l4_csum_replace`: only the kernel knows whether the skb
+/// carries a full or a partial checksum and keeps `skb->csum` in step. The IPv4 header's own
+/// checksum is self-contained (the header sums to the same whatever its fields), so writing
+/// it directly keeps a CHECKSUM_COMPLETE sum valid.
 pub struct Tc<'a>(pub &'a TcContext);
+
+impl Tc<'_> {
+    /// The bounds-checked accessor of the TC path's linear data; `None` past it. The verifier
+    /// requires data/data_end to be reloaded after any helper that may move the data (the L4
+    /// checksum helper does): every call here reads them afresh.
+    #[inline(always)]
+    fn ptr_at<T>(&self, off: usize) -> Option<*mut T> {
+        let start = self.0.data();
+        let end = self.0.data_end();
+        if start + off + size_of::<T>() > end {
+            return None;
+        }
+        Some((start + off) as *mut T)
+    }
+}
 
 impl Packet for Tc<'_> {
     #[inline(always)]
     fn read<T: Copy>(&self, off: usize) -> Option<T> {
+        // Through the helper, one code path: a direct read with a helper fallback for each
+        // field multiplies the verifier's states past its limit.
         self.0.load::<T>(off).ok()
     }
 
@@ -161,6 +186,24 @@ impl Packet for Tc<'_> {
     fn rewrite(&mut self, rw: &Rewrite) -> Result<(), ()> {
         let size = size_of::<u32>() as u64;
         let (old, new) = (rw.old as u64, rw.new as u64);
+        // The IPv4 address and header checksum first, directly when both are in the linear
+        // data; the L4 helper below may move the data, and nothing is read after it here.
+        match (
+            self.ptr_at::<u32>(rw.addr_off),
+            self.ptr_at::<u16>(rw.check_off),
+        ) {
+            // SAFETY: both pointers were bounds-checked.
+            (Some(addr), Some(check)) => unsafe {
+                addr.write_unaligned(rw.new);
+                check.write_unaligned(csum::replace4(check.read_unaligned(), rw.old, rw.new));
+            },
+            _ => {
+                self.0
+                    .l3_csum_replace(rw.check_off, old, new, size)
+                    .map_err(|_| ())?;
+                self.0.store(rw.addr_off, &rw.new, 0).map_err(|_| ())?;
+            }
+        }
         if rw.l4.present() {
             let mut flags = BPF_F_PSEUDO_HDR as u64 | size;
             // The kernel's form of the UDP zero rule (see L4Csum::UDP).
@@ -171,10 +214,7 @@ impl Packet for Tc<'_> {
                 .l4_csum_replace(rw.l4.off, old, new, flags)
                 .map_err(|_| ())?;
         }
-        self.0
-            .l3_csum_replace(rw.check_off, old, new, size)
-            .map_err(|_| ())?;
-        self.0.store(rw.addr_off, &rw.new, 0).map_err(|_| ())
+        Ok(())
     }
 
     #[inline(always)]
@@ -185,10 +225,22 @@ impl Packet for Tc<'_> {
         old: u16,
         new: u16,
     ) -> Result<(), ()> {
-        self.0
-            .l3_csum_replace(check_off, old as u64, new as u64, size_of::<u16>() as u64)
-            .map_err(|_| ())?;
-        self.0.store(off, &new, 0).map_err(|_| ())
+        match (self.ptr_at::<u16>(off), self.ptr_at::<u16>(check_off)) {
+            (Some(word), Some(check)) => {
+                // SAFETY: both pointers were bounds-checked.
+                unsafe {
+                    word.write_unaligned(new);
+                    check.write_unaligned(csum::replace2(check.read_unaligned(), old, new));
+                }
+                Ok(())
+            }
+            _ => {
+                self.0
+                    .l3_csum_replace(check_off, old as u64, new as u64, size_of::<u16>() as u64)
+                    .map_err(|_| ())?;
+                self.0.store(off, &new, 0).map_err(|_| ())
+            }
+        }
     }
 
     #[inline(always)]

@@ -307,6 +307,43 @@ pub fn verify_ipv4(p: &[u8]) -> Result<(), String> {
     }
 }
 
+/// Verifies an IPv4 packet whose L4 checksum the sender left to be completed later
+/// (CHECKSUM_PARTIAL: offload, or GRO on a forwarding path): the header checksum is exact, and
+/// a TCP or UDP checksum field holds what Linux puts there, the folded sum of the pseudo-header
+/// (for the packet's own length) that the completion adds the segment's sum to.
+pub fn verify_ipv4_partial(p: &[u8]) -> Result<(), String> {
+    if p.len() < 20 || p[0] >> 4 != 4 {
+        return Err("not IPv4".into());
+    }
+    let ihl = (p[0] & 0xf) as usize * 4;
+    if checksum(&p[..ihl]) != 0 {
+        return Err(format!(
+            "bad IPv4 header checksum {:02x}{:02x}",
+            p[10], p[11]
+        ));
+    }
+    let total = u16::from_be_bytes([p[2], p[3]]) as usize;
+    let (src, dst) = (
+        Ipv4Addr::new(p[12], p[13], p[14], p[15]),
+        Ipv4Addr::new(p[16], p[17], p[18], p[19]),
+    );
+    let field = match p[9] {
+        IPPROTO_TCP => ihl + 16,
+        IPPROTO_UDP => ihl + 6,
+        _ => return Ok(()),
+    };
+    let got = u16::from_be_bytes([p[field], p[field + 1]]);
+    let want = fold(sum(&pseudo_header(src, dst, p[9], total - ihl)));
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!(
+            "partial L4 checksum {got:04x} is not the pseudo-header's {want:04x} (proto {}) {src} -> {dst}",
+            p[9]
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
