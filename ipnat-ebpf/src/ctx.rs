@@ -24,6 +24,41 @@ pub struct Rewrite {
     pub l4: L4Csum,
 }
 
+/// The one bounds check of direct packet access, for both hooks: a `T` at `off` from `start`
+/// must end by `end` (data_end).
+#[inline(always)]
+fn bounded<T>(start: usize, end: usize, off: usize) -> Option<*mut T> {
+    if start + off + size_of::<T>() > end {
+        return None;
+    }
+    Some((start + off) as *mut T)
+}
+
+/// Writes `new` over an IPv4 header field (32-bit) and updates the header's checksum by
+/// RFC 1624, for both hooks.
+///
+/// # Safety
+/// Both pointers must have been bounds-checked.
+#[inline(always)]
+unsafe fn write_l3_u32(field: *mut u32, check: *mut u16, old: u32, new: u32) {
+    unsafe {
+        field.write_unaligned(new);
+        check.write_unaligned(csum::replace4(check.read_unaligned(), old, new));
+    }
+}
+
+/// [`write_l3_u32`] for a 16-bit field.
+///
+/// # Safety
+/// Both pointers must have been bounds-checked.
+#[inline(always)]
+unsafe fn write_l3_u16(field: *mut u16, check: *mut u16, old: u16, new: u16) {
+    unsafe {
+        field.write_unaligned(new);
+        check.write_unaligned(csum::replace2(check.read_unaligned(), old, new));
+    }
+}
+
 pub trait Packet {
     /// Reads a `T` at `off`, or `None` when the packet is too short.
     fn read<T: Copy>(&self, off: usize) -> Option<T>;
@@ -46,6 +81,17 @@ pub trait Packet {
     ) -> Result<(), ()>;
     /// The program context, for helpers such as `bpf_fib_lookup`.
     fn ctx_ptr(&self) -> *mut c_void;
+    /// Whether the packet is an aggregate (GRO, or a local GSO send) that leaves as segments:
+    /// its total length then says nothing about the egress MTU. Only an skb can be one.
+    #[inline(always)]
+    fn is_aggregate(&self) -> bool {
+        false
+    }
+    /// Whether every segment of an aggregate fits the MTU of `ifindex`.
+    #[inline(always)]
+    fn segments_fit(&self, _ifindex: u32) -> bool {
+        true
+    }
 }
 
 /// An XDP frame; `FRAGS`: the program is frags-capable, so a frame may continue past
@@ -56,12 +102,7 @@ impl<const FRAGS: bool> Xdp<'_, FRAGS> {
     /// The one bounds-checked accessor of the XDP path.
     #[inline(always)]
     fn ptr_at<T>(&self, off: usize) -> Option<*mut T> {
-        let start = self.0.data();
-        let end = self.0.data_end();
-        if start + off + size_of::<T>() > end {
-            return None;
-        }
-        Some((start + off) as *mut T)
+        bounded(self.0.data(), self.0.data_end(), off)
     }
 }
 
@@ -104,8 +145,7 @@ impl<const FRAGS: bool> Packet for Xdp<'_, FRAGS> {
         };
         // SAFETY: all pointers were bounds-checked above.
         unsafe {
-            addr.write_unaligned(rw.new);
-            ip_check.write_unaligned(csum::replace4(ip_check.read_unaligned(), rw.old, rw.new));
+            write_l3_u32(addr, ip_check, rw.old, rw.new);
             if let Some(p) = l4_check {
                 let (next, write) = rw.l4.replace4(p.read_unaligned(), rw.old, rw.new);
                 if write {
@@ -127,10 +167,7 @@ impl<const FRAGS: bool> Packet for Xdp<'_, FRAGS> {
         let word = self.ptr_at::<u16>(off).ok_or(())?;
         let check = self.ptr_at::<u16>(check_off).ok_or(())?;
         // SAFETY: both pointers were bounds-checked.
-        unsafe {
-            word.write_unaligned(new);
-            check.write_unaligned(csum::replace2(check.read_unaligned(), old, new));
-        }
+        unsafe { write_l3_u16(word, check, old, new) };
         Ok(())
     }
 
@@ -155,12 +192,7 @@ impl Tc<'_> {
     /// checksum helper does): every call here reads them afresh.
     #[inline(always)]
     fn ptr_at<T>(&self, off: usize) -> Option<*mut T> {
-        let start = self.0.data();
-        let end = self.0.data_end();
-        if start + off + size_of::<T>() > end {
-            return None;
-        }
-        Some((start + off) as *mut T)
+        bounded(self.0.data(), self.0.data_end(), off)
     }
 }
 
@@ -193,10 +225,7 @@ impl Packet for Tc<'_> {
             self.ptr_at::<u16>(rw.check_off),
         ) {
             // SAFETY: both pointers were bounds-checked.
-            (Some(addr), Some(check)) => unsafe {
-                addr.write_unaligned(rw.new);
-                check.write_unaligned(csum::replace4(check.read_unaligned(), rw.old, rw.new));
-            },
+            (Some(addr), Some(check)) => unsafe { write_l3_u32(addr, check, rw.old, rw.new) },
             _ => {
                 self.0
                     .l3_csum_replace(rw.check_off, old, new, size)
@@ -228,10 +257,7 @@ impl Packet for Tc<'_> {
         match (self.ptr_at::<u16>(off), self.ptr_at::<u16>(check_off)) {
             (Some(word), Some(check)) => {
                 // SAFETY: both pointers were bounds-checked.
-                unsafe {
-                    word.write_unaligned(new);
-                    check.write_unaligned(csum::replace2(check.read_unaligned(), old, new));
-                }
+                unsafe { write_l3_u16(word, check, old, new) };
                 Ok(())
             }
             _ => {
@@ -246,5 +272,29 @@ impl Packet for Tc<'_> {
     #[inline(always)]
     fn ctx_ptr(&self) -> *mut c_void {
         self.0.as_ptr()
+    }
+
+    #[inline(always)]
+    fn is_aggregate(&self) -> bool {
+        // SAFETY: reading a field of the program's own context.
+        unsafe { (*self.0.skb.skb).gso_size != 0 }
+    }
+
+    #[inline(always)]
+    fn segments_fit(&self, ifindex: u32) -> bool {
+        // 0 in, no length change: the helper checks the skb's own segments (the kernel
+        // refuses a length with BPF_MTU_CHK_SEGS).
+        let mut mtu_len = 0u32;
+        // SAFETY: the helper writes only the u32 we pass.
+        let rc = unsafe {
+            aya_ebpf::helpers::generated::bpf_check_mtu(
+                self.0.as_ptr(),
+                ifindex,
+                &mut mtu_len,
+                0,
+                aya_ebpf::bindings::bpf_check_mtu_flags::BPF_MTU_CHK_SEGS as u64,
+            )
+        };
+        rc == 0
     }
 }

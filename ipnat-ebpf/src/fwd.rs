@@ -208,6 +208,11 @@ pub fn gateway<P: Packet>(p: &mut P, ingress: u32, flags: u32, xdp: bool) -> (Re
     }
     let new_src = snat.map_or(h.src, |t| t.addr);
     let new_dst = dnat.map_or(h.dst, |t| t.addr);
+    // An aggregate (GRO) leaves as segments: the FIB checks no length for it (0), its
+    // segments are checked against the egress MTU below. Its total length would make the FIB
+    // answer "fragmentation needed" and send every aggregate to the slow path.
+    let aggregate = p.is_aggregate();
+    let tot_len = if aggregate { 0 } else { h.tot_len };
     // Source-based steering of the translated packet: out of the rule's interface, to the
     // destination when it is on that interface's subnet, else to the rule's gateway.
     let steer = maps::steering(new_src, flags);
@@ -218,7 +223,7 @@ pub fn gateway<P: Packet>(p: &mut P, ingress: u32, flags: u32, xdp: bool) -> (Re
             new_src,
             steer.next_hop(new_dst),
             h.tos,
-            h.tot_len,
+            tot_len,
             BPF_FIB_LOOKUP_OUTPUT,
         );
         if f.ifindex != steer.ifindex {
@@ -226,7 +231,7 @@ pub fn gateway<P: Packet>(p: &mut P, ingress: u32, flags: u32, xdp: bool) -> (Re
         }
         f
     } else {
-        fib(p, ingress, new_src, new_dst, h.tos, h.tot_len, 0)
+        fib(p, ingress, new_src, new_dst, h.tos, tot_len, 0)
     };
     let neigh = if out.found() {
         false
@@ -244,6 +249,9 @@ pub fn gateway<P: Packet>(p: &mut P, ingress: u32, flags: u32, xdp: bool) -> (Re
     if xdp && !maps::xdp_target(out.ifindex) {
         // XDP cannot transmit there: TC ingress forwards it (skb redirects work anywhere).
         return (Reason::PassToTc, Action::ToTc);
+    }
+    if aggregate && !p.segments_fit(out.ifindex) {
+        return slow(p, &h, dnat, flags, Reason::SlowFragNeeded);
     }
 
     // Both translations; the first one checks that the L4 checksum field is present, so when

@@ -269,9 +269,9 @@ pub fn ethernet(vlan: Option<u16>, ethertype: u16, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-/// Verifies the IPv4 header checksum and, for unfragmented TCP/UDP/ICMP, the L4 checksum of an
-/// IPv4 packet (no Ethernet header). Returns a description of the first problem.
-pub fn verify_ipv4(p: &[u8]) -> Result<(), String> {
+/// An IPv4 header whose own checksum is exact: (header length, total length, source,
+/// destination).
+fn checked_header(p: &[u8]) -> Result<(usize, usize, Ipv4Addr, Ipv4Addr), String> {
     if p.len() < 20 || p[0] >> 4 != 4 {
         return Err("not IPv4".into());
     }
@@ -282,14 +282,23 @@ pub fn verify_ipv4(p: &[u8]) -> Result<(), String> {
             p[10], p[11]
         ));
     }
-    let total = u16::from_be_bytes([p[2], p[3]]) as usize;
+    Ok((
+        ihl,
+        u16::from_be_bytes([p[2], p[3]]) as usize,
+        Ipv4Addr::new(p[12], p[13], p[14], p[15]),
+        Ipv4Addr::new(p[16], p[17], p[18], p[19]),
+    ))
+}
+
+/// Verifies the IPv4 header checksum and, for unfragmented TCP/UDP/ICMP, the L4 checksum of an
+/// IPv4 packet (no Ethernet header). Returns a description of the first problem.
+pub fn verify_ipv4(p: &[u8]) -> Result<(), String> {
+    let (ihl, total, src, dst) = checked_header(p)?;
     let frag = u16::from_be_bytes([p[6], p[7]]);
     if frag & 0x3fff != 0 {
         return Ok(()); // a fragment: the L4 checksum covers the reassembled datagram
     }
     let l4 = &p[ihl..total];
-    let src = Ipv4Addr::new(p[12], p[13], p[14], p[15]);
-    let dst = Ipv4Addr::new(p[16], p[17], p[18], p[19]);
     let ok = match p[9] {
         IPPROTO_ICMP => checksum(l4) == 0,
         IPPROTO_UDP if l4.len() >= 8 && l4[6] == 0 && l4[7] == 0 => true,
@@ -312,21 +321,7 @@ pub fn verify_ipv4(p: &[u8]) -> Result<(), String> {
 /// a TCP or UDP checksum field holds what Linux puts there, the folded sum of the pseudo-header
 /// (for the packet's own length) that the completion adds the segment's sum to.
 pub fn verify_ipv4_partial(p: &[u8]) -> Result<(), String> {
-    if p.len() < 20 || p[0] >> 4 != 4 {
-        return Err("not IPv4".into());
-    }
-    let ihl = (p[0] & 0xf) as usize * 4;
-    if checksum(&p[..ihl]) != 0 {
-        return Err(format!(
-            "bad IPv4 header checksum {:02x}{:02x}",
-            p[10], p[11]
-        ));
-    }
-    let total = u16::from_be_bytes([p[2], p[3]]) as usize;
-    let (src, dst) = (
-        Ipv4Addr::new(p[12], p[13], p[14], p[15]),
-        Ipv4Addr::new(p[16], p[17], p[18], p[19]),
-    );
+    let (ihl, total, src, dst) = checked_header(p)?;
     let field = match p[9] {
         IPPROTO_TCP => ihl + 16,
         IPPROTO_UDP => ihl + 6,
