@@ -18,28 +18,30 @@ use ipnat_tests::{
 /// A peer inside the internal prefix (the VPC).
 const VPC_PEER: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 30);
 
+/// Received from the internet: the destination PRIV becomes the EIP.
 fn inbound(name: &str, p: Ipv4) -> Fixture {
-    Fixture {
-        name: name.to_owned(),
-        hook: Hook::TcIngress,
-        input: p.frame(),
-        expected: p.with_addrs(p.src, EIP).frame(),
-        reason: Reason::HostIn,
-        drop: false,
-        mapping: Some(EIP.into()),
-    }
+    let expected = p.with_addrs(p.src, EIP).frame();
+    Fixture::translated(
+        name,
+        Hook::TcIngress,
+        p.frame(),
+        expected,
+        Reason::HostIn,
+        EIP,
+    )
 }
 
+/// Sent from the EIP: the source becomes PRIV.
 fn outbound(name: &str, p: Ipv4) -> Fixture {
-    Fixture {
-        name: name.to_owned(),
-        hook: Hook::TcEgress,
-        input: p.frame(),
-        expected: p.with_addrs(PRIV, p.dst).frame(),
-        reason: Reason::HostOut,
-        drop: false,
-        mapping: Some(EIP.into()),
-    }
+    let expected = p.with_addrs(PRIV, p.dst).frame();
+    Fixture::translated(
+        name,
+        Hook::TcEgress,
+        p.frame(),
+        expected,
+        Reason::HostOut,
+        EIP,
+    )
 }
 
 fn untouched(name: &str, hook: Hook, p: Ipv4, reason: Reason) -> Fixture {

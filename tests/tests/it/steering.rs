@@ -2,7 +2,7 @@
 //! sockets bound to eth1's addresses reach the internet only when their packets leave by eth1,
 //! which ipnat does without any `ip rule`.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 
 use ipnat_tests::{
     lab::{INST_ETH0, SteerLab, tcp_exchange_from},
@@ -10,11 +10,6 @@ use ipnat_tests::{
 };
 
 const INET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
-
-/// A UDP datagram from `bind` on the instance to INET, echoed there: the source INET saw.
-fn udp_from(lab: &SteerLab, bind: Ipv4Addr, port: u16) -> std::io::Result<SocketAddr> {
-    lab.udp_from(bind, port)
-}
 
 fn ping_from(ns: &Netns, bind: Ipv4Addr) -> bool {
     ns.run(
@@ -48,14 +43,14 @@ fn check(rp: u8, same_subnet: bool) {
     let lab = SteerLab::new(rp, same_subnet).unwrap();
     // Without ipnat: eth1's addresses leave by eth0 (the default route) and the VPC drops them.
     assert!(
-        udp_from(&lab, lab.eth1[1], 7001).is_err(),
+        lab.udp_from(lab.eth1[1], 7001).is_err(),
         "the VPC must drop it"
     );
     assert!(!ping_from(&lab.inst, lab.eth1[1]));
 
     let mut ipnat = lab.start_ipnat().unwrap();
     for (i, &addr) in lab.eth1.iter().enumerate() {
-        let peer = udp_from(&lab, addr, 7010 + i as u16).unwrap();
+        let peer = lab.udp_from(addr, 7010 + i as u16).unwrap();
         assert_eq!(
             peer.ip(),
             std::net::IpAddr::V4(addr),
@@ -76,7 +71,7 @@ fn check(rp: u8, same_subnet: bool) {
         assert!(ping_from(&lab.inst, addr), "ping from {addr}");
     }
     // eth0's own traffic, and unbound sockets, keep working.
-    let peer = udp_from(&lab, INST_ETH0, 7020).unwrap();
+    let peer = lab.udp_from(INST_ETH0, 7020).unwrap();
     assert_eq!(peer.ip(), std::net::IpAddr::V4(INST_ETH0));
     assert!(ping_from(&lab.inst, INST_ETH0));
     // No ip rule was added; the rule's counter saw the packets.
@@ -124,10 +119,7 @@ fn check(rp: u8, same_subnet: bool) {
             "{out}"
         );
     }
-    assert!(
-        udp_from(&lab, lab.eth1[1], 7030).is_err(),
-        "gone with ipnat"
-    );
+    assert!(lab.udp_from(lab.eth1[1], 7030).is_err(), "gone with ipnat");
 }
 
 #[test]
@@ -167,7 +159,7 @@ fn an_imported_rc_local_gives_the_same_reachability_without_ip_rules() {
         lab.eth1
             .iter()
             .enumerate()
-            .map(|(i, &a)| udp_from(&lab, a, port + i as u16).is_ok())
+            .map(|(i, &a)| lab.udp_from(a, port + i as u16).is_ok())
             .collect()
     };
     // The recipe itself, with ip rules.
@@ -365,7 +357,7 @@ fn steer_commands_change_the_running_rules() {
         a.extend_from_slice(&["--pin-path", &pin]);
         ipnat_tests::lab::ipnat_in(&lab.inst, &a)
     };
-    assert!(udp_from(&lab, lab.eth1[0], 7600).is_err(), "no rule yet");
+    assert!(lab.udp_from(lab.eth1[0], 7600).is_err(), "no rule yet");
     let (ok, out) =
         steer("add --source 10.0.1.20/30 --interface eth1 --gateway 10.0.1.1 --subnet 10.0.1.0/24");
     assert!(ok && out.contains("added steering rule"), "{out}");
@@ -373,7 +365,7 @@ fn steer_commands_change_the_running_rules() {
         out.contains("net.ipv4.conf.eth1.rp_filter = 2 (was 1"),
         "{out}"
     );
-    let peer = udp_from(&lab, lab.eth1[0], 7601).unwrap();
+    let peer = lab.udp_from(lab.eth1[0], 7601).unwrap();
     assert_eq!(peer.ip(), std::net::IpAddr::V4(lab.eth1[0]));
     // Refused, nothing changed.
     #[rustfmt::skip]
@@ -401,5 +393,5 @@ fn steer_commands_change_the_running_rules() {
     );
     let (ok, out) = steer("del --source 10.0.1.20/30");
     assert!(ok, "{out}");
-    assert!(udp_from(&lab, lab.eth1[0], 7602).is_err(), "steering gone");
+    assert!(lab.udp_from(lab.eth1[0], 7602).is_err(), "steering gone");
 }
