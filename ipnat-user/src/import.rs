@@ -503,7 +503,10 @@ impl Imported {
             interface: self
                 .interfaces
                 .iter()
-                .map(|name| crate::config::InterfaceConfig { name: name.clone() })
+                .map(|name| crate::config::InterfaceConfig {
+                    name: name.clone(),
+                    xdp: true,
+                })
                 .collect(),
             steer: &self.steering,
         };

@@ -154,6 +154,15 @@ fn default_pin_path() -> PathBuf {
 #[serde(deny_unknown_fields)]
 pub struct InterfaceConfig {
     pub name: String,
+    /// Native XDP on receive where the driver has it (the fast path); false: TC on receive
+    /// instead, as on a driver without native XDP (keeps the NIC's receive offloads, e.g.
+    /// LRO on virtio_net; forwarding then runs in TC). Changing it needs `ipnat down` first.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub xdp: bool,
+}
+
+fn is_true(v: &bool) -> bool {
+    *v
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Hash)]

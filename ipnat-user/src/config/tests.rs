@@ -133,6 +133,8 @@ fn the_example_parses_and_states_the_defaults() {
     assert_eq!(example.orientation, minimal.orientation);
     assert_eq!(example.orientation, Orientation::Gateway);
     assert_eq!(example.internal, minimal.internal);
+    assert_eq!(example.interfaces[0].xdp, minimal.interfaces[0].xdp);
+    assert!(minimal.interfaces[0].xdp, "native XDP by default");
 }
 
 #[test]

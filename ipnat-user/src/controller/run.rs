@@ -129,7 +129,7 @@ pub fn run(config_path: &Path, config: Config, stats_interval: u64) -> Result<()
             }
         }
         for iface in &config.interfaces {
-            let mode = dp.attach(&iface.name, host)?;
+            let mode = dp.attach(&iface.name, host, iface.xdp)?;
             let index = crate::dataplane::ifindex(&iface.name)?;
             let features = crate::netdev::xdp_features(index).ok().flatten();
             let xdp = features.map_or("unknown".to_owned(), crate::netdev::describe);
@@ -149,6 +149,11 @@ pub fn run(config_path: &Path, config: Config, stats_interval: u64) -> Result<()
                 crate::dataplane::AttachMode::Host => {
                     info!(interface = %iface.name, "attached TC on receive and transmit (host orientation)")
                 }
+                crate::dataplane::AttachMode::TcOnly if !iface.xdp => info!(
+                    interface = %iface.name,
+                    xdp_features = %xdp,
+                    "xdp = false: attached TC on receive and transmit (no XDP)"
+                ),
                 crate::dataplane::AttachMode::TcOnly => warn!(
                     interface = %iface.name,
                     xdp_features = %xdp,

@@ -253,8 +253,14 @@ impl Dataplane {
     /// directory the links are detached when the `Dataplane` is dropped.
     ///
     /// In host orientation (`host`) only TC is attached, on receive and transmit: every packet
-    /// goes to the local stack anyway, and XDP would cost the receive offloads.
-    pub fn attach(&mut self, iface: &str, host: bool) -> Result<AttachMode, DataplaneError> {
+    /// goes to the local stack anyway, and XDP would cost the receive offloads. `xdp` false:
+    /// TC on receive as on a driver without native XDP (the interface's `xdp = false`).
+    pub fn attach(
+        &mut self,
+        iface: &str,
+        host: bool,
+        xdp: bool,
+    ) -> Result<AttachMode, DataplaneError> {
         let index = ifindex(iface)?;
         let pin_dir = self.pin_dir.clone();
         let pinned = |hook: &str| pin_dir.as_ref().map(|d| d.join(link_pin_name(hook, iface)));
@@ -268,7 +274,8 @@ impl Dataplane {
         }
         let mode = if host {
             AttachMode::Host
-        } else if adopted_tc_gateway
+        } else if !xdp
+            || adopted_tc_gateway
             || features.is_some_and(|f| f & crate::netdev::XDP_BASIC == 0)
             || hint.as_ref().is_some_and(|(blocking, _)| *blocking)
         {
