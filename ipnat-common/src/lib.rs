@@ -101,10 +101,6 @@ pub struct Settings {
     pub schema: u32,
 }
 
-/// Written by XDP in front of a packet it hands to TC ingress to forward (XDP cannot resolve
-/// a missing neighbour; `bpf_redirect_neigh` at TC can).
-pub const META_FORWARD: u32 = 0x1a7f_0001;
-
 /// Traffic counters of one mapping. Shared between CPUs and updated with atomic adds: a per-CPU
 /// copy would cost mappings x CPUs x 32 bytes.
 #[repr(C)]
@@ -273,6 +269,7 @@ pub mod names {
     pub const BENCH_TC_EMPTY_PROGRAM: &str = "ipnat_bench_tc_empty";
     pub const BENCH_GEN_PROGRAM: &str = "ipnat_bench_gen";
     pub const BENCH_SINK_PROGRAM: &str = "ipnat_bench_sink";
+    pub const BENCH_TC_SINK_PROGRAM: &str = "ipnat_bench_tc_sink";
     pub const BENCH_REDIRECT_PROGRAM: &str = "ipnat_bench_redirect";
     pub const BENCH_CFG_MAP: &str = "IPNAT_BENCH_CFG";
     pub const BENCH_CNT_MAP: &str = "IPNAT_BENCH_CNT";

@@ -41,8 +41,13 @@ pub enum Action {
     /// Translated and TTL decremented, the next hop's neighbour is unresolved: send it out of
     /// this interface to this next hop (network order), resolving the neighbour (TC only).
     OutNeigh(u32, u32),
-    /// XDP only: leave it untouched for TC ingress, which can resolve the neighbour.
+    /// XDP only: leave it untouched for TC ingress, which forwards it (it can resolve the
+    /// neighbour and send into any interface).
     ToTc,
+    /// XDP only: leave it untouched; TC ingress takes the same decision again (the kernel's
+    /// path) and counts it. XDP cannot tell TC anything: the packet's metadata area needs
+    /// `bpf_xdp_adjust_meta`, which some kernels refuse to XDP programs.
+    Kernel,
 }
 
 /// The result of a FIB lookup.
@@ -134,7 +139,7 @@ pub fn redirect_neigh(ifindex: u32, nexthop: u32) -> i32 {
 #[inline(always)]
 pub fn tc_action(action: Action) -> i32 {
     match action {
-        Action::Pass | Action::ToTc => TC_ACT_OK as i32,
+        Action::Pass | Action::ToTc | Action::Kernel => TC_ACT_OK as i32,
         Action::Drop => TC_ACT_SHOT,
         Action::Out(ifindex) => redirect(ifindex) as i32,
         Action::OutNeigh(ifindex, nexthop) => redirect_neigh(ifindex, nexthop),
@@ -142,7 +147,9 @@ pub fn tc_action(action: Action) -> i32 {
 }
 
 /// The slow path: destination translated before the kernel routes, source left to TC egress.
-/// `declined` is why the fast path did not take a packet that a mapping applies to.
+/// `declined` is why the fast path did not take a packet that a mapping applies to. In XDP
+/// nothing is translated: TC ingress decides again and translates (each packet is translated
+/// once, by one hook).
 #[inline(always)]
 fn slow<P: Packet>(
     p: &mut P,
@@ -150,7 +157,11 @@ fn slow<P: Packet>(
     dnat: Option<NatTarget>,
     flags: u32,
     declined: Reason,
+    xdp: bool,
 ) -> (Reason, Action) {
+    if xdp {
+        return (declined, Action::Kernel);
+    }
     let (reason, verdict) = nat::translate_hdr(p, h, Dir::Dnat, dnat, flags);
     let reason = match reason {
         Reason::Dnat | Reason::FragmentTranslated | Reason::PassNoMapping => declined,
@@ -162,11 +173,20 @@ fn slow<P: Packet>(
     }
 }
 
-/// The gateway hook with the fast path on. `xdp`: running in XDP (cannot resolve neighbours).
+/// What happens to a packet the translation declined (nothing written): the kernel's path; in
+/// XDP, TC ingress declines it again and counts it.
+#[inline(always)]
+fn untouched(xdp: bool) -> Action {
+    if xdp { Action::Kernel } else { Action::Pass }
+}
+
+/// The gateway hook with the fast path on. `xdp`: running in XDP (cannot resolve neighbours,
+/// leaves everything it does not forward to TC ingress untouched).
 #[inline(always)]
 pub fn gateway<P: Packet>(p: &mut P, ingress: u32, flags: u32, xdp: bool) -> (Reason, Action) {
     let h = match parse::parse(p) {
         Ok(h) => h,
+        Err(reason) if xdp => return (reason, Action::Kernel),
         Err(reason) => return (reason, Action::Pass),
     };
     // Plain values, id 0 for none (see maps::lookup_or_none).
@@ -176,14 +196,14 @@ pub fn gateway<P: Packet>(p: &mut P, ingress: u32, flags: u32, xdp: bool) -> (Re
     let snat = (snat_t.id != 0).then_some(snat_t);
     if dnat.is_none() && snat.is_none() {
         // Nothing of ours to forward; the slow path still translates a quote that matches.
-        return slow(p, &h, None, flags, Reason::PassNoMapping);
+        return slow(p, &h, None, flags, Reason::PassNoMapping, xdp);
     }
     if !h.untagged() {
         // VLAN-tagged: the FIB knows nothing of the tag; let the kernel forward it.
-        return slow(p, &h, dnat, flags, Reason::SlowNoRoute);
+        return slow(p, &h, dnat, flags, Reason::SlowNoRoute, xdp);
     }
     if h.ttl <= 1 {
-        return slow(p, &h, dnat, flags, Reason::SlowTtl);
+        return slow(p, &h, dnat, flags, Reason::SlowTtl, xdp);
     }
     // Reverse path: the replies to this packet must leave by the interface it came in on.
     // They will carry its destination as their source: when that is steered, they leave by
@@ -204,7 +224,7 @@ pub fn gateway<P: Packet>(p: &mut P, ingress: u32, flags: u32, xdp: bool) -> (Re
         back.found() && back.ifindex == ingress
     };
     if !back_ok {
-        return slow(p, &h, dnat, flags, Reason::SlowSpoofed);
+        return slow(p, &h, dnat, flags, Reason::SlowSpoofed, xdp);
     }
     let new_src = snat.map_or(h.src, |t| t.addr);
     let new_dst = dnat.map_or(h.dst, |t| t.addr);
@@ -227,7 +247,7 @@ pub fn gateway<P: Packet>(p: &mut P, ingress: u32, flags: u32, xdp: bool) -> (Re
             BPF_FIB_LOOKUP_OUTPUT,
         );
         if f.ifindex != steer.ifindex {
-            return slow(p, &h, dnat, flags, Reason::SlowNoRoute);
+            return slow(p, &h, dnat, flags, Reason::SlowNoRoute, xdp);
         }
         f
     } else {
@@ -241,9 +261,9 @@ pub fn gateway<P: Packet>(p: &mut P, ingress: u32, flags: u32, xdp: bool) -> (Re
         }
         true
     } else if out.rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 {
-        return slow(p, &h, dnat, flags, Reason::SlowFragNeeded);
+        return slow(p, &h, dnat, flags, Reason::SlowFragNeeded, xdp);
     } else {
-        return slow(p, &h, dnat, flags, Reason::SlowNoRoute);
+        return slow(p, &h, dnat, flags, Reason::SlowNoRoute, xdp);
     };
 
     if xdp && !maps::xdp_target(out.ifindex) {
@@ -251,7 +271,7 @@ pub fn gateway<P: Packet>(p: &mut P, ingress: u32, flags: u32, xdp: bool) -> (Re
         return (Reason::PassToTc, Action::ToTc);
     }
     if aggregate && !p.segments_fit(out.ifindex) {
-        return slow(p, &h, dnat, flags, Reason::SlowFragNeeded);
+        return slow(p, &h, dnat, flags, Reason::SlowFragNeeded, xdp);
     }
 
     // Both translations; the first one checks that the L4 checksum field is present, so when
@@ -260,13 +280,13 @@ pub fn gateway<P: Packet>(p: &mut P, ingress: u32, flags: u32, xdp: bool) -> (Re
         match nat::translate_hdr(p, &h, Dir::Dnat, Some(t), flags) {
             (_, Verdict::Drop) => return (Reason::DropRewriteFailed, Action::Drop),
             (Reason::Dnat | Reason::FragmentTranslated, _) => {}
-            (other, Verdict::Pass) => return (other, Action::Pass),
+            (other, Verdict::Pass) => return (other, untouched(xdp)),
         }
     }
     if let Some(t) = snat {
         match nat::translate_hdr(p, &h, Dir::Snat, Some(t), flags) {
             (Reason::Snat | Reason::FragmentTranslated, Verdict::Pass) => {}
-            (other, Verdict::Pass) if dnat.is_none() => return (other, Action::Pass),
+            (other, Verdict::Pass) if dnat.is_none() => return (other, untouched(xdp)),
             // Half translated: never send that.
             _ => return (Reason::DropRewriteFailed, Action::Drop),
         }

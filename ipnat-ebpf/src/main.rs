@@ -1,11 +1,13 @@
 //! The product's programs, the object `ipnat run` loads (the shared code is the library's):
 //!
 //! * `ipnat_xdp` (XDP, receive): with the fast path on, translates both addresses and forwards
-//!   the packet itself (`fwd`); otherwise, and for what the fast path declines, translates the
-//!   destination public -> private before the kernel routes.
-//! * `ipnat_tc_ingress` (TC, receive): forwards what XDP handed over because the next hop's
-//!   neighbour was unresolved (`bpf_redirect_neigh` resolves it); in host orientation, the
-//!   receive path (`host`).
+//!   the packet itself (`fwd`), and leaves what it does not forward untouched for TC ingress;
+//!   with the fast path off, translates the destination public -> private before the kernel
+//!   routes.
+//! * `ipnat_tc_ingress` (TC, receive): decides again for what XDP left untouched: forwards
+//!   what XDP could not (an unresolved neighbour: `bpf_redirect_neigh` resolves it; an egress
+//!   XDP cannot send into), translates the destination of the rest for the kernel; in host
+//!   orientation, the receive path (`host`).
 //! * `ipnat_tc_egress` (TC, transmit): source private -> public (host orientation: public ->
 //!   private), after the kernel routed, so that packets the kernel itself forwards (or answers)
 //!   are translated on the way out; then steering (`steer`).
@@ -13,15 +15,12 @@
 #![no_std]
 #![no_main]
 
-use core::mem::size_of;
-
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
-    helpers::generated::bpf_xdp_adjust_meta,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use ipnat_common::{FLAG_FAST_PATH, FLAG_HOST, FLAG_STEER, META_FORWARD, Reason};
+use ipnat_common::{FLAG_FAST_PATH, FLAG_HOST, FLAG_STEER, Reason};
 use ipnat_ebpf::{
     ctx::{Tc, Xdp},
     dir::Dir,
@@ -55,18 +54,16 @@ fn xdp_entry<const FRAGS: bool>(ctx: &XdpContext) -> u32 {
     let (reason, action) = fwd::gateway(p, ingress, flags, true);
     match action {
         // Not produced in XDP.
-        Action::OutNeigh(..) => return xdp_action::XDP_ABORTED,
-        Action::ToTc if !mark_for_tc(ctx) => {
-            // No metadata room: the kernel's slow path instead.
-            return xdp_counted(nat::translate(&mut Xdp::<FRAGS>(ctx), Dir::Dnat, flags));
-        }
+        Action::OutNeigh(..) | Action::Pass => return xdp_action::XDP_ABORTED,
+        // Untouched: TC ingress decides again and counts.
+        Action::Kernel => return xdp_action::XDP_PASS,
         _ => count_reason(reason),
     }
     match action {
         Action::Out(ifindex) if ifindex == ingress => xdp_action::XDP_TX,
         Action::Out(ifindex) => fwd::redirect(ifindex) as u32,
         Action::Drop => xdp_action::XDP_DROP,
-        // Passed on, or marked for TC ingress.
+        // Handed over untouched: TC ingress forwards it.
         _ => xdp_action::XDP_PASS,
     }
 }
@@ -98,61 +95,38 @@ fn tc_forwarded((reason, action): (Reason, Action)) -> i32 {
     fwd::tc_action(action)
 }
 
-/// Puts [`META_FORWARD`] in the XDP metadata in front of the packet, for TC ingress; false
-/// when the frame has no room for it.
-#[inline(always)]
-fn mark_for_tc(ctx: &XdpContext) -> bool {
-    // SAFETY: the helper only moves data_meta within the headroom.
-    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(size_of::<u32>() as i32)) } != 0 {
-        return false;
-    }
-    // SAFETY: reading the context's fields.
-    let (meta, data) = unsafe { ((*ctx.ctx).data_meta as usize, (*ctx.ctx).data as usize) };
-    if meta + size_of::<u32>() > data {
-        return false;
-    }
-    // SAFETY: bounds-checked against data just above.
-    unsafe { (meta as *mut u32).write_unaligned(META_FORWARD) };
-    true
-}
-
 /// TC ingress doing XDP's job, on an interface without native XDP (the controller attaches it
 /// there instead of `ipnat_xdp` and `ipnat_tc_ingress`).
 #[classifier]
 pub fn ipnat_tc_gateway(ctx: TcContext) -> i32 {
     let flags = maps::flags();
+    let p = &mut Tc(&ctx);
     if flags & FLAG_FAST_PATH == 0 {
-        return tc_counted(nat::translate(&mut Tc(&ctx), Dir::Dnat, flags));
+        return tc_counted(nat::translate(p, Dir::Dnat, flags));
     }
     // SAFETY: reading the context's field.
     let ingress = unsafe { (*ctx.skb.skb).ifindex };
-    tc_forwarded(fwd::gateway(&mut Tc(&ctx), ingress, flags, false))
+    tc_forwarded(fwd::gateway(p, ingress, flags, false))
 }
 
-/// TC ingress: forwards the packets XDP marked; everything else continues untouched.
+/// TC ingress behind `ipnat_xdp`: with the fast path on, XDP leaves untouched what it does not
+/// forward itself (what it cannot send, or the kernel's path), and this decides again: forwards
+/// it with skb redirects (which resolve neighbours and reach any interface) or translates the
+/// destination for the kernel. With the fast path off XDP has translated already. In host
+/// orientation, the receive path (`host`).
 #[classifier]
 pub fn ipnat_tc_ingress(ctx: TcContext) -> i32 {
     let flags = maps::flags();
     if flags & FLAG_HOST != 0 {
         return tc_counted(host::receive(&ctx, flags));
     }
-    let skb = ctx.skb.skb;
-    // SAFETY: reading the context's fields.
-    let (meta, data, ingress) = unsafe {
-        (
-            (*skb).data_meta as usize,
-            (*skb).data as usize,
-            (*skb).ifindex,
-        )
-    };
-    if meta + size_of::<u32>() > data {
+    if flags & FLAG_FAST_PATH == 0 {
         return TC_ACT_OK as i32;
     }
-    // SAFETY: bounds-checked against data just above.
-    if unsafe { (meta as *const u32).read_unaligned() } != META_FORWARD {
-        return TC_ACT_OK as i32;
-    }
-    tc_forwarded(fwd::gateway(&mut Tc(&ctx), ingress, flags, false))
+    let p = &mut Tc(&ctx);
+    // SAFETY: reading the context's field.
+    let ingress = unsafe { (*ctx.skb.skb).ifindex };
+    tc_forwarded(fwd::gateway(p, ingress, flags, false))
 }
 
 #[classifier]

@@ -13,7 +13,7 @@ use ipnat_tests::{
     netns::require_root,
     packet::{self, IPPROTO_DCCP, IPPROTO_GRE, IPPROTO_UDPLITE, Ipv4, UdpCsum, ethernet},
     testrun::{
-        BLOCK_PUBLIC, EIP, EIP2, Fixture, Harness, Hook, INET, PRIV, PRIV2, XDP_PASS,
+        BLOCK_PUBLIC, EIP, EIP2, Fixture, Harness, Hook, INET, PRIV, PRIV2, TC_ACT_OK, XDP_PASS,
         assert_no_failures, block, hex, mapping_counters, run_fixtures,
     },
 };
@@ -553,7 +553,8 @@ fn batched_writes_and_reads_cover_every_entry() {
 }
 
 /// The fast path (XDP forwarding by itself, past `ip_rcv`) leaves a truncated packet to the
-/// kernel untouched, counted as malformed, as the translating hooks do.
+/// kernel untouched, counted as malformed once: XDP passes it on as it came, and TC ingress
+/// (which decides again for whatever XDP did not forward) counts it.
 #[test]
 fn the_fast_path_leaves_malformed_headers_to_the_kernel() {
     let mut h = Harness::new();
@@ -566,11 +567,44 @@ fn the_fast_path_leaves_malformed_headers_to_the_kernel() {
     frame[24..26].copy_from_slice(&c.to_be_bytes());
     let before = h.snapshot();
     let (verdict, out) = h.run(Hook::Xdp, &frame);
-    let after = h.snapshot();
     assert_eq!(verdict, XDP_PASS);
+    assert_eq!(hex(&out), hex(&frame));
+    let (verdict, out) = h.run(Hook::TcIngress, &out);
+    let after = h.snapshot();
+    assert_eq!(verdict, TC_ACT_OK);
     assert_eq!(hex(&out), hex(&frame));
     assert_eq!(
         after.reasons["pass_malformed"] - before.reasons["pass_malformed"],
         1
     );
+}
+
+/// With the fast path on, what XDP does not forward (here a TTL that expires at the gateway:
+/// the kernel must answer it) leaves XDP untouched and uncounted, and TC ingress translates
+/// the destination for the kernel and counts it once. XDP tells TC nothing: the metadata area
+/// in front of the packet needs `bpf_xdp_adjust_meta`, which some kernels refuse to XDP.
+#[test]
+fn the_fast_path_leaves_the_kernels_packets_to_tc_ingress_untouched() {
+    let mut h = Harness::new();
+    h.dp.tables.set_fast_path(true).unwrap();
+    let mut p = Ipv4::udp(INET, 40000, EIP, 53, b"ttl one");
+    p.ttl = 1;
+    let frame = p.frame();
+    let translated = p.with_addrs(INET, PRIV).frame();
+    let before = h.snapshot();
+    let (verdict, out) = h.run(Hook::Xdp, &frame);
+    let mid = h.snapshot();
+    assert_eq!(verdict, XDP_PASS);
+    assert_eq!(hex(&out), hex(&frame), "XDP must leave it untouched");
+    assert_eq!(mid.reasons, before.reasons, "XDP must count nothing");
+    let (verdict, out) = h.run(Hook::TcIngress, &out);
+    let after = h.snapshot();
+    assert_eq!(verdict, TC_ACT_OK);
+    assert_eq!(hex(&out), hex(&translated));
+    assert_eq!(after.reasons["slow_ttl"] - before.reasons["slow_ttl"], 1);
+    let moved: u64 = Reason::ALL
+        .iter()
+        .map(|r| after.reasons[r.name()] - before.reasons[r.name()])
+        .sum();
+    assert_eq!(moved, 1, "counted once: {:?}", after.reasons);
 }
