@@ -4,7 +4,7 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, xdp_action},
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
@@ -100,22 +100,44 @@ pub fn ipnat_bench_gen(ctx: XdpContext) -> u32 {
     fwd::redirect(bench_cfg(0)) as u32
 }
 
-/// The forwarding benchmark's receiver: counts frames whose destination is the configured
-/// (translated) address, and the others, and drops them.
-#[xdp]
-pub fn ipnat_bench_sink(ctx: XdpContext) -> u32 {
-    let (start, end) = (ctx.data(), ctx.data_end());
+/// What the forwarding benchmark's receivers do with a frame between `start` and `end`:
+/// count it as arriving translated as expected (the configured destination) or otherwise, and
+/// drop it (true); false for what is not IPv4 (passed on).
+#[inline(always)]
+fn sink(start: usize, end: usize) -> bool {
     if start + DST_OFF + 4 > end {
-        return xdp_action::XDP_DROP;
+        return true;
     }
     // SAFETY: bounds-checked above.
     let dst = unsafe { ((start + DST_OFF) as *const u32).read_unaligned() };
     let ethertype = unsafe { ((start + 12) as *const u16).read_unaligned() };
     if ethertype != 0x0800u16.to_be() {
-        return xdp_action::XDP_PASS;
+        return false;
     }
     bench_count(if dst == bench_cfg(2) { 1 } else { 2 });
-    xdp_action::XDP_DROP
+    true
+}
+
+/// The forwarding benchmark's receiver in XDP (see [`sink`]).
+#[xdp]
+pub fn ipnat_bench_sink(ctx: XdpContext) -> u32 {
+    if sink(ctx.data(), ctx.data_end()) {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
+}
+
+/// The forwarding benchmark's receiver in TC (see [`sink`]): with no XDP program on the
+/// receiving veth, the gateway's XDP cannot send into its peer, and its paths through TC are
+/// measured.
+#[classifier]
+pub fn ipnat_bench_tc_sink(ctx: TcContext) -> i32 {
+    if sink(ctx.data(), ctx.data_end()) {
+        TC_ACT_SHOT
+    } else {
+        TC_ACT_OK as i32
+    }
 }
 
 /// The forwarding benchmark's ceiling: what the fast path does without translating

@@ -30,7 +30,7 @@ use aya::{
 };
 use ipnat_common::names;
 use ipnat_tests::{
-    benchkit::{Args, attach_sink, sink_counts},
+    benchkit::{Args, attach_sink, attach_tc_sink, sink_counts},
     lab::{Ipnat, cleanup_on_signal, xdp_pass},
     netns::{Netns, require_root, veth},
 };
@@ -41,37 +41,74 @@ const SINK: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 10);
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Setup {
+    /// ipnat's fast path: XDP translates and redirects.
     Ipnat,
+    /// ipnat whose XDP cannot send into the egress (its peer runs no XDP program): XDP hands
+    /// the packet to TC ingress, which translates and redirects.
+    IpnatHandover,
+    /// ipnat with `xdp = false` on the ingress: TC alone, as on a NIC without native XDP.
+    IpnatTc,
     Ceiling,
     Kernel,
     Nft,
     Iptables,
+    /// No gateway: the generator into a sink on the gateway's receiving interface.
+    GeneratorOnly,
 }
 
-impl Setup {
-    const ALL: [Setup; 5] = [
-        Setup::Ipnat,
-        Setup::Ceiling,
-        Setup::Kernel,
-        Setup::Nft,
-        Setup::Iptables,
-    ];
+/// What counts the frames at the far end: an XDP program, or a TC one (no XDP program on the
+/// receiving veth, so nothing can redirect into it from XDP).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Sink {
+    Xdp,
+    Tc,
+}
 
+/// The rows, interleaved in every round: each setup with the sink its path needs (XDP
+/// redirects need the XDP sink), the kernel's own paths with both.
+const ROWS: [(Setup, Sink); 12] = [
+    (Setup::GeneratorOnly, Sink::Xdp),
+    (Setup::Ipnat, Sink::Xdp),
+    (Setup::Ceiling, Sink::Xdp),
+    (Setup::Kernel, Sink::Xdp),
+    (Setup::Nft, Sink::Xdp),
+    (Setup::Iptables, Sink::Xdp),
+    (Setup::GeneratorOnly, Sink::Tc),
+    (Setup::IpnatHandover, Sink::Tc),
+    (Setup::IpnatTc, Sink::Tc),
+    (Setup::Kernel, Sink::Tc),
+    (Setup::Nft, Sink::Tc),
+    (Setup::Iptables, Sink::Tc),
+];
+
+impl Setup {
     fn name(self) -> &'static str {
         match self {
-            Setup::Ipnat => "ipnat (XDP NAT + redirect)",
+            Setup::Ipnat => "ipnat fast path (XDP)",
+            Setup::IpnatHandover => "ipnat, XDP hands over to TC",
+            Setup::IpnatTc => "ipnat, TC only (xdp = false)",
             Setup::Ceiling => "XDP redirect, no NAT",
             Setup::Kernel => "kernel forwarding, no NAT",
             Setup::Nft => "nftables stateless NAT",
             Setup::Iptables => "iptables DNAT (conntrack)",
+            Setup::GeneratorOnly => "generator only (no gateway)",
         }
     }
 
     /// Where the generator sends: the EIP where something translates, else the sink.
     fn target(self) -> Ipv4Addr {
         match self {
-            Setup::Ceiling | Setup::Kernel => SINK,
+            Setup::Ceiling | Setup::Kernel | Setup::GeneratorOnly => SINK,
             _ => EIP,
+        }
+    }
+}
+
+impl Sink {
+    fn name(self) -> &'static str {
+        match self {
+            Sink::Xdp => "xdp",
+            Sink::Tc => "tc",
         }
     }
 }
@@ -261,7 +298,9 @@ fn topology() -> Result<Topology> {
 
 /// What a setup attaches or installs on the gateway; dropped (or torn down) after its turn.
 enum Installed {
-    Ipnat(Ipnat),
+    /// ipnat, and the pass program on ext0 when ipnat has no XDP there.
+    Ipnat(Ipnat, Option<Ebpf>),
+    Nothing,
     Xdp(Ebpf),
     /// Rules, and the pass program on ext0.
     Rules(Setup, Ebpf),
@@ -269,14 +308,19 @@ enum Installed {
 
 fn install(t: &Topology, setup: Setup, round: usize) -> Result<Installed> {
     Ok(match setup {
-        Setup::Ipnat => {
+        Setup::Ipnat | Setup::IpnatHandover | Setup::IpnatTc => {
             let pin = format!("/sys/fs/bpf/ipnat-fwdbench-{}-{round}", std::process::id());
+            let xdp = setup != Setup::IpnatTc;
             let config = format!(
-                "pin_path = \"{pin}\"\nmetrics_listen = \"off\"\n\n[[interface]]\nname = \"ext0\"\n\n\
+                "pin_path = \"{pin}\"\nmetrics_listen = \"off\"\n\n[[interface]]\nname = \"ext0\"\nxdp = {xdp}\n\n\
                  [[interface]]\nname = \"int0\"\n\n[[mapping]]\npublic = \"{EIP}\"\nprivate = \"{SINK}\"\n"
             );
-            Installed::Ipnat(Ipnat::start(&t.gw, &config, &pin)?)
+            // Without ipnat's XDP on ext0, the generator's redirect into its peer needs one.
+            let pass = (!xdp).then(|| xdp_pass(&t.gw, "ext0")).transpose()?;
+            Installed::Ipnat(Ipnat::start(&t.gw, &config, &pin)?, pass)
         }
+        // The sink sits on ext0 itself.
+        Setup::GeneratorOnly => Installed::Nothing,
         Setup::Ceiling => Installed::Xdp(t.gw.within(|| {
             let mut ebpf = bench_xdp(names::BENCH_REDIRECT_PROGRAM)?;
             xdp_program(&mut ebpf, names::BENCH_REDIRECT_PROGRAM)?
@@ -325,7 +369,8 @@ fn iptables_dnat(t: &Topology, op: &str) -> Result<()> {
 
 fn teardown(t: &Topology, installed: Installed) -> Result<()> {
     match installed {
-        Installed::Ipnat(mut i) => {
+        Installed::Nothing => {}
+        Installed::Ipnat(mut i, _pass) => {
             i.stop()?;
             let (ok, out) = i.down()?;
             if !ok.success() {
@@ -345,9 +390,30 @@ fn teardown(t: &Topology, installed: Installed) -> Result<()> {
 
 struct Sample {
     setup: Setup,
+    sink: Sink,
     flows: u32,
     pps: f64,
     loss: f64,
+}
+
+/// The row's sink: on the sink's veth, or for the generator alone on the gateway's receiving
+/// interface (with a pass program there for the TC one: the generator's redirect into a veth
+/// needs an XDP program on its peer).
+fn attach_row_sink(t: &Topology, setup: Setup, sink: Sink) -> Result<(Ebpf, Option<Ebpf>)> {
+    let (ns, iface) = if setup == Setup::GeneratorOnly {
+        (&t.gw, "ext0")
+    } else {
+        (&t.sink, "s0")
+    };
+    Ok(match sink {
+        Sink::Xdp => (attach_sink(ns, iface, SINK)?, None),
+        Sink::Tc => {
+            let pass = (setup == Setup::GeneratorOnly)
+                .then(|| xdp_pass(ns, iface))
+                .transpose()?;
+            (attach_tc_sink(ns, iface, SINK)?, pass)
+        }
+    })
 }
 
 fn main() -> Result<()> {
@@ -364,12 +430,12 @@ fn main() -> Result<()> {
     let json_out = Some(get("--json-out", "")).filter(|p| !p.is_empty());
 
     let t = topology()?;
-    let sink = attach_sink(&t.sink, "s0", SINK)?;
     let generator = start_generator(&t.sender)?;
     let mut samples = Vec::new();
     for &flows in &flows_list {
         for round in 0..rounds {
-            for setup in Setup::ALL {
+            for (setup, sink_kind) in ROWS {
+                let (sink, _pass) = attach_row_sink(&t, setup, sink_kind)?;
                 let installed = install(&t, setup, round)?;
                 let f = frame(t.gen_mac, t.ext0_mac, setup.target());
                 let (good0, bad0) = sink_counts(&sink)?;
@@ -389,14 +455,16 @@ fn main() -> Result<()> {
                 let good = good1 - good0;
                 let sample = Sample {
                     setup,
+                    sink: sink_kind,
                     flows,
                     pps: good as f64 / took,
                     loss: 1.0 - good as f64 / sent.max(1) as f64,
                 };
                 eprintln!(
-                    "flows {flows:>6} round {}: {:<28} {:>6.3} Mpps arrived translated, {:.1}% lost, {} wrong",
+                    "flows {flows:>6} round {}: {:<30} {:<3} sink {:>6.3} Mpps arrived translated, {:.1}% lost, {} wrong",
                     round + 1,
                     setup.name(),
+                    sink_kind.name(),
                     sample.pps / 1e6,
                     sample.loss * 100.0,
                     bad1 - bad0
@@ -406,42 +474,55 @@ fn main() -> Result<()> {
         }
     }
     drop(generator);
-    drop(sink);
-    // Median over rounds, per setup and flow count.
+    // Median over rounds, per row and flow count; ratios against rows of the same sink.
     let mut rows = Vec::new();
     for &flows in &flows_list {
-        let med = |setup: Setup| -> (f64, f64) {
+        let med = |setup: Setup, sink: Sink| -> (f64, f64) {
             let mut v: Vec<&Sample> = samples
                 .iter()
-                .filter(|s| s.setup == setup && s.flows == flows)
+                .filter(|s| s.setup == setup && s.sink == sink && s.flows == flows)
                 .collect();
             v.sort_by(|a, b| a.pps.total_cmp(&b.pps));
-            let m = v[v.len() / 2];
-            (m.pps, m.loss)
+            v.get(v.len() / 2).map_or((0.0, 0.0), |m| (m.pps, m.loss))
         };
-        let (ipnat, _) = med(Setup::Ipnat);
-        let (ceiling, _) = med(Setup::Ceiling);
-        for setup in Setup::ALL {
-            let (pps, loss) = med(setup);
+        let (ceiling, _) = med(Setup::Ceiling, Sink::Xdp);
+        for (setup, sink) in ROWS {
+            let (pps, loss) = med(setup, sink);
+            let (generator_only, _) = med(Setup::GeneratorOnly, sink);
+            let (kernel, _) = med(Setup::Kernel, sink);
+            let (nft, _) = med(Setup::Nft, sink);
+            // On 2 vCPUs the generator, gateway and sink share the CPUs: a gateway that
+            // reaches two thirds of what the generator alone gets into the same sink is
+            // limited by the generator, not by itself.
+            let generator_bound =
+                setup != Setup::GeneratorOnly && pps > generator_only * 2.0 / 3.0;
             rows.push(serde_json::json!({
-                "setup": setup.name(), "flows": flows, "mpps": pps / 1e6,
-                "vs_ipnat": pps / ipnat, "vs_ceiling": pps / ceiling, "loss": loss,
+                "setup": setup.name(), "sink": sink.name(), "flows": flows, "mpps": pps / 1e6,
+                "vs_kernel": pps / kernel, "vs_nft": pps / nft, "vs_ceiling": pps / ceiling,
+                "loss": loss, "generator_bound": generator_bound,
             }));
         }
     }
     println!(
-        "{:<28} {:>7} {:>8} {:>9} {:>11} {:>7}",
-        "setup", "flows", "Mpps", "x ipnat", "x ceiling", "loss"
+        "{:<30} {:>4} {:>7} {:>8} {:>9} {:>7} {:>10} {:>7}  note",
+        "setup", "sink", "flows", "Mpps", "x kernel", "x nft", "x ceiling", "loss"
     );
     for r in &rows {
         println!(
-            "{:<28} {:>7} {:>8.3} {:>9.2} {:>11.2} {:>6.1}%",
+            "{:<30} {:>4} {:>7} {:>8.3} {:>9.2} {:>7.2} {:>10.2} {:>6.1}%  {}",
             r["setup"].as_str().unwrap_or(""),
+            r["sink"].as_str().unwrap_or(""),
             r["flows"],
             r["mpps"].as_f64().unwrap_or(0.0),
-            r["vs_ipnat"].as_f64().unwrap_or(0.0),
+            r["vs_kernel"].as_f64().unwrap_or(0.0),
+            r["vs_nft"].as_f64().unwrap_or(0.0),
             r["vs_ceiling"].as_f64().unwrap_or(0.0),
-            r["loss"].as_f64().unwrap_or(0.0) * 100.0
+            r["loss"].as_f64().unwrap_or(0.0) * 100.0,
+            if r["generator_bound"].as_bool().unwrap_or(false) {
+                "generator-bound"
+            } else {
+                ""
+            }
         );
     }
     if let Some(path) = json_out {
