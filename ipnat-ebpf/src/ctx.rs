@@ -67,6 +67,11 @@ pub trait Packet {
     /// Writes a `T` at `off` (already known to be inside the packet). Checksums are the
     /// caller's business.
     fn write<T: Copy>(&mut self, off: usize, v: T) -> Result<(), ()>;
+    /// Writes the Ethernet destination and source addresses (the first 12 bytes).
+    #[inline(always)]
+    fn write_macs(&mut self, macs: [u8; 12]) -> Result<(), ()> {
+        self.write(0, macs)
+    }
     /// Replaces one IPv4 address and updates the IPv4 and L4 checksums together.
     /// On error the packet is unchanged (XDP) or must be dropped (TC).
     fn rewrite(&mut self, rw: &Rewrite) -> Result<(), ()>;
@@ -272,6 +277,18 @@ impl Packet for Tc<'_> {
     #[inline(always)]
     fn ctx_ptr(&self) -> *mut c_void {
         self.0.as_ptr()
+    }
+
+    #[inline(always)]
+    fn write_macs(&mut self, macs: [u8; 12]) -> Result<(), ()> {
+        match self.ptr_at::<[u8; 12]>(0) {
+            // The Ethernet header is in the linear data of any skb that has one: a store, not
+            // a helper call (the header is outside every checksum).
+            // SAFETY: bounds-checked by ptr_at.
+            Some(p) => unsafe { p.write_unaligned(macs) },
+            None => return self.0.store(0, &macs, 0).map_err(|_| ()),
+        }
+        Ok(())
     }
 
     #[inline(always)]

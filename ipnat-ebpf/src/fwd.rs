@@ -102,8 +102,10 @@ pub fn fib<P: Packet>(
 /// Writes the next hop's and the egress's MAC addresses that the FIB returned.
 #[inline(always)]
 pub fn write_macs<P: Packet>(p: &mut P, f: &Fib) -> Result<(), ()> {
-    p.write(ETH_DEST, f.dmac)?;
-    p.write(ETH_SOURCE, f.smac)
+    let mut macs = [0u8; 12];
+    macs[ETH_DEST..ETH_DEST + 6].copy_from_slice(&f.dmac);
+    macs[ETH_SOURCE..ETH_SOURCE + 6].copy_from_slice(&f.smac);
+    p.write_macs(macs)
 }
 
 /// TTL - 1, as a router does (the TTL and protocol bytes form one checksummed word).
@@ -205,27 +207,6 @@ pub fn gateway<P: Packet>(p: &mut P, ingress: u32, flags: u32, xdp: bool) -> (Re
     if h.ttl <= 1 {
         return slow(p, &h, dnat, flags, Reason::SlowTtl, xdp);
     }
-    // Reverse path: the replies to this packet must leave by the interface it came in on.
-    // They will carry its destination as their source: when that is steered, they leave by
-    // the steering rule's interface; otherwise by the route back to its source.
-    let steer_back = maps::steering(h.dst, flags);
-    let back_ok = if steer_back.id != 0 {
-        steer_back.ifindex == ingress
-    } else {
-        let back = fib(
-            p,
-            ingress,
-            h.dst,
-            h.src,
-            h.tos,
-            0,
-            BPF_FIB_LOOKUP_SKIP_NEIGH,
-        );
-        back.found() && back.ifindex == ingress
-    };
-    if !back_ok {
-        return slow(p, &h, dnat, flags, Reason::SlowSpoofed, xdp);
-    }
     let new_src = snat.map_or(h.src, |t| t.addr);
     let new_dst = dnat.map_or(h.dst, |t| t.addr);
     // An aggregate (GRO) leaves as segments: the FIB checks no length for it (0), its
@@ -269,6 +250,28 @@ pub fn gateway<P: Packet>(p: &mut P, ingress: u32, flags: u32, xdp: bool) -> (Re
     if xdp && !maps::xdp_target(out.ifindex) {
         // XDP cannot transmit there: TC ingress forwards it (skb redirects work anywhere).
         return (Reason::PassToTc, Action::ToTc);
+    }
+    // Reverse path (after the hand-over above: TC ingress checks it again for what XDP hands
+    // over): the replies to this packet must leave by the interface it came in on.
+    // They will carry its destination as their source: when that is steered, they leave by
+    // the steering rule's interface; otherwise by the route back to its source.
+    let steer_back = maps::steering(h.dst, flags);
+    let back_ok = if steer_back.id != 0 {
+        steer_back.ifindex == ingress
+    } else {
+        let back = fib(
+            p,
+            ingress,
+            h.dst,
+            h.src,
+            h.tos,
+            0,
+            BPF_FIB_LOOKUP_SKIP_NEIGH,
+        );
+        back.found() && back.ifindex == ingress
+    };
+    if !back_ok {
+        return slow(p, &h, dnat, flags, Reason::SlowSpoofed, xdp);
     }
     if aggregate && !p.segments_fit(out.ifindex) {
         return slow(p, &h, dnat, flags, Reason::SlowFragNeeded, xdp);

@@ -81,7 +81,30 @@ const ROWS: [(Setup, Sink); 12] = [
     (Setup::Iptables, Sink::Tc),
 ];
 
+/// One row of the report: a setup into a sink, with ipnat's binary or (`baseline`) another
+/// one given by `--baseline PATH`, measured side by side.
+#[derive(Clone, Copy, PartialEq)]
+struct Row {
+    setup: Setup,
+    sink: Sink,
+    baseline: bool,
+}
+
+impl Row {
+    fn name(&self) -> String {
+        if self.baseline {
+            format!("{} [baseline]", self.setup.name())
+        } else {
+            self.setup.name().to_owned()
+        }
+    }
+}
+
 impl Setup {
+    fn ipnat(self) -> bool {
+        matches!(self, Setup::Ipnat | Setup::IpnatHandover | Setup::IpnatTc)
+    }
+
     fn name(self) -> &'static str {
         match self {
             Setup::Ipnat => "ipnat fast path (XDP)",
@@ -151,7 +174,36 @@ enum GenCmd {
     },
 }
 
-/// The generator: a thread in the generator's namespace holding the loaded program.
+/// How the frames are made.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Generator {
+    /// ipnat's `ipnat_bench_gen` run with BPF_PROG_TEST_RUN in live-frames mode (what
+    /// xdp-trafficgen does): XDP frames redirected into the generator's veth, no skb.
+    LiveFrames,
+    /// An AF_PACKET socket with PACKET_QDISC_BYPASS sending batches with sendmmsg: skbs
+    /// straight to the veth's transmit, as a packet generator on a real host does.
+    AfPacket,
+}
+
+impl Generator {
+    fn name(self) -> &'static str {
+        match self {
+            Generator::LiveFrames => "xdp-live",
+            Generator::AfPacket => "af_packet",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Vec<Self>> {
+        s.split(',')
+            .map(|g| match g {
+                "xdp-live" => Ok(Generator::LiveFrames),
+                "af_packet" => Ok(Generator::AfPacket),
+                other => bail!("unknown generator {other:?} (xdp-live, af_packet)"),
+            })
+            .collect()
+    }
+}
+
 /// The benchmark object with its XDP program `name` loaded.
 fn bench_xdp(name: &str) -> Result<Ebpf> {
     let mut ebpf = ipnat::bench::load_bench_object(1)?;
@@ -166,22 +218,173 @@ fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
         .try_into()?)
 }
 
-fn start_generator(ns: &Netns) -> Result<mpsc::Sender<GenCmd>> {
+/// What sends the frames, inside the generator's namespace.
+enum Sender {
+    LiveFrames(Ebpf),
+    AfPacket(std::os::fd::OwnedFd),
+}
+
+impl Sender {
+    fn open(kind: Generator) -> Result<Self> {
+        let ifindex = ipnat::dataplane::ifindex("g0")?;
+        Ok(match kind {
+            Generator::LiveFrames => {
+                let mut ebpf = bench_xdp(names::BENCH_GEN_PROGRAM)?;
+                let mut cfg: Array<_, u32> =
+                    Array::try_from(ebpf.map_mut(names::BENCH_CFG_MAP).context("cfg map")?)?;
+                cfg.set(0, ifindex, 0)?;
+                let sender = Sender::LiveFrames(ebpf);
+                // A kernel may refuse live frames (some sandboxes do, with EPERM): say so now.
+                sender.send(&[0u8; 64], 0, 1, 1)?;
+                sender
+            }
+            Generator::AfPacket => Sender::AfPacket(af_packet_socket(ifindex)?),
+        })
+    }
+
+    /// Sets what the live-frames program stamps into every recycled page: `frame`'s headers,
+    /// and the number of flows (source ports) to cycle through.
+    fn prepare(&mut self, frame: &[u8], flows: u32) -> Result<()> {
+        if let Sender::LiveFrames(ebpf) = self {
+            let mut headers = [0u8; 64];
+            headers[..frame.len().min(64)].copy_from_slice(&frame[..frame.len().min(64)]);
+            let mut tpl: Array<_, [u8; 64]> =
+                Array::try_from(ebpf.map_mut(names::BENCH_TPL_MAP).context("tpl")?)?;
+            tpl.set(0, headers, 0)?;
+            let mut cfg: Array<_, u32> =
+                Array::try_from(ebpf.map_mut(names::BENCH_CFG_MAP).context("cfg")?)?;
+            cfg.set(1, flows, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Sends `count` frames (a multiple of the batch) from `frame`, source ports cycling
+    /// through `flows` from the `n`th frame on; the frames it handed to the interface.
+    fn send(&self, frame: &[u8], n: u64, flows: u32, count: u32) -> Result<u64> {
+        match self {
+            Sender::LiveFrames(ebpf) => {
+                // The program stamps the template (see `prepare`) and the source port itself.
+                let p: &Xdp = ebpf
+                    .program(names::BENCH_GEN_PROGRAM)
+                    .context("gen")?
+                    .try_into()?;
+                p.test_run(TestRunOptions {
+                    data_in: Some(frame),
+                    repeat: count,
+                    attrs: TestRunAttrs::new().xdp_live_frames(64),
+                    ..Default::default()
+                })
+                .context("live-frames test run (BPF_F_TEST_XDP_LIVE_FRAMES)")?;
+                Ok(u64::from(count))
+            }
+            Sender::AfPacket(fd) => af_packet_send(fd, frame, n, flows, count),
+        }
+    }
+}
+
+/// An AF_PACKET socket bound to `ifindex` for sending, past the qdisc.
+fn af_packet_socket(ifindex: u32) -> Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket(2); the descriptor is owned below.
+    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error()).context("socket(AF_PACKET)");
+    }
+    // SAFETY: a fresh descriptor we own.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+    let one: libc::c_int = 1;
+    // SAFETY: an int option of the size given.
+    let rc = unsafe {
+        libc::setsockopt(
+            raw,
+            libc::SOL_PACKET,
+            libc::PACKET_QDISC_BYPASS,
+            (&one as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error()).context("PACKET_QDISC_BYPASS");
+    }
+    // SAFETY: all-zero is a valid sockaddr_ll, filled in below.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = (libc::ETH_P_IP as u16).to_be();
+    sll.sll_ifindex = ifindex as i32;
+    // SAFETY: the address and its size.
+    let rc = unsafe {
+        libc::bind(
+            raw,
+            (&sll as *const libc::sockaddr_ll).cast(),
+            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error()).context("bind(AF_PACKET)");
+    }
+    Ok(fd)
+}
+
+/// Frames per sendmmsg(2).
+const BATCH: usize = 64;
+
+fn af_packet_send(
+    fd: &std::os::fd::OwnedFd,
+    frame: &[u8],
+    n: u64,
+    flows: u32,
+    count: u32,
+) -> Result<u64> {
+    use std::os::fd::AsRawFd;
+    let mut frames: Vec<Vec<u8>> = vec![frame.to_vec(); BATCH];
+    let mut iov: Vec<libc::iovec> = Vec::with_capacity(BATCH);
+    for f in &mut frames {
+        iov.push(libc::iovec {
+            iov_base: f.as_mut_ptr().cast(),
+            iov_len: f.len(),
+        });
+    }
+    // SAFETY: all-zero is a valid mmsghdr; each points at its own iovec below.
+    let mut msgs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
+    for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
+        m.msg_hdr.msg_iov = v;
+        m.msg_hdr.msg_iovlen = 1;
+    }
+    let flows = u64::from(flows.max(1));
+    let (mut sent, mut i) = (0u64, n);
+    while sent < u64::from(count) {
+        for f in frames.iter_mut() {
+            let port = 1024 + (i % flows) as u16;
+            f[UDP_SOURCE_OFF..UDP_SOURCE_OFF + 2].copy_from_slice(&port.to_be_bytes());
+            i += 1;
+        }
+        // SAFETY: msgs point at live iovecs over live frames.
+        let rc = unsafe {
+            libc::sendmmsg(fd.as_raw_fd(), msgs.as_mut_ptr(), BATCH as libc::c_uint, 0)
+        };
+        if rc < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENOBUFS) {
+                continue;
+            }
+            return Err(e).context("sendmmsg");
+        }
+        sent += rc as u64;
+    }
+    Ok(sent)
+}
+
+/// Offset of the UDP source port in the generator's untagged frames.
+const UDP_SOURCE_OFF: usize = 14 + 20;
+
+fn start_generator(ns: &Netns, kind: Generator) -> Result<mpsc::Sender<GenCmd>> {
     let (tx, rx) = mpsc::channel::<GenCmd>();
     let (ready_tx, ready_rx) = mpsc::channel();
     let _thread = ns.spawn(move || {
-        let setup = || -> Result<Ebpf> {
-            let mut ebpf = bench_xdp(names::BENCH_GEN_PROGRAM)?;
-            let ifindex = ipnat::dataplane::ifindex("g0")?;
-            let mut cfg: Array<_, u32> =
-                Array::try_from(ebpf.map_mut(names::BENCH_CFG_MAP).context("cfg map")?)?;
-            cfg.set(0, ifindex, 0)?;
-            Ok(ebpf)
-        };
-        let mut ebpf = match setup() {
-            Ok(e) => {
+        let mut sender = match Sender::open(kind) {
+            Ok(s) => {
                 ready_tx.send(Ok(())).ok();
-                e
+                s
             }
             Err(e) => {
                 ready_tx.send(Err(e)).ok();
@@ -196,29 +399,14 @@ fn start_generator(ns: &Netns) -> Result<mpsc::Sender<GenCmd>> {
                 done,
             } = cmd;
             let result = (|| -> Result<u64> {
-                let mut cfg: Array<_, u32> =
-                    Array::try_from(ebpf.map_mut(names::BENCH_CFG_MAP).context("cfg")?)?;
-                cfg.set(1, flows, 0)?;
-                let mut tpl: Array<_, [u8; 64]> =
-                    Array::try_from(ebpf.map_mut(names::BENCH_TPL_MAP).context("tpl")?)?;
-                let mut headers = [0u8; 64];
-                headers[..frame.len().min(64)].copy_from_slice(&frame[..frame.len().min(64)]);
-                tpl.set(0, headers, 0)?;
-                let p: &Xdp = ebpf
-                    .program(names::BENCH_GEN_PROGRAM)
-                    .context("gen")?
-                    .try_into()?;
+                sender.prepare(&frame, flows)?;
                 let (mut sent, start) = (0u64, Instant::now());
                 while start.elapsed().as_secs_f64() < secs {
-                    let repeat = 200_000;
-                    p.test_run(TestRunOptions {
-                        data_in: Some(&frame),
-                        repeat,
-                        attrs: TestRunAttrs::new().xdp_live_frames(64),
-                        ..Default::default()
-                    })
-                    .context("live-frames test run")?;
-                    sent += u64::from(repeat);
+                    let chunk = match kind {
+                        Generator::LiveFrames => 200_000,
+                        Generator::AfPacket => 64 * 256,
+                    };
+                    sent += sender.send(&frame, sent, flows, chunk)?;
                 }
                 Ok(sent)
             })();
@@ -302,11 +490,22 @@ enum Installed {
     Ipnat(Ipnat, Option<Ebpf>),
     Nothing,
     Xdp(Ebpf),
-    /// Rules, and the pass program on ext0.
-    Rules(Setup, Ebpf),
+    /// Rules (none for plain forwarding), and the pass program on ext0 if needed.
+    Rules(Setup, Option<Ebpf>),
 }
 
-fn install(t: &Topology, setup: Setup, round: usize) -> Result<Installed> {
+/// What `setup` puts on the gateway. `pass`: the generator redirects XDP frames into its veth,
+/// which needs an XDP program on the peer (ext0) wherever the setup brings none.
+fn install(
+    t: &Topology,
+    setup: Setup,
+    round: usize,
+    pass: bool,
+    baseline: Option<&std::path::Path>,
+) -> Result<Installed> {
+    let pass_program = || -> Result<Option<Ebpf>> {
+        pass.then(|| xdp_pass(&t.gw, "ext0")).transpose()
+    };
     Ok(match setup {
         Setup::Ipnat | Setup::IpnatHandover | Setup::IpnatTc => {
             let pin = format!("/sys/fs/bpf/ipnat-fwdbench-{}-{round}", std::process::id());
@@ -316,8 +515,12 @@ fn install(t: &Topology, setup: Setup, round: usize) -> Result<Installed> {
                  [[interface]]\nname = \"int0\"\n\n[[mapping]]\npublic = \"{EIP}\"\nprivate = \"{SINK}\"\n"
             );
             // Without ipnat's XDP on ext0, the generator's redirect into its peer needs one.
-            let pass = (!xdp).then(|| xdp_pass(&t.gw, "ext0")).transpose()?;
-            Installed::Ipnat(Ipnat::start(&t.gw, &config, &pin)?, pass)
+            let pass = if xdp { None } else { pass_program()? };
+            let ipnat = match baseline {
+                Some(bin) => Ipnat::start_binary(&t.gw, &config, &pin, bin)?,
+                None => Ipnat::start(&t.gw, &config, &pin)?,
+            };
+            Installed::Ipnat(ipnat, pass)
         }
         // The sink sits on ext0 itself.
         Setup::GeneratorOnly => Installed::Nothing,
@@ -329,7 +532,7 @@ fn install(t: &Topology, setup: Setup, round: usize) -> Result<Installed> {
         })?),
         // The kernel paths get a pass-everything XDP program on ext0: the generator's
         // redirect into the veth needs one there (any program), as ipnat's own is there.
-        Setup::Kernel => Installed::Xdp(xdp_pass(&t.gw, "ext0")?),
+        Setup::Kernel => Installed::Rules(Setup::Kernel, pass_program()?),
         Setup::Nft => {
             t.gw.run(
                 "nft",
@@ -339,11 +542,11 @@ fn install(t: &Topology, setup: Setup, round: usize) -> Result<Installed> {
                      add rule ip ipnat_bench pre ip daddr {EIP} notrack ip daddr set {SINK}"
                 )],
             )?;
-            Installed::Rules(Setup::Nft, xdp_pass(&t.gw, "ext0")?)
+            Installed::Rules(Setup::Nft, pass_program()?)
         }
         Setup::Iptables => {
             iptables_dnat(t, "-A")?;
-            Installed::Rules(Setup::Iptables, xdp_pass(&t.gw, "ext0")?)
+            Installed::Rules(Setup::Iptables, pass_program()?)
         }
     })
 }
@@ -381,16 +584,29 @@ fn teardown(t: &Topology, installed: Installed) -> Result<()> {
         Installed::Rules(Setup::Nft, _pass) => {
             t.gw.run("nft", &["delete table ip ipnat_bench"])?;
         }
-        Installed::Rules(_, _pass) => {
+        Installed::Rules(Setup::Iptables, _pass) => {
             iptables_dnat(t, "-D")?;
         }
+        Installed::Rules(_, _pass) => {}
     }
     Ok(())
 }
 
+/// The generators that produced samples, in their order.
+fn started_kinds(samples: &[Sample]) -> Vec<Generator> {
+    let mut kinds = Vec::new();
+    for s in samples {
+        if !kinds.contains(&s.generator) {
+            kinds.push(s.generator);
+        }
+    }
+    kinds
+}
+
 struct Sample {
-    setup: Setup,
-    sink: Sink,
+    generator: Generator,
+    /// Index into the measured rows.
+    row: usize,
     flows: u32,
     pps: f64,
     loss: f64,
@@ -399,7 +615,12 @@ struct Sample {
 /// The row's sink: on the sink's veth, or for the generator alone on the gateway's receiving
 /// interface (with a pass program there for the TC one: the generator's redirect into a veth
 /// needs an XDP program on its peer).
-fn attach_row_sink(t: &Topology, setup: Setup, sink: Sink) -> Result<(Ebpf, Option<Ebpf>)> {
+fn attach_row_sink(
+    t: &Topology,
+    setup: Setup,
+    sink: Sink,
+    generator: Generator,
+) -> Result<(Ebpf, Option<Ebpf>)> {
     let (ns, iface) = if setup == Setup::GeneratorOnly {
         (&t.gw, "ext0")
     } else {
@@ -408,7 +629,7 @@ fn attach_row_sink(t: &Topology, setup: Setup, sink: Sink) -> Result<(Ebpf, Opti
     Ok(match sink {
         Sink::Xdp => (attach_sink(ns, iface, SINK)?, None),
         Sink::Tc => {
-            let pass = (setup == Setup::GeneratorOnly)
+            let pass = (setup == Setup::GeneratorOnly && generator == Generator::LiveFrames)
                 .then(|| xdp_pass(ns, iface))
                 .transpose()?;
             (attach_tc_sink(ns, iface, SINK)?, pass)
@@ -429,87 +650,143 @@ fn main() -> Result<()> {
         .collect::<Result<_, _>>()?;
     let json_out = Some(get("--json-out", "")).filter(|p| !p.is_empty());
 
+    let generators = Generator::parse(&get("--generator", "xdp-live,af_packet"))?;
+    let baseline = Some(get("--baseline", ""))
+        .filter(|p| !p.is_empty())
+        .map(std::path::PathBuf::from);
+    let mut rows_measured: Vec<Row> = Vec::new();
+    for (setup, sink) in ROWS {
+        rows_measured.push(Row {
+            setup,
+            sink,
+            baseline: false,
+        });
+        if baseline.is_some() && setup.ipnat() {
+            rows_measured.push(Row {
+                setup,
+                sink,
+                baseline: true,
+            });
+        }
+    }
+
     let t = topology()?;
-    let generator = start_generator(&t.sender)?;
+    let mut started = Vec::new();
+    for kind in generators {
+        match start_generator(&t.sender, kind) {
+            Ok(g) => started.push((kind, g)),
+            Err(e) => eprintln!("generator {}: not available here: {e:#}", kind.name()),
+        }
+    }
+    if started.is_empty() {
+        bail!("no generator works on this machine");
+    }
     let mut samples = Vec::new();
     for &flows in &flows_list {
         for round in 0..rounds {
-            for (setup, sink_kind) in ROWS {
-                let (sink, _pass) = attach_row_sink(&t, setup, sink_kind)?;
-                let installed = install(&t, setup, round)?;
-                let f = frame(t.gen_mac, t.ext0_mac, setup.target());
-                let (good0, bad0) = sink_counts(&sink)?;
-                let (done_tx, done_rx) = mpsc::channel();
-                let start = Instant::now();
-                generator.send(GenCmd::Run {
-                    frame: f,
-                    flows,
-                    secs,
-                    done: done_tx,
-                })?;
-                let sent = done_rx.recv()??;
-                let took = start.elapsed().as_secs_f64();
-                std::thread::sleep(Duration::from_millis(50));
-                let (good1, bad1) = sink_counts(&sink)?;
-                teardown(&t, installed)?;
-                let good = good1 - good0;
-                let sample = Sample {
-                    setup,
-                    sink: sink_kind,
-                    flows,
-                    pps: good as f64 / took,
-                    loss: 1.0 - good as f64 / sent.max(1) as f64,
-                };
-                eprintln!(
-                    "flows {flows:>6} round {}: {:<30} {:<3} sink {:>6.3} Mpps arrived translated, {:.1}% lost, {} wrong",
-                    round + 1,
-                    setup.name(),
-                    sink_kind.name(),
-                    sample.pps / 1e6,
-                    sample.loss * 100.0,
-                    bad1 - bad0
-                );
-                samples.push(sample);
+            for (kind, generator) in &started {
+                for (row_index, row) in rows_measured.iter().enumerate() {
+                    let (setup, sink_kind) = (row.setup, row.sink);
+                    let (sink, _pass) = attach_row_sink(&t, setup, sink_kind, *kind)?;
+                    let installed = install(
+                        &t,
+                        setup,
+                        round,
+                        *kind == Generator::LiveFrames,
+                        row.baseline.then_some(baseline.as_deref()).flatten(),
+                    )?;
+                    let f = frame(t.gen_mac, t.ext0_mac, setup.target());
+                    let (good0, bad0) = sink_counts(&sink)?;
+                    let (done_tx, done_rx) = mpsc::channel();
+                    let start = Instant::now();
+                    generator.send(GenCmd::Run {
+                        frame: f,
+                        flows,
+                        secs,
+                        done: done_tx,
+                    })?;
+                    let sent = done_rx.recv()??;
+                    let took = start.elapsed().as_secs_f64();
+                    std::thread::sleep(Duration::from_millis(50));
+                    let (good1, bad1) = sink_counts(&sink)?;
+                    teardown(&t, installed)?;
+                    let good = good1 - good0;
+                    let sample = Sample {
+                        generator: *kind,
+                        row: row_index,
+                        flows,
+                        pps: good as f64 / took,
+                        loss: 1.0 - good as f64 / sent.max(1) as f64,
+                    };
+                    eprintln!(
+                        "flows {flows:>6} round {} {:<9}: {:<41} {:<3} sink {:>6.3} Mpps arrived translated, {:.1}% lost, {} wrong",
+                        round + 1,
+                        kind.name(),
+                        row.name(),
+                        sink_kind.name(),
+                        sample.pps / 1e6,
+                        sample.loss * 100.0,
+                        bad1 - bad0
+                    );
+                    samples.push(sample);
+                }
             }
         }
     }
-    drop(generator);
-    // Median over rounds, per row and flow count; ratios against rows of the same sink.
+    drop(started);
+    // Median over rounds, per generator, row and flow count; ratios against rows of the same
+    // generator and sink.
     let mut rows = Vec::new();
-    for &flows in &flows_list {
-        let med = |setup: Setup, sink: Sink| -> (f64, f64) {
-            let mut v: Vec<&Sample> = samples
-                .iter()
-                .filter(|s| s.setup == setup && s.sink == sink && s.flows == flows)
-                .collect();
-            v.sort_by(|a, b| a.pps.total_cmp(&b.pps));
-            v.get(v.len() / 2).map_or((0.0, 0.0), |m| (m.pps, m.loss))
-        };
-        let (ceiling, _) = med(Setup::Ceiling, Sink::Xdp);
-        for (setup, sink) in ROWS {
-            let (pps, loss) = med(setup, sink);
-            let (generator_only, _) = med(Setup::GeneratorOnly, sink);
-            let (kernel, _) = med(Setup::Kernel, sink);
-            let (nft, _) = med(Setup::Nft, sink);
-            // On 2 vCPUs the generator, gateway and sink share the CPUs: a gateway that
-            // reaches two thirds of what the generator alone gets into the same sink is
-            // limited by the generator, not by itself.
-            let generator_bound =
-                setup != Setup::GeneratorOnly && pps > generator_only * 2.0 / 3.0;
-            rows.push(serde_json::json!({
-                "setup": setup.name(), "sink": sink.name(), "flows": flows, "mpps": pps / 1e6,
-                "vs_kernel": pps / kernel, "vs_nft": pps / nft, "vs_ceiling": pps / ceiling,
-                "loss": loss, "generator_bound": generator_bound,
-            }));
+    let kinds: Vec<Generator> = started_kinds(&samples);
+    for kind in kinds {
+        for &flows in &flows_list {
+            let med_row = |row: Row| -> (f64, f64) {
+                let Some(index) = rows_measured.iter().position(|r| *r == row) else {
+                    return (0.0, 0.0);
+                };
+                let mut v: Vec<&Sample> = samples
+                    .iter()
+                    .filter(|s| s.generator == kind && s.row == index && s.flows == flows)
+                    .collect();
+                v.sort_by(|a, b| a.pps.total_cmp(&b.pps));
+                v.get(v.len() / 2).map_or((0.0, 0.0), |m| (m.pps, m.loss))
+            };
+            let med = |setup: Setup, sink: Sink| {
+                med_row(Row {
+                    setup,
+                    sink,
+                    baseline: false,
+                })
+            };
+            let (ceiling, _) = med(Setup::Ceiling, Sink::Xdp);
+            for &row in &rows_measured {
+                let (setup, sink) = (row.setup, row.sink);
+                let (pps, loss) = med_row(row);
+                let (generator_only, _) = med(Setup::GeneratorOnly, sink);
+                let (kernel, _) = med(Setup::Kernel, sink);
+                let (nft, _) = med(Setup::Nft, sink);
+                // On 2 vCPUs the generator, gateway and sink share the CPUs: a gateway that
+                // reaches two thirds of what the generator alone gets into the same sink is
+                // limited by the generator, not by itself.
+                let generator_bound =
+                    setup != Setup::GeneratorOnly && pps > generator_only * 2.0 / 3.0;
+                rows.push(serde_json::json!({
+                    "generator": kind.name(), "setup": row.name(), "sink": sink.name(),
+                    "flows": flows, "mpps": pps / 1e6,
+                    "vs_kernel": pps / kernel, "vs_nft": pps / nft, "vs_ceiling": pps / ceiling,
+                    "loss": loss, "generator_bound": generator_bound,
+                }));
+            }
         }
     }
     println!(
-        "{:<30} {:>4} {:>7} {:>8} {:>9} {:>7} {:>10} {:>7}  note",
-        "setup", "sink", "flows", "Mpps", "x kernel", "x nft", "x ceiling", "loss"
+        "{:<9} {:<41} {:>4} {:>7} {:>8} {:>9} {:>7} {:>10} {:>7}  note",
+        "generator", "setup", "sink", "flows", "Mpps", "x kernel", "x nft", "x ceiling", "loss"
     );
     for r in &rows {
         println!(
-            "{:<30} {:>4} {:>7} {:>8.3} {:>9.2} {:>7.2} {:>10.2} {:>6.1}%  {}",
+            "{:<9} {:<41} {:>4} {:>7} {:>8.3} {:>9.2} {:>7.2} {:>10.2} {:>6.1}%  {}",
+            r["generator"].as_str().unwrap_or(""),
             r["setup"].as_str().unwrap_or(""),
             r["sink"].as_str().unwrap_or(""),
             r["flows"],
