@@ -6,7 +6,7 @@
 #![no_std]
 
 /// Version of the map layout below. Bump it whenever a key, value or map changes shape.
-pub const SCHEMA_VERSION: u32 = 5;
+pub const SCHEMA_VERSION: u32 = 6;
 
 /// Capacity of the one-to-one mapping tables (each direction) as compiled; the controller
 /// resizes them at load time (`max_mappings`).
@@ -41,6 +41,30 @@ pub struct PrefixTarget {
     pub xor: u32,
     /// Index into the mapping counters.
     pub id: u32,
+}
+
+/// Reverse-path verdicts the fast path remembers (an LRU table: the least recently used go).
+pub const MAX_RPF_ENTRIES: u32 = 65_536;
+
+/// How long a remembered reverse-path verdict holds, in nanoseconds, even when nothing says
+/// the routes changed (the controller is down and cannot say it).
+pub const RPF_TTL_NS: u64 = 1_000_000_000;
+
+/// Key of the remembered reverse-path verdicts: everything the FIB lookup that decides it
+/// depends on (the packet's source and destination, its TOS, the interface it came in on),
+/// and the route generation it was made in. The controller bumps the generation on every
+/// route, rule, address and link change the kernel reports, so a verdict of an older routing
+/// state is never found again (and ages out of the LRU table). Only "the source routes back
+/// through the ingress" is remembered: spoofed sources leave nothing behind.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RpfKey {
+    pub src: u32,
+    pub dst: u32,
+    pub ifindex: u32,
+    pub generation: u32,
+    pub tos: u8,
+    pub _pad: [u8; 3],
 }
 
 /// Capacity of the steering table.
@@ -258,6 +282,8 @@ pub mod names {
     pub const DNAT_PREFIX_MAP: &str = "IPNAT_DNAT_PFX";
     pub const SNAT_PREFIX_MAP: &str = "IPNAT_SNAT_PFX";
     pub const SETTINGS: &str = "IPNAT_SETTINGS";
+    pub const RPF_MAP: &str = "IPNAT_RPF";
+    pub const ROUTE_GENERATION: &str = "IPNAT_ROUTE_GEN";
     pub const STEER_MAP: &str = "IPNAT_STEER";
     pub const STEER_COUNTERS: &str = "IPNAT_STEER_CNT";
     pub const XDP_TARGETS: &str = "IPNAT_XDP_TARGETS";
@@ -283,6 +309,7 @@ pub mod names {
 mod pod {
     // SAFETY: plain #[repr(C)] integers, no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::NatTarget {}
+    unsafe impl aya::Pod for super::RpfKey {}
     unsafe impl aya::Pod for super::MappingCounters {}
     unsafe impl aya::Pod for super::PrefixTarget {}
     unsafe impl aya::Pod for super::Settings {}

@@ -175,6 +175,33 @@ fn slow<P: Packet>(
     }
 }
 
+/// Whether the route back to the packet's source (from its destination) leaves by `ingress`:
+/// the fast path's own reverse-path filter (it bypasses the kernel's rp_filter). A FIB lookup
+/// costs more than the rest of the fast path together, so a positive verdict is remembered per
+/// source, destination, TOS and ingress, until the route generation changes (the controller
+/// bumps it on every route, rule, address and link change) or a second passes.
+#[inline(always)]
+fn routes_back<P: Packet>(p: &P, h: &Hdr, ingress: u32) -> bool {
+    let key = maps::rpf_key(h.src, h.dst, ingress, h.tos);
+    if maps::rpf_remembered(&key) {
+        return true;
+    }
+    let back = fib(
+        p,
+        ingress,
+        h.dst,
+        h.src,
+        h.tos,
+        0,
+        BPF_FIB_LOOKUP_SKIP_NEIGH,
+    );
+    let ok = back.found() && back.ifindex == ingress;
+    if ok {
+        maps::rpf_remember(&key);
+    }
+    ok
+}
+
 /// What happens to a packet the translation declined (nothing written): the kernel's path; in
 /// XDP, TC ingress declines it again and counts it.
 #[inline(always)]
@@ -259,16 +286,7 @@ pub fn gateway<P: Packet>(p: &mut P, ingress: u32, flags: u32, xdp: bool) -> (Re
     let back_ok = if steer_back.id != 0 {
         steer_back.ifindex == ingress
     } else {
-        let back = fib(
-            p,
-            ingress,
-            h.dst,
-            h.src,
-            h.tos,
-            0,
-            BPF_FIB_LOOKUP_SKIP_NEIGH,
-        );
-        back.found() && back.ifindex == ingress
+        routes_back(p, &h, ingress)
     };
     if !back_ok {
         return slow(p, &h, dnat, flags, Reason::SlowSpoofed, xdp);

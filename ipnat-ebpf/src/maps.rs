@@ -7,12 +7,13 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    helpers::generated::bpf_ktime_get_coarse_ns,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use ipnat_common::{
     FLAG_PREFIXES, FLAG_STEER, MAX_INTERNAL_PREFIXES, MAX_MAPPING_ID, MAX_MAPPINGS, MAX_PREFIXES,
-    MAX_STEER_RULES, MappingCounters, NatTarget, PrefixTarget, REASON_COUNT, Reason, Settings,
-    SteerCounters, SteerTarget,
+    MAX_RPF_ENTRIES, MAX_STEER_RULES, MappingCounters, NatTarget, PrefixTarget, REASON_COUNT,
+    RPF_TTL_NS, Reason, RpfKey, Settings, SteerCounters, SteerTarget,
 };
 
 use crate::dir::Dir;
@@ -52,6 +53,14 @@ static IPNAT_SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 /// Per-mapping traffic counters, indexed by mapping id (0 unused).
 #[map(name = "IPNAT_MAP_CNT")]
 static IPNAT_MAP_CNT: Array<MappingCounters> = Array::with_max_entries(MAX_MAPPING_ID + 1, 0);
+/// Reverse-path verdicts the fast path remembered: key -> when the verdict expires
+/// (`bpf_ktime_get_coarse_ns`). See [`RpfKey`].
+#[map(name = "IPNAT_RPF")]
+static IPNAT_RPF: LruHashMap<RpfKey, u64> = LruHashMap::with_max_entries(MAX_RPF_ENTRIES, 0);
+/// The route generation (one entry), bumped by the controller whenever the kernel reports a
+/// route, rule, address or link change.
+#[map(name = "IPNAT_ROUTE_GEN")]
+static IPNAT_ROUTE_GEN: Array<u32> = Array::with_max_entries(1, 0);
 /// Per-CPU counters of what happened to each packet, indexed by `Reason`.
 #[map(name = "IPNAT_REASONS")]
 static IPNAT_REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
@@ -184,4 +193,41 @@ pub fn count_steer(id: u32, bytes: u64) {
         // SAFETY: taking field addresses of a valid map value.
         unsafe { add(&raw mut (*c).packets, &raw mut (*c).bytes, bytes) };
     }
+}
+
+/// The key of the reverse-path verdict for a packet from `src` to `dst` with `tos` that came
+/// in on `ifindex`, in the current route generation.
+#[inline(always)]
+pub fn rpf_key(src: u32, dst: u32, ifindex: u32, tos: u8) -> RpfKey {
+    RpfKey {
+        src,
+        dst,
+        ifindex,
+        generation: IPNAT_ROUTE_GEN.get(0).copied().unwrap_or(0),
+        tos,
+        _pad: [0; 3],
+    }
+}
+
+/// Whether "routes back through the ingress" was found for `key` and has not expired.
+#[inline(always)]
+pub fn rpf_remembered(key: &RpfKey) -> bool {
+    // SAFETY: the map returns a valid pointer to its u64 value, or none.
+    match unsafe { IPNAT_RPF.get(key) } {
+        Some(&expires) => {
+            // SAFETY: plain helper call.
+            let now = unsafe { bpf_ktime_get_coarse_ns() };
+            now < expires
+        }
+        None => false,
+    }
+}
+
+/// Remembers "routes back through the ingress" for `key`.
+#[inline(always)]
+pub fn rpf_remember(key: &RpfKey) {
+    // SAFETY: plain helper call.
+    let expires = unsafe { bpf_ktime_get_coarse_ns() } + RPF_TTL_NS;
+    // A full table evicts its least recently used entry; a failure only costs a FIB lookup.
+    let _ = IPNAT_RPF.insert(key, &expires, 0);
 }

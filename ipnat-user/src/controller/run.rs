@@ -179,6 +179,7 @@ pub fn run(config_path: &Path, config: Config, stats_interval: u64) -> Result<()
         }
         return Err(e);
     }
+    watch_routes(&dp)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -333,6 +334,31 @@ pub fn run(config_path: &Path, config: Config, stats_interval: u64) -> Result<()
         Ok::<(), anyhow::Error>(())
     })?;
     info!("controller stopping; the data plane stays attached and keeps translating");
+    Ok(())
+}
+
+/// Starts the thread that bumps the route generation whenever the kernel reports a route,
+/// rule, address or link change, so that the fast path forgets the reverse-path verdicts it
+/// remembered; and bumps it once now, after subscribing: routes may have changed while no
+/// controller watched (the verdicts also expire after a second by themselves).
+fn watch_routes(dp: &Dataplane) -> Result<()> {
+    let mut generation = dp.tables.route_generation_handle()?;
+    let socket = crate::system::routing_changes().context("subscribing to routing changes")?;
+    generation.bump()?;
+    std::thread::Builder::new()
+        .name("routes".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                if let Err(e) = crate::system::wait_routing_change(&socket, &mut buf) {
+                    warn!("watching routing changes stopped (remembered reverse-path verdicts now expire after a second): {e}");
+                    return;
+                }
+                if let Err(e) = generation.bump() {
+                    warn!("bumping the route generation: {e}");
+                }
+            }
+        })?;
     Ok(())
 }
 

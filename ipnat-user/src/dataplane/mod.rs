@@ -21,7 +21,7 @@ use aya::{
 };
 use ipnat_common::{
     FLAG_FAST_PATH, FLAG_HOST, FLAG_PREFIXES, FLAG_STEER, MappingCounters, NatTarget, PrefixTarget,
-    Reason, SCHEMA_VERSION, Settings, SteerCounters, SteerTarget, names,
+    Reason, RpfKey, SCHEMA_VERSION, Settings, SteerCounters, SteerTarget, names,
 };
 use ipnet::Ipv4Net;
 use serde::Serialize;

@@ -277,7 +277,7 @@ pub fn teardown(dir: &Path, lock: &crate::state::OwnerLock) -> Result<Removed, D
 }
 
 /// The product's maps, by name.
-pub const MAP_NAMES: [&str; 11] = [
+pub const MAP_NAMES: [&str; 13] = [
     names::XDP_TARGETS,
     names::INTERNAL_MAP,
     names::DNAT_MAP,
@@ -289,6 +289,8 @@ pub const MAP_NAMES: [&str; 11] = [
     names::MAPPING_COUNTERS,
     names::REASON_COUNTERS,
     names::SETTINGS,
+    names::RPF_MAP,
+    names::ROUTE_GENERATION,
 ];
 
 /// Refuses to adopt a pin under one of the map names `which` that is not a map of this

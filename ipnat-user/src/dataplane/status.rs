@@ -13,6 +13,10 @@ pub struct Status {
     /// Host orientation: peers in these prefixes see the private addresses.
     pub internal: Vec<Block>,
     pub fast_path: bool,
+    /// The route generation (bumped on every routing change the controller saw) and the
+    /// reverse-path verdicts the fast path remembers.
+    pub route_generation: u32,
+    pub remembered_reverse_paths: usize,
     pub mappings: usize,
     /// Of which block mappings.
     pub blocks: usize,
@@ -76,6 +80,8 @@ pub fn status(dir: &Path) -> Result<Status, DataplaneError> {
         },
         internal: tables.internal_prefixes()?.into_iter().map(Block).collect(),
         fast_path: settings.flags & FLAG_FAST_PATH != 0,
+        route_generation: tables.route_generation()?,
+        remembered_reverse_paths: tables.remembered_verdicts(),
         blocks: mappings.iter().filter(|m| !m.public.is_host()).count(),
         mappings: mappings.len(),
         capacity: tables.capacity(),
@@ -119,6 +125,13 @@ impl Status {
                     "off (the kernel forwards)"
                 }
             );
+            if self.fast_path {
+                let _ = writeln!(
+                    s,
+                    "reverse paths: {} remembered, route generation {}",
+                    self.remembered_reverse_paths, self.route_generation
+                );
+            }
         }
         let _ = writeln!(
             s,

@@ -59,6 +59,9 @@ pub struct Tables {
     pub(super) steer_counters: Array<MapData, SteerCounters>,
     pub(super) xdp_targets: HashMap<MapData, u32, u32>,
     pub(super) internal: LpmTrie<MapData, u32, u32>,
+    /// The fast path's remembered reverse-path verdicts and their route generation.
+    pub(super) rpf: HashMap<MapData, RpfKey, u64>,
+    pub(super) route_gen: Array<MapData, u32>,
     /// Descriptors of every map (batch operations, layout migration).
     pub(super) batch_fds: BTreeMap<&'static str, std::os::fd::OwnedFd>,
     /// Kernel memory charged to each map (`memlock` in its fdinfo), bytes.
@@ -79,6 +82,19 @@ pub(super) fn memlock(map: &MapData) -> u64 {
         .unwrap_or(0)
 }
 
+/// The route generation, written from the thread that watches the kernel's routing changes.
+pub struct RouteGeneration(Array<MapData, u32>);
+
+impl RouteGeneration {
+    /// Moves to the next generation: every remembered reverse-path verdict is forgotten.
+    pub fn bump(&mut self) -> Result<u32, DataplaneError> {
+        let name = names::ROUTE_GENERATION;
+        let next = self.0.get(&0, 0).map_err(map_err(name))?.wrapping_add(1);
+        self.0.set(0, next, 0).map_err(map_err(name))?;
+        Ok(next)
+    }
+}
+
 /// What the tables cost in kernel memory.
 #[derive(Clone, Debug, Serialize)]
 pub struct MemoryReport {
@@ -96,7 +112,11 @@ pub struct MemoryReport {
 pub(super) fn map_data(map: &aya::maps::Map) -> Option<&MapData> {
     use aya::maps::Map;
     match map {
-        Map::HashMap(m) | Map::LpmTrie(m) | Map::Array(m) | Map::PerCpuArray(m) => Some(m),
+        Map::HashMap(m)
+        | Map::LruHashMap(m)
+        | Map::LpmTrie(m)
+        | Map::Array(m)
+        | Map::PerCpuArray(m) => Some(m),
         _ => None,
     }
 }
@@ -175,6 +195,7 @@ impl Tables {
             map!(names::XDP_TARGETS),
             map!(names::INTERNAL_MAP),
         );
+        let (rpf, route_gen) = (map!(names::RPF_MAP), map!(names::ROUTE_GENERATION));
         Ok(Self {
             dnat,
             snat,
@@ -187,6 +208,8 @@ impl Tables {
             steer_counters,
             xdp_targets,
             internal,
+            rpf,
+            route_gen,
             batch_fds,
             memory,
         })
@@ -544,6 +567,35 @@ impl Tables {
     /// Room in the mapping tables.
     pub fn capacity(&self) -> u32 {
         self.counters.len() - 1
+    }
+
+    /// The route generation of the fast path's remembered reverse-path verdicts.
+    pub fn route_generation(&self) -> Result<u32, DataplaneError> {
+        self.route_gen
+            .get(&0, 0)
+            .map_err(map_err(names::ROUTE_GENERATION))
+    }
+
+    /// Reverse-path verdicts the fast path remembers now (of every generation; the older ones
+    /// are never found again and age out).
+    pub fn remembered_verdicts(&self) -> usize {
+        self.rpf.keys().filter(Result::is_ok).count()
+    }
+
+    /// A handle on the route generation for another thread (the route watcher).
+    pub fn route_generation_handle(&self) -> Result<RouteGeneration, DataplaneError> {
+        use std::os::fd::AsFd;
+        let name = names::ROUTE_GENERATION;
+        let fd = self
+            .batch_fds
+            .get(name)
+            .ok_or(DataplaneError::MissingMap(name))?
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|error| DataplaneError::Batch { name, error })?;
+        let data = MapData::from_fd(fd).map_err(map_err(name))?;
+        let map = Array::try_from(aya::maps::Map::Array(data)).map_err(map_err(name))?;
+        Ok(RouteGeneration(map))
     }
 
     /// Kernel memory held by the tables.

@@ -125,3 +125,47 @@ pub fn resolve_neighbour(ifindex: u32, addr: std::net::Ipv4Addr) -> std::io::Res
         &body,
     )
 }
+
+/// A netlink socket subscribed to the kernel's reports of IPv4 route, rule and address changes
+/// and of link changes: anything that can change where a route back to a source leads.
+pub fn routing_changes() -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::mem::size_of;
+    const GROUPS: u32 = (libc::RTMGRP_LINK
+        | libc::RTMGRP_IPV4_IFADDR
+        | libc::RTMGRP_IPV4_ROUTE
+        | libc::RTMGRP_IPV4_RULE) as u32;
+    // SAFETY: plain socket calls; the address is a zeroed sockaddr_nl with its size.
+    unsafe {
+        let fd = libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        );
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd: std::os::fd::OwnedFd = std::os::fd::FromRawFd::from_raw_fd(fd);
+        let mut sa: libc::sockaddr_nl = std::mem::zeroed();
+        sa.nl_family = libc::AF_NETLINK as u16;
+        sa.nl_groups = GROUPS;
+        if libc::bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            (&sa as *const libc::sockaddr_nl).cast(),
+            size_of::<libc::sockaddr_nl>() as u32,
+        ) < 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(fd)
+    }
+}
+
+/// Waits for the next report on a [`routing_changes`] socket. A socket that overran (the
+/// kernel dropped reports: ENOBUFS) counts as a change too, since what changed is unknown.
+pub fn wait_routing_change(fd: &std::os::fd::OwnedFd, buf: &mut [u8]) -> std::io::Result<()> {
+    match netlink_recv(fd, buf) {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => Ok(()),
+        Err(e) => Err(e),
+    }
+}

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use ipnat_tests::{
     capture::{Capture, Frame},
     lab::{
-        BACKEND, BACKEND2, EIP, EIP2, GatewayLab, INET, LabOptions, tcp_exchange,
+        BACKEND, BACKEND2, EIP, EIP2, GatewayLab, INET, LabOptions, ipnat_in, tcp_exchange,
         tcp_exchange_from, udp_exchange,
     },
     netns::require_root,
@@ -960,4 +960,92 @@ fn the_tc_path_keeps_checksums_exact_with_offloads_on_and_off() {
         failures_before,
         "the kernel logged hw csum failure"
     );
+}
+
+/// The fast path remembers its reverse-path verdicts (a FIB lookup per packet costs more than
+/// the rest of it), and forgets them on every routing change: with a route that sends the
+/// internet host's replies out of the inner interface, the next datagram from it fails the
+/// reverse-path check at once (not a second later, when a verdict would expire by itself), and
+/// with the route gone the fast path takes the flow back.
+#[test]
+fn a_route_change_under_traffic_reaches_the_fast_paths_reverse_path_check() {
+    require_root();
+    let (lab, mut ipnat) = GatewayLab::started(LabOptions::default());
+    let pin = ipnat.pin_path.to_str().unwrap().to_owned();
+    let status = |lab: &GatewayLab| -> serde_json::Value {
+        let (ok, out) = ipnat_in(&lab.gw, &["status", "--json", "--pin-path", &pin]);
+        assert!(ok, "{out}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let reasons = |ipnat: &ipnat_tests::lab::Ipnat| -> (u64, u64) {
+        let stats = ipnat.stats_json().unwrap();
+        let r = &stats["reasons"];
+        (
+            r["forwarded"].as_u64().unwrap() + r["forwarded_neigh"].as_u64().unwrap(),
+            r["slow_spoofed"].as_u64().unwrap(),
+        )
+    };
+    // Waits until the controller has seen the routing change (its generation moved).
+    let await_generation = |lab: &GatewayLab, before: u64| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let g = status(lab)["route_generation"].as_u64().unwrap();
+            if g != before {
+                return g;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the route generation stayed at {before}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    // Fast path, and the verdict remembered.
+    for i in 0..3 {
+        udp_exchange(&lab.inet, &lab.backend, EIP, 7000 + i, b"before").unwrap();
+    }
+    let st = status(&lab);
+    assert!(st["remembered_reverse_paths"].as_u64().unwrap() >= 1, "{st}");
+    let (fast0, spoofed0) = reasons(&ipnat);
+    assert!(fast0 >= 6, "the exchanges took the fast path: {fast0}");
+    assert_eq!(spoofed0, 0);
+
+    // The route back to the internet host now leaves by the inner interface.
+    let generation = st["route_generation"].as_u64().unwrap();
+    lab.gw
+        .ip(&["route", "add", &format!("{INET}/32"), "dev", "int0"])
+        .unwrap();
+    let generation = await_generation(&lab, generation);
+    // One datagram, to a socket that answers nothing: the fast path must refuse it, and the
+    // kernel's path still delivers it.
+    let sink = lab
+        .backend
+        .within(|| Ok(std::net::UdpSocket::bind((BACKEND, 7100))?))
+        .unwrap();
+    sink.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .unwrap();
+    lab.inet
+        .within(|| {
+            let s = std::net::UdpSocket::bind((INET, 0))?;
+            s.send_to(b"after the change", (EIP, 7100))?;
+            Ok(())
+        })
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let (n, from) = sink.recv_from(&mut buf).unwrap();
+    assert_eq!((&buf[..n], from.ip()), (&b"after the change"[..], IpAddr::V4(INET)));
+    let (fast1, spoofed1) = reasons(&ipnat);
+    assert_eq!(spoofed1, 1, "the changed route was not seen: {fast1} forwarded");
+    assert_eq!(fast1, fast0, "forwarded against the new route");
+
+    // Route gone: the fast path takes the flow again.
+    lab.gw
+        .ip(&["route", "del", &format!("{INET}/32"), "dev", "int0"])
+        .unwrap();
+    await_generation(&lab, generation);
+    udp_exchange(&lab.inet, &lab.backend, EIP, 7200, b"after").unwrap();
+    let (fast2, spoofed2) = reasons(&ipnat);
+    assert_eq!(spoofed2, 1);
+    assert_eq!(fast2, fast1 + 2, "request and reply forwarded again");
+    assert!(ipnat.stop().unwrap().success());
 }
