@@ -6,28 +6,152 @@
 #![no_std]
 
 /// Version of the map layout below. Bump it whenever a key, value or map changes shape.
-pub const SCHEMA_VERSION: u32 = 6;
+pub const SCHEMA_VERSION: u32 = 7;
 
 /// Capacity of the one-to-one mapping tables (each direction) as compiled; the controller
 /// resizes them at load time (`max_mappings`).
 pub const MAX_MAPPINGS: u32 = 65_536;
 /// Capacity of the prefix mapping tables (each direction).
 pub const MAX_PREFIXES: u32 = 4096;
-/// Mapping ids index [`MappingCounters`]; id 0 is reserved for "no mapping".
-pub const MAX_MAPPING_ID: u32 = MAX_MAPPINGS;
-
-/// Value of the NAT tables: the address to write and the mapping it belongs to.
+/// Where a table entry's translation is: the address to write and the mapping it belongs to.
 ///
 /// Eight bytes, so that the program reads it in a single load and never sees half of an old and
-/// half of a new value while the controller replaces an entry in place.
+/// half of a new value while the controller replaces it in place.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NatTarget {
     /// The translated address, network byte order.
     pub addr: u32,
-    /// Index into the mapping counters (1..=MAX_MAPPING_ID).
+    /// The mapping's id (1..=max_mappings; 0: none), which names it in the counters' reports.
     pub id: u32,
 }
+
+impl NatTarget {
+    /// The value as the data path loads it: its 8 bytes as one word.
+    pub const fn to_word(self) -> u64 {
+        let (a, i) = (self.addr.to_ne_bytes(), self.id.to_ne_bytes());
+        u64::from_ne_bytes([a[0], a[1], a[2], a[3], i[0], i[1], i[2], i[3]])
+    }
+}
+
+impl PrefixTarget {
+    /// The value as the data path loads it: its 8 bytes as one word.
+    pub const fn to_word(self) -> u64 {
+        NatTarget {
+            addr: self.xor,
+            id: self.id,
+        }
+        .to_word()
+    }
+}
+
+/// Packets and bytes one table entry translated. They live in the entry itself, beside its
+/// translation: the lookup that finds the translation has already brought them into the cache
+/// (a separate counter array is a second cache miss per packet in a large table). Shared
+/// between CPUs and updated with atomic adds: a per-CPU copy would cost entries x CPUs x 16
+/// bytes. The controller changes an entry's translation in place and never its counters (see
+/// the `ipnat_table_write` program), so replacing a mapping loses no increment.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EntryCounters {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Value of the exact NAT tables. The table keyed by the public address counts what its
+/// lookups translate: inbound packets in gateway orientation (destination public -> private),
+/// outbound in host orientation (source public -> private); the one keyed by the private
+/// address the other direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatEntry {
+    pub target: NatTarget,
+    pub counters: EntryCounters,
+}
+
+impl NatEntry {
+    /// A new entry: its translation, no traffic yet.
+    pub const fn new(target: NatTarget) -> Self {
+        Self {
+            target,
+            counters: EntryCounters {
+                packets: 0,
+                bytes: 0,
+            },
+        }
+    }
+}
+
+/// Value of the prefix tables: a block mapping's translation and counters (as [`NatEntry`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PrefixEntry {
+    pub target: PrefixTarget,
+    pub counters: EntryCounters,
+}
+
+impl PrefixEntry {
+    /// A new entry: its translation, no traffic yet.
+    pub const fn new(target: PrefixTarget) -> Self {
+        Self {
+            target,
+            counters: EntryCounters {
+                packets: 0,
+                bytes: 0,
+            },
+        }
+    }
+}
+
+/// A request to the `ipnat_table_write` program (run with BPF_PROG_TEST_RUN, never attached):
+/// replace the translation of the entry keyed `key` in `table` with `value` (a [`NatTarget`]
+/// or a [`PrefixTarget`], as 8 bytes), in place, leaving its counters alone. The packet the
+/// program is run on is an Ethernet-sized header followed by up to [`TABLE_WRITES`] requests.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableWrite {
+    /// [`TABLE_DNAT`] .. [`TABLE_SNAT_PREFIX`].
+    pub table: u32,
+    /// The prefix length of a prefix table's key (32 for the exact tables).
+    pub prefix_len: u32,
+    pub key: u32,
+    pub _pad: u32,
+    /// The new [`NatTarget`] or [`PrefixTarget`], as its 8 bytes.
+    pub value: u64,
+}
+
+impl TableWrite {
+    /// A new translation for the entry keyed `key` in an exact table.
+    pub const fn exact(table: u32, key: u32, target: NatTarget) -> Self {
+        Self {
+            table,
+            prefix_len: 32,
+            key,
+            _pad: 0,
+            value: target.to_word(),
+        }
+    }
+
+    /// A new translation for the entry keyed (`prefix_len`, `key`) in a prefix table.
+    pub const fn prefix(table: u32, prefix_len: u32, key: u32, target: PrefixTarget) -> Self {
+        Self {
+            table,
+            prefix_len,
+            key,
+            _pad: 0,
+            value: target.to_word(),
+        }
+    }
+}
+
+pub const TABLE_DNAT: u32 = 0;
+pub const TABLE_SNAT: u32 = 1;
+pub const TABLE_DNAT_PREFIX: u32 = 2;
+pub const TABLE_SNAT_PREFIX: u32 = 3;
+/// Requests per run of `ipnat_table_write`.
+pub const TABLE_WRITES: usize = 128;
+/// The header in front of the requests (an XDP test run needs an Ethernet header's worth).
+pub const TABLE_WRITE_HEADER: usize = 16;
 
 /// Value of the prefix tables (LPM tries keyed by prefix length + network address): a block
 /// mapping such as `120.0.0.0/25 <-> 10.0.1.0/25` that keeps the host bits, like NETMAP.
@@ -39,7 +163,7 @@ pub struct NatTarget {
 pub struct PrefixTarget {
     /// `from_network ^ to_network`, network byte order.
     pub xor: u32,
-    /// Index into the mapping counters.
+    /// The mapping's id.
     pub id: u32,
 }
 
@@ -123,21 +247,6 @@ pub struct Settings {
     pub flags: u32,
     /// The [`SCHEMA_VERSION`] of the controller that created the maps (0: not yet claimed).
     pub schema: u32,
-}
-
-/// Traffic counters of one mapping. Shared between CPUs and updated with atomic adds: a per-CPU
-/// copy would cost mappings x CPUs x 32 bytes.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct MappingCounters {
-    /// Inbound packets translated: destination public -> private (gateway orientation) or
-    /// private -> public (host orientation).
-    pub dnat_packets: u64,
-    pub dnat_bytes: u64,
-    /// Outbound packets translated: source private -> public (gateway orientation) or
-    /// public -> private (host orientation).
-    pub snat_packets: u64,
-    pub snat_bytes: u64,
 }
 
 /// Why a packet went where it went. Indexes the per-CPU reason counters.
@@ -277,7 +386,6 @@ pub mod ipproto {
 pub mod names {
     pub const DNAT_MAP: &str = "IPNAT_DNAT";
     pub const SNAT_MAP: &str = "IPNAT_SNAT";
-    pub const MAPPING_COUNTERS: &str = "IPNAT_MAP_CNT";
     pub const REASON_COUNTERS: &str = "IPNAT_REASONS";
     pub const DNAT_PREFIX_MAP: &str = "IPNAT_DNAT_PFX";
     pub const SNAT_PREFIX_MAP: &str = "IPNAT_SNAT_PFX";
@@ -301,6 +409,7 @@ pub mod names {
     pub const BENCH_CNT_MAP: &str = "IPNAT_BENCH_CNT";
     pub const BENCH_TPL_MAP: &str = "IPNAT_BENCH_TPL";
     pub const XDP_PROGRAM: &str = "ipnat_xdp";
+    pub const TABLE_WRITE_PROGRAM: &str = "ipnat_table_write";
     pub const XDP_FRAGS_PROGRAM: &str = "ipnat_xdp_frags";
     pub const TC_EGRESS_PROGRAM: &str = "ipnat_tc_egress";
 }
@@ -310,7 +419,9 @@ mod pod {
     // SAFETY: plain #[repr(C)] integers, no padding, every bit pattern valid.
     unsafe impl aya::Pod for super::NatTarget {}
     unsafe impl aya::Pod for super::RpfKey {}
-    unsafe impl aya::Pod for super::MappingCounters {}
+    unsafe impl aya::Pod for super::NatEntry {}
+    unsafe impl aya::Pod for super::PrefixEntry {}
+    unsafe impl aya::Pod for super::TableWrite {}
     unsafe impl aya::Pod for super::PrefixTarget {}
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::SteerTarget {}
@@ -332,7 +443,9 @@ impl SteerTarget {
 }
 
 const _: () = assert!(core::mem::size_of::<NatTarget>() == 8);
-const _: () = assert!(core::mem::size_of::<MappingCounters>() == 32);
+const _: () = assert!(core::mem::size_of::<NatEntry>() == 24);
+const _: () = assert!(core::mem::size_of::<PrefixEntry>() == 24);
+const _: () = assert!(core::mem::size_of::<TableWrite>() == 24);
 const _: () = assert!(core::mem::size_of::<PrefixTarget>() == 8);
 const _: () = assert!(core::mem::size_of::<Settings>() == 8);
 const _: () = assert!(core::mem::size_of::<SteerTarget>() == 24);

@@ -175,6 +175,19 @@ fn slow<P: Packet>(
     }
 }
 
+/// Reverse path: the replies to this packet must leave by the interface it came in on. They
+/// will carry its destination as their source: when that is steered, they leave by the
+/// steering rule's interface; otherwise by the route back to its source.
+#[inline(always)]
+fn reverse_path_ok<P: Packet>(p: &P, h: &Hdr, ingress: u32, flags: u32) -> bool {
+    let steer_back = maps::steering(h.dst, flags);
+    if steer_back.id != 0 {
+        steer_back.ifindex == ingress
+    } else {
+        routes_back(p, h, ingress)
+    }
+}
+
 /// Whether the route back to the packet's source (from its destination) leaves by `ingress`:
 /// the fast path's own reverse-path filter (it bypasses the kernel's rp_filter). A FIB lookup
 /// costs more than the rest of the fast path together, so a positive verdict is remembered per
@@ -234,6 +247,9 @@ pub fn gateway<P: Packet>(p: &mut P, ingress: u32, flags: u32, xdp: bool) -> (Re
     if h.ttl <= 1 {
         return slow(p, &h, dnat, flags, Reason::SlowTtl, xdp);
     }
+    if !xdp && !reverse_path_ok(p, &h, ingress, flags) {
+        return slow(p, &h, dnat, flags, Reason::SlowSpoofed, xdp);
+    }
     let new_src = snat.map_or(h.src, |t| t.addr);
     let new_dst = dnat.map_or(h.dst, |t| t.addr);
     // An aggregate (GRO) leaves as segments: the FIB checks no length for it (0), its
@@ -278,17 +294,9 @@ pub fn gateway<P: Packet>(p: &mut P, ingress: u32, flags: u32, xdp: bool) -> (Re
         // XDP cannot transmit there: TC ingress forwards it (skb redirects work anywhere).
         return (Reason::PassToTc, Action::ToTc);
     }
-    // Reverse path (after the hand-over above: TC ingress checks it again for what XDP hands
-    // over): the replies to this packet must leave by the interface it came in on.
-    // They will carry its destination as their source: when that is steered, they leave by
-    // the steering rule's interface; otherwise by the route back to its source.
-    let steer_back = maps::steering(h.dst, flags);
-    let back_ok = if steer_back.id != 0 {
-        steer_back.ifindex == ingress
-    } else {
-        routes_back(p, &h, ingress)
-    };
-    if !back_ok {
+    // XDP checks the reverse path only now, after the hand-over above (TC ingress checks it
+    // first, for what XDP hands over too).
+    if xdp && !reverse_path_ok(p, &h, ingress, flags) {
         return slow(p, &h, dnat, flags, Reason::SlowSpoofed, xdp);
     }
     if aggregate && !p.segments_fit(out.ifindex) {

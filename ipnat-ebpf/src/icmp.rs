@@ -63,8 +63,14 @@ impl Quote {
 
     /// The mapping the quote matched.
     #[inline(always)]
-    pub fn mapping(&self) -> u32 {
-        self.target.id
+    pub fn mapping(&self) -> &NatTarget {
+        &self.target
+    }
+
+    /// The quoted address the mapping was found by.
+    #[inline(always)]
+    pub fn key(&self) -> u32 {
+        self.old
     }
 }
 

@@ -20,7 +20,11 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use ipnat_common::{FLAG_FAST_PATH, FLAG_HOST, FLAG_STEER, Reason};
+use core::mem::size_of;
+
+use ipnat_common::{
+    FLAG_FAST_PATH, FLAG_HOST, FLAG_STEER, Reason, TABLE_WRITE_HEADER, TABLE_WRITES, TableWrite,
+};
 use ipnat_ebpf::{
     ctx::{Tc, Xdp},
     dir::Dir,
@@ -172,6 +176,30 @@ pub fn ipnat_tc_egress(ctx: TcContext) -> i32 {
         }
     }
     TC_ACT_OK as i32
+}
+
+/// The controller's in-place writer of table entries, run with BPF_PROG_TEST_RUN and never
+/// attached: the "packet" is a [`TABLE_WRITE_HEADER`]-byte header followed by [`TableWrite`]
+/// requests, and each request's entry gets its new translation in one 8-byte store while its
+/// counters stay (a map update from user space would replace the whole entry, counters and
+/// all, and lose what running programs add to the old one meanwhile). Returns how many
+/// requests found their entry, which the controller checks.
+#[xdp]
+pub fn ipnat_table_write(ctx: XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let mut written = 0u32;
+    for i in 0..TABLE_WRITES {
+        let at = start + TABLE_WRITE_HEADER + i * size_of::<TableWrite>();
+        if at + size_of::<TableWrite>() > end {
+            break;
+        }
+        // SAFETY: bounds-checked just above.
+        let w = unsafe { (at as *const TableWrite).read_unaligned() };
+        if maps::write_in_place(w.table, w.prefix_len, w.key, w.value) {
+            written += 1;
+        }
+    }
+    written
 }
 
 /// Passes every packet. XDP_REDIRECT or XDP_TX into a veth needs an XDP program on its peer

@@ -11,26 +11,27 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use ipnat_common::{
-    FLAG_PREFIXES, FLAG_STEER, MAX_INTERNAL_PREFIXES, MAX_MAPPING_ID, MAX_MAPPINGS, MAX_PREFIXES,
-    MAX_RPF_ENTRIES, MAX_STEER_RULES, MappingCounters, NatTarget, PrefixTarget, REASON_COUNT,
-    RPF_TTL_NS, Reason, RpfKey, Settings, SteerCounters, SteerTarget,
+    EntryCounters, FLAG_PREFIXES, FLAG_STEER, MAX_INTERNAL_PREFIXES, MAX_MAPPINGS, MAX_PREFIXES,
+    MAX_RPF_ENTRIES, MAX_STEER_RULES, NatEntry, NatTarget, PrefixEntry, REASON_COUNT, RPF_TTL_NS, Reason,
+    RpfKey, Settings, SteerCounters, SteerTarget, TABLE_DNAT, TABLE_DNAT_PREFIX, TABLE_SNAT,
+    TABLE_SNAT_PREFIX,
 };
 
 use crate::dir::Dir;
 
-/// public -> {private, mapping id}
+/// public -> {private, mapping id; counters}
 #[map(name = "IPNAT_DNAT")]
-static IPNAT_DNAT: HashMap<u32, NatTarget> = HashMap::with_max_entries(MAX_MAPPINGS, 0);
-/// private -> {public, mapping id}
+static IPNAT_DNAT: HashMap<u32, NatEntry> = HashMap::with_max_entries(MAX_MAPPINGS, 0);
+/// private -> {public, mapping id; counters}
 #[map(name = "IPNAT_SNAT")]
-static IPNAT_SNAT: HashMap<u32, NatTarget> = HashMap::with_max_entries(MAX_MAPPINGS, 0);
-/// public prefix -> {public ^ private network, mapping id}
+static IPNAT_SNAT: HashMap<u32, NatEntry> = HashMap::with_max_entries(MAX_MAPPINGS, 0);
+/// public prefix -> {public ^ private network, mapping id; counters}
 #[map(name = "IPNAT_DNAT_PFX")]
-static IPNAT_DNAT_PFX: LpmTrie<u32, PrefixTarget> =
+static IPNAT_DNAT_PFX: LpmTrie<u32, PrefixEntry> =
     LpmTrie::with_max_entries(MAX_PREFIXES, BPF_F_NO_PREALLOC);
-/// private prefix -> {private ^ public network, mapping id}
+/// private prefix -> {private ^ public network, mapping id; counters}
 #[map(name = "IPNAT_SNAT_PFX")]
-static IPNAT_SNAT_PFX: LpmTrie<u32, PrefixTarget> =
+static IPNAT_SNAT_PFX: LpmTrie<u32, PrefixEntry> =
     LpmTrie::with_max_entries(MAX_PREFIXES, BPF_F_NO_PREALLOC);
 /// source prefix -> where its packets leave (steering).
 #[map(name = "IPNAT_STEER")]
@@ -50,9 +51,6 @@ static IPNAT_INTERNAL: LpmTrie<u32, u32> =
 /// The data plane's settings (one entry).
 #[map(name = "IPNAT_SETTINGS")]
 static IPNAT_SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
-/// Per-mapping traffic counters, indexed by mapping id (0 unused).
-#[map(name = "IPNAT_MAP_CNT")]
-static IPNAT_MAP_CNT: Array<MappingCounters> = Array::with_max_entries(MAX_MAPPING_ID + 1, 0);
 /// Reverse-path verdicts the fast path remembered: key -> when the verdict expires
 /// (`bpf_ktime_get_coarse_ns`). See [`RpfKey`].
 #[map(name = "IPNAT_RPF")]
@@ -89,31 +87,41 @@ fn load8(p: *const u64) -> (u32, u32) {
     (raw as u32, (raw >> 32) as u32)
 }
 
+/// Set in the id of a [`NatTarget`] that [`lookup`] found in a prefix table (ids stay below
+/// 2^24): where [`count_mapping`] finds its entry again.
+const IN_PREFIX_TABLE: u32 = 1 << 31;
+
 #[inline(always)]
-fn lookup_exact(map: &HashMap<u32, NatTarget>, addr: u32) -> Option<NatTarget> {
+fn lookup_exact(map: &HashMap<u32, NatEntry>, addr: u32) -> Option<NatTarget> {
     let (addr, id) = load8(map.get_ptr(addr)? as *const u64);
     Some(NatTarget { addr, id })
 }
 
 #[inline(always)]
-fn lookup_prefix(map: &LpmTrie<u32, PrefixTarget>, addr: u32) -> Option<NatTarget> {
-    let v: *const PrefixTarget = map.get(&Key::new(32, addr))?;
+fn lookup_prefix(map: &LpmTrie<u32, PrefixEntry>, addr: u32) -> Option<NatTarget> {
+    let v: *const PrefixEntry = map.get(&Key::new(32, addr))?;
     let (xor, id) = load8(v as *const u64);
     Some(NatTarget {
         addr: addr ^ xor,
-        id,
+        id: id | IN_PREFIX_TABLE,
     })
+}
+
+/// The tables of direction `dir`: exact and prefix.
+#[inline(always)]
+fn tables(dir: Dir) -> (&'static HashMap<u32, NatEntry>, &'static LpmTrie<u32, PrefixEntry>) {
+    if dir.keyed_by_public() {
+        (&IPNAT_DNAT, &IPNAT_DNAT_PFX)
+    } else {
+        (&IPNAT_SNAT, &IPNAT_SNAT_PFX)
+    }
 }
 
 /// The translation of `addr` in direction `dir`: an exact mapping first, then the longest
 /// matching prefix mapping (only when the controller installed any: `flags`).
 #[inline(always)]
 pub fn lookup(dir: Dir, addr: u32, flags: u32) -> Option<NatTarget> {
-    let (exact, prefixes) = if dir.keyed_by_public() {
-        (&IPNAT_DNAT, &IPNAT_DNAT_PFX)
-    } else {
-        (&IPNAT_SNAT, &IPNAT_SNAT_PFX)
-    };
+    let (exact, prefixes) = tables(dir);
     if let Some(t) = lookup_exact(exact, addr) {
         return Some(t);
     }
@@ -156,21 +164,80 @@ fn add(packets: *mut u64, bytes_counter: *mut u64, bytes: u64) {
     }
 }
 
-/// Counts one packet of `bytes` translated by mapping `id` in direction `dir`.
+/// Counts one packet of `bytes` translated by mapping `t`, found by `key` in direction `dir`'s
+/// tables, in its entry: the lookup that found it brought the entry into the cache, so this
+/// second one costs a hash of hot lines, not a cache miss.
 #[inline(always)]
-pub fn count_mapping(id: u32, dir: Dir, bytes: u64) {
-    let Some(c) = IPNAT_MAP_CNT.get_ptr_mut(id) else {
-        return;
+pub fn count_mapping(t: &NatTarget, dir: Dir, key: u32, bytes: u64) {
+    count_entry(
+        key,
+        t.id & IN_PREFIX_TABLE,
+        u32::from(dir.keyed_by_public()),
+        bytes,
+    );
+}
+
+/// [`count_mapping`] as a function of its own (a BPF subprogram): the verifier follows its
+/// branches (prefix or exact table, entry found or gone) once per call inside it, instead of
+/// carrying them through everything its callers do afterwards, which took the fast path's
+/// programs past the verifier's limit of a million instructions.
+#[inline(never)]
+fn count_entry(key: u32, prefix: u32, public: u32, bytes: u64) {
+    let (exact, prefixes) = if public != 0 {
+        (&IPNAT_DNAT, &IPNAT_DNAT_PFX)
+    } else {
+        (&IPNAT_SNAT, &IPNAT_SNAT_PFX)
     };
-    let c: *mut MappingCounters = c;
-    // SAFETY: taking field addresses of a valid map value.
-    unsafe {
-        if dir.rewrites_dst() {
-            add(&raw mut (*c).dnat_packets, &raw mut (*c).dnat_bytes, bytes);
-        } else {
-            add(&raw mut (*c).snat_packets, &raw mut (*c).snat_bytes, bytes);
+    let c: *mut EntryCounters = if prefix != 0 {
+        match prefixes.get(&Key::new(32, key)) {
+            // The trie's values are writable memory; aya's getter hands out a shared reference.
+            Some(e) => &raw const e.counters as *mut EntryCounters,
+            None => return,
         }
-    }
+    } else {
+        match exact.get_ptr_mut(key) {
+            // SAFETY: a field of a valid map value.
+            Some(e) => unsafe { &raw mut (*e).counters },
+            None => return,
+        }
+    };
+    // SAFETY: a pointer into a map value, which lives while the program runs.
+    unsafe { add(&raw mut (*c).packets, &raw mut (*c).bytes, bytes) };
+}
+
+/// Replaces, in place, the translation of the entry keyed (`prefix_len`, `key`) in `table`
+/// (see [`ipnat_common::TableWrite`]) with `value`, one 8-byte store: a program reading it sees
+/// the old or the new translation, and the counters beside it are left alone. False when there
+/// is no such entry (the controller then inserts one).
+#[inline(always)]
+pub fn write_in_place(table: u32, prefix_len: u32, key: u32, value: u64) -> bool {
+    let entry: *mut u64 = match table {
+        TABLE_DNAT => match IPNAT_DNAT.get_ptr_mut(key) {
+            Some(e) => e as *mut u64,
+            None => return false,
+        },
+        TABLE_SNAT => match IPNAT_SNAT.get_ptr_mut(key) {
+            Some(e) => e as *mut u64,
+            None => return false,
+        },
+        TABLE_DNAT_PREFIX | TABLE_SNAT_PREFIX => {
+            let trie = if table == TABLE_DNAT_PREFIX {
+                &IPNAT_DNAT_PFX
+            } else {
+                &IPNAT_SNAT_PFX
+            };
+            // The longest prefix of at most `prefix_len` bits that matches: this very entry
+            // when it exists (block mappings never overlap, so none other can match).
+            match trie.get(&Key::new(prefix_len, key)) {
+                Some(e) => e as *const PrefixEntry as *mut u64,
+                None => return false,
+            }
+        }
+        _ => return false,
+    };
+    // SAFETY: the first 8 bytes of a valid map value, 8-aligned.
+    unsafe { core::ptr::write_volatile(entry, value) };
+    true
 }
 
 /// The steering rule for `src` (id 0: none), as a plain value (see [`lookup_or_none`]).

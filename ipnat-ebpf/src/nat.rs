@@ -64,7 +64,7 @@ pub fn translate_hdr<P: Packet>(
         if icmp::rewrite_quote(p, l4_off, &quote).is_err() {
             return (Reason::DropRewriteFailed, Verdict::Drop);
         }
-        maps::count_mapping(quote.mapping(), dir, p.frame_len());
+        maps::count_mapping(quote.mapping(), dir, quote.key(), p.frame_len());
         return (Reason::IcmpQuoteOnly, Verdict::Pass);
     };
 
@@ -97,7 +97,7 @@ pub fn translate_hdr<P: Packet>(
     if quote.found() && icmp::rewrite_quote(p, l4_off, &quote).is_err() {
         return (Reason::DropRewriteFailed, Verdict::Drop);
     }
-    maps::count_mapping(target.id, dir, p.frame_len());
+    maps::count_mapping(&target, dir, dir.key(h), p.frame_len());
     let reason = if non_first_fragment {
         Reason::FragmentTranslated
     } else {

@@ -19,7 +19,7 @@ use aya::{
     programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use etherparse::{IpNumber, Ipv4Header, PacketBuilder};
-use ipnat_common::{NatTarget, names};
+use ipnat_common::{NatEntry, NatTarget, names};
 use serde::Serialize;
 
 use crate::{
@@ -461,7 +461,7 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<Report
 
 /// The floor's table holds what the product's DNAT table holds: public -> private.
 fn fill_floor(bench: &mut Ebpf, mappings: &[MappingConfig]) -> Result<(), BenchError> {
-    let mut floor: HashMap<_, u32, NatTarget> =
+    let mut floor: HashMap<_, u32, NatEntry> =
         HashMap::try_from(bench.map_mut(FLOOR_MAP).ok_or(BenchError::Missing {
             kind: "map",
             name: FLOOR_MAP,
@@ -471,7 +471,11 @@ fn fill_floor(bench: &mut Ebpf, mappings: &[MappingConfig]) -> Result<(), BenchE
             addr: u32::from_ne_bytes(m.private.0.addr().octets()),
             id: i as u32 + 1,
         };
-        floor.insert(u32::from_ne_bytes(m.public.0.addr().octets()), target, 0)?;
+        floor.insert(
+            u32::from_ne_bytes(m.public.0.addr().octets()),
+            NatEntry::new(target),
+            0,
+        )?;
     }
     Ok(())
 }

@@ -323,3 +323,32 @@ pub fn assert_no_failures(failures: Vec<String>) {
         failures.join("\n")
     );
 }
+
+/// Runs the program behind `prog` once on `input` with BPF_PROG_TEST_RUN, from any thread
+/// (aya's test run needs the program object, which stays with the data plane): (return value,
+/// output frame).
+pub fn run_fd(prog: std::os::fd::BorrowedFd<'_>, input: &[u8]) -> (u32, Vec<u8>) {
+    use std::os::fd::AsRawFd;
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    let mut out = vec![0u8; input.len() + 512];
+    // union bpf_attr's `test`: prog_fd and retval, data_size_in and data_size_out, data_in,
+    // data_out, repeat and duration; the rest zero.
+    let mut attr = [0u64; 10];
+    attr[0] = prog.as_raw_fd() as u64;
+    attr[1] = input.len() as u64 | ((out.len() as u64) << 32);
+    attr[2] = input.as_ptr() as u64;
+    attr[3] = out.as_mut_ptr() as u64;
+    attr[4] = 1;
+    // SAFETY: the attribute buffer and the data buffers are ours, of the sizes given.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    assert!(rc == 0, "BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
+    out.truncate((attr[1] >> 32) as usize);
+    ((attr[0] >> 32) as u32, out)
+}

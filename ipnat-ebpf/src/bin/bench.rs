@@ -9,7 +9,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
 };
-use ipnat_common::{MAX_MAPPINGS, NatTarget};
+use ipnat_common::{MAX_MAPPINGS, NatEntry};
 use ipnat_ebpf::{
     ctx::Xdp,
     fwd,
@@ -19,7 +19,7 @@ use ipnat_ebpf::{
 /// The floor's table: the same type, key, value and size as the product's `IPNAT_DNAT`, filled
 /// by the benchmark with the same entries.
 #[map(name = "IPNAT_BENCH_DNAT")]
-static IPNAT_BENCH_DNAT: HashMap<u32, NatTarget> = HashMap::with_max_entries(MAX_MAPPINGS, 0);
+static IPNAT_BENCH_DNAT: HashMap<u32, NatEntry> = HashMap::with_max_entries(MAX_MAPPINGS, 0);
 
 /// Settings of the forwarding benchmark's programs: [0] the generator's egress ifindex, [1]
 /// distinct flows (source ports) to cycle through, [2] the destination the sink expects.
@@ -53,7 +53,7 @@ pub fn ipnat_bench_floor(ctx: XdpContext) -> u32 {
     let key = unsafe { dst.read_unaligned() };
     if let Some(t) = IPNAT_BENCH_DNAT.get_ptr(key) {
         // SAFETY: as above; the map value is valid while the program runs.
-        unsafe { dst.write_unaligned((*t).addr) };
+        unsafe { dst.write_unaligned((*t).target.addr) };
     }
     xdp_action::XDP_PASS
 }

@@ -29,18 +29,45 @@ pub struct Snapshot {
 impl Tables {
     /// Reads every counter.
     pub fn snapshot(&self) -> Result<Snapshot, DataplaneError> {
+        // Each entry counts what its table's lookups translate (see `NatEntry`): the
+        // public-keyed entries inbound in gateway orientation and outbound in host orientation,
+        // the private-keyed ones the other way.
+        let mut by_public: std::collections::HashMap<Block, EntryCounters> = self
+            .exact_entries(names::DNAT_MAP)?
+            .into_iter()
+            .map(|(k, e)| (Block::from(addr(k)), e.counters))
+            .collect();
+        by_public.extend(
+            self.prefix_entries(true)?
+                .into_iter()
+                .map(|(b, e)| (b, e.counters)),
+        );
+        let mut by_private: std::collections::HashMap<Block, EntryCounters> = self
+            .exact_entries(names::SNAT_MAP)?
+            .into_iter()
+            .map(|(k, e)| (Block::from(addr(k)), e.counters))
+            .collect();
+        by_private.extend(
+            self.prefix_entries(false)?
+                .into_iter()
+                .map(|(b, e)| (b, e.counters)),
+        );
+        let host = self.flags()? & FLAG_HOST != 0;
         let mut mappings = Vec::new();
         for m in self.mappings()? {
-            let c = self
-                .counters
-                .get(&m.id, 0)
-                .map_err(map_err(names::MAPPING_COUNTERS))?;
+            let public = by_public.get(&m.public).copied().unwrap_or_default();
+            let private = by_private.get(&m.private).copied().unwrap_or_default();
+            let (inbound, outbound) = if host {
+                (private, public)
+            } else {
+                (public, private)
+            };
             mappings.push(MappingStats {
                 mapping: m,
-                dnat_packets: c.dnat_packets,
-                dnat_bytes: c.dnat_bytes,
-                snat_packets: c.snat_packets,
-                snat_bytes: c.snat_bytes,
+                dnat_packets: inbound.packets,
+                dnat_bytes: inbound.bytes,
+                snat_packets: outbound.packets,
+                snat_bytes: outbound.bytes,
             });
         }
         let mut reasons = BTreeMap::new();

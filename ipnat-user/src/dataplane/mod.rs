@@ -20,8 +20,11 @@ use aya::{
     },
 };
 use ipnat_common::{
-    FLAG_FAST_PATH, FLAG_HOST, FLAG_PREFIXES, FLAG_STEER, MappingCounters, NatTarget, PrefixTarget,
-    Reason, RpfKey, SCHEMA_VERSION, Settings, SteerCounters, SteerTarget, names,
+    EntryCounters, FLAG_FAST_PATH, FLAG_HOST, FLAG_PREFIXES, FLAG_STEER, NatEntry, NatTarget,
+    PrefixEntry,
+    PrefixTarget, Reason, RpfKey, SCHEMA_VERSION, Settings, SteerCounters, SteerTarget,
+    TABLE_DNAT, TABLE_DNAT_PREFIX, TABLE_SNAT, TABLE_SNAT_PREFIX, TABLE_WRITE_HEADER, TABLE_WRITES,
+    TableWrite, names,
 };
 use ipnet::Ipv4Net;
 use serde::Serialize;
@@ -170,8 +173,7 @@ impl Dataplane {
         let mut loader = aya::EbpfLoader::new();
         loader
             .map_max_entries(names::DNAT_MAP, capacity)
-            .map_max_entries(names::SNAT_MAP, capacity)
-            .map_max_entries(names::MAPPING_COUNTERS, capacity + 1);
+            .map_max_entries(names::SNAT_MAP, capacity);
         let pins: Vec<(&str, PathBuf)> = pin_dir
             .map(|dir| {
                 MAP_NAMES
@@ -192,6 +194,7 @@ impl Dataplane {
             names::TC_INGRESS_PROGRAM,
             names::TC_EGRESS_PROGRAM,
             names::TC_GATEWAY_PROGRAM,
+            names::TABLE_WRITE_PROGRAM,
         ] {
             let prog = ebpf
                 .program_mut(name)
@@ -210,6 +213,7 @@ impl Dataplane {
             .filter(|_| rebuild.is_some())
             .map(|dir| (dir, &rebuilt[..]));
         let mut tables = Tables::take(&mut ebpf, repin)?;
+        tables.writer = Some(table_writer(&mut ebpf, pin_dir)?);
         // After a layout change the settings are a new map to claim; otherwise an adopted
         // one must already be ours.
         let migrated = rebuild.as_ref().is_some_and(Rebuild::migrates);
@@ -407,6 +411,37 @@ impl Dataplane {
         }
         Ok(gone)
     }
+}
+
+/// A descriptor of the loaded `ipnat_table_write` program, for [`Tables`] to run; pinned
+/// beside the maps (replacing an earlier run's), so that the commands that open the pins
+/// rewrite entries in place too.
+fn table_writer(
+    ebpf: &mut Ebpf,
+    pin_dir: Option<&Path>,
+) -> Result<std::os::fd::OwnedFd, DataplaneError> {
+    use std::os::fd::AsFd;
+    let name = names::TABLE_WRITE_PROGRAM;
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or(DataplaneError::MissingMap(name))?
+        .try_into()
+        .map_err(|error| DataplaneError::Verify {
+            program: name,
+            error,
+        })?;
+    if let Some(dir) = pin_dir {
+        let path = dir.join(name);
+        remove_pin(&path)?;
+        prog.pin(&path).map_err(|e| pin_error(&path, e))?;
+    }
+    let fd = prog.fd().map_err(|error| DataplaneError::Verify {
+        program: name,
+        error,
+    })?;
+    fd.as_fd()
+        .try_clone_to_owned()
+        .map_err(|error| DataplaneError::Batch { name, error })
 }
 
 /// How an interface's receive side is handled.

@@ -255,6 +255,7 @@ pub fn teardown(dir: &Path, lock: &crate::state::OwnerLock) -> Result<Removed, D
         for name in MAP_NAMES {
             remove_pin(&dir.join(name))?;
         }
+        remove_pin(&dir.join(names::TABLE_WRITE_PROGRAM))?;
         std::fs::remove_dir(dir).map_err(|e| DataplaneError::Pin {
             path: dir.to_owned(),
             why: format!("{e} (something else is pinned there)"),
@@ -277,7 +278,7 @@ pub fn teardown(dir: &Path, lock: &crate::state::OwnerLock) -> Result<Removed, D
 }
 
 /// The product's maps, by name.
-pub const MAP_NAMES: [&str; 13] = [
+pub const MAP_NAMES: [&str; 12] = [
     names::XDP_TARGETS,
     names::INTERNAL_MAP,
     names::DNAT_MAP,
@@ -286,7 +287,6 @@ pub const MAP_NAMES: [&str; 13] = [
     names::SNAT_PREFIX_MAP,
     names::STEER_MAP,
     names::STEER_COUNTERS,
-    names::MAPPING_COUNTERS,
     names::REASON_COUNTERS,
     names::SETTINGS,
     names::RPF_MAP,
@@ -319,7 +319,6 @@ pub(super) fn check_pinned_layout(
             .ok_or(DataplaneError::MissingMap(name))?;
         let entries = match name {
             names::DNAT_MAP | names::SNAT_MAP => capacity,
-            names::MAPPING_COUNTERS => capacity + 1,
             _ => want.max_entries(),
         };
         let refuse = |what: String| DataplaneError::Pin {

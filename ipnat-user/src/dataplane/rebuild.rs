@@ -3,7 +3,7 @@
 use super::*;
 
 /// The maps whose size is `max_mappings`.
-pub(super) const RESIZED: [&str; 3] = [names::DNAT_MAP, names::SNAT_MAP, names::MAPPING_COUNTERS];
+pub(super) const RESIZED: [&str; 2] = [names::DNAT_MAP, names::SNAT_MAP];
 
 /// The batch path of [`copy_map`]: `Ok(false)` when the kernel has no batch operations for
 /// these maps, or `to` has no room for an entry (an array's tail): the caller then copies
@@ -138,20 +138,21 @@ impl Rebuild {
             );
             &MAP_NAMES
         } else {
-            let counters: Array<MapData, MappingCounters> = typed(names::MAPPING_COUNTERS)?
-                .try_into()
-                .map_err(map_err(names::MAPPING_COUNTERS))?;
-            if counters.len() == capacity + 1 {
+            let size = open(names::DNAT_MAP)?
+                .info()
+                .map_err(map_err(names::DNAT_MAP))?
+                .max_entries();
+            if size == capacity {
                 return Ok(None);
             }
-            // Everything installed must fit the new size, ids included.
-            let dnat: HashMap<MapData, u32, NatTarget> = typed(names::DNAT_MAP)?
+            let dnat: HashMap<MapData, u32, NatEntry> = typed(names::DNAT_MAP)?
                 .try_into()
                 .map_err(map_err(names::DNAT_MAP))?;
+            // Everything installed must fit the new size, ids included.
             let (mut installed, mut top_id) = (0usize, 0u32);
-            for (_, t) in dnat.iter().filter_map(Result::ok) {
+            for (_, e) in dnat.iter().filter_map(Result::ok) {
                 installed += 1;
-                top_id = top_id.max(t.id);
+                top_id = top_id.max(e.target.id);
             }
             if installed > capacity as usize || top_id > capacity {
                 return Err(DataplaneError::Full(capacity));

@@ -1,4 +1,5 @@
-//! The raw bpf(2) calls aya does not offer: batched map updates and lookups.
+//! The raw bpf(2) calls aya does not offer: batched map updates and lookups, and a test run
+//! through a program descriptor held apart from its object.
 
 /// bpf(2) with a `union bpf_attr` of `attr`'s size.
 pub(super) fn bpf(cmd: libc::c_long, attr: &mut [u64]) -> libc::c_long {
@@ -128,4 +129,37 @@ pub(super) fn read_batches(
         token_in = token_out;
         first = false;
     }
+}
+
+/// Runs the program `prog` once on `data` (BPF_PROG_TEST_RUN); its return value.
+pub(super) fn test_run(prog: std::os::fd::BorrowedFd<'_>, data: &[u8]) -> std::io::Result<u32> {
+    use std::os::fd::AsRawFd;
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    // union bpf_attr's `test`: prog_fd and retval, data_size_in and data_size_out, data_in,
+    // data_out, repeat and duration, then the context and flags (unused: zero).
+    let mut attr = [0u64; 10];
+    attr[0] = prog.as_raw_fd() as u64;
+    attr[1] = data.len() as u64;
+    attr[2] = data.as_ptr() as u64;
+    attr[4] = 1;
+    if bpf(BPF_PROG_TEST_RUN, &mut attr) < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((attr[0] >> 32) as u32)
+}
+
+/// Opens the bpf object (a pinned program) at `path` (BPF_OBJ_GET).
+pub(super) fn obj_get(path: &std::path::Path) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
+    const BPF_OBJ_GET: libc::c_long = 7;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // union bpf_attr's `obj`: pathname, then bpf_fd and file_flags (zero).
+    let mut attr = [c.as_ptr() as u64, 0];
+    let fd = bpf(BPF_OBJ_GET, &mut attr);
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor the kernel just gave us.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }

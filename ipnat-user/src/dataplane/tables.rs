@@ -48,13 +48,17 @@ impl InstalledSteer {
 
 /// The maps, owned by whoever writes them: the running controller, or a CLI that opened pins.
 pub struct Tables {
-    pub(super) dnat: HashMap<MapData, u32, NatTarget>,
-    pub(super) snat: HashMap<MapData, u32, NatTarget>,
-    pub(super) counters: Array<MapData, MappingCounters>,
+    pub(super) dnat: HashMap<MapData, u32, NatEntry>,
+    pub(super) snat: HashMap<MapData, u32, NatEntry>,
+    /// Mappings the exact tables have room for (`max_mappings`); ids go up to it.
+    pub(super) capacity: u32,
+    /// The in-place writer of entries (`ipnat_table_write`), where this process loaded the
+    /// programs, or the one `ipnat run` pinned beside the maps.
+    pub(super) writer: Option<std::os::fd::OwnedFd>,
     pub(super) reasons: PerCpuArray<MapData, u64>,
     pub(super) settings: Array<MapData, Settings>,
-    pub(super) dnat_pfx: LpmTrie<MapData, u32, PrefixTarget>,
-    pub(super) snat_pfx: LpmTrie<MapData, u32, PrefixTarget>,
+    pub(super) dnat_pfx: LpmTrie<MapData, u32, PrefixEntry>,
+    pub(super) snat_pfx: LpmTrie<MapData, u32, PrefixEntry>,
     pub(super) steer: LpmTrie<MapData, u32, SteerTarget>,
     pub(super) steer_counters: Array<MapData, SteerCounters>,
     pub(super) xdp_targets: HashMap<MapData, u32, u32>,
@@ -141,15 +145,17 @@ impl Tables {
         })
     }
 
-    /// Opens the maps a running `ipnat run` pinned under `dir`.
+    /// Opens the maps a running `ipnat run` pinned under `dir`, and its in-place writer.
     pub fn open_pinned(dir: &Path) -> Result<Self, DataplaneError> {
         crate::state::bpffs_of(dir)?;
-        Self::assemble(|name| {
+        let mut tables = Self::assemble(|name| {
             let path = dir.join(name);
             let data = MapData::from_pin(&path)
                 .map_err(|e| pin_error(&path, format!("{e} (is `ipnat run` running?)")))?;
             aya::maps::Map::from_map_data(data).map_err(|e| pin_error(&path, e))
-        })
+        })?;
+        tables.writer = obj_get(&dir.join(names::TABLE_WRITE_PROGRAM)).ok();
+        Ok(tables)
     }
 
     /// The tables from `get`, which gives each map by name; records what each costs.
@@ -158,10 +164,14 @@ impl Tables {
     ) -> Result<Self, DataplaneError> {
         let mut memory = BTreeMap::new();
         let mut batch_fds = BTreeMap::new();
+        let mut capacity = 0;
         let mut typed = |name: &'static str| {
             let map = get(name)?;
             if let Some(data) = map_data(&map) {
                 memory.insert(name, memlock(data));
+                if name == names::DNAT_MAP {
+                    capacity = data.info().map_err(map_err(name))?.max_entries();
+                }
                 {
                     use std::os::fd::AsFd;
                     let fd = data.fd().as_fd().try_clone_to_owned().map_err(|e| {
@@ -180,13 +190,13 @@ impl Tables {
                 typed($name)?.try_into().map_err(map_err($name))?
             };
         }
-        let (dnat, snat, counters, reasons, settings) = (
+        let (dnat, snat, reasons, settings): (HashMap<MapData, u32, NatEntry>, _, _, _) = (
             map!(names::DNAT_MAP),
             map!(names::SNAT_MAP),
-            map!(names::MAPPING_COUNTERS),
             map!(names::REASON_COUNTERS),
             map!(names::SETTINGS),
         );
+
         let (dnat_pfx, snat_pfx, steer, steer_counters, xdp_targets, internal) = (
             map!(names::DNAT_PREFIX_MAP),
             map!(names::SNAT_PREFIX_MAP),
@@ -199,7 +209,8 @@ impl Tables {
         Ok(Self {
             dnat,
             snat,
-            counters,
+            capacity,
+            writer: None,
             reasons,
             settings,
             dnat_pfx,
@@ -215,45 +226,72 @@ impl Tables {
         })
     }
 
-    /// The mappings in the kernel, by id.
-    pub fn mappings(&self) -> Result<Vec<InstalledMapping>, DataplaneError> {
+    /// Every entry of the exact table `name` (DNAT or SNAT): in batches where the kernel can.
+    pub(super) fn exact_entries(
+        &self,
+        name: &'static str,
+    ) -> Result<Vec<(u32, NatEntry)>, DataplaneError> {
         use std::os::fd::AsFd;
-        let mut out = Vec::new();
-        let batch = match self.batch_fds.get(names::DNAT_MAP) {
-            Some(fd) => lookup_batch::<u32, NatTarget>(fd.as_fd()).map_err(|error| {
-                DataplaneError::Batch {
-                    name: names::DNAT_MAP,
-                    error,
-                }
-            })?,
+        let batch = match self.batch_fds.get(name) {
+            Some(fd) => lookup_batch::<u32, NatEntry>(fd.as_fd())
+                .map_err(|error| DataplaneError::Batch { name, error })?,
             None => None,
         };
-        let entries = match batch {
-            Some(entries) => entries,
-            None => self
-                .dnat
-                .iter()
-                .collect::<Result<_, _>>()
-                .map_err(map_err(names::DNAT_MAP))?,
+        match batch {
+            Some(entries) => Ok(entries),
+            None => {
+                let map = if name == names::SNAT_MAP {
+                    &self.snat
+                } else {
+                    &self.dnat
+                };
+                map.iter()
+                    .collect::<Result<_, _>>()
+                    .map_err(map_err(name))
+            }
+        }
+    }
+
+    /// Every entry of a prefix table, with its block.
+    pub(super) fn prefix_entries(
+        &self,
+        public: bool,
+    ) -> Result<Vec<(Block, PrefixEntry)>, DataplaneError> {
+        let (trie, name) = if public {
+            (&self.dnat_pfx, names::DNAT_PREFIX_MAP)
+        } else {
+            (&self.snat_pfx, names::SNAT_PREFIX_MAP)
         };
-        for (public, target) in entries {
+        let mut out = Vec::new();
+        for entry in trie.iter() {
+            let (k, e) = entry.map_err(map_err(name))?;
+            let block = Ipv4Net::new(addr(k.data()), k.prefix_len() as u8)
+                .map(Block)
+                .map_err(|_| DataplaneError::Corrupt(name))?;
+            out.push((block, e));
+        }
+        Ok(out)
+    }
+
+    /// The mappings in the kernel, by id.
+    pub fn mappings(&self) -> Result<Vec<InstalledMapping>, DataplaneError> {
+        let mut out = Vec::new();
+        let entries = self.exact_entries(names::DNAT_MAP)?;
+        for (public, NatEntry { target, .. }) in entries {
             out.push(InstalledMapping {
                 id: target.id,
                 public: addr(public).into(),
                 private: addr(target.addr).into(),
             });
         }
-        for entry in self.dnat_pfx.iter() {
-            let (k, target) = entry.map_err(map_err(names::DNAT_PREFIX_MAP))?;
-            let block = |net: u32| {
-                Ipv4Net::new(addr(net), k.prefix_len() as u8)
-                    .map(Block)
-                    .map_err(|_| DataplaneError::Corrupt(names::DNAT_PREFIX_MAP))
-            };
+        for (public, PrefixEntry { target, .. }) in self.prefix_entries(true)? {
+            let private = Ipv4Net::new(addr(key(public.addr()) ^ target.xor), public.prefix_len())
+                .map(Block)
+                .map_err(|_| DataplaneError::Corrupt(names::DNAT_PREFIX_MAP))?;
             out.push(InstalledMapping {
                 id: target.id,
-                public: block(k.data())?,
-                private: block(k.data() ^ target.xor)?,
+                public,
+                private,
             });
         }
         out.sort_by_key(|m| m.id);
@@ -261,13 +299,17 @@ impl Tables {
     }
 
     /// Makes the kernel tables equal `desired`. Additions and changes are written before
-    /// removals, and every write replaces a whole 8-byte value in place, so a mapping that stays
-    /// is never absent. A mapping keeps its id (and counters) while its public side stays.
+    /// removals, so a mapping that stays is never absent. A changed entry (a key that stays,
+    /// with a new translation) is rewritten in place, one 8-byte store, so the data path sees
+    /// the old or the new translation and its counters lose no increment; a new key is
+    /// inserted with zero counters. A mapping keeps its id while its public side stays; its
+    /// inbound counters are its public address's entry, its outbound its private address's.
     /// Single addresses go to the hash tables, blocks to the longest-prefix-match tables.
     pub fn apply(&mut self, desired: &[MappingConfig]) -> Result<(), DataplaneError> {
         let current = self.mappings()?;
         let by_public: std::collections::HashMap<Block, InstalledMapping> =
             current.iter().map(|m| (m.public, *m)).collect();
+        let privates: HashSet<Block> = current.iter().map(|m| m.private).collect();
         let wanted_public: HashSet<Block> = desired.iter().map(|m| m.public).collect();
         let wanted_private: HashSet<Block> = desired.iter().map(|m| m.private).collect();
         let any_prefix = desired.iter().any(|m| !m.public.is_host());
@@ -279,10 +321,11 @@ impl Tables {
         // Ids of mappings that stay are kept; removed ones are only freed after the removals.
         let mut used: HashSet<u32> = current.iter().map(|m| m.id).collect();
         let mut next = 1u32;
-        // Written in batches, in this order: the new ids' counters (zeroed), then private ->
-        // public, then public -> private, so that a packet never finds a mapping whose other
-        // direction or counters are missing.
-        let (mut new_ids, mut snat, mut dnat) = (Vec::new(), Vec::new(), Vec::new());
+        // Private-keyed entries first, then public-keyed ones, so that a packet never finds a
+        // mapping whose other direction is missing.
+        let (mut snat_new, mut dnat_new) = (Vec::new(), Vec::new());
+        let (mut snat_changed, mut dnat_changed) = (Vec::new(), Vec::new());
+        let mut blocks = Vec::new();
         for m in desired {
             let id = match by_public.get(&m.public) {
                 Some(old) => old.id,
@@ -290,12 +333,10 @@ impl Tables {
                     while used.contains(&next) {
                         next += 1;
                     }
-                    let max_id = self.counters.len() - 1;
-                    if next > max_id {
-                        return Err(DataplaneError::IdsExhausted(max_id));
+                    if next > self.capacity {
+                        return Err(DataplaneError::IdsExhausted(self.capacity));
                     }
                     used.insert(next);
-                    new_ids.push(next);
                     next
                 }
             };
@@ -306,45 +347,61 @@ impl Tables {
                 continue; // unchanged: no write
             }
             let (public, private) = (key(m.public.addr()), key(m.private.addr()));
+            let (public_exists, private_exists) =
+                (by_public.contains_key(&m.public), privates.contains(&m.private));
             if m.public.is_host() {
-                snat.push((private, NatTarget { addr: public, id }));
-                dnat.push((public, NatTarget { addr: private, id }));
+                let to_public = NatTarget { addr: public, id };
+                let to_private = NatTarget { addr: private, id };
+                if private_exists {
+                    snat_changed.push(TableWrite::exact(TABLE_SNAT, private, to_public));
+                } else {
+                    snat_new.push((private, NatEntry::new(to_public)));
+                }
+                if public_exists {
+                    dnat_changed.push(TableWrite::exact(TABLE_DNAT, public, to_private));
+                } else {
+                    dnat_new.push((public, NatEntry::new(to_private)));
+                }
             } else {
                 let len = u32::from(m.public.prefix_len());
-                let xor = public ^ private;
-                // Block mappings are few (MAX_PREFIXES); LPM tries have no batch operations.
-                self.counters
-                    .set(id, MappingCounters::default(), 0)
-                    .map_err(map_err(names::MAPPING_COUNTERS))?;
-                new_ids.retain(|&i| i != id);
-                self.snat_pfx
-                    .insert(&Key::new(len, private), PrefixTarget { xor, id }, 0)
-                    .map_err(map_err(names::SNAT_PREFIX_MAP))?;
-                self.dnat_pfx
-                    .insert(&Key::new(len, public), PrefixTarget { xor, id }, 0)
-                    .map_err(map_err(names::DNAT_PREFIX_MAP))?;
+                let target = PrefixTarget {
+                    xor: public ^ private,
+                    id,
+                };
+                blocks.push((len, private, private_exists, TABLE_SNAT_PREFIX, target));
+                blocks.push((len, public, public_exists, TABLE_DNAT_PREFIX, target));
             }
         }
-        let zeros = vec![MappingCounters::default(); new_ids.len()];
-        if !self.write_batch(names::MAPPING_COUNTERS, &new_ids, &zeros)? {
-            for &id in &new_ids {
-                self.counters
-                    .set(id, MappingCounters::default(), 0)
-                    .map_err(map_err(names::MAPPING_COUNTERS))?;
-            }
-        }
-        for (name, entries) in [(names::SNAT_MAP, &snat), (names::DNAT_MAP, &dnat)] {
-            let (k, v): (Vec<u32>, Vec<NatTarget>) = entries.iter().copied().unzip();
+        for (name, new, changed) in [
+            (names::SNAT_MAP, &snat_new, &snat_changed),
+            (names::DNAT_MAP, &dnat_new, &dnat_changed),
+        ] {
+            let (k, v): (Vec<u32>, Vec<NatEntry>) = new.iter().copied().unzip();
             if !self.write_batch(name, &k, &v)? {
                 let map = if name == names::SNAT_MAP {
                     &mut self.snat
                 } else {
                     &mut self.dnat
                 };
-                for (k, v) in entries {
+                for (k, v) in new {
                     map.insert(k, v, 0).map_err(map_err(name))?;
                 }
             }
+            self.write_in_place(changed)?;
+        }
+        // Block mappings are few (MAX_PREFIXES); LPM tries have no batch operations.
+        for (len, k, exists, table, target) in blocks {
+            if exists {
+                self.write_in_place(&[TableWrite::prefix(table, len, k, target)])?;
+                continue;
+            }
+            let (trie, name) = if table == TABLE_SNAT_PREFIX {
+                (&mut self.snat_pfx, names::SNAT_PREFIX_MAP)
+            } else {
+                (&mut self.dnat_pfx, names::DNAT_PREFIX_MAP)
+            };
+            trie.insert(&Key::new(len, k), PrefixEntry::new(target), 0)
+                .map_err(map_err(name))?;
         }
         for old in &current {
             if !wanted_public.contains(&old.public) {
@@ -356,6 +413,75 @@ impl Tables {
         }
         if !any_prefix {
             self.set_flag(FLAG_PREFIXES, false)?;
+        }
+        Ok(())
+    }
+
+    /// Gives existing entries new translations, in place (see [`TableWrite`]): through the
+    /// `ipnat_table_write` program (this process's, or the one `ipnat run` pinned), else (pins
+    /// of a data plane without one) by reading each entry and writing it back with its
+    /// counters, which loses what the data path adds in between.
+    fn write_in_place(&mut self, writes: &[TableWrite]) -> Result<(), DataplaneError> {
+        use std::os::fd::AsFd;
+        if writes.is_empty() {
+            return Ok(());
+        }
+        if let Some(prog) = &self.writer {
+            for chunk in writes.chunks(TABLE_WRITES) {
+                let mut data = vec![0u8; TABLE_WRITE_HEADER];
+                for w in chunk {
+                    // SAFETY: TableWrite is plain old data (repr(C), no padding left undefined).
+                    data.extend_from_slice(unsafe {
+                        std::slice::from_raw_parts(
+                            (w as *const TableWrite).cast::<u8>(),
+                            size_of::<TableWrite>(),
+                        )
+                    });
+                }
+                let written = test_run(prog.as_fd(), &data).map_err(|error| {
+                    DataplaneError::Batch {
+                        name: names::TABLE_WRITE_PROGRAM,
+                        error,
+                    }
+                })?;
+                if written as usize != chunk.len() {
+                    return Err(DataplaneError::Batch {
+                        name: names::TABLE_WRITE_PROGRAM,
+                        error: std::io::Error::other(format!(
+                            "{written} of {} entries found to rewrite in place",
+                            chunk.len()
+                        )),
+                    });
+                }
+            }
+            return Ok(());
+        }
+        for w in writes {
+            match w.table {
+                TABLE_DNAT | TABLE_SNAT => {
+                    let (map, name) = if w.table == TABLE_DNAT {
+                        (&mut self.dnat, names::DNAT_MAP)
+                    } else {
+                        (&mut self.snat, names::SNAT_MAP)
+                    };
+                    let mut e = map.get(&w.key, 0).map_err(map_err(name))?;
+                    let (addr, id) = split_word(w.value);
+                    e.target = NatTarget { addr, id };
+                    map.insert(w.key, e, 0).map_err(map_err(name))?;
+                }
+                _ => {
+                    let (trie, name) = if w.table == TABLE_SNAT_PREFIX {
+                        (&mut self.snat_pfx, names::SNAT_PREFIX_MAP)
+                    } else {
+                        (&mut self.dnat_pfx, names::DNAT_PREFIX_MAP)
+                    };
+                    let k = Key::new(w.prefix_len, w.key);
+                    let mut e = trie.get(&k, 0).map_err(map_err(name))?;
+                    let (xor, id) = split_word(w.value);
+                    e.target = PrefixTarget { xor, id };
+                    trie.insert(&k, e, 0).map_err(map_err(name))?;
+                }
+            }
         }
         Ok(())
     }
@@ -566,7 +692,7 @@ impl Tables {
 
     /// Room in the mapping tables.
     pub fn capacity(&self) -> u32 {
-        self.counters.len() - 1
+        self.capacity
     }
 
     /// The route generation of the fast path's remembered reverse-path verdicts.
@@ -600,9 +726,9 @@ impl Tables {
 
     /// Kernel memory held by the tables.
     pub fn memory(&self) -> MemoryReport {
-        let capacity = self.counters.len() - 1;
+        let capacity = self.capacity;
         let total_bytes = self.memory.values().sum();
-        let scaling: u64 = [names::DNAT_MAP, names::SNAT_MAP, names::MAPPING_COUNTERS]
+        let scaling: u64 = [names::DNAT_MAP, names::SNAT_MAP]
             .iter()
             .filter_map(|n| self.memory.get(n))
             .sum();
@@ -750,4 +876,13 @@ fn without<T>(items: Vec<T>, is: impl Fn(&T) -> bool) -> Option<(T, Vec<T>)> {
     let (mut picked, rest): (Vec<T>, Vec<T>) = items.into_iter().partition(|i| is(i));
     let one = picked.pop()?;
     Some((one, rest))
+}
+
+/// The two halves of a table value's word ([`NatTarget::to_word`]), in memory order.
+fn split_word(w: u64) -> (u32, u32) {
+    let b = w.to_ne_bytes();
+    (
+        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+    )
 }

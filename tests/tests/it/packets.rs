@@ -492,6 +492,7 @@ fn a_million_mappings_with_counters_fit_well_under_a_gib() {
     );
     assert_eq!(m.capacity, 1_000_000);
     assert!(m.bytes_per_mapping > 40.0, "memlock not read: {m:?}");
+    assert!(m.bytes_per_mapping <= 256.0, "over 256 bytes per mapping: {m:?}");
     // No per-CPU state grows with the mappings: the figure holds on a 16-CPU host too.
     assert!(m.total_bytes < 512 << 20, "{m:?}");
 }
@@ -607,4 +608,60 @@ fn the_fast_path_leaves_the_kernels_packets_to_tc_ingress_untouched() {
         .map(|r| after.reasons[r.name()] - before.reasons[r.name()])
         .sum();
     assert_eq!(moved, 1, "counted once: {:?}", after.reasons);
+}
+
+/// A mapping's counters live in its table entries, and the controller rewrites a changed
+/// entry's translation in place (`ipnat_table_write`), never its counters: every packet
+/// translated while the mapping is replaced again and again is counted, none is lost to a
+/// replacement (a map update from user space would replace the entry, counters and all, and
+/// lose what the data path adds between reading the old counters and writing the new entry).
+#[test]
+fn replacing_a_mapping_under_traffic_loses_no_counter_increment() {
+    use std::{
+        os::fd::AsFd,
+        sync::atomic::{AtomicBool, Ordering},
+    };
+    const PRIV3: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 12);
+    let mut h = Harness::new();
+    let prog: &aya::programs::Xdp = h
+        .dp
+        .ebpf()
+        .program(ipnat_common::names::XDP_PROGRAM)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let fd = prog.fd().unwrap().as_fd().try_clone_to_owned().unwrap();
+    let frame = Ipv4::udp(INET, 40000, EIP, 53, b"count me").frame();
+    let before = mapping_counters(&h.snapshot(), EIP, Hook::Xdp).0;
+    let stop = AtomicBool::new(false);
+    let mut mappings = ipnat_tests::testrun::standard_mappings();
+    let (sent, seen) = std::thread::scope(|s| {
+        let runner = s.spawn(|| {
+            let (mut sent, mut seen) = (0u64, [0u64; 2]);
+            while !stop.load(Ordering::Relaxed) || sent < 1000 {
+                let (verdict, out) = ipnat_tests::testrun::run_fd(fd.as_fd(), &frame);
+                assert_eq!(verdict, XDP_PASS);
+                let dst = Ipv4Addr::new(out[30], out[31], out[32], out[33]);
+                match dst {
+                    PRIV => seen[0] += 1,
+                    PRIV3 => seen[1] += 1,
+                    other => panic!("translated to {other}"),
+                }
+                sent += 1;
+            }
+            (sent, seen)
+        });
+        for i in 0..400 {
+            mappings[0].private = if i % 2 == 0 { PRIV3 } else { PRIV }.into();
+            h.dp.tables.apply(&mappings).unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        runner.join().unwrap()
+    });
+    let after = mapping_counters(&h.snapshot(), EIP, Hook::Xdp).0;
+    assert!(
+        seen[0] > 0 && seen[1] > 0,
+        "the replacements happened under traffic: {seen:?}"
+    );
+    assert_eq!(after - before, sent, "{seen:?}");
 }
