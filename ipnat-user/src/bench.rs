@@ -131,6 +131,8 @@ pub struct Report {
 enum Hook {
     Xdp,
     TcEgress,
+    /// TC on receive doing XDP's job (an interface without native XDP, or `xdp = false`).
+    TcGateway,
     Empty,
     Floor,
     TcEmpty,
@@ -144,7 +146,9 @@ impl Hook {
     fn name(self) -> &'static str {
         match self {
             Hook::Xdp => "xdp",
-            Hook::TcEgress | Hook::TcEmpty | Hook::HostIn | Hook::HostOut => "tc",
+            Hook::TcEgress | Hook::TcGateway | Hook::TcEmpty | Hook::HostIn | Hook::HostOut => {
+                "tc"
+            }
             Hook::Empty | Hook::Floor => "xdp",
         }
     }
@@ -264,6 +268,11 @@ fn paths(size: u32, distinct: usize, rng: &mut Rng) -> Vec<Path> {
         Path {
             name: "DNAT TCP hit",
             hook: Hook::Xdp,
+            frames: tcp_hits.clone(),
+        },
+        Path {
+            name: "DNAT TCP hit (TC only)",
+            hook: Hook::TcGateway,
             frames: tcp_hits,
         },
         Path {
@@ -336,6 +345,7 @@ fn run_one(
     let name = match hook {
         Hook::Xdp => names::XDP_PROGRAM,
         Hook::TcEgress => names::TC_EGRESS_PROGRAM,
+        Hook::TcGateway => names::TC_GATEWAY_PROGRAM,
         Hook::Empty => names::XDP_PASS_PROGRAM,
         Hook::Floor => names::BENCH_FLOOR_PROGRAM,
         Hook::TcEmpty => names::BENCH_TC_EMPTY_PROGRAM,
@@ -346,10 +356,7 @@ fn run_one(
         kind: "program",
         name,
     })?;
-    let r = if matches!(
-        hook,
-        Hook::TcEgress | Hook::TcEmpty | Hook::HostIn | Hook::HostOut
-    ) {
+    let r = if hook.name() == "tc" {
         let p: &SchedClassifier = prog.try_into().map_err(program(name))?;
         p.test_run(opts)
     } else {
@@ -422,10 +429,7 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<Report
         let (empty, floor, tc_empty) = (ns[0], ns[1], ns[2]);
         for (p, ns) in paths.iter().zip(ns) {
             // A hook's own empty program measures the test run's fixed cost.
-            let base = if matches!(
-                p.hook,
-                Hook::TcEgress | Hook::TcEmpty | Hook::HostIn | Hook::HostOut
-            ) {
+            let base = if p.hook.name() == "tc" {
                 tc_empty
             } else {
                 empty

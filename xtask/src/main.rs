@@ -584,6 +584,16 @@ fn bench(args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// A forwarding report row's name in the chart: the setup, with its generator and sink when
+/// the report has them.
+fn row_label(r: &serde_json::Value) -> String {
+    let setup = r["setup"].as_str().unwrap_or("");
+    match (r["generator"].as_str(), r["sink"].as_str()) {
+        (Some(g), Some(k)) => format!("{setup} ({g}, {k} sink)"),
+        _ => setup.to_owned(),
+    }
+}
+
 /// A grouped bar chart (SVG) of the forwarding report: Mpps per setup, one group per flow
 /// count.
 fn forwarding_chart(rows: &serde_json::Value) -> String {
@@ -591,7 +601,7 @@ fn forwarding_chart(rows: &serde_json::Value) -> String {
     let mut setups: Vec<String> = Vec::new();
     let mut flows: Vec<u64> = Vec::new();
     for r in &rows {
-        let s = r["setup"].as_str().unwrap_or("").to_owned();
+        let s = row_label(r);
         if !setups.contains(&s) {
             setups.push(s);
         }
@@ -620,7 +630,7 @@ fn forwarding_chart(rows: &serde_json::Value) -> String {
         for (si, s) in setups.iter().enumerate() {
             let Some(m) = rows
                 .iter()
-                .find(|r| r["setup"] == s.as_str() && r["flows"].as_u64() == Some(*f))
+                .find(|r| row_label(r) == *s && r["flows"].as_u64() == Some(*f))
                 .and_then(|r| r["mpps"].as_f64())
             else {
                 continue;

@@ -1,16 +1,25 @@
 //! Forwarding throughput on a real topology, side by side in one run: a generator namespace,
 //! the gateway, a sink namespace, on veth pairs.
 //!
-//! The generator is ipnat's `ipnat_bench_gen` run with BPF_PROG_TEST_RUN in live-frames mode
-//! (what xdp-trafficgen does): 64-byte UDP frames, the source port cycling through N flows,
-//! sent out of its veth into the gateway. The sink counts in XDP what arrives translated as
-//! expected. Compared, interleaved over rounds:
+//! Two generators (`--generator xdp-live,af_packet`, both by default; one the kernel refuses is
+//! reported and left out): ipnat's `ipnat_bench_gen` run with BPF_PROG_TEST_RUN in live-frames
+//! mode (what xdp-trafficgen does; some kernels refuse live frames with EPERM), and an
+//! AF_PACKET socket with PACKET_QDISC_BYPASS sending batches with sendmmsg. 64-byte UDP frames,
+//! the source port cycling through N flows (`--flows`), sent out of the generator's veth into
+//! the gateway. Two sinks count what arrives translated as expected: an XDP one (which a
+//! gateway's XDP redirect needs on a veth's far end) and a TC one (no XDP program: a gateway's
+//! XDP cannot send into that veth, and hands over to TC). Rows, interleaved in every round:
 //!
-//! * ipnat: XDP translation + redirect (the fast path);
+//! * generator only (no gateway), into each sink: what the generator and sink alone reach; a
+//!   gateway row above two thirds of it is marked generator-bound;
+//! * ipnat's fast path (XDP translation + redirect), into the XDP sink;
+//! * ipnat with XDP handing over to TC (the egress cannot take XDP frames), into the TC sink;
+//! * ipnat with TC only (`xdp = false` on the ingress: as on a NIC without native XDP);
 //! * XDP redirect without NAT (`ipnat_bench_redirect`, the ceiling);
-//! * the kernel forwarding without NAT;
-//! * nftables stateless NAT (`notrack`, `ip daddr set`);
-//! * iptables DNAT with conntrack.
+//! * the kernel forwarding without NAT, nftables stateless NAT (`notrack`, `ip daddr set`) and
+//!   iptables DNAT with conntrack, into each sink.
+//!
+//! `--baseline PATH` adds every ipnat row again with another `ipnat` binary, side by side.
 //!
 //! On a 2-core machine the generator, the gateway and the sink share the CPU that runs the
 //! generator (veth hands frames over in the sender's softirq), so every figure is the cost of
