@@ -177,11 +177,10 @@ pub fn count_mapping(t: &NatTarget, dir: Dir, key: u32, bytes: u64) {
     );
 }
 
-/// [`count_mapping`] as a function of its own (a BPF subprogram): the verifier follows its
-/// branches (prefix or exact table, entry found or gone) once per call inside it, instead of
-/// carrying them through everything its callers do afterwards, which took the fast path's
-/// programs past the verifier's limit of a million instructions.
-#[inline(never)]
+/// [`count_mapping`]'s lookup, of scalars only: a pointer to the entry kept from the first
+/// lookup to the count (across the packet path's helper calls) doubles the verifier's states at
+/// every branch after it, past its limit of a million instructions on the fast path.
+#[inline(always)]
 fn count_entry(key: u32, prefix: u32, public: u32, bytes: u64) {
     let (exact, prefixes) = if public != 0 {
         (&IPNAT_DNAT, &IPNAT_DNAT_PFX)
