@@ -14,7 +14,9 @@
 //!   gateway row above two thirds of it is marked generator-bound;
 //! * ipnat's fast path (XDP translation + redirect), into the XDP sink;
 //! * ipnat with XDP handing over to TC (the egress cannot take XDP frames), into the TC sink;
-//! * ipnat with TC only (`xdp = false` on the ingress: as on a NIC without native XDP);
+//! * ipnat with TC only (`xdp = false` on the ingress: as on a NIC without native XDP), to the
+//!   sink's veth and to a sink behind a bridge (an egress that is not a veth), beside the
+//!   kernel forwarding to each;
 //! * XDP redirect without NAT (`ipnat_bench_redirect`, the ceiling);
 //! * the kernel forwarding without NAT, nftables stateless NAT (`notrack`, `ip daddr set`) and
 //!   iptables DNAT with conntrack, into each sink.
@@ -47,6 +49,9 @@ use ipnat_tests::{
 const GEN: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const EIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 10);
 const SINK: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 10);
+/// Behind the second egress, a bridge (no native XDP, no veth peer to redirect into).
+const EIP_BR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 20);
+const SINK_BR: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 10);
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Setup {
@@ -57,6 +62,11 @@ enum Setup {
     IpnatHandover,
     /// ipnat with `xdp = false` on the ingress: TC alone, as on a NIC without native XDP.
     IpnatTc,
+    /// The same to the sink behind a bridge: an egress that is not a veth (no
+    /// `bpf_redirect_peer` shortcut could apply) and has no native XDP.
+    IpnatTcBridge,
+    /// The kernel forwarding to the sink behind the bridge.
+    KernelBridge,
     Ceiling,
     Kernel,
     Nft,
@@ -75,7 +85,7 @@ enum Sink {
 
 /// The rows, interleaved in every round: each setup with the sink its path needs (XDP
 /// redirects need the XDP sink), the kernel's own paths with both.
-const ROWS: [(Setup, Sink); 12] = [
+const ROWS: [(Setup, Sink); 14] = [
     (Setup::GeneratorOnly, Sink::Xdp),
     (Setup::Ipnat, Sink::Xdp),
     (Setup::Ceiling, Sink::Xdp),
@@ -86,6 +96,8 @@ const ROWS: [(Setup, Sink); 12] = [
     (Setup::IpnatHandover, Sink::Tc),
     (Setup::IpnatTc, Sink::Tc),
     (Setup::Kernel, Sink::Tc),
+    (Setup::IpnatTcBridge, Sink::Tc),
+    (Setup::KernelBridge, Sink::Tc),
     (Setup::Nft, Sink::Tc),
     (Setup::Iptables, Sink::Tc),
 ];
@@ -111,7 +123,10 @@ impl Row {
 
 impl Setup {
     fn ipnat(self) -> bool {
-        matches!(self, Setup::Ipnat | Setup::IpnatHandover | Setup::IpnatTc)
+        matches!(
+            self,
+            Setup::Ipnat | Setup::IpnatHandover | Setup::IpnatTc | Setup::IpnatTcBridge
+        )
     }
 
     fn name(self) -> &'static str {
@@ -121,6 +136,8 @@ impl Setup {
             Setup::IpnatTc => "ipnat, TC only (xdp = false)",
             Setup::Ceiling => "XDP redirect, no NAT",
             Setup::Kernel => "kernel forwarding, no NAT",
+            Setup::IpnatTcBridge => "ipnat, TC only, bridge egress",
+            Setup::KernelBridge => "kernel forwarding, bridge egress",
             Setup::Nft => "nftables stateless NAT",
             Setup::Iptables => "iptables DNAT (conntrack)",
             Setup::GeneratorOnly => "generator only (no gateway)",
@@ -131,6 +148,8 @@ impl Setup {
     fn target(self) -> Ipv4Addr {
         match self {
             Setup::Ceiling | Setup::Kernel | Setup::GeneratorOnly => SINK,
+            Setup::KernelBridge => SINK_BR,
+            Setup::IpnatTcBridge => EIP_BR,
             _ => EIP,
         }
     }
@@ -451,6 +470,13 @@ fn topology() -> Result<Topology> {
     t.gw.ip(&["addr", "add", "10.0.1.1/24", "dev", "int0"])?;
     t.sink.ip(&["addr", "add", "10.0.1.10/24", "dev", "s0"])?;
     t.sink.ip(&["route", "add", "default", "via", "10.0.1.1"])?;
+    // The second egress: int1 in a bridge (br1, 10.0.2.1) to the sink's s1 (10.0.2.10).
+    veth(&t.gw, "int1", &t.sink, "s1")?;
+    t.gw.ip(&["link", "add", "br1", "type", "bridge"])?;
+    t.gw.ip(&["link", "set", "int1", "master", "br1"])?;
+    t.gw.ip(&["link", "set", "br1", "up"])?;
+    t.gw.ip(&["addr", "add", "10.0.2.1/24", "dev", "br1"])?;
+    t.sink.ip(&["addr", "add", "10.0.2.10/24", "dev", "s1"])?;
     t.sender
         .ip(&["route", "add", "198.51.100.0/24", "via", "203.0.113.1"])?;
     t.gw.sysctl("net.ipv4.ip_forward", "1")?;
@@ -470,6 +496,17 @@ fn topology() -> Result<Topology> {
         &hex(s0_mac),
         "dev",
         "int0",
+        "nud",
+        "permanent",
+    ])?;
+    t.gw.ip(&[
+        "neigh",
+        "replace",
+        "10.0.2.10",
+        "lladdr",
+        &hex(mac(&t.sink, "s1")?),
+        "dev",
+        "br1",
         "nud",
         "permanent",
     ])?;
@@ -516,12 +553,14 @@ fn install(
         pass.then(|| xdp_pass(&t.gw, "ext0")).transpose()
     };
     Ok(match setup {
-        Setup::Ipnat | Setup::IpnatHandover | Setup::IpnatTc => {
+        Setup::Ipnat | Setup::IpnatHandover | Setup::IpnatTc | Setup::IpnatTcBridge => {
             let pin = format!("/sys/fs/bpf/ipnat-fwdbench-{}-{round}", std::process::id());
-            let xdp = setup != Setup::IpnatTc;
+            let xdp = !matches!(setup, Setup::IpnatTc | Setup::IpnatTcBridge);
             let config = format!(
                 "pin_path = \"{pin}\"\nmetrics_listen = \"off\"\n\n[[interface]]\nname = \"ext0\"\nxdp = {xdp}\n\n\
-                 [[interface]]\nname = \"int0\"\n\n[[mapping]]\npublic = \"{EIP}\"\nprivate = \"{SINK}\"\n"
+                 [[interface]]\nname = \"int0\"\n\n[[interface]]\nname = \"br1\"\n\n\
+                 [[mapping]]\npublic = \"{EIP}\"\nprivate = \"{SINK}\"\n\n\
+                 [[mapping]]\npublic = \"{EIP_BR}\"\nprivate = \"{SINK_BR}\"\n"
             );
             // Without ipnat's XDP on ext0, the generator's redirect into its peer needs one.
             let pass = if xdp { None } else { pass_program()? };
@@ -541,7 +580,7 @@ fn install(
         })?),
         // The kernel paths get a pass-everything XDP program on ext0: the generator's
         // redirect into the veth needs one there (any program), as ipnat's own is there.
-        Setup::Kernel => Installed::Rules(Setup::Kernel, pass_program()?),
+        Setup::Kernel | Setup::KernelBridge => Installed::Rules(Setup::Kernel, pass_program()?),
         Setup::Nft => {
             t.gw.run(
                 "nft",
@@ -630,18 +669,18 @@ fn attach_row_sink(
     sink: Sink,
     generator: Generator,
 ) -> Result<(Ebpf, Option<Ebpf>)> {
-    let (ns, iface) = if setup == Setup::GeneratorOnly {
-        (&t.gw, "ext0")
-    } else {
-        (&t.sink, "s0")
+    let (ns, iface, expected) = match setup {
+        Setup::GeneratorOnly => (&t.gw, "ext0", SINK),
+        Setup::IpnatTcBridge | Setup::KernelBridge => (&t.sink, "s1", SINK_BR),
+        _ => (&t.sink, "s0", SINK),
     };
     Ok(match sink {
-        Sink::Xdp => (attach_sink(ns, iface, SINK)?, None),
+        Sink::Xdp => (attach_sink(ns, iface, expected)?, None),
         Sink::Tc => {
             let pass = (setup == Setup::GeneratorOnly && generator == Generator::LiveFrames)
                 .then(|| xdp_pass(ns, iface))
                 .transpose()?;
-            (attach_tc_sink(ns, iface, SINK)?, pass)
+            (attach_tc_sink(ns, iface, expected)?, pass)
         }
     })
 }
