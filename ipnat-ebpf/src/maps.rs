@@ -6,15 +6,15 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    macros::map,
     helpers::generated::bpf_ktime_get_coarse_ns,
+    macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use ipnat_common::{
     EntryCounters, FLAG_PREFIXES, FLAG_STEER, MAX_INTERNAL_PREFIXES, MAX_MAPPINGS, MAX_PREFIXES,
-    MAX_RPF_ENTRIES, MAX_STEER_RULES, NatEntry, NatTarget, PrefixEntry, REASON_COUNT, RPF_TTL_NS, Reason,
-    RpfKey, Settings, SteerCounters, SteerTarget, TABLE_DNAT, TABLE_DNAT_PREFIX, TABLE_SNAT,
-    TABLE_SNAT_PREFIX,
+    MAX_RPF_ENTRIES, MAX_STEER_RULES, NatEntry, NatTarget, PrefixEntry, REASON_COUNT, RPF_TTL_NS,
+    Reason, RpfKey, Settings, SteerCounters, SteerTarget, TABLE_DNAT, TABLE_DNAT_PREFIX,
+    TABLE_SNAT, TABLE_SNAT_PREFIX,
 };
 
 use crate::dir::Dir;
@@ -109,7 +109,12 @@ fn lookup_prefix(map: &LpmTrie<u32, PrefixEntry>, addr: u32) -> Option<NatTarget
 
 /// The tables of direction `dir`: exact and prefix.
 #[inline(always)]
-fn tables(dir: Dir) -> (&'static HashMap<u32, NatEntry>, &'static LpmTrie<u32, PrefixEntry>) {
+fn tables(
+    dir: Dir,
+) -> (
+    &'static HashMap<u32, NatEntry>,
+    &'static LpmTrie<u32, PrefixEntry>,
+) {
     if dir.keyed_by_public() {
         (&IPNAT_DNAT, &IPNAT_DNAT_PFX)
     } else {

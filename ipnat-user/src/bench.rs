@@ -146,9 +146,7 @@ impl Hook {
     fn name(self) -> &'static str {
         match self {
             Hook::Xdp => "xdp",
-            Hook::TcEgress | Hook::TcGateway | Hook::TcEmpty | Hook::HostIn | Hook::HostOut => {
-                "tc"
-            }
+            Hook::TcEgress | Hook::TcGateway | Hook::TcEmpty | Hook::HostIn | Hook::HostOut => "tc",
             Hook::Empty | Hook::Floor => "xdp",
         }
     }

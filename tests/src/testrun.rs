@@ -348,7 +348,11 @@ pub fn run_fd(prog: std::os::fd::BorrowedFd<'_>, input: &[u8]) -> (u32, Vec<u8>)
             std::mem::size_of_val(&attr),
         )
     };
-    assert!(rc == 0, "BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
+    assert!(
+        rc == 0,
+        "BPF_PROG_TEST_RUN: {}",
+        std::io::Error::last_os_error()
+    );
     out.truncate((attr[1] >> 32) as usize);
     ((attr[0] >> 32) as u32, out)
 }

@@ -245,9 +245,7 @@ impl Tables {
                 } else {
                     &self.dnat
                 };
-                map.iter()
-                    .collect::<Result<_, _>>()
-                    .map_err(map_err(name))
+                map.iter().collect::<Result<_, _>>().map_err(map_err(name))
             }
         }
     }
@@ -347,8 +345,10 @@ impl Tables {
                 continue; // unchanged: no write
             }
             let (public, private) = (key(m.public.addr()), key(m.private.addr()));
-            let (public_exists, private_exists) =
-                (by_public.contains_key(&m.public), privates.contains(&m.private));
+            let (public_exists, private_exists) = (
+                by_public.contains_key(&m.public),
+                privates.contains(&m.private),
+            );
             if m.public.is_host() {
                 let to_public = NatTarget { addr: public, id };
                 let to_private = NatTarget { addr: private, id };
@@ -438,12 +438,11 @@ impl Tables {
                         )
                     });
                 }
-                let written = test_run(prog.as_fd(), &data).map_err(|error| {
-                    DataplaneError::Batch {
+                let written =
+                    test_run(prog.as_fd(), &data).map_err(|error| DataplaneError::Batch {
                         name: names::TABLE_WRITE_PROGRAM,
                         error,
-                    }
-                })?;
+                    })?;
                 if written as usize != chunk.len() {
                     return Err(DataplaneError::Batch {
                         name: names::TABLE_WRITE_PROGRAM,

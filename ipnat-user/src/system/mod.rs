@@ -60,7 +60,7 @@ mod netlink;
 mod sysctl;
 
 pub use addresses::*;
-pub use netlink::{resolve_neighbour, routing_changes, wait_routing_change};
 pub(crate) use netlink::{attr, netlink};
 use netlink::{netlink_recv, netlink_request, netlink_send};
+pub use netlink::{resolve_neighbour, routing_changes, wait_routing_change};
 pub use sysctl::*;

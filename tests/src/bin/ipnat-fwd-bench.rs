@@ -387,9 +387,8 @@ fn af_packet_send(
             i += 1;
         }
         // SAFETY: msgs point at live iovecs over live frames.
-        let rc = unsafe {
-            libc::sendmmsg(fd.as_raw_fd(), msgs.as_mut_ptr(), BATCH as libc::c_uint, 0)
-        };
+        let rc =
+            unsafe { libc::sendmmsg(fd.as_raw_fd(), msgs.as_mut_ptr(), BATCH as libc::c_uint, 0) };
         if rc < 0 {
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() == Some(libc::ENOBUFS) {
@@ -549,9 +548,8 @@ fn install(
     pass: bool,
     baseline: Option<&std::path::Path>,
 ) -> Result<Installed> {
-    let pass_program = || -> Result<Option<Ebpf>> {
-        pass.then(|| xdp_pass(&t.gw, "ext0")).transpose()
-    };
+    let pass_program =
+        || -> Result<Option<Ebpf>> { pass.then(|| xdp_pass(&t.gw, "ext0")).transpose() };
     Ok(match setup {
         Setup::Ipnat | Setup::IpnatHandover | Setup::IpnatTc | Setup::IpnatTcBridge => {
             let pin = format!("/sys/fs/bpf/ipnat-fwdbench-{}-{round}", std::process::id());

@@ -1005,7 +1005,10 @@ fn a_route_change_under_traffic_reaches_the_fast_paths_reverse_path_check() {
         udp_exchange(&lab.inet, &lab.backend, EIP, 7000 + i, b"before").unwrap();
     }
     let st = status(&lab);
-    assert!(st["remembered_reverse_paths"].as_u64().unwrap() >= 1, "{st}");
+    assert!(
+        st["remembered_reverse_paths"].as_u64().unwrap() >= 1,
+        "{st}"
+    );
     let (fast0, spoofed0) = reasons(&ipnat);
     assert!(fast0 >= 6, "the exchanges took the fast path: {fast0}");
     assert_eq!(spoofed0, 0);
@@ -1033,9 +1036,15 @@ fn a_route_change_under_traffic_reaches_the_fast_paths_reverse_path_check() {
         .unwrap();
     let mut buf = [0u8; 64];
     let (n, from) = sink.recv_from(&mut buf).unwrap();
-    assert_eq!((&buf[..n], from.ip()), (&b"after the change"[..], IpAddr::V4(INET)));
+    assert_eq!(
+        (&buf[..n], from.ip()),
+        (&b"after the change"[..], IpAddr::V4(INET))
+    );
     let (fast1, spoofed1) = reasons(&ipnat);
-    assert_eq!(spoofed1, 1, "the changed route was not seen: {fast1} forwarded");
+    assert_eq!(
+        spoofed1, 1,
+        "the changed route was not seen: {fast1} forwarded"
+    );
     assert_eq!(fast1, fast0, "forwarded against the new route");
 
     // Route gone: the fast path takes the flow again.

@@ -492,7 +492,10 @@ fn a_million_mappings_with_counters_fit_well_under_a_gib() {
     );
     assert_eq!(m.capacity, 1_000_000);
     assert!(m.bytes_per_mapping > 40.0, "memlock not read: {m:?}");
-    assert!(m.bytes_per_mapping <= 256.0, "over 256 bytes per mapping: {m:?}");
+    assert!(
+        m.bytes_per_mapping <= 256.0,
+        "over 256 bytes per mapping: {m:?}"
+    );
     // No per-CPU state grows with the mappings: the figure holds on a 16-CPU host too.
     assert!(m.total_bytes < 512 << 20, "{m:?}");
 }
@@ -623,13 +626,12 @@ fn replacing_a_mapping_under_traffic_loses_no_counter_increment() {
     };
     const PRIV3: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 12);
     let mut h = Harness::new();
-    let prog: &aya::programs::Xdp = h
-        .dp
-        .ebpf()
-        .program(ipnat_common::names::XDP_PROGRAM)
-        .unwrap()
-        .try_into()
-        .unwrap();
+    let prog: &aya::programs::Xdp =
+        h.dp.ebpf()
+            .program(ipnat_common::names::XDP_PROGRAM)
+            .unwrap()
+            .try_into()
+            .unwrap();
     let fd = prog.fd().unwrap().as_fd().try_clone_to_owned().unwrap();
     let frame = Ipv4::udp(INET, 40000, EIP, 53, b"count me").frame();
     let before = mapping_counters(&h.snapshot(), EIP, Hook::Xdp).0;
