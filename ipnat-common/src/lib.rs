@@ -13,6 +13,7 @@ pub const SCHEMA_VERSION: u32 = 7;
 pub const MAX_MAPPINGS: u32 = 65_536;
 /// Capacity of the prefix mapping tables (each direction).
 pub const MAX_PREFIXES: u32 = 4096;
+
 /// Where a table entry's translation is: the address to write and the mapping it belongs to.
 ///
 /// Eight bytes, so that the program reads it in a single load and never sees half of an old and

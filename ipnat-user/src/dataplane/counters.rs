@@ -32,26 +32,25 @@ impl Tables {
         // Each entry counts what its table's lookups translate (see `NatEntry`): the
         // public-keyed entries inbound in gateway orientation and outbound in host orientation,
         // the private-keyed ones the other way.
-        let mut by_public: std::collections::HashMap<Block, EntryCounters> = self
-            .exact_entries(names::DNAT_MAP)?
-            .into_iter()
-            .map(|(k, e)| (Block::from(addr(k)), e.counters))
-            .collect();
-        by_public.extend(
-            self.prefix_entries(true)?
+        let counters_by_key = |public: bool| -> Result<_, DataplaneError> {
+            let exact = if public {
+                names::DNAT_MAP
+            } else {
+                names::SNAT_MAP
+            };
+            let mut by: std::collections::HashMap<Block, EntryCounters> = self
+                .exact_entries(exact)?
                 .into_iter()
-                .map(|(b, e)| (b, e.counters)),
-        );
-        let mut by_private: std::collections::HashMap<Block, EntryCounters> = self
-            .exact_entries(names::SNAT_MAP)?
-            .into_iter()
-            .map(|(k, e)| (Block::from(addr(k)), e.counters))
-            .collect();
-        by_private.extend(
-            self.prefix_entries(false)?
-                .into_iter()
-                .map(|(b, e)| (b, e.counters)),
-        );
+                .map(|(k, e)| (Block::from(addr(k)), e.counters))
+                .collect();
+            by.extend(
+                self.prefix_entries(public)?
+                    .into_iter()
+                    .map(|(b, e)| (b, e.counters)),
+            );
+            Ok(by)
+        };
+        let (by_public, by_private) = (counters_by_key(true)?, counters_by_key(false)?);
         let host = self.flags()? & FLAG_HOST != 0;
         let mut mappings = Vec::new();
         for m in self.mappings()? {
