@@ -168,6 +168,20 @@ pub struct PrefixTarget {
     pub id: u32,
 }
 
+/// Values of the interface table (`IPNAT_XDP_TARGETS`, ifindex -> value) for every interface
+/// ipnat is attached to: XDP may redirect there (its driver can transmit XDP frames), or only
+/// TC may send there.
+pub const IFACE_XDP_TARGET: u32 = 1;
+pub const IFACE_TC_ONLY: u32 = 2;
+
+/// Put in an skb's `tc_index` by TC ingress when it sends a packet it translated and forwarded
+/// (a redirect passes the egress device's TC hook, unlike XDP's): `ipnat_tc_egress` clears it
+/// and lets the packet go, as the fast path's XDP redirects go past it. No kernel part in use
+/// reads `tc_index` any more (the dsmark qdisc and tcindex classifier are gone), and it never
+/// leaves the device: it is only set for an egress that runs `ipnat_tc_egress` (one of the
+/// interface table's), which clears it.
+pub const TC_FORWARDED: u32 = 0x1a7f;
+
 /// Reverse-path verdicts the fast path remembers (an LRU table: the least recently used go).
 pub const MAX_RPF_ENTRIES: u32 = 65_536;
 

@@ -23,7 +23,8 @@ use aya_ebpf::{
 use core::mem::size_of;
 
 use ipnat_common::{
-    FLAG_FAST_PATH, FLAG_HOST, FLAG_STEER, Reason, TABLE_WRITE_HEADER, TABLE_WRITES, TableWrite,
+    FLAG_FAST_PATH, FLAG_HOST, FLAG_STEER, Reason, TABLE_WRITE_HEADER, TABLE_WRITES, TC_FORWARDED,
+    TableWrite,
 };
 use ipnat_ebpf::{
     ctx::{Tc, Xdp},
@@ -92,10 +93,17 @@ fn tc_counted((reason, v): (Reason, Verdict)) -> i32 {
     }
 }
 
-/// Counts the reason; the forwarding decision as TC's action.
+/// Counts the reason; the forwarding decision as TC's action. A packet sent on is marked for
+/// the egress device's TC hook to let through (see [`TC_FORWARDED`]).
 #[inline(always)]
-fn tc_forwarded((reason, action): (Reason, Action)) -> i32 {
+fn tc_forwarded(ctx: &TcContext, (reason, action): (Reason, Action)) -> i32 {
     count_reason(reason);
+    if let Action::Out(egress) | Action::OutNeigh(egress, _) = action
+        && maps::ipnat_interface(egress)
+    {
+        // SAFETY: a field of the program's own context that TC programs may write.
+        unsafe { (*ctx.skb.skb).tc_index = TC_FORWARDED };
+    }
     fwd::tc_action(action)
 }
 
@@ -110,7 +118,7 @@ pub fn ipnat_tc_gateway(ctx: TcContext) -> i32 {
     }
     // SAFETY: reading the context's field.
     let ingress = unsafe { (*ctx.skb.skb).ifindex };
-    tc_forwarded(fwd::gateway(p, ingress, flags, false))
+    tc_forwarded(&ctx, fwd::gateway(p, ingress, flags, false))
 }
 
 /// TC ingress behind `ipnat_xdp`: with the fast path on, XDP leaves untouched what it does not
@@ -130,11 +138,19 @@ pub fn ipnat_tc_ingress(ctx: TcContext) -> i32 {
     let p = &mut Tc(&ctx);
     // SAFETY: reading the context's field.
     let ingress = unsafe { (*ctx.skb.skb).ifindex };
-    tc_forwarded(fwd::gateway(p, ingress, flags, false))
+    tc_forwarded(&ctx, fwd::gateway(p, ingress, flags, false))
 }
 
 #[classifier]
 pub fn ipnat_tc_egress(ctx: TcContext) -> i32 {
+    // SAFETY: a field of the program's own context that TC programs may read and write.
+    unsafe {
+        if (*ctx.skb.skb).tc_index == TC_FORWARDED {
+            // Translated and forwarded by TC ingress: nothing left to do here.
+            (*ctx.skb.skb).tc_index = 0;
+            return TC_ACT_OK as i32;
+        }
+    }
     let flags = maps::flags();
     let p = &mut Tc(&ctx);
     // One parse serves the translation and the steering.

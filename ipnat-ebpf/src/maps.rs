@@ -11,10 +11,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use ipnat_common::{
-    EntryCounters, FLAG_PREFIXES, FLAG_STEER, MAX_INTERNAL_PREFIXES, MAX_MAPPINGS, MAX_PREFIXES,
-    MAX_RPF_ENTRIES, MAX_STEER_RULES, NatEntry, NatTarget, PrefixEntry, REASON_COUNT, RPF_TTL_NS,
-    Reason, RpfKey, Settings, SteerCounters, SteerTarget, TABLE_DNAT, TABLE_DNAT_PREFIX,
-    TABLE_SNAT, TABLE_SNAT_PREFIX,
+    EntryCounters, FLAG_PREFIXES, FLAG_STEER, IFACE_XDP_TARGET, MAX_INTERNAL_PREFIXES,
+    MAX_MAPPINGS, MAX_PREFIXES, MAX_RPF_ENTRIES, MAX_STEER_RULES, NatEntry, NatTarget, PrefixEntry,
+    REASON_COUNT, RPF_TTL_NS, Reason, RpfKey, Settings, SteerCounters, SteerTarget, TABLE_DNAT,
+    TABLE_DNAT_PREFIX, TABLE_SNAT, TABLE_SNAT_PREFIX,
 };
 
 use crate::dir::Dir;
@@ -40,8 +40,9 @@ static IPNAT_STEER: LpmTrie<u32, SteerTarget> =
 /// Per-rule steering counters, indexed by rule id (0 unused).
 #[map(name = "IPNAT_STEER_CNT")]
 static IPNAT_STEER_CNT: Array<SteerCounters> = Array::with_max_entries(MAX_STEER_RULES + 1, 0);
-/// Interfaces XDP may redirect to (ifindex -> 1): those with ipnat's native XDP program. Any
-/// other egress goes through TC.
+/// The interfaces ipnat is attached to (ifindex -> `IFACE_XDP_TARGET`: XDP may redirect there,
+/// it runs ipnat's native XDP program and can transmit XDP frames; `IFACE_TC_ONLY`: only TC
+/// may). Any other egress goes through TC.
 #[map(name = "IPNAT_XDP_TARGETS")]
 static IPNAT_XDP_TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
 /// Internal prefixes (host orientation): peers there see the private addresses.
@@ -154,6 +155,13 @@ pub fn is_internal(addr: u32) -> bool {
 /// Whether XDP may redirect into `ifindex` (it runs ipnat's native XDP program).
 #[inline(always)]
 pub fn xdp_target(ifindex: u32) -> bool {
+    // SAFETY: the map returns a valid pointer to its u32 value, or none.
+    unsafe { IPNAT_XDP_TARGETS.get(&ifindex) }.is_some_and(|&v| v == IFACE_XDP_TARGET)
+}
+
+/// Whether ipnat's TC egress program runs on `ifindex` (it is one of ipnat's interfaces).
+#[inline(always)]
+pub fn ipnat_interface(ifindex: u32) -> bool {
     IPNAT_XDP_TARGETS.get_ptr(ifindex).is_some()
 }
 

@@ -20,10 +20,10 @@ use aya::{
     },
 };
 use ipnat_common::{
-    EntryCounters, FLAG_FAST_PATH, FLAG_HOST, FLAG_PREFIXES, FLAG_STEER, NatEntry, NatTarget,
-    PrefixEntry, PrefixTarget, Reason, RpfKey, SCHEMA_VERSION, Settings, SteerCounters,
-    SteerTarget, TABLE_DNAT, TABLE_DNAT_PREFIX, TABLE_SNAT, TABLE_SNAT_PREFIX, TABLE_WRITE_HEADER,
-    TABLE_WRITES, TableWrite, names,
+    EntryCounters, FLAG_FAST_PATH, FLAG_HOST, FLAG_PREFIXES, FLAG_STEER, IFACE_TC_ONLY,
+    IFACE_XDP_TARGET, NatEntry, NatTarget, PrefixEntry, PrefixTarget, Reason, RpfKey,
+    SCHEMA_VERSION, Settings, SteerCounters, SteerTarget, TABLE_DNAT, TABLE_DNAT_PREFIX,
+    TABLE_SNAT, TABLE_SNAT_PREFIX, TABLE_WRITE_HEADER, TABLE_WRITES, TableWrite, names,
 };
 use ipnet::Ipv4Net;
 use serde::Serialize;

@@ -776,10 +776,11 @@ impl Tables {
             .map_err(|error| DataplaneError::Batch { name, error })
     }
 
-    /// Whether XDP may redirect to interface `index`: only where ipnat's XDP runs (native) and
-    /// the driver can transmit redirected frames (`ndo-xmit`; a veth only while its peer has
-    /// an XDP program). Elsewhere XDP hands the packet to TC, which forwards it. Unknown
-    /// features (an older kernel): allowed, as before the kernel could say.
+    /// Records interface `index` (one ipnat is attached to) and whether XDP may redirect to it:
+    /// only where ipnat's XDP runs (native) and the driver can transmit redirected frames
+    /// (`ndo-xmit`; a veth only while its peer has an XDP program). Elsewhere XDP hands the
+    /// packet to TC, which forwards it. Unknown features (an older kernel): allowed, as before
+    /// the kernel could say.
     ///
     /// `sg`: some interface runs the frags-capable program, so a redirected frame may span
     /// several buffers, which a target must also be able to send (`ndo-xmit-sg`).
@@ -795,12 +796,10 @@ impl Tables {
             needed |= crate::netdev::XDP_NDO_XMIT_SG;
         }
         let ok = mode == AttachMode::XdpNative && features.is_none_or(|f| f & needed == needed);
-        if ok {
-            self.xdp_targets.insert(index, 1, 0)
-        } else {
-            absent_ok(self.xdp_targets.remove(&index))
-        }
-        .map_err(map_err(names::XDP_TARGETS))
+        let value = if ok { IFACE_XDP_TARGET } else { IFACE_TC_ONLY };
+        self.xdp_targets
+            .insert(index, value, 0)
+            .map_err(map_err(names::XDP_TARGETS))
     }
 
     /// The internal prefixes in the kernel.
