@@ -104,10 +104,13 @@ impl PrefixEntry {
     }
 }
 
-/// A request to the `ipnat_table_write` program (run with BPF_PROG_TEST_RUN, never attached):
-/// replace the translation of the entry keyed `key` in `table` with `value` (a [`NatTarget`]
-/// or a [`PrefixTarget`], as 8 bytes), in place, leaving its counters alone. The packet the
-/// program is run on is an Ethernet-sized header followed by up to [`TABLE_WRITES`] requests.
+/// A request to the `ipnat_table_write` program (run with BPF_PROG_TEST_RUN, never attached),
+/// for the entry keyed `key` in `table`: [`WRITE_TRANSLATION`] replaces its translation with
+/// `value` (a [`NatTarget`] or a [`PrefixTarget`], as 8 bytes) in place, leaving its counters
+/// alone; [`WRITE_ADD_COUNTERS`] adds `value` packets and `bytes` bytes to its counters with
+/// atomic adds (a table rebuild carries over what the old tables counted after the copy). The
+/// packet the program is run on is an Ethernet-sized header followed by up to
+/// [`TABLE_WRITES`] requests.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TableWrite {
@@ -116,10 +119,15 @@ pub struct TableWrite {
     /// The prefix length of a prefix table's key (32 for the exact tables).
     pub prefix_len: u32,
     pub key: u32,
-    pub _pad: u32,
-    /// The new [`NatTarget`] or [`PrefixTarget`], as its 8 bytes.
+    pub op: u32,
+    /// The new [`NatTarget`] or [`PrefixTarget`], as its 8 bytes; or packets to add.
     pub value: u64,
+    /// Bytes to add.
+    pub bytes: u64,
 }
+
+pub const WRITE_TRANSLATION: u32 = 0;
+pub const WRITE_ADD_COUNTERS: u32 = 1;
 
 impl TableWrite {
     /// A new translation for the entry keyed `key` in an exact table.
@@ -128,8 +136,21 @@ impl TableWrite {
             table,
             prefix_len: 32,
             key,
-            _pad: 0,
+            op: WRITE_TRANSLATION,
             value: target.to_word(),
+            bytes: 0,
+        }
+    }
+
+    /// Adds `counters` to the entry keyed `key` in an exact table.
+    pub const fn add_counters(table: u32, key: u32, counters: EntryCounters) -> Self {
+        Self {
+            table,
+            prefix_len: 32,
+            key,
+            op: WRITE_ADD_COUNTERS,
+            value: counters.packets,
+            bytes: counters.bytes,
         }
     }
 
@@ -139,8 +160,9 @@ impl TableWrite {
             table,
             prefix_len,
             key,
-            _pad: 0,
+            op: WRITE_TRANSLATION,
             value: target.to_word(),
+            bytes: 0,
         }
     }
 }
@@ -149,8 +171,8 @@ pub const TABLE_DNAT: u32 = 0;
 pub const TABLE_SNAT: u32 = 1;
 pub const TABLE_DNAT_PREFIX: u32 = 2;
 pub const TABLE_SNAT_PREFIX: u32 = 3;
-/// Requests per run of `ipnat_table_write`.
-pub const TABLE_WRITES: usize = 128;
+/// Requests per run of `ipnat_table_write` (the run's data fits an XDP test run's page).
+pub const TABLE_WRITES: usize = 96;
 /// The header in front of the requests (an XDP test run needs an Ethernet header's worth).
 pub const TABLE_WRITE_HEADER: usize = 16;
 
@@ -460,7 +482,7 @@ impl SteerTarget {
 const _: () = assert!(core::mem::size_of::<NatTarget>() == 8);
 const _: () = assert!(core::mem::size_of::<NatEntry>() == 24);
 const _: () = assert!(core::mem::size_of::<PrefixEntry>() == 24);
-const _: () = assert!(core::mem::size_of::<TableWrite>() == 24);
+const _: () = assert!(core::mem::size_of::<TableWrite>() == 32);
 const _: () = assert!(core::mem::size_of::<PrefixTarget>() == 8);
 const _: () = assert!(core::mem::size_of::<Settings>() == 8);
 const _: () = assert!(core::mem::size_of::<SteerTarget>() == 24);

@@ -211,7 +211,7 @@ pub fn ipnat_table_write(ctx: XdpContext) -> u32 {
         }
         // SAFETY: bounds-checked just above.
         let w = unsafe { (at as *const TableWrite).read_unaligned() };
-        if maps::write_in_place(w.table, w.prefix_len, w.key, w.value) {
+        if maps::write_in_place(&w) {
             written += 1;
         }
     }

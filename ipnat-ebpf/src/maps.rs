@@ -14,7 +14,7 @@ use ipnat_common::{
     EntryCounters, FLAG_PREFIXES, FLAG_STEER, IFACE_XDP_TARGET, MAX_INTERNAL_PREFIXES,
     MAX_MAPPINGS, MAX_PREFIXES, MAX_RPF_ENTRIES, MAX_STEER_RULES, NatEntry, NatTarget, PrefixEntry,
     REASON_COUNT, RPF_TTL_NS, Reason, RpfKey, Settings, SteerCounters, SteerTarget, TABLE_DNAT,
-    TABLE_DNAT_PREFIX, TABLE_SNAT, TABLE_SNAT_PREFIX,
+    TABLE_DNAT_PREFIX, TABLE_SNAT, TABLE_SNAT_PREFIX, TableWrite, WRITE_ADD_COUNTERS,
 };
 
 use crate::dir::Dir;
@@ -217,12 +217,13 @@ fn count_entry(key: u32, prefix: u32, public: u32, bytes: u64) {
     unsafe { add(&raw mut (*c).packets, &raw mut (*c).bytes, bytes) };
 }
 
-/// Replaces, in place, the translation of the entry keyed (`prefix_len`, `key`) in `table`
-/// (see [`ipnat_common::TableWrite`]) with `value`, one 8-byte store: a program reading it sees
-/// the old or the new translation, and the counters beside it are left alone. False when there
-/// is no such entry (the controller then inserts one).
+/// Carries out one [`TableWrite`] request on the entry keyed (`prefix_len`, `key`) in `table`:
+/// replaces its translation with `value`, one 8-byte store (a program reading it sees the old
+/// or the new translation, and the counters beside it are left alone), or adds to its counters
+/// atomically. False when there is no such entry (the controller then inserts one).
 #[inline(always)]
-pub fn write_in_place(table: u32, prefix_len: u32, key: u32, value: u64) -> bool {
+pub fn write_in_place(w: &TableWrite) -> bool {
+    let (table, prefix_len, key) = (w.table, w.prefix_len, w.key);
     let entry: *mut u64 = match table {
         TABLE_DNAT => match IPNAT_DNAT.get_ptr_mut(key) {
             Some(e) => e as *mut u64,
@@ -247,8 +248,17 @@ pub fn write_in_place(table: u32, prefix_len: u32, key: u32, value: u64) -> bool
         }
         _ => return false,
     };
+    if w.op == WRITE_ADD_COUNTERS {
+        // SAFETY: the counters follow the 8-byte translation in both entry types.
+        unsafe {
+            let c = entry.add(1) as *mut EntryCounters;
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*c).packets, w.value);
+            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*c).bytes, w.bytes);
+        }
+        return true;
+    }
     // SAFETY: the first 8 bytes of a valid map value, 8-aligned.
-    unsafe { core::ptr::write_volatile(entry, value) };
+    unsafe { core::ptr::write_volatile(entry, w.value) };
     true
 }
 

@@ -167,6 +167,8 @@ pub fn run(config_path: &Path, config: Config, stats_interval: u64) -> Result<()
         for gone in dp.detach_others(&keep)? {
             info!(link = %gone, "detached: interface no longer configured");
         }
+        // Every link runs the new programs now: a rebuild's old tables count no more.
+        dp.settle_rebuild()?;
         Ok(())
     })();
     if let Err(e) = setup {

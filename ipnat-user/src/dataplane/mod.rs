@@ -129,6 +129,8 @@ pub struct Dataplane {
     adopted: bool,
     /// Interfaces running the frags-capable XDP program.
     frags: HashSet<u32>,
+    /// A rebuild's old exact tables, until the links run the new programs.
+    carried: Option<Carried>,
 }
 
 impl Dataplane {
@@ -216,9 +218,10 @@ impl Dataplane {
         // After a layout change the settings are a new map to claim; otherwise an adopted
         // one must already be ours.
         let migrated = rebuild.as_ref().is_some_and(Rebuild::migrates);
-        if let Some(old) = rebuild {
-            old.copy_into(&tables)?;
-        }
+        let carried = match rebuild {
+            Some(old) => old.copy_into(&tables)?,
+            None => None,
+        };
         tables.claim_schema(adopted && !migrated)?;
         Ok(Self {
             ebpf,
@@ -226,7 +229,17 @@ impl Dataplane {
             pin_dir: pin_dir.map(Path::to_owned),
             adopted,
             frags: HashSet::new(),
+            carried,
         })
+    }
+
+    /// After a rebuild, once every link runs this binary's programs: adds what the old tables
+    /// counted since they were copied (see `Carried`). Nothing to do otherwise.
+    pub fn settle_rebuild(&mut self) -> Result<(), DataplaneError> {
+        match self.carried.take() {
+            Some(carried) => carried.settle(&mut self.tables),
+            None => Ok(()),
+        }
     }
 
     /// The loaded program object, e.g. for BPF_PROG_TEST_RUN.

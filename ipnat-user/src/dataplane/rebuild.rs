@@ -103,8 +103,9 @@ pub(super) fn copy_map(
 /// entry (an array up to the shorter length: outcome counters are only ever appended, so
 /// they keep their meaning); one whose layout changed starts empty, and the controller refills
 /// the tables from the config. Attaching then replaces the programs (and so the maps they use)
-/// link by link: traffic keeps flowing, and counter increments on the old maps between the
-/// copy and the swap are lost.
+/// link by link: traffic keeps flowing. What the old programs count in the exact tables
+/// between the copy and the swap is added afterwards ([`Carried`]); in the other maps (outcome
+/// and steering counters, block mappings' counters) it is lost.
 pub(super) struct Rebuild {
     /// The pinned maps' layout version.
     pub(super) from: u32,
@@ -178,8 +179,12 @@ impl Rebuild {
         self.from != 0 && self.from != SCHEMA_VERSION
     }
 
-    pub(super) fn copy_into(self, new: &Tables) -> Result<(), DataplaneError> {
+    /// Copies the old maps' contents into the new ones. The exact tables' entries are copied
+    /// as read at that moment, and kept with the old maps ([`Carried`]): what the old programs
+    /// count until their links are swapped is added afterwards ([`Carried::settle`]).
+    pub(super) fn copy_into(self, new: &Tables) -> Result<Option<Carried>, DataplaneError> {
         use std::os::fd::AsFd;
+        let mut carried = Carried::default();
         for (name, old) in self.old {
             let Some(fd) = new.batch_fds.get(name) else {
                 continue;
@@ -202,6 +207,18 @@ impl Rebuild {
                 );
                 continue;
             }
+            let batch = |error| DataplaneError::Batch { name, error };
+            if matches!(name, names::DNAT_MAP | names::SNAT_MAP)
+                && let Some(entries) =
+                    lookup_batch::<u32, NatEntry>(old.fd().as_fd()).map_err(batch)?
+            {
+                let (keys, values): (Vec<u32>, Vec<NatEntry>) = entries.iter().copied().unzip();
+                if update_batch(fd.as_fd(), &keys, &values).map_err(batch)? {
+                    let copied = entries.into_iter().map(|(k, e)| (k, e.counters)).collect();
+                    carried.maps.push((name, old, copied));
+                    continue;
+                }
+            }
             let per_cpu = matches!(
                 b.map_type(),
                 Ok(aya::maps::MapType::PerCpuArray | aya::maps::MapType::PerCpuHash)
@@ -213,7 +230,59 @@ impl Rebuild {
                 a.value_size() as usize,
                 per_cpu,
             )
-            .map_err(|error| DataplaneError::Batch { name, error })?;
+            .map_err(batch)?;
+        }
+        Ok((!carried.maps.is_empty()).then_some(carried))
+    }
+}
+
+/// The old exact tables of a rebuild, with their entries' counters as copied: until the
+/// programs are swapped link by link, the old programs go on counting in the old tables.
+#[derive(Default)]
+pub(super) struct Carried {
+    maps: Vec<(
+        &'static str,
+        MapData,
+        std::collections::HashMap<u32, EntryCounters>,
+    )>,
+}
+
+impl Carried {
+    /// After every link runs the new programs: adds what the old tables counted since the copy
+    /// to the same entries of the new ones (atomic adds, through the table writer), so a
+    /// rebuild loses no increment. Waits a moment first for programs still running on the old
+    /// tables (a link update lets a running program finish).
+    pub(super) fn settle(self, tables: &mut Tables) -> Result<(), DataplaneError> {
+        use std::os::fd::AsFd;
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        for (name, old, copied) in self.maps {
+            let batch = |error| DataplaneError::Batch { name, error };
+            let Some(now) = lookup_batch::<u32, NatEntry>(old.fd().as_fd()).map_err(batch)? else {
+                continue;
+            };
+            let present: std::collections::HashSet<u32> = tables
+                .exact_entries(name)?
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
+            let table = if name == names::DNAT_MAP {
+                TABLE_DNAT
+            } else {
+                TABLE_SNAT
+            };
+            let writes: Vec<TableWrite> = now
+                .into_iter()
+                .filter(|(k, _)| present.contains(k))
+                .filter_map(|(k, e)| {
+                    let then = copied.get(&k).copied().unwrap_or_default();
+                    let delta = EntryCounters {
+                        packets: e.counters.packets.saturating_sub(then.packets),
+                        bytes: e.counters.bytes.saturating_sub(then.bytes),
+                    };
+                    (delta.packets != 0).then_some(TableWrite::add_counters(table, k, delta))
+                })
+                .collect();
+            tables.write_in_place(&writes)?;
         }
         Ok(())
     }

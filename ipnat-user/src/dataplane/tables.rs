@@ -421,7 +421,7 @@ impl Tables {
     /// `ipnat_table_write` program (this process's, or the one `ipnat run` pinned), else (pins
     /// of a data plane without one) by reading each entry and writing it back with its
     /// counters, which loses what the data path adds in between.
-    fn write_in_place(&mut self, writes: &[TableWrite]) -> Result<(), DataplaneError> {
+    pub(super) fn write_in_place(&mut self, writes: &[TableWrite]) -> Result<(), DataplaneError> {
         use std::os::fd::AsFd;
         if writes.is_empty() {
             return Ok(());
