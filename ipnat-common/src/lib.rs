@@ -59,6 +59,14 @@ pub struct EntryCounters {
     pub bytes: u64,
 }
 
+impl EntryCounters {
+    /// No traffic yet.
+    pub const ZERO: Self = Self {
+        packets: 0,
+        bytes: 0,
+    };
+}
+
 /// Value of the exact NAT tables. The table keyed by the public address counts what its
 /// lookups translate: inbound packets in gateway orientation (destination public -> private),
 /// outbound in host orientation (source public -> private); the one keyed by the private
@@ -75,10 +83,7 @@ impl NatEntry {
     pub const fn new(target: NatTarget) -> Self {
         Self {
             target,
-            counters: EntryCounters {
-                packets: 0,
-                bytes: 0,
-            },
+            counters: EntryCounters::ZERO,
         }
     }
 }
@@ -96,10 +101,7 @@ impl PrefixEntry {
     pub const fn new(target: PrefixTarget) -> Self {
         Self {
             target,
-            counters: EntryCounters {
-                packets: 0,
-                bytes: 0,
-            },
+            counters: EntryCounters::ZERO,
         }
     }
 }
@@ -130,39 +132,35 @@ pub const WRITE_TRANSLATION: u32 = 0;
 pub const WRITE_ADD_COUNTERS: u32 = 1;
 
 impl TableWrite {
-    /// A new translation for the entry keyed `key` in an exact table.
-    pub const fn exact(table: u32, key: u32, target: NatTarget) -> Self {
-        Self {
-            table,
-            prefix_len: 32,
-            key,
-            op: WRITE_TRANSLATION,
-            value: target.to_word(),
-            bytes: 0,
-        }
-    }
-
-    /// Adds `counters` to the entry keyed `key` in an exact table.
-    pub const fn add_counters(table: u32, key: u32, counters: EntryCounters) -> Self {
-        Self {
-            table,
-            prefix_len: 32,
-            key,
-            op: WRITE_ADD_COUNTERS,
-            value: counters.packets,
-            bytes: counters.bytes,
-        }
-    }
-
-    /// A new translation for the entry keyed (`prefix_len`, `key`) in a prefix table.
-    pub const fn prefix(table: u32, prefix_len: u32, key: u32, target: PrefixTarget) -> Self {
+    /// A new translation (its 8-byte `word`) for the entry keyed (`prefix_len`, `key`).
+    const fn translation(table: u32, prefix_len: u32, key: u32, word: u64) -> Self {
         Self {
             table,
             prefix_len,
             key,
             op: WRITE_TRANSLATION,
-            value: target.to_word(),
+            value: word,
             bytes: 0,
+        }
+    }
+
+    /// A new translation for the entry keyed `key` in an exact table.
+    pub const fn exact(table: u32, key: u32, target: NatTarget) -> Self {
+        Self::translation(table, 32, key, target.to_word())
+    }
+
+    /// A new translation for the entry keyed (`prefix_len`, `key`) in a prefix table.
+    pub const fn prefix(table: u32, prefix_len: u32, key: u32, target: PrefixTarget) -> Self {
+        Self::translation(table, prefix_len, key, target.to_word())
+    }
+
+    /// Adds `counters` to the entry keyed `key` in an exact table.
+    pub const fn add_counters(table: u32, key: u32, counters: EntryCounters) -> Self {
+        Self {
+            op: WRITE_ADD_COUNTERS,
+            value: counters.packets,
+            bytes: counters.bytes,
+            ..Self::translation(table, 32, key, 0)
         }
     }
 }

@@ -107,18 +107,23 @@ fn tc_forwarded(ctx: &TcContext, (reason, action): (Reason, Action)) -> i32 {
     fwd::tc_action(action)
 }
 
+/// The gateway's fast path at TC ingress, for both TC receive programs.
+#[inline(always)]
+fn tc_gateway(ctx: &TcContext, flags: u32) -> i32 {
+    // SAFETY: reading the context's field.
+    let ingress = unsafe { (*ctx.skb.skb).ifindex };
+    tc_forwarded(ctx, fwd::gateway(&mut Tc(ctx), ingress, flags, false))
+}
+
 /// TC ingress doing XDP's job, on an interface without native XDP (the controller attaches it
 /// there instead of `ipnat_xdp` and `ipnat_tc_ingress`).
 #[classifier]
 pub fn ipnat_tc_gateway(ctx: TcContext) -> i32 {
     let flags = maps::flags();
-    let p = &mut Tc(&ctx);
     if flags & FLAG_FAST_PATH == 0 {
-        return tc_counted(nat::translate(p, Dir::Dnat, flags));
+        return tc_counted(nat::translate(&mut Tc(&ctx), Dir::Dnat, flags));
     }
-    // SAFETY: reading the context's field.
-    let ingress = unsafe { (*ctx.skb.skb).ifindex };
-    tc_forwarded(&ctx, fwd::gateway(p, ingress, flags, false))
+    tc_gateway(&ctx, flags)
 }
 
 /// TC ingress behind `ipnat_xdp`: with the fast path on, XDP leaves untouched what it does not
@@ -135,10 +140,7 @@ pub fn ipnat_tc_ingress(ctx: TcContext) -> i32 {
     if flags & FLAG_FAST_PATH == 0 {
         return TC_ACT_OK as i32;
     }
-    let p = &mut Tc(&ctx);
-    // SAFETY: reading the context's field.
-    let ingress = unsafe { (*ctx.skb.skb).ifindex };
-    tc_forwarded(&ctx, fwd::gateway(p, ingress, flags, false))
+    tc_gateway(&ctx, flags)
 }
 
 #[classifier]

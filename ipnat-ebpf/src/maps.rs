@@ -165,42 +165,28 @@ pub fn ipnat_interface(ifindex: u32) -> bool {
     IPNAT_XDP_TARGETS.get_ptr(ifindex).is_some()
 }
 
-/// Adds one packet of `bytes` to a pair of shared counters.
+/// Adds `packets` and `bytes` to a pair of shared counters.
 #[inline(always)]
-fn add(packets: *mut u64, bytes_counter: *mut u64, bytes: u64) {
+fn add(counter_packets: *mut u64, counter_bytes: *mut u64, packets: u64, bytes: u64) {
     // SAFETY: pointers into a map value, which lives as long as the map. BPF atomic add (no
     // fetch), because CPUs share the value: the bpfel target has no compare-and-swap, so
     // core's AtomicU64::fetch_add is not available there.
     unsafe {
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(packets, 1);
-        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(bytes_counter, bytes);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter_packets, packets);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter_bytes, bytes);
     }
 }
 
 /// Counts one packet of `bytes` translated by mapping `t`, found by `key` in direction `dir`'s
 /// tables, in its entry: the lookup that found it brought the entry into the cache, so this
-/// second one costs a hash of hot lines, not a cache miss.
+/// second one costs a hash of hot lines, not a cache miss. It looks the entry up again, by
+/// scalars only, because a pointer to the entry kept from the first lookup to the count
+/// (across the packet path's helper calls) doubles the verifier's states at every branch
+/// after it, past its limit of a million instructions on the fast path.
 #[inline(always)]
 pub fn count_mapping(t: &NatTarget, dir: Dir, key: u32, bytes: u64) {
-    count_entry(
-        key,
-        t.id & IN_PREFIX_TABLE,
-        u32::from(dir.keyed_by_public()),
-        bytes,
-    );
-}
-
-/// [`count_mapping`]'s lookup, of scalars only: a pointer to the entry kept from the first
-/// lookup to the count (across the packet path's helper calls) doubles the verifier's states at
-/// every branch after it, past its limit of a million instructions on the fast path.
-#[inline(always)]
-fn count_entry(key: u32, prefix: u32, public: u32, bytes: u64) {
-    let (exact, prefixes) = if public != 0 {
-        (&IPNAT_DNAT, &IPNAT_DNAT_PFX)
-    } else {
-        (&IPNAT_SNAT, &IPNAT_SNAT_PFX)
-    };
-    let c: *mut EntryCounters = if prefix != 0 {
+    let (exact, prefixes) = tables(dir);
+    let c: *mut EntryCounters = if t.id & IN_PREFIX_TABLE != 0 {
         match prefixes.get(&Key::new(32, key)) {
             // The trie's values are writable memory; aya's getter hands out a shared reference.
             Some(e) => &raw const e.counters as *mut EntryCounters,
@@ -214,7 +200,7 @@ fn count_entry(key: u32, prefix: u32, public: u32, bytes: u64) {
         }
     };
     // SAFETY: a pointer into a map value, which lives while the program runs.
-    unsafe { add(&raw mut (*c).packets, &raw mut (*c).bytes, bytes) };
+    unsafe { add(&raw mut (*c).packets, &raw mut (*c).bytes, 1, bytes) };
 }
 
 /// Carries out one [`TableWrite`] request on the entry keyed (`prefix_len`, `key`) in `table`:
@@ -252,8 +238,7 @@ pub fn write_in_place(w: &TableWrite) -> bool {
         // SAFETY: the counters follow the 8-byte translation in both entry types.
         unsafe {
             let c = entry.add(1) as *mut EntryCounters;
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*c).packets, w.value);
-            atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(&raw mut (*c).bytes, w.bytes);
+            add(&raw mut (*c).packets, &raw mut (*c).bytes, w.value, w.bytes);
         }
         return true;
     }
@@ -280,7 +265,7 @@ pub fn count_steer(id: u32, bytes: u64) {
     if let Some(c) = IPNAT_STEER_CNT.get_ptr_mut(id) {
         let c: *mut SteerCounters = c;
         // SAFETY: taking field addresses of a valid map value.
-        unsafe { add(&raw mut (*c).packets, &raw mut (*c).bytes, bytes) };
+        unsafe { add(&raw mut (*c).packets, &raw mut (*c).bytes, 1, bytes) };
     }
 }
 

@@ -345,8 +345,15 @@ fn growing_the_tables_on_restart_keeps_traffic_and_counters() {
     // adds what the old tables counted after the copy once every link runs the new programs:
     // every datagram counted once. (Before that was done, the increments of the window were
     // lost: 65 of 8,344 in one run, 946 of 11,112 in another while the whole suite ran.)
-    assert!(after > before, "counters carried over: {before} then {after}");
-    assert_eq!(after, u64::from(sent), "every datagram counted once: {stats}");
+    assert!(
+        after > before,
+        "counters carried over: {before} then {after}"
+    );
+    assert_eq!(
+        after,
+        u64::from(sent),
+        "every datagram counted once: {stats}"
+    );
 }
 
 #[test]
