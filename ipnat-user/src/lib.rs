@@ -4,6 +4,7 @@ pub mod bench;
 pub mod config;
 pub mod controller;
 pub mod dataplane;
+pub mod fleet;
 pub mod import;
 pub mod metrics;
 pub mod netdev;

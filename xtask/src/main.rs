@@ -30,7 +30,22 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("iptables", "firewall tests"),
     ("tcpdump", "debugging captures"),
     ("iperf3", "throughput runs"),
+    (
+        "etcd-server",
+        "the fleet's table: the tests start their own etcd (never the system's daemon)",
+    ),
+    (
+        "protobuf-compiler",
+        "protoc: the etcd client's build generates its gRPC code",
+    ),
+    (
+        "libprotobuf-dev",
+        "the well-known .proto files the etcd API imports",
+    ),
 ];
+
+/// Debian's policy hook that tells maintainer scripts whether they may start services.
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "ipnat's project tasks")]
@@ -194,10 +209,25 @@ fn debian_packages() -> Result<()> {
         .args(["update", "-q"])
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
     step(&format!("apt-get install {}", missing.join(" ")));
-    run(Command::new("apt-get")
+    // etcd's package starts a system daemon on install (on port 2379, with its data in
+    // /var/lib/etcd): the tests and the lab run their own instances and want none. Debian's
+    // policy hook denies the start; one already there is left as it is.
+    let hook = Path::new(POLICY_RC_D);
+    let own_hook = !hook.exists();
+    if own_hook {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(hook, "#!/bin/sh\n# cargo xtask setup: no service starts while it installs\nexit 101\n")
+            .with_context(|| format!("writing {POLICY_RC_D}"))?;
+        std::fs::set_permissions(hook, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let installed = run(Command::new("apt-get")
         .args(["install", "-y", "-q", "--no-install-recommends"])
         .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+        .env("DEBIAN_FRONTEND", "noninteractive"));
+    if own_hook {
+        std::fs::remove_file(hook).with_context(|| format!("removing {POLICY_RC_D}"))?;
+    }
+    installed
 }
 
 /// A bpffs at /sys/fs/bpf, as systemd mounts one at boot: ipnat never mounts one itself (it

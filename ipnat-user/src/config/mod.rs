@@ -16,12 +16,14 @@ use thiserror::Error;
 
 mod block;
 mod cloud;
+mod etcd;
 #[cfg(test)]
 mod tests;
 mod validate;
 
 pub use block::Block;
 pub use cloud::{AliyunConfig, AwsConfig, Cloud, Provider};
+pub use etcd::{DEFAULT_ETCD_PREFIX, EtcdConfig};
 pub use validate::*;
 
 /// Where the maps are pinned unless the config says otherwise.
@@ -68,6 +70,10 @@ pub struct Config {
     /// Sync steering rules from the ECS instance metadata (absent: off).
     #[serde(default)]
     pub aliyun: Option<AliyunConfig>,
+    /// Follow the fleet's shared table in etcd (absent: off). Its mappings and steering rules
+    /// join the config's own, which win for the same addresses.
+    #[serde(default)]
+    pub etcd: Option<EtcdConfig>,
 }
 
 /// Packets from `source` leave by `interface`: to the destination itself when it is in

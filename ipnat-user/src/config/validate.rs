@@ -152,6 +152,9 @@ impl Config {
                 ));
             }
         }
+        if let Some(e) = &self.etcd {
+            e.validate()?;
+        }
         if self.metrics_listen != "off"
             && self.metrics_listen.parse::<std::net::SocketAddr>().is_err()
         {
@@ -201,7 +204,7 @@ fn both_or_neither(
     ))
 }
 
-fn invalid(key: String, value: &dyn std::fmt::Display, why: &str) -> ConfigError {
+pub(super) fn invalid(key: String, value: &dyn std::fmt::Display, why: &str) -> ConfigError {
     ConfigError::Invalid {
         key,
         value: value.to_string(),

@@ -54,6 +54,15 @@ pub enum Command {
         #[command(subcommand)]
         action: EniCommand,
     },
+    /// The fleet's shared table in etcd (the config's [etcd] section, or --etcd): every
+    /// gateway whose config names the same cluster and prefix serves it. Writes are validated
+    /// with the whole table exactly as a config is, and committed in one transaction that
+    /// fails if another writer got in first (then read and validated again): two conflicting
+    /// writes can never both succeed.
+    Fleet {
+        #[command(subcommand)]
+        action: FleetCommand,
+    },
     /// Validate a config file and print what it would install; changes nothing.
     Check {
         #[arg(long, short, default_value = "/etc/ipnat/ipnat.toml")]
@@ -238,4 +247,54 @@ pub fn pin_path_arg(s: &str) -> Result<PathBuf, String> {
     let path = PathBuf::from(s);
     ipnat::state::check_pin_path(&path)?;
     Ok(path)
+}
+
+/// Where the fleet's etcd is: the config's [etcd] section, or the endpoints given.
+#[derive(Args, Clone, Debug)]
+pub struct FleetTarget {
+    /// Config file whose [etcd] section names the cluster (ignored with --etcd).
+    #[arg(long, short, default_value = "/etc/ipnat/ipnat.toml")]
+    pub config: PathBuf,
+    /// Client URLs of the etcd members, comma-separated (instead of the config's section).
+    #[arg(long, value_delimiter = ',', value_name = "URL")]
+    pub etcd: Vec<String>,
+    /// The fleet's key prefix, with --etcd.
+    #[arg(long, default_value = ipnat::config::DEFAULT_ETCD_PREFIX, requires = "etcd")]
+    pub prefix: String,
+}
+
+#[derive(Subcommand)]
+pub enum FleetCommand {
+    /// The fleet's mappings and steering rules (and the revision read).
+    List {
+        #[command(flatten)]
+        target: FleetTarget,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mappings in the fleet's table.
+    Map {
+        #[command(subcommand)]
+        action: FleetMapCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum FleetMapCommand {
+    /// Add PUBLIC <-> PRIVATE (addresses, or blocks of one size) to the fleet's table.
+    Add {
+        public: Block,
+        private: Block,
+        /// Change the mapping PUBLIC already has instead of refusing.
+        #[arg(long)]
+        replace: bool,
+        #[command(flatten)]
+        target: FleetTarget,
+    },
+    /// Remove PUBLIC's mapping from the fleet's table (also one whose value is broken).
+    Del {
+        public: Block,
+        #[command(flatten)]
+        target: FleetTarget,
+    },
 }

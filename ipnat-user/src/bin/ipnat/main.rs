@@ -45,6 +45,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Check { .. }
             | Command::Import { .. }
             | Command::Eni { .. }
+            | Command::Fleet { .. }
             | Command::Manpages { .. }
     );
     if !offline {
@@ -69,6 +70,7 @@ fn run(cli: Cli) -> Result<()> {
         } => commands::bench::run(sizes, distinct, rounds, json, json_out),
         Command::Steer { action } => commands::steer::run(action),
         Command::Eni { action } => commands::eni::run(action),
+        Command::Fleet { action } => commands::fleet::run(action),
         Command::Manpages { dir } => commands::manpages::run(dir),
         Command::Import { files } => commands::import::run(files),
         Command::Down { pin_path } => commands::down::run(&pin_path),

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod check;
 pub mod down;
 pub mod eni;
+pub mod fleet;
 pub mod import;
 pub mod manpages;
 pub mod map;

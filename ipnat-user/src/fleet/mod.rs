@@ -1,0 +1,16 @@
+//! The fleet: gateways that share one table kept in etcd. `schema` says where each entry
+//! lives, `client` connects, `write` is what `ipnat fleet` does, `follow` keeps a running
+//! controller at the newest table (a snapshot, then a watch from its revision), and `state`
+//! records what it serves for `ipnat status` and the metrics.
+
+mod client;
+mod follow;
+mod schema;
+mod state;
+mod write;
+
+pub use client::{Etcd, FleetError};
+pub use follow::{Update, follow};
+pub use schema::{FleetTable, Keys, MAPPINGS, Names, Refused, STEER, VERSION, mapping_value};
+pub use state::FleetState;
+pub use write::{Snapshot, Written, map_add, map_del, read};

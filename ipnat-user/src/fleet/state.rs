@@ -1,0 +1,108 @@
+//! What a running controller records of the fleet's table (in its records directory, for
+//! `ipnat status`), and the lag it reports.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::Refused;
+
+/// The fleet as one gateway serves it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetState {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    /// The etcd revision of the table the data plane serves (0: none yet).
+    pub revision: i64,
+    /// The newest revision of the table seen, served or not: above `revision` while a newer
+    /// table is refused (this gateway is then stale and knows it).
+    pub newest_seen: i64,
+    /// The fleet's mappings and steering rules served.
+    pub mappings: usize,
+    pub steering: usize,
+    /// Why the newest table is not served, naming the key (none while it is).
+    pub refused: Option<Refused>,
+    /// Whether the watch is up; `error` says why not.
+    pub connected: bool,
+    pub error: Option<String>,
+    /// When etcd last confirmed that `newest_seen` is the newest there is (Unix ms; 0: never).
+    pub confirmed_unix_ms: u64,
+}
+
+const FLEET_STATE: &str = "fleet.json";
+
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl FleetState {
+    /// How far behind the fleet this gateway may be: 0 while it serves the newest table etcd
+    /// confirmed within the last progress interval; else the time since etcd last confirmed
+    /// what it serves (growing while etcd is unreachable or a newer table is refused).
+    /// None before etcd was ever read.
+    pub fn lag_ms(&self, now_ms: u64) -> Option<u64> {
+        if self.confirmed_unix_ms == 0 {
+            return None;
+        }
+        let since = now_ms.saturating_sub(self.confirmed_unix_ms);
+        let fresh = super::follow::PROGRESS_INTERVAL.as_millis() as u64 * 2;
+        Some(
+            if self.revision == self.newest_seen && self.connected && since <= fresh {
+                0
+            } else {
+                since
+            },
+        )
+    }
+
+    /// Whether this gateway knows the fleet has moved past what it serves.
+    pub fn stale(&self) -> bool {
+        self.newest_seen > self.revision
+    }
+
+    pub fn load(pin_path: &Path) -> Option<Self> {
+        let text = crate::state::Records::lookup(pin_path).read(FLEET_STATE)?;
+        serde_json::from_str(&text).ok()
+    }
+
+    pub fn save(&self, pin_path: &Path) -> std::io::Result<()> {
+        crate::state::Records::lookup(pin_path)
+            .write(FLEET_STATE, &serde_json::to_string_pretty(self)?)
+            .map_err(std::io::Error::other)
+    }
+
+    pub fn remove(pin_path: &Path) {
+        crate::state::Records::lookup(pin_path).remove(FLEET_STATE);
+    }
+
+    pub fn render(&self, now_ms: u64) -> String {
+        let mut s = format!(
+            "fleet:      etcd {} prefix {}: revision {} served ({} mappings, {} steering rules), newest seen {}, lag {}, {}\n",
+            self.endpoints.join(","),
+            self.prefix,
+            self.revision,
+            self.mappings,
+            self.steering,
+            self.newest_seen,
+            self.lag_ms(now_ms)
+                .map_or("unknown (not read yet)".to_owned(), |ms| format!("{:.1} s", ms as f64 / 1000.0)),
+            if self.connected {
+                "watching".to_owned()
+            } else {
+                format!(
+                    "not connected ({}); the last good table stays",
+                    self.error.as_deref().unwrap_or("connecting")
+                )
+            }
+        );
+        if let Some(r) = &self.refused {
+            s.push_str(&format!(
+                "fleet:      STALE: the table at revision {} is refused: {} (fix or remove {})\n",
+                self.newest_seen, r.why, r.key
+            ));
+        }
+        s
+    }
+}

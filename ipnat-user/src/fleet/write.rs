@@ -1,0 +1,153 @@
+//! Reading and writing the fleet's table: what `ipnat fleet` does. Every write validates the
+//! whole resulting table and commits under the write guard (see `schema`).
+
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
+
+use super::{Etcd, FleetError, FleetTable, Keys, Names, Refused, schema::mapping_value};
+use crate::config::{Block, MappingConfig};
+
+/// The fleet's keys at one revision.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// The store's revision the read saw.
+    pub revision: i64,
+    /// The write guard's mod revision (0: never written) and value.
+    pub guard_revision: i64,
+    pub guard: u64,
+    pub kvs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Snapshot {
+    pub fn entries(&self, keys: &Keys) -> Result<(FleetTable, Names), Refused> {
+        FleetTable::parse_entries(keys, self.kvs.iter().map(|(k, v)| (&k[..], &v[..])))
+    }
+
+    pub fn table(&self, keys: &Keys) -> Result<FleetTable, Refused> {
+        FleetTable::parse(keys, self.kvs.iter().map(|(k, v)| (&k[..], &v[..])))
+    }
+}
+
+/// One consistent read of everything under the fleet's prefix.
+pub async fn read(etcd: &Etcd, keys: &Keys) -> Result<Snapshot, FleetError> {
+    let mut client = etcd.client.clone();
+    let resp = etcd
+        .call(client.get(keys.all(), Some(GetOptions::new().with_prefix())))
+        .await?;
+    let mut snap = Snapshot {
+        revision: resp.header().map_or(0, |h| h.revision()),
+        ..Snapshot::default()
+    };
+    let version = keys.version();
+    for kv in resp.kvs() {
+        if kv.key() == version.as_bytes() {
+            snap.guard_revision = kv.mod_revision();
+            snap.guard = std::str::from_utf8(kv.value())
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+        }
+        snap.kvs.push((kv.key().to_vec(), kv.value().to_vec()));
+    }
+    Ok(snap)
+}
+
+/// How many times a write reads again after another writer got in first.
+const ATTEMPTS: usize = 8;
+
+/// What a write did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// Committed at this revision.
+    At(i64),
+    /// The table already held exactly that.
+    Unchanged,
+}
+
+/// Commits `ops` if the write guard is still as `snap` saw it, bumping it; whether it was.
+async fn commit(
+    etcd: &Etcd,
+    keys: &Keys,
+    snap: &Snapshot,
+    mut ops: Vec<TxnOp>,
+) -> Result<Option<i64>, FleetError> {
+    let version = keys.version();
+    ops.push(TxnOp::put(
+        version.clone(),
+        (snap.guard + 1).to_string(),
+        None,
+    ));
+    let txn = Txn::new()
+        .when([Compare::mod_revision(
+            version,
+            CompareOp::Equal,
+            snap.guard_revision,
+        )])
+        .and_then(ops);
+    let mut client = etcd.client.clone();
+    let resp = etcd.call(client.txn(txn)).await?;
+    Ok(resp
+        .succeeded()
+        .then(|| resp.header().map_or(0, |h| h.revision())))
+}
+
+/// Adds a mapping (with `replace`, changes the one with the same public side), validated with
+/// the whole table exactly as the config's mappings are.
+pub async fn map_add(
+    etcd: &Etcd,
+    keys: &Keys,
+    m: MappingConfig,
+    replace: bool,
+) -> Result<Written, FleetError> {
+    let key = keys.mapping(m.public);
+    for _ in 0..ATTEMPTS {
+        let snap = read(etcd, keys).await?;
+        let (mut table, mut names) = snap.entries(keys)?;
+        if let Some(i) = names.mappings.iter().position(|k| *k == key) {
+            if table.mappings[i] == m {
+                return Ok(Written::Unchanged);
+            }
+            if !replace {
+                return Err(FleetError::Conflict(format!(
+                    "{key} already maps {} to {}: `--replace` changes it",
+                    table.mappings[i].public, table.mappings[i].private
+                )));
+            }
+            table.mappings.remove(i);
+            names.mappings.remove(i);
+        }
+        table.mappings.push(m);
+        names.mappings.push(key.clone());
+        table.validate(&names).map_err(|r| {
+            FleetError::Conflict(format!("refused, nothing written: {}", r.why))
+        })?;
+        let ops = vec![TxnOp::put(key.clone(), mapping_value(&m), None)];
+        if let Some(revision) = commit(etcd, keys, &snap, ops).await? {
+            return Ok(Written::At(revision));
+        }
+    }
+    Err(too_busy())
+}
+
+/// Removes the mapping of `public` (whatever its value holds: a broken entry can be removed).
+pub async fn map_del(etcd: &Etcd, keys: &Keys, public: Block) -> Result<Written, FleetError> {
+    let key = keys.mapping(public);
+    for _ in 0..ATTEMPTS {
+        let snap = read(etcd, keys).await?;
+        if !snap.kvs.iter().any(|(k, _)| k == key.as_bytes()) {
+            return Err(FleetError::Conflict(format!(
+                "{key}: no such mapping in the fleet's table"
+            )));
+        }
+        let ops = vec![TxnOp::delete(key.clone(), None)];
+        if let Some(revision) = commit(etcd, keys, &snap, ops).await? {
+            return Ok(Written::At(revision));
+        }
+    }
+    Err(too_busy())
+}
+
+fn too_busy() -> FleetError {
+    FleetError::Conflict(format!(
+        "other writers changed the fleet's table {ATTEMPTS} times while this write was being validated: try again"
+    ))
+}
