@@ -25,6 +25,8 @@ pub struct ControllerCounters {
     pub syncs_failed: AtomicU64,
     /// Unix time of the last successful provider sync (0: never).
     pub last_sync_unix: AtomicU64,
+    /// What the controller serves of the fleet's table (none without [etcd]).
+    pub fleet: Mutex<Option<crate::fleet::FleetState>>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -173,6 +175,39 @@ pub fn render(tables: &Tables, ctl: &ControllerCounters) -> Result<String, Datap
         "When the tables were last written from the config (Unix time)",
         gauge(ctl.last_apply_unix.load(Ordering::Relaxed) as i64),
     );
+    if let Some(fleet) = ctl.fleet.lock().expect("not poisoned").as_ref() {
+        reg.register(
+            "fleet_revision",
+            "The etcd revision of the fleet's table this gateway serves",
+            gauge(fleet.revision),
+        );
+        reg.register(
+            "fleet_newest_seen_revision",
+            "The newest revision of the fleet's table seen, served or refused",
+            gauge(fleet.newest_seen),
+        );
+        let lag = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        lag.set(
+            fleet
+                .lag_ms(crate::fleet::unix_ms())
+                .map_or(f64::NAN, |ms| ms as f64 / 1000.0),
+        );
+        reg.register(
+            "fleet_lag_seconds",
+            "How long since etcd last confirmed that this gateway serves the newest table (0 while it does; NaN before the first read)",
+            lag,
+        );
+        reg.register(
+            "fleet_refused",
+            "1 while the newest fleet table is refused (bad or conflicting entry; see ipnat status)",
+            gauge(i64::from(fleet.refused.is_some())),
+        );
+        reg.register(
+            "fleet_connected",
+            "1 while the watch on etcd is up",
+            gauge(i64::from(fleet.connected)),
+        );
+    }
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, &reg)
         .map_err(|_| DataplaneError::Corrupt("metrics encoding"))?;

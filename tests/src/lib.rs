@@ -3,6 +3,7 @@
 //! integration tests and by `cargo xtask lab`.
 pub mod benchkit;
 pub mod capture;
+pub mod etcd;
 pub mod fakecloud;
 pub mod hostlab;
 pub mod lab;

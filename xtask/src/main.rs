@@ -216,8 +216,11 @@ fn debian_packages() -> Result<()> {
     let own_hook = !hook.exists();
     if own_hook {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::write(hook, "#!/bin/sh\n# cargo xtask setup: no service starts while it installs\nexit 101\n")
-            .with_context(|| format!("writing {POLICY_RC_D}"))?;
+        std::fs::write(
+            hook,
+            "#!/bin/sh\n# cargo xtask setup: no service starts while it installs\nexit 101\n",
+        )
+        .with_context(|| format!("writing {POLICY_RC_D}"))?;
         std::fs::set_permissions(hook, std::fs::Permissions::from_mode(0o755))?;
     }
     let installed = run(Command::new("apt-get")

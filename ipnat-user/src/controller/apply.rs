@@ -5,7 +5,7 @@ use anyhow::{Context, Result};
 use tracing::{info, warn};
 
 use super::{
-    policy::{effective, reloadable},
+    policy::{Sources, effective, reloadable},
     unix_now,
 };
 use crate::{
@@ -116,10 +116,10 @@ pub(super) fn do_reload(
     path: &std::path::Path,
     config: &mut Config,
     ctl: &crate::metrics::ControllerCounters,
-    synced: &Synced,
+    sources: &Sources,
 ) -> bool {
     use std::sync::atomic::Ordering;
-    match reload(dp, path, config, synced) {
+    match reload(dp, path, config, sources) {
         Ok(new) => {
             info!(mappings = new.mappings.len(), "reloaded {}", path.display());
             *config = new;
@@ -141,18 +141,29 @@ fn reload(
     dp: &mut Dataplane,
     path: &std::path::Path,
     old: &Config,
-    synced: &Synced,
+    sources: &Sources,
 ) -> Result<Config> {
     let new = Config::load(path)?;
     reloadable(old, &new)?;
-    apply_config(dp, &effective(&new, synced)?)?;
+    apply_config(dp, &effective(&new, sources)?)?;
     Ok(new)
 }
 
 /// Applies a successful sync: the NICs' addresses (when the provider manages them), then the
 /// tables with its rules and mappings. An error leaves the last good state in place.
-pub(super) fn apply_synced(dp: &mut Dataplane, config: &Config, new: &Synced) -> Result<()> {
-    let eff = effective(config, new)?;
+pub(super) fn apply_synced(
+    dp: &mut Dataplane,
+    config: &Config,
+    sources: &Sources,
+    new: &Synced,
+) -> Result<()> {
+    let eff = effective(
+        config,
+        &Sources {
+            synced: new.clone(),
+            fleet: sources.fleet.clone(),
+        },
+    )?;
     if config.provider_addresses() {
         reconcile_logged(
             &new.addresses,

@@ -3,6 +3,7 @@
 //! the config file changes.
 
 mod apply;
+mod fleet;
 pub mod policy;
 mod run;
 

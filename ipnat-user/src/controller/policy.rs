@@ -1,35 +1,71 @@
-//! The controller's rules for combining its inputs: the config with the provider's last good
-//! sync (the config wins), and what a reload may change without a restart.
+//! The controller's rules for combining its inputs: the config with the fleet's table and the
+//! provider's last good sync (the config wins, then the fleet), and what a reload may change
+//! without a restart.
 
 use anyhow::{Context, Result};
 
-use crate::{config::Config, providers::Synced};
+use crate::{
+    config::{Config, MappingConfig},
+    fleet::FleetTable,
+    providers::Synced,
+};
 
-/// The config with what the provider's last good sync asks for added, validated as a whole:
-/// its steering rules (the config's own win for the same source) and its mappings (host
-/// orientation: the EIP associations; a gateway: the tagged backends), the config's own
-/// winning for the same public or private address.
-pub fn effective(config: &Config, synced: &Synced) -> Result<Config> {
-    let mut c = config.clone();
-    c.steering.extend(
-        synced
-            .rules
-            .iter()
-            .filter(|r| !config.steering.iter().any(|s| s.source == r.source))
-            .cloned(),
-    );
-    {
-        c.mappings.extend(synced.mappings.iter().filter(|m| {
-            !config.mappings.iter().any(|own| {
-                own.public.0.contains(&m.public.0)
-                    || m.public.0.contains(&own.public.0)
-                    || own.private.0.contains(&m.private.0)
-                    || m.private.0.contains(&own.private.0)
-            })
-        }));
+/// What the controller applies besides the config file: each source's last good answer.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Sources {
+    /// The cloud provider's last good sync.
+    pub synced: Synced,
+    /// The fleet's last good table from etcd.
+    pub fleet: FleetTable,
+}
+
+impl From<Synced> for Sources {
+    fn from(synced: Synced) -> Self {
+        Sources {
+            synced,
+            ..Sources::default()
+        }
     }
-    c.validate()
-        .context("what the provider asks for conflicts with the config")?;
+}
+
+/// Whether two mappings share an address on either side.
+fn overlap(a: &MappingConfig, b: &MappingConfig) -> bool {
+    a.public.0.contains(&b.public.0)
+        || b.public.0.contains(&a.public.0)
+        || a.private.0.contains(&b.private.0)
+        || b.private.0.contains(&a.private.0)
+}
+
+/// The config with what the fleet's table and the provider's last good sync ask for added,
+/// validated as a whole. Precedence, for the same public or private address (mappings) or the
+/// same source (steering rules): the config's own, then the fleet's, then the provider's
+/// (host orientation: the EIP associations; a gateway: the tagged backends). A gateway's own
+/// file thus overrides the fleet for that one gateway.
+pub fn effective(config: &Config, sources: &Sources) -> Result<Config> {
+    let mut c = config.clone();
+    for rules in [&sources.fleet.steering, &sources.synced.rules] {
+        let before = c.steering.clone();
+        c.steering.extend(
+            rules
+                .iter()
+                .filter(|r| !before.iter().any(|s| s.source == r.source))
+                .cloned(),
+        );
+    }
+    for (i, mappings) in [&sources.fleet.mappings, &sources.synced.mappings]
+        .into_iter()
+        .enumerate()
+    {
+        let before = c.mappings.clone();
+        c.mappings.extend(
+            mappings
+                .iter()
+                .filter(|m| !before.iter().any(|own| overlap(own, m))),
+        );
+        let who = ["the fleet's table", "the provider"][i];
+        c.validate()
+            .with_context(|| format!("what {who} asks for conflicts with the config"))?;
+    }
     Ok(c)
 }
 
@@ -42,11 +78,12 @@ pub fn reloadable(old: &Config, new: &Config) -> Result<()> {
         || new.max_mappings != old.max_mappings
         || new.metrics_listen != old.metrics_listen
         || new.orientation != old.orientation
+        || new.etcd != old.etcd
         || new.provider().map(|p| (p.cloud, p.interval_secs))
             != old.provider().map(|p| (p.cloud, p.interval_secs))
     {
         anyhow::bail!(
-            "interfaces, pin_path, max_mappings, metrics_listen, orientation and the provider and its interval change only with a restart of `ipnat run` (orientation: after `ipnat down`)"
+            "interfaces, pin_path, max_mappings, metrics_listen, orientation, [etcd] and the provider and its interval change only with a restart of `ipnat run` (orientation: after `ipnat down`)"
         );
     }
     Ok(())
@@ -117,7 +154,7 @@ mod tests {
             ],
             &[("10.0.1.20", "10.0.1.254"), ("10.0.1.21", "10.0.1.1")],
         );
-        let eff = effective(&config, &from_cloud).unwrap();
+        let eff = effective(&config, &from_cloud.clone().into()).unwrap();
         // Same public, same private, and a block holding the config's public: the config's.
         assert_eq!(
             pairs(&eff),
@@ -140,7 +177,7 @@ mod tests {
         );
         // Nothing synced: the config as it is.
         assert_eq!(
-            pairs(&effective(&config, &Synced::default()).unwrap()),
+            pairs(&effective(&config, &Sources::default()).unwrap()),
             pairs(&config)
         );
     }
@@ -154,7 +191,10 @@ mod tests {
             ("198.51.100.21", "10.0.1.20"),
         ];
         let from_cloud = synced(&twice, &[]);
-        let err = format!("{:#}", effective(&config, &from_cloud).unwrap_err());
+        let err = format!(
+            "{:#}",
+            effective(&config, &from_cloud.clone().into()).unwrap_err()
+        );
         assert!(
             err.starts_with("what the provider asks for conflicts with the config"),
             "{err}"

@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use super::{
     apply::{apply_config, apply_synced, do_reload, resolve_gateways},
-    policy::effective,
+    policy::{Sources, effective},
     unix_now,
 };
 use crate::{
@@ -110,12 +110,20 @@ pub fn run(config_path: &Path, config: Config, stats_interval: u64) -> Result<()
             .unwrap_or_default(),
         None => Synced::default(),
     };
-    let start = match effective(&config, &last_good) {
+    // And the fleet's last good table, for the same reason (and so that a controller killed
+    // and restarted changes nothing while etcd is slow or away).
+    let (mut fleet_state, fleet_table) = super::fleet::restore(&config);
+    let mut sources = Sources {
+        synced: last_good,
+        fleet: fleet_table,
+    };
+    let start = match effective(&config, &sources) {
         Ok(c) => c,
         Err(e) => {
             warn!(
-                "the provider's last sync no longer fits the config, waiting for the next: {e:#}"
+                "the provider's last sync or the fleet's last table no longer fits the config, waiting for the next: {e:#}"
             );
+            sources = Sources::default();
             config.clone()
         }
     };
@@ -236,7 +244,14 @@ pub fn run(config_path: &Path, config: Config, stats_interval: u64) -> Result<()
         );
     }
     let mut last_text = std::fs::read_to_string(config_path).ok();
-    let mut synced = last_good;
+    // The fleet's follower: a snapshot, then a watch; its updates arrive here.
+    let (fleet_tx, mut fleet_rx) = tokio::sync::mpsc::unbounded_channel();
+    let fleet_on = config.etcd.is_some();
+    if let Some(etcd) = config.etcd.clone() {
+        info!(endpoints = %etcd.endpoints.join(","), prefix = %etcd.prefix, revision = fleet_state.revision, "following the fleet's table in etcd");
+        rt.spawn(crate::fleet::follow(etcd, fleet_tx));
+        *ctl.fleet.lock().expect("not poisoned") = Some(fleet_state.clone());
+    }
     rt.block_on(async {
         let mut tick = tokio::time::interval(Duration::from_secs(stats_interval.max(1)));
         let mut neighbours = tokio::time::interval(Duration::from_secs(20));
@@ -251,7 +266,7 @@ pub fn run(config_path: &Path, config: Config, stats_interval: u64) -> Result<()
                 _ = term.recv() => break,
                 _ = hup.recv() => {
                     last_text = std::fs::read_to_string(config_path).ok();
-                    if do_reload(&mut dp, config_path, &mut config, &ctl, &synced) {
+                    if do_reload(&mut dp, config_path, &mut config, &ctl, &sources) {
                         // A config that fixes the provider's settings takes effect now, not
                         // after the schedule or its backoff.
                         failures = 0;
@@ -267,15 +282,19 @@ pub fn run(config_path: &Path, config: Config, stats_interval: u64) -> Result<()
                     if text.is_some() && text != last_text {
                         info!("{} changed", config_path.display());
                         last_text = text;
-                        if do_reload(&mut dp, config_path, &mut config, &ctl, &synced) {
+                        if do_reload(&mut dp, config_path, &mut config, &ctl, &sources) {
                             failures = 0;
                             next_sync.as_mut().reset(tokio::time::Instant::now());
                         }
                     }
                 }
+                Some(update) = fleet_rx.recv(), if fleet_on => {
+                    super::fleet::handle(&mut dp, &config, &mut sources, &mut fleet_state, update);
+                    *ctl.fleet.lock().expect("not poisoned") = Some(fleet_state.clone());
+                }
                 _ = tick.tick(), if stats_interval > 0 => print!("{}", dp.tables.snapshot()?.render()),
                 _ = neighbours.tick() => {
-                    if let Ok(eff) = effective(&config, &synced) {
+                    if let Ok(eff) = effective(&config, &sources) {
                         resolve_gateways(&eff);
                     }
                     // What XDP may redirect to follows the drivers (a veth's peer may have
@@ -290,12 +309,12 @@ pub fn run(config_path: &Path, config: Config, stats_interval: u64) -> Result<()
                     state.provider = name.into();
                     state.last_attempt_unix = unix_now();
                     let outcome = match crate::providers::sync(&config).await.map_err(anyhow::Error::from) {
-                        Ok(new) => apply_synced(&mut dp, &config, &new).map(|()| new),
+                        Ok(new) => apply_synced(&mut dp, &config, &sources, &new).map(|()| new),
                         Err(e) => Err(e),
                     };
                     match outcome {
                         Ok(new) => {
-                            if new != synced {
+                            if new != sources.synced {
                                 info!(provider = name, rules = new.rules.len(), mappings = new.mappings.len(), "synced from the cloud");
                                 for w in &new.warnings {
                                     warn!(provider = name, "{w}");
@@ -304,7 +323,7 @@ pub fn run(config_path: &Path, config: Config, stats_interval: u64) -> Result<()
                             state.rules = new.rules.len();
                             state.mappings = new.mappings.len();
                             state.last_good = new.clone();
-                            synced = new;
+                            sources.synced = new;
                             state.last_success_unix = state.last_attempt_unix;
                             state.result = "ok".into();
                             ctl.syncs_ok.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

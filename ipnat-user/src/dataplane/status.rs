@@ -30,6 +30,19 @@ pub struct Status {
     pub addresses: Vec<crate::system::OwnedAddress>,
     /// The last cloud provider syncs, when a provider is configured.
     pub sync: Option<crate::providers::SyncState>,
+    /// The fleet's table served, when the config has [etcd].
+    pub fleet: Option<FleetStatus>,
+}
+
+/// What a gateway serves of the fleet's table, with its lag now.
+#[derive(Clone, Debug, Serialize)]
+pub struct FleetStatus {
+    #[serde(flatten)]
+    pub state: crate::fleet::FleetState,
+    /// See [`crate::fleet::FleetState::lag_ms`] (null before etcd was first read).
+    pub lag_ms: Option<u64>,
+    /// Whether this gateway knows the fleet has moved past the table it serves.
+    pub stale: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -91,6 +104,11 @@ pub fn status(dir: &Path) -> Result<Status, DataplaneError> {
         host_changes: crate::system::changed(dir).sysctls,
         addresses: crate::system::owned_addresses(dir),
         sync: crate::providers::SyncState::load(dir),
+        fleet: crate::fleet::FleetState::load(dir).map(|state| FleetStatus {
+            lag_ms: state.lag_ms(crate::fleet::unix_ms()),
+            stale: state.stale(),
+            state,
+        }),
     })
 }
 
@@ -190,6 +208,9 @@ impl Status {
             for w in &sync.last_good.warnings {
                 let _ = writeln!(s, "warning:    {w}");
             }
+        }
+        if let Some(f) = &self.fleet {
+            s.push_str(&f.state.render(crate::fleet::unix_ms()));
         }
         for (key, old) in &self.host_changes {
             let _ = writeln!(s, "changed:    {key} (was {old}; `ipnat down` restores it)");

@@ -74,7 +74,8 @@ impl Etcd {
             options = options.with_user(user.clone(), password);
         }
         if let Some(ca) = &config.ca_file {
-            let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(read("etcd.ca_file", ca)?));
+            let mut tls =
+                TlsOptions::new().ca_certificate(Certificate::from_pem(read("etcd.ca_file", ca)?));
             if let (Some(cert), Some(key)) = (&config.cert_file, &config.key_file) {
                 tls = tls.identity(Identity::from_pem(
                     read("etcd.cert_file", cert)?,

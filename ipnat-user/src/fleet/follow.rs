@@ -25,6 +25,9 @@ pub enum Update {
     Lost { error: String },
 }
 
+/// The fleet's keys as of a revision: kept across reconnects, so a watch can resume after it.
+type View = Option<(i64, BTreeMap<Vec<u8>, Vec<u8>>)>;
+
 /// How often the follower asks etcd to confirm that it has seen everything (a progress
 /// request): what bounds the lag `status` reports while nothing changes.
 pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
@@ -32,15 +35,19 @@ pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(2);
 /// Follows the table until the receiver is dropped.
 pub async fn follow(config: EtcdConfig, tx: UnboundedSender<Update>) {
     let keys = Keys::new(&config.prefix);
-    // The keys as of `revision`: kept across reconnects, so a watch can resume after it.
-    let mut view: Option<(i64, BTreeMap<Vec<u8>, Vec<u8>>)> = None;
+    let mut view: View = None;
     let mut failures = 0u32;
     loop {
         let error = match follow_once(&config, &keys, &mut view, &tx, &mut failures).await {
             Ok(()) => return,
             Err(e) => e,
         };
-        if tx.send(Update::Lost { error: error.clone() }).is_err() {
+        if tx
+            .send(Update::Lost {
+                error: error.clone(),
+            })
+            .is_err()
+        {
             return;
         }
         failures += 1;
@@ -56,7 +63,7 @@ pub async fn follow(config: EtcdConfig, tx: UnboundedSender<Update>) {
 async fn follow_once(
     config: &EtcdConfig,
     keys: &Keys,
-    view: &mut Option<(i64, BTreeMap<Vec<u8>, Vec<u8>>)>,
+    view: &mut View,
     tx: &UnboundedSender<Update>,
     failures: &mut u32,
 ) -> Result<(), String> {
@@ -127,7 +134,12 @@ async fn follow_once(
                 if current > *revision {
                     *revision = current;
                 }
-                if tx.send(Update::Current { revision: *revision }).is_err() {
+                if tx
+                    .send(Update::Current {
+                        revision: *revision,
+                    })
+                    .is_err()
+                {
                     return Ok(());
                 }
                 continue;

@@ -275,7 +275,10 @@ mod tests {
             r#"{"public":"198.51.100.11","private":"10.0.1.11"}"#,
         )])
         .unwrap_err();
-        assert!(e.why.contains("the key must be /f/mappings/198.51.100.11"), "{e}");
+        assert!(
+            e.why.contains("the key must be /f/mappings/198.51.100.11"),
+            "{e}"
+        );
         // Two public addresses for one private one: the later key is named, with the other.
         let e = parse(&[
             good,
@@ -287,7 +290,8 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.key, "/f/mappings/198.51.100.20");
         assert!(
-            e.why.contains("already mapped by /f/mappings/198.51.100.10"),
+            e.why
+                .contains("already mapped by /f/mappings/198.51.100.10"),
             "{e}"
         );
         let e = parse(&[(

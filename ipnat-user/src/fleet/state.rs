@@ -27,6 +27,10 @@ pub struct FleetState {
     pub error: Option<String>,
     /// When etcd last confirmed that `newest_seen` is the newest there is (Unix ms; 0: never).
     pub confirmed_unix_ms: u64,
+    /// The table served (`revision`'s), kept so that a restarted controller serves it at once
+    /// instead of nothing until etcd answers.
+    #[serde(default)]
+    pub last_good: super::FleetTable,
 }
 
 const FLEET_STATE: &str = "fleet.json";
@@ -73,10 +77,6 @@ impl FleetState {
             .map_err(std::io::Error::other)
     }
 
-    pub fn remove(pin_path: &Path) {
-        crate::state::Records::lookup(pin_path).remove(FLEET_STATE);
-    }
-
     pub fn render(&self, now_ms: u64) -> String {
         let mut s = format!(
             "fleet:      etcd {} prefix {}: revision {} served ({} mappings, {} steering rules), newest seen {}, lag {}, {}\n",
@@ -87,7 +87,10 @@ impl FleetState {
             self.steering,
             self.newest_seen,
             self.lag_ms(now_ms)
-                .map_or("unknown (not read yet)".to_owned(), |ms| format!("{:.1} s", ms as f64 / 1000.0)),
+                .map_or("unknown (not read yet)".to_owned(), |ms| format!(
+                    "{:.1} s",
+                    ms as f64 / 1000.0
+                )),
             if self.connected {
                 "watching".to_owned()
             } else {

@@ -117,9 +117,9 @@ pub async fn map_add(
         }
         table.mappings.push(m);
         names.mappings.push(key.clone());
-        table.validate(&names).map_err(|r| {
-            FleetError::Conflict(format!("refused, nothing written: {}", r.why))
-        })?;
+        table
+            .validate(&names)
+            .map_err(|r| FleetError::Conflict(format!("refused, nothing written: {}", r.why)))?;
         let ops = vec![TxnOp::put(key.clone(), mapping_value(&m), None)];
         if let Some(revision) = commit(etcd, keys, &snap, ops).await? {
             return Ok(Written::At(revision));

@@ -4,6 +4,7 @@
 mod cli;
 mod controller;
 mod eni;
+mod fleet;
 mod gateway;
 mod host;
 mod host_packets;

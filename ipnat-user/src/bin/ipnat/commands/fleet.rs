@@ -59,7 +59,11 @@ pub fn run(action: FleetCommand) -> Result<()> {
                     );
                     println!("{:<18}  {:<18}", "public", "private");
                     for m in &table.mappings {
-                        println!("{:<18}  {:<18}", m.public.to_string(), m.private.to_string());
+                        println!(
+                            "{:<18}  {:<18}",
+                            m.public.to_string(),
+                            m.private.to_string()
+                        );
                     }
                     for r in &table.steering {
                         println!(
@@ -73,7 +77,9 @@ pub fn run(action: FleetCommand) -> Result<()> {
                             .iter()
                             .find(|(k, _)| k == p.key.as_bytes())
                             .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
-                        println!("REFUSED by every gateway (they serve their last good table): {p}");
+                        println!(
+                            "REFUSED by every gateway (they serve their last good table): {p}"
+                        );
                         if let Some(raw) = raw {
                             println!("  {} = {raw:?}", p.key);
                         }
@@ -96,10 +102,16 @@ pub fn run(action: FleetCommand) -> Result<()> {
                     let etcd = Etcd::connect(&config).await?;
                     match ipnat::fleet::map_add(&etcd, &keys, m, replace).await? {
                         Written::At(rev) => {
-                            println!("{}: {public} <-> {private} (revision {rev})", keys.mapping(public))
+                            println!(
+                                "{}: {public} <-> {private} (revision {rev})",
+                                keys.mapping(public)
+                            )
                         }
                         Written::Unchanged => {
-                            println!("{}: {public} <-> {private} already (unchanged)", keys.mapping(public))
+                            println!(
+                                "{}: {public} <-> {private} already (unchanged)",
+                                keys.mapping(public)
+                            )
                         }
                     }
                     Ok(())

@@ -1,0 +1,243 @@
+//! The fleet's table in etcd: a real etcd server (started by the test, in the gateway's
+//! namespace), the real `ipnat` binary writing and following it, real packets through the
+//! gateway.
+
+use std::{
+    net::{Ipv4Addr, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use ipnat_tests::{
+    etcd::EtcdServer,
+    lab::{BACKEND, BACKEND2, EIP, EIP2, GatewayLab, INET, Ipnat, LabOptions, ipnat_in},
+    netns::{Netns, require_root},
+};
+
+const PREFIX: &str = "/fleet-test";
+const EIP3: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 12);
+const BACKEND3: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 12);
+
+/// The lab's config without its second mapping (the fleet's table brings it), following
+/// `etcd`.
+fn config(lab: &GatewayLab, pin: &str, etcd: &EtcdServer) -> String {
+    let own = lab.config(pin).replace(
+        &format!("[[mapping]]\npublic = \"{EIP2}\"\nprivate = \"{BACKEND2}\"\n"),
+        "",
+    );
+    assert!(!own.contains(&EIP2.to_string()));
+    format!(
+        "{own}\n[etcd]\nendpoints = [\"{}\"]\nprefix = \"{PREFIX}\"\nrequest_timeout_ms = 1000\ndial_timeout_ms = 500\n",
+        etcd.url
+    )
+}
+
+fn start(lab: &GatewayLab, etcd: &EtcdServer) -> Ipnat {
+    let pin = format!("/sys/fs/bpf/ipnat-fleet-{}", std::process::id());
+    Ipnat::start(&lab.gw, &config(lab, &pin, etcd), &pin).expect("start ipnat")
+}
+
+/// `ipnat fleet ARGS... --etcd URL --prefix PREFIX` in `ns`.
+fn fleet(ns: &Netns, etcd: &EtcdServer, args: &[&str]) -> (bool, String) {
+    let mut all: Vec<&str> = vec!["fleet"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--etcd", &etcd.url, "--prefix", PREFIX]);
+    ipnat_in(ns, &all)
+}
+
+fn status(lab: &GatewayLab, ipnat: &Ipnat) -> serde_json::Value {
+    let pin = ipnat.pin_path.to_string_lossy().into_owned();
+    let (ok, out) = ipnat_in(&lab.gw, &["status", "--json", "--pin-path", &pin]);
+    assert!(ok, "ipnat status: {out}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// Waits up to 10 s for `ok` on the status's `fleet` object.
+fn wait_fleet(
+    lab: &GatewayLab,
+    ipnat: &Ipnat,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = status(lab, ipnat);
+        if ok(&st["fleet"]) {
+            return st["fleet"].clone();
+        }
+        assert!(Instant::now() < deadline, "{what}: {}", st["fleet"]);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The private address the data plane maps `public` to, if any.
+fn served(ipnat: &Ipnat, public: Ipv4Addr) -> Option<String> {
+    let stats = ipnat.stats_json().unwrap();
+    ipnat_tests::lab::mapping_stats(&stats, public)
+        .map(|m| m["private"].as_str().unwrap().to_owned())
+}
+
+/// A datagram from the internet host to `public` arrives at `private` on the backend, from the
+/// internet host's address (translated by the gateway, both ways checked by the kernel).
+fn reaches(lab: &GatewayLab, public: Ipv4Addr, private: Ipv4Addr) -> bool {
+    let port = 7100;
+    let server = lab
+        .backend
+        .within(move || Ok(UdpSocket::bind((private, port))?))
+        .unwrap();
+    server
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let client = lab.inet.within(|| Ok(UdpSocket::bind((INET, 0))?)).unwrap();
+    let mut buf = [0u8; 16];
+    for _ in 0..5 {
+        client.send_to(b"fleet", (public, port)).unwrap();
+        if let Ok((n, peer)) = server.recv_from(&mut buf) {
+            return &buf[..n] == b"fleet" && peer.ip() == INET;
+        }
+    }
+    false
+}
+
+#[test]
+fn the_fleets_table_is_served_and_bad_entries_in_etcd_change_nothing() {
+    require_root();
+    let lab = GatewayLab::new(LabOptions::default()).unwrap();
+    lab.backend
+        .ip(&["addr", "add", &format!("{BACKEND3}/24"), "dev", "eth0"])
+        .unwrap();
+    let etcd = EtcdServer::start(&lab.gw, 2379).unwrap();
+    let (ok, out) = fleet(
+        &lab.gw,
+        &etcd,
+        &["map", "add", &EIP2.to_string(), &BACKEND2.to_string()],
+    );
+    assert!(ok, "{out}");
+    let mut ipnat = start(&lab, &etcd);
+    let f = wait_fleet(&lab, &ipnat, "the fleet's table served", |f| {
+        f["revision"].as_i64() >= Some(2) && f["lag_ms"] == 0
+    });
+    assert_eq!(f["mappings"], 1, "{f}");
+    assert_eq!(served(&ipnat, EIP2).as_deref(), Some("10.0.1.11"));
+    assert_eq!(
+        served(&ipnat, EIP).as_deref(),
+        Some("10.0.1.10"),
+        "the config's own"
+    );
+    assert!(
+        reaches(&lab, EIP2, BACKEND2),
+        "a mapping from etcd translates"
+    );
+    assert!(reaches(&lab, EIP, BACKEND));
+
+    // Garbage, then a conflicting value, written behind ipnat's back: refused by key, the
+    // table served stays, and the gateway knows it is stale.
+    let served_rev = f["revision"].as_i64().unwrap();
+    for (key, value, why) in [
+        (
+            format!("{PREFIX}/mappings/{EIP3}"),
+            "garbage".to_owned(),
+            "not a mapping",
+        ),
+        (
+            format!("{PREFIX}/mappings/{EIP3}"),
+            format!(r#"{{"public":"{EIP3}","private":"{BACKEND2}"}}"#),
+            "already mapped by",
+        ),
+    ] {
+        etcd.ctl(&["put", &key, &value]).unwrap();
+        let f = wait_fleet(&lab, &ipnat, "the bad entry refused", |f| {
+            f["refused"]["why"]
+                .as_str()
+                .is_some_and(|w| w.contains(why))
+        });
+        assert_eq!(f["refused"]["key"], key.as_str(), "{f}");
+        assert_eq!(f["stale"], true, "{f}");
+        assert_eq!(f["revision"].as_i64(), Some(served_rev), "{f}");
+        assert_eq!(served(&ipnat, EIP3), None);
+        assert_eq!(served(&ipnat, EIP2).as_deref(), Some("10.0.1.11"));
+        assert!(
+            reaches(&lab, EIP2, BACKEND2),
+            "the last good table keeps translating"
+        );
+        let (_, listed) = fleet(&lab.gw, &etcd, &["list"]);
+        assert!(
+            listed.contains("REFUSED") && listed.contains(&key),
+            "{listed}"
+        );
+    }
+    // A write through ipnat is refused while the table is broken, naming the key.
+    let (ok, out) = fleet(
+        &lab.gw,
+        &etcd,
+        &["map", "add", "198.51.100.30", "10.0.1.30"],
+    );
+    assert!(
+        !ok && out.contains(&format!("{PREFIX}/mappings/{EIP3}")),
+        "{out}"
+    );
+    // Removing the bad entry: served again, current.
+    let (ok, out) = fleet(&lab.gw, &etcd, &["map", "del", &EIP3.to_string()]);
+    assert!(ok, "{out}");
+    wait_fleet(&lab, &ipnat, "served again after the fix", |f| {
+        f["refused"].is_null() && f["stale"] == false && f["revision"] == f["newest_seen"]
+    });
+    // Changed and removed through ipnat fleet: every change reaches the data plane.
+    let (ok, out) = fleet(
+        &lab.gw,
+        &etcd,
+        &[
+            "map",
+            "add",
+            &EIP2.to_string(),
+            &BACKEND3.to_string(),
+            "--replace",
+        ],
+    );
+    assert!(ok, "{out}");
+    let until = |what: &str, want: Option<&str>| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while served(&ipnat, EIP2).as_deref() != want {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    until("changed", Some("10.0.1.12"));
+    assert!(reaches(&lab, EIP2, BACKEND3));
+    // etcd gone, and the controller killed and restarted meanwhile: it serves the fleet's
+    // last good table at once, and the data plane kept translating throughout.
+    let mut etcd = etcd;
+    etcd.kill().unwrap();
+    wait_fleet(&lab, &ipnat, "the lost connection reported", |f| {
+        f["connected"] == false
+    });
+    assert_eq!(served(&ipnat, EIP2).as_deref(), Some("10.0.1.12"));
+    ipnat.kill().unwrap();
+    let pin = ipnat.pin_path.to_string_lossy().into_owned();
+    ipnat.spawn(&lab.gw, &config(&lab, &pin, &etcd)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        served(&ipnat, EIP2).as_deref(),
+        Some("10.0.1.12"),
+        "restored"
+    );
+    assert!(reaches(&lab, EIP2, BACKEND3));
+    etcd.resume().unwrap();
+    wait_fleet(&lab, &ipnat, "watching again", |f| {
+        f["connected"] == true && f["lag_ms"] == 0
+    });
+    let (ok, out) = fleet(&lab.gw, &etcd, &["map", "del", &EIP2.to_string()]);
+    assert!(ok, "{out}");
+    let until = |what: &str, want: Option<&str>| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while served(&ipnat, EIP2).as_deref() != want {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    until("removed", None);
+    assert_eq!(
+        served(&ipnat, EIP).as_deref(),
+        Some("10.0.1.10"),
+        "the config's own stays"
+    );
+}
