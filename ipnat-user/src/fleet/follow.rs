@@ -19,7 +19,7 @@ pub enum Update {
     Table { revision: i64, table: FleetTable },
     /// The table as of `revision` cannot be served: nothing of it applies.
     Refused { revision: i64, refused: Refused },
-    /// etcd confirmed that nothing under the prefix changed up to `revision`.
+    /// etcd answered a progress request: the watch is alive, still at `revision`.
     Current { revision: i64 },
     /// etcd cannot be reached or the watch broke; the follower retries.
     Lost { error: String },
@@ -128,12 +128,11 @@ async fn follow_once(
             }
             let events = resp.events();
             if events.is_empty() {
-                // A progress notification (or the watch's creation): everything up to the
-                // header's revision has been sent.
-                let current = resp.header().map_or(0, |h| h.revision());
-                if current > *revision {
-                    *revision = current;
-                }
+                // An answer to a progress request: the watch is alive. Its header's revision
+                // is not trusted as "everything up to here was sent": etcd before 3.4.24 and
+                // 3.5.8 answers with the store's revision even while the watch is still
+                // catching up (etcd issue 15220; Debian 12 ships 3.4.23), so resuming after
+                // it could skip changes. The revision served advances by events only.
                 if tx
                     .send(Update::Current {
                         revision: *revision,

@@ -241,3 +241,103 @@ fn the_fleets_table_is_served_and_bad_entries_in_etcd_change_nothing() {
         "the config's own stays"
     );
 }
+
+#[test]
+fn a_watch_that_resumes_after_etcd_compacted_its_history_reads_everything_again() {
+    require_root();
+    let lab = GatewayLab::new(LabOptions::default()).unwrap();
+    lab.backend
+        .ip(&["addr", "add", &format!("{BACKEND3}/24"), "dev", "eth0"])
+        .unwrap();
+    let mut etcd = EtcdServer::start(&lab.gw, 2379).unwrap();
+    let (ok, out) = fleet(
+        &lab.gw,
+        &etcd,
+        &["map", "add", &EIP2.to_string(), &BACKEND2.to_string()],
+    );
+    assert!(ok, "{out}");
+    let ipnat = start(&lab, &etcd);
+    wait_fleet(&lab, &ipnat, "served", |f| {
+        f["mappings"] == 1 && f["lag_ms"] == 0
+    });
+    // The controller frozen (its data plane keeps translating), etcd restarted, the table
+    // changed twice and the history compacted: the watch cannot resume where it stopped.
+    let pid = nix::unistd::Pid::from_raw(ipnat.pid().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    etcd.kill().unwrap();
+    etcd.resume().unwrap();
+    let (ok, out) = fleet(
+        &lab.gw,
+        &etcd,
+        &["map", "add", &EIP3.to_string(), &BACKEND3.to_string()],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = fleet(&lab.gw, &etcd, &["map", "del", &EIP2.to_string()]);
+    assert!(ok, "{out}");
+    let rev = etcd.revision().unwrap();
+    etcd.ctl(&["compact", &rev.to_string()]).unwrap();
+    assert!(
+        reaches(&lab, EIP2, BACKEND2),
+        "the frozen controller's table still translates"
+    );
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let f = wait_fleet(&lab, &ipnat, "the whole table read again", |f| {
+        f["revision"].as_i64() >= Some(rev) && f["connected"] == true
+    });
+    assert_eq!(f["mappings"], 1, "{f}");
+    assert_eq!(served(&ipnat, EIP2), None, "{f}");
+    assert_eq!(served(&ipnat, EIP3).as_deref(), Some("10.0.1.12"));
+    assert!(reaches(&lab, EIP3, BACKEND3));
+}
+
+#[test]
+fn of_two_concurrent_conflicting_fleet_writes_exactly_one_succeeds() {
+    require_root();
+    let ns = Netns::new("etcd").unwrap();
+    let etcd = EtcdServer::start(&ns, 2379).unwrap();
+    let bin = ipnat_tests::lab::ipnat_bin();
+    let rounds = 20;
+    for i in 0..rounds {
+        // Two public addresses for one private one: whichever commits second must see the
+        // first and refuse.
+        let private = format!("10.0.3.{i}");
+        let children: Vec<_> = [100 + i, 150 + i]
+            .iter()
+            .map(|last| {
+                ns.command(bin.to_str().unwrap())
+                    .args([
+                        "fleet",
+                        "map",
+                        "add",
+                        &format!("198.51.100.{last}"),
+                        &private,
+                    ])
+                    .args(["--etcd", &etcd.url, "--prefix", PREFIX])
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        let outs: Vec<_> = children
+            .into_iter()
+            .map(|c| c.wait_with_output().unwrap())
+            .collect();
+        let ok = outs.iter().filter(|o| o.status.success()).count();
+        let text: Vec<String> = outs.iter().map(ipnat_tests::netns::printed).collect();
+        assert_eq!(ok, 1, "round {i}: {text:?}");
+        assert!(
+            text.iter().any(|t| t.contains("already mapped by")),
+            "round {i}: the loser names the winner: {text:?}"
+        );
+    }
+    let (ok, out) = fleet(&ns, &etcd, &["list", "--json"]);
+    assert!(ok, "{out}");
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        listed["mappings"].as_array().unwrap().len(),
+        rounds as usize,
+        "{listed}"
+    );
+    assert!(listed["refused"].is_null(), "{listed}");
+}
