@@ -201,3 +201,55 @@ fn steering_rules_are_checked() {
         .contains("steer[1].source = \"10.0.1.21\": overlaps 10.0.1.20/30 of steer[0]")
     );
 }
+
+#[test]
+fn the_etcd_section_is_checked_key_by_key() {
+    let with = |section: &str| format!("{GOOD}\n[etcd]\n{section}\n");
+    let ok = Config::parse(&with(r#"endpoints = ["http://10.0.0.5:2379"]"#)).unwrap();
+    let etcd = ok.etcd.unwrap();
+    assert_eq!(etcd.prefix, "/ipnat");
+    assert_eq!(
+        (etcd.dial_timeout_ms, etcd.request_timeout_ms),
+        (2000, 5000)
+    );
+    for (section, says) in [
+        ("endpoints = []", "etcd.endpoints = \"[]\""),
+        (r#"endpoints = ["10.0.0.5:2379"]"#, "etcd.endpoints[0]"),
+        (
+            "endpoints = [\"http://a:2379\"]\nca_file = \"/ca.pem\"",
+            "must be an https:// URL (ca_file turns TLS on)",
+        ),
+        (
+            "endpoints = [\"http://a:2379\"]\nprefix = \"ipnat\"",
+            "etcd.prefix",
+        ),
+        (
+            "endpoints = [\"http://a:2379\"]\nprefix = \"/ipnat/\"",
+            "etcd.prefix",
+        ),
+        (
+            "endpoints = [\"http://a:2379\"]\nuser = \"u\"",
+            "go together",
+        ),
+        (
+            "endpoints = [\"http://a:2379\"]\npassword = \"p\"\nuser = \"u\"\npassword_file = \"/p\"",
+            "not both",
+        ),
+        (
+            "endpoints = [\"http://a:2379\"]\ncert_file = \"/c.pem\"\nkey_file = \"/k.pem\"",
+            "needs TLS",
+        ),
+        (
+            "endpoints = [\"http://a:2379\"]\nrequest_timeout_ms = 0",
+            "must be 1 to",
+        ),
+        (
+            "endpoints = [\"http://a:2379\"]\nsecret = 1",
+            "unknown field",
+        ),
+    ] {
+        let e = err(&with(section));
+        assert!(e.contains(says), "{section}: {e}");
+        assert!(!e.contains("\"p\""), "the password is never shown: {e}");
+    }
+}

@@ -183,6 +183,39 @@ mod tests {
     }
 
     #[test]
+    fn the_config_wins_over_the_fleet_and_the_fleet_over_the_provider() {
+        let config = Config::parse(BASE).unwrap();
+        let fleet = synced(
+            &[
+                ("198.51.100.10", "10.0.1.98"), // the config's public: the config's
+                ("198.51.100.30", "10.0.1.30"),
+            ],
+            &[],
+        );
+        let sources = Sources {
+            fleet: FleetTable {
+                mappings: fleet.mappings,
+                steering: Vec::new(),
+            },
+            synced: synced(
+                &[
+                    ("198.51.100.31", "10.0.1.30"), // the fleet's private: the fleet's
+                    ("198.51.100.40", "10.0.1.40"),
+                ],
+                &[],
+            ),
+        };
+        assert_eq!(
+            pairs(&effective(&config, &sources).unwrap()),
+            [
+                ("198.51.100.10".into(), "10.0.1.10".into()),
+                ("198.51.100.30".into(), "10.0.1.30".into()),
+                ("198.51.100.40".into(), "10.0.1.40".into())
+            ]
+        );
+    }
+
+    #[test]
     fn a_provider_that_conflicts_with_itself_is_refused_whole() {
         let config = Config::parse(BASE).unwrap();
         // Two public addresses for one private one.
