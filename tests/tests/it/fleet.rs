@@ -164,6 +164,13 @@ fn the_fleets_table_is_served_and_bad_entries_in_etcd_change_nothing() {
             listed.contains("REFUSED") && listed.contains(&key),
             "{listed}"
         );
+        let metrics = ipnat_tests::lab::metrics(&lab.gw).unwrap();
+        for line in [
+            "ipnat_fleet_refused 1".to_owned(),
+            format!("ipnat_fleet_revision {served_rev}"),
+        ] {
+            assert!(metrics.contains(&line), "{line} in\n{metrics}");
+        }
     }
     // A write through ipnat is refused while the table is broken, naming the key.
     let (ok, out) = fleet(
@@ -178,9 +185,17 @@ fn the_fleets_table_is_served_and_bad_entries_in_etcd_change_nothing() {
     // Removing the bad entry: served again, current.
     let (ok, out) = fleet(&lab.gw, &etcd, &["map", "del", &EIP3.to_string()]);
     assert!(ok, "{out}");
-    wait_fleet(&lab, &ipnat, "served again after the fix", |f| {
+    let f = wait_fleet(&lab, &ipnat, "served again after the fix", |f| {
         f["refused"].is_null() && f["stale"] == false && f["revision"] == f["newest_seen"]
     });
+    let metrics = ipnat_tests::lab::metrics(&lab.gw).unwrap();
+    for line in [
+        "ipnat_fleet_refused 0".to_owned(),
+        "ipnat_fleet_connected 1".to_owned(),
+        format!("ipnat_fleet_revision {}", f["revision"]),
+    ] {
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
     // Changed and removed through ipnat fleet: every change reaches the data plane.
     let (ok, out) = fleet(
         &lab.gw,
