@@ -228,8 +228,7 @@ fn untouched(xdp: bool) -> Action {
 pub fn gateway<P: Packet>(p: &mut P, ingress: u32, flags: u32, xdp: bool) -> (Reason, Action) {
     let h = match parse::parse(p) {
         Ok(h) => h,
-        Err(reason) if xdp => return (reason, Action::Kernel),
-        Err(reason) => return (reason, Action::Pass),
+        Err(reason) => return (reason, untouched(xdp)),
     };
     // Plain values, id 0 for none (see maps::lookup_or_none).
     let dnat_t = maps::lookup_or_none(Dir::Dnat, h.dst, flags);
