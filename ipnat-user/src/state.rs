@@ -239,6 +239,17 @@ impl Records {
         std::fs::read_to_string(self.file(name)).ok()
     }
 
+    /// Reads record `name` as JSON, if there is one that parses.
+    pub fn read_json<T: serde::de::DeserializeOwned>(&self, name: &str) -> Option<T> {
+        serde_json::from_str(&self.read(name)?).ok()
+    }
+
+    /// Writes `value` to record `name` as JSON (see [`Records::write`]).
+    pub fn write_json<T: serde::Serialize>(&self, name: &str, value: &T) -> std::io::Result<()> {
+        self.write(name, &serde_json::to_string_pretty(value)?)
+            .map_err(std::io::Error::other)
+    }
+
     /// Forgets record `name`.
     pub fn remove(&self, name: &str) {
         let _ = std::fs::remove_file(self.file(name));

@@ -122,20 +122,14 @@ impl EtcdConfig {
         if self.cert_file.is_some() != self.key_file.is_some() {
             return Err(invalid(
                 "etcd.key_file".into(),
-                &self
-                    .key_file
-                    .as_deref()
-                    .map_or(String::new(), |p| p.display().to_string()),
+                &shown(&self.key_file),
                 "cert_file and key_file go together",
             ));
         }
         if self.cert_file.is_some() && !tls {
             return Err(invalid(
                 "etcd.cert_file".into(),
-                &self
-                    .cert_file
-                    .as_deref()
-                    .map_or(String::new(), |p| p.display().to_string()),
+                &shown(&self.cert_file),
                 "a client certificate needs TLS: set ca_file too",
             ));
         }
@@ -153,4 +147,10 @@ impl EtcdConfig {
         }
         Ok(())
     }
+}
+
+/// An optional path as an error shows it (empty when unset).
+fn shown(path: &Option<PathBuf>) -> String {
+    path.as_deref()
+        .map_or(String::new(), |p| p.display().to_string())
 }

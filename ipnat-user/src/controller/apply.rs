@@ -145,7 +145,7 @@ fn reload(
 ) -> Result<Config> {
     let new = Config::load(path)?;
     reloadable(old, &new)?;
-    apply_config(dp, &effective(&new, sources)?)?;
+    apply_config(dp, &sources.effective(&new)?)?;
     Ok(new)
 }
 
@@ -157,13 +157,7 @@ pub(super) fn apply_synced(
     sources: &Sources,
     new: &Synced,
 ) -> Result<()> {
-    let eff = effective(
-        config,
-        &Sources {
-            synced: new.clone(),
-            fleet: sources.fleet.clone(),
-        },
-    )?;
+    let eff = effective(config, new, &sources.fleet)?;
     if config.provider_addresses() {
         reconcile_logged(
             &new.addresses,

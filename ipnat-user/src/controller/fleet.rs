@@ -1,7 +1,6 @@
 //! Serving the fleet's table: every update the follower hands over is applied as one change,
 //! through the same path as a config reload, or refused whole (the last good table stays).
 
-use anyhow::Result;
 use tracing::{info, warn};
 
 use super::{
@@ -16,28 +15,34 @@ use crate::{
 
 /// What a restarted controller serves before etcd answers: the last good table of the same
 /// fleet (cluster and prefix), as an earlier run recorded it. A restart thus changes nothing
-/// in the tables however long etcd takes.
-pub(super) fn restore(config: &Config) -> (FleetState, FleetTable) {
-    let Some(etcd) = &config.etcd else {
-        return (FleetState::default(), FleetTable::default());
-    };
-    let fresh = FleetState {
-        endpoints: etcd.endpoints.clone(),
-        prefix: etcd.prefix.clone(),
-        ..FleetState::default()
-    };
-    match FleetState::load(&config.pin_path) {
-        Some(mut s) if s.endpoints == etcd.endpoints && s.prefix == etcd.prefix => {
-            let table = std::mem::take(&mut s.last_good);
-            s.connected = false;
-            s.error = Some("not connected yet since the controller started".into());
-            (s, table)
-        }
-        _ => (fresh, FleetTable::default()),
-    }
+/// in the tables however long etcd takes. None without [etcd].
+pub(super) fn restore(config: &Config) -> Option<(FleetState, FleetTable)> {
+    let etcd = config.etcd.as_ref()?;
+    let restored = FleetState::load(&config.pin_path)
+        .filter(|s| s.endpoints == etcd.endpoints && s.prefix == etcd.prefix)
+        .zip(FleetState::load_table(&config.pin_path));
+    Some(match restored {
+        Some((state, table)) => (
+            FleetState {
+                connected: false,
+                error: Some("not connected yet since the controller started".into()),
+                ..state
+            },
+            table,
+        ),
+        None => (
+            FleetState {
+                endpoints: etcd.endpoints.clone(),
+                prefix: etcd.prefix.clone(),
+                ..FleetState::default()
+            },
+            FleetTable::default(),
+        ),
+    })
 }
 
-/// Applies one update from the follower to the data plane and the record.
+/// Applies one update from the follower to the data plane (`sources.fleet` is the table
+/// served) and the record.
 pub(super) fn handle(
     dp: &mut Dataplane,
     config: &Config,
@@ -45,72 +50,71 @@ pub(super) fn handle(
     state: &mut FleetState,
     update: Update,
 ) {
-    let now = crate::fleet::unix_ms();
-    match update {
-        Update::Table { revision, table } => {
-            state.newest_seen = state.newest_seen.max(revision);
-            state.connected = true;
-            state.error = None;
-            let next = Sources {
-                fleet: table,
-                ..sources.clone()
-            };
-            let applied: Result<()> = if next == *sources && state.refused.is_none() {
-                Ok(())
-            } else {
-                effective(config, &next).and_then(|eff| apply_config(dp, &eff))
-            };
-            match applied {
-                Ok(()) => {
-                    if state.refused.take().is_some() || state.revision == 0 || next != *sources {
-                        info!(
-                            revision,
-                            mappings = next.fleet.mappings.len(),
-                            steering = next.fleet.steering.len(),
-                            "serving the fleet's table"
-                        );
-                    }
-                    *sources = next;
-                    state.revision = revision;
-                    state.confirmed_unix_ms = now;
-                }
-                Err(e) => {
-                    warn!(
-                        revision,
-                        "the fleet's table is refused, the data plane keeps its last good table: {e:#}"
-                    );
-                    state.refused = Some(Refused {
-                        key: String::new(),
-                        why: format!("{e:#}"),
-                    });
-                }
-            }
-        }
-        Update::Refused { revision, refused } => {
-            state.newest_seen = state.newest_seen.max(revision);
-            state.connected = true;
-            state.error = None;
-            warn!(revision, key = %refused.key, "the fleet's table is refused, the data plane keeps its last good table: {}", refused.why);
-            state.refused = Some(refused);
-        }
-        Update::Current { revision } => {
-            state.connected = true;
-            state.error = None;
-            state.newest_seen = state.newest_seen.max(revision);
-            if state.refused.is_none() {
-                // Nothing under the prefix changed since: the table served is the newest.
-                state.revision = state.revision.max(revision);
-            }
-            state.confirmed_unix_ms = now;
-        }
+    let (revision, table) = match update {
         Update::Lost { error } => {
             state.connected = false;
             state.error = Some(error);
+            return save(config, state);
         }
+        Update::Alive => {
+            state.connected = true;
+            state.error = None;
+            state.confirmed_unix_ms = crate::fleet::unix_ms();
+            return save(config, state);
+        }
+        Update::Refused { revision, refused } => {
+            warn!(revision, key = %refused.key, "the fleet's table is refused, the data plane keeps its last good table: {}", refused.why);
+            (revision, Err(refused))
+        }
+        Update::Table { revision, table } => (revision, Ok(table)),
+    };
+    state.connected = true;
+    state.error = None;
+    state.newest_seen = state.newest_seen.max(revision);
+    let table = table.and_then(|table| {
+        if table == sources.fleet {
+            return Ok(None);
+        }
+        match effective(config, &sources.synced, &table).and_then(|eff| apply_config(dp, &eff)) {
+            Ok(()) => Ok(Some(table)),
+            Err(e) => {
+                warn!(
+                    revision,
+                    "the fleet's table is refused, the data plane keeps its last good table: {e:#}"
+                );
+                Err(Refused {
+                    key: String::new(),
+                    why: format!("{e:#}"),
+                })
+            }
+        }
+    });
+    match table {
+        Ok(changed) => {
+            if let Some(fleet) = changed {
+                info!(
+                    revision,
+                    mappings = fleet.mappings.len(),
+                    steering = fleet.steering.len(),
+                    "serving the fleet's table"
+                );
+                if let Err(e) = FleetState::save_table(&config.pin_path, &fleet) {
+                    warn!("recording the fleet's table: {e}");
+                }
+                state.mappings = fleet.mappings.len();
+                state.steering = fleet.steering.len();
+                sources.fleet = fleet;
+            }
+            state.refused = None;
+            state.revision = revision;
+            state.confirmed_unix_ms = crate::fleet::unix_ms();
+        }
+        Err(refused) => state.refused = Some(refused),
     }
-    state.mappings = sources.fleet.mappings.len();
-    state.steering = sources.fleet.steering.len();
-    state.last_good = sources.fleet.clone();
+    save(config, state);
+}
+
+fn save(config: &Config, state: &FleetState) {
     if let Err(e) = state.save(&config.pin_path) {
         warn!("recording the fleet's state: {e}");
     }

@@ -19,12 +19,10 @@ pub struct Sources {
     pub fleet: FleetTable,
 }
 
-impl From<Synced> for Sources {
-    fn from(synced: Synced) -> Self {
-        Sources {
-            synced,
-            ..Sources::default()
-        }
+impl Sources {
+    /// The config with these sources added ([`effective`]).
+    pub fn effective(&self, config: &Config) -> Result<Config> {
+        effective(config, &self.synced, &self.fleet)
     }
 }
 
@@ -41,9 +39,9 @@ fn overlap(a: &MappingConfig, b: &MappingConfig) -> bool {
 /// same source (steering rules): the config's own, then the fleet's, then the provider's
 /// (host orientation: the EIP associations; a gateway: the tagged backends). A gateway's own
 /// file thus overrides the fleet for that one gateway.
-pub fn effective(config: &Config, sources: &Sources) -> Result<Config> {
+pub fn effective(config: &Config, synced: &Synced, fleet: &FleetTable) -> Result<Config> {
     let mut c = config.clone();
-    for rules in [&sources.fleet.steering, &sources.synced.rules] {
+    for rules in [&fleet.steering, &synced.rules] {
         let before = c.steering.clone();
         c.steering.extend(
             rules
@@ -52,10 +50,7 @@ pub fn effective(config: &Config, sources: &Sources) -> Result<Config> {
                 .cloned(),
         );
     }
-    for (i, mappings) in [&sources.fleet.mappings, &sources.synced.mappings]
-        .into_iter()
-        .enumerate()
-    {
+    for (i, mappings) in [&fleet.mappings, &synced.mappings].into_iter().enumerate() {
         let before = c.mappings.clone();
         c.mappings.extend(
             mappings
@@ -154,7 +149,7 @@ mod tests {
             ],
             &[("10.0.1.20", "10.0.1.254"), ("10.0.1.21", "10.0.1.1")],
         );
-        let eff = effective(&config, &from_cloud.clone().into()).unwrap();
+        let eff = effective(&config, &from_cloud, &FleetTable::default()).unwrap();
         // Same public, same private, and a block holding the config's public: the config's.
         assert_eq!(
             pairs(&eff),
@@ -177,7 +172,7 @@ mod tests {
         );
         // Nothing synced: the config as it is.
         assert_eq!(
-            pairs(&effective(&config, &Sources::default()).unwrap()),
+            pairs(&Sources::default().effective(&config).unwrap()),
             pairs(&config)
         );
     }
@@ -206,7 +201,7 @@ mod tests {
             ),
         };
         assert_eq!(
-            pairs(&effective(&config, &sources).unwrap()),
+            pairs(&sources.effective(&config).unwrap()),
             [
                 ("198.51.100.10".into(), "10.0.1.10".into()),
                 ("198.51.100.30".into(), "10.0.1.30".into()),
@@ -226,7 +221,7 @@ mod tests {
         let from_cloud = synced(&twice, &[]);
         let err = format!(
             "{:#}",
-            effective(&config, &from_cloud.clone().into()).unwrap_err()
+            effective(&config, &from_cloud, &FleetTable::default()).unwrap_err()
         );
         assert!(
             err.starts_with("what the provider asks for conflicts with the config"),

@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use super::{
     apply::{apply_config, apply_synced, do_reload, resolve_gateways},
-    policy::{Sources, effective},
+    policy::Sources,
     unix_now,
 };
 use crate::{
@@ -112,12 +112,12 @@ pub fn run(config_path: &Path, config: Config, stats_interval: u64) -> Result<()
     };
     // And the fleet's last good table, for the same reason (and so that a controller killed
     // and restarted changes nothing while etcd is slow or away).
-    let (mut fleet_state, fleet_table) = super::fleet::restore(&config);
+    let (fleet_state, fleet_table) = super::fleet::restore(&config).unzip();
     let mut sources = Sources {
         synced: last_good,
-        fleet: fleet_table,
+        fleet: fleet_table.unwrap_or_default(),
     };
-    let start = match effective(&config, &sources) {
+    let start = match sources.effective(&config) {
         Ok(c) => c,
         Err(e) => {
             warn!(
@@ -247,10 +247,11 @@ pub fn run(config_path: &Path, config: Config, stats_interval: u64) -> Result<()
     // The fleet's follower: a snapshot, then a watch; its updates arrive here.
     let (fleet_tx, mut fleet_rx) = tokio::sync::mpsc::unbounded_channel();
     let fleet_on = config.etcd.is_some();
-    if let Some(etcd) = config.etcd.clone() {
-        info!(endpoints = %etcd.endpoints.join(","), prefix = %etcd.prefix, revision = fleet_state.revision, "following the fleet's table in etcd");
+    if let (Some(etcd), Some(state)) = (config.etcd.clone(), fleet_state) {
+        info!(endpoints = %etcd.endpoints.join(","), prefix = %etcd.prefix, revision = state.revision, "following the fleet's table in etcd");
         rt.spawn(crate::fleet::follow(etcd, fleet_tx));
-        *ctl.fleet.lock().expect("not poisoned") = Some(fleet_state.clone());
+        // The one copy of the fleet's state: the metrics server reads it too.
+        *ctl.fleet.lock().expect("not poisoned") = Some(state);
     }
     rt.block_on(async {
         let mut tick = tokio::time::interval(Duration::from_secs(stats_interval.max(1)));
@@ -289,12 +290,13 @@ pub fn run(config_path: &Path, config: Config, stats_interval: u64) -> Result<()
                     }
                 }
                 Some(update) = fleet_rx.recv(), if fleet_on => {
-                    super::fleet::handle(&mut dp, &config, &mut sources, &mut fleet_state, update);
-                    *ctl.fleet.lock().expect("not poisoned") = Some(fleet_state.clone());
+                    if let Some(state) = ctl.fleet.lock().expect("not poisoned").as_mut() {
+                        super::fleet::handle(&mut dp, &config, &mut sources, state, update);
+                    }
                 }
                 _ = tick.tick(), if stats_interval > 0 => print!("{}", dp.tables.snapshot()?.render()),
                 _ = neighbours.tick() => {
-                    if let Ok(eff) = effective(&config, &sources) {
+                    if let Ok(eff) = sources.effective(&config) {
                         resolve_gateways(&eff);
                     }
                     // What XDP may redirect to follows the drivers (a veth's peer may have

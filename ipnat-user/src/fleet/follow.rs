@@ -19,8 +19,8 @@ pub enum Update {
     Table { revision: i64, table: FleetTable },
     /// The table as of `revision` cannot be served: nothing of it applies.
     Refused { revision: i64, refused: Refused },
-    /// etcd answered a progress request: the watch is alive, still at `revision`.
-    Current { revision: i64 },
+    /// etcd answered a progress request: the watch is alive (at the last revision sent).
+    Alive,
     /// etcd cannot be reached or the watch broke; the follower retries.
     Lost { error: String },
 }
@@ -133,12 +133,7 @@ async fn follow_once(
                 // 3.5.8 answers with the store's revision even while the watch is still
                 // catching up (etcd issue 15220; Debian 12 ships 3.4.23), so resuming after
                 // it could skip changes. The revision served advances by events only.
-                if tx
-                    .send(Update::Current {
-                        revision: *revision,
-                    })
-                    .is_err()
-                {
+                if tx.send(Update::Alive).is_err() {
                     return Ok(());
                 }
                 continue;

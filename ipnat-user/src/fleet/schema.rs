@@ -99,10 +99,10 @@ impl FleetTable {
         keys: &Keys,
         kvs: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
     ) -> Result<(Self, Names), Refused> {
-        let (table, names, mut broken) = Self::parse_each(keys, kvs);
-        match broken.is_empty() {
-            true => Ok((table, names)),
-            false => Err(broken.swap_remove(0)),
+        let (table, names, broken) = Self::parse_each(keys, kvs);
+        match broken.into_iter().next() {
+            None => Ok((table, names)),
+            Some(first) => Err(first),
         }
     }
 
@@ -132,50 +132,34 @@ impl FleetTable {
             let Some(rest) = key.strip_prefix(&all) else {
                 continue;
             };
-            let refuse = |why: String| Refused {
-                key: key.clone(),
-                why,
-            };
             if let Some(public) = rest.strip_prefix(MAPPINGS) {
-                let m: MappingConfig = match serde_json::from_slice(value) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        broken.push(refuse(format!(
-                            "not a mapping ({e}): expected {{\"public\": \"<address or block>\", \"private\": \"<address or block>\"}}"
-                        )));
-                        continue;
+                match entry(
+                    value,
+                    public,
+                    &MAPPING,
+                    |m: &MappingConfig| m.public,
+                    |b| keys.mapping(b),
+                ) {
+                    Ok(m) => {
+                        table.mappings.push(m);
+                        names.mappings.push(key);
                     }
-                };
-                if public != m.public.to_string() {
-                    broken.push(refuse(format!(
-                        "the key names {public:?} but the value maps {} (the key must be {})",
-                        m.public,
-                        keys.mapping(m.public)
-                    )));
-                    continue;
+                    Err(why) => broken.push(Refused { key, why }),
                 }
-                table.mappings.push(m);
-                names.mappings.push(key.clone());
             } else if let Some(source) = rest.strip_prefix(STEER) {
-                let r: SteerConfig = match serde_json::from_slice(value) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        broken.push(refuse(format!(
-                            "not a steering rule ({e}): expected {{\"source\", \"interface\", \"gateway\", \"subnet\"}}"
-                        )));
-                        continue;
+                match entry(
+                    value,
+                    source,
+                    &RULE,
+                    |r: &SteerConfig| r.source,
+                    |b| keys.steer(b),
+                ) {
+                    Ok(r) => {
+                        table.steering.push(r);
+                        names.steering.push(key);
                     }
-                };
-                if source != r.source.to_string() {
-                    broken.push(refuse(format!(
-                        "the key names {source:?} but the value steers {} (the key must be {})",
-                        r.source,
-                        keys.steer(r.source)
-                    )));
-                    continue;
+                    Err(why) => broken.push(Refused { key, why }),
                 }
-                table.steering.push(r);
-                names.steering.push(key.clone());
             }
         }
         (table, names, broken)
@@ -183,25 +167,76 @@ impl FleetTable {
 
     /// Validates the table as a whole, as a config's mappings and steering rules are.
     pub fn validate(&self, names: &Names) -> Result<(), Refused> {
-        let refused = |e: ConfigError, keys: &[String], what: &str| {
-            let text = e.to_string();
-            // The validators name entries `<what>[i]`: name the key instead.
-            let key = (0..keys.len())
-                .find(|i| text.starts_with(&format!("{what}[{i}]")))
-                .map(|i| keys[i].clone())
-                .unwrap_or_default();
-            let mut why = text;
-            for (i, k) in keys.iter().enumerate().rev() {
-                why = why.replace(&format!("{what}[{i}]"), k);
+        // The validators name each entry as they are told: by its key. The error's key is
+        // `<entry key>.<field>` (or the table's, for its size): the entry is the one it
+        // starts with.
+        let refused = |e: ConfigError, keys: &[String]| {
+            let key = match &e {
+                ConfigError::Invalid { key, .. } => keys
+                    .iter()
+                    .find(|k| {
+                        key.strip_prefix(k.as_str())
+                            .is_some_and(|f| f.starts_with('.'))
+                    })
+                    .cloned()
+                    .unwrap_or_default(),
+                _ => String::new(),
+            };
+            Refused {
+                key,
+                why: e.to_string(),
             }
-            Refused { key, why }
         };
-        validate_mappings(&self.mappings, &|i| format!("mapping[{i}]"))
-            .map_err(|e| refused(e, &names.mappings, "mapping"))?;
-        validate_steer_rules(&self.steering, &|i| format!("steer[{i}]"))
-            .map_err(|e| refused(e, &names.steering, "steer"))?;
+        validate_mappings(&self.mappings, &|i| names.mappings[i].clone())
+            .map_err(|e| refused(e, &names.mappings))?;
+        validate_steer_rules(&self.steering, &|i| names.steering[i].clone())
+            .map_err(|e| refused(e, &names.steering))?;
         Ok(())
     }
+}
+
+/// What an entry of one subtree is, for its errors.
+struct Kind {
+    /// `not a <what>`
+    what: &'static str,
+    /// The fields it must have.
+    shape: &'static str,
+    /// `the value <verb> <address>`
+    verb: &'static str,
+}
+
+const MAPPING: Kind = Kind {
+    what: "mapping",
+    shape: r#"{"public": "<address or block>", "private": "<address or block>"}"#,
+    verb: "maps",
+};
+
+const RULE: Kind = Kind {
+    what: "steering rule",
+    shape: r#"{"source", "interface", "gateway", "subnet"}"#,
+    verb: "steers",
+};
+
+/// One entry's value: a `T` in JSON, for the address its key names (`named`); why not
+/// otherwise. `addr` is the address a value is keyed by, `key_of` the key it belongs at.
+fn entry<T: serde::de::DeserializeOwned>(
+    value: &[u8],
+    named: &str,
+    kind: &Kind,
+    addr: impl Fn(&T) -> Block,
+    key_of: impl Fn(Block) -> String,
+) -> Result<T, String> {
+    let v: T = serde_json::from_slice(value)
+        .map_err(|e| format!("not a {} ({e}): expected {}", kind.what, kind.shape))?;
+    let a = addr(&v);
+    if named != a.to_string() {
+        return Err(format!(
+            "the key names {named:?} but the value {} {a} (the key must be {})",
+            kind.verb,
+            key_of(a)
+        ));
+    }
+    Ok(v)
 }
 
 /// The key of each of a table's mappings and rules, in the table's order.

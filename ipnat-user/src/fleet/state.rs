@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::Refused;
+use super::{FleetTable, Refused};
 
 /// The fleet as one gateway serves it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,13 +27,12 @@ pub struct FleetState {
     pub error: Option<String>,
     /// When etcd last confirmed that `newest_seen` is the newest there is (Unix ms; 0: never).
     pub confirmed_unix_ms: u64,
-    /// The table served (`revision`'s), kept so that a restarted controller serves it at once
-    /// instead of nothing until etcd answers.
-    #[serde(default)]
-    pub last_good: super::FleetTable,
 }
 
 const FLEET_STATE: &str = "fleet.json";
+/// The table served, in a record of its own: written only when it changes (the state above
+/// changes every progress interval).
+const FLEET_TABLE: &str = "fleet-table.json";
 
 pub fn unix_ms() -> u64 {
     std::time::SystemTime::now()
@@ -67,14 +66,21 @@ impl FleetState {
     }
 
     pub fn load(pin_path: &Path) -> Option<Self> {
-        let text = crate::state::Records::lookup(pin_path).read(FLEET_STATE)?;
-        serde_json::from_str(&text).ok()
+        crate::state::Records::lookup(pin_path).read_json(FLEET_STATE)
     }
 
     pub fn save(&self, pin_path: &Path) -> std::io::Result<()> {
-        crate::state::Records::lookup(pin_path)
-            .write(FLEET_STATE, &serde_json::to_string_pretty(self)?)
-            .map_err(std::io::Error::other)
+        crate::state::Records::lookup(pin_path).write_json(FLEET_STATE, self)
+    }
+
+    /// The table served when the state was last saved, kept so that a restarted controller
+    /// serves it at once instead of nothing until etcd answers.
+    pub fn load_table(pin_path: &Path) -> Option<FleetTable> {
+        crate::state::Records::lookup(pin_path).read_json(FLEET_TABLE)
+    }
+
+    pub fn save_table(pin_path: &Path, table: &FleetTable) -> std::io::Result<()> {
+        crate::state::Records::lookup(pin_path).write_json(FLEET_TABLE, table)
     }
 
     pub fn render(&self, now_ms: u64) -> String {

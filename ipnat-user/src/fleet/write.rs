@@ -18,12 +18,18 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Every entry parsed, none validated against the others ([`FleetTable::parse_entries`]).
     pub fn entries(&self, keys: &Keys) -> Result<(FleetTable, Names), Refused> {
-        FleetTable::parse_entries(keys, self.kvs.iter().map(|(k, v)| (&k[..], &v[..])))
+        FleetTable::parse_entries(keys, self.pairs())
     }
 
-    pub fn table(&self, keys: &Keys) -> Result<FleetTable, Refused> {
-        FleetTable::parse(keys, self.kvs.iter().map(|(k, v)| (&k[..], &v[..])))
+    /// Every entry that parses, and why each other one does not ([`FleetTable::parse_each`]).
+    pub fn each(&self, keys: &Keys) -> (FleetTable, Names, Vec<Refused>) {
+        FleetTable::parse_each(keys, self.pairs())
+    }
+
+    fn pairs(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.kvs.iter().map(|(k, v)| (&k[..], &v[..]))
     }
 }
 

@@ -149,18 +149,11 @@ const SYNC_STATE: &str = "sync.json";
 
 impl SyncState {
     pub fn load(pin_path: &Path) -> Option<Self> {
-        let text = crate::state::Records::lookup(pin_path).read(SYNC_STATE)?;
-        serde_json::from_str(&text).ok()
+        crate::state::Records::lookup(pin_path).read_json(SYNC_STATE)
     }
 
     pub fn save(&self, pin_path: &Path) -> std::io::Result<()> {
-        crate::state::Records::lookup(pin_path)
-            .write(SYNC_STATE, &serde_json::to_string_pretty(self)?)
-            .map_err(std::io::Error::other)
-    }
-
-    pub fn remove(pin_path: &Path) {
-        crate::state::Records::lookup(pin_path).remove(SYNC_STATE);
+        crate::state::Records::lookup(pin_path).write_json(SYNC_STATE, self)
     }
 }
 

@@ -76,6 +76,25 @@ fn served(ipnat: &Ipnat, public: Ipv4Addr) -> Option<String> {
         .map(|m| m["private"].as_str().unwrap().to_owned())
 }
 
+/// Waits up to 10 s until the data plane maps `public` to `want` (None: not at all).
+fn wait_served(ipnat: &Ipnat, public: Ipv4Addr, want: Option<&str>, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served(ipnat, public).as_deref() != want {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The gateway lab (with a third backend address) and an etcd in the gateway's namespace.
+fn lab_with_etcd() -> (GatewayLab, EtcdServer) {
+    let lab = GatewayLab::new(LabOptions::default()).unwrap();
+    lab.backend
+        .ip(&["addr", "add", &format!("{BACKEND3}/24"), "dev", "eth0"])
+        .unwrap();
+    let etcd = EtcdServer::start(&lab.gw, 2379).unwrap();
+    (lab, etcd)
+}
+
 /// A datagram from the internet host to `public` arrives at `private` on the backend, from the
 /// internet host's address (translated by the gateway, both ways checked by the kernel).
 fn reaches(lab: &GatewayLab, public: Ipv4Addr, private: Ipv4Addr) -> bool {
@@ -101,11 +120,7 @@ fn reaches(lab: &GatewayLab, public: Ipv4Addr, private: Ipv4Addr) -> bool {
 #[test]
 fn the_fleets_table_is_served_and_bad_entries_in_etcd_change_nothing() {
     require_root();
-    let lab = GatewayLab::new(LabOptions::default()).unwrap();
-    lab.backend
-        .ip(&["addr", "add", &format!("{BACKEND3}/24"), "dev", "eth0"])
-        .unwrap();
-    let etcd = EtcdServer::start(&lab.gw, 2379).unwrap();
+    let (lab, etcd) = lab_with_etcd();
     let (ok, out) = fleet(
         &lab.gw,
         &etcd,
@@ -209,14 +224,7 @@ fn the_fleets_table_is_served_and_bad_entries_in_etcd_change_nothing() {
         ],
     );
     assert!(ok, "{out}");
-    let until = |what: &str, want: Option<&str>| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while served(&ipnat, EIP2).as_deref() != want {
-            assert!(Instant::now() < deadline, "{what}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    until("changed", Some("10.0.1.12"));
+    wait_served(&ipnat, EIP2, Some("10.0.1.12"), "changed");
     assert!(reaches(&lab, EIP2, BACKEND3));
     // etcd gone, and the controller killed and restarted meanwhile: it serves the fleet's
     // last good table at once, and the data plane kept translating throughout.
@@ -242,14 +250,7 @@ fn the_fleets_table_is_served_and_bad_entries_in_etcd_change_nothing() {
     });
     let (ok, out) = fleet(&lab.gw, &etcd, &["map", "del", &EIP2.to_string()]);
     assert!(ok, "{out}");
-    let until = |what: &str, want: Option<&str>| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while served(&ipnat, EIP2).as_deref() != want {
-            assert!(Instant::now() < deadline, "{what}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    until("removed", None);
+    wait_served(&ipnat, EIP2, None, "removed");
     assert_eq!(
         served(&ipnat, EIP).as_deref(),
         Some("10.0.1.10"),
@@ -260,11 +261,7 @@ fn the_fleets_table_is_served_and_bad_entries_in_etcd_change_nothing() {
 #[test]
 fn a_watch_that_resumes_after_etcd_compacted_its_history_reads_everything_again() {
     require_root();
-    let lab = GatewayLab::new(LabOptions::default()).unwrap();
-    lab.backend
-        .ip(&["addr", "add", &format!("{BACKEND3}/24"), "dev", "eth0"])
-        .unwrap();
-    let mut etcd = EtcdServer::start(&lab.gw, 2379).unwrap();
+    let (lab, mut etcd) = lab_with_etcd();
     let (ok, out) = fleet(
         &lab.gw,
         &etcd,

@@ -25,6 +25,14 @@ fn target(t: &FleetTarget) -> Result<EtcdConfig> {
     })
 }
 
+/// The cluster a command works on, its keys, and a connection to it.
+async fn connect(t: &FleetTarget) -> Result<(EtcdConfig, Keys, Etcd)> {
+    let config = target(t)?;
+    let keys = Keys::new(&config.prefix);
+    let etcd = Etcd::connect(&config).await?;
+    Ok((config, keys, etcd))
+}
+
 pub fn run(action: FleetCommand) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -32,16 +40,15 @@ pub fn run(action: FleetCommand) -> Result<()> {
     rt.block_on(async {
         match action {
             FleetCommand::List { target: t, json } => {
-                let config = target(&t)?;
-                let keys = Keys::new(&config.prefix);
-                let etcd = Etcd::connect(&config).await?;
+                let (config, keys, etcd) = connect(&t).await?;
                 let snap = ipnat::fleet::read(&etcd, &keys).await?;
-                // A broken entry is listed as it is stored, with why every gateway refuses it.
-                let problem = snap.table(&keys).err();
-                let (table, _, _) = ipnat::fleet::FleetTable::parse_each(
-                    &keys,
-                    snap.kvs.iter().map(|(k, v)| (&k[..], &v[..])),
-                );
+                // What parses is listed; a broken entry as it is stored, with why every
+                // gateway refuses the table (the first broken entry, else the first conflict).
+                let (table, names, broken) = snap.each(&keys);
+                let problem = broken
+                    .into_iter()
+                    .next()
+                    .or_else(|| table.validate(&names).err());
                 if json {
                     let out = serde_json::json!({
                         "revision": snap.revision,
@@ -94,12 +101,10 @@ pub fn run(action: FleetCommand) -> Result<()> {
                     replace,
                     target: t,
                 } => {
-                    let config = target(&t)?;
-                    let keys = Keys::new(&config.prefix);
                     let m = MappingConfig { public, private };
                     // The mapping on its own first: the same checks as a config's.
                     ipnat::config::validate_mappings(&[m], &|_| "mapping".into())?;
-                    let etcd = Etcd::connect(&config).await?;
+                    let (_, keys, etcd) = connect(&t).await?;
                     match ipnat::fleet::map_add(&etcd, &keys, m, replace).await? {
                         Written::At(rev) => {
                             println!(
@@ -117,9 +122,7 @@ pub fn run(action: FleetCommand) -> Result<()> {
                     Ok(())
                 }
                 FleetMapCommand::Del { public, target: t } => {
-                    let config = target(&t)?;
-                    let keys = Keys::new(&config.prefix);
-                    let etcd = Etcd::connect(&config).await?;
+                    let (_, keys, etcd) = connect(&t).await?;
                     if let Written::At(rev) = ipnat::fleet::map_del(&etcd, &keys, public).await? {
                         println!("{}: removed (revision {rev})", keys.mapping(public));
                     }
