@@ -27,6 +27,8 @@ pub struct ControllerCounters {
     pub last_sync_unix: AtomicU64,
     /// What the controller serves of the fleet's table (none without [etcd]).
     pub fleet: Mutex<Option<crate::fleet::FleetState>>,
+    /// The last readiness check and what it announces (none without [announce]).
+    pub health: Mutex<Option<crate::fleet::health::HealthState>>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -46,6 +48,11 @@ struct SteerLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SideLabels {
+    side: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -206,6 +213,31 @@ pub fn render(tables: &Tables, ctl: &ControllerCounters) -> Result<String, Datap
             "fleet_connected",
             "1 while the watch on etcd is up",
             gauge(i64::from(fleet.connected)),
+        );
+    }
+    if let Some(h) = ctl.health.lock().expect("not poisoned").as_ref() {
+        let d = &h.decision;
+        reg.register(
+            "ready",
+            "1 while this gateway is ready: programs attached, the self-check's probe translated, the table the newest it knows",
+            gauge(i64::from(d.ready)),
+        );
+        reg.register(
+            "drained",
+            "1 while this gateway is drained (ipnat drain)",
+            gauge(i64::from(d.drained)),
+        );
+        let announced = Family::<SideLabels, Gauge>::default();
+        announced
+            .get_or_create(&SideLabels { side: "outward" })
+            .set(i64::from(d.outward));
+        announced
+            .get_or_create(&SideLabels { side: "inward" })
+            .set(i64::from(d.inward));
+        reg.register(
+            "announced",
+            "1 while this side is announced (outward: the public prefixes; inward: the default route)",
+            announced,
         );
     }
     let mut out = String::new();

@@ -16,6 +16,7 @@ use thiserror::Error;
 
 mod block;
 mod cloud;
+mod announce;
 mod etcd;
 #[cfg(test)]
 mod tests;
@@ -23,6 +24,7 @@ mod validate;
 
 pub use block::Block;
 pub use cloud::{AliyunConfig, AwsConfig, Cloud, Provider};
+pub use announce::{AnnounceConfig, DEFAULT_ANNOUNCE_PROTOCOL, DEFAULT_ANNOUNCE_TABLE};
 pub use etcd::{DEFAULT_ETCD_PREFIX, EtcdConfig};
 pub use validate::*;
 
@@ -74,6 +76,9 @@ pub struct Config {
     /// join the config's own, which win for the same addresses.
     #[serde(default)]
     pub etcd: Option<EtcdConfig>,
+    /// Tell the routing daemon what this gateway serves while it is ready (absent: off).
+    #[serde(default)]
+    pub announce: Option<AnnounceConfig>,
 }
 
 /// Packets from `source` leave by `interface`: to the destination itself when it is in

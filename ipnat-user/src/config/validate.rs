@@ -155,6 +155,17 @@ impl Config {
         if let Some(e) = &self.etcd {
             e.validate()?;
         }
+        if let Some(a) = &self.announce {
+            if self.orientation == Orientation::Host {
+                return Err(invalid(
+                    "announce".into(),
+                    &"[announce]",
+                    "announcing serves gateways (orientation = \"gateway\"); a host's addresses are its own",
+                ));
+            }
+            let names: Vec<String> = self.interfaces.iter().map(|i| i.name.clone()).collect();
+            a.validate(&names)?;
+        }
         if self.metrics_listen != "off"
             && self.metrics_listen.parse::<std::net::SocketAddr>().is_err()
         {
@@ -171,13 +182,16 @@ impl Config {
                 &format!("must be 1 to {MAX_MAPPINGS_LIMIT}"),
             ));
         }
-        if self.mappings.len() > self.max_mappings as usize {
+        // [announce]'s self-check takes one entry (see dataplane::PROBE_MAPPING).
+        let probe = usize::from(self.announce.is_some());
+        if self.mappings.len() + probe > self.max_mappings as usize {
             return Err(invalid(
                 "mapping".into(),
                 &self.mappings.len(),
                 &format!(
-                    "more mappings than max_mappings = {}; raise it",
-                    self.max_mappings
+                    "more mappings than max_mappings = {}{}; raise it",
+                    self.max_mappings,
+                    if probe > 0 { " less the one [announce]'s self-check takes" } else { "" }
                 ),
             ));
         }
@@ -286,7 +300,11 @@ pub const MAX_TIMEOUT_MS: u64 = 600_000;
 /// (a block is refused when it holds any such address).
 pub fn not_unicast(block: Block) -> Option<&'static str> {
     const SPECIAL: [(Ipv4Addr, u8, &str); 4] = [
-        (Ipv4Addr::UNSPECIFIED, 32, "the unspecified address 0.0.0.0"),
+        (
+            Ipv4Addr::UNSPECIFIED,
+            8,
+            "\"this network\" (0.0.0.0/8), never a packet's address (ipnat's self-check probe uses it)",
+        ),
         (
             Ipv4Addr::BROADCAST,
             32,

@@ -4,6 +4,7 @@
 
 mod apply;
 mod fleet;
+mod health;
 pub mod policy;
 mod run;
 

@@ -74,11 +74,12 @@ pub fn reloadable(old: &Config, new: &Config) -> Result<()> {
         || new.metrics_listen != old.metrics_listen
         || new.orientation != old.orientation
         || new.etcd != old.etcd
+        || new.announce != old.announce
         || new.provider().map(|p| (p.cloud, p.interval_secs))
             != old.provider().map(|p| (p.cloud, p.interval_secs))
     {
         anyhow::bail!(
-            "interfaces, pin_path, max_mappings, metrics_listen, orientation, [etcd] and the provider and its interval change only with a restart of `ipnat run` (orientation: after `ipnat down`)"
+            "interfaces, pin_path, max_mappings, metrics_listen, orientation, [etcd], [announce] and the provider and its interval change only with a restart of `ipnat run` (orientation: after `ipnat down`)"
         );
     }
     Ok(())

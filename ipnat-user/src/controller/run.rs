@@ -130,6 +130,10 @@ pub fn run(config_path: &Path, config: Config, stats_interval: u64) -> Result<()
     let mut modes: Vec<(u32, crate::dataplane::AttachMode)> = Vec::new();
     let setup = (|| -> Result<()> {
         apply_config(&mut dp, &start)?;
+        if config.announce.is_some() {
+            // The self-check's own mapping (see dataplane::PROBE_MAPPING).
+            dp.tables.install_probe()?;
+        }
         if host {
             let ifaces: Vec<String> = config.interfaces.iter().map(|i| i.name.clone()).collect();
             for (key, old) in crate::system::quiet_arp(&ifaces, &config.pin_path)? {
@@ -190,6 +194,13 @@ pub fn run(config_path: &Path, config: Config, stats_interval: u64) -> Result<()
         return Err(e);
     }
     watch_routes(&dp)?;
+    // What each interface runs, for the self-check.
+    let attached: Vec<(String, crate::dataplane::AttachMode)> = config
+        .interfaces
+        .iter()
+        .map(|i| i.name.clone())
+        .zip(modes.iter().map(|(_, m)| *m))
+        .collect();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -256,6 +267,11 @@ pub fn run(config_path: &Path, config: Config, stats_interval: u64) -> Result<()
     rt.block_on(async {
         let mut tick = tokio::time::interval(Duration::from_secs(stats_interval.max(1)));
         let mut neighbours = tokio::time::interval(Duration::from_secs(20));
+        let announce = config.announce.clone();
+        let mut health = tokio::time::interval(Duration::from_millis(
+            announce.as_ref().map_or(1000, |a| a.check_interval_ms),
+        ));
+        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The next sync: at once, then every interval; after a failure sooner at first and
         // backing off (see providers::retry_delay).
         let next_sync = tokio::time::sleep(Duration::ZERO);
@@ -293,6 +309,13 @@ pub fn run(config_path: &Path, config: Config, stats_interval: u64) -> Result<()
                     if let Some(state) = ctl.fleet.lock().expect("not poisoned").as_mut() {
                         super::fleet::handle(&mut dp, &config, &mut sources, state, update);
                     }
+                }
+                _ = health.tick(), if announce.is_some() => {
+                    let a = announce.as_ref().expect("announce is on");
+                    let fleet = ctl.fleet.lock().expect("not poisoned").clone();
+                    let last = ctl.health.lock().expect("not poisoned").as_ref().map(|h| h.decision.clone());
+                    let state = super::health::check(&dp, &config, a, &attached, fleet, last.as_ref()).await;
+                    *ctl.health.lock().expect("not poisoned") = Some(state);
                 }
                 _ = tick.tick(), if stats_interval > 0 => print!("{}", dp.tables.snapshot()?.render()),
                 _ = neighbours.tick() => {

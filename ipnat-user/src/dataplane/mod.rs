@@ -36,6 +36,7 @@ use crate::{
 
 mod counters;
 mod pins;
+mod probe;
 mod rebuild;
 mod status;
 mod sys;
@@ -43,6 +44,7 @@ mod tables;
 
 pub use counters::*;
 pub use pins::*;
+pub use probe::*;
 use rebuild::*;
 pub use status::*;
 use sys::*;

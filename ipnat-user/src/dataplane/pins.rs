@@ -212,6 +212,8 @@ pub struct Removed {
     pub addresses: Vec<String>,
     /// Host settings put back: (sysctl key, value).
     pub restored: Vec<(String, String)>,
+    /// Announced routes withdrawn (see `crate::fleet::health`).
+    pub routes: Vec<String>,
 }
 
 /// Takes apart the data plane at `dir` and everything recorded for it (see [`teardown`]).
@@ -232,13 +234,24 @@ pub fn down(dir: &Path) -> Result<Removed, DataplaneError> {
 }
 
 /// Removes everything an `ipnat run` left for the data plane at `dir`, holding its lock: the
-/// links first (which detaches the programs from their interfaces), then the maps and the
+/// routes it announced first (a gateway of a fleet leaves its routers before it stops
+/// translating), then the links (which detaches the programs from their interfaces), then the maps and the
 /// directory; then the addresses ipnat added, then the host settings it changed (in that
 /// order: an address removed while `promote_secondaries` is still raised keeps the others of
 /// its subnet), then the records.
 pub fn teardown(dir: &Path, lock: &crate::state::OwnerLock) -> Result<Removed, DataplaneError> {
     let records = crate::state::Records::of(dir)?;
     let mut removed = Removed::default();
+    if !lock.netns_gone {
+        removed.routes = crate::system::remove_own_routes(dir)
+            .map_err(|e| DataplaneError::Pin {
+                path: records.dir().to_owned(),
+                why: format!("withdrawing the announced routes: {e}"),
+            })?
+            .iter()
+            .map(|r| r.dst.to_string())
+            .collect();
+    }
     if std::fs::symlink_metadata(dir).is_ok() {
         check_pin_dir(dir)?;
         removed.pins = true;

@@ -32,6 +32,8 @@ pub struct Status {
     pub sync: Option<crate::providers::SyncState>,
     /// The fleet's table served, when the config has [etcd].
     pub fleet: Option<FleetStatus>,
+    /// The last readiness check and what it announces, when the config has [announce].
+    pub health: Option<crate::fleet::health::HealthState>,
 }
 
 /// What a gateway serves of the fleet's table, with its lag now.
@@ -109,6 +111,7 @@ pub fn status(dir: &Path) -> Result<Status, DataplaneError> {
             stale: state.stale(),
             state,
         }),
+        health: crate::fleet::health::HealthState::load(dir),
     })
 }
 
@@ -211,6 +214,9 @@ impl Status {
         }
         if let Some(f) = &self.fleet {
             s.push_str(&f.state.render(crate::fleet::unix_ms()));
+        }
+        if let Some(h) = &self.health {
+            s.push_str(&h.render());
         }
         for (key, old) in &self.host_changes {
             let _ = writeln!(s, "changed:    {key} (was {old}; `ipnat down` restores it)");

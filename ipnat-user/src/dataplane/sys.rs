@@ -163,3 +163,24 @@ pub(super) fn obj_get(path: &std::path::Path) -> std::io::Result<std::os::fd::Ow
     // SAFETY: a descriptor the kernel just gave us.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
+
+/// What the kernel says of a pinned link now: its program's id and the interface it is
+/// attached to (0 once detached, e.g. by `bpftool link detach`). For XDP, TCX and netkit
+/// links, whose info starts with the interface index.
+pub(super) fn pinned_link_target(path: &std::path::Path) -> std::io::Result<(u32, u32)> {
+    use std::os::fd::AsRawFd;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    let fd = obj_get(path)?;
+    // struct bpf_link_info: type, id, prog_id, then (8-byte aligned) the type's union, whose
+    // first member is the ifindex for XDP, TCX and netkit links.
+    let mut info = [0u32; 16];
+    // union bpf_attr's `info`: bpf_fd and info_len, then the info pointer.
+    let mut attr = [
+        (fd.as_raw_fd() as u32 as u64) | ((std::mem::size_of_val(&info) as u64) << 32),
+        info.as_mut_ptr() as u64,
+    ];
+    if bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((info[2], info[4]))
+}

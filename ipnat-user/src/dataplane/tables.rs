@@ -271,8 +271,39 @@ impl Tables {
         Ok(out)
     }
 
-    /// The mappings in the kernel, by id.
+    /// The mappings in the kernel, by id; the self-check's probe mapping
+    /// ([`super::PROBE_MAPPING`]) is not one of them.
     pub fn mappings(&self) -> Result<Vec<InstalledMapping>, DataplaneError> {
+        let mut all = self.all_mappings()?;
+        all.retain(|m| m.public != super::PROBE_MAPPING.public);
+        Ok(all)
+    }
+
+    /// Whether the self-check's probe mapping is installed.
+    pub fn has_probe(&self) -> Result<bool, DataplaneError> {
+        Ok(self
+            .all_mappings()?
+            .iter()
+            .any(|m| m.public == super::PROBE_MAPPING.public))
+    }
+
+    /// Installs the self-check's probe mapping beside the others (it takes one entry of the
+    /// capacity); [`Tables::apply`] keeps it from then on.
+    pub fn install_probe(&mut self) -> Result<(), DataplaneError> {
+        if self.has_probe()? {
+            return Ok(());
+        }
+        let mut all: Vec<MappingConfig> =
+            self.mappings()?.iter().map(InstalledMapping::config).collect();
+        if all.len() >= self.capacity() as usize {
+            return Err(DataplaneError::Full(self.capacity()));
+        }
+        all.push(super::PROBE_MAPPING);
+        self.apply_all(&all)
+    }
+
+    /// Every mapping in the kernel, the probe's included, by id.
+    fn all_mappings(&self) -> Result<Vec<InstalledMapping>, DataplaneError> {
         let mut out = Vec::new();
         let entries = self.exact_entries(names::DNAT_MAP)?;
         for (public, NatEntry { target, .. }) in entries {
@@ -303,8 +334,20 @@ impl Tables {
     /// inserted with zero counters. A mapping keeps its id while its public side stays; its
     /// inbound counters are its public address's entry, its outbound its private address's.
     /// Single addresses go to the hash tables, blocks to the longest-prefix-match tables.
+    ///
+    /// The self-check's probe mapping stays when it is installed.
     pub fn apply(&mut self, desired: &[MappingConfig]) -> Result<(), DataplaneError> {
-        let current = self.mappings()?;
+        if self.has_probe()? {
+            let mut with_probe = desired.to_vec();
+            with_probe.push(super::PROBE_MAPPING);
+            return self.apply_all(&with_probe);
+        }
+        self.apply_all(desired)
+    }
+
+    /// [`Tables::apply`], `desired` being every mapping (the probe's too).
+    fn apply_all(&mut self, desired: &[MappingConfig]) -> Result<(), DataplaneError> {
+        let current = self.all_mappings()?;
         let by_public: std::collections::HashMap<Block, InstalledMapping> =
             current.iter().map(|m| (m.public, *m)).collect();
         let privates: HashSet<Block> = current.iter().map(|m| m.private).collect();
@@ -652,7 +695,7 @@ impl Tables {
                 )
             }),
         )?;
-        if all.len() > self.capacity() as usize {
+        if all.len() + usize::from(self.has_probe()?) > self.capacity() as usize {
             return Err(DataplaneError::Full(self.capacity()));
         }
         self.apply(&all)?;

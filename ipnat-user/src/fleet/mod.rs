@@ -1,10 +1,15 @@
 //! The fleet: gateways that share one table kept in etcd. `schema` says where each entry
 //! lives, `client` connects, `write` is what `ipnat fleet` does, `follow` keeps a running
 //! controller at the newest table (a snapshot, then a watch from its revision), and `state`
-//! records what it serves for `ipnat status` and the metrics.
+//! records what it serves for `ipnat status` and the metrics. `health` decides whether the
+//! gateway is ready and what it announces, `announce` keeps the routes the routing daemon
+//! announces, and `bird` reads the daemon's sessions.
 
+pub mod announce;
+pub mod bird;
 mod client;
 mod follow;
+pub mod health;
 mod schema;
 mod state;
 mod write;

@@ -43,62 +43,30 @@ fn kernel_keeps_address_protos() -> bool {
 pub fn address_protos() -> std::io::Result<Vec<(u32, ipnet::Ipv4Net, Option<u8>)>> {
     const IFA_LOCAL: u16 = 2;
     let body = [libc::AF_INET as u8, 0, 0, 0, 0, 0, 0, 0];
-    let fd = netlink_send(
-        libc::NETLINK_ROUTE,
-        libc::RTM_GETADDR,
-        libc::NLM_F_DUMP as u16,
-        &body,
-    )?;
     let mut out = Vec::new();
-    let mut buf = vec![0u8; 32768];
-    loop {
-        let n = netlink_recv(&fd, &mut buf)?;
-        let data = &buf[..n];
-        let mut off = 0;
-        while off + 16 <= data.len() {
-            let mlen = u32::from_ne_bytes(data[off..off + 4].try_into().expect("4")) as usize;
-            let mtype = u16::from_ne_bytes([data[off + 4], data[off + 5]]);
-            if mlen < 16 || off + mlen > data.len() {
-                break;
-            }
-            if mtype == libc::NLMSG_DONE as u16 {
-                return Ok(out);
-            }
-            if mtype == libc::NLMSG_ERROR as u16 {
-                let err = i32::from_ne_bytes(data[off + 16..off + 20].try_into().expect("4"));
-                return Err(std::io::Error::from_raw_os_error(-err));
-            }
-            let m = &data[off + 16..off + mlen];
-            if mtype == libc::RTM_NEWADDR && m.len() >= 8 {
-                let plen = m[1];
-                let index = u32::from_ne_bytes(m[4..8].try_into().expect("4"));
-                let (mut local, mut proto) = (None, None);
-                let mut a = 8;
-                while a + 4 <= m.len() {
-                    let alen = u16::from_ne_bytes([m[a], m[a + 1]]) as usize;
-                    let kind = u16::from_ne_bytes([m[a + 2], m[a + 3]]);
-                    if alen < 4 || a + alen > m.len() {
-                        break;
-                    }
-                    let p = &m[a + 4..a + alen];
-                    match kind {
-                        IFA_LOCAL if p.len() == 4 => {
-                            local = Some(std::net::Ipv4Addr::new(p[0], p[1], p[2], p[3]))
-                        }
-                        IFA_PROTO if !p.is_empty() => proto = Some(p[0]),
-                        _ => {}
-                    }
-                    a += (alen + 3) & !3;
-                }
-                if let Some(l) = local
-                    && let Ok(net) = ipnet::Ipv4Net::new(l, plen)
-                {
-                    out.push((index, net, proto));
-                }
-            }
-            off += (mlen + 3) & !3;
+    dump(libc::RTM_GETADDR, &body, |mtype, m| {
+        if mtype != libc::RTM_NEWADDR || m.len() < 8 {
+            return;
         }
-    }
+        let plen = m[1];
+        let index = u32::from_ne_bytes(m[4..8].try_into().expect("4"));
+        let (mut local, mut proto) = (None, None);
+        for (kind, p) in attrs(&m[8..]) {
+            match kind {
+                IFA_LOCAL if p.len() == 4 => {
+                    local = Some(std::net::Ipv4Addr::new(p[0], p[1], p[2], p[3]))
+                }
+                IFA_PROTO if !p.is_empty() => proto = Some(p[0]),
+                _ => {}
+            }
+        }
+        if let Some(l) = local
+            && let Ok(net) = ipnet::Ipv4Net::new(l, plen)
+        {
+            out.push((index, net, proto));
+        }
+    })?;
+    Ok(out)
 }
 
 /// `ip addr add <net> dev <ifindex>`.

@@ -57,10 +57,12 @@ fn records(pin_path: &Path) -> crate::state::Records {
 
 mod addresses;
 mod netlink;
+mod routes;
 mod sysctl;
 
 pub use addresses::*;
 pub(crate) use netlink::{attr, netlink};
-use netlink::{netlink_recv, netlink_request, netlink_send};
+use netlink::{attrs, dump, netlink_request};
 pub use netlink::{resolve_neighbour, routing_changes, wait_routing_change};
+pub use routes::*;
 pub use sysctl::*;

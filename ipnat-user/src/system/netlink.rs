@@ -92,6 +92,57 @@ pub(super) fn netlink_recv(fd: &std::os::fd::OwnedFd, buf: &mut [u8]) -> std::io
     Ok(n as usize)
 }
 
+/// Sends an rtnetlink dump request (`msg_type` with `NLM_F_DUMP`) and calls `each` with every
+/// message's type and body until the kernel's NLMSG_DONE; an error the kernel answers is
+/// returned as such.
+pub(super) fn dump(
+    msg_type: u16,
+    body: &[u8],
+    mut each: impl FnMut(u16, &[u8]),
+) -> std::io::Result<()> {
+    let fd = netlink_send(libc::NETLINK_ROUTE, msg_type, libc::NLM_F_DUMP as u16, body)?;
+    let mut buf = vec![0u8; 32768];
+    loop {
+        let n = netlink_recv(&fd, &mut buf)?;
+        let data = &buf[..n];
+        let mut off = 0;
+        while off + 16 <= data.len() {
+            let mlen = u32::from_ne_bytes(data[off..off + 4].try_into().expect("4")) as usize;
+            let mtype = u16::from_ne_bytes([data[off + 4], data[off + 5]]);
+            if mlen < 16 || off + mlen > data.len() {
+                break;
+            }
+            if mtype == libc::NLMSG_DONE as u16 {
+                return Ok(());
+            }
+            if mtype == libc::NLMSG_ERROR as u16 {
+                let err = i32::from_ne_bytes(data[off + 16..off + 20].try_into().expect("4"));
+                return Err(std::io::Error::from_raw_os_error(-err));
+            }
+            each(mtype, &data[off + 16..off + mlen]);
+            off += (mlen + 3) & !3;
+        }
+    }
+}
+
+/// The attributes in `data` (after a message's fixed header), as (type, payload).
+pub(super) fn attrs(data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    let mut a = 0;
+    std::iter::from_fn(move || {
+        if a + 4 > data.len() {
+            return None;
+        }
+        let alen = u16::from_ne_bytes([data[a], data[a + 1]]) as usize;
+        let kind = u16::from_ne_bytes([data[a + 2], data[a + 3]]);
+        if alen < 4 || a + alen > data.len() {
+            return None;
+        }
+        let p = &data[a + 4..a + alen];
+        a += (alen + 3) & !3;
+        Some((kind, p))
+    })
+}
+
 /// A netlink attribute: length, type, payload, padded to 4 bytes.
 pub(crate) fn attr(kind: u16, payload: &[u8]) -> Vec<u8> {
     let mut a = Vec::with_capacity(8 + payload.len());

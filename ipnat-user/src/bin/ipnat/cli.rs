@@ -119,6 +119,17 @@ pub enum Command {
         #[command(flatten)]
         pin_path: PinPath,
     },
+    /// Withdraw what this gateway announces to its routing daemon ([announce]) at once and keep
+    /// it withdrawn, while the data plane keeps translating the flows still arriving: before
+    /// maintenance or a restart. `--undo` ends the drain; the running controller announces
+    /// again at its next check, once ready.
+    Drain {
+        #[command(flatten)]
+        pin_path: PinPath,
+        /// End the drain.
+        #[arg(long)]
+        undo: bool,
+    },
     /// Write the manual pages (ipnat.8 and one per command) into DIR; for packaging.
     #[command(hide = true)]
     Manpages { dir: PathBuf },

@@ -74,6 +74,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Manpages { dir } => commands::manpages::run(dir),
         Command::Import { files } => commands::import::run(files),
         Command::Down { pin_path } => commands::down::run(&pin_path),
+        Command::Drain { pin_path, undo } => commands::drain::run(&pin_path, undo),
         Command::Stats {
             pin_path,
             json,

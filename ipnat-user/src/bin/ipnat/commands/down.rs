@@ -4,6 +4,9 @@ use anyhow::Result;
 
 pub fn run(pin_path: &std::path::Path) -> Result<()> {
     let removed = ipnat::dataplane::down(&pin_path)?;
+    for r in &removed.routes {
+        println!("withdrew {r}");
+    }
     for l in &removed.links {
         println!("detached {} from {}", l.hook, l.iface);
     }

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod check;
 pub mod down;
+pub mod drain;
 pub mod eni;
 pub mod fleet;
 pub mod import;
