@@ -360,6 +360,20 @@ impl Dataplane {
             iface: iface.to_owned(),
             error,
         };
+        // A pinned link that no longer holds this interface (detached behind our back, e.g. by
+        // `bpftool link detach`, or the interface deleted and created again) cannot be taken
+        // over: its pin goes and a new link is made.
+        if let Some(path) = pinned.as_deref().filter(|p| p.exists()) {
+            let index = ifindex(iface)?;
+            match pinned_link_target(path) {
+                Ok((_, attached)) if attached == index => {}
+                Ok((_, attached)) => {
+                    tracing::warn!(interface = iface, pin = %path.display(), attached, "the pinned link was detached from the interface behind ipnat's back: attaching anew");
+                    remove_pin(path)?;
+                }
+                Err(e) => return Err(pin_error(path, e)),
+            }
+        }
         let p = self
             .ebpf
             .program_mut(program)
