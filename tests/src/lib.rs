@@ -2,6 +2,7 @@
 //! network namespaces with `Drop` guards, captures, and the gateway lab used by the
 //! integration tests and by `cargo xtask lab`.
 pub mod benchkit;
+pub mod bird;
 pub mod capture;
 pub mod etcd;
 pub mod fakecloud;

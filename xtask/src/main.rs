@@ -35,6 +35,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "the fleet's table: the tests start their own etcd (never the system's daemon)",
     ),
     (
+        "bird2",
+        "the fleet's routing daemon: the tests and the lab run their own (never the system's)",
+    ),
+    (
         "protobuf-compiler",
         "protoc: the etcd client's build generates its gRPC code",
     ),

@@ -75,7 +75,10 @@ impl AnnounceConfig {
                 "must be ipnat's own rtm_protocol (5 to 255; 0-4 are the kernel's and ip route's)",
             ));
         }
-        for (key, name) in [("announce.outward", &self.outward), ("announce.inward", &self.inward)] {
+        for (key, name) in [
+            ("announce.outward", &self.outward),
+            ("announce.inward", &self.inward),
+        ] {
             if !interfaces.iter().any(|i| i == name) {
                 return Err(invalid(
                     key.into(),

@@ -14,17 +14,17 @@ use std::{
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+mod announce;
 mod block;
 mod cloud;
-mod announce;
 mod etcd;
 #[cfg(test)]
 mod tests;
 mod validate;
 
+pub use announce::{AnnounceConfig, DEFAULT_ANNOUNCE_PROTOCOL, DEFAULT_ANNOUNCE_TABLE};
 pub use block::Block;
 pub use cloud::{AliyunConfig, AwsConfig, Cloud, Provider};
-pub use announce::{AnnounceConfig, DEFAULT_ANNOUNCE_PROTOCOL, DEFAULT_ANNOUNCE_TABLE};
 pub use etcd::{DEFAULT_ETCD_PREFIX, EtcdConfig};
 pub use validate::*;
 

@@ -191,7 +191,11 @@ impl Config {
                 &format!(
                     "more mappings than max_mappings = {}{}; raise it",
                     self.max_mappings,
-                    if probe > 0 { " less the one [announce]'s self-check takes" } else { "" }
+                    if probe > 0 {
+                        " less the one [announce]'s self-check takes"
+                    } else {
+                        ""
+                    }
                 ),
             ));
         }

@@ -24,9 +24,10 @@ fn stale(fleet: Option<&FleetState>) -> Option<String> {
         "the fleet's table is at revision {} but this gateway serves {}{}",
         f.newest_seen,
         f.revision,
-        f.refused
-            .as_ref()
-            .map_or(String::new(), |r| format!(" ({} refused: {})", r.key, r.why))
+        f.refused.as_ref().map_or(String::new(), |r| format!(
+            " ({} refused: {})",
+            r.key, r.why
+        ))
     ))
 }
 
@@ -59,7 +60,11 @@ pub(super) async fn check(
     let mut decision = decide(&checks, announce);
     if last != Some(&decision) {
         if decision.reasons.is_empty() {
-            info!(outward = decision.outward, inward = decision.inward, "ready: announcing");
+            info!(
+                outward = decision.outward,
+                inward = decision.inward,
+                "ready: announcing"
+            );
         } else {
             warn!(ready = decision.ready, outward = decision.outward, inward = decision.inward, reasons = %decision.reasons.join("; "), "announcement changed");
         }

@@ -54,12 +54,11 @@ impl Dataplane {
     /// Checks that `iface` runs this data plane's programs on every hook `mode` attaches (each
     /// link pinned, attached to the interface of that name, running one of the programs this
     /// controller loaded); returns the programs on receive and transmit, in order.
-    fn live_programs(
-        &self,
-        iface: &str,
-        mode: AttachMode,
-    ) -> Result<(Vec<&str>, &str), String> {
-        let dir = self.pin_dir.as_deref().ok_or("the data plane is not pinned")?;
+    fn live_programs(&self, iface: &str, mode: AttachMode) -> Result<(Vec<&str>, &str), String> {
+        let dir = self
+            .pin_dir
+            .as_deref()
+            .ok_or("the data plane is not pinned")?;
         let index = ifindex(iface).map_err(|e| e.to_string())?;
         let hooks: &[&str] = match mode {
             AttachMode::XdpNative => &["xdp", "tc-in", "tc-out"],
@@ -124,7 +123,9 @@ impl Dataplane {
             };
             let (rc, out) = self.run_probe(name, &f)?;
             if rc != pass {
-                return Err(format!("{name} on {iface} returned {rc} for the probe, not {pass} (passed on)"));
+                return Err(format!(
+                    "{name} on {iface} returned {rc} for the probe, not {pass} (passed on)"
+                ));
             }
             f = out;
         }

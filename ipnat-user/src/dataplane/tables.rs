@@ -293,8 +293,11 @@ impl Tables {
         if self.has_probe()? {
             return Ok(());
         }
-        let mut all: Vec<MappingConfig> =
-            self.mappings()?.iter().map(InstalledMapping::config).collect();
+        let mut all: Vec<MappingConfig> = self
+            .mappings()?
+            .iter()
+            .map(InstalledMapping::config)
+            .collect();
         if all.len() >= self.capacity() as usize {
             return Err(DataplaneError::Full(self.capacity()));
         }

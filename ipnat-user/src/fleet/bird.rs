@@ -14,10 +14,15 @@ use tokio::{
 const PROTOCOL_LINE: &str = "1002";
 
 /// The state of bird's protocols, by name: whether each is `up`. Gives up after `timeout`.
-pub async fn protocols(socket: &Path, timeout: Duration) -> std::io::Result<BTreeMap<String, bool>> {
+pub async fn protocols(
+    socket: &Path,
+    timeout: Duration,
+) -> std::io::Result<BTreeMap<String, bool>> {
     tokio::time::timeout(timeout, ask(socket))
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "bird did not answer in time"))?
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "bird did not answer in time")
+        })?
 }
 
 async fn ask(socket: &Path) -> std::io::Result<BTreeMap<String, bool>> {
@@ -27,7 +32,9 @@ async fn ask(socket: &Path) -> std::io::Result<BTreeMap<String, bool>> {
     // The greeting: "0001 BIRD 2.0.12 ready."
     let hello = lines.next_line().await?.unwrap_or_default();
     if !hello.starts_with("0001") {
-        return Err(std::io::Error::other(format!("not bird's control socket (it said {hello:?})")));
+        return Err(std::io::Error::other(format!(
+            "not bird's control socket (it said {hello:?})"
+        )));
     }
     write.write_all(b"show protocols\n").await?;
     let mut text = Vec::new();
@@ -51,11 +58,16 @@ pub fn parse(lines: &[String]) -> std::io::Result<BTreeMap<String, bool>> {
         } else if line.len() >= 5 && line.as_bytes()[..4].iter().all(u8::is_ascii_digit) {
             code = &line[..4];
             if code.starts_with('8') || code.starts_with('9') {
-                return Err(std::io::Error::other(format!("bird refused: {}", &line[5..])));
+                return Err(std::io::Error::other(format!(
+                    "bird refused: {}",
+                    &line[5..]
+                )));
             }
             &line[5..]
         } else {
-            return Err(std::io::Error::other(format!("not a bird reply line: {line:?}")));
+            return Err(std::io::Error::other(format!(
+                "not a bird reply line: {line:?}"
+            )));
         };
         if code == PROTOCOL_LINE {
             // Name, protocol, table, state, since (one or two words), info.

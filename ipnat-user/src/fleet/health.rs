@@ -164,7 +164,9 @@ impl HealthState {
 
 /// Whether the gateway at `pin_path` is drained.
 pub fn drained(pin_path: &Path) -> bool {
-    crate::state::Records::lookup(pin_path).read(DRAINED).is_some()
+    crate::state::Records::lookup(pin_path)
+        .read(DRAINED)
+        .is_some()
 }
 
 /// Drains the gateway at `pin_path` (`on`) or ends its drain. Draining withdraws what it

@@ -15,7 +15,9 @@ const RT_SCOPE_LINK: u8 = 253;
 const RTN_UNICAST: u8 = 1;
 
 /// One of the routes in ipnat's table: a destination, out of an interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct OwnRoute {
     pub dst: Ipv4Net,
     pub ifindex: u32,
@@ -81,7 +83,9 @@ pub fn own_routes(table: u32, protocol: u8) -> std::io::Result<Vec<OwnRoute>> {
         let (mut in_table, mut dst, mut ifindex) = (u32::from(m[4]), [0u8; 4], 0u32);
         for (kind, p) in attrs(&m[12..]) {
             match kind {
-                RTA_TABLE if p.len() == 4 => in_table = u32::from_ne_bytes(p.try_into().expect("4")),
+                RTA_TABLE if p.len() == 4 => {
+                    in_table = u32::from_ne_bytes(p.try_into().expect("4"))
+                }
                 RTA_DST if p.len() == 4 => dst.copy_from_slice(p),
                 RTA_OIF if p.len() == 4 => ifindex = u32::from_ne_bytes(p.try_into().expect("4")),
                 _ => {}

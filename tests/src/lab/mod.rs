@@ -34,6 +34,7 @@ pub fn internet_host(inet: &Netns, vpc: &Netns) -> Result<()> {
     Ok(())
 }
 
+pub mod fleet;
 mod gateway;
 mod onenic;
 mod process;

@@ -1,6 +1,7 @@
 //! ipnat's integration tests, one binary (each test binary would link the whole controller), a
 //! module per area. `cargo xtask test` runs them one at a time: they share bpffs and the kernel.
 
+mod announce;
 mod cli;
 mod controller;
 mod eni;

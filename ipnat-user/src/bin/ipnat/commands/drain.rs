@@ -19,7 +19,9 @@ pub fn run(pin_path: &std::path::Path, undo: bool) -> Result<()> {
         for r in &withdrawn {
             println!("withdrew {r}");
         }
-        println!("drained: nothing is announced until `ipnat drain --undo`; the data plane keeps translating");
+        println!(
+            "drained: nothing is announced until `ipnat drain --undo`; the data plane keeps translating"
+        );
     }
     Ok(())
 }

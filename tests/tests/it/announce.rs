@@ -1,0 +1,178 @@
+//! A gateway of a fleet announces what it serves through the real bird (dist/bird/'s
+//! configs) while it is ready, and withdraws it when drained, when its programs are detached
+//! behind its back, when one of its sides is lost (BFD), and before `ipnat down`. Two gateways
+//! between two routers with ECMP (`ipnat_tests::lab::fleet`), real packets through them.
+
+use std::time::{Duration, Instant};
+
+use ipnat_tests::{
+    lab::{
+        Ipnat,
+        fleet::{CLIENT, FleetLab, fleet_mapping},
+        ipnat_in, udp_exchange_at,
+    },
+    netns::{Netns, require_root},
+};
+
+fn status(gw: &Netns, ipnat: &Ipnat) -> serde_json::Value {
+    let pin = ipnat.pin_path.to_string_lossy().into_owned();
+    let (ok, out) = ipnat_in(gw, &["status", "--json", "--pin-path", &pin]);
+    assert!(ok, "ipnat status: {out}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// A datagram from the client to mapping 0's public address reaches its backend from the
+/// client's address, and the reply comes back from the public address.
+fn reaches(lab: &FleetLab, port: u16) -> bool {
+    let (public, private) = fleet_mapping(0);
+    match udp_exchange_at(
+        &lab.outside,
+        Some(CLIENT),
+        &lab.inside,
+        private,
+        public,
+        port,
+        b"fleet",
+    ) {
+        Ok(x) => x.server_saw_peer.ip() == CLIENT && x.client_saw_peer.ip() == public,
+        Err(_) => false,
+    }
+}
+
+/// Waits up to 10 s for gateway `gw`'s status to say `ok` of its `health`.
+fn wait_health(
+    gw: &Netns,
+    ipnat: &Ipnat,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = status(gw, ipnat);
+        if ok(&st["health"]) {
+            return st["health"].clone();
+        }
+        assert!(Instant::now() < deadline, "{what}: {}", st["health"]);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_gateway_is_announced_while_ready_and_withdrawn_when_drained_detached_cut_off_or_down() {
+    require_root();
+    let lab = FleetLab::new(2, 1).unwrap();
+    let mut g1 = lab.start_ipnat(1).unwrap();
+    let mut g2 = lab.start_ipnat(2).unwrap();
+
+    // Both ready: each router has one route over both gateways.
+    lab.wait_hops(&[1, 2], 20).unwrap();
+    let h = wait_health(&lab.gateways[0], &g1, "gateway 1 ready", |h| {
+        h["ready"] == true
+    });
+    assert_eq!(h["outward"], true, "{h}");
+    assert_eq!(h["inward"], true, "{h}");
+    assert_eq!(h["sessions"]["outside"], true, "{h}");
+    let routes = lab.gateways[0]
+        .ip(&["route", "show", "table", "4242", "proto", "73"])
+        .unwrap();
+    let routes = String::from_utf8_lossy(&routes.stdout).into_owned();
+    assert!(
+        routes.contains("default dev in0") && routes.contains("198.51.100.10 dev out0"),
+        "ipnat's own table: {routes}"
+    );
+    assert!(reaches(&lab, 7200), "UDP through the fleet");
+    let metrics = ipnat_tests::lab::metrics(&lab.gateways[0]).unwrap();
+    assert!(metrics.contains("ipnat_ready 1"), "{metrics}");
+    assert!(
+        metrics.contains("ipnat_announced{side=\"outward\"} 1"),
+        "{metrics}"
+    );
+    // The self-check's probe mapping is nobody's business: not listed, not counted.
+    let st = status(&lab.gateways[0], &g1);
+    assert_eq!(st["mappings"], 1, "{st}");
+    assert!(!st.to_string().contains("0.0.0.1"), "{st}");
+
+    // Drained: both sides withdrawn at once (the routers follow), the data plane still
+    // translates; undone: announced again.
+    let pin1 = g1.pin_path.to_string_lossy().into_owned();
+    let (ok, out) = ipnat_in(&lab.gateways[0], &["drain", "--pin-path", &pin1]);
+    assert!(ok, "ipnat drain: {out}");
+    assert!(out.contains("withdrew 198.51.100.10/32"), "{out}");
+    lab.wait_hops(&[2], 10).unwrap();
+    let h = wait_health(&lab.gateways[0], &g1, "drained", |h| h["drained"] == true);
+    assert_eq!(h["ready"], true, "{h}");
+    assert_eq!(h["outward"], false, "{h}");
+    assert!(reaches(&lab, 7201), "UDP through the other gateway");
+    let (ok, out) = ipnat_in(&lab.gateways[0], &["drain", "--undo", "--pin-path", &pin1]);
+    assert!(ok, "ipnat drain --undo: {out}");
+    lab.wait_hops(&[1, 2], 10).unwrap();
+
+    // Gateway 2's XDP program detached behind its back (its link still pinned): it notices
+    // and withdraws.
+    let link = g2.pin_path.join("link-xdp-out0");
+    let out = lab.gateways[1]
+        .run(
+            "bpftool",
+            &["-j", "link", "show", "pinned", link.to_str().unwrap()],
+        )
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = v["id"].as_u64().expect("the link's id").to_string();
+    lab.gateways[1]
+        .run("bpftool", &["link", "detach", "id", &id])
+        .unwrap();
+    let h = wait_health(&lab.gateways[1], &g2, "gateway 2 not ready", |h| {
+        h["ready"] == false
+    });
+    assert!(
+        h["reasons"].to_string().contains("detached"),
+        "the reason names the detached program: {h}"
+    );
+    lab.wait_hops(&[1], 10).unwrap();
+    assert!(reaches(&lab, 7202), "UDP through gateway 1 alone");
+    // Restarted, its controller attaches again and it is announced again.
+    g2.stop().unwrap();
+    g2.spawn(
+        &lab.gateways[1],
+        &lab.config(2, &g2.pin_path.to_string_lossy()),
+    )
+    .unwrap();
+    lab.wait_hops(&[1, 2], 20).unwrap();
+
+    // Gateway 1 cut off from the outside router while every link stays up: BFD tells the
+    // outside router, long before BGP's hold time (bird's default: 240 s); gateway 1's bird loses its outside
+    // session, so ipnat withdraws its default route from the inside too.
+    let cut = Instant::now();
+    lab.block_outside(1, true).unwrap();
+    lab.wait_hops(&[2], 10).unwrap();
+    eprintln!(
+        "gateway 1 cut off: both routers left it after {:?}",
+        cut.elapsed()
+    );
+    let h = wait_health(&lab.gateways[0], &g1, "gateway 1's inside withdrawn", |h| {
+        h["inward"] == false
+    });
+    assert_eq!(h["ready"], true, "{h}");
+    assert!(
+        h["reasons"].to_string().contains("outside"),
+        "the reason names the lost side: {h}"
+    );
+    assert!(reaches(&lab, 7203), "UDP through gateway 2");
+    lab.block_outside(1, false).unwrap();
+    lab.wait_hops(&[1, 2], 20).unwrap();
+
+    // Down: the controller stopped, `ipnat down` withdraws before it detaches.
+    g1.stop().unwrap();
+    let (status, out) = g1.down().unwrap();
+    assert!(status.success(), "ipnat down: {out}");
+    assert!(out.contains("withdrew 0.0.0.0/0"), "{out}");
+    lab.wait_hops(&[2], 10).unwrap();
+    let left = lab.gateways[0]
+        .ip(&["route", "show", "table", "4242"])
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "nothing of ipnat's left in its table"
+    );
+    assert!(reaches(&lab, 7204), "UDP through gateway 2");
+}
