@@ -268,31 +268,54 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     use axum::{Router, http::StatusCode, response::IntoResponse, routing::get};
     let tables = Arc::new(Mutex::new(tables));
-    let app = Router::new().route(
-        "/metrics",
-        get(move || {
-            let tables = tables.clone();
-            let ctl = ctl.clone();
-            async move {
-                let text = {
-                    let t = tables.lock().expect("metrics lock");
-                    render(&t, &ctl)
-                };
-                match text {
-                    Ok(body) => (
-                        StatusCode::OK,
-                        [(
-                            axum::http::header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        body,
-                    )
-                        .into_response(),
-                    Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    let fleet_ctl = ctl.clone();
+    let app = Router::new()
+        .route(
+            "/fleet",
+            get(move || {
+                let ctl = fleet_ctl.clone();
+                async move {
+                    let peer = ctl
+                        .fleet
+                        .lock()
+                        .expect("not poisoned")
+                        .as_ref()
+                        .map(crate::fleet::PeerView::of);
+                    match peer {
+                        Some(p) => axum::Json(p).into_response(),
+                        None => (StatusCode::NOT_FOUND, "no [etcd] in this gateway's config")
+                            .into_response(),
+                    }
                 }
-            }
-        }),
-    );
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let tables = tables.clone();
+                let ctl = ctl.clone();
+                async move {
+                    let text = {
+                        let t = tables.lock().expect("metrics lock");
+                        render(&t, &ctl)
+                    };
+                    match text {
+                        Ok(body) => (
+                            StatusCode::OK,
+                            [(
+                                axum::http::header::CONTENT_TYPE,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
+                            body,
+                        )
+                            .into_response(),
+                        Err(e) => {
+                            (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+                        }
+                    }
+                }
+            }),
+        );
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let stream = match listener.accept().await {

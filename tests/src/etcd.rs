@@ -25,6 +25,11 @@ pub struct EtcdServer {
 impl EtcdServer {
     /// Starts a one-member cluster on 127.0.0.1:`port` (peers on `port` + 1) in `ns`.
     pub fn start(ns: &Netns, port: u16) -> Result<Self> {
+        Self::start_at(ns, std::net::Ipv4Addr::LOCALHOST, port)
+    }
+
+    /// [`EtcdServer::start`] on `addr` (an address of `ns`) instead of the loopback.
+    pub fn start_at(ns: &Netns, addr: std::net::Ipv4Addr, port: u16) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!("ipnat-etcd-{}-{port}", ns.name()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
@@ -34,7 +39,7 @@ impl EtcdServer {
             ns_path: ns.path(),
             ns: ns.name().to_owned(),
             port,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("http://{addr}:{port}"),
         };
         me.resume()?;
         Ok(me)
@@ -45,7 +50,13 @@ impl EtcdServer {
         if self.child.is_some() {
             bail!("etcd is already running");
         }
-        let peer = format!("http://127.0.0.1:{}", self.port + 1);
+        let host = self
+            .url
+            .trim_start_matches("http://")
+            .split(':')
+            .next()
+            .unwrap_or("127.0.0.1");
+        let peer = format!("http://{host}:{}", self.port + 1);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -38,6 +38,18 @@ pub struct AnnounceConfig {
     /// bird's protocols towards the inside: while none is up, the public prefixes are withdrawn.
     #[serde(default)]
     pub inward_sessions: Vec<String>,
+    /// The fleet's other gateways, as the URLs of their metrics servers
+    /// (`http://10.99.0.12:9469`): each reports the version of the fleet's table it serves
+    /// (`/fleet`). A gateway that sees a peer serve a newer table than its own for longer
+    /// than `stale_grace_ms` (it was cut off from etcd while the fleet moved on) is stale and
+    /// withdraws; an unreachable peer says nothing. etcd unreachable from every gateway moves
+    /// no table, so withdraws none.
+    #[serde(default)]
+    pub peers: Vec<String>,
+    /// How long a peer may serve a newer table before this gateway counts as stale (a change
+    /// reaches the gateways one after another).
+    #[serde(default = "default_stale_grace_ms")]
+    pub stale_grace_ms: u64,
 }
 
 /// The default routing table of ipnat's routes.
@@ -55,6 +67,10 @@ fn default_protocol() -> u8 {
 
 fn default_interval_ms() -> u64 {
     1_000
+}
+
+fn default_stale_grace_ms() -> u64 {
+    3_000
 }
 
 impl AnnounceConfig {
@@ -99,6 +115,25 @@ impl AnnounceConfig {
                 "announce.check_interval_ms".into(),
                 &self.check_interval_ms,
                 "must be 100 to 60000",
+            ));
+        }
+        for (i, p) in self.peers.iter().enumerate() {
+            let ok = p
+                .strip_prefix("http://")
+                .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'));
+            if !ok {
+                return Err(invalid(
+                    format!("announce.peers[{i}]"),
+                    p,
+                    "must be a peer's metrics server as http://ADDRESS:PORT",
+                ));
+            }
+        }
+        if self.stale_grace_ms > 600_000 {
+            return Err(invalid(
+                "announce.stale_grace_ms".into(),
+                &self.stale_grace_ms,
+                "at most 600000 (ten minutes)",
             ));
         }
         let sessions = !self.outward_sessions.is_empty() || !self.inward_sessions.is_empty();

@@ -50,7 +50,7 @@ pub(super) fn handle(
     state: &mut FleetState,
     update: Update,
 ) {
-    let (revision, table) = match update {
+    let (revision, version, table) = match update {
         Update::Lost { error } => {
             state.connected = false;
             state.error = Some(error);
@@ -62,11 +62,19 @@ pub(super) fn handle(
             state.confirmed_unix_ms = crate::fleet::unix_ms();
             return save(config, state);
         }
-        Update::Refused { revision, refused } => {
+        Update::Refused {
+            revision,
+            version,
+            refused,
+        } => {
             warn!(revision, key = %refused.key, "the fleet's table is refused, the data plane keeps its last good table: {}", refused.why);
-            (revision, Err(refused))
+            (revision, version, Err(refused))
         }
-        Update::Table { revision, table } => (revision, Ok(table)),
+        Update::Table {
+            revision,
+            version,
+            table,
+        } => (revision, version, Ok(table)),
     };
     state.connected = true;
     state.error = None;
@@ -107,6 +115,7 @@ pub(super) fn handle(
             }
             state.refused = None;
             state.revision = revision;
+            state.version = version;
             state.confirmed_unix_ms = crate::fleet::unix_ms();
         }
         Err(refused) => state.refused = Some(refused),

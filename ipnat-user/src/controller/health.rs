@@ -17,18 +17,86 @@ use crate::{
 /// How long bird may take to answer.
 const BIRD_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Why the table served is not the newest known, if it is not.
-fn stale(fleet: Option<&FleetState>) -> Option<String> {
-    let f = fleet.filter(|f| f.stale())?;
-    Some(format!(
-        "the fleet's table is at revision {} but this gateway serves {}{}",
-        f.newest_seen,
-        f.revision,
-        f.refused.as_ref().map_or(String::new(), |r| format!(
-            " ({} refused: {})",
-            r.key, r.why
-        ))
-    ))
+/// How long a peer may take to say what it serves.
+const PEER_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// What the checks remember between them: since when a peer has served a newer table.
+pub(super) struct Peers {
+    client: reqwest::Client,
+    ahead_since: Option<std::time::Instant>,
+}
+
+impl Peers {
+    pub(super) fn new() -> Self {
+        Peers {
+            client: reqwest::Client::builder()
+                .timeout(PEER_TIMEOUT)
+                .build()
+                .expect("an HTTP client"),
+            ahead_since: None,
+        }
+    }
+
+    /// The peers that serve a newer table version than `version`, with theirs. Peers that
+    /// do not answer are left out.
+    async fn ahead(&self, peers: &[String], version: i64) -> Vec<(String, i64)> {
+        let mut asks = tokio::task::JoinSet::new();
+        for p in peers {
+            let (client, p) = (self.client.clone(), p.clone());
+            asks.spawn(async move {
+                let body = client
+                    .get(format!("{p}/fleet"))
+                    .send()
+                    .await
+                    .ok()?
+                    .bytes()
+                    .await
+                    .ok()?;
+                let view: crate::fleet::PeerView = serde_json::from_slice(&body).ok()?;
+                (view.version > version).then_some((p, view.version))
+            });
+        }
+        let mut out: Vec<(String, i64)> = asks.join_all().await.into_iter().flatten().collect();
+        out.sort();
+        out
+    }
+}
+
+/// Why this gateway is behind the fleet, if it knows it is: the newest table is valid but it
+/// could not apply it, or a peer has served a newer one for longer than the grace period.
+async fn stale(
+    fleet: Option<&FleetState>,
+    announce: &AnnounceConfig,
+    peers: &mut Peers,
+) -> Option<String> {
+    let f = fleet?;
+    if f.behind() {
+        return Some(format!(
+            "the fleet's table is at revision {} but this gateway could not apply it and serves {} ({})",
+            f.newest_seen,
+            f.revision,
+            f.refused.as_ref().map_or("", |r| r.why.as_str())
+        ));
+    }
+    let ahead = peers.ahead(&announce.peers, f.version).await;
+    let Some((peer, version)) = ahead.first() else {
+        peers.ahead_since = None;
+        return None;
+    };
+    let since = *peers
+        .ahead_since
+        .get_or_insert_with(std::time::Instant::now);
+    (since.elapsed() >= Duration::from_millis(announce.stale_grace_ms)).then(|| {
+        format!(
+            "peer {peer} serves the fleet's table version {version}, this gateway {} ({})",
+            f.version,
+            if f.connected {
+                "etcd connected".to_owned()
+            } else {
+                format!("etcd: {}", f.error.as_deref().unwrap_or("not connected"))
+            }
+        )
+    })
 }
 
 /// One check: readiness, the decision, the routes made to match it; recorded for status.
@@ -39,6 +107,7 @@ pub(super) async fn check(
     attached: &[(String, AttachMode)],
     fleet: Option<FleetState>,
     last: Option<&Decision>,
+    peers: &mut Peers,
 ) -> HealthState {
     let self_check = attached
         .iter()
@@ -53,7 +122,7 @@ pub(super) async fn check(
     };
     let checks = Checks {
         self_check,
-        stale: stale(fleet.as_ref()),
+        stale: stale(fleet.as_ref(), announce, peers).await,
         drained: crate::fleet::health::drained(&config.pin_path),
         sessions,
     };

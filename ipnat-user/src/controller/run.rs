@@ -272,6 +272,7 @@ pub fn run(config_path: &Path, config: Config, stats_interval: u64) -> Result<()
             announce.as_ref().map_or(1000, |a| a.check_interval_ms),
         ));
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut peers = super::health::Peers::new();
         // The next sync: at once, then every interval; after a failure sooner at first and
         // backing off (see providers::retry_delay).
         let next_sync = tokio::time::sleep(Duration::ZERO);
@@ -314,7 +315,7 @@ pub fn run(config_path: &Path, config: Config, stats_interval: u64) -> Result<()
                     let a = announce.as_ref().expect("announce is on");
                     let fleet = ctl.fleet.lock().expect("not poisoned").clone();
                     let last = ctl.health.lock().expect("not poisoned").as_ref().map(|h| h.decision.clone());
-                    let state = super::health::check(&dp, &config, a, &attached, fleet, last.as_ref()).await;
+                    let state = super::health::check(&dp, &config, a, &attached, fleet, last.as_ref(), &mut peers).await;
                     *ctl.health.lock().expect("not poisoned") = Some(state);
                 }
                 _ = tick.tick(), if stats_interval > 0 => print!("{}", dp.tables.snapshot()?.render()),

@@ -15,10 +15,19 @@ use crate::config::EtcdConfig;
 /// What the follower tells the controller.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Update {
-    /// The fleet's table as of `revision` (a snapshot, or one revision's changes applied).
-    Table { revision: i64, table: FleetTable },
+    /// The fleet's table as of `revision` (a snapshot, or one revision's changes applied), and
+    /// its version (see [`View`]).
+    Table {
+        revision: i64,
+        version: i64,
+        table: FleetTable,
+    },
     /// The table as of `revision` cannot be served: nothing of it applies.
-    Refused { revision: i64, refused: Refused },
+    Refused {
+        revision: i64,
+        version: i64,
+        refused: Refused,
+    },
     /// etcd answered a progress request: the watch is alive (at the last revision sent).
     Alive,
     /// etcd cannot be reached or the watch broke; the follower retries.
@@ -26,7 +35,18 @@ pub enum Update {
 }
 
 /// The fleet's keys as of a revision: kept across reconnects, so a watch can resume after it.
-type View = Option<(i64, BTreeMap<Vec<u8>, Vec<u8>>)>;
+/// With the table's version: the write guard's mod revision, which every write through
+/// `ipnat fleet` moves. Unlike the revision (a snapshot's is the store's, a watch's the last
+/// event's), two gateways serving the same table report the same version however they read
+/// it, so peers compare versions.
+#[derive(Default)]
+struct Viewed {
+    revision: i64,
+    version: i64,
+    kvs: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+type View = Option<Viewed>;
 
 /// How often the follower asks etcd to confirm that it has seen everything (a progress
 /// request): what bounds the lag `status` reports while nothing changes.
@@ -71,14 +91,19 @@ async fn follow_once(
     loop {
         if view.is_none() {
             let snap = read(&etcd, keys).await.map_err(|e| e.to_string())?;
-            let kvs: BTreeMap<Vec<u8>, Vec<u8>> = snap.kvs.into_iter().collect();
-            if send_table(tx, keys, snap.revision, &kvs).is_err() {
+            let seen = Viewed {
+                revision: snap.revision,
+                version: snap.guard_revision,
+                kvs: snap.kvs.into_iter().collect(),
+            };
+            if send_table(tx, keys, &seen).is_err() {
                 return Ok(());
             }
             info!(revision = snap.revision, "etcd: read the fleet's table");
-            *view = Some((snap.revision, kvs));
+            *view = Some(seen);
         }
-        let (revision, kvs) = view.as_mut().expect("read above");
+        let seen = view.as_mut().expect("read above");
+        let revision = &mut seen.revision;
         let mut client = etcd.client.clone();
         let options = WatchOptions::new()
             .with_prefix()
@@ -146,39 +171,46 @@ async fn follow_once(
                     if let Some(kv) = events[i].kv() {
                         match events[i].event_type() {
                             EventType::Put => {
-                                kvs.insert(kv.key().to_vec(), kv.value().to_vec());
+                                if kv.key() == keys.version().as_bytes() {
+                                    seen.version = kv.mod_revision();
+                                }
+                                seen.kvs.insert(kv.key().to_vec(), kv.value().to_vec());
                             }
                             EventType::Delete => {
-                                kvs.remove(kv.key());
+                                seen.kvs.remove(kv.key());
                             }
                         }
                     }
                     i += 1;
                 }
-                *revision = rev.max(*revision);
-                if send_table(tx, keys, *revision, kvs).is_err() {
+                seen.revision = rev.max(seen.revision);
+                if send_table(tx, keys, seen).is_err() {
                     return Ok(());
                 }
             }
         };
         warn!(
             compacted,
-            after = view.as_ref().map_or(0, |v| v.0),
+            after = view.as_ref().map_or(0, |v| v.revision),
             "etcd compacted the history this gateway had not seen: reading the whole table again"
         );
         *view = None;
     }
 }
 
-fn send_table(
-    tx: &UnboundedSender<Update>,
-    keys: &Keys,
-    revision: i64,
-    kvs: &BTreeMap<Vec<u8>, Vec<u8>>,
-) -> Result<(), ()> {
-    let update = match FleetTable::parse(keys, kvs.iter().map(|(k, v)| (&k[..], &v[..]))) {
-        Ok(table) => Update::Table { revision, table },
-        Err(refused) => Update::Refused { revision, refused },
+fn send_table(tx: &UnboundedSender<Update>, keys: &Keys, seen: &Viewed) -> Result<(), ()> {
+    let (revision, version) = (seen.revision, seen.version);
+    let update = match FleetTable::parse(keys, seen.kvs.iter().map(|(k, v)| (&k[..], &v[..]))) {
+        Ok(table) => Update::Table {
+            revision,
+            version,
+            table,
+        },
+        Err(refused) => Update::Refused {
+            revision,
+            version,
+            refused,
+        },
     };
     tx.send(update).map_err(|_| ())
 }

@@ -17,5 +17,5 @@ mod write;
 pub use client::{Etcd, FleetError};
 pub use follow::{Update, follow};
 pub use schema::{FleetTable, Keys, MAPPINGS, Names, Refused, STEER, VERSION, mapping_value};
-pub use state::{FleetState, unix_ms};
+pub use state::{FleetState, PeerView, unix_ms};
 pub use write::{Snapshot, Written, map_add, map_del, read};

@@ -17,6 +17,10 @@ pub struct FleetState {
     /// The newest revision of the table seen, served or not: above `revision` while a newer
     /// table is refused (this gateway is then stale and knows it).
     pub newest_seen: i64,
+    /// The version of the table served: the write guard's mod revision (see `follow`), the
+    /// same on every gateway serving the same table, which peers compare.
+    #[serde(default)]
+    pub version: i64,
     /// The fleet's mappings and steering rules served.
     pub mappings: usize,
     pub steering: usize,
@@ -27,6 +31,24 @@ pub struct FleetState {
     pub error: Option<String>,
     /// When etcd last confirmed that `newest_seen` is the newest there is (Unix ms; 0: never).
     pub confirmed_unix_ms: u64,
+}
+
+/// What a gateway tells its peers (its metrics server's `/fleet`): the table it serves.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerView {
+    pub version: i64,
+    pub revision: i64,
+    pub connected: bool,
+}
+
+impl PeerView {
+    pub fn of(state: &FleetState) -> Self {
+        PeerView {
+            version: state.version,
+            revision: state.revision,
+            connected: state.connected,
+        }
+    }
 }
 
 const FLEET_STATE: &str = "fleet.json";
@@ -60,9 +82,19 @@ impl FleetState {
         )
     }
 
-    /// Whether this gateway knows the fleet has moved past what it serves.
+    /// Whether this gateway does not serve the newest table it has seen (refused or not
+    /// applied).
     pub fn stale(&self) -> bool {
         self.newest_seen > self.revision
+    }
+
+    /// Whether the newest table was refused by this gateway alone: it is valid, but this
+    /// gateway could not apply it (it conflicts with the gateway's own config, or the data
+    /// plane failed), so the fleet's other gateways serve it and this one is behind them. A
+    /// table refused for what it holds (a key named) is refused by every gateway alike:
+    /// together they keep the last good one, and none is behind.
+    pub fn behind(&self) -> bool {
+        self.stale() && self.refused.as_ref().is_some_and(|r| r.key.is_empty())
     }
 
     pub fn load(pin_path: &Path) -> Option<Self> {
@@ -107,10 +139,17 @@ impl FleetState {
             }
         );
         if let Some(r) = &self.refused {
-            s.push_str(&format!(
-                "fleet:      STALE: the table at revision {} is refused: {} (fix or remove {})\n",
-                self.newest_seen, r.why, r.key
-            ));
+            if r.key.is_empty() {
+                s.push_str(&format!(
+                    "fleet:      BEHIND: this gateway cannot apply the table at revision {}: {}\n",
+                    self.newest_seen, r.why
+                ));
+            } else {
+                s.push_str(&format!(
+                    "fleet:      REFUSED: the table at revision {} holds a bad entry: {} (fix or remove {}; every gateway keeps the last good table)\n",
+                    self.newest_seen, r.why, r.key
+                ));
+            }
         }
         s
     }

@@ -183,12 +183,14 @@ impl FleetLab {
             .clone()
     }
 
-    /// The config gateway `i`'s ipnat runs with: every mapping, and [announce] with its bird.
-    pub fn config(&self, i: usize, pin_path: &str) -> String {
+    /// The config gateway `i`'s ipnat runs with: every mapping, [announce] with its bird, and
+    /// `extra` (keys of [announce] first, then other sections).
+    pub fn config_with(&self, i: usize, pin_path: &str, extra: &str) -> String {
         let mut c = format!(
-            "pin_path = \"{pin_path}\"\n\n\
+            "pin_path = \"{pin_path}\"\nmetrics_listen = \"{}:9469\"\n\n\
              [[interface]]\nname = \"out0\"\n\n\
-             [[interface]]\nname = \"in0\"\n\n"
+             [[interface]]\nname = \"in0\"\n\n",
+            gw_out(i)
         );
         for m in 0..self.mappings {
             let (public, private) = fleet_mapping(m);
@@ -201,13 +203,37 @@ impl FleetLab {
              bird_socket = \"{}\"\noutward_sessions = [\"outside\"]\ninward_sessions = [\"inside\"]\n",
             self.bird_socket(i).display()
         ));
+        c.push_str(extra);
         c
+    }
+
+    /// [`FleetLab::config_with`] nothing extra.
+    pub fn config(&self, i: usize, pin_path: &str) -> String {
+        self.config_with(i, pin_path, "")
+    }
+
+    /// Gateway `i`'s metrics server, as its peers name it.
+    pub fn metrics_url(i: usize) -> String {
+        format!("http://{}:9469", gw_out(i))
     }
 
     /// Starts ipnat on gateway `i`.
     pub fn start_ipnat(&self, i: usize) -> Result<Ipnat> {
-        let pin = format!("/sys/fs/bpf/ipnat-fleet-{}-gw{i}", std::process::id());
-        Ipnat::start(&self.gateways[i - 1], &self.config(i, &pin), &pin)
+        self.start_ipnat_with(i, "")
+    }
+
+    /// Starts ipnat on gateway `i` with [`FleetLab::config_with`] `extra`.
+    pub fn start_ipnat_with(&self, i: usize, extra: &str) -> Result<Ipnat> {
+        Ipnat::start(
+            &self.gateways[i - 1],
+            &self.config_with(i, &Self::pin(i), extra),
+            &Self::pin(i),
+        )
+    }
+
+    /// Gateway `i`'s pin path.
+    pub fn pin(i: usize) -> String {
+        format!("/sys/fs/bpf/ipnat-fleet-{}-gw{i}", std::process::id())
     }
 
     /// The outside router's next hops towards mapping `m`'s public address.

@@ -51,9 +51,15 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// `GET /metrics` from an `ipnat run` in `ns` on the default address.
 pub fn metrics(ns: &Netns) -> Result<String> {
-    ns.within(|| {
+    metrics_at(ns, "127.0.0.1:9469")
+}
+
+/// `GET /metrics` from an `ipnat run` in `ns` listening on `addr`.
+pub fn metrics_at(ns: &Netns, addr: &str) -> Result<String> {
+    let addr = addr.to_owned();
+    ns.within(move || {
         use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect("127.0.0.1:9469")?;
+        let mut s = std::net::TcpStream::connect(addr.as_str())?;
         s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
         let mut text = String::new();
         s.read_to_string(&mut text)?;

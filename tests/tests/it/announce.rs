@@ -6,9 +6,10 @@
 use std::time::{Duration, Instant};
 
 use ipnat_tests::{
+    etcd::EtcdServer,
     lab::{
         Ipnat,
-        fleet::{CLIENT, FleetLab, fleet_mapping},
+        fleet::{CLIENT, FLEET_IN_ROUTER, FleetLab, fleet_mapping, gw_out},
         ipnat_in, udp_exchange_at,
     },
     netns::{Netns, require_root},
@@ -81,7 +82,8 @@ fn a_gateway_is_announced_while_ready_and_withdrawn_when_drained_detached_cut_of
         "ipnat's own table: {routes}"
     );
     assert!(reaches(&lab, 7200), "UDP through the fleet");
-    let metrics = ipnat_tests::lab::metrics(&lab.gateways[0]).unwrap();
+    let metrics =
+        ipnat_tests::lab::metrics_at(&lab.gateways[0], &format!("{}:9469", gw_out(1))).unwrap();
     assert!(metrics.contains("ipnat_ready 1"), "{metrics}");
     assert!(
         metrics.contains("ipnat_announced{side=\"outward\"} 1"),
@@ -175,4 +177,134 @@ fn a_gateway_is_announced_while_ready_and_withdrawn_when_drained_detached_cut_of
         "nothing of ipnat's left in its table"
     );
     assert!(reaches(&lab, 7204), "UDP through gateway 2");
+}
+
+/// `ipnat fleet ARGS... --etcd URL --prefix /fleet` in `ns`; panics unless it succeeds.
+fn fleet_write(ns: &Netns, etcd: &EtcdServer, args: &[&str]) {
+    let mut all: Vec<&str> = vec!["fleet"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--etcd", &etcd.url, "--prefix", "/fleet"]);
+    let (ok, out) = ipnat_in(ns, &all);
+    assert!(ok, "ipnat {all:?}: {out}");
+}
+
+/// Cuts gateway `ns` off from etcd at `etcd` (both directions dropped; everything else
+/// flows), or lets it through again.
+fn cut_from_etcd(ns: &Netns, etcd: &EtcdServer, cut: bool) {
+    if cut {
+        let addr = etcd
+            .url
+            .trim_start_matches("http://")
+            .split(':')
+            .next()
+            .unwrap()
+            .to_owned();
+        let rules = format!(
+            "table inet etcdcut {{ chain out {{ type filter hook output priority 0; ip daddr {addr} tcp dport 2379 drop; }}; \
+             chain in {{ type filter hook input priority 0; ip saddr {addr} tcp sport 2379 drop; }}; }}"
+        );
+        ns.run("nft", &[&rules]).unwrap();
+    } else {
+        ns.run("nft", &["delete", "table", "inet", "etcdcut"])
+            .unwrap();
+    }
+}
+
+/// Holds for `secs`: both gateways stay announced on both routers the whole time.
+fn stays_announced(lab: &FleetLab, secs: u64, what: &str) {
+    let until = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < until {
+        assert_eq!(
+            lab.outside_hops(0).unwrap().len(),
+            2,
+            "{what}: a gateway was withdrawn outside"
+        );
+        assert_eq!(
+            lab.inside_hops().unwrap().len(),
+            2,
+            "{what}: a gateway was withdrawn inside"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn only_a_gateway_that_knows_the_fleet_moved_on_withdraws_for_staleness() {
+    require_root();
+    let lab = FleetLab::new(2, 1).unwrap();
+    for m in 1..3 {
+        let private = fleet_mapping(m).1;
+        lab.inside
+            .ip(&["addr", "add", &format!("{private}/32"), "dev", "lo"])
+            .unwrap();
+    }
+    let mut etcd = EtcdServer::start_at(&lab.inside, FLEET_IN_ROUTER, 2379).unwrap();
+    let (p1, b1) = fleet_mapping(1);
+    fleet_write(
+        &lab.gateways[1],
+        &etcd,
+        &["map", "add", &p1.to_string(), &b1.to_string()],
+    );
+    let extra = |peer: usize| {
+        format!(
+            "peers = [\"{}\"]\nstale_grace_ms = 1000\n\n[etcd]\nendpoints = [\"{}\"]\nprefix = \"/fleet\"\nrequest_timeout_ms = 1000\ndial_timeout_ms = 500\n",
+            FleetLab::metrics_url(peer),
+            etcd.url
+        )
+    };
+    let g1 = lab.start_ipnat_with(1, &extra(2)).unwrap();
+    let g2 = lab.start_ipnat_with(2, &extra(1)).unwrap();
+    lab.wait_hops(&[1, 2], 20).unwrap();
+    for (gw, ipnat) in [(&lab.gateways[0], &g1), (&lab.gateways[1], &g2)] {
+        let st = status(gw, ipnat);
+        assert!(st["fleet"]["version"].as_i64() > Some(0), "{}", st["fleet"]);
+        assert_eq!(st["fleet"]["mappings"], 1, "{}", st["fleet"]);
+    }
+
+    // (e) etcd stopped altogether: nothing withdrawn, the tables stay and translate.
+    etcd.kill().unwrap();
+    stays_announced(&lab, 6, "etcd stopped");
+    let st = status(&lab.gateways[0], &g1);
+    assert_eq!(st["fleet"]["connected"], false, "{}", st["fleet"]);
+    assert_eq!(st["health"]["ready"], true, "{}", st["health"]);
+    assert!(
+        reaches(&lab, 7300),
+        "UDP through the fleet while etcd is down"
+    );
+    etcd.resume().unwrap();
+
+    // (g) Garbage in etcd: refused by every gateway alike, named in status, and nobody is
+    // withdrawn (they all keep the same last good table).
+    etcd.ctl(&["put", "/fleet/mappings/198.51.100.99", "garbage"])
+        .unwrap();
+    wait_health(&lab.gateways[0], &g1, "garbage seen", |_| {
+        status(&lab.gateways[0], &g1)["fleet"]["refused"]["key"] == "/fleet/mappings/198.51.100.99"
+    });
+    stays_announced(&lab, 3, "garbage in etcd");
+    etcd.ctl(&["del", "/fleet/mappings/198.51.100.99"]).unwrap();
+
+    // (f) Gateway 1 cut off from etcd while a mapping is added: gateway 2 serves the new
+    // table, tells gateway 1 so, and gateway 1 withdraws, naming why. Let through again, it
+    // catches up and is announced again.
+    cut_from_etcd(&lab.gateways[0], &etcd, true);
+    let (p2, b2) = fleet_mapping(2);
+    fleet_write(
+        &lab.gateways[1],
+        &etcd,
+        &["map", "add", &p2.to_string(), &b2.to_string()],
+    );
+    lab.wait_hops(&[2], 15).unwrap();
+    let st = status(&lab.gateways[0], &g1);
+    assert_eq!(st["health"]["ready"], false, "{}", st["health"]);
+    assert!(
+        st["health"]["reasons"]
+            .to_string()
+            .contains(&FleetLab::metrics_url(2)),
+        "the reason names the peer: {}",
+        st["health"]
+    );
+    cut_from_etcd(&lab.gateways[0], &etcd, false);
+    lab.wait_hops(&[1, 2], 20).unwrap();
+    let st = status(&lab.gateways[0], &g1);
+    assert_eq!(st["fleet"]["mappings"], 2, "caught up: {}", st["fleet"]);
 }
