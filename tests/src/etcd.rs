@@ -14,6 +14,9 @@ use crate::netns::Netns;
 
 pub struct EtcdServer {
     child: Option<Child>,
+    /// This member's name and the whole cluster's `--initial-cluster` (one member: itself).
+    member: String,
+    cluster: String,
     dir: PathBuf,
     ns_path: String,
     ns: String,
@@ -30,23 +33,58 @@ impl EtcdServer {
 
     /// [`EtcdServer::start`] on `addr` (an address of `ns`) instead of the loopback.
     pub fn start_at(ns: &Netns, addr: std::net::Ipv4Addr, port: u16) -> Result<Self> {
+        let mut me = Self::member(ns, addr, port, format!("t=http://{addr}:{}", port + 1))?;
+        me.resume()?;
+        Ok(me)
+    }
+
+    /// A cluster of one member per port in `ports`, all on `addr` in `ns` (clients on each
+    /// port, peers on port + 1), started together; returns once every member is healthy.
+    pub fn cluster(ns: &Netns, addr: std::net::Ipv4Addr, ports: &[u16]) -> Result<Vec<Self>> {
+        let initial: Vec<String> = ports
+            .iter()
+            .map(|p| format!("m{p}=http://{addr}:{}", p + 1))
+            .collect();
+        let mut members = Vec::new();
+        for port in ports {
+            let mut m = Self::member(ns, addr, *port, initial.join(","))?;
+            m.spawn()?;
+            members.push(m);
+        }
+        for m in &members {
+            m.wait_healthy()?;
+        }
+        Ok(members)
+    }
+
+    fn member(ns: &Netns, addr: std::net::Ipv4Addr, port: u16, cluster: String) -> Result<Self> {
         let dir = std::env::temp_dir().join(format!("ipnat-etcd-{}-{port}", ns.name()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        let mut me = EtcdServer {
+        let member = if cluster.starts_with("t=") {
+            "t".to_owned()
+        } else {
+            format!("m{port}")
+        };
+        Ok(EtcdServer {
+            member,
+            cluster,
             child: None,
             dir,
             ns_path: ns.path(),
             ns: ns.name().to_owned(),
             port,
             url: format!("http://{addr}:{port}"),
-        };
-        me.resume()?;
-        Ok(me)
+        })
     }
 
     /// Starts it again on the same data (after [`EtcdServer::kill`]).
     pub fn resume(&mut self) -> Result<()> {
+        self.spawn()?;
+        self.wait_healthy()
+    }
+
+    fn spawn(&mut self) -> Result<()> {
         if self.child.is_some() {
             bail!("etcd is already running");
         }
@@ -65,14 +103,15 @@ impl EtcdServer {
             .arg(format!("--net={}", self.ns_path))
             .arg("--")
             .arg("etcd")
-            .args(["--name", "t"])
+            .args(["--name", &self.member])
+            .args(["--initial-cluster-token", "ipnat-test"])
             .arg("--data-dir")
             .arg(self.dir.join("data"))
             .args(["--listen-client-urls", &self.url])
             .args(["--advertise-client-urls", &self.url])
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("t={peer}")])
+            .args(["--initial-cluster", &self.cluster])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -80,6 +119,10 @@ impl EtcdServer {
             .context("starting etcd (Debian's etcd-server; cargo xtask setup installs it)")?;
         crate::netns::track_child(child.id() as i32, true);
         self.child = Some(child);
+        Ok(())
+    }
+
+    fn wait_healthy(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if self.ctl(&["endpoint", "health"]).is_ok() {
@@ -117,6 +160,25 @@ impl EtcdServer {
                 .args(args),
         )?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Whether this member is the cluster's leader now.
+    pub fn is_leader(&self) -> Result<bool> {
+        let out = self.ctl(&["endpoint", "status", "-w", "json"])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        let s = &v[0]["Status"];
+        Ok(s["leader"].is_u64() && s["leader"] == s["header"]["member_id"])
+    }
+
+    /// Starts a member of a cluster again (after [`EtcdServer::kill`]) without waiting for its
+    /// health: a member alone has no quorum.
+    pub fn spawn_again(&mut self) -> Result<()> {
+        self.spawn()
+    }
+
+    /// Whether this member runs.
+    pub fn running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// The store's current revision.

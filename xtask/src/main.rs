@@ -76,10 +76,11 @@ enum Task {
     },
     /// Set up, build, then show ipnat at work in a simulated cloud made of network namespaces:
     /// part 1 a gateway's 1:1 NAT, part 2 host orientation, part 3 a second NIC's addresses
-    /// steered from the cloud's metadata. All three, or one with `--part N`.
+    /// steered from the cloud's metadata, part 4 a fleet of three gateways (etcd, bird, ECMP,
+    /// a gateway dying under traffic). All four, or one with `--part N`.
     Lab {
-        /// Run only this part (1, 2 or 3).
-        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=3))]
+        /// Run only this part (1 to 4).
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=4))]
         part: Option<u8>,
     },
     /// Set up, build (release), then run `ipnat bench ARGS` (per-packet cost; see `ipnat bench

@@ -79,6 +79,7 @@ pub(super) fn handle(
     state.connected = true;
     state.error = None;
     state.newest_seen = state.newest_seen.max(revision);
+    let started = std::time::Instant::now();
     let table = table.and_then(|table| {
         if table == sources.fleet {
             return Ok(None);
@@ -121,6 +122,11 @@ pub(super) fn handle(
         Err(refused) => state.refused = Some(refused),
     }
     save(config, state);
+    tracing::debug!(
+        revision,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "fleet update handled"
+    );
 }
 
 fn save(config: &Config, state: &FleetState) {

@@ -315,7 +315,9 @@ pub fn run(config_path: &Path, config: Config, stats_interval: u64) -> Result<()
                     let a = announce.as_ref().expect("announce is on");
                     let fleet = ctl.fleet.lock().expect("not poisoned").clone();
                     let last = ctl.health.lock().expect("not poisoned").as_ref().map(|h| h.decision.clone());
+                    let started = std::time::Instant::now();
                     let state = super::health::check(&dp, &config, a, &attached, fleet, last.as_ref(), &mut peers).await;
+                    tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "health check");
                     *ctl.health.lock().expect("not poisoned") = Some(state);
                 }
                 _ = tick.tick(), if stats_interval > 0 => print!("{}", dp.tables.snapshot()?.render()),

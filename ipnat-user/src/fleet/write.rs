@@ -65,8 +65,39 @@ const ATTEMPTS: usize = 8;
 pub enum Written {
     /// Committed at this revision.
     At(i64),
-    /// The table already held exactly that.
+    /// The table already held exactly that (or an earlier attempt, whose answer was lost to a
+    /// leader change, wrote it).
     Unchanged,
+}
+
+/// How many times a write tries again after etcd answered that it cannot serve now (a leader
+/// change or election: etcd's "unavailable"), 200 ms apart.
+const TRANSIENT_RETRIES: u32 = 15;
+
+/// Whether `e` is etcd saying it cannot serve for now (no leader, leader changed): the same
+/// request may succeed in a moment.
+fn transient(e: &FleetError) -> bool {
+    matches!(e, FleetError::Etcd { error: etcd_client::Error::GRpcStatus(s), .. }
+        if s.code() == tonic::Code::Unavailable)
+}
+
+/// Runs one step of a write; a transient refusal (see [`transient`]) is Ok(None) after a pause,
+/// while `retries` last, and sets `uncertain` (a transaction may have committed unanswered).
+async fn step<T>(
+    r: Result<T, FleetError>,
+    retries: &mut u32,
+    uncertain: &mut bool,
+) -> Result<Option<T>, FleetError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if transient(&e) && *retries < TRANSIENT_RETRIES => {
+            *retries += 1;
+            *uncertain = true;
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Commits `ops` if the write guard is still as `snap` saw it, bumping it; whether it was.
@@ -105,8 +136,13 @@ pub async fn map_add(
     replace: bool,
 ) -> Result<Written, FleetError> {
     let key = keys.mapping(m.public);
-    for _ in 0..ATTEMPTS {
-        let snap = read(etcd, keys).await?;
+    let (mut retries, mut uncertain) = (0, false);
+    let mut attempts = 0;
+    while attempts < ATTEMPTS {
+        let Some(snap) = step(read(etcd, keys).await, &mut retries, &mut uncertain).await? else {
+            continue;
+        };
+        attempts += 1;
         let (mut table, mut names) = snap.entries(keys)?;
         if let Some(i) = names.mappings.iter().position(|k| *k == key) {
             if table.mappings[i] == m {
@@ -127,7 +163,8 @@ pub async fn map_add(
             .validate(&names)
             .map_err(|r| FleetError::Conflict(format!("refused, nothing written: {}", r.why)))?;
         let ops = vec![TxnOp::put(key.clone(), mapping_value(&m), None)];
-        if let Some(revision) = commit(etcd, keys, &snap, ops).await? {
+        let committed = commit(etcd, keys, &snap, ops).await;
+        if let Some(Some(revision)) = step(committed, &mut retries, &mut uncertain).await? {
             return Ok(Written::At(revision));
         }
     }
@@ -137,15 +174,25 @@ pub async fn map_add(
 /// Removes the mapping of `public` (whatever its value holds: a broken entry can be removed).
 pub async fn map_del(etcd: &Etcd, keys: &Keys, public: Block) -> Result<Written, FleetError> {
     let key = keys.mapping(public);
-    for _ in 0..ATTEMPTS {
-        let snap = read(etcd, keys).await?;
+    let (mut retries, mut uncertain) = (0, false);
+    let mut attempts = 0;
+    while attempts < ATTEMPTS {
+        let Some(snap) = step(read(etcd, keys).await, &mut retries, &mut uncertain).await? else {
+            continue;
+        };
+        attempts += 1;
         if !snap.kvs.iter().any(|(k, _)| k == key.as_bytes()) {
+            if uncertain {
+                // Deleted by an earlier attempt whose answer was lost.
+                return Ok(Written::Unchanged);
+            }
             return Err(FleetError::Conflict(format!(
                 "{key}: no such mapping in the fleet's table"
             )));
         }
         let ops = vec![TxnOp::delete(key.clone(), None)];
-        if let Some(revision) = commit(etcd, keys, &snap, ops).await? {
+        let committed = commit(etcd, keys, &snap, ops).await;
+        if let Some(Some(revision)) = step(committed, &mut retries, &mut uncertain).await? {
             return Ok(Written::At(revision));
         }
     }

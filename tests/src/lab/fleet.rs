@@ -74,8 +74,11 @@ pub struct FleetLab {
     pub inside_bird: Bird,
     /// The gateways' bird (stopped ones are None).
     pub gateway_birds: Vec<Option<Bird>>,
-    /// How many mappings (and backends) there are.
+    /// How many backends there are (mapping 0 and on).
     pub mappings: usize,
+    /// How many of those mappings the gateways' own configs hold (the rest may come from
+    /// the fleet's table).
+    pub own_mappings: usize,
 }
 
 impl FleetLab {
@@ -144,6 +147,7 @@ impl FleetLab {
             inside_bird,
             gateway_birds: Vec::new(),
             mappings,
+            own_mappings: mappings,
         };
         for i in 1..=n {
             let bird = lab.start_gateway_bird(i)?;
@@ -192,7 +196,7 @@ impl FleetLab {
              [[interface]]\nname = \"in0\"\n\n",
             gw_out(i)
         );
-        for m in 0..self.mappings {
+        for m in 0..self.own_mappings {
             let (public, private) = fleet_mapping(m);
             c.push_str(&format!(
                 "[[mapping]]\npublic = \"{public}\"\nprivate = \"{private}\"\n\n"
@@ -269,13 +273,22 @@ impl FleetLab {
     /// Blocks (or unblocks) gateway `i`'s port on the outside router's bridge: its link stays
     /// up, nothing passes.
     pub fn block_outside(&self, i: usize, blocked: bool) -> Result<()> {
-        let state = if blocked { "0" } else { "3" };
-        self.outside.run(
-            "bridge",
-            &["link", "set", "dev", &format!("g{i}o"), "state", state],
-        )?;
-        Ok(())
+        block(&self.outside, &format!("g{i}o"), blocked)
     }
+
+    /// Blocks (or unblocks) both of gateway `i`'s bridge ports: to everyone else it is dead,
+    /// while every link stays up.
+    pub fn block_gateway(&self, i: usize, blocked: bool) -> Result<()> {
+        block(&self.outside, &format!("g{i}o"), blocked)?;
+        block(&self.inside, &format!("g{i}i"), blocked)
+    }
+}
+
+/// Disables (or enables) bridge port `port` in `ns`.
+fn block(ns: &Netns, port: &str, blocked: bool) -> Result<()> {
+    let state = if blocked { "0" } else { "3" };
+    ns.run("bridge", &["link", "set", "dev", port, "state", state])?;
+    Ok(())
 }
 
 /// A router's bird config: dist/bird/router.conf with one session per gateway.

@@ -35,6 +35,7 @@ pub fn internet_host(inet: &Netns, vpc: &Netns) -> Result<()> {
 }
 
 pub mod fleet;
+pub mod fleet_traffic;
 mod gateway;
 mod onenic;
 mod process;

@@ -223,7 +223,17 @@ impl Ipnat {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = Vec::new();
+            let mut log = std::env::var_os("IPNAT_TEST_LOG").and_then(|dir| {
+                std::fs::File::create(std::path::Path::new(&dir).join(format!(
+                    "ipnat-{}.log",
+                    COUNTER.fetch_add(1, Ordering::Relaxed)
+                )))
+                .ok()
+            });
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(f) = log.as_mut() {
+                    let _ = writeln!(f, "{line}");
+                }
                 let ready = line.contains("ipnat running");
                 lines.push(line);
                 if ready {
