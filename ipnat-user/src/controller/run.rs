@@ -238,7 +238,7 @@ pub fn run(config_path: &Path, config: Config, stats_interval: u64) -> Result<()
     let name = config_path.file_name().map(|n| n.to_owned());
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if let Ok(ev) = ev
-            && ev.paths.iter().any(|p| p.file_name() == name.as_deref())
+            && changes(&ev, name.as_deref())
         {
             let _ = tx.send(());
         }
@@ -292,6 +292,7 @@ pub fn run(config_path: &Path, config: Config, stats_interval: u64) -> Result<()
                     }
                 }
                 Some(()) = changed.recv() => {
+                    tracing::trace!("config file event");
                     // Editors write in several steps: let them finish, then reload only when
                     // the text really changed.
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -307,11 +308,13 @@ pub fn run(config_path: &Path, config: Config, stats_interval: u64) -> Result<()
                     }
                 }
                 Some(update) = fleet_rx.recv(), if fleet_on => {
+                    tracing::trace!(?update, "fleet update received");
                     if let Some(state) = ctl.fleet.lock().expect("not poisoned").as_mut() {
                         super::fleet::handle(&mut dp, &config, &mut sources, state, update);
                     }
                 }
                 _ = health.tick(), if announce.is_some() => {
+                    tracing::trace!("health tick");
                     let a = announce.as_ref().expect("announce is on");
                     let fleet = ctl.fleet.lock().expect("not poisoned").clone();
                     let last = ctl.health.lock().expect("not poisoned").as_ref().map(|h| h.decision.clone());
@@ -322,6 +325,7 @@ pub fn run(config_path: &Path, config: Config, stats_interval: u64) -> Result<()
                 }
                 _ = tick.tick(), if stats_interval > 0 => print!("{}", dp.tables.snapshot()?.render()),
                 _ = neighbours.tick() => {
+                    tracing::trace!("neighbours tick");
                     if let Ok(eff) = sources.effective(&config) {
                         resolve_gateways(&eff);
                     }
@@ -411,6 +415,19 @@ fn watch_routes(dp: &Dataplane) -> Result<()> {
     Ok(())
 }
 
+/// Whether `ev` may have changed the file named `name`: written, created, renamed or removed.
+/// Not an access: the controller reads the file when told of a change, and that read is an
+/// event of its own (inotify's open and close), which would tell it again, forever: a loop
+/// that kept the controller asleep 200 ms out of every 200 ms and delayed everything else
+/// it does (fleet updates by up to seconds).
+fn changes(ev: &notify::Event, name: Option<&std::ffi::OsStr>) -> bool {
+    use notify::EventKind;
+    matches!(
+        ev.kind,
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) | EventKind::Any
+    ) && ev.paths.iter().any(|p| p.file_name() == name)
+}
+
 /// Warns about host settings that break a gateway; changes nothing.
 fn check_sysctls(config: &Config) {
     if config.orientation == Orientation::Host {
@@ -428,5 +445,44 @@ fn check_sysctls(config: &Config) {
         if read(&key) == "1" || read("net.ipv4.conf.all.send_redirects") == "1" {
             warn!(interface = %iface.name, "ICMP redirects are on: a gateway that sends packets back out of the NIC they came in on tells the senders to go direct, past the translation (sysctl -w net.ipv4.conf.all.send_redirects=0 {key}=0)");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::{
+        Event, EventKind,
+        event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode},
+    };
+
+    use super::changes;
+
+    #[test]
+    fn reading_the_config_file_is_not_a_change_of_it() {
+        let name = Some(std::ffi::OsStr::new("ipnat.toml"));
+        let at = |kind: EventKind, file: &str| {
+            Event::new(kind).add_path(std::path::PathBuf::from("/etc/ipnat").join(file))
+        };
+        // What the controller's own read of the file produces.
+        for kind in [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+        ] {
+            assert!(!changes(&at(kind, "ipnat.toml"), name), "{kind:?}");
+        }
+        // What editors and config management do.
+        for kind in [
+            EventKind::Modify(ModifyKind::Any),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+        ] {
+            let expected = !matches!(kind, EventKind::Access(_));
+            assert_eq!(changes(&at(kind, "ipnat.toml"), name), expected, "{kind:?}");
+        }
+        assert!(!changes(
+            &at(EventKind::Modify(ModifyKind::Any), "other.toml"),
+            name
+        ));
     }
 }
