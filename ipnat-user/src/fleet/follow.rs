@@ -163,6 +163,11 @@ async fn follow_once(
                 }
                 continue;
             }
+            tracing::debug!(
+                events = events.len(),
+                revision = resp.header().map_or(0, |h| h.revision()),
+                "etcd: watch events"
+            );
             // Events come in revision order; each revision's changes become one table.
             let mut i = 0;
             while i < events.len() {

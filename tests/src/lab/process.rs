@@ -242,10 +242,11 @@ impl Ipnat {
             }
             let _ = tx.send(Err(lines.join("\n")));
         });
-        match rx.recv_timeout(Duration::from_secs(20)) {
+        // Loading verifies the programs: on a machine busy forwarding that takes a while.
+        match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(log)) => bail!("ipnat exited before it was ready:\n{log}"),
-            Err(_) => bail!("ipnat not ready after 20 s"),
+            Err(_) => bail!("ipnat not ready after 60 s"),
         }
     }
 
