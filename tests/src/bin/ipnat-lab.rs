@@ -24,20 +24,21 @@ use ipnat_tests::{
     netns::require_root,
 };
 
-const USAGE: &str = "usage: ipnat-lab [--part 1|2|3|4]   (cargo xtask lab [--part N])
+const USAGE: &str = "usage: ipnat-lab [--part 1|2|3|4|5]   (cargo xtask lab [--part N])
 
 Runs ipnat in a simulated cloud made of network namespaces, and takes it all down again.
   --part 1   a gateway's one-to-one NAT of an elastic IP
   --part 2   host orientation: the EIP visible on the instance itself
   --part 3   a second NIC's addresses, steered from the cloud's metadata (no ip rule)
   --part 4   a fleet of three gateways: one table in etcd, ECMP via bird with BFD, a gateway dies
-Without --part, all four, in that order.";
+  --part 5   the same fleet, ipnat against conntrack NAT gateways, steady and a gateway dying
+Without --part, all five, in that order.";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let parts: Vec<u8> = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-        [] => vec![1, 2, 3, 4],
-        ["--part", n] if matches!(n, "1" | "2" | "3" | "4") => vec![n.parse().unwrap()],
+        [] => vec![1, 2, 3, 4, 5],
+        ["--part", n] if matches!(n, "1" | "2" | "3" | "4" | "5") => vec![n.parse().unwrap()],
         ["--help" | "-h"] => {
             println!("{USAGE}");
             return;
@@ -56,7 +57,8 @@ fn main() {
             1 => lab(),
             2 => host_lab(),
             3 => steer_lab(),
-            _ => fleet_lab(),
+            4 => fleet_lab(),
+            _ => comparison_lab(),
         };
         if let Err(e) = result {
             eprintln!("lab failed: {e:#}");
@@ -853,5 +855,246 @@ fn fleet_lab() -> Result<()> {
     ));
     say("\nlab done: taking it all down");
     drop(gws);
+    Ok(())
+}
+
+/// How gateways of the comparison translate.
+#[derive(Clone, Copy, PartialEq)]
+enum Nat {
+    Ipnat,
+    /// iptables 1:1 DNAT and SNAT, conntrack's defaults.
+    Conntrack,
+    /// The same with `nf_conntrack_tcp_be_liberal = 1`.
+    Liberal,
+    /// MASQUERADE to the gateway's own address (fck-nat's design): connections from inside.
+    Masquerade,
+}
+
+impl Nat {
+    fn name(self) -> &'static str {
+        match self {
+            Nat::Ipnat => "ipnat (stateless 1:1)",
+            Nat::Conntrack => "iptables 1:1 DNAT/SNAT, conntrack defaults",
+            Nat::Liberal => "iptables 1:1, nf_conntrack_tcp_be_liberal = 1",
+            Nat::Masquerade => "iptables MASQUERADE (fck-nat's design), from inside",
+        }
+    }
+}
+
+/// Sets gateway `i` up to translate as `nat` (iptables rules, and the routes ipnat would
+/// announce, put into its table by hand); for ipnat, starts it.
+fn setup_gateway(lab: &FleetLab, i: usize, nat: Nat) -> Result<Option<Ipnat>> {
+    let gw = &lab.gateways[i - 1];
+    let (public, private) = fleet_mapping(0);
+    if nat == Nat::Ipnat {
+        return Ok(Some(lab.start_ipnat(i)?));
+    }
+    let ipt = |args: &[&str]| gw.run("iptables", args).map(drop);
+    if nat == Nat::Masquerade {
+        ipt(&[
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-o",
+            "out0",
+            "-j",
+            "MASQUERADE",
+        ])?;
+    } else {
+        ipt(&[
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-d",
+            &public.to_string(),
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &private.to_string(),
+        ])?;
+        ipt(&[
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-s",
+            &private.to_string(),
+            "-j",
+            "SNAT",
+            "--to-source",
+            &public.to_string(),
+        ])?;
+        gw.ip(&[
+            "route",
+            "add",
+            &format!("{public}/32"),
+            "dev",
+            "out0",
+            "table",
+            "4242",
+            "proto",
+            "73",
+        ])?;
+    }
+    // Per namespace, there once the rules have loaded conntrack.
+    gw.sysctl(
+        "net.netfilter.nf_conntrack_tcp_be_liberal",
+        if nat == Nat::Liberal { "1" } else { "0" },
+    )?;
+    gw.ip(&[
+        "route", "add", "default", "dev", "in0", "table", "4242", "proto", "73",
+    ])?;
+    Ok(None)
+}
+
+/// Undoes [`setup_gateway`].
+fn teardown_gateway(lab: &FleetLab, i: usize, ipnat: Option<Ipnat>) -> Result<()> {
+    let gw = &lab.gateways[i - 1];
+    if let Some(mut ipnat) = ipnat {
+        ipnat.stop()?;
+        let (status, out) = ipnat.down()?;
+        if !status.success() {
+            bail!("ipnat down: {out}");
+        }
+        return Ok(());
+    }
+    gw.run("iptables", &["-t", "nat", "-F"])?;
+    gw.run("conntrack", &["-F"]).ok();
+    gw.ip(&["route", "flush", "table", "4242"])?;
+    Ok(())
+}
+
+/// One comparison run: downloads and UDP flows through the fleet; with `kill`, gateway 2 dies
+/// 3 s in (and comes back after). Returns the row's figures.
+fn comparison_run(lab: &FleetLab, nat: Nat, kill: bool, port: u16) -> Result<String> {
+    let (public, private) = fleet_mapping(0);
+    let client = fleet_client(0);
+    // Outside-in through the EIP; for MASQUERADE, inside-out to the client's address.
+    let (from, to, target, listen) = if nat == Nat::Masquerade {
+        (&lab.inside, &lab.outside, client, client)
+    } else {
+        (&lab.outside, &lab.inside, public, private)
+    };
+    let sources: Vec<Ipv4Addr> = if nat == Nat::Masquerade {
+        vec![private]
+    } else {
+        (0..4).map(fleet_client).collect()
+    };
+    let dl = tcp_downloads(
+        from,
+        &sources,
+        to,
+        (target, listen),
+        port,
+        30,
+        4 << 20,
+        Duration::from_millis(15),
+    )?;
+    let udp: Vec<_> = (0..8)
+        .map(|f| {
+            udp_stream(
+                from,
+                sources[f % sources.len()],
+                to,
+                (target, listen),
+                port + 1 + f as u16,
+                250,
+                8.0,
+            )
+        })
+        .collect::<Result<_>>()?;
+    if kill {
+        std::thread::sleep(Duration::from_secs(3));
+        lab.block_gateway(2, true)?;
+    }
+    let d = dl
+        .join()
+        .map_err(|_| anyhow::anyhow!("downloads panicked"))?;
+    let flows: Vec<_> = udp
+        .into_iter()
+        .map(|h| h.join().map_err(|_| anyhow::anyhow!("UDP stream panicked")))
+        .collect::<Result<_>>()?;
+    if kill {
+        lab.block_gateway(2, false)?;
+    }
+    Ok(format!(
+        "{:>2}/{} complete, {:>2} reset, {:>2} failed{} | UDP {:>5}/{} received, longest gap {:>4.0} ms",
+        d.complete,
+        d.connections,
+        d.resets,
+        d.failures.len(),
+        d.failures
+            .first()
+            .map_or(String::new(), |f| format!(" ({f})")),
+        flows.iter().map(|u| u.received).sum::<u32>(),
+        flows.iter().map(|u| u.sent).sum::<u32>(),
+        flows.iter().map(|u| u.longest_gap_ms).fold(0.0, f64::max),
+    ))
+}
+
+fn fleet_client(n: usize) -> Ipv4Addr {
+    Ipv4Addr::new(203, 0, 113, 10 + n as u8)
+}
+
+fn comparison_lab() -> Result<()> {
+    say("== ipnat lab, part 5: the same fleet, ipnat against conntrack NAT gateways ==\n");
+    say(
+        "  Three gateways behind the same ECMP on both sides (bird, BFD), 30 TCP downloads (4 MiB,\n  \
+         paced) and 8 UDP flows (250/s each); once steady, once with gateway 2 dying 3 s in (both\n  \
+         its bridge ports blocked). The conntrack gateways announce the same routes ipnat would.\n",
+    );
+    let lab = FleetLab::new(3, 1)?;
+    for n in 1..4 {
+        lab.outside.ip(&[
+            "addr",
+            "add",
+            &format!("{}/32", fleet_client(n)),
+            "dev",
+            "lo",
+        ])?;
+    }
+    let mut port = 10000;
+    for nat in [Nat::Ipnat, Nat::Conntrack, Nat::Liberal, Nat::Masquerade] {
+        let mut ipnats = Vec::new();
+        for i in 1..=3 {
+            ipnats.push(setup_gateway(&lab, i, nat)?);
+        }
+        if nat == Nat::Masquerade {
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while lab.inside_hops()?.len() != 3 {
+                if std::time::Instant::now() > deadline {
+                    let table = lab.gateways[0].ip(&["route", "show", "table", "4242"])?;
+                    bail!(
+                        "the inside router's default route: {:?}; gateway 1's table 4242: {}",
+                        lab.inside_hops()?,
+                        String::from_utf8_lossy(&table.stdout)
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        } else {
+            lab.wait_hops(&[1, 2, 3], 30)?;
+        }
+        say(&format!("{}:", nat.name()));
+        say(&format!(
+            "      steady:           {}",
+            comparison_run(&lab, nat, false, port)?
+        ));
+        port += 20;
+        say(&format!(
+            "      gateway 2 dies:   {}",
+            comparison_run(&lab, nat, true, port)?
+        ));
+        port += 20;
+        for (i, ipnat) in ipnats.into_iter().enumerate() {
+            teardown_gateway(&lab, i + 1, ipnat)?;
+        }
+        wait_until("every gateway withdrawn", || {
+            Ok(lab.inside_hops()?.is_empty())
+        })?;
+    }
+    say("\nlab done: taking it all down");
     Ok(())
 }
