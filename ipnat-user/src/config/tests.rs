@@ -253,3 +253,85 @@ fn the_etcd_section_is_checked_key_by_key() {
         assert!(!e.contains("\"p\""), "the password is never shown: {e}");
     }
 }
+
+#[test]
+fn the_announce_section_is_checked_key_by_key_and_the_example_states_its_defaults() {
+    let two = "[[interface]]\nname = \"eth0\"\n[[interface]]\nname = \"eth1\"\n";
+    let with = |section: &str| format!("{two}\n[announce]\n{section}\n");
+    let ok = Config::parse(&with("outward = \"eth0\"\ninward = \"eth1\"")).unwrap();
+    let a = ok.announce.unwrap();
+    assert_eq!(
+        (a.table, a.protocol),
+        (DEFAULT_ANNOUNCE_TABLE, DEFAULT_ANNOUNCE_PROTOCOL)
+    );
+    assert_eq!((a.check_interval_ms, a.stale_grace_ms), (1000, 3000));
+    // The example's commented section, uncommented, has exactly these defaults.
+    let example = include_str!("../../../ipnat.example.toml");
+    let section: String = example[example.find("# [announce]").unwrap()..]
+        .lines()
+        .skip(1)
+        .filter(|l| !l.starts_with("# #"))
+        .map(|l| format!("{}\n", l.trim_start_matches("# ")))
+        .collect();
+    let example: AnnounceConfig = toml::from_str(&section).unwrap();
+    assert_eq!((example.table, example.protocol), (a.table, a.protocol));
+    assert_eq!(
+        (example.check_interval_ms, example.stale_grace_ms),
+        (a.check_interval_ms, a.stale_grace_ms)
+    );
+    for (section, says) in [
+        (
+            "outward = \"eth0\"\ninward = \"eth1\"\ntable = 254",
+            "announce.table = \"254\"",
+        ),
+        (
+            "outward = \"eth0\"\ninward = \"eth1\"\nprotocol = 4",
+            "announce.protocol",
+        ),
+        (
+            "outward = \"eth9\"\ninward = \"eth1\"",
+            "announce.outward = \"eth9\"",
+        ),
+        (
+            "outward = \"eth0\"\ninward = \"eth0\"",
+            "is the outward interface too",
+        ),
+        (
+            "outward = \"eth0\"\ninward = \"eth1\"\ninward_sessions = [\"inside\"]",
+            "bird_socket and the sessions it reports",
+        ),
+        (
+            "outward = \"eth0\"\ninward = \"eth1\"\npeers = [\"10.0.0.2:9469\"]",
+            "announce.peers[0]",
+        ),
+        (
+            "outward = \"eth0\"\ninward = \"eth1\"\ncheck_interval_ms = 10",
+            "100 to 60000",
+        ),
+    ] {
+        let e = err(&with(section));
+        assert!(e.contains(says), "{section}: {e}");
+    }
+    // Host orientation owns its addresses: nothing to announce.
+    let host = format!(
+        "orientation = \"host\"\n{}",
+        with("outward = \"eth0\"\ninward = \"eth1\"")
+    );
+    assert!(err(&host).contains("announcing serves gateways"));
+    // The self-check's probe takes one entry of the tables.
+    let full = format!(
+        "max_mappings = 1\n{}\n[[mapping]]\npublic = \"198.51.100.10\"\nprivate = \"10.0.1.10\"\n",
+        with("outward = \"eth0\"\ninward = \"eth1\"")
+    );
+    assert!(
+        err(&full).contains("less the one [announce]'s self-check takes"),
+        "{}",
+        err(&full)
+    );
+    // Its addresses are nobody else's.
+    assert!(err(&with_mapping(two, "0.0.0.1", "10.0.1.10")).contains("this network"));
+}
+
+fn with_mapping(base: &str, public: &str, private: &str) -> String {
+    format!("{base}\n[[mapping]]\npublic = \"{public}\"\nprivate = \"{private}\"\n")
+}
