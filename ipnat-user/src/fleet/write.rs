@@ -127,6 +127,41 @@ async fn commit(
         .then(|| resp.header().map_or(0, |h| h.revision())))
 }
 
+/// What a write makes of the table it read.
+enum Plan {
+    /// Nothing to commit: this is the outcome.
+    Done(Written),
+    /// Commit these under the guard.
+    Commit(Vec<TxnOp>),
+}
+
+/// The write loop: reads the table, asks `plan` what to do with it (told whether an earlier
+/// attempt may have committed unanswered), and commits under the guard; reads again when
+/// another writer got in first, and waits out etcd's leader elections.
+async fn write(
+    etcd: &Etcd,
+    keys: &Keys,
+    plan: impl Fn(&Snapshot, bool) -> Result<Plan, FleetError>,
+) -> Result<Written, FleetError> {
+    let (mut retries, mut uncertain) = (0, false);
+    let mut attempts = 0;
+    while attempts < ATTEMPTS {
+        let Some(snap) = step(read(etcd, keys).await, &mut retries, &mut uncertain).await? else {
+            continue;
+        };
+        attempts += 1;
+        let ops = match plan(&snap, uncertain)? {
+            Plan::Done(w) => return Ok(w),
+            Plan::Commit(ops) => ops,
+        };
+        let committed = commit(etcd, keys, &snap, ops).await;
+        if let Some(Some(revision)) = step(committed, &mut retries, &mut uncertain).await? {
+            return Ok(Written::At(revision));
+        }
+    }
+    Err(too_busy())
+}
+
 /// Adds a mapping (with `replace`, changes the one with the same public side), validated with
 /// the whole table exactly as the config's mappings are.
 pub async fn map_add(
@@ -136,17 +171,11 @@ pub async fn map_add(
     replace: bool,
 ) -> Result<Written, FleetError> {
     let key = keys.mapping(m.public);
-    let (mut retries, mut uncertain) = (0, false);
-    let mut attempts = 0;
-    while attempts < ATTEMPTS {
-        let Some(snap) = step(read(etcd, keys).await, &mut retries, &mut uncertain).await? else {
-            continue;
-        };
-        attempts += 1;
+    write(etcd, keys, |snap, _| {
         let (mut table, mut names) = snap.entries(keys)?;
         if let Some(i) = names.mappings.iter().position(|k| *k == key) {
             if table.mappings[i] == m {
-                return Ok(Written::Unchanged);
+                return Ok(Plan::Done(Written::Unchanged));
             }
             if !replace {
                 return Err(FleetError::Conflict(format!(
@@ -162,41 +191,31 @@ pub async fn map_add(
         table
             .validate(&names)
             .map_err(|r| FleetError::Conflict(format!("refused, nothing written: {}", r.why)))?;
-        let ops = vec![TxnOp::put(key.clone(), mapping_value(&m), None)];
-        let committed = commit(etcd, keys, &snap, ops).await;
-        if let Some(Some(revision)) = step(committed, &mut retries, &mut uncertain).await? {
-            return Ok(Written::At(revision));
-        }
-    }
-    Err(too_busy())
+        Ok(Plan::Commit(vec![TxnOp::put(
+            key.clone(),
+            mapping_value(&m),
+            None,
+        )]))
+    })
+    .await
 }
 
 /// Removes the mapping of `public` (whatever its value holds: a broken entry can be removed).
 pub async fn map_del(etcd: &Etcd, keys: &Keys, public: Block) -> Result<Written, FleetError> {
     let key = keys.mapping(public);
-    let (mut retries, mut uncertain) = (0, false);
-    let mut attempts = 0;
-    while attempts < ATTEMPTS {
-        let Some(snap) = step(read(etcd, keys).await, &mut retries, &mut uncertain).await? else {
-            continue;
-        };
-        attempts += 1;
-        if !snap.kvs.iter().any(|(k, _)| k == key.as_bytes()) {
-            if uncertain {
-                // Deleted by an earlier attempt whose answer was lost.
-                return Ok(Written::Unchanged);
-            }
-            return Err(FleetError::Conflict(format!(
+    write(etcd, keys, |snap, uncertain| {
+        if snap.kvs.iter().any(|(k, _)| k == key.as_bytes()) {
+            Ok(Plan::Commit(vec![TxnOp::delete(key.clone(), None)]))
+        } else if uncertain {
+            // Deleted by an earlier attempt whose answer was lost.
+            Ok(Plan::Done(Written::Unchanged))
+        } else {
+            Err(FleetError::Conflict(format!(
                 "{key}: no such mapping in the fleet's table"
-            )));
+            )))
         }
-        let ops = vec![TxnOp::delete(key.clone(), None)];
-        let committed = commit(etcd, keys, &snap, ops).await;
-        if let Some(Some(revision)) = step(committed, &mut retries, &mut uncertain).await? {
-            return Ok(Written::At(revision));
-        }
-    }
-    Err(too_busy())
+    })
+    .await
 }
 
 fn too_busy() -> FleetError {

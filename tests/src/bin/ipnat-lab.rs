@@ -17,7 +17,7 @@ use ipnat_tests::{
         BACKEND, EIP, GW_EXT, GW_INT, GatewayLab, INET, Ipnat, LabOptions, METADATA_MACS, SteerLab,
         cleanup_all, cleanup_on_signal,
         fleet::{FLEET_IN_ROUTER, FleetLab, fleet_mapping},
-        fleet_traffic::{tcp_downloads, udp_stream},
+        fleet_traffic::{Traffic, udp_stream},
         ipnat_bin, ipnat_in, tcp_exchange_at, tcp_exchange_from, udp_exchange, udp_exchange_at,
         wait_until,
     },
@@ -615,30 +615,16 @@ fn fleet_lab() -> Result<()> {
     say(
         "\n[4/7] 60 TCP downloads (8 MiB each, from four client addresses) and 8 UDP flows (250/s each) through the EIP;\n      3 s in, gateway 2 dies: both its bridge ports blocked, every link stays up",
     );
-    let dl = tcp_downloads(
+    // Eight UDP flows, so that some cross the gateway that dies (the routers hash by ports).
+    let traffic = Traffic::start(
         &lab.outside,
         &clients,
         &lab.inside,
         (public0, private0),
         8000,
-        60,
-        8 << 20,
-        Duration::from_millis(15),
+        (60, 8 << 20, Duration::from_millis(15)),
+        (8, 250, 12.0),
     )?;
-    // Eight flows, so that some cross the gateway that dies (the routers hash by ports).
-    let udp: Vec<_> = (0..8)
-        .map(|f| {
-            udp_stream(
-                &lab.outside,
-                clients[f % clients.len()],
-                &lab.inside,
-                (public0, private0),
-                9000 + f as u16,
-                250,
-                12.0,
-            )
-        })
-        .collect::<Result<_>>()?;
     std::thread::sleep(Duration::from_secs(3));
     let killed = std::time::Instant::now();
     lab.block_gateway(2, true)?;
@@ -647,40 +633,29 @@ fn fleet_lab() -> Result<()> {
         "      both routers left gateway 2 after {:.0} ms (BFD: 3 x 100 ms)",
         killed.elapsed().as_secs_f64() * 1000.0
     ));
-    let d = dl
-        .join()
-        .map_err(|_| anyhow::anyhow!("downloads panicked"))?;
-    let flows: Vec<_> = udp
-        .into_iter()
-        .map(|h| h.join().map_err(|_| anyhow::anyhow!("UDP stream panicked")))
-        .collect::<Result<_>>()?;
+    let r = traffic.join()?;
     say(&format!(
-        "      TCP: {} of {} downloads complete, {} reset, {} failed{}, in {:.1} s",
-        d.complete,
-        d.connections,
-        d.resets,
-        d.failures.len(),
-        d.failures
-            .first()
-            .map_or(String::new(), |f| format!(" ({f})")),
-        d.secs
+        "      TCP: {}, in {:.1} s",
+        r.downloads.summary(),
+        r.downloads.secs
     ));
-    let hit: Vec<String> = flows
+    let hit: Vec<String> = r
+        .flows
         .iter()
         .filter(|u| u.received < u.sent)
         .map(|u| format!("{:.0} ms", u.longest_gap_ms))
         .collect();
     say(&format!(
         "      UDP: 8 flows, {} of {} datagrams received; {} flow(s) crossed gateway 2 and lost: {}; {} reordered",
-        flows.iter().map(|u| u.received).sum::<u32>(),
-        flows.iter().map(|u| u.sent).sum::<u32>(),
+        r.received(),
+        r.sent(),
         hit.len(),
         if hit.is_empty() {
             "nothing".to_owned()
         } else {
             hit.join(", ")
         },
-        flows.iter().map(|u| u.reordered).sum::<u32>()
+        r.reordered()
     ));
     lab.block_gateway(2, false)?;
     lab.wait_hops(&[1, 2, 3], 30)?;
@@ -758,29 +733,15 @@ fn fleet_lab() -> Result<()> {
     say(
         "\n[6/7] every gateway restarted in turn under traffic (60 downloads of 10 MiB, 8 UDP flows): drained,\n      stopped, taken down (ipnat down), started",
     );
-    let dl = tcp_downloads(
+    let traffic = Traffic::start(
         &lab.outside,
         &clients,
         &lab.inside,
         (public0, private0),
-        8001,
-        60,
-        10 << 20,
-        Duration::from_millis(50),
+        8100,
+        (60, 10 << 20, Duration::from_millis(50)),
+        (8, 250, 40.0),
     )?;
-    let udp: Vec<_> = (0..8)
-        .map(|f| {
-            udp_stream(
-                &lab.outside,
-                clients[f % clients.len()],
-                &lab.inside,
-                (public0, private0),
-                9100 + f as u16,
-                250,
-                40.0,
-            )
-        })
-        .collect::<Result<_>>()?;
     for i in 1..=3 {
         let pin = FleetLab::pin(i);
         let (ok, out) = ipnat_in(&lab.gateways[i - 1], &["drain", "--pin-path", &pin]);
@@ -802,30 +763,18 @@ fn fleet_lab() -> Result<()> {
             "      gateway {i}: drained, down, up, announced again"
         ));
     }
-    let d = dl
-        .join()
-        .map_err(|_| anyhow::anyhow!("downloads panicked"))?;
-    let flows: Vec<_> = udp
-        .into_iter()
-        .map(|h| h.join().map_err(|_| anyhow::anyhow!("UDP stream panicked")))
-        .collect::<Result<_>>()?;
+    let r = traffic.join()?;
     say(&format!(
-        "      TCP: {} of {} downloads complete, {} reset, {} failed{}, in {:.1} s",
-        d.complete,
-        d.connections,
-        d.resets,
-        d.failures.len(),
-        d.failures
-            .first()
-            .map_or(String::new(), |f| format!(" ({f})")),
-        d.secs
+        "      TCP: {}, in {:.1} s",
+        r.downloads.summary(),
+        r.downloads.secs
     ));
     say(&format!(
         "      UDP: 8 flows, {} of {} datagrams received; longest loss window {:.0} ms; {} reordered",
-        flows.iter().map(|u| u.received).sum::<u32>(),
-        flows.iter().map(|u| u.sent).sum::<u32>(),
-        flows.iter().map(|u| u.longest_gap_ms).fold(0.0, f64::max),
-        flows.iter().map(|u| u.reordered).sum::<u32>()
+        r.received(),
+        r.sent(),
+        r.longest_gap_ms(),
+        r.reordered()
     ));
 
     say(
@@ -982,55 +931,29 @@ fn comparison_run(lab: &FleetLab, nat: Nat, kill: bool, port: u16) -> Result<Str
     } else {
         (0..4).map(fleet_client).collect()
     };
-    let dl = tcp_downloads(
+    let traffic = Traffic::start(
         from,
         &sources,
         to,
         (target, listen),
         port,
-        30,
-        4 << 20,
-        Duration::from_millis(15),
+        (30, 4 << 20, Duration::from_millis(15)),
+        (8, 250, 8.0),
     )?;
-    let udp: Vec<_> = (0..8)
-        .map(|f| {
-            udp_stream(
-                from,
-                sources[f % sources.len()],
-                to,
-                (target, listen),
-                port + 1 + f as u16,
-                250,
-                8.0,
-            )
-        })
-        .collect::<Result<_>>()?;
     if kill {
         std::thread::sleep(Duration::from_secs(3));
         lab.block_gateway(2, true)?;
     }
-    let d = dl
-        .join()
-        .map_err(|_| anyhow::anyhow!("downloads panicked"))?;
-    let flows: Vec<_> = udp
-        .into_iter()
-        .map(|h| h.join().map_err(|_| anyhow::anyhow!("UDP stream panicked")))
-        .collect::<Result<_>>()?;
+    let r = traffic.join()?;
     if kill {
         lab.block_gateway(2, false)?;
     }
     Ok(format!(
-        "{:>2}/{} complete, {:>2} reset, {:>2} failed{} | UDP {:>5}/{} received, longest gap {:>4.0} ms",
-        d.complete,
-        d.connections,
-        d.resets,
-        d.failures.len(),
-        d.failures
-            .first()
-            .map_or(String::new(), |f| format!(" ({f})")),
-        flows.iter().map(|u| u.received).sum::<u32>(),
-        flows.iter().map(|u| u.sent).sum::<u32>(),
-        flows.iter().map(|u| u.longest_gap_ms).fold(0.0, f64::max),
+        "{} | UDP {:>5}/{} received, longest gap {:>4.0} ms",
+        r.downloads.summary(),
+        r.received(),
+        r.sent(),
+        r.longest_gap_ms(),
     ))
 }
 

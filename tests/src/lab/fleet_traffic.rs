@@ -37,6 +37,7 @@ fn pattern(offset: usize) -> u8 {
 /// `conns` TCP downloads of `bytes` each from a server on `private:port` in `server` to
 /// clients in `client` (bound in turn to each of `sources`) through `public:port`. The server
 /// writes 16 KiB at a time with `pause` between writes, so the downloads last a while.
+#[allow(clippy::too_many_arguments)]
 pub fn tcp_downloads(
     client: &Netns,
     sources: &[Ipv4Addr],
@@ -203,4 +204,97 @@ pub fn udp_stream(
             reordered,
         }
     }))
+}
+
+impl DownloadReport {
+    /// "C of N downloads complete, R reset, F failed (the first failure)".
+    pub fn summary(&self) -> String {
+        format!(
+            "{} of {} downloads complete, {} reset, {} failed{}",
+            self.complete,
+            self.connections,
+            self.resets,
+            self.failures.len(),
+            self.failures
+                .first()
+                .map_or(String::new(), |f| format!(" ({f})")),
+        )
+    }
+}
+
+/// Downloads and UDP flows running together (see [`Traffic::start`]).
+pub struct Traffic {
+    downloads: JoinHandle<DownloadReport>,
+    flows: Vec<JoinHandle<UdpReport>>,
+}
+
+/// What [`Traffic`] saw.
+pub struct TrafficReport {
+    pub downloads: DownloadReport,
+    pub flows: Vec<UdpReport>,
+}
+
+impl Traffic {
+    /// `conns` downloads of `bytes` (see [`tcp_downloads`], on `port`) and `flows` UDP flows of
+    /// `pps` each for `secs` (on the ports after it), from `sources` in turn.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start(
+        client: &Netns,
+        sources: &[Ipv4Addr],
+        server: &Netns,
+        target: (Ipv4Addr, Ipv4Addr),
+        port: u16,
+        (conns, bytes, pause): (usize, usize, Duration),
+        (flows, pps, secs): (usize, u32, f64),
+    ) -> Result<Self> {
+        let downloads = tcp_downloads(client, sources, server, target, port, conns, bytes, pause)?;
+        let flows = (0..flows)
+            .map(|f| {
+                let source = sources[f % sources.len()];
+                udp_stream(
+                    client,
+                    source,
+                    server,
+                    target,
+                    port + 1 + f as u16,
+                    pps,
+                    secs,
+                )
+            })
+            .collect::<Result<_>>()?;
+        Ok(Traffic { downloads, flows })
+    }
+
+    pub fn join(self) -> Result<TrafficReport> {
+        let panicked = |_| anyhow::anyhow!("a traffic thread panicked");
+        Ok(TrafficReport {
+            downloads: self.downloads.join().map_err(panicked)?,
+            flows: self
+                .flows
+                .into_iter()
+                .map(|h| h.join().map_err(panicked))
+                .collect::<Result<_>>()?,
+        })
+    }
+}
+
+impl TrafficReport {
+    pub fn received(&self) -> u32 {
+        self.flows.iter().map(|u| u.received).sum()
+    }
+
+    pub fn sent(&self) -> u32 {
+        self.flows.iter().map(|u| u.sent).sum()
+    }
+
+    pub fn longest_gap_ms(&self) -> f64 {
+        self.flows
+            .iter()
+            .map(|u| u.longest_gap_ms)
+            .fold(0.0, f64::max)
+    }
+
+    pub fn reordered(&self) -> u32 {
+        self.flows.iter().map(|u| u.reordered).sum()
+    }
 }

@@ -313,3 +313,33 @@ impl Drop for Ipnat {
         }
     }
 }
+
+impl Ipnat {
+    /// `ipnat status --json` of this instance, run in `ns`.
+    pub fn status(&self, ns: &Netns) -> serde_json::Value {
+        let pin = self.pin_path.to_string_lossy().into_owned();
+        let (ok, out) = ipnat_in(ns, &["status", "--json", "--pin-path", &pin]);
+        assert!(ok, "ipnat status: {out}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    }
+
+    /// Waits up to 10 s until `ok` holds of the status's `section` (e.g. `fleet`, `health`);
+    /// returns that section, or panics saying `what` did not happen.
+    pub fn wait_status(
+        &self,
+        ns: &Netns,
+        section: &str,
+        what: &str,
+        ok: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let st = self.status(ns);
+            if ok(&st[section]) {
+                return st[section].clone();
+            }
+            assert!(Instant::now() < deadline, "{what}: {}", st[section]);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

@@ -16,10 +16,7 @@ use ipnat_tests::{
 };
 
 fn status(gw: &Netns, ipnat: &Ipnat) -> serde_json::Value {
-    let pin = ipnat.pin_path.to_string_lossy().into_owned();
-    let (ok, out) = ipnat_in(gw, &["status", "--json", "--pin-path", &pin]);
-    assert!(ok, "ipnat status: {out}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    ipnat.status(gw)
 }
 
 /// A datagram from the client to mapping 0's public address reaches its backend from the
@@ -47,15 +44,7 @@ fn wait_health(
     what: &str,
     ok: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let st = status(gw, ipnat);
-        if ok(&st["health"]) {
-            return st["health"].clone();
-        }
-        assert!(Instant::now() < deadline, "{what}: {}", st["health"]);
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    ipnat.wait_status(gw, "health", what, ok)
 }
 
 #[test]
@@ -277,8 +266,8 @@ fn only_a_gateway_that_knows_the_fleet_moved_on_withdraws_for_staleness() {
     // withdrawn (they all keep the same last good table).
     etcd.ctl(&["put", "/fleet/mappings/198.51.100.99", "garbage"])
         .unwrap();
-    wait_health(&lab.gateways[0], &g1, "garbage seen", |_| {
-        status(&lab.gateways[0], &g1)["fleet"]["refused"]["key"] == "/fleet/mappings/198.51.100.99"
+    g1.wait_status(&lab.gateways[0], "fleet", "garbage seen", |f| {
+        f["refused"]["key"] == "/fleet/mappings/198.51.100.99"
     });
     stays_announced(&lab, 3, "garbage in etcd");
     etcd.ctl(&["del", "/fleet/mappings/198.51.100.99"]).unwrap();

@@ -44,13 +44,6 @@ fn fleet(ns: &Netns, etcd: &EtcdServer, args: &[&str]) -> (bool, String) {
     ipnat_in(ns, &all)
 }
 
-fn status(lab: &GatewayLab, ipnat: &Ipnat) -> serde_json::Value {
-    let pin = ipnat.pin_path.to_string_lossy().into_owned();
-    let (ok, out) = ipnat_in(&lab.gw, &["status", "--json", "--pin-path", &pin]);
-    assert!(ok, "ipnat status: {out}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
-
 /// Waits up to 10 s for `ok` on the status's `fleet` object.
 fn wait_fleet(
     lab: &GatewayLab,
@@ -58,15 +51,7 @@ fn wait_fleet(
     what: &str,
     ok: impl Fn(&serde_json::Value) -> bool,
 ) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let st = status(lab, ipnat);
-        if ok(&st["fleet"]) {
-            return st["fleet"].clone();
-        }
-        assert!(Instant::now() < deadline, "{what}: {}", st["fleet"]);
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    ipnat.wait_status(&lab.gw, "fleet", what, ok)
 }
 
 /// The private address the data plane maps `public` to, if any.
