@@ -35,6 +35,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
         "the fleet's table: the tests start their own etcd (never the system's daemon)",
     ),
     (
+        "bpftool",
+        "detach a program behind ipnat's back (the fleet's readiness tests)",
+    ),
+    (
         "bird2",
         "the fleet's routing daemon: the tests and the lab run their own (never the system's)",
     ),
