@@ -297,3 +297,101 @@ fn only_a_gateway_that_knows_the_fleet_moved_on_withdraws_for_staleness() {
     let st = status(&lab.gateways[0], &g1);
     assert_eq!(st["fleet"]["mappings"], 2, "caught up: {}", st["fleet"]);
 }
+
+/// `ping ARGS...` from the client's address in the outside router's namespace; its output
+/// (ping exits non-zero when no echo reply came, which some of these expect).
+fn ping(lab: &FleetLab, args: &[&str]) -> String {
+    let out = lab
+        .outside
+        .command("ping")
+        .args(["-n", "-I", &CLIENT.to_string()])
+        .args(args)
+        .output()
+        .unwrap();
+    ipnat_tests::netns::printed(&out)
+}
+
+#[test]
+fn fragments_icmp_errors_and_path_mtu_discovery_work_through_the_fleet() {
+    require_root();
+    let lab = FleetLab::new(2, 1).unwrap();
+    let _g1 = lab.start_ipnat(1).unwrap();
+    let _g2 = lab.start_ipnat(2).unwrap();
+    lab.wait_hops(&[1, 2], 20).unwrap();
+    let (public, private) = fleet_mapping(0);
+
+    // Fragmented UDP both ways (the routers hash fragments by addresses alone, so they may
+    // cross another gateway than their first fragment: each is translated on its own).
+    let big: Vec<u8> = (0..4000u32).map(|i| (i % 251) as u8).collect();
+    let x = udp_exchange_at(
+        &lab.outside,
+        Some(CLIENT),
+        &lab.inside,
+        private,
+        public,
+        7400,
+        &big,
+    )
+    .unwrap();
+    assert_eq!(x.request, big, "the backend got the whole datagram");
+    assert_eq!(x.server_saw_peer.ip(), CLIENT);
+    assert_eq!(x.client_saw_peer.ip(), public);
+    assert_eq!(x.response.len(), big.len());
+
+    // Echo through the fleet, and a TTL that runs out at a gateway: its "time exceeded" quotes
+    // the packet as the client sent it (to the public address), so ping takes it as its own.
+    let echo = ping(&lab, &["-c", "1", "-W", "2", &public.to_string()]);
+    assert!(echo.contains(&format!("from {public}")), "{echo}");
+    // (The client lives in the outside router's namespace: its packets leave it undecremented.)
+    let expired = ping(
+        &lab,
+        &["-c", "1", "-W", "2", "-t", "1", &public.to_string()],
+    );
+    assert!(
+        expired.contains("Time to live exceeded")
+            && (expired.contains("From 10.99.0.11") || expired.contains("From 10.99.0.12")),
+        "a gateway answers TTL 1 with time exceeded: {expired}"
+    );
+
+    // Path MTU discovery: the inside links take 1280 bytes; a DF packet of 1428 bytes is
+    // answered with "fragmentation needed" whose quote names the public address, and the
+    // client's kernel learns the path MTU of the public address from it.
+    for (i, gw) in lab.gateways.iter().enumerate() {
+        gw.ip(&["link", "set", "in0", "mtu", "1280"]).unwrap();
+        lab.inside
+            .ip(&["link", "set", &format!("g{}i", i + 1), "mtu", "1280"])
+            .unwrap();
+    }
+    let pmtu = ping(
+        &lab,
+        &[
+            "-c",
+            "3",
+            "-i",
+            "0.3",
+            "-W",
+            "2",
+            "-M",
+            "do",
+            "-s",
+            "1400",
+            &public.to_string(),
+        ],
+    );
+    assert!(
+        pmtu.contains("mtu = 1280") || pmtu.contains("mtu=1280"),
+        "the client learns the path MTU: {pmtu}"
+    );
+    let route = lab
+        .outside
+        .ip(&[
+            "route",
+            "get",
+            &public.to_string(),
+            "from",
+            &CLIENT.to_string(),
+        ])
+        .unwrap();
+    let route = String::from_utf8_lossy(&route.stdout).into_owned();
+    assert!(route.contains("mtu 1280"), "cached: {route}");
+}
