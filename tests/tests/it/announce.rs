@@ -395,3 +395,31 @@ fn fragments_icmp_errors_and_path_mtu_discovery_work_through_the_fleet() {
     let route = String::from_utf8_lossy(&route.stdout).into_owned();
     assert!(route.contains("mtu 1280"), "cached: {route}");
 }
+
+#[test]
+fn a_gateway_without_native_xdp_checks_itself_through_its_tc_programs() {
+    require_root();
+    let lab = FleetLab::new(1, 1).unwrap();
+    // `xdp = false`: TC on receive does XDP's job (the path of drivers without native XDP), and
+    // the self-check's probe runs through that program and TC on transmit.
+    let pin = FleetLab::pin(1);
+    let config = lab
+        .config(1, &pin)
+        .replace("name = \"out0\"\n", "name = \"out0\"\nxdp = false\n")
+        .replace("name = \"in0\"\n", "name = \"in0\"\nxdp = false\n");
+    let g1 = Ipnat::start(&lab.gateways[0], &config, &pin).unwrap();
+    lab.wait_hops(&[1], 20).unwrap();
+    let st = g1.status(&lab.gateways[0]);
+    let hooks: Vec<&str> = st["attached"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["hook"].as_str())
+        .collect();
+    assert!(
+        hooks.contains(&"tc-gw") && !hooks.contains(&"xdp"),
+        "{hooks:?}"
+    );
+    assert_eq!(st["health"]["ready"], true, "{}", st["health"]);
+    assert!(reaches(&lab, 7500), "UDP through the TC-only gateway");
+}
