@@ -292,7 +292,6 @@ pub fn run(config_path: &Path, config: Config, stats_interval: u64) -> Result<()
                     }
                 }
                 Some(()) = changed.recv() => {
-                    tracing::trace!("config file event");
                     // Editors write in several steps: let them finish, then reload only when
                     // the text really changed.
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -308,13 +307,11 @@ pub fn run(config_path: &Path, config: Config, stats_interval: u64) -> Result<()
                     }
                 }
                 Some(update) = fleet_rx.recv(), if fleet_on => {
-                    tracing::trace!(?update, "fleet update received");
                     if let Some(state) = ctl.fleet.lock().expect("not poisoned").as_mut() {
                         super::fleet::handle(&mut dp, &config, &mut sources, state, update);
                     }
                 }
                 _ = health.tick(), if announce.is_some() => {
-                    tracing::trace!("health tick");
                     let a = announce.as_ref().expect("announce is on");
                     let fleet = ctl.fleet.lock().expect("not poisoned").clone();
                     let last = ctl.health.lock().expect("not poisoned").as_ref().map(|h| h.decision.clone());
@@ -325,7 +322,6 @@ pub fn run(config_path: &Path, config: Config, stats_interval: u64) -> Result<()
                 }
                 _ = tick.tick(), if stats_interval > 0 => print!("{}", dp.tables.snapshot()?.render()),
                 _ = neighbours.tick() => {
-                    tracing::trace!("neighbours tick");
                     if let Ok(eff) = sources.effective(&config) {
                         resolve_gateways(&eff);
                     }

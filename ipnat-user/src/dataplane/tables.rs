@@ -279,30 +279,26 @@ impl Tables {
         Ok(all)
     }
 
-    /// Whether the self-check's probe mapping is installed.
-    pub fn has_probe(&self) -> Result<bool, DataplaneError> {
-        Ok(self
-            .all_mappings()?
+    /// Whether the self-check's probe mapping is among `installed`.
+    fn has_probe(installed: &[InstalledMapping]) -> bool {
+        installed
             .iter()
-            .any(|m| m.public == super::PROBE_MAPPING.public))
+            .any(|m| m.public == super::PROBE_MAPPING.public)
     }
 
     /// Installs the self-check's probe mapping beside the others (it takes one entry of the
     /// capacity); [`Tables::apply`] keeps it from then on.
     pub fn install_probe(&mut self) -> Result<(), DataplaneError> {
-        if self.has_probe()? {
+        let current = self.all_mappings()?;
+        if Self::has_probe(&current) {
             return Ok(());
         }
-        let mut all: Vec<MappingConfig> = self
-            .mappings()?
-            .iter()
-            .map(InstalledMapping::config)
-            .collect();
-        if all.len() >= self.capacity() as usize {
+        if current.len() >= self.capacity() as usize {
             return Err(DataplaneError::Full(self.capacity()));
         }
+        let mut all: Vec<MappingConfig> = current.iter().map(InstalledMapping::config).collect();
         all.push(super::PROBE_MAPPING);
-        self.apply_all(&all)
+        self.apply_all(&all, current)
     }
 
     /// Every mapping in the kernel, the probe's included, by id.
@@ -340,17 +336,22 @@ impl Tables {
     ///
     /// The self-check's probe mapping stays when it is installed.
     pub fn apply(&mut self, desired: &[MappingConfig]) -> Result<(), DataplaneError> {
-        if self.has_probe()? {
+        let current = self.all_mappings()?;
+        if Self::has_probe(&current) {
             let mut with_probe = desired.to_vec();
             with_probe.push(super::PROBE_MAPPING);
-            return self.apply_all(&with_probe);
+            return self.apply_all(&with_probe, current);
         }
-        self.apply_all(desired)
+        self.apply_all(desired, current)
     }
 
-    /// [`Tables::apply`], `desired` being every mapping (the probe's too).
-    fn apply_all(&mut self, desired: &[MappingConfig]) -> Result<(), DataplaneError> {
-        let current = self.all_mappings()?;
+    /// [`Tables::apply`], `desired` being every mapping (the probe's too) and `current` what
+    /// the tables hold now (read once by the caller).
+    fn apply_all(
+        &mut self,
+        desired: &[MappingConfig],
+        current: Vec<InstalledMapping>,
+    ) -> Result<(), DataplaneError> {
         let by_public: std::collections::HashMap<Block, InstalledMapping> =
             current.iter().map(|m| (m.public, *m)).collect();
         let privates: HashSet<Block> = current.iter().map(|m| m.private).collect();
@@ -686,7 +687,9 @@ impl Tables {
     /// Adds one mapping to the running tables, validated against the installed ones as the
     /// config is. Nothing changes when it is refused.
     pub fn add_mapping(&mut self, new: MappingConfig) -> Result<InstalledMapping, DataplaneError> {
-        let current = self.mappings()?;
+        let mut current = self.all_mappings()?;
+        let probe = Self::has_probe(&current);
+        current.retain(|m| m.public != super::PROBE_MAPPING.public);
         let mut all: Vec<MappingConfig> = current.iter().map(InstalledMapping::config).collect();
         all.push(new);
         crate::config::validate_mappings(
@@ -698,7 +701,7 @@ impl Tables {
                 )
             }),
         )?;
-        if all.len() + usize::from(self.has_probe()?) > self.capacity() as usize {
+        if all.len() + usize::from(probe) > self.capacity() as usize {
             return Err(DataplaneError::Full(self.capacity()));
         }
         self.apply(&all)?;
