@@ -82,7 +82,8 @@ fn open(iface: &str) -> Result<OwnedFd> {
     }
 }
 
-fn recv(fd: &OwnedFd) -> Option<Frame> {
+/// One frame; `flags` for recvmsg (MSG_DONTWAIT: only what is queued).
+fn recv(fd: &OwnedFd, snap: usize, flags: i32) -> Option<Frame> {
     let mut buf = vec![0u8; 65536];
     let mut cmsg = [0u8; 256];
     // SAFETY: recvmsg into buffers we own; cmsgs parsed with the libc macros.
@@ -96,7 +97,7 @@ fn recv(fd: &OwnedFd) -> Option<Frame> {
         msg.msg_iovlen = 1;
         msg.msg_control = cmsg.as_mut_ptr() as *mut libc::c_void;
         msg.msg_controllen = cmsg.len();
-        let n = libc::recvmsg(fd.as_raw_fd(), &mut msg, 0);
+        let n = libc::recvmsg(fd.as_raw_fd(), &mut msg, flags);
         if n <= 0 {
             return None;
         }
@@ -109,7 +110,7 @@ fn recv(fd: &OwnedFd) -> Option<Frame> {
             }
             c = libc::CMSG_NXTHDR(&msg, c);
         }
-        buf.truncate(n as usize);
+        buf.truncate((n as usize).min(snap));
         Some(Frame {
             bytes: buf,
             csum_not_ready,
@@ -140,6 +141,12 @@ fn dropped(fd: &OwnedFd) -> Result<u32> {
 impl Capture {
     /// Starts capturing; returns once the socket is bound, so nothing sent afterwards is missed.
     pub fn start(ns: &Netns, iface: &str) -> Result<Self> {
+        Self::start_snap(ns, iface, usize::MAX)
+    }
+
+    /// [`Capture::start`], keeping only the first `snap` bytes of each frame (headers: bulk
+    /// traffic kept whole would cost gigabytes).
+    pub fn start_snap(ns: &Netns, iface: &str, snap: usize) -> Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::channel();
         let iface = iface.to_owned();
@@ -157,12 +164,13 @@ impl Capture {
             };
             let mut frames = Vec::new();
             while !flag.load(Ordering::Relaxed) {
-                if let Some(f) = recv(&fd) {
+                if let Some(f) = recv(&fd, snap, 0) {
                     frames.push(f);
                 }
             }
-            // Drain what is queued.
-            while let Some(f) = recv(&fd) {
+            // Drain what is queued (without waiting: on a link with steady traffic, such as
+            // BFD's every 100 ms, a wait for the next frame would never end).
+            while let Some(f) = recv(&fd, snap, libc::MSG_DONTWAIT) {
                 frames.push(f);
             }
             let drops = dropped(&fd)?;

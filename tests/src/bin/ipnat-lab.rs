@@ -17,7 +17,7 @@ use ipnat_tests::{
         BACKEND, EIP, GW_EXT, GW_INT, GatewayLab, INET, Ipnat, LabOptions, METADATA_MACS, SteerLab,
         cleanup_all, cleanup_on_signal,
         fleet::{FLEET_IN_ROUTER, FleetLab, fleet_mapping},
-        fleet_traffic::{Traffic, udp_stream},
+        fleet_traffic::{Traffic, tcp_downloads, udp_stream},
         ipnat_bin, ipnat_in, tcp_exchange_at, tcp_exchange_from, udp_exchange, udp_exchange_at,
         wait_until,
     },
@@ -562,6 +562,28 @@ fn fleet_lab() -> Result<()> {
             ));
         }
     }
+    // Which gateway each direction of each flow takes: each router hashes on its own.
+    let watch = lab.watch_paths(public0)?;
+    let d = tcp_downloads(
+        &lab.outside,
+        &clients,
+        &lab.inside,
+        (public0, private0),
+        7900,
+        30,
+        64 << 10,
+        Duration::ZERO,
+    )?
+    .join()
+    .map_err(|_| anyhow::anyhow!("downloads panicked"))?;
+    let paths = watch.stop()?;
+    say(&format!(
+        "      30 short TCP downloads, captured on the outside router's port to each gateway: {} complete;\n      \
+         {} of {} flows went in through one gateway and came back through another (any gateway translates any packet)",
+        d.complete,
+        paths.crossed(),
+        paths.seen_both_ways()
+    ));
 
     say(
         "\n[3/7] a change through etcd, until all three gateways serve it (20 changes: add, remove, ...)",

@@ -15,7 +15,12 @@
 //! itself.
 
 use super::*;
-use crate::bird::Bird;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddrV4,
+};
+
+use crate::{bird::Bird, capture::Capture};
 
 pub const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 pub const FLEET_OUT_ROUTER: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
@@ -281,6 +286,81 @@ impl FleetLab {
     pub fn block_gateway(&self, i: usize, blocked: bool) -> Result<()> {
         block(&self.outside, &format!("g{i}o"), blocked)?;
         block(&self.inside, &format!("g{i}i"), blocked)
+    }
+}
+
+/// The gateways each TCP flow to or from `public` crossed, one direction and the other,
+/// captured on the outside router's port to each gateway. (Not on the gateways' own
+/// interfaces: frames the XDP fast path redirects pass no capture there, while the router's
+/// ports see every frame a gateway sends or is sent.)
+pub struct PathWatch {
+    public: Ipv4Addr,
+    captures: Vec<Capture>,
+}
+
+/// Per TCP flow (client address and port, public address and port): the gateways (from 1)
+/// that carried its packets towards the public address, and those that carried the replies.
+#[derive(Debug, Default)]
+pub struct Paths {
+    pub flows: BTreeMap<(SocketAddrV4, SocketAddrV4), (BTreeSet<usize>, BTreeSet<usize>)>,
+}
+
+impl Paths {
+    /// Flows seen in both directions.
+    pub fn seen_both_ways(&self) -> usize {
+        self.flows
+            .values()
+            .filter(|(to, from)| !to.is_empty() && !from.is_empty())
+            .count()
+    }
+
+    /// Flows whose packets took one gateway each way, and not the same one.
+    pub fn crossed(&self) -> usize {
+        self.flows
+            .values()
+            .filter(|(to, from)| to.len() == 1 && from.len() == 1 && to != from)
+            .count()
+    }
+}
+
+impl FleetLab {
+    /// Starts recording which gateway each TCP flow of `public` crosses, each way.
+    pub fn watch_paths(&self, public: Ipv4Addr) -> Result<PathWatch> {
+        let captures = (1..=self.gateways.len())
+            .map(|i| Capture::start_snap(&self.outside, &format!("g{i}o"), 64))
+            .collect::<Result<_>>()?;
+        Ok(PathWatch { public, captures })
+    }
+}
+
+impl PathWatch {
+    pub fn stop(self) -> Result<Paths> {
+        let mut paths = Paths::default();
+        for (i, capture) in self.captures.into_iter().enumerate() {
+            for frame in capture.stop()? {
+                let Some(ip) = frame.ipv4() else { continue };
+                let ihl = usize::from(ip[0] & 0x0f) * 4;
+                // TCP, not a fragment, ports present.
+                if ip[9] != 6
+                    || u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0
+                    || ip.len() < ihl + 4
+                {
+                    continue;
+                }
+                let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+                let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+                let sport = u16::from_be_bytes([ip[ihl], ip[ihl + 1]]);
+                let dport = u16::from_be_bytes([ip[ihl + 2], ip[ihl + 3]]);
+                if dst == self.public {
+                    let key = (SocketAddrV4::new(src, sport), SocketAddrV4::new(dst, dport));
+                    paths.flows.entry(key).or_default().0.insert(i + 1);
+                } else if src == self.public {
+                    let key = (SocketAddrV4::new(dst, dport), SocketAddrV4::new(src, sport));
+                    paths.flows.entry(key).or_default().1.insert(i + 1);
+                }
+            }
+        }
+        Ok(paths)
     }
 }
 

@@ -10,6 +10,7 @@ use ipnat_tests::{
     lab::{
         Ipnat,
         fleet::{CLIENT, FLEET_IN_ROUTER, FleetLab, fleet_mapping, gw_out},
+        fleet_traffic::tcp_downloads,
         ipnat_in, udp_exchange_at,
     },
     netns::{Netns, require_root},
@@ -312,13 +313,39 @@ fn ping(lab: &FleetLab, args: &[&str]) -> String {
 }
 
 #[test]
-fn fragments_icmp_errors_and_path_mtu_discovery_work_through_the_fleet() {
+fn asymmetric_paths_fragments_icmp_errors_and_path_mtu_discovery_work_through_the_fleet() {
     require_root();
     let lab = FleetLab::new(2, 1).unwrap();
     let _g1 = lab.start_ipnat(1).unwrap();
     let _g2 = lab.start_ipnat(2).unwrap();
     lab.wait_hops(&[1, 2], 20).unwrap();
     let (public, private) = fleet_mapping(0);
+
+    // Asymmetric paths: each router hashes a flow on its own, so many TCP flows go in through
+    // one gateway and come back through the other; every one of them completes.
+    let watch = lab.watch_paths(public).unwrap();
+    let downloads = tcp_downloads(
+        &lab.outside,
+        &[CLIENT],
+        &lab.inside,
+        (public, private),
+        7300,
+        24,
+        64 << 10,
+        Duration::ZERO,
+    )
+    .unwrap()
+    .join()
+    .unwrap();
+    let paths = watch.stop().unwrap();
+    assert_eq!(downloads.complete, 24, "{downloads:?}");
+    assert_eq!(paths.seen_both_ways(), 24, "{paths:?}");
+    // Each flow crosses with probability 1/2: all 24 symmetric would be 1 in 16 million.
+    assert!(paths.crossed() > 0, "no flow crossed gateways: {paths:?}");
+    eprintln!(
+        "{} of 24 TCP flows went in through one gateway and came back through the other",
+        paths.crossed()
+    );
 
     // Fragmented UDP both ways (the routers hash fragments by addresses alone, so they may
     // cross another gateway than their first fragment: each is translated on its own).
