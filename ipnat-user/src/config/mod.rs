@@ -18,6 +18,7 @@ mod announce;
 mod block;
 mod cloud;
 mod etcd;
+mod failover;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -26,6 +27,7 @@ pub use announce::{AnnounceConfig, DEFAULT_ANNOUNCE_PROTOCOL, DEFAULT_ANNOUNCE_T
 pub use block::Block;
 pub use cloud::{AliyunConfig, AwsConfig, Cloud, Provider};
 pub use etcd::{DEFAULT_ETCD_PREFIX, EtcdConfig};
+pub use failover::{FailoverConfig, RouteConfig, ShardConfig};
 pub use validate::*;
 
 /// Where the maps are pinned unless the config says otherwise.
@@ -79,6 +81,10 @@ pub struct Config {
     /// Tell the routing daemon what this gateway serves while it is ready (absent: off).
     #[serde(default)]
     pub announce: Option<AnnounceConfig>,
+    /// Inside a VPC: hold each shard's addresses and routes while this gateway leads it, and
+    /// take them over through the cloud's API when it becomes leader (absent: off).
+    #[serde(default)]
+    pub failover: Option<FailoverConfig>,
 }
 
 /// Packets from `source` leave by `interface`: to the destination itself when it is in

@@ -335,3 +335,69 @@ fn the_announce_section_is_checked_key_by_key_and_the_example_states_its_default
 fn with_mapping(base: &str, public: &str, private: &str) -> String {
     format!("{base}\n[[mapping]]\npublic = \"{public}\"\nprivate = \"{private}\"\n")
 }
+
+#[test]
+fn the_failover_section_is_checked_key_by_key_and_needs_etcd_and_a_cloud() {
+    let base = "[[interface]]\nname = \"eth0\"\n[etcd]\nendpoints = [\"http://a:2379\"]\n[aws]\n";
+    let shard = "[[failover.shard]]\nname = \"web\"\naddresses = [\"10.0.0.50\"]\n[[failover.shard.route]]\ntable = \"rtb-1\"\ndestination = \"0.0.0.0/0\"\n";
+    let with = |keys: &str, shards: &str| {
+        format!("{base}\n[failover]\ninterface = \"eth0\"\n{keys}\n{shards}")
+    };
+    let ok = Config::parse(&with("name = \"gw-a\"", shard)).unwrap();
+    let f = ok.failover.unwrap();
+    assert_eq!(f.node_name(), "gw-a");
+    assert_eq!(
+        (
+            f.lease_ttl_s,
+            f.fence_margin_ms,
+            f.call_timeout_ms,
+            f.confirm_timeout_ms
+        ),
+        (5, 500, 2000, 15000)
+    );
+    assert_eq!(f.shards[0].routes[0].table, "rtb-1");
+    let second = |name: &str, address: &str| {
+        format!("{shard}[[failover.shard]]\nname = \"{name}\"\naddresses = [\"{address}\"]\n")
+    };
+    for (keys, shards, says) in [
+        ("lease_ttl_s = 1", shard.to_owned(), "failover.lease_ttl_s"),
+        (
+            "call_timeout_ms = 2500",
+            shard.to_owned(),
+            "a leader makes no call that could outlive its lease",
+        ),
+        (
+            "fence_margin_ms = 3000",
+            shard.to_owned(),
+            "half the lease's TTL",
+        ),
+        ("", String::new(), "at least one [[failover.shard]]"),
+        ("", second("web", "10.0.0.51"), "names another shard too"),
+        ("", second("api", "10.0.0.50"), "is in shard \"web\" too"),
+        (
+            "",
+            second("api", "0.0.0.9"),
+            "not an address a NIC can hold",
+        ),
+        (
+            "",
+            shard.replace("rtb-1", "main"),
+            "failover.shard[0].route[0].table",
+        ),
+        (
+            "",
+            shard.replace("0.0.0.0/0", "10.1.2.3/16"),
+            "did you mean 10.1.0.0/16?",
+        ),
+        ("name = \"gw a\"", shard.to_owned(), "failover.name"),
+    ] {
+        let e = err(&with(keys, &shards));
+        assert!(e.contains(says), "{keys} {shards}: {e}");
+    }
+    let e = err(&with("", shard).replace("interface = \"eth0\"\n\n", "interface = \"eth9\"\n\n"));
+    assert!(e.contains("failover.interface"), "{e}");
+    let e = err(&with("", shard).replace("[etcd]\nendpoints = [\"http://a:2379\"]\n", ""));
+    assert!(e.contains("needs [etcd]"), "{e}");
+    let e = err(&with("", shard).replace("[aws]\n", ""));
+    assert!(e.contains("needs [aws]"), "{e}");
+}

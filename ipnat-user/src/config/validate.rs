@@ -166,6 +166,31 @@ impl Config {
             let names: Vec<String> = self.interfaces.iter().map(|i| i.name.clone()).collect();
             a.validate(&names)?;
         }
+        if let Some(f) = &self.failover {
+            if self.orientation == Orientation::Host {
+                return Err(invalid(
+                    "failover".into(),
+                    &"[failover]",
+                    "failover moves a gateway's addresses (orientation = \"gateway\")",
+                ));
+            }
+            if self.etcd.is_none() {
+                return Err(invalid(
+                    "failover".into(),
+                    &"[failover]",
+                    "needs [etcd]: the shards' leaders are elected there",
+                ));
+            }
+            if self.aws.is_none() {
+                return Err(invalid(
+                    "failover".into(),
+                    &"[failover]",
+                    "needs [aws]: its metadata and EC2 API move the addresses (Alibaba Cloud's takeover is not built yet)",
+                ));
+            }
+            let names: Vec<String> = self.interfaces.iter().map(|i| i.name.clone()).collect();
+            f.validate(&names)?;
+        }
         if self.metrics_listen != "off"
             && self.metrics_listen.parse::<std::net::SocketAddr>().is_err()
         {

@@ -3,6 +3,7 @@
 //! the config file changes.
 
 mod apply;
+mod failover;
 mod fleet;
 mod health;
 pub mod policy;

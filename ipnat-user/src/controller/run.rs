@@ -264,7 +264,11 @@ pub fn run(config_path: &Path, config: Config, stats_interval: u64) -> Result<()
         // The one copy of the fleet's state: the metrics server reads it too.
         *ctl.fleet.lock().expect("not poisoned") = Some(state);
     }
+    // A failover takeover asks for a provider sync at once (its addresses go on the
+    // interface through the sync, the one writer of addresses).
+    let (sync_now_tx, mut sync_now) = tokio::sync::mpsc::unbounded_channel::<()>();
     rt.block_on(async {
+        super::failover::spawn(&config, sync_now_tx);
         let mut tick = tokio::time::interval(Duration::from_secs(stats_interval.max(1)));
         let mut neighbours = tokio::time::interval(Duration::from_secs(20));
         let announce = config.announce.clone();
@@ -305,6 +309,10 @@ pub fn run(config_path: &Path, config: Config, stats_interval: u64) -> Result<()
                             next_sync.as_mut().reset(tokio::time::Instant::now());
                         }
                     }
+                }
+                Some(()) = sync_now.recv() => {
+                    while sync_now.try_recv().is_ok() {}
+                    next_sync.as_mut().reset(tokio::time::Instant::now());
                 }
                 Some(update) = fleet_rx.recv(), if fleet_on => {
                     if let Some(state) = ctl.fleet.lock().expect("not poisoned").as_mut() {

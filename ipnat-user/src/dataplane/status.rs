@@ -34,6 +34,7 @@ pub struct Status {
     pub fleet: Option<FleetStatus>,
     /// The last readiness check and what it announces, when the config has [announce].
     pub health: Option<crate::fleet::health::HealthState>,
+    pub failover: Option<crate::fleet::failover::FailoverState>,
 }
 
 /// What a gateway serves of the fleet's table, with its lag now.
@@ -112,6 +113,7 @@ pub fn status(dir: &Path) -> Result<Status, DataplaneError> {
             state,
         }),
         health: crate::fleet::health::HealthState::load(dir),
+        failover: crate::fleet::failover::FailoverState::load(dir),
     })
 }
 
@@ -217,6 +219,9 @@ impl Status {
         }
         if let Some(h) = &self.health {
             s.push_str(&h.render());
+        }
+        if let Some(f) = &self.failover {
+            s.push_str(&f.render());
         }
         for (key, old) in &self.host_changes {
             let _ = writeln!(s, "changed:    {key} (was {old}; `ipnat down` restores it)");

@@ -51,6 +51,8 @@ pub struct Ec2Nic {
     pub mac: String,
     /// The instance it is attached to, if any.
     pub instance_id: Option<String>,
+    pub subnet_id: String,
+    pub vpc_id: String,
     pub source_dest_check: bool,
     /// Every private address (primary first), with the EIP associated with it.
     pub addresses: Vec<(Ipv4Addr, Option<Ipv4Addr>)>,
@@ -346,6 +348,42 @@ impl Ec2 {
         Ok(out)
     }
 
+    /// AssignPrivateIpAddresses with AllowReassignment: `addresses` move to `nic` from
+    /// whichever NIC of the subnet holds them (an EIP associated with one moves with it). The
+    /// move is asynchronous: the answer says it was accepted, the metadata when it is done.
+    pub async fn reassign_private_ips(
+        &self,
+        nic: &str,
+        addresses: &[Ipv4Addr],
+    ) -> Result<(), ApiError> {
+        let mut p = vec![
+            ("NetworkInterfaceId".to_owned(), nic.to_owned()),
+            ("AllowReassignment".to_owned(), "true".to_owned()),
+        ];
+        p.extend(Assign::List(addresses.to_vec()).params("", "PrivateIpAddress"));
+        self.call("AssignPrivateIpAddresses", &p).await?;
+        Ok(())
+    }
+
+    /// ReplaceRoute: `destination` in route table `table` goes to `nic`.
+    pub async fn replace_route(
+        &self,
+        table: &str,
+        destination: ipnet::Ipv4Net,
+        nic: &str,
+    ) -> Result<(), ApiError> {
+        self.call(
+            "ReplaceRoute",
+            &[
+                ("RouteTableId".to_owned(), table.to_owned()),
+                ("DestinationCidrBlock".to_owned(), destination.to_string()),
+                ("NetworkInterfaceId".to_owned(), nic.to_owned()),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
     /// UnassignPrivateIpAddresses.
     pub async fn unassign_private_ips(
         &self,
@@ -386,7 +424,9 @@ fn api_error(action: &str, status: u16, text: &str) -> ApiError {
             ": check the access key, its secret and the clock"
         }
         "RequestLimitExceeded" | "Throttling" => ": throttled, retried at the next interval",
-        "UnauthorizedOperation" => ": the IAM policy must allow ec2:DescribeNetworkInterfaces",
+        "UnauthorizedOperation" => {
+            ": the IAM policy must allow this action (see the README's list of the calls ipnat makes)"
+        }
         _ => "",
     };
     ApiError::Api {
@@ -433,6 +473,8 @@ pub fn parse_nics(text: &str) -> Result<(Vec<Ec2Nic>, Option<String>), String> {
             .and_then(|a| text_of(a, "instanceId"))
             .map(str::to_owned);
         let source_dest_check = text_of(item, "sourceDestCheck") != Some("false");
+        let subnet_id = text_of(item, "subnetId").unwrap_or("").to_owned();
+        let vpc_id = text_of(item, "vpcId").unwrap_or("").to_owned();
         let mut addresses = Vec::new();
         if let Some(ips) = child(item, "privateIpAddressesSet") {
             for ip in ips.children().filter(|c| c.has_tag_name("item")) {
@@ -465,6 +507,8 @@ pub fn parse_nics(text: &str) -> Result<(Vec<Ec2Nic>, Option<String>), String> {
             id: id.to_owned(),
             mac,
             instance_id,
+            subnet_id,
+            vpc_id,
             source_dest_check,
             addresses,
             tags,

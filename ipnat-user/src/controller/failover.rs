@@ -1,0 +1,227 @@
+//! The controller's side of `[failover]`: one task per shard that checks it could take the
+//! shard over (reads only), campaigns for it in etcd, takes it over through the cloud's API
+//! when elected, and leads until its lease may have expired, then campaigns again as a
+//! standby. A gateway that comes back after a failover campaigns behind the new leader: it
+//! moves nothing back by itself.
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::{info, warn};
+
+use crate::{
+    config::{AwsConfig, Config, EtcdConfig, FailoverConfig, ShardConfig},
+    fleet::{
+        failover::{FailoverState, ShardState, Takeover},
+        leader::{self, Lease},
+        unix_ms,
+    },
+    providers::takeover::{AwsTakeover, TakeoverError},
+};
+
+/// Starts a task per shard on the current runtime; `sync_now` asks the controller for a
+/// provider sync at once (a takeover's addresses go on the interface).
+pub fn spawn(config: &Config, sync_now: UnboundedSender<()>) {
+    let (Some(f), Some(etcd), Some(aws)) = (&config.failover, &config.etcd, &config.aws) else {
+        return;
+    };
+    let node = f.node_name();
+    let state = Arc::new(Mutex::new(FailoverState {
+        node: node.clone(),
+        shards: f
+            .shards
+            .iter()
+            .map(|s| ShardState {
+                name: s.name.clone(),
+                role: "connecting".into(),
+                ..Default::default()
+            })
+            .collect(),
+    }));
+    for (i, shard) in f.shards.iter().enumerate() {
+        let task = ShardTask {
+            index: i,
+            node: node.clone(),
+            shard: shard.clone(),
+            failover: f.clone(),
+            etcd: etcd.clone(),
+            aws: aws.clone(),
+            state: state.clone(),
+            pin_path: config.pin_path.clone(),
+            sync_now: sync_now.clone(),
+        };
+        tokio::spawn(task.run());
+    }
+}
+
+struct ShardTask {
+    index: usize,
+    node: String,
+    shard: ShardConfig,
+    failover: FailoverConfig,
+    etcd: EtcdConfig,
+    aws: AwsConfig,
+    state: Arc<Mutex<FailoverState>>,
+    pin_path: PathBuf,
+    sync_now: UnboundedSender<()>,
+}
+
+impl ShardTask {
+    /// Changes this shard's entry and records the whole state for `ipnat status`.
+    fn update(&self, f: impl FnOnce(&mut ShardState)) {
+        let mut state = self.state.lock().expect("not poisoned");
+        f(&mut state.shards[self.index]);
+        if let Err(e) = state.save(&self.pin_path) {
+            warn!("recording the failover state: {e}");
+        }
+    }
+
+    async fn run(self) {
+        let name = leader::election_name(&self.etcd.prefix, &self.shard.name);
+        loop {
+            // A gateway that could not take the shard over must not lead it.
+            let takeover = match self.prepare().await {
+                Ok(t) => t,
+                Err(e) => {
+                    warn!(shard = %self.shard.name, "not campaigning: {e}");
+                    self.update(|s| {
+                        s.role = "refused".into();
+                        s.detail = e.to_string();
+                    });
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    continue;
+                }
+            };
+            if let Err(e) = self.term(&name, &takeover).await {
+                warn!(shard = %self.shard.name, "{e}");
+                self.update(|s| {
+                    s.role = "connecting".into();
+                    s.detail = e.to_string();
+                    s.fence_left_ms = 0;
+                });
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+
+    /// The clients and the preflight (reads only).
+    async fn prepare(&self) -> Result<AwsTakeover, TakeoverError> {
+        let t = AwsTakeover::new(&self.aws, &self.failover).await?;
+        t.preflight(&self.shard).await?;
+        Ok(t)
+    }
+
+    /// One lease: campaign as a standby, and if elected, take over and lead until the lease
+    /// may have expired.
+    async fn term(
+        &self,
+        name: &str,
+        takeover: &AwsTakeover,
+    ) -> Result<(), crate::fleet::FleetError> {
+        let client = leader::connect(&self.etcd).await?;
+        let lease = Lease::grant(
+            &client,
+            self.failover.lease_ttl_s as i64,
+            Duration::from_millis(self.failover.fence_margin_ms),
+        )
+        .await?;
+        let current = leader::leader(&client, name).await?;
+        self.update(|s| {
+            s.role = "standby".into();
+            s.leader = current;
+            s.detail.clear();
+            s.fence_left_ms = 0;
+        });
+        // Campaign; meanwhile keep the leader shown in status current.
+        let campaign = leader::campaign(&client, name, &self.node, &lease);
+        tokio::pin!(campaign);
+        let mut look = tokio::time::interval(Duration::from_secs(1));
+        let won = loop {
+            tokio::select! {
+                won = &mut campaign => break won?,
+                _ = look.tick() => {
+                    if let Ok(l) = leader::leader(&client, name).await {
+                        self.update(|s| s.leader = l);
+                    }
+                }
+            }
+        };
+        if let Err(lost) = won {
+            info!(shard = %self.shard.name, "the lease ended while campaigning: {lost}");
+            return Ok(());
+        }
+        let elected = Instant::now();
+        let elected_ms = unix_ms();
+        info!(shard = %self.shard.name, "elected leader; taking the shard over");
+        self.update(|s| {
+            s.role = "leader".into();
+            s.leader = Some(self.node.clone());
+            s.fence_left_ms = lease.left().as_millis() as u64;
+        });
+        let guard = |needed: Duration| lease.check(needed);
+        let sync_now = || {
+            let _ = self.sync_now.send(());
+        };
+        let mut attempt = 0u32;
+        loop {
+            match takeover.take(&self.shard, &guard, &sync_now).await {
+                Ok(report) => {
+                    info!(shard = %self.shard.name, ms = elected.elapsed().as_millis() as u64, steps = ?report.steps, "took the shard over");
+                    self.update(|s| {
+                        s.detail.clear();
+                        s.last_takeover = Some(Takeover {
+                            elected_unix_ms: elected_ms,
+                            duration_ms: elected.elapsed().as_millis() as u64,
+                            result: "ok".into(),
+                            report,
+                        });
+                    });
+                    break;
+                }
+                Err(TakeoverError::Fenced(f)) => {
+                    warn!(shard = %self.shard.name, "stopped the takeover: {f}");
+                    break;
+                }
+                Err(e) => {
+                    attempt += 1;
+                    warn!(shard = %self.shard.name, "takeover failed, retrying while this gateway leads: {e}");
+                    self.update(|s| {
+                        s.last_takeover = Some(Takeover {
+                            elected_unix_ms: elected_ms,
+                            duration_ms: elected.elapsed().as_millis() as u64,
+                            result: format!("error: {e}"),
+                            report: Default::default(),
+                        });
+                    });
+                    tokio::time::sleep(crate::providers::takeover::backoff(
+                        attempt + 2,
+                        crate::providers::jitter(),
+                    ))
+                    .await;
+                    if lease.check(Duration::ZERO).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        // Lead until the lease may have expired (etcd then elects another).
+        let mut show = tokio::time::interval(Duration::from_secs(1));
+        let lost = loop {
+            tokio::select! {
+                lost = lease.lost() => break lost,
+                _ = show.tick() => self.update(|s| s.fence_left_ms = lease.left().as_millis() as u64),
+            }
+        };
+        warn!(shard = %self.shard.name, "no longer leader: {lost}; claiming nothing until elected again");
+        self.update(|s| {
+            s.role = "standby".into();
+            s.detail = format!("lost the lease: {lost}");
+            s.fence_left_ms = 0;
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,324 @@
+//! A failover shard's takeover on AWS: the new leader moves the shard's addresses onto its own
+//! NIC and points the backends' routes at it, through the EC2 API.
+//!
+//! 1. Preflight (reads only, before this gateway even campaigns): its NIC's source/destination
+//!    check is off (else it could not forward), and every address of the shard exists in the
+//!    VPC on a NIC of the same subnet (`AssignPrivateIpAddresses` moves addresses within a
+//!    subnet only; across zones an EIP would have to be re-associated instead, not built).
+//! 2. `AssignPrivateIpAddresses` with `AllowReassignment` onto its NIC: an EIP associated with
+//!    a secondary private address moves with it (EC2's documentation).
+//! 3. The move is asynchronous: wait until this instance's metadata lists the addresses on
+//!    the NIC, then have the controller sync at once, which puts them on the interface (the
+//!    one writer of addresses; the old leader's sync removes them there).
+//! 4. `ReplaceRoute` for each of the shard's routes.
+//!
+//! Every step is idempotent, so a takeover interrupted half-way is finished by whoever leads
+//! next. Each call is retried with backoff and jitter on throttling, 5xx, transport errors and
+//! answers that are not the documented shape; none is made unless the lease has more time left
+//! than the call's timeout.
+
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::{aws::Imds, client::ApiError, ec2::Ec2};
+use crate::{
+    config::{AwsConfig, FailoverConfig, ShardConfig},
+    fleet::leader::Fenced,
+};
+
+#[derive(Debug, Error)]
+pub enum TakeoverError {
+    #[error("fenced: {0}")]
+    Fenced(#[from] Fenced),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error(transparent)]
+    Metadata(#[from] super::client::MetadataError),
+    #[error("refused before any change: {0}")]
+    Refused(String),
+    #[error(
+        "the metadata does not list {missing:?} on {nic} {ms} ms after the move was accepted (failover.confirm_timeout_ms)"
+    )]
+    NotConfirmed {
+        nic: String,
+        missing: Vec<Ipv4Addr>,
+        ms: u64,
+    },
+}
+
+/// What one takeover did, for status.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TakeoverReport {
+    /// What each step did, in order.
+    pub steps: Vec<String>,
+    /// Calls that were retried (throttled, 5xx, ...).
+    pub retries: u32,
+    pub duration_ms: u64,
+}
+
+/// This gateway's side of a takeover: its NIC, and the clients to move things onto it.
+pub struct AwsTakeover {
+    imds: Imds,
+    ec2: Ec2,
+    mac: String,
+    pub nic: String,
+    call_timeout: Duration,
+    confirm_timeout: Duration,
+}
+
+/// Whether a failed call may succeed if made again.
+fn retryable(e: &ApiError) -> bool {
+    match e {
+        ApiError::Http { .. } | ApiError::Garbage { .. } => true,
+        ApiError::Api { status, code, .. } => {
+            *status >= 500
+                || matches!(
+                    code.as_str(),
+                    "RequestLimitExceeded"
+                        | "Throttling"
+                        | "ThrottlingException"
+                        | "InternalError"
+                        | "ServiceUnavailable"
+                        | "Unavailable"
+                        | "IncorrectState"
+                        | "ConcurrentTagAccess"
+                )
+        }
+        _ => false,
+    }
+}
+
+/// Backoff before retry `n` (from 1): 100 ms doubling to at most 2 s, times `jitter`.
+pub fn backoff(n: u32, jitter: f64) -> Duration {
+    Duration::from_millis((100u64 << n.saturating_sub(1).min(5)).min(2_000))
+        .mul_f64(jitter.clamp(0.5, 1.5))
+}
+
+impl AwsTakeover {
+    /// Reads who this gateway is (its NIC for `failover.interface`) and makes the clients.
+    pub async fn new(aws: &AwsConfig, failover: &FailoverConfig) -> Result<Self, TakeoverError> {
+        let call_timeout = Duration::from_millis(failover.call_timeout_ms);
+        let imds = Imds::new(&aws.endpoint, call_timeout)?;
+        let mac = std::fs::read_to_string(format!("/sys/class/net/{}/address", failover.interface))
+            .map_err(|e| {
+                TakeoverError::Refused(format!(
+                    "failover.interface {}: reading its MAC: {e}",
+                    failover.interface
+                ))
+            })?
+            .trim()
+            .to_ascii_lowercase();
+        let nic = imds
+            .get(&format!("network/interfaces/macs/{mac}/interface-id"))
+            .await?
+            .trim()
+            .to_owned();
+        let (ec2, _) = super::ec2::client(&imds, aws, call_timeout).await?;
+        Ok(AwsTakeover {
+            imds,
+            ec2,
+            mac,
+            nic,
+            call_timeout,
+            confirm_timeout: Duration::from_millis(failover.confirm_timeout_ms),
+        })
+    }
+
+    /// Makes `call` until it succeeds, fails for good, or the lease has too little left.
+    async fn retrying<T, F: Future<Output = Result<T, ApiError>>>(
+        &self,
+        guard: &(dyn Fn(Duration) -> Result<(), Fenced> + Send + Sync),
+        retries: &mut u32,
+        call: impl Fn() -> F,
+    ) -> Result<T, TakeoverError> {
+        let mut n = 0;
+        loop {
+            guard(self.call_timeout)?;
+            match call().await {
+                Ok(t) => return Ok(t),
+                Err(e) if retryable(&e) => {
+                    n += 1;
+                    *retries += 1;
+                    tracing::warn!("{e}; retrying");
+                    tokio::time::sleep(backoff(n, super::jitter())).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Checks, with reads only, that this gateway could take `shard` over (see the module
+    /// documentation); the NIC holding each address now.
+    pub async fn preflight(
+        &self,
+        shard: &ShardConfig,
+    ) -> Result<Vec<(Ipv4Addr, String)>, TakeoverError> {
+        let mine = self.ec2.network_interface(&self.nic).await?;
+        if mine.source_dest_check {
+            return Err(TakeoverError::Refused(format!(
+                "source/destination check is on for {} (this gateway's NIC): it would drop every forwarded packet; turn it off (ModifyNetworkInterfaceAttribute SourceDestCheck=false)",
+                self.nic
+            )));
+        }
+        let values: Vec<String> = shard.addresses.iter().map(|a| a.to_string()).collect();
+        let holders = self
+            .ec2
+            .network_interfaces(&[
+                ("vpc-id", vec![mine.vpc_id.clone()]),
+                ("addresses.private-ip-address", values),
+            ])
+            .await?;
+        let mut owners = Vec::new();
+        for a in &shard.addresses {
+            let Some(holder) = holders
+                .iter()
+                .find(|n| n.addresses.iter().any(|(x, _)| x == a))
+            else {
+                return Err(TakeoverError::Refused(format!(
+                    "shard {}: no NIC in {} holds {a} (assign it to one first, e.g. `ipnat eni assign`)",
+                    shard.name, mine.vpc_id
+                )));
+            };
+            if holder.subnet_id != mine.subnet_id {
+                return Err(TakeoverError::Refused(format!(
+                    "shard {}: {a} is on {} in {}, this gateway's NIC {} is in {}: addresses move within one subnet (one zone)",
+                    shard.name, holder.id, holder.subnet_id, self.nic, mine.subnet_id
+                )));
+            }
+            if holder.addresses.first().is_some_and(|(x, _)| x == a) {
+                return Err(TakeoverError::Refused(format!(
+                    "shard {}: {a} is the primary address of {}, which never moves",
+                    shard.name, holder.id
+                )));
+            }
+            owners.push((*a, holder.id.clone()));
+        }
+        Ok(owners)
+    }
+
+    /// Moves `shard` onto this gateway; `synced` is called once the metadata lists the
+    /// addresses (the controller then syncs at once). `guard` says whether the lease still
+    /// allows a call of the given length.
+    pub async fn take(
+        &self,
+        shard: &ShardConfig,
+        guard: &(dyn Fn(Duration) -> Result<(), Fenced> + Send + Sync),
+        synced: &(dyn Fn() + Send + Sync),
+    ) -> Result<TakeoverReport, TakeoverError> {
+        let start = Instant::now();
+        let mut report = TakeoverReport::default();
+        guard(self.call_timeout)?;
+        let owners = self.preflight(shard).await?;
+        let moving: Vec<Ipv4Addr> = owners
+            .iter()
+            .filter(|(_, nic)| *nic != self.nic)
+            .map(|(a, _)| *a)
+            .collect();
+        if moving.is_empty() {
+            report
+                .steps
+                .push(format!("{:?} already on {}", shard.addresses, self.nic));
+        } else {
+            self.retrying(guard, &mut report.retries, || {
+                self.ec2.reassign_private_ips(&self.nic, &moving)
+            })
+            .await?;
+            let from: Vec<String> = owners
+                .iter()
+                .filter(|(_, nic)| *nic != self.nic)
+                .map(|(a, nic)| format!("{a} from {nic}"))
+                .collect();
+            report.steps.push(format!(
+                "AssignPrivateIpAddresses (AllowReassignment) onto {}: {}",
+                self.nic,
+                from.join(", ")
+            ));
+        }
+        // Confirmed when the metadata lists every address on this NIC.
+        let asked = Instant::now();
+        loop {
+            guard(Duration::ZERO)?;
+            let listed = self
+                .imds
+                .get(&format!("network/interfaces/macs/{}/local-ipv4s", self.mac))
+                .await
+                .unwrap_or_default();
+            let listed: Vec<Ipv4Addr> = listed
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
+            let missing: Vec<Ipv4Addr> = shard
+                .addresses
+                .iter()
+                .filter(|a| !listed.contains(a))
+                .copied()
+                .collect();
+            if missing.is_empty() {
+                break;
+            }
+            if asked.elapsed() > self.confirm_timeout {
+                return Err(TakeoverError::NotConfirmed {
+                    nic: self.nic.clone(),
+                    missing,
+                    ms: self.confirm_timeout.as_millis() as u64,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        report.steps.push(format!(
+            "the metadata lists them on {} after {} ms",
+            self.nic,
+            asked.elapsed().as_millis()
+        ));
+        synced();
+        for r in &shard.routes {
+            self.retrying(guard, &mut report.retries, || {
+                self.ec2.replace_route(&r.table, r.destination, &self.nic)
+            })
+            .await?;
+            report.steps.push(format!(
+                "ReplaceRoute {} {} -> {}",
+                r.table, r.destination, self.nic
+            ));
+        }
+        report.duration_ms = start.elapsed().as_millis() as u64;
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::client::Api;
+
+    #[test]
+    fn throttling_5xx_and_garbage_are_retried_refusals_are_not() {
+        let api = |status, code: &str| ApiError::Api {
+            api: Api::Ec2,
+            action: "ReplaceRoute".into(),
+            status,
+            code: code.into(),
+            message: String::new(),
+            request_id: String::new(),
+            hint: "",
+        };
+        assert!(retryable(&api(503, "RequestLimitExceeded")));
+        assert!(retryable(&api(400, "RequestLimitExceeded")));
+        assert!(retryable(&api(500, "InternalError")));
+        assert!(retryable(&ApiError::Garbage {
+            api: Api::Ec2,
+            action: "ReplaceRoute".into(),
+            why: "no root".into()
+        }));
+        assert!(!retryable(&api(400, "InvalidParameterValue")));
+        assert!(!retryable(&api(403, "UnauthorizedOperation")));
+        assert!(!retryable(&ApiError::NoCredentials(Api::Ec2)));
+        let ms: Vec<u128> = (1..=7).map(|n| backoff(n, 1.0).as_millis()).collect();
+        assert_eq!(ms, [100, 200, 400, 800, 1600, 2000, 2000]);
+    }
+}
