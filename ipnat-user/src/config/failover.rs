@@ -93,7 +93,7 @@ impl FailoverConfig {
 
     /// Checks the section on its own; `interfaces` are the `[[interface]]` names.
     pub fn validate(&self, interfaces: &[String]) -> Result<(), ConfigError> {
-        if !interfaces.iter().any(|i| *i == self.interface) {
+        if !interfaces.contains(&self.interface) {
             return Err(invalid(
                 "failover.interface".into(),
                 &self.interface,

@@ -267,7 +267,8 @@ fn the_announce_section_is_checked_key_by_key_and_the_example_states_its_default
     assert_eq!((a.check_interval_ms, a.stale_grace_ms), (1000, 3000));
     // The example's commented section, uncommented, has exactly these defaults.
     let example = include_str!("../../../ipnat.example.toml");
-    let section: String = example[example.find("# [announce]").unwrap()..]
+    let rest = &example[example.find("# [announce]").unwrap()..];
+    let section: String = rest[..rest.find("\n\n").unwrap_or(rest.len())]
         .lines()
         .skip(1)
         .filter(|l| !l.starts_with("# #"))
@@ -356,6 +357,30 @@ fn the_failover_section_is_checked_key_by_key_and_needs_etcd_and_a_cloud() {
         (5, 500, 2000, 15000)
     );
     assert_eq!(f.shards[0].routes[0].table, "rtb-1");
+    // The example's commented section, uncommented, is valid and has these defaults.
+    let example = include_str!("../../../ipnat.example.toml");
+    let section: String = example[example.find("# [failover]").unwrap()..]
+        .lines()
+        .map(|l| format!("{}\n", l.trim_start_matches("# ")))
+        .collect();
+    let e = Config::parse(&format!("{base}\n{section}"))
+        .unwrap()
+        .failover
+        .unwrap();
+    assert_eq!(
+        (
+            e.lease_ttl_s,
+            e.fence_margin_ms,
+            e.call_timeout_ms,
+            e.confirm_timeout_ms
+        ),
+        (
+            f.lease_ttl_s,
+            f.fence_margin_ms,
+            f.call_timeout_ms,
+            f.confirm_timeout_ms
+        )
+    );
     let second = |name: &str, address: &str| {
         format!("{shard}[[failover.shard]]\nname = \"{name}\"\naddresses = [\"{address}\"]\n")
     };

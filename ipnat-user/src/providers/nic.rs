@@ -10,22 +10,30 @@ use crate::config::{Block, SteerConfig};
 
 /// The local interface whose MAC address is `mac`, in this network namespace.
 pub fn ifname_by_mac(mac: &str) -> Option<String> {
-    let addrs = nix::ifaddrs::getifaddrs().ok()?;
-    for a in addrs {
-        let Some(link) = a.address.as_ref().and_then(|s| s.as_link_addr()) else {
-            continue;
-        };
-        let Some(m) = link.addr() else { continue };
-        let text = m
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":");
-        if text == mac {
-            return Some(a.interface_name);
-        }
-    }
-    None
+    links().find(|(_, m)| m == mac).map(|(name, _)| name)
+}
+
+/// The MAC address (lower case) of interface `name` in this network namespace (getifaddrs
+/// asks the kernel over netlink; /sys/class/net would show the namespace sysfs was mounted
+/// in, which `ip netns exec` changes but `nsenter --net` does not).
+pub fn mac_of(name: &str) -> Option<String> {
+    links().find(|(n, _)| n == name).map(|(_, mac)| mac)
+}
+
+/// Every interface with a link-layer address: (name, MAC in lower case).
+fn links() -> impl Iterator<Item = (String, String)> {
+    nix::ifaddrs::getifaddrs()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| {
+            let m = a.address.as_ref()?.as_link_addr()?.addr()?;
+            let text = m
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":");
+            Some((a.interface_name, text))
+        })
 }
 
 /// The NICs' addresses on the interfaces with their MACs, each with its subnet's prefix

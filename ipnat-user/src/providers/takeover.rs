@@ -104,15 +104,12 @@ impl AwsTakeover {
     pub async fn new(aws: &AwsConfig, failover: &FailoverConfig) -> Result<Self, TakeoverError> {
         let call_timeout = Duration::from_millis(failover.call_timeout_ms);
         let imds = Imds::new(&aws.endpoint, call_timeout)?;
-        let mac = std::fs::read_to_string(format!("/sys/class/net/{}/address", failover.interface))
-            .map_err(|e| {
-                TakeoverError::Refused(format!(
-                    "failover.interface {}: reading its MAC: {e}",
-                    failover.interface
-                ))
-            })?
-            .trim()
-            .to_ascii_lowercase();
+        let mac = super::nic::mac_of(&failover.interface).ok_or_else(|| {
+            TakeoverError::Refused(format!(
+                "failover.interface {} has no MAC address here",
+                failover.interface
+            ))
+        })?;
         let nic = imds
             .get(&format!("network/interfaces/macs/{mac}/interface-id"))
             .await?

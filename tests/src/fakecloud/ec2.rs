@@ -8,6 +8,8 @@ pub struct FakeEc2Nic {
     pub id: String,
     pub mac: String,
     pub vpc: String,
+    /// Its subnet (addresses move only within one).
+    pub subnet: String,
     pub instance: Option<String>,
     pub source_dest_check: bool,
     /// Primary first: (private address, associated EIP).
@@ -37,10 +39,11 @@ impl FakeEc2Nic {
             format!("<attachment><instanceId>{i}</instanceId><deviceIndex>0</deviceIndex><status>attached</status></attachment>")
         });
         format!(
-            "<item><networkInterfaceId>{}</networkInterfaceId><vpcId>{}</vpcId><macAddress>{}</macAddress>\
+            "<item><networkInterfaceId>{}</networkInterfaceId><subnetId>{}</subnetId><vpcId>{}</vpcId><macAddress>{}</macAddress>\
              <privateIpAddress>{}</privateIpAddress><sourceDestCheck>{}</sourceDestCheck>{attachment}\
              <privateIpAddressesSet>{ips}</privateIpAddressesSet><tagSet>{tags}</tagSet></item>",
             self.id,
+            self.subnet,
             self.vpc,
             self.mac,
             self.addresses
@@ -55,19 +58,53 @@ impl FakeEc2Nic {
             "vpc-id" => values.contains(&self.vpc),
             "attachment.instance-id" => self.instance.as_ref().is_some_and(|i| values.contains(i)),
             "network-interface-id" => values.contains(&self.id),
+            "subnet-id" => values.contains(&self.subnet),
+            "addresses.private-ip-address" => self
+                .addresses
+                .iter()
+                .any(|(a, _)| values.contains(&a.to_string())),
             "tag-key" => self.tags.iter().any(|(k, _)| values.contains(k)),
             _ => return None,
         })
     }
 }
 
+/// A fault the fake EC2 API injects into the next call of an action.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ec2Fault {
+    /// `RequestLimitExceeded` (503), nothing done.
+    Throttle,
+    /// `InternalError` (500), nothing done.
+    ServerError,
+    /// Done, but answered `InternalError` (500), as a call whose answer was lost.
+    DoneButError,
+    /// Answered after this many milliseconds (done).
+    Slow(u64),
+}
+
+/// What the fake EC2 API changed, when (for the tests' record of every move).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ec2Move {
+    pub at: std::time::Instant,
+    /// e.g. `10.0.0.50 eni-a -> eni-b` or `rtb-1 0.0.0.0/0 -> eni-b`.
+    pub what: String,
+}
+
+/// Called with the NICs and routes some time after each change (see [`FakeEc2::delay_ms`]):
+/// a fake VPC moves its delivery then.
+pub type Ec2Hook = Box<dyn Fn(&[FakeEc2Nic], &BTreeMap<(String, String), String>) + Send>;
+
 /// A fake EC2 Query API serving DescribeNetworkInterfaces (2016-11-15), checking requests like
 /// the real service: a known access key, the session token of temporary credentials, the
 /// SigV4 signature over what was sent (recomputed with the official `aws-sigv4`), the region
 /// of the credential scope; filters applied; answers in the documented XML and error shapes.
-/// One NIC a page, with `NextToken`s, so that clients must follow them.
+/// One NIC a page, with `NextToken`s, so that clients must follow them. It also moves
+/// addresses (AssignPrivateIpAddresses with AllowReassignment, within a subnet) and routes
+/// (ReplaceRoute), recording each move, with injected faults.
+#[derive(Clone)]
 pub struct FakeEc2 {
     pub port: u16,
+    region: String,
     pub nics: Arc<Mutex<Vec<FakeEc2Nic>>>,
     pub keys: Arc<Mutex<HashMap<String, AccessKey>>>,
     /// A canned answer for one page (1-based): (page, HTTP status, body).
@@ -79,6 +116,15 @@ pub struct FakeEc2 {
     pub calls: Arc<Mutex<usize>>,
     /// Instance type -> private addresses per NIC (DescribeInstanceTypes).
     pub types: Arc<Mutex<HashMap<String, u32>>>,
+    /// Route tables: (table, destination) -> NIC.
+    pub routes: Arc<Mutex<BTreeMap<(String, String), String>>>,
+    /// Faults for the next calls: (action, fault), first match used up.
+    pub faults: Arc<Mutex<Vec<(String, Ec2Fault)>>>,
+    /// Every move of an address or a route, in order.
+    pub moves: Arc<Mutex<Vec<Ec2Move>>>,
+    /// How long after a change the hooks see it (the VPC's delivery follows).
+    pub delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    pub hooks: Arc<Mutex<Vec<Ec2Hook>>>,
 }
 
 fn ec2_error(status: u16, code: &str, message: &str) -> (u16, String) {
@@ -90,167 +136,310 @@ fn ec2_error(status: u16, code: &str, message: &str) -> (u16, String) {
     )
 }
 
+fn ok_response(action: &str, extra: &str) -> (u16, String) {
+    (
+        200,
+        format!(
+            "<{action}Response xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>fake</requestId>{extra}<return>true</return></{action}Response>"
+        ),
+    )
+}
+
 impl FakeEc2 {
     pub fn start(ns: &Netns, region: &str) -> Self {
-        let nics: Arc<Mutex<Vec<FakeEc2Nic>>> = Arc::default();
-        let keys: Arc<Mutex<HashMap<String, AccessKey>>> = Arc::default();
-        let fail_page: Arc<Mutex<Option<(u64, u16, String)>>> = Arc::default();
-        let hang = Arc::new(AtomicBool::new(false));
-        let calls = Arc::new(Mutex::new(0));
-        let (n, k, f, c) = (nics.clone(), keys.clone(), fail_page.clone(), calls.clone());
-        let page_fault: Arc<Mutex<Option<PageFault>>> = Arc::default();
-        let pf = page_fault.clone();
-        let types: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
-        let t = types.clone();
-        let region = region.to_owned();
+        let mut me = Self {
+            port: 0,
+            region: region.to_owned(),
+            nics: Arc::default(),
+            keys: Arc::default(),
+            fail_page: Arc::default(),
+            page_fault: Arc::default(),
+            hang: Arc::new(AtomicBool::new(false)),
+            calls: Arc::new(Mutex::new(0)),
+            types: Arc::default(),
+            routes: Arc::default(),
+            faults: Arc::default(),
+            moves: Arc::default(),
+            delay_ms: Arc::default(),
+            hooks: Arc::default(),
+        };
+        me.port = me.serve_in(ns);
+        me
+    }
+
+    /// Serves the same API (the same state) on loopback in `ns` too; its port there.
+    pub fn serve_in(&self, ns: &Netns) -> u16 {
         let port = Arc::new(std::sync::atomic::AtomicU16::new(0));
         let p = port.clone();
+        let me = self.clone();
         let served = serve(
             ns,
-            hang.clone(),
-            Arc::new(move |r: &Request| {
-                let port = p.load(Ordering::Relaxed);
-                if let Err(e) = check_sigv4(r, port, &region, &k.lock().unwrap()) {
-                    return e;
-                }
-                let form = parse_form(&r.body);
-                if form.get("Version").map(String::as_str) != Some("2016-11-15") {
-                    return ec2_error(400, "InvalidParameterValue", "Version.");
-                }
-                *c.lock().unwrap() += 1;
-                let action = form.get("Action").cloned().unwrap_or_default();
-                if action == "DescribeInstanceTypes" {
-                    let name = form.get("InstanceType.1").cloned().unwrap_or_default();
-                    let Some(q) = t.lock().unwrap().get(&name).copied() else {
-                        return ec2_error(
-                            400,
-                            "InvalidInstanceType",
-                            &format!(
-                                "The following supplied instance types do not exist: [{name}]"
-                            ),
-                        );
-                    };
-                    return (
-                        200,
-                        format!(
-                            "<DescribeInstanceTypesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>fake</requestId><instanceTypeSet><item><instanceType>{name}</instanceType><networkInfo><maximumNetworkInterfaces>3</maximumNetworkInterfaces><ipv4AddressesPerInterface>{q}</ipv4AddressesPerInterface></networkInfo></item></instanceTypeSet></DescribeInstanceTypesResponse>"
-                        ),
-                    );
-                }
-                if action == "AssignPrivateIpAddresses" || action == "UnassignPrivateIpAddresses" {
-                    let id = form.get("NetworkInterfaceId").cloned().unwrap_or_default();
-                    let mut nics = n.lock().unwrap();
-                    let Some(nic) = nics.iter_mut().find(|x| x.id == id) else {
-                        return ec2_error(
-                            400,
-                            "InvalidNetworkInterfaceID.NotFound",
-                            &format!("The networkInterface ID '{id}' does not exist"),
-                        );
-                    };
-                    let listed: Vec<std::net::Ipv4Addr> = (1..)
-                        .map_while(|i| {
-                            form.get(&format!("PrivateIpAddress.{i}"))
-                                .and_then(|a| a.parse().ok())
-                        })
-                        .collect();
-                    if action == "UnassignPrivateIpAddresses" {
-                        nic.addresses.retain(|(a, _)| !listed.contains(a));
-                        return (200, "<UnassignPrivateIpAddressesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>fake</requestId><return>true</return></UnassignPrivateIpAddressesResponse>".into());
-                    }
-                    let new: Vec<std::net::Ipv4Addr> =
-                        match form.get("SecondaryPrivateIpAddressCount") {
-                            Some(k) => {
-                                let o = nic.addresses[0].0.octets();
-                                (100..250u8)
-                                    .map(|h| std::net::Ipv4Addr::new(o[0], o[1], o[2], h))
-                                    .filter(|a| !nic.addresses.iter().any(|(x, _)| x == a))
-                                    .take(k.parse().unwrap_or(0))
-                                    .collect()
-                            }
-                            None => listed,
-                        };
-                    nic.addresses.extend(new.iter().map(|a| (*a, None)));
-                    let items: String = new
-                        .iter()
-                        .map(|a| format!("<item><privateIpAddress>{a}</privateIpAddress></item>"))
-                        .collect();
-                    return (
-                        200,
-                        format!(
-                            "<AssignPrivateIpAddressesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>fake</requestId><networkInterfaceId>{id}</networkInterfaceId><assignedPrivateIpAddressesSet>{items}</assignedPrivateIpAddressesSet><return>true</return></AssignPrivateIpAddressesResponse>"
-                        ),
-                    );
-                }
-                if action != "DescribeNetworkInterfaces" {
+            self.hang.clone(),
+            Arc::new(move |r: &Request| me.handle(r, p.load(Ordering::Relaxed))),
+        );
+        port.store(served, Ordering::Relaxed);
+        served
+    }
+
+    /// Tells the hooks about the state as it is now, after the delay.
+    fn changed(&self) {
+        let me = self.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(me.delay_ms.load(Ordering::Relaxed)));
+            let nics = me.nics.lock().unwrap().clone();
+            let routes = me.routes.lock().unwrap().clone();
+            for h in me.hooks.lock().unwrap().iter() {
+                h(&nics, &routes);
+            }
+        });
+    }
+
+    fn record(&self, what: String) {
+        self.moves.lock().unwrap().push(Ec2Move {
+            at: std::time::Instant::now(),
+            what,
+        });
+    }
+
+    fn handle(&self, r: &Request, port: u16) -> (u16, String) {
+        if let Err(e) = check_sigv4(r, port, &self.region, &self.keys.lock().unwrap()) {
+            return e;
+        }
+        let form = parse_form(&r.body);
+        if form.get("Version").map(String::as_str) != Some("2016-11-15") {
+            return ec2_error(400, "InvalidParameterValue", "Version.");
+        }
+        *self.calls.lock().unwrap() += 1;
+        let action = form.get("Action").cloned().unwrap_or_default();
+        let fault = {
+            let mut faults = self.faults.lock().unwrap();
+            faults
+                .iter()
+                .position(|(a, _)| *a == action)
+                .map(|i| faults.remove(i).1)
+        };
+        match fault {
+            Some(Ec2Fault::Throttle) => {
+                return ec2_error(503, "RequestLimitExceeded", "Request limit exceeded.");
+            }
+            Some(Ec2Fault::ServerError) => {
+                return ec2_error(500, "InternalError", "An internal error has occurred.");
+            }
+            Some(Ec2Fault::Slow(ms)) => std::thread::sleep(Duration::from_millis(ms)),
+            _ => {}
+        }
+        let answer = self.act(&action, &form);
+        if fault == Some(Ec2Fault::DoneButError) {
+            return ec2_error(500, "InternalError", "An internal error has occurred.");
+        }
+        answer
+    }
+
+    fn act(&self, action: &str, form: &BTreeMap<String, String>) -> (u16, String) {
+        let listed = |key: &str| -> Vec<std::net::Ipv4Addr> {
+            (1..)
+                .map_while(|i| form.get(&format!("{key}.{i}")).and_then(|a| a.parse().ok()))
+                .collect()
+        };
+        match action {
+            "DescribeInstanceTypes" => {
+                let name = form.get("InstanceType.1").cloned().unwrap_or_default();
+                let Some(q) = self.types.lock().unwrap().get(&name).copied() else {
                     return ec2_error(
                         400,
-                        "InvalidAction",
-                        "The action is not valid for this web service.",
+                        "InvalidInstanceType",
+                        &format!("The following supplied instance types do not exist: [{name}]"),
                     );
-                }
-                let mut filters = Vec::new();
-                for i in 1.. {
-                    let Some(name) = form.get(&format!("Filter.{i}.Name")) else {
-                        break;
-                    };
-                    let values: Vec<String> = (1..)
-                        .map_while(|j| form.get(&format!("Filter.{i}.Value.{j}")).cloned())
-                        .collect();
-                    filters.push((name.clone(), values));
-                }
-                let mut selected = Vec::new();
-                for nic in n.lock().unwrap().iter() {
-                    let mut keep = true;
-                    for (name, values) in &filters {
-                        match nic.matches(name, values) {
-                            Some(m) => keep &= m,
-                            None => {
-                                return ec2_error(
-                                    400,
-                                    "InvalidParameterValue",
-                                    &format!("The filter '{name}' is invalid"),
-                                );
-                            }
-                        }
-                    }
-                    if keep {
-                        selected.push(nic.xml());
-                    }
-                }
-                let page: u64 = form
-                    .get("NextToken")
-                    .and_then(|t| t.strip_prefix("page-"))
-                    .and_then(|t| t.parse().ok())
-                    .unwrap_or(1);
-                if let Some((fp, status, body)) = f.lock().unwrap().clone()
-                    && fp == page
-                {
-                    return (status, body);
-                }
-                let (item, next) = PageFault::serve(*pf.lock().unwrap(), page, &selected);
-                let item = item.unwrap_or_default();
-                let next = next
-                    .map(|t| format!("<nextToken>{t}</nextToken>"))
-                    .unwrap_or_default();
+                };
                 (
                     200,
                     format!(
-                        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DescribeNetworkInterfacesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>fake-request</requestId><networkInterfaceSet>{item}</networkInterfaceSet>{next}</DescribeNetworkInterfacesResponse>"
+                        "<DescribeInstanceTypesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>fake</requestId><instanceTypeSet><item><instanceType>{name}</instanceType><networkInfo><maximumNetworkInterfaces>3</maximumNetworkInterfaces><ipv4AddressesPerInterface>{q}</ipv4AddressesPerInterface></networkInfo></item></instanceTypeSet></DescribeInstanceTypesResponse>"
                     ),
                 )
-            }),
-        );
-        port.store(served, Ordering::Relaxed);
-        Self {
-            port: served,
-            nics,
-            keys,
-            fail_page,
-            page_fault,
-            hang,
-            calls,
-            types,
+            }
+            "AssignPrivateIpAddresses" | "UnassignPrivateIpAddresses" => {
+                let id = form.get("NetworkInterfaceId").cloned().unwrap_or_default();
+                let mut nics = self.nics.lock().unwrap();
+                let Some(at) = nics.iter().position(|x| x.id == id) else {
+                    return ec2_error(
+                        400,
+                        "InvalidNetworkInterfaceID.NotFound",
+                        &format!("The networkInterface ID '{id}' does not exist"),
+                    );
+                };
+                let listed = listed("PrivateIpAddress");
+                if action == "UnassignPrivateIpAddresses" {
+                    nics[at].addresses.retain(|(a, _)| !listed.contains(a));
+                    drop(nics);
+                    self.changed();
+                    return ok_response(action, "");
+                }
+                let reassign = form.get("AllowReassignment").map(String::as_str) == Some("true");
+                // Each listed address held by another NIC: moved with its EIP (same subnet,
+                // AllowReassignment), else refused as the real service does.
+                let mut moved = Vec::new();
+                for a in &listed {
+                    let Some(holder) = nics
+                        .iter()
+                        .position(|n| n.id != id && n.addresses.iter().any(|(x, _)| x == a))
+                    else {
+                        continue;
+                    };
+                    if !reassign {
+                        return ec2_error(
+                            400,
+                            "PrivateIpAddressInUse",
+                            &format!("Address {a} is in use."),
+                        );
+                    }
+                    if nics[holder].subnet != nics[at].subnet {
+                        return ec2_error(
+                            400,
+                            "InvalidParameterValue",
+                            &format!("Address {a} does not fall within the subnet's address range"),
+                        );
+                    }
+                    moved.push((*a, holder));
+                }
+                let mut new = Vec::new();
+                for (a, holder) in &moved {
+                    let i = nics[*holder]
+                        .addresses
+                        .iter()
+                        .position(|(x, _)| x == a)
+                        .unwrap();
+                    let entry = nics[*holder].addresses.remove(i);
+                    let from = nics[*holder].id.clone();
+                    nics[at].addresses.push(entry);
+                    self.record(format!("{a} {from} -> {id}"));
+                    new.push(*a);
+                }
+                let fresh: Vec<std::net::Ipv4Addr> =
+                    match form.get("SecondaryPrivateIpAddressCount") {
+                        Some(k) => {
+                            let o = nics[at].addresses[0].0.octets();
+                            (100..250u8)
+                                .map(|h| std::net::Ipv4Addr::new(o[0], o[1], o[2], h))
+                                .filter(|a| {
+                                    !nics.iter().any(|n| n.addresses.iter().any(|(x, _)| x == a))
+                                })
+                                .take(k.parse().unwrap_or(0))
+                                .collect()
+                        }
+                        None => listed
+                            .iter()
+                            .filter(|a| !nics[at].addresses.iter().any(|(x, _)| x == *a))
+                            .copied()
+                            .collect(),
+                    };
+                nics[at].addresses.extend(fresh.iter().map(|a| (*a, None)));
+                new.extend(fresh);
+                drop(nics);
+                self.changed();
+                let items: String = new
+                    .iter()
+                    .map(|a| format!("<item><privateIpAddress>{a}</privateIpAddress></item>"))
+                    .collect();
+                ok_response(
+                    action,
+                    &format!(
+                        "<networkInterfaceId>{id}</networkInterfaceId><assignedPrivateIpAddressesSet>{items}</assignedPrivateIpAddressesSet>"
+                    ),
+                )
+            }
+            "ReplaceRoute" => {
+                let table = form.get("RouteTableId").cloned().unwrap_or_default();
+                let dst = form
+                    .get("DestinationCidrBlock")
+                    .cloned()
+                    .unwrap_or_default();
+                let nic = form.get("NetworkInterfaceId").cloned().unwrap_or_default();
+                if !self.nics.lock().unwrap().iter().any(|n| n.id == nic) {
+                    return ec2_error(
+                        400,
+                        "InvalidNetworkInterfaceID.NotFound",
+                        &format!("The networkInterface ID '{nic}' does not exist"),
+                    );
+                }
+                let mut routes = self.routes.lock().unwrap();
+                let Some(target) = routes.get_mut(&(table.clone(), dst.clone())) else {
+                    return ec2_error(
+                        400,
+                        "InvalidRoute.NotFound",
+                        &format!(
+                            "no route with destination-cidr-block {dst} in route table {table}"
+                        ),
+                    );
+                };
+                if *target != nic {
+                    self.record(format!("{table} {dst} {target} -> {nic}"));
+                    *target = nic;
+                }
+                drop(routes);
+                self.changed();
+                ok_response(action, "")
+            }
+            "DescribeNetworkInterfaces" => self.describe(form),
+            _ => ec2_error(
+                400,
+                "InvalidAction",
+                "The action is not valid for this web service.",
+            ),
         }
+    }
+
+    fn describe(&self, form: &BTreeMap<String, String>) -> (u16, String) {
+        let mut filters = Vec::new();
+        for i in 1.. {
+            let Some(name) = form.get(&format!("Filter.{i}.Name")) else {
+                break;
+            };
+            let values: Vec<String> = (1..)
+                .map_while(|j| form.get(&format!("Filter.{i}.Value.{j}")).cloned())
+                .collect();
+            filters.push((name.clone(), values));
+        }
+        let mut selected = Vec::new();
+        for nic in self.nics.lock().unwrap().iter() {
+            let mut keep = true;
+            for (name, values) in &filters {
+                match nic.matches(name, values) {
+                    Some(m) => keep &= m,
+                    None => {
+                        return ec2_error(
+                            400,
+                            "InvalidParameterValue",
+                            &format!("The filter '{name}' is invalid"),
+                        );
+                    }
+                }
+            }
+            if keep {
+                selected.push(nic.xml());
+            }
+        }
+        let page: u64 = form
+            .get("NextToken")
+            .and_then(|t| t.strip_prefix("page-"))
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(1);
+        if let Some((fp, status, body)) = self.fail_page.lock().unwrap().clone()
+            && fp == page
+        {
+            return (status, body);
+        }
+        let (item, next) = PageFault::serve(*self.page_fault.lock().unwrap(), page, &selected);
+        let item = item.unwrap_or_default();
+        let next = next
+            .map(|t| format!("<nextToken>{t}</nextToken>"))
+            .unwrap_or_default();
+        (
+            200,
+            format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DescribeNetworkInterfacesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>fake-request</requestId><networkInterfaceSet>{item}</networkInterfaceSet>{next}</DescribeNetworkInterfacesResponse>"
+            ),
+        )
     }
 }
 

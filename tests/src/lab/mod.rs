@@ -34,6 +34,7 @@ pub fn internet_host(inet: &Netns, vpc: &Netns) -> Result<()> {
     Ok(())
 }
 
+pub mod failover;
 pub mod fleet;
 pub mod fleet_traffic;
 mod gateway;

@@ -64,6 +64,7 @@ fn aws_eni_assign_checks_the_limits_first() {
         id: id.into(),
         mac: "02:00:00:00:00:09".into(),
         vpc: "vpc-1".into(),
+        subnet: "subnet-1".into(),
         instance: instance.map(str::to_owned),
         source_dest_check: true,
         addresses: (0..n)

@@ -5,6 +5,7 @@ mod announce;
 mod cli;
 mod controller;
 mod eni;
+mod failover;
 mod fleet;
 mod gateway;
 mod host;

@@ -577,6 +577,7 @@ fn ec2_api_tags_give_a_gateway_its_backends_and_bad_answers_change_nothing() {
             id: id.into(),
             mac: "02:00:00:00:00:01".into(),
             vpc: vpc.into(),
+            subnet: "subnet-1".into(),
             instance: instance.map(str::to_owned),
             source_dest_check: true,
             addresses: vec![(ip(addr), None)],

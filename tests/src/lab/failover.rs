@@ -1,0 +1,267 @@
+//! A VPC with two ipnat gateways, one primary for a shard, one standby, and a fake EC2 API
+//! that moves the shard's address and route where the VPC delivers them.
+//!
+//! ```text
+//!  internet 203.0.113.10 ── inet0 [vpc router] br0 10.0.0.1/24 ──┬── eth0 gw-a 10.0.0.10 (eni-a)
+//!                                    br1 10.0.1.1/24             └── eth0 gw-b 10.0.0.11 (eni-b)
+//!                                     └── eth0 backend 10.0.1.20
+//!  ipnat on both gateways: 10.0.0.50 (the shard's secondary address; its EIP) <-> 10.0.1.20
+//! ```
+//! The VPC router plays the VPC: it delivers 10.0.0.50 to the MAC of the NIC the fake EC2
+//! says holds it (a permanent neighbour entry), and the backends' route table (rtb-private,
+//! 0.0.0.0/0) through the NIC it names (a policy route for what comes from br1); both follow
+//! the fake API's state after its delay, as the cloud's do. The cloud's own EIP translation
+//! (EIP <-> 10.0.0.50) moves with the address and is left out: the internet host reaches
+//! 10.0.0.50 directly. etcd runs on the VPC router (10.0.0.1:2379).
+
+use super::*;
+use crate::{
+    etcd::EtcdServer,
+    fakecloud::{FakeEc2, FakeEc2Nic, FakeImds},
+};
+
+pub const SHARD_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 50);
+pub const FO_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 20);
+pub const FO_INET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+const VPC_ROUTER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const KEY_ID: &str = "AKIAFAILOVER";
+const SECRET: &str = "failover-secret";
+
+/// Gateway `i`'s (0: gw-a, 1: gw-b) primary address.
+pub fn fo_gateway(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 0, 0, 10 + i as u8)
+}
+
+pub fn fo_name(i: usize) -> String {
+    format!("gw-{}", ["a", "b"][i])
+}
+
+pub fn fo_nic(i: usize) -> String {
+    format!("eni-{}", ["a", "b"][i])
+}
+
+pub struct FailoverLab {
+    pub vpc: Netns,
+    pub inet: Netns,
+    pub backend: Netns,
+    pub gateways: Vec<Netns>,
+    pub ec2: FakeEc2,
+    /// Each gateway's own metadata service.
+    pub imds: Vec<FakeImds>,
+    /// The fake EC2's port in each gateway's namespace.
+    ec2_ports: Vec<u16>,
+    pub etcd: EtcdServer,
+    macs: Vec<String>,
+}
+
+impl FailoverLab {
+    /// The VPC, with the shard's address on gw-a's NIC and the backends' route through it;
+    /// the fake EC2 moves things `delay_ms` after a call.
+    pub fn new(delay_ms: u64) -> Result<Self> {
+        let vpc = Netns::new("fo-vpc")?;
+        let inet = Netns::new("fo-inet")?;
+        let backend = Netns::new("fo-be")?;
+        internet_host(&inet, &vpc)?;
+        inet.ip(&["route", "add", "10.0.0.0/16", "via", "203.0.113.1"])?;
+        for (br, addr) in [("br0", "10.0.0.1/24"), ("br1", "10.0.1.1/24")] {
+            vpc.ip(&["link", "add", br, "type", "bridge"])?;
+            vpc.ip(&["link", "set", br, "up"])?;
+            vpc.ip(&["addr", "add", addr, "dev", br])?;
+        }
+        vpc.sysctl("net.ipv4.ip_forward", "1")?;
+        for conf in ["all", "default", "br0", "br1"] {
+            vpc.sysctl(&format!("net.ipv4.conf.{conf}.send_redirects"), "0")?;
+        }
+        veth(&backend, "eth0", &vpc, "be0")?;
+        vpc.ip(&["link", "set", "be0", "master", "br1"])?;
+        backend.ip(&["addr", "add", &format!("{FO_BACKEND}/24"), "dev", "eth0"])?;
+        backend.ip(&["route", "add", "default", "via", "10.0.1.1"])?;
+        // The backends' route table: what comes from their subnet follows table 100 (the VPC
+        // itself, and a default route through the gateway the API names), nothing else.
+        vpc.ip(&["rule", "add", "iif", "br1", "lookup", "100", "pref", "100"])?;
+        vpc.ip(&["rule", "add", "iif", "br1", "prohibit", "pref", "101"])?;
+        vpc.ip(&["route", "add", "10.0.0.0/24", "dev", "br0", "table", "100"])?;
+        // Frames off a wire carry whole checksums (XDP never sees a partial one from a NIC).
+        ethtool_tx_off(&inet, "eth0")?;
+        ethtool_tx_off(&backend, "eth0")?;
+        let mut gateways = Vec::new();
+        let mut macs = Vec::new();
+        for i in 0..2 {
+            let gw = Netns::new(&format!("fo-gw{i}"))?;
+            veth(&gw, "eth0", &vpc, &format!("gw{i}"))?;
+            vpc.ip(&["link", "set", &format!("gw{i}"), "master", "br0"])?;
+            gw.ip(&[
+                "addr",
+                "add",
+                &format!("{}/24", fo_gateway(i)),
+                "dev",
+                "eth0",
+            ])?;
+            gw.ip(&["route", "add", "default", "via", &VPC_ROUTER.to_string()])?;
+            gw.sysctl("net.ipv4.ip_forward", "1")?;
+            for conf in ["all", "default", "eth0"] {
+                gw.sysctl(&format!("net.ipv4.conf.{conf}.send_redirects"), "0")?;
+            }
+            macs.push(gw.mac("eth0")?);
+            gateways.push(gw);
+        }
+        let ec2 = FakeEc2::start(&gateways[0], "eu-west-1");
+        let ec2_ports = vec![ec2.port, ec2.serve_in(&gateways[1])];
+        ec2.keys
+            .lock()
+            .unwrap()
+            .insert(KEY_ID.into(), (SECRET.into(), None));
+        let nic = |i: usize, addresses: Vec<Ipv4Addr>| FakeEc2Nic {
+            id: fo_nic(i),
+            mac: macs[i].clone(),
+            vpc: "vpc-1".into(),
+            subnet: "subnet-public".into(),
+            instance: Some(format!("i-{i}")),
+            source_dest_check: false,
+            addresses: addresses.into_iter().map(|a| (a, None)).collect(),
+            tags: Vec::new(),
+        };
+        *ec2.nics.lock().unwrap() = vec![
+            nic(0, vec![fo_gateway(0), SHARD_ADDRESS]),
+            nic(1, vec![fo_gateway(1)]),
+        ];
+        ec2.routes
+            .lock()
+            .unwrap()
+            .insert(("rtb-private".into(), "0.0.0.0/0".into()), fo_nic(0));
+        ec2.delay_ms
+            .store(delay_ms, std::sync::atomic::Ordering::Relaxed);
+        let mut imds = Vec::new();
+        for (i, gw) in gateways.iter().enumerate() {
+            let m = FakeImds::start(gw);
+            let base = format!("{}{}/", super::METADATA_MACS, macs[i]);
+            m.set("mac", &macs[i]);
+            m.set("instance-id", &format!("i-{i}"));
+            m.set("placement/region", "eu-west-1");
+            m.set(super::METADATA_MACS, &format!("{}/\n", macs[i]));
+            m.set(&format!("{base}device-number"), "0");
+            m.set(&format!("{base}interface-id"), &fo_nic(i));
+            m.set(&format!("{base}vpc-id"), "vpc-1");
+            m.set(&format!("{base}subnet-ipv4-cidr-block"), "10.0.0.0/24");
+            imds.push(m);
+        }
+        let etcd = EtcdServer::start_at(&vpc, VPC_ROUTER, 2379)?;
+        let lab = FailoverLab {
+            vpc,
+            inet,
+            backend,
+            gateways,
+            ec2,
+            imds,
+            ec2_ports,
+            etcd,
+            macs,
+        };
+        // The VPC follows the API's state: now, and after every change.
+        let follow = lab.follower();
+        follow(
+            &lab.ec2.nics.lock().unwrap(),
+            &lab.ec2.routes.lock().unwrap(),
+        );
+        lab.ec2.hooks.lock().unwrap().push(Box::new(follow));
+        Ok(lab)
+    }
+
+    /// What the VPC does when the API's state changes: each gateway's metadata lists its NIC's
+    /// addresses; the router delivers each secondary address to its NIC's MAC and the
+    /// backends' default route to the NIC rtb-private names.
+    fn follower(
+        &self,
+    ) -> impl Fn(&[FakeEc2Nic], &std::collections::BTreeMap<(String, String), String>) + Send + 'static
+    {
+        let data: Vec<_> = self.imds.iter().map(|m| m.data.clone()).collect();
+        let macs = self.macs.clone();
+        let vpc = self.vpc.name().to_owned();
+        move |nics, routes| {
+            for (i, mac) in macs.iter().enumerate() {
+                let Some(nic) = nics.iter().find(|n| n.id == fo_nic(i)) else {
+                    continue;
+                };
+                let list: Vec<String> = nic.addresses.iter().map(|(a, _)| a.to_string()).collect();
+                data[i].lock().unwrap().insert(
+                    format!("{}{mac}/local-ipv4s", super::METADATA_MACS),
+                    list.join("\n"),
+                );
+                for (a, _) in nic.addresses.iter().skip(1) {
+                    let _ = std::process::Command::new("ip")
+                        .args(["-n", &vpc, "neigh", "replace", &a.to_string()])
+                        .args(["lladdr", mac, "dev", "br0", "nud", "permanent"])
+                        .output();
+                }
+            }
+            if let Some(target) = routes.get(&("rtb-private".to_owned(), "0.0.0.0/0".to_owned()))
+                && let Some(i) = (0..macs.len()).find(|i| fo_nic(*i) == *target)
+            {
+                let _ = std::process::Command::new("ip")
+                    .args(["-n", &vpc, "route", "replace", "default", "via"])
+                    .args([&fo_gateway(i).to_string(), "dev", "br0", "table", "100"])
+                    .output();
+            }
+        }
+    }
+
+    pub fn pin(i: usize) -> String {
+        format!("/sys/fs/bpf/ipnat-fo-{}-gw{i}", std::process::id())
+    }
+
+    /// Gateway `i`'s config: its one NIC, the mapping, [aws] with its metadata and the fake
+    /// EC2, [etcd], and [failover] with one shard (`failover_extra` added to its keys).
+    pub fn config(&self, i: usize, failover_extra: &str) -> String {
+        format!(
+            "pin_path = \"{pin}\"\nmetrics_listen = \"off\"\n\n\
+             [[interface]]\nname = \"eth0\"\n\n\
+             [[mapping]]\npublic = \"{SHARD_ADDRESS}\"\nprivate = \"{FO_BACKEND}\"\n\n\
+             [aws]\nendpoint = \"http://127.0.0.1:{imds}\"\ninterval_secs = 30\ntimeout_ms = 1000\n\
+             api_endpoint = \"http://127.0.0.1:{ec2}\"\naccess_key_id = \"{KEY_ID}\"\nsecret_access_key = \"{SECRET}\"\n\n\
+             [etcd]\nendpoints = [\"{etcd}\"]\nrequest_timeout_ms = 1000\ndial_timeout_ms = 500\n\n\
+             [failover]\nname = \"{name}\"\ninterface = \"eth0\"\nlease_ttl_s = 2\nfence_margin_ms = 200\ncall_timeout_ms = 700\n{failover_extra}\n\n\
+             [[failover.shard]]\nname = \"web\"\naddresses = [\"{SHARD_ADDRESS}\"]\n\
+             [[failover.shard.route]]\ntable = \"rtb-private\"\ndestination = \"0.0.0.0/0\"\n",
+            pin = Self::pin(i),
+            imds = self.imds[i].port,
+            ec2 = self.ec2_ports[i],
+            etcd = self.etcd.url,
+            name = fo_name(i),
+        )
+    }
+
+    pub fn start_ipnat(&self, i: usize) -> Result<Ipnat> {
+        Ipnat::start(&self.gateways[i], &self.config(i, ""), &Self::pin(i))
+    }
+
+    /// The NIC the fake EC2 says holds the shard's address.
+    pub fn holder(&self) -> Option<String> {
+        self.ec2
+            .nics
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|n| n.addresses.iter().any(|(a, _)| *a == SHARD_ADDRESS))
+            .map(|n| n.id.clone())
+    }
+
+    /// The NIC rtb-private's default route names.
+    pub fn route_target(&self) -> Option<String> {
+        self.ec2
+            .routes
+            .lock()
+            .unwrap()
+            .get(&("rtb-private".to_owned(), "0.0.0.0/0".to_owned()))
+            .cloned()
+    }
+
+    /// Blocks (or unblocks) gateway `i`'s port on the VPC's bridge: to the VPC it is gone.
+    pub fn block(&self, i: usize, blocked: bool) -> Result<()> {
+        let state = if blocked { "0" } else { "3" };
+        self.vpc.run(
+            "bridge",
+            &["link", "set", "dev", &format!("gw{i}"), "state", state],
+        )?;
+        Ok(())
+    }
+}

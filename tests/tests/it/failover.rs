@@ -1,0 +1,187 @@
+//! Cloud failover on AWS (the fake EC2 API and a VPC in namespaces that obeys it, the real
+//! etcd): the primary of a shard dies, the standby is elected, moves the shard's address and
+//! the backends' route to itself through the API, and the connections through the shard's
+//! address survive; faults of the API during the takeover are retried; the old primary,
+//! back, stays standby.
+
+use std::time::{Duration, Instant};
+
+use ipnat_tests::{
+    fakecloud::Ec2Fault,
+    lab::{
+        failover::{FO_BACKEND, FO_INET, FailoverLab, SHARD_ADDRESS, fo_name, fo_nic},
+        fleet_traffic::{Traffic, tcp_downloads},
+        udp_exchange_at,
+    },
+    netns::require_root,
+};
+
+/// A datagram each way through the shard's address: the backend sees the internet host, the
+/// internet host sees the shard's address (never the backend's), in both directions.
+fn translated_both_ways(lab: &FailoverLab, port: u16) {
+    let x = udp_exchange_at(
+        &lab.inet,
+        Some(FO_INET),
+        &lab.backend,
+        FO_BACKEND,
+        SHARD_ADDRESS,
+        port,
+        b"in",
+    )
+    .unwrap();
+    assert_eq!(
+        (x.server_saw_peer.ip(), x.client_saw_peer.ip()),
+        (FO_INET.into(), SHARD_ADDRESS.into())
+    );
+    let x = udp_exchange_at(
+        &lab.backend,
+        Some(FO_BACKEND),
+        &lab.inet,
+        FO_INET,
+        FO_INET,
+        port + 1,
+        b"out",
+    )
+    .unwrap();
+    assert_eq!(
+        x.server_saw_peer.ip(),
+        std::net::IpAddr::from(SHARD_ADDRESS)
+    );
+}
+
+fn shard(section: &serde_json::Value) -> serde_json::Value {
+    section["shards"][0].clone()
+}
+
+#[test]
+fn the_standby_takes_the_shard_over_through_the_api_and_no_connection_is_lost() {
+    require_root();
+    let lab = FailoverLab::new(300).unwrap();
+    let mut a = lab.start_ipnat(0).unwrap();
+    a.wait_status(
+        &lab.gateways[0],
+        "failover",
+        "gw-a leads and took the shard over",
+        |f| {
+            let s = shard(f);
+            s["role"] == "leader" && s["last_takeover"]["result"] == "ok"
+        },
+    );
+    let b = lab.start_ipnat(1).unwrap();
+    b.wait_status(
+        &lab.gateways[1],
+        "failover",
+        "gw-b stands by behind gw-a",
+        |f| {
+            let s = shard(f);
+            s["role"] == "standby" && s["leader"] == fo_name(0)
+        },
+    );
+    // gw-a took over what it already held: nothing moved.
+    assert_eq!(lab.holder().as_deref(), Some("eni-a"));
+    assert!(lab.ec2.moves.lock().unwrap().is_empty());
+    translated_both_ways(&lab, 7000);
+
+    // Inbound downloads from the backend through the shard's address, outbound downloads
+    // from the internet by the backend, and a UDP stream; the primary dies 2 s in.
+    let traffic = Traffic::start(
+        &lab.inet,
+        &[FO_INET],
+        &lab.backend,
+        (SHARD_ADDRESS, FO_BACKEND),
+        8100,
+        (8, 4 << 20, Duration::from_millis(20)),
+        (1, 200, 9.0),
+    )
+    .unwrap();
+    let outbound = tcp_downloads(
+        &lab.backend,
+        &[FO_BACKEND],
+        &lab.inet,
+        (FO_INET, FO_INET),
+        8200,
+        8,
+        4 << 20,
+        Duration::from_millis(20),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    // The API throttles the first move, answers the second with an error although it made
+    // it, and fails the first route change: each is retried, and nothing moves twice.
+    lab.ec2.faults.lock().unwrap().extend([
+        ("AssignPrivateIpAddresses".to_owned(), Ec2Fault::Throttle),
+        (
+            "AssignPrivateIpAddresses".to_owned(),
+            Ec2Fault::DoneButError,
+        ),
+        ("ReplaceRoute".to_owned(), Ec2Fault::ServerError),
+    ]);
+    let killed = Instant::now();
+    a.kill().unwrap();
+    lab.block(0, true).unwrap();
+    let deadline = killed + Duration::from_secs(20);
+    while !(lab.holder().as_deref() == Some("eni-b")
+        && lab.route_target().as_deref() == Some("eni-b"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no takeover 20 s after the primary died"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let moved = killed.elapsed();
+    let status = b.wait_status(&lab.gateways[1], "failover", "gw-b leads", |f| {
+        let s = shard(f);
+        s["role"] == "leader" && s["last_takeover"]["result"] == "ok"
+    });
+    let report = traffic.join().unwrap();
+    let out = outbound.join().unwrap();
+    eprintln!(
+        "takeover: the API holds the address and route on gw-b {} ms after gw-a died; gw-b's record: {}; inbound TCP {}; outbound TCP {} of {}; UDP {}",
+        moved.as_millis(),
+        shard(&status)["last_takeover"],
+        report.downloads.summary(),
+        out.complete,
+        out.connections,
+        format!("{:?}", report.flows[0])
+    );
+    assert_eq!(report.downloads.complete, 8, "{:?}", report.downloads);
+    assert_eq!(out.complete, 8, "{out:?}");
+    assert_eq!(shard(&status)["last_takeover"]["report"]["retries"], 3);
+    let moves: Vec<String> = lab
+        .ec2
+        .moves
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|m| m.what.clone())
+        .collect();
+    assert_eq!(
+        moves,
+        [
+            format!("{SHARD_ADDRESS} eni-a -> eni-b"),
+            "rtb-private 0.0.0.0/0 eni-a -> eni-b".to_owned()
+        ]
+    );
+    translated_both_ways(&lab, 7002);
+    // The address is on gw-b's interface (its sync ran at once).
+    let addrs = lab.gateways[1]
+        .ip(&["-4", "addr", "show", "dev", "eth0"])
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&addrs.stdout).contains(&format!("{SHARD_ADDRESS}/24")),
+        "{}",
+        String::from_utf8_lossy(&addrs.stdout)
+    );
+
+    // gw-a comes back: it stands by behind gw-b and moves nothing back.
+    lab.block(0, false).unwrap();
+    let a2 = lab.start_ipnat(0).unwrap();
+    a2.wait_status(&lab.gateways[0], "failover", "gw-a, back, stands by", |f| {
+        let s = shard(f);
+        s["role"] == "standby" && s["leader"] == fo_name(1)
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(lab.ec2.moves.lock().unwrap().len(), 2, "nothing moved back");
+    assert_eq!(lab.holder(), Some(fo_nic(1)));
+}
