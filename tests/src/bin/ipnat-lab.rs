@@ -24,7 +24,7 @@ use ipnat_tests::{
     netns::require_root,
 };
 
-const USAGE: &str = "usage: ipnat-lab [--part 1|2|3|4|5]   (cargo xtask lab [--part N])
+const USAGE: &str = "usage: ipnat-lab [--part 1|2|3|4|5|6]   (cargo xtask lab [--part N])
 
 Runs ipnat in a simulated cloud made of network namespaces, and takes it all down again.
   --part 1   a gateway's one-to-one NAT of an elastic IP
@@ -32,13 +32,16 @@ Runs ipnat in a simulated cloud made of network namespaces, and takes it all dow
   --part 3   a second NIC's addresses, steered from the cloud's metadata (no ip rule)
   --part 4   a fleet of three gateways: one table in etcd, ECMP via bird with BFD, a gateway dies
   --part 5   the same fleet, ipnat against conntrack NAT gateways, steady and a gateway dying
-Without --part, all five, in that order.";
+  --part 6   cloud failover in a VPC: the standby takes the EIP's address over through the API
+Without --part, all six, in that order.";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let parts: Vec<u8> = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
-        [] => vec![1, 2, 3, 4, 5],
-        ["--part", n] if matches!(n, "1" | "2" | "3" | "4" | "5") => vec![n.parse().unwrap()],
+        [] => vec![1, 2, 3, 4, 5, 6],
+        ["--part", n] if matches!(n, "1" | "2" | "3" | "4" | "5" | "6") => {
+            vec![n.parse().unwrap()]
+        }
         ["--help" | "-h"] => {
             println!("{USAGE}");
             return;
@@ -58,7 +61,8 @@ fn main() {
             2 => host_lab(),
             3 => steer_lab(),
             4 => fleet_lab(),
-            _ => comparison_lab(),
+            5 => comparison_lab(),
+            _ => failover_lab(),
         };
         if let Err(e) = result {
             eprintln!("lab failed: {e:#}");
@@ -1041,5 +1045,121 @@ fn comparison_lab() -> Result<()> {
         })?;
     }
     say("\nlab done: taking it all down");
+    Ok(())
+}
+
+fn failover_lab() -> Result<()> {
+    use ipnat_tests::lab::failover::{
+        FO_BACKEND, FO_INET, FailoverLab, SHARD_ADDRESS, SecurityGroup, fo_name, fo_nic,
+    };
+    say("== ipnat lab, part 6: cloud failover in a VPC (fake EC2 API, real etcd) ==\n");
+    say(
+        "  internet 203.0.113.10 -- [VPC] -- gw-a (eni-a) | gw-b (eni-b) -- backend 10.0.1.20\n\n  \
+         The shard's address 10.0.0.50 (a NAT-mode EIP's) is on the leader's NIC; the backends'\n  \
+         route table (rtb-private) points at it. The leader is elected in etcd on a 2 s lease;\n  \
+         when it dies, the standby moves the address (AssignPrivateIpAddresses, AllowReassignment)\n  \
+         and the route (ReplaceRoute) to itself; the fake VPC delivers there 300 ms later.\n  \
+         Security groups allow everything both ways (untracked).\n",
+    );
+    let lab = FailoverLab::new(300, SecurityGroup::Untracked)?;
+    let mut gws: Vec<Option<Ipnat>> = vec![Some(lab.start_ipnat(0)?), None];
+    let leads = |i: usize, g: &Ipnat| {
+        g.wait_status(&lab.gateways[i], "failover", "leading", |f| {
+            f["shards"][0]["role"] == "leader" && f["shards"][0]["last_takeover"]["result"] == "ok"
+        })
+    };
+    let stands_by = |i: usize, g: &Ipnat, leader: usize| {
+        g.wait_status(&lab.gateways[i], "failover", "standing by", |f| {
+            f["shards"][0]["role"] == "standby" && f["shards"][0]["leader"] == fo_name(leader)
+        })
+    };
+    leads(0, gws[0].as_ref().expect("started"));
+    gws[1] = Some(lab.start_ipnat(1)?);
+    stands_by(1, gws[1].as_ref().expect("started"), 0);
+    say("[1/2] gw-a leads the shard, gw-b stands by");
+    say(
+        "\n[2/2] ten failovers, each under 4 TCP downloads and a UDP stream (200/s) through 10.0.0.50:",
+    );
+    let (mut moved, mut gaps, mut elected) = (Vec::new(), Vec::new(), Vec::new());
+    let mut leader = 0usize;
+    for round in 0..10 {
+        let standby = 1 - leader;
+        let port = 8100 + (round as u16) * 4;
+        let traffic = Traffic::start(
+            &lab.inet,
+            &[FO_INET],
+            &lab.backend,
+            (SHARD_ADDRESS, FO_BACKEND),
+            port,
+            (4, 2 << 20, Duration::from_millis(20)),
+            (1, 200, 8.0),
+        )?;
+        std::thread::sleep(Duration::from_secs(2));
+        let killed = std::time::Instant::now();
+        gws[leader].as_mut().expect("running").kill()?;
+        lab.block(leader, true)?;
+        while !(lab.holder() == Some(fo_nic(standby))
+            && lab.route_target() == Some(fo_nic(standby)))
+        {
+            if killed.elapsed() > Duration::from_secs(20) {
+                bail!("round {round}: no takeover after 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let took = killed.elapsed().as_secs_f64() * 1000.0;
+        let st = leads(standby, gws[standby].as_ref().expect("running"));
+        let r = traffic.join()?;
+        let gap = r.longest_gap_ms();
+        let in_takeover = st["shards"][0]["last_takeover"]["duration_ms"]
+            .as_f64()
+            .unwrap_or(0.0);
+        say(&format!(
+            "      {:>2}: {} died; the API holds the address and route on {} after {:.0} ms (of which the takeover's calls {:.0} ms); UDP lost {:.0} ms; TCP {}",
+            round + 1,
+            fo_name(leader),
+            fo_nic(standby),
+            took,
+            in_takeover,
+            gap,
+            r.downloads.summary()
+        ));
+        if r.downloads.complete != r.downloads.connections {
+            bail!(
+                "round {round}: a download did not complete: {:?}",
+                r.downloads
+            );
+        }
+        moved.push(took);
+        gaps.push(gap);
+        elected.push(in_takeover);
+        // The dead gateway comes back and stands by.
+        lab.block(leader, false)?;
+        drop(gws[leader].take());
+        gws[leader] = Some(lab.start_ipnat(leader)?);
+        stands_by(leader, gws[leader].as_ref().expect("running"), standby);
+        leader = standby;
+    }
+    for v in [&mut moved, &mut gaps, &mut elected] {
+        v.sort_by(f64::total_cmp);
+    }
+    say(&format!(
+        "\n      over 10 failovers: death to the API's move p50 {:.0} ms, max {:.0} ms (lease 2 s: etcd frees the dead\n      \
+         leader's key when its lease expires); the takeover's calls p50 {:.0} ms, max {:.0} ms; UDP loss window p50 {:.0} ms,\n      \
+         max {:.0} ms (plus the fake VPC's 300 ms); every TCP download complete, none reset",
+        percentile(&moved, 0.5),
+        moved[moved.len() - 1],
+        percentile(&elected, 0.5),
+        elected[elected.len() - 1],
+        percentile(&gaps, 0.5),
+        gaps[gaps.len() - 1]
+    ));
+    let moves = lab.ec2.moves.lock().unwrap().len();
+    say(&format!(
+        "      the fake EC2 recorded {moves} moves: one of the address and one of the route per failover, none back and forth"
+    ));
+    if moves != 20 {
+        bail!("expected 20 moves, the API saw {moves}");
+    }
+    say("\ndone: the lab's namespaces, etcd and ipnat are removed when it exits.");
     Ok(())
 }
