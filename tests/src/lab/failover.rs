@@ -40,7 +40,99 @@ pub fn fo_nic(i: usize) -> String {
     format!("eni-{}", ["a", "b"][i])
 }
 
+/// The gateways' security groups, stateful per NIC like both clouds' (connections tracked on
+/// each NIC on its own), modelled by a bridge with conntrack between each gateway and the VPC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecurityGroup {
+    /// Every protocol from and to anywhere allowed both ways: the cloud tracks nothing, each
+    /// packet passes on its own, whichever NIC holds the address now.
+    Untracked,
+    /// Inbound: the VPC (10.0.0.0/16) and the services' ports (TCP and UDP 8100-8199) from
+    /// anywhere; outbound: everything, tracked, so that replies come back in. A NIC admits a
+    /// reply only to a connection it saw open (TCP from its SYN: `nf_conntrack_tcp_loose = 0`).
+    Tracked,
+}
+
+impl SecurityGroup {
+    fn apply(self, sg: &Netns) -> Result<()> {
+        if self == SecurityGroup::Untracked {
+            return Ok(());
+        }
+        sg.sysctl("net.bridge.bridge-nf-call-iptables", "1")?;
+        sg.sysctl("net.netfilter.nf_conntrack_tcp_loose", "0")?;
+        let rules: [&[&str]; 6] = [
+            &["-P", "FORWARD", "DROP"],
+            &[
+                "-A",
+                "FORWARD",
+                "-m",
+                "physdev",
+                "--physdev-in",
+                "nic",
+                "-j",
+                "ACCEPT",
+            ],
+            &[
+                "-A",
+                "FORWARD",
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "ESTABLISHED,RELATED",
+                "-j",
+                "ACCEPT",
+            ],
+            &[
+                "-A",
+                "FORWARD",
+                "-m",
+                "physdev",
+                "--physdev-in",
+                "uplink",
+                "-s",
+                "10.0.0.0/16",
+                "-j",
+                "ACCEPT",
+            ],
+            &[
+                "-A",
+                "FORWARD",
+                "-m",
+                "physdev",
+                "--physdev-in",
+                "uplink",
+                "-p",
+                "tcp",
+                "--dport",
+                "8100:8199",
+                "-j",
+                "ACCEPT",
+            ],
+            &[
+                "-A",
+                "FORWARD",
+                "-m",
+                "physdev",
+                "--physdev-in",
+                "uplink",
+                "-p",
+                "udp",
+                "--dport",
+                "8100:8199",
+                "-j",
+                "ACCEPT",
+            ],
+        ];
+        for r in rules {
+            sg.run("iptables", r)?;
+        }
+        Ok(())
+    }
+}
+
 pub struct FailoverLab {
+    /// Each gateway's security group (a namespace bridging its NIC to the VPC).
+    pub groups: Vec<Netns>,
     pub vpc: Netns,
     pub inet: Netns,
     pub backend: Netns,
@@ -57,7 +149,7 @@ pub struct FailoverLab {
 impl FailoverLab {
     /// The VPC, with the shard's address on gw-a's NIC and the backends' route through it;
     /// the fake EC2 moves things `delay_ms` after a call.
-    pub fn new(delay_ms: u64) -> Result<Self> {
+    pub fn new(delay_ms: u64, group: SecurityGroup) -> Result<Self> {
         let vpc = Netns::new("fo-vpc")?;
         let inet = Netns::new("fo-inet")?;
         let backend = Netns::new("fo-be")?;
@@ -86,9 +178,20 @@ impl FailoverLab {
         ethtool_tx_off(&backend, "eth0")?;
         let mut gateways = Vec::new();
         let mut macs = Vec::new();
+        let mut groups = Vec::new();
         for i in 0..2 {
             let gw = Netns::new(&format!("fo-gw{i}"))?;
-            veth(&gw, "eth0", &vpc, &format!("gw{i}"))?;
+            // The NIC's security group, where the cloud enforces it: between the instance and
+            // the VPC (see [`SecurityGroup`]).
+            let sg = Netns::new(&format!("fo-sg{i}"))?;
+            veth(&gw, "eth0", &sg, "nic")?;
+            veth(&sg, "uplink", &vpc, &format!("gw{i}"))?;
+            sg.ip(&["link", "add", "sgbr", "type", "bridge"])?;
+            sg.ip(&["link", "set", "nic", "master", "sgbr"])?;
+            sg.ip(&["link", "set", "uplink", "master", "sgbr"])?;
+            sg.ip(&["link", "set", "sgbr", "up"])?;
+            group.apply(&sg)?;
+            groups.push(sg);
             vpc.ip(&["link", "set", &format!("gw{i}"), "master", "br0"])?;
             gw.ip(&[
                 "addr",
@@ -147,6 +250,7 @@ impl FailoverLab {
         }
         let etcd = EtcdServer::start_at(&vpc, VPC_ROUTER, 2379)?;
         let lab = FailoverLab {
+            groups,
             vpc,
             inet,
             backend,

@@ -9,8 +9,11 @@ use std::time::{Duration, Instant};
 use ipnat_tests::{
     fakecloud::Ec2Fault,
     lab::{
-        failover::{FO_BACKEND, FO_INET, FailoverLab, SHARD_ADDRESS, fo_name, fo_nic},
-        fleet_traffic::{Traffic, tcp_downloads},
+        Ipnat,
+        failover::{
+            FO_BACKEND, FO_INET, FailoverLab, SHARD_ADDRESS, SecurityGroup, fo_name, fo_nic,
+        },
+        fleet_traffic::{DownloadReport, Traffic, TrafficReport, tcp_downloads},
         udp_exchange_at,
     },
     netns::require_root,
@@ -53,11 +56,9 @@ fn shard(section: &serde_json::Value) -> serde_json::Value {
     section["shards"][0].clone()
 }
 
-#[test]
-fn the_standby_takes_the_shard_over_through_the_api_and_no_connection_is_lost() {
-    require_root();
-    let lab = FailoverLab::new(300).unwrap();
-    let mut a = lab.start_ipnat(0).unwrap();
+/// gw-a started and leading the shard, gw-b standing by behind it.
+fn pair(lab: &FailoverLab) -> (Ipnat, Ipnat) {
+    let a = lab.start_ipnat(0).unwrap();
     a.wait_status(
         &lab.gateways[0],
         "failover",
@@ -77,19 +78,29 @@ fn the_standby_takes_the_shard_over_through_the_api_and_no_connection_is_lost() 
             s["role"] == "standby" && s["leader"] == fo_name(0)
         },
     );
-    // gw-a took over what it already held: nothing moved.
-    assert_eq!(lab.holder().as_deref(), Some("eni-a"));
-    assert!(lab.ec2.moves.lock().unwrap().is_empty());
-    translated_both_ways(&lab, 7000);
+    (a, b)
+}
 
-    // Inbound downloads from the backend through the shard's address, outbound downloads
-    // from the internet by the backend, and a UDP stream; the primary dies 2 s in.
+/// What a failover under traffic showed.
+struct Failover {
+    inbound: TrafficReport,
+    outbound: DownloadReport,
+    /// From the primary's death until the API holds the address and the route on gw-b.
+    moved: Duration,
+    /// gw-b's status of the shard once it leads.
+    shard: serde_json::Value,
+}
+
+/// 8 downloads from the backend through the shard's address (inbound), 8 downloads from the
+/// internet by the backend (outbound), a UDP stream inbound; 2 s in, gw-a dies: its controller
+/// SIGKILLed and its NIC gone from the VPC (its bridge port blocked).
+fn primary_dies_under_traffic(lab: &FailoverLab, a: &mut Ipnat, b: &Ipnat, port: u16) -> Failover {
     let traffic = Traffic::start(
         &lab.inet,
         &[FO_INET],
         &lab.backend,
         (SHARD_ADDRESS, FO_BACKEND),
-        8100,
+        port,
         (8, 4 << 20, Duration::from_millis(20)),
         (1, 200, 9.0),
     )
@@ -99,23 +110,13 @@ fn the_standby_takes_the_shard_over_through_the_api_and_no_connection_is_lost() 
         &[FO_BACKEND],
         &lab.inet,
         (FO_INET, FO_INET),
-        8200,
+        port + 100,
         8,
         4 << 20,
         Duration::from_millis(20),
     )
     .unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    // The API throttles the first move, answers the second with an error although it made
-    // it, and fails the first route change: each is retried, and nothing moves twice.
-    lab.ec2.faults.lock().unwrap().extend([
-        ("AssignPrivateIpAddresses".to_owned(), Ec2Fault::Throttle),
-        (
-            "AssignPrivateIpAddresses".to_owned(),
-            Ec2Fault::DoneButError,
-        ),
-        ("ReplaceRoute".to_owned(), Ec2Fault::ServerError),
-    ]);
     let killed = Instant::now();
     a.kill().unwrap();
     lab.block(0, true).unwrap();
@@ -134,36 +135,64 @@ fn the_standby_takes_the_shard_over_through_the_api_and_no_connection_is_lost() 
         let s = shard(f);
         s["role"] == "leader" && s["last_takeover"]["result"] == "ok"
     });
-    let report = traffic.join().unwrap();
-    let out = outbound.join().unwrap();
+    let f = Failover {
+        inbound: traffic.join().unwrap(),
+        outbound: outbound.join().unwrap(),
+        moved,
+        shard: shard(&status),
+    };
     eprintln!(
-        "takeover: the API holds the address and route on gw-b {} ms after gw-a died; gw-b's record: {}; inbound TCP {}; outbound TCP {} of {}; UDP {}",
-        moved.as_millis(),
-        shard(&status)["last_takeover"],
-        report.downloads.summary(),
-        out.complete,
-        out.connections,
-        format!("{:?}", report.flows[0])
+        "takeover: the API holds the address and route on gw-b {} ms after gw-a died; gw-b's record: {}; inbound TCP {}; outbound TCP {:?}; UDP {:?}",
+        f.moved.as_millis(),
+        f.shard["last_takeover"],
+        f.inbound.downloads.summary(),
+        f.outbound,
+        f.inbound.flows[0]
     );
-    assert_eq!(report.downloads.complete, 8, "{:?}", report.downloads);
-    assert_eq!(out.complete, 8, "{out:?}");
-    assert_eq!(shard(&status)["last_takeover"]["report"]["retries"], 3);
-    let moves: Vec<String> = lab
-        .ec2
+    f
+}
+
+fn moves(lab: &FailoverLab) -> Vec<String> {
+    lab.ec2
         .moves
         .lock()
         .unwrap()
         .iter()
         .map(|m| m.what.clone())
-        .collect();
+        .collect()
+}
+
+#[test]
+fn the_standby_takes_the_shard_over_through_the_api_and_no_connection_is_lost() {
+    require_root();
+    let lab = FailoverLab::new(300, SecurityGroup::Untracked).unwrap();
+    let (mut a, b) = pair(&lab);
+    // gw-a took over what it already held: nothing moved.
+    assert_eq!(lab.holder().as_deref(), Some("eni-a"));
+    assert!(moves(&lab).is_empty());
+    translated_both_ways(&lab, 8190);
+    // The API throttles the first move, answers the second with an error although it made
+    // it, and fails the first route change: each is retried, and nothing moves twice.
+    lab.ec2.faults.lock().unwrap().extend([
+        ("AssignPrivateIpAddresses".to_owned(), Ec2Fault::Throttle),
+        (
+            "AssignPrivateIpAddresses".to_owned(),
+            Ec2Fault::DoneButError,
+        ),
+        ("ReplaceRoute".to_owned(), Ec2Fault::ServerError),
+    ]);
+    let f = primary_dies_under_traffic(&lab, &mut a, &b, 8100);
+    assert_eq!(f.inbound.downloads.complete, 8, "{:?}", f.inbound.downloads);
+    assert_eq!(f.outbound.complete, 8, "{:?}", f.outbound);
+    assert_eq!(f.shard["last_takeover"]["report"]["retries"], 3);
     assert_eq!(
-        moves,
+        moves(&lab),
         [
             format!("{SHARD_ADDRESS} eni-a -> eni-b"),
             "rtb-private 0.0.0.0/0 eni-a -> eni-b".to_owned()
         ]
     );
-    translated_both_ways(&lab, 7002);
+    translated_both_ways(&lab, 8192);
     // The address is on gw-b's interface (its sync ran at once).
     let addrs = lab.gateways[1]
         .ip(&["-4", "addr", "show", "dev", "eth0"])
@@ -182,6 +211,42 @@ fn the_standby_takes_the_shard_over_through_the_api_and_no_connection_is_lost() 
         s["role"] == "standby" && s["leader"] == fo_name(1)
     });
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(lab.ec2.moves.lock().unwrap().len(), 2, "nothing moved back");
+    assert_eq!(moves(&lab).len(), 2, "nothing moved back");
     assert_eq!(lab.holder(), Some(fo_nic(1)));
+}
+
+/// With security groups that track connections per NIC, what the move breaks: replies to
+/// connections the backends opened through gw-a reach gw-b's NIC, which never saw them open,
+/// and are dropped. Connections to the services survive (the group admits them by their
+/// ports on any NIC), and new connections through gw-b work.
+#[test]
+fn with_tracked_security_groups_the_backends_connections_to_the_internet_break_on_a_move() {
+    require_root();
+    let lab = FailoverLab::new(300, SecurityGroup::Tracked).unwrap();
+    let (mut a, b) = pair(&lab);
+    translated_both_ways(&lab, 8190);
+    let f = primary_dies_under_traffic(&lab, &mut a, &b, 8100);
+    assert_eq!(f.inbound.downloads.complete, 8, "{:?}", f.inbound.downloads);
+    assert_eq!(
+        f.outbound.complete, 0,
+        "replies to the backends' connections are dropped by gw-b's group: {:?}",
+        f.outbound
+    );
+    assert_eq!(f.outbound.resets, 0, "{:?}", f.outbound);
+    // Seen open through gw-b's NIC, a connection works.
+    translated_both_ways(&lab, 8192);
+    let again = tcp_downloads(
+        &lab.backend,
+        &[FO_BACKEND],
+        &lab.inet,
+        (FO_INET, FO_INET),
+        8300,
+        2,
+        1 << 20,
+        Duration::ZERO,
+    )
+    .unwrap()
+    .join()
+    .unwrap();
+    assert_eq!(again.complete, 2, "{again:?}");
 }
