@@ -81,11 +81,12 @@ enum Task {
     /// Set up, build, then show ipnat at work in a simulated cloud made of network namespaces:
     /// part 1 a gateway's 1:1 NAT, part 2 host orientation, part 3 a second NIC's addresses
     /// steered from the cloud's metadata, part 4 a fleet of three gateways (etcd, bird, ECMP,
-    /// a gateway dying under traffic), part 5 that fleet against conntrack NAT gateways. All
-    /// five, or one with `--part N`.
+    /// a gateway dying under traffic), part 5 that fleet against conntrack NAT gateways, part 6
+    /// cloud failover in a VPC (ten failovers through the fake EC2 API). All six, or one with
+    /// `--part N`.
     Lab {
-        /// Run only this part (1 to 5).
-        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=5))]
+        /// Run only this part (1 to 6).
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=6))]
         part: Option<u8>,
     },
     /// Set up, build (release), then run `ipnat bench ARGS` (per-packet cost; see `ipnat bench

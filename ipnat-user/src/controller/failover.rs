@@ -42,6 +42,11 @@ pub fn spawn(config: &Config, sync_now: UnboundedSender<()>) {
             })
             .collect(),
     }));
+    // Recorded at once: what an earlier run recorded (a leadership that died with it) must
+    // not be shown as this run's.
+    if let Err(e) = state.lock().expect("not poisoned").save(&config.pin_path) {
+        warn!("recording the failover state: {e}");
+    }
     for (i, shard) in f.shards.iter().enumerate() {
         let task = ShardTask {
             index: i,

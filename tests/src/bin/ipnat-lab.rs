@@ -1144,8 +1144,8 @@ fn failover_lab() -> Result<()> {
     }
     say(&format!(
         "\n      over 10 failovers: death to the API's move p50 {:.0} ms, max {:.0} ms (lease 2 s: etcd frees the dead\n      \
-         leader's key when its lease expires); the takeover's calls p50 {:.0} ms, max {:.0} ms; UDP loss window p50 {:.0} ms,\n      \
-         max {:.0} ms (plus the fake VPC's 300 ms); every TCP download complete, none reset",
+         leader's key when its lease expires); the takeover's calls p50 {:.0} ms, max {:.0} ms (mostly waiting for the\n      \
+         metadata to show the move); UDP loss window p50 {:.0} ms, max {:.0} ms; every TCP download complete, none reset",
         percentile(&moved, 0.5),
         moved[moved.len() - 1],
         percentile(&elected, 0.5),

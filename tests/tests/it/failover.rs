@@ -250,3 +250,105 @@ fn with_tracked_security_groups_the_backends_connections_to_the_internet_break_o
     .unwrap();
     assert_eq!(again.complete, 2, "{again:?}");
 }
+
+/// What the API was asked to change (every call but the reads).
+fn changes_asked(lab: &FailoverLab) -> Vec<String> {
+    lab.ec2
+        .actions
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|a| !a.starts_with("Describe"))
+        .cloned()
+        .collect()
+}
+
+/// A gateway that could not take its shard over does not campaign, says why in status, and
+/// asks the API to change nothing: its NIC's source/destination check on, the shard's address
+/// on no NIC of the VPC, the address in another subnet than its NIC.
+#[test]
+fn a_gateway_that_could_not_take_its_shard_over_is_refused_before_any_change() {
+    require_root();
+    let lab = FailoverLab::new(0, SecurityGroup::Untracked).unwrap();
+    let nic = |id: &str, f: &dyn Fn(&mut ipnat_tests::fakecloud::FakeEc2Nic)| {
+        let mut nics = lab.ec2.nics.lock().unwrap();
+        f(nics.iter_mut().find(|n| n.id == id).unwrap());
+    };
+    let refused = |i: usize, says: &str| {
+        let g = lab.start_ipnat(i).unwrap();
+        let st = g.wait_status(&lab.gateways[i], "failover", "refused", |f| {
+            shard(f)["role"] == "refused"
+        });
+        let detail = shard(&st)["detail"].as_str().unwrap_or("").to_owned();
+        assert!(detail.contains(says), "{detail}");
+        drop(g);
+    };
+    nic("eni-a", &|n| n.source_dest_check = true);
+    refused(0, "source/destination check is on for eni-a");
+    nic("eni-a", &|n| n.source_dest_check = false);
+    // gw-b's NIC in another subnet than the address's.
+    nic("eni-b", &|n| n.subnet = "subnet-other".into());
+    refused(1, "addresses move within one subnet");
+    nic("eni-b", &|n| n.subnet = "subnet-public".into());
+    // The address on no NIC at all.
+    nic("eni-a", &|n| n.addresses.truncate(1));
+    refused(1, "no NIC in vpc-1 holds 10.0.0.50");
+    assert_eq!(changes_asked(&lab), Vec::<String>::new());
+    assert!(moves(&lab).is_empty());
+}
+
+/// The new leader dies half-way through its takeover (the address moved, the route not yet:
+/// the API throttles it): the next leader finishes the job, whatever was done before.
+#[test]
+fn a_takeover_interrupted_half_way_is_finished_by_the_next_leader() {
+    require_root();
+    let lab = FailoverLab::new(100, SecurityGroup::Untracked).unwrap();
+    let (mut a, mut b) = pair(&lab);
+    lab.ec2
+        .faults
+        .lock()
+        .unwrap()
+        .extend((0..100).map(|_| ("ReplaceRoute".to_owned(), Ec2Fault::Throttle)));
+    a.kill().unwrap();
+    lab.block(0, true).unwrap();
+    // gw-b moved the address and is stuck retrying the route: it dies there.
+    b.wait_status(&lab.gateways[1], "failover", "gw-b leads", |f| {
+        shard(f)["role"] == "leader"
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(lab.holder().as_deref() == Some("eni-b")
+        && changes_asked(&lab)
+            .iter()
+            .filter(|a| *a == "ReplaceRoute")
+            .count()
+            >= 2)
+    {
+        assert!(Instant::now() < deadline, "gw-b never got to the route");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    b.kill().unwrap();
+    lab.block(1, true).unwrap();
+    assert_eq!(
+        lab.route_target().as_deref(),
+        Some("eni-a"),
+        "not moved yet"
+    );
+    lab.ec2.faults.lock().unwrap().clear();
+    // gw-a comes back, is elected (gw-b's lease expires), and finishes: the address comes
+    // back to its NIC, the route is where it should be.
+    lab.block(0, false).unwrap();
+    let a2 = lab.start_ipnat(0).unwrap();
+    let st = a2.wait_status(&lab.gateways[0], "failover", "gw-a leads again", |f| {
+        shard(f)["role"] == "leader" && shard(f)["last_takeover"]["result"] == "ok"
+    });
+    assert_eq!(lab.holder().as_deref(), Some("eni-a"), "{st}");
+    assert_eq!(lab.route_target().as_deref(), Some("eni-a"));
+    assert_eq!(
+        moves(&lab),
+        [
+            format!("{SHARD_ADDRESS} eni-a -> eni-b"),
+            format!("{SHARD_ADDRESS} eni-b -> eni-a"),
+        ]
+    );
+    translated_both_ways(&lab, 8190);
+}

@@ -27,6 +27,12 @@ fn the_lab_runs_all_three_parts_and_shows_what_ipnat_did() {
         "lab failed: {}\n{text}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Part six: ten failovers, each move made once.
+    assert!(
+        text.contains("over 10 failovers: death to the API's move"),
+        "{text}"
+    );
+    assert!(text.contains("the fake EC2 recorded 20 moves"), "{text}");
     // Part one: the backend saw the internet host through the EIP.
     assert!(text.contains("backend accepted GET / HTTP/1.0"), "{text}");
     // Part two: the instance's service saw its EIP as its own address.
