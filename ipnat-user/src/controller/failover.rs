@@ -38,6 +38,7 @@ pub fn spawn(config: &Config, sync_now: UnboundedSender<()>) {
             .map(|s| ShardState {
                 name: s.name.clone(),
                 role: "connecting".into(),
+                role_since_unix_ms: unix_ms(),
                 ..Default::default()
             })
             .collect(),
@@ -79,7 +80,15 @@ impl ShardTask {
     /// Changes this shard's entry and records the whole state for `ipnat status`.
     fn update(&self, f: impl FnOnce(&mut ShardState)) {
         let mut state = self.state.lock().expect("not poisoned");
-        f(&mut state.shards[self.index]);
+        let shard = &mut state.shards[self.index];
+        let was = shard.role.clone();
+        f(shard);
+        if shard.role != was {
+            shard.role_since_unix_ms = unix_ms();
+            if was == "leader" {
+                shard.led_until_unix_ms = shard.role_since_unix_ms;
+            }
+        }
         if let Err(e) = state.save(&self.pin_path) {
             warn!("recording the failover state: {e}");
         }

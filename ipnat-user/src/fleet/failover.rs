@@ -21,6 +21,12 @@ pub struct ShardState {
     /// `leader`, `standby` (campaigning), `refused` (a preflight found it could not take the
     /// shard over: it does not campaign) or `connecting` (to etcd).
     pub role: String,
+    /// When it took that role (Unix milliseconds).
+    #[serde(default)]
+    pub role_since_unix_ms: u64,
+    /// When this gateway last stopped leading it (Unix milliseconds; 0: never did).
+    #[serde(default)]
+    pub led_until_unix_ms: u64,
     /// Who leads the shard, as last seen.
     pub leader: Option<String>,
     /// Why it is refused, or the last error.

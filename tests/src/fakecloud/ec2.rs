@@ -122,8 +122,8 @@ pub struct FakeEc2 {
     pub faults: Arc<Mutex<Vec<(String, Ec2Fault)>>>,
     /// Every move of an address or a route, in order.
     pub moves: Arc<Mutex<Vec<Ec2Move>>>,
-    /// Every action called (signed correctly), in order.
-    pub actions: Arc<Mutex<Vec<String>>>,
+    /// Every action called (signed correctly), in order, with when it arrived.
+    pub actions: Arc<Mutex<Vec<(String, std::time::SystemTime)>>>,
     /// How long after a change the hooks see it (the VPC's delivery follows).
     pub delay_ms: Arc<std::sync::atomic::AtomicU64>,
     pub hooks: Arc<Mutex<Vec<Ec2Hook>>>,
@@ -214,7 +214,10 @@ impl FakeEc2 {
         }
         *self.calls.lock().unwrap() += 1;
         let action = form.get("Action").cloned().unwrap_or_default();
-        self.actions.lock().unwrap().push(action.clone());
+        self.actions
+            .lock()
+            .unwrap()
+            .push((action.clone(), std::time::SystemTime::now()));
         let fault = {
             let mut faults = self.faults.lock().unwrap();
             faults

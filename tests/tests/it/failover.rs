@@ -258,8 +258,8 @@ fn changes_asked(lab: &FailoverLab) -> Vec<String> {
         .lock()
         .unwrap()
         .iter()
-        .filter(|a| !a.starts_with("Describe"))
-        .cloned()
+        .filter(|(a, _)| !a.starts_with("Describe"))
+        .map(|(a, _)| a.clone())
         .collect()
 }
 
@@ -350,5 +350,78 @@ fn a_takeover_interrupted_half_way_is_finished_by_the_next_leader() {
             format!("{SHARD_ADDRESS} eni-b -> eni-a"),
         ]
     );
+    translated_both_ways(&lab, 8190);
+}
+
+/// The leader cut off from etcd (not from the VPC) stops claiming the shard before etcd can
+/// elect another (its fence: the send time of its last acknowledged renewal + TTL - margin),
+/// so the two never claim it at once; the new leader moves it; back in touch, the old one
+/// stands by.
+#[test]
+fn a_leader_cut_off_from_etcd_stops_claiming_before_another_is_elected() {
+    require_root();
+    let lab = FailoverLab::new(100, SecurityGroup::Untracked).unwrap();
+    let (a, b) = pair(&lab);
+    let etcd_port = lab.etcd.url.rsplit(':').next().unwrap().to_owned();
+    let cut = |on: bool| {
+        lab.gateways[0]
+            .run(
+                "iptables",
+                &[
+                    if on { "-I" } else { "-D" },
+                    "OUTPUT",
+                    "-p",
+                    "tcp",
+                    "--dport",
+                    &etcd_port,
+                    "-j",
+                    "DROP",
+                ],
+            )
+            .unwrap();
+    };
+    cut(true);
+    let cut_at = std::time::SystemTime::now();
+    let st = b.wait_status(&lab.gateways[1], "failover", "gw-b leads", |f| {
+        shard(f)["role"] == "leader" && shard(f)["last_takeover"]["result"] == "ok"
+    });
+    let old = a.wait_status(
+        &lab.gateways[0],
+        "failover",
+        "gw-a gave the shard up",
+        |f| shard(f)["role"] != "leader",
+    );
+    let ms = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+    };
+    let stopped = shard(&old)["led_until_unix_ms"].as_i64().unwrap();
+    let first_change = lab
+        .ec2
+        .actions
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(a, t)| !a.starts_with("Describe") && *t > cut_at)
+        .map(|(_, t)| ms(*t))
+        .unwrap();
+    eprintln!(
+        "gw-a stopped claiming {} ms after the cut; gw-b's first change {} ms after it; {st}; gw-a: {old}",
+        stopped - ms(cut_at),
+        first_change - ms(cut_at)
+    );
+    assert!(
+        stopped < first_change,
+        "gw-a stopped claiming at {stopped}, after gw-b's first change at {first_change}"
+    );
+    assert_eq!(lab.holder().as_deref(), Some("eni-b"));
+    // Back in touch with etcd, gw-a stands by; nothing moves back.
+    cut(false);
+    a.wait_status(
+        &lab.gateways[0],
+        "failover",
+        "gw-a stands by behind gw-b",
+        |f| shard(f)["role"] == "standby" && shard(f)["leader"] == fo_name(1),
+    );
+    assert_eq!(moves(&lab).len(), 2, "{:?}", moves(&lab));
     translated_both_ways(&lab, 8190);
 }
