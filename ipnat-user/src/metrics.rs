@@ -29,6 +29,8 @@ pub struct ControllerCounters {
     pub fleet: Mutex<Option<crate::fleet::FleetState>>,
     /// The last readiness check and what it announces (none without [announce]).
     pub health: Mutex<Option<crate::fleet::health::HealthState>>,
+    /// The failover shards as this gateway sees them (none without [failover]).
+    pub failover: Mutex<Option<crate::fleet::failover::FailoverState>>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -37,6 +39,11 @@ struct MappingLabels {
     private: String,
     /// `in` (destination public -> private) or `out` (source private -> public).
     direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShardLabels {
+    shard: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -238,6 +245,33 @@ pub fn render(tables: &Tables, ctl: &ControllerCounters) -> Result<String, Datap
             "announced",
             "1 while this side is announced (outward: the public prefixes; inward: the default route)",
             announced,
+        );
+    }
+    if let Some(f) = ctl.failover.lock().expect("not poisoned").as_ref() {
+        let leader = Family::<ShardLabels, Gauge>::default();
+        let takeover = Family::<ShardLabels, Gauge<f64, AtomicU64>>::default();
+        for s in &f.shards {
+            let labels = ShardLabels {
+                shard: s.name.clone(),
+            };
+            leader
+                .get_or_create(&labels)
+                .set(i64::from(s.role == "leader"));
+            if let Some(t) = s.last_takeover.as_ref().filter(|t| t.result == "ok") {
+                takeover
+                    .get_or_create(&labels)
+                    .set(t.duration_ms as f64 / 1000.0);
+            }
+        }
+        reg.register(
+            "failover_leader",
+            "1 while this gateway leads the failover shard (holds its addresses and routes)",
+            leader,
+        );
+        reg.register(
+            "failover_last_takeover_seconds",
+            "How long this gateway's last successful takeover of the shard took, from its election",
+            takeover,
         );
     }
     let mut out = String::new();

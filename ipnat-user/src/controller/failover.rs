@@ -6,7 +6,7 @@
 
 use std::{
     path::PathBuf,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -23,15 +23,15 @@ use crate::{
     providers::takeover::{AwsTakeover, TakeoverError},
 };
 
-/// Starts a task per shard on the current runtime; `sync_now` asks the controller for a
-/// provider sync at once (a takeover's addresses go on the interface).
-pub fn spawn(config: &Config, sync_now: UnboundedSender<()>) {
-    let (Some(f), Some(etcd), Some(aws)) = (&config.failover, &config.etcd, &config.aws) else {
+/// Records the shards' state of this run (connecting, leading nothing yet) before the
+/// controller says it runs: what an earlier run recorded (a leadership that died with it) is
+/// never shown as this run's. The one copy lives in `ctl` (the metrics server reads it too).
+pub fn record_start(config: &Config, ctl: &crate::metrics::ControllerCounters) {
+    let Some(f) = &config.failover else {
         return;
     };
-    let node = f.node_name();
-    let state = Arc::new(Mutex::new(FailoverState {
-        node: node.clone(),
+    let state = FailoverState {
+        node: f.node_name(),
         shards: f
             .shards
             .iter()
@@ -42,12 +42,24 @@ pub fn spawn(config: &Config, sync_now: UnboundedSender<()>) {
                 ..Default::default()
             })
             .collect(),
-    }));
-    // Recorded at once: what an earlier run recorded (a leadership that died with it) must
-    // not be shown as this run's.
-    if let Err(e) = state.lock().expect("not poisoned").save(&config.pin_path) {
+    };
+    if let Err(e) = state.save(&config.pin_path) {
         warn!("recording the failover state: {e}");
     }
+    *ctl.failover.lock().expect("not poisoned") = Some(state);
+}
+
+/// Starts a task per shard on the current runtime (after [`record_start`]); `sync_now` asks
+/// the controller for a provider sync at once (a takeover's addresses go on the interface).
+pub fn spawn(
+    config: &Config,
+    ctl: Arc<crate::metrics::ControllerCounters>,
+    sync_now: UnboundedSender<()>,
+) {
+    let (Some(f), Some(etcd), Some(aws)) = (&config.failover, &config.etcd, &config.aws) else {
+        return;
+    };
+    let node = f.node_name();
     for (i, shard) in f.shards.iter().enumerate() {
         let task = ShardTask {
             index: i,
@@ -56,7 +68,7 @@ pub fn spawn(config: &Config, sync_now: UnboundedSender<()>) {
             failover: f.clone(),
             etcd: etcd.clone(),
             aws: aws.clone(),
-            state: state.clone(),
+            ctl: ctl.clone(),
             pin_path: config.pin_path.clone(),
             sync_now: sync_now.clone(),
         };
@@ -71,7 +83,7 @@ struct ShardTask {
     failover: FailoverConfig,
     etcd: EtcdConfig,
     aws: AwsConfig,
-    state: Arc<Mutex<FailoverState>>,
+    ctl: Arc<crate::metrics::ControllerCounters>,
     pin_path: PathBuf,
     sync_now: UnboundedSender<()>,
 }
@@ -79,7 +91,10 @@ struct ShardTask {
 impl ShardTask {
     /// Changes this shard's entry and records the whole state for `ipnat status`.
     fn update(&self, f: impl FnOnce(&mut ShardState)) {
-        let mut state = self.state.lock().expect("not poisoned");
+        let mut guard = self.ctl.failover.lock().expect("not poisoned");
+        let Some(state) = guard.as_mut() else {
+            return;
+        };
         let shard = &mut state.shards[self.index];
         let was = shard.role.clone();
         f(shard);

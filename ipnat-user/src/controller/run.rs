@@ -231,6 +231,7 @@ pub fn run(config_path: &Path, config: Config, stats_interval: u64) -> Result<()
         });
         info!(%addr, "serving Prometheus metrics at /metrics");
     }
+    super::failover::record_start(&config, &ctl);
     info!(mappings = config.mappings.len(), pin_path = %config.pin_path.display(), "ipnat running; SIGHUP reloads the config; SIGINT/SIGTERM stop the controller and leave the data plane running (`ipnat down` removes it)");
     let mut config = config;
     // Reload on changes to the config file too: watch its directory (editors replace files).
@@ -268,7 +269,7 @@ pub fn run(config_path: &Path, config: Config, stats_interval: u64) -> Result<()
     // interface through the sync, the one writer of addresses).
     let (sync_now_tx, mut sync_now) = tokio::sync::mpsc::unbounded_channel::<()>();
     rt.block_on(async {
-        super::failover::spawn(&config, sync_now_tx);
+        super::failover::spawn(&config, ctl.clone(), sync_now_tx);
         let mut tick = tokio::time::interval(Duration::from_secs(stats_interval.max(1)));
         let mut neighbours = tokio::time::interval(Duration::from_secs(20));
         let announce = config.announce.clone();

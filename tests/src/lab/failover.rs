@@ -317,7 +317,7 @@ impl FailoverLab {
     /// EC2, [etcd], and [failover] with one shard (`failover_extra` added to its keys).
     pub fn config(&self, i: usize, failover_extra: &str) -> String {
         format!(
-            "pin_path = \"{pin}\"\nmetrics_listen = \"off\"\n\n\
+            "pin_path = \"{pin}\"\nmetrics_listen = \"127.0.0.1:9469\"\n\n\
              [[interface]]\nname = \"eth0\"\n\n\
              [[mapping]]\npublic = \"{SHARD_ADDRESS}\"\nprivate = \"{FO_BACKEND}\"\n\n\
              [aws]\nendpoint = \"http://127.0.0.1:{imds}\"\ninterval_secs = 30\ntimeout_ms = 1000\n\

@@ -167,6 +167,14 @@ fn the_standby_takes_the_shard_over_through_the_api_and_no_connection_is_lost() 
     require_root();
     let lab = FailoverLab::new(300, SecurityGroup::Untracked).unwrap();
     let (mut a, b) = pair(&lab);
+    let leads = |i: usize| {
+        let text = ipnat_tests::lab::metrics(&lab.gateways[i]).unwrap();
+        text.lines()
+            .find(|l| l.starts_with("ipnat_failover_leader{shard=\"web\"}"))
+            .map(|l| l.ends_with(" 1"))
+            .unwrap_or_else(|| panic!("no failover_leader metric: {text}"))
+    };
+    assert!(leads(0) && !leads(1));
     // gw-a took over what it already held: nothing moved.
     assert_eq!(lab.holder().as_deref(), Some("eni-a"));
     assert!(moves(&lab).is_empty());
@@ -193,6 +201,7 @@ fn the_standby_takes_the_shard_over_through_the_api_and_no_connection_is_lost() 
         ]
     );
     translated_both_ways(&lab, 8192);
+    assert!(leads(1));
     // The address is on gw-b's interface (its sync ran at once).
     let addrs = lab.gateways[1]
         .ip(&["-4", "addr", "show", "dev", "eth0"])
