@@ -39,6 +39,10 @@ pub struct AliyunConfig {
     /// it lists.
     #[serde(default)]
     pub ram_role: Option<String>,
+    /// The VPC OpenAPI endpoint (`[failover]`'s HaVips); default
+    /// `https://vpc-vpc.<region>.aliyuncs.com` (reachable from inside the VPC).
+    #[serde(default)]
+    pub vpc_api_endpoint: Option<String>,
 }
 
 fn default_ecs_metadata() -> String {

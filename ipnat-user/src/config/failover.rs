@@ -49,9 +49,15 @@ pub struct ShardConfig {
     /// The secondary private addresses that NAT-mode EIPs are bound to (the public side of
     /// this gateway's mappings); the leader's NIC holds them.
     pub addresses: Vec<Ipv4Addr>,
-    /// The backends' routes through the leader (route table, destination).
+    /// The backends' routes through the leader (route table, destination); AWS only (on
+    /// Alibaba Cloud, routes whose next hop is the HaVip follow it).
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
+    /// Alibaba Cloud: the HaVip (`havip-...`) whose address is the shard's one address,
+    /// associated with every gateway of the shard in advance (`AssociateHaVip`); the leader
+    /// holds it by announcing it with gratuitous ARP.
+    #[serde(default)]
+    pub havip: Option<String>,
 }
 
 /// One route of a VPC route table whose next hop is the leader's NIC.
@@ -91,8 +97,52 @@ impl FailoverConfig {
         })
     }
 
-    /// Checks the section on its own; `interfaces` are the `[[interface]]` names.
-    pub fn validate(&self, interfaces: &[String]) -> Result<(), ConfigError> {
+    /// Checks the section on its own; `interfaces` are the `[[interface]]` names, `cloud`
+    /// the provider section present.
+    pub fn validate(&self, interfaces: &[String], cloud: super::Cloud) -> Result<(), ConfigError> {
+        for (i, s) in self.shards.iter().enumerate() {
+            let key = format!("failover.shard[{i}]");
+            match (cloud, &s.havip) {
+                (super::Cloud::Aws, Some(h)) => {
+                    return Err(invalid(
+                        format!("{key}.havip"),
+                        h,
+                        "HaVips are Alibaba Cloud's: on AWS the shard's addresses move with AssignPrivateIpAddresses",
+                    ));
+                }
+                (super::Cloud::Aliyun, None) => {
+                    return Err(invalid(
+                        format!("{key}.havip"),
+                        &"(none)",
+                        "on Alibaba Cloud a shard is a HaVip (havip-...) associated with every gateway of the shard",
+                    ));
+                }
+                (super::Cloud::Aliyun, Some(h)) => {
+                    if !h.starts_with("havip-") || h.len() < 7 {
+                        return Err(invalid(
+                            format!("{key}.havip"),
+                            h,
+                            "a HaVip's id (havip-...)",
+                        ));
+                    }
+                    if s.addresses.len() != 1 {
+                        return Err(invalid(
+                            format!("{key}.addresses"),
+                            &s.addresses.len(),
+                            "a HaVip shard has one address: the HaVip's",
+                        ));
+                    }
+                    if !s.routes.is_empty() {
+                        return Err(invalid(
+                            format!("{key}.route"),
+                            &s.routes[0].table,
+                            "on Alibaba Cloud point the backends' routes at the HaVip (next hop type HaVip): they follow it, nothing moves them",
+                        ));
+                    }
+                }
+                (super::Cloud::Aws, None) => {}
+            }
+        }
         if !interfaces.contains(&self.interface) {
             return Err(invalid(
                 "failover.interface".into(),

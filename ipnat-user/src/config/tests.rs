@@ -424,5 +424,29 @@ fn the_failover_section_is_checked_key_by_key_and_needs_etcd_and_a_cloud() {
     let e = err(&with("", shard).replace("[etcd]\nendpoints = [\"http://a:2379\"]\n", ""));
     assert!(e.contains("needs [etcd]"), "{e}");
     let e = err(&with("", shard).replace("[aws]\n", ""));
-    assert!(e.contains("needs [aws]"), "{e}");
+    assert!(e.contains("needs [aws] or [aliyun]"), "{e}");
+    // Alibaba Cloud: a shard is a HaVip, its routes follow it.
+    let aliyun = |shards: &str| with("", shards).replace("[aws]\n", "[aliyun]\n");
+    let havip =
+        "[[failover.shard]]\nname = \"web\"\naddresses = [\"10.0.0.60\"]\nhavip = \"havip-1\"\n";
+    assert!(Config::parse(&aliyun(havip)).is_ok());
+    for (shards, says) in [
+        (shard.to_owned(), "a shard is a HaVip"),
+        (havip.replace("havip-1", "vip-1"), "a HaVip's id"),
+        (
+            havip.replace("[\"10.0.0.60\"]", "[\"10.0.0.60\", \"10.0.0.61\"]"),
+            "one address: the HaVip's",
+        ),
+        (
+            format!(
+                "{havip}[[failover.shard.route]]\ntable = \"rtb-1\"\ndestination = \"0.0.0.0/0\"\n"
+            ),
+            "next hop type HaVip",
+        ),
+    ] {
+        let e = err(&aliyun(&shards));
+        assert!(e.contains(says), "{shards}: {e}");
+    }
+    let e = err(&with("", havip));
+    assert!(e.contains("HaVips are Alibaba Cloud's"), "{e}");
 }

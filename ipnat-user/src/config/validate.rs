@@ -181,15 +181,15 @@ impl Config {
                     "needs [etcd]: the shards' leaders are elected there",
                 ));
             }
-            if self.aws.is_none() {
+            let Some(provider) = self.provider() else {
                 return Err(invalid(
                     "failover".into(),
                     &"[failover]",
-                    "needs [aws]: its metadata and EC2 API move the addresses (Alibaba Cloud's takeover is not built yet)",
+                    "needs [aws] or [aliyun]: the cloud's metadata and API move the addresses",
                 ));
-            }
+            };
             let names: Vec<String> = self.interfaces.iter().map(|i| i.name.clone()).collect();
-            f.validate(&names)?;
+            f.validate(&names, provider.cloud)?;
         }
         if self.metrics_listen != "off"
             && self.metrics_listen.parse::<std::net::SocketAddr>().is_err()

@@ -14,13 +14,13 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::{info, warn};
 
 use crate::{
-    config::{AwsConfig, Config, EtcdConfig, FailoverConfig, ShardConfig},
+    config::{Config, EtcdConfig, FailoverConfig, ShardConfig},
     fleet::{
-        failover::{FailoverState, ShardState, Takeover},
+        failover::{FailoverState, ShardState, TakeoverRecord},
         leader::{self, Lease},
         unix_ms,
     },
-    providers::takeover::{AwsTakeover, TakeoverError},
+    providers::takeover::{Takeover, TakeoverError},
 };
 
 /// Records the shards' state of this run (connecting, leading nothing yet) before the
@@ -46,6 +46,23 @@ pub fn record_start(config: &Config, ctl: &crate::metrics::ControllerCounters) {
     if let Err(e) = state.save(&config.pin_path) {
         warn!("recording the failover state: {e}");
     }
+    // A run starts leading nothing: what an earlier one held on this host goes (a HaVip's
+    // address it announced, before this one could answer ARP for it as a standby).
+    match crate::system::reconcile_addresses(
+        &[],
+        &config.pin_path,
+        crate::system::AddressOwner::Failover,
+        false,
+    ) {
+        Ok((_, removed)) if !removed.is_empty() => {
+            info!(
+                ?removed,
+                "removed what an earlier run held as a shard's leader"
+            )
+        }
+        Ok(_) => {}
+        Err(e) => warn!("removing what an earlier run held as a shard's leader: {e}"),
+    }
     *ctl.failover.lock().expect("not poisoned") = Some(state);
 }
 
@@ -56,7 +73,7 @@ pub fn spawn(
     ctl: Arc<crate::metrics::ControllerCounters>,
     sync_now: UnboundedSender<()>,
 ) {
-    let (Some(f), Some(etcd), Some(aws)) = (&config.failover, &config.etcd, &config.aws) else {
+    let (Some(f), Some(etcd)) = (&config.failover, &config.etcd) else {
         return;
     };
     let node = f.node_name();
@@ -67,7 +84,7 @@ pub fn spawn(
             shard: shard.clone(),
             failover: f.clone(),
             etcd: etcd.clone(),
-            aws: aws.clone(),
+            config: config.clone(),
             ctl: ctl.clone(),
             pin_path: config.pin_path.clone(),
             sync_now: sync_now.clone(),
@@ -82,7 +99,7 @@ struct ShardTask {
     shard: ShardConfig,
     failover: FailoverConfig,
     etcd: EtcdConfig,
-    aws: AwsConfig,
+    config: Config,
     ctl: Arc<crate::metrics::ControllerCounters>,
     pin_path: PathBuf,
     sync_now: UnboundedSender<()>,
@@ -137,20 +154,26 @@ impl ShardTask {
         }
     }
 
+    fn release(&self, takeover: &Takeover) {
+        match takeover.release(&self.shard) {
+            Ok(removed) if !removed.is_empty() => {
+                info!(shard = %self.shard.name, ?removed, "released what leading held on this host")
+            }
+            Ok(_) => {}
+            Err(e) => warn!(shard = %self.shard.name, "{e}"),
+        }
+    }
+
     /// The clients and the preflight (reads only).
-    async fn prepare(&self) -> Result<AwsTakeover, TakeoverError> {
-        let t = AwsTakeover::new(&self.aws, &self.failover).await?;
+    async fn prepare(&self) -> Result<Takeover, TakeoverError> {
+        let t = Takeover::new(&self.config).await?;
         t.preflight(&self.shard).await?;
         Ok(t)
     }
 
     /// One lease: campaign as a standby, and if elected, take over and lead until the lease
     /// may have expired.
-    async fn term(
-        &self,
-        name: &str,
-        takeover: &AwsTakeover,
-    ) -> Result<(), crate::fleet::FleetError> {
+    async fn term(&self, name: &str, takeover: &Takeover) -> Result<(), crate::fleet::FleetError> {
         let client = leader::connect(&self.etcd).await?;
         let lease = Lease::grant(
             &client,
@@ -158,6 +181,8 @@ impl ShardTask {
             Duration::from_millis(self.failover.fence_margin_ms),
         )
         .await?;
+        // A standby holds nothing (a HaVip's address left on the interface would answer ARP).
+        self.release(takeover);
         let current = leader::leader(&client, name).await?;
         self.update(|s| {
             s.role = "standby".into();
@@ -202,7 +227,7 @@ impl ShardTask {
                     info!(shard = %self.shard.name, ms = elected.elapsed().as_millis() as u64, steps = ?report.steps, "took the shard over");
                     self.update(|s| {
                         s.detail.clear();
-                        s.last_takeover = Some(Takeover {
+                        s.last_takeover = Some(TakeoverRecord {
                             elected_unix_ms: elected_ms,
                             duration_ms: elected.elapsed().as_millis() as u64,
                             result: "ok".into(),
@@ -219,7 +244,7 @@ impl ShardTask {
                     attempt += 1;
                     warn!(shard = %self.shard.name, "takeover failed, retrying while this gateway leads: {e}");
                     self.update(|s| {
-                        s.last_takeover = Some(Takeover {
+                        s.last_takeover = Some(TakeoverRecord {
                             elected_unix_ms: elected_ms,
                             duration_ms: elected.elapsed().as_millis() as u64,
                             result: format!("error: {e}"),
@@ -246,6 +271,7 @@ impl ShardTask {
             }
         };
         warn!(shard = %self.shard.name, "no longer leader: {lost}; claiming nothing until elected again");
+        self.release(takeover);
         self.update(|s| {
             s.role = "standby".into();
             s.detail = format!("lost the lease: {lost}");

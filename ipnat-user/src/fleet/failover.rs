@@ -33,12 +33,12 @@ pub struct ShardState {
     pub detail: String,
     /// The lease time this gateway has left to act as leader (0 unless it leads).
     pub fence_left_ms: u64,
-    pub last_takeover: Option<Takeover>,
+    pub last_takeover: Option<TakeoverRecord>,
 }
 
 /// One takeover by this gateway.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Takeover {
+pub struct TakeoverRecord {
     /// When it was elected.
     pub elected_unix_ms: u64,
     /// From the election to the last step done (or the error).

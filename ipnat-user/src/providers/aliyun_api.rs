@@ -23,6 +23,8 @@ use super::{
 
 /// The ECS API version whose response shapes this module reads.
 pub const ECS_VERSION: &str = "2014-05-26";
+/// The VPC OpenAPI's version (HaVips).
+pub const VPC_VERSION: &str = "2016-04-28";
 /// NICs asked for per page (the API's maximum for this call is 500).
 const PAGE_SIZE: usize = 100;
 
@@ -305,14 +307,13 @@ impl OpenApi {
     }
 }
 
-/// An ECS OpenAPI client with the configured credentials (see the module documentation), and
-/// the instance's region and id.
-pub async fn client(
+/// The configured credentials (see the module documentation): the config's keys, else the
+/// environment, else the instance's RAM role.
+pub async fn credentials(
     md: &super::aliyun::Metadata,
     cfg: &crate::config::AliyunConfig,
-    timeout: Duration,
-) -> Result<(OpenApi, String, String), ApiError> {
-    let creds = match (&cfg.access_key_id, &cfg.access_key_secret) {
+) -> Result<Credentials, ApiError> {
+    Ok(match (&cfg.access_key_id, &cfg.access_key_secret) {
         (Some(id), Some(secret)) => Credentials {
             access_key_id: id.clone(),
             access_key_secret: secret.clone(),
@@ -330,7 +331,17 @@ pub async fn client(
                     e => e.into(),
                 })?,
         },
-    };
+    })
+}
+
+/// An ECS OpenAPI client with the configured credentials (see the module documentation), and
+/// the instance's region and id.
+pub async fn client(
+    md: &super::aliyun::Metadata,
+    cfg: &crate::config::AliyunConfig,
+    timeout: Duration,
+) -> Result<(OpenApi, String, String), ApiError> {
+    let creds = credentials(md, cfg).await?;
     let (region, instance) = md.instance().await?;
     let endpoint = cfg
         .api_endpoint

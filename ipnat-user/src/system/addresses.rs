@@ -109,15 +109,22 @@ pub enum AddressOwner {
     Provider,
     /// Host orientation: the public addresses (EIPs), on `lo`.
     Host,
+    /// `[failover]` on Alibaba Cloud: a HaVip's address while this gateway leads its shard.
+    Failover,
 }
 
 impl AddressOwner {
-    const ALL: [AddressOwner; 2] = [AddressOwner::Provider, AddressOwner::Host];
+    const ALL: [AddressOwner; 3] = [
+        AddressOwner::Provider,
+        AddressOwner::Host,
+        AddressOwner::Failover,
+    ];
 
     fn file(self) -> &'static str {
         match self {
             AddressOwner::Provider => "addresses.json",
             AddressOwner::Host => "eips.json",
+            AddressOwner::Failover => "havips.json",
         }
     }
 }
@@ -234,7 +241,7 @@ pub struct OwnedAddress {
     pub interface: String,
     /// address/prefix length
     pub address: String,
-    /// `provider sync` or `host orientation`.
+    /// `provider sync`, `host orientation` or `failover (HaVip)`.
     pub owner: &'static str,
 }
 
@@ -250,6 +257,7 @@ pub fn owned_addresses(pin_path: &Path) -> Vec<OwnedAddress> {
                     owner: match owner {
                         AddressOwner::Provider => "provider sync",
                         AddressOwner::Host => "host orientation",
+                        AddressOwner::Failover => "failover (HaVip)",
                     },
                 },
             )

@@ -56,11 +56,13 @@ fn records(pin_path: &Path) -> crate::state::Records {
 }
 
 mod addresses;
+mod garp;
 mod netlink;
 mod routes;
 mod sysctl;
 
 pub use addresses::*;
+pub use garp::{garp_frame, send_garp};
 pub(crate) use netlink::{attr, netlink};
 use netlink::{attrs, dump, netlink_request};
 pub use netlink::{resolve_neighbour, routing_changes, wait_routing_change};

@@ -22,44 +22,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::{Deserialize, Serialize};
-use thiserror::Error;
-
-use super::{aws::Imds, client::ApiError, ec2::Ec2};
+use super::{Guard, TakeoverError, TakeoverReport, retrying};
 use crate::{
     config::{AwsConfig, FailoverConfig, ShardConfig},
-    fleet::leader::Fenced,
+    providers::{aws::Imds, ec2::Ec2},
 };
-
-#[derive(Debug, Error)]
-pub enum TakeoverError {
-    #[error("fenced: {0}")]
-    Fenced(#[from] Fenced),
-    #[error(transparent)]
-    Api(#[from] ApiError),
-    #[error(transparent)]
-    Metadata(#[from] super::client::MetadataError),
-    #[error("refused before any change: {0}")]
-    Refused(String),
-    #[error(
-        "the metadata does not list {missing:?} on {nic} {ms} ms after the move was accepted (failover.confirm_timeout_ms)"
-    )]
-    NotConfirmed {
-        nic: String,
-        missing: Vec<Ipv4Addr>,
-        ms: u64,
-    },
-}
-
-/// What one takeover did, for status.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TakeoverReport {
-    /// What each step did, in order.
-    pub steps: Vec<String>,
-    /// Calls that were retried (throttled, 5xx, ...).
-    pub retries: u32,
-    pub duration_ms: u64,
-}
 
 /// This gateway's side of a takeover: its NIC, and the clients to move things onto it.
 pub struct AwsTakeover {
@@ -71,40 +38,12 @@ pub struct AwsTakeover {
     confirm_timeout: Duration,
 }
 
-/// Whether a failed call may succeed if made again.
-fn retryable(e: &ApiError) -> bool {
-    match e {
-        ApiError::Http { .. } | ApiError::Garbage { .. } => true,
-        ApiError::Api { status, code, .. } => {
-            *status >= 500
-                || matches!(
-                    code.as_str(),
-                    "RequestLimitExceeded"
-                        | "Throttling"
-                        | "ThrottlingException"
-                        | "InternalError"
-                        | "ServiceUnavailable"
-                        | "Unavailable"
-                        | "IncorrectState"
-                        | "ConcurrentTagAccess"
-                )
-        }
-        _ => false,
-    }
-}
-
-/// Backoff before retry `n` (from 1): 100 ms doubling to at most 2 s, times `jitter`.
-pub fn backoff(n: u32, jitter: f64) -> Duration {
-    Duration::from_millis((100u64 << n.saturating_sub(1).min(5)).min(2_000))
-        .mul_f64(jitter.clamp(0.5, 1.5))
-}
-
 impl AwsTakeover {
     /// Reads who this gateway is (its NIC for `failover.interface`) and makes the clients.
     pub async fn new(aws: &AwsConfig, failover: &FailoverConfig) -> Result<Self, TakeoverError> {
         let call_timeout = Duration::from_millis(failover.call_timeout_ms);
         let imds = Imds::new(&aws.endpoint, call_timeout)?;
-        let mac = super::nic::mac_of(&failover.interface).ok_or_else(|| {
+        let mac = crate::providers::nic::mac_of(&failover.interface).ok_or_else(|| {
             TakeoverError::Refused(format!(
                 "failover.interface {} has no MAC address here",
                 failover.interface
@@ -115,7 +54,7 @@ impl AwsTakeover {
             .await?
             .trim()
             .to_owned();
-        let (ec2, _) = super::ec2::client(&imds, aws, call_timeout).await?;
+        let (ec2, _) = crate::providers::ec2::client(&imds, aws, call_timeout).await?;
         Ok(AwsTakeover {
             imds,
             ec2,
@@ -124,29 +63,6 @@ impl AwsTakeover {
             call_timeout,
             confirm_timeout: Duration::from_millis(failover.confirm_timeout_ms),
         })
-    }
-
-    /// Makes `call` until it succeeds, fails for good, or the lease has too little left.
-    async fn retrying<T, F: Future<Output = Result<T, ApiError>>>(
-        &self,
-        guard: &(dyn Fn(Duration) -> Result<(), Fenced> + Send + Sync),
-        retries: &mut u32,
-        call: impl Fn() -> F,
-    ) -> Result<T, TakeoverError> {
-        let mut n = 0;
-        loop {
-            guard(self.call_timeout)?;
-            match call().await {
-                Ok(t) => return Ok(t),
-                Err(e) if retryable(&e) => {
-                    n += 1;
-                    *retries += 1;
-                    tracing::warn!("{e}; retrying");
-                    tokio::time::sleep(backoff(n, super::jitter())).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
     }
 
     /// Checks, with reads only, that this gateway could take `shard` over (see the module
@@ -204,7 +120,7 @@ impl AwsTakeover {
     pub async fn take(
         &self,
         shard: &ShardConfig,
-        guard: &(dyn Fn(Duration) -> Result<(), Fenced> + Send + Sync),
+        guard: &Guard<'_>,
         synced: &(dyn Fn() + Send + Sync),
     ) -> Result<TakeoverReport, TakeoverError> {
         let start = Instant::now();
@@ -221,7 +137,7 @@ impl AwsTakeover {
                 .steps
                 .push(format!("{:?} already on {}", shard.addresses, self.nic));
         } else {
-            self.retrying(guard, &mut report.retries, || {
+            retrying(self.call_timeout, guard, &mut report.retries, || {
                 self.ec2.reassign_private_ips(&self.nic, &moving)
             })
             .await?;
@@ -274,7 +190,7 @@ impl AwsTakeover {
         ));
         synced();
         for r in &shard.routes {
-            self.retrying(guard, &mut report.retries, || {
+            retrying(self.call_timeout, guard, &mut report.retries, || {
                 self.ec2.replace_route(&r.table, r.destination, &self.nic)
             })
             .await?;
@@ -285,37 +201,5 @@ impl AwsTakeover {
         }
         report.duration_ms = start.elapsed().as_millis() as u64;
         Ok(report)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::providers::client::Api;
-
-    #[test]
-    fn throttling_5xx_and_garbage_are_retried_refusals_are_not() {
-        let api = |status, code: &str| ApiError::Api {
-            api: Api::Ec2,
-            action: "ReplaceRoute".into(),
-            status,
-            code: code.into(),
-            message: String::new(),
-            request_id: String::new(),
-            hint: "",
-        };
-        assert!(retryable(&api(503, "RequestLimitExceeded")));
-        assert!(retryable(&api(400, "RequestLimitExceeded")));
-        assert!(retryable(&api(500, "InternalError")));
-        assert!(retryable(&ApiError::Garbage {
-            api: Api::Ec2,
-            action: "ReplaceRoute".into(),
-            why: "no root".into()
-        }));
-        assert!(!retryable(&api(400, "InvalidParameterValue")));
-        assert!(!retryable(&api(403, "UnauthorizedOperation")));
-        assert!(!retryable(&ApiError::NoCredentials(Api::Ec2)));
-        let ms: Vec<u128> = (1..=7).map(|n| backoff(n, 1.0).as_millis()).collect();
-        assert_eq!(ms, [100, 200, 400, 800, 1600, 2000, 2000]);
     }
 }
