@@ -142,14 +142,15 @@ impl Config {
                 &a.access_key_secret,
                 "access_key_secret",
             )?;
-            if let Some(e) = &a.api_endpoint
-                && !(e.starts_with("https://") || e.starts_with("http://"))
-            {
-                return Err(invalid(
-                    "aliyun.api_endpoint".into(),
-                    e,
-                    "must be an https:// URL",
-                ));
+            for (key, endpoint) in [
+                ("aliyun.api_endpoint", &a.api_endpoint),
+                ("aliyun.vpc_api_endpoint", &a.vpc_api_endpoint),
+            ] {
+                if let Some(e) = endpoint
+                    && !(e.starts_with("https://") || e.starts_with("http://"))
+                {
+                    return Err(invalid(key.into(), e, "must be an https:// URL"));
+                }
             }
         }
         if let Some(e) = &self.etcd {

@@ -1153,7 +1153,7 @@ fn failover_lab() -> Result<()> {
         percentile(&gaps, 0.5),
         gaps[gaps.len() - 1]
     ));
-    let moves = lab.ec2.moves.lock().unwrap().len();
+    let moves = lab.ec2().moves.lock().unwrap().len();
     say(&format!(
         "      the fake EC2 recorded {moves} moves: one of the address and one of the route per failover, none back and forth"
     ));

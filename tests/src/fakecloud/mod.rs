@@ -18,10 +18,12 @@ use std::{
 use crate::netns::Netns;
 
 mod aliyun;
+mod aliyun_vpc;
 mod ec2;
 mod imds;
 
 pub use aliyun::*;
+pub use aliyun_vpc::*;
 pub use ec2::*;
 pub use imds::*;
 

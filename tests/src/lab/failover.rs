@@ -17,10 +17,22 @@
 use super::*;
 use crate::{
     etcd::EtcdServer,
-    fakecloud::{FakeEc2, FakeEc2Nic, FakeImds},
+    fakecloud::{FakeAliyunVpc, FakeEc2, FakeEc2Nic, FakeImds},
 };
 
 pub const SHARD_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 50);
+/// Alibaba Cloud: the shard's HaVip's address.
+pub const HAVIP_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 60);
+
+/// Which cloud the lab's VPC plays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LabCloud {
+    /// The fake EC2 API moves the shard's secondary address and the route; the VPC follows it.
+    Aws,
+    /// A HaVip associated with both gateways: the VPC's router learns its owner from ARP
+    /// (gratuitous or answered), and the backends' route points at the HaVip.
+    Aliyun,
+}
 pub const FO_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 20);
 pub const FO_INET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const VPC_ROUTER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -137,11 +149,14 @@ pub struct FailoverLab {
     pub inet: Netns,
     pub backend: Netns,
     pub gateways: Vec<Netns>,
-    pub ec2: FakeEc2,
+    pub cloud: LabCloud,
+    ec2: Option<FakeEc2>,
+    /// Alibaba Cloud: the fake VPC OpenAPI (the HaVips).
+    pub vpc_api: Option<FakeAliyunVpc>,
     /// Each gateway's own metadata service.
     pub imds: Vec<FakeImds>,
-    /// The fake EC2's port in each gateway's namespace.
-    ec2_ports: Vec<u16>,
+    /// The fake cloud API's port in each gateway's namespace.
+    api_ports: Vec<u16>,
     pub etcd: EtcdServer,
     macs: Vec<String>,
 }
@@ -150,6 +165,16 @@ impl FailoverLab {
     /// The VPC, with the shard's address on gw-a's NIC and the backends' route through it;
     /// the fake EC2 moves things `delay_ms` after a call.
     pub fn new(delay_ms: u64, group: SecurityGroup) -> Result<Self> {
+        Self::build(LabCloud::Aws, delay_ms, group)
+    }
+
+    /// The Alibaba Cloud variant: the shard is a HaVip (10.0.0.60) associated with both
+    /// gateways; nobody holds it until a leader announces it.
+    pub fn aliyun(group: SecurityGroup) -> Result<Self> {
+        Self::build(LabCloud::Aliyun, 0, group)
+    }
+
+    fn build(cloud: LabCloud, delay_ms: u64, group: SecurityGroup) -> Result<Self> {
         let vpc = Netns::new("fo-vpc")?;
         let inet = Netns::new("fo-inet")?;
         let backend = Netns::new("fo-be")?;
@@ -208,8 +233,34 @@ impl FailoverLab {
             macs.push(gw.mac("eth0")?);
             gateways.push(gw);
         }
-        let ec2 = FakeEc2::start(&gateways[0], "eu-west-1");
-        let ec2_ports = vec![ec2.port, ec2.serve_in(&gateways[1])];
+        let etcd = EtcdServer::start_at(&vpc, VPC_ROUTER, 2379)?;
+        let imds: Vec<FakeImds> = gateways.iter().map(FakeImds::start).collect();
+        let mut lab = FailoverLab {
+            groups,
+            vpc,
+            inet,
+            backend,
+            gateways,
+            cloud,
+            ec2: None,
+            vpc_api: None,
+            imds,
+            api_ports: Vec::new(),
+            etcd,
+            macs,
+        };
+        match cloud {
+            LabCloud::Aws => lab.aws(delay_ms)?,
+            LabCloud::Aliyun => lab.havip()?,
+        }
+        Ok(lab)
+    }
+
+    /// The fake EC2 API, the gateways' AWS metadata, and the VPC following the API.
+    fn aws(&mut self, delay_ms: u64) -> Result<()> {
+        let macs = &self.macs;
+        let ec2 = FakeEc2::start(&self.gateways[0], "eu-west-1");
+        self.api_ports = vec![ec2.port, ec2.serve_in(&self.gateways[1])];
         ec2.keys
             .lock()
             .unwrap()
@@ -234,9 +285,7 @@ impl FailoverLab {
             .insert(("rtb-private".into(), "0.0.0.0/0".into()), fo_nic(0));
         ec2.delay_ms
             .store(delay_ms, std::sync::atomic::Ordering::Relaxed);
-        let mut imds = Vec::new();
-        for (i, gw) in gateways.iter().enumerate() {
-            let m = FakeImds::start(gw);
+        for (i, m) in self.imds.iter().enumerate() {
             let base = format!("{}{}/", super::METADATA_MACS, macs[i]);
             m.set("mac", &macs[i]);
             m.set("instance-id", &format!("i-{i}"));
@@ -246,29 +295,79 @@ impl FailoverLab {
             m.set(&format!("{base}interface-id"), &fo_nic(i));
             m.set(&format!("{base}vpc-id"), "vpc-1");
             m.set(&format!("{base}subnet-ipv4-cidr-block"), "10.0.0.0/24");
-            imds.push(m);
         }
-        let etcd = EtcdServer::start_at(&vpc, VPC_ROUTER, 2379)?;
-        let lab = FailoverLab {
-            groups,
-            vpc,
-            inet,
-            backend,
-            gateways,
-            ec2,
-            imds,
-            ec2_ports,
-            etcd,
-            macs,
-        };
         // The VPC follows the API's state: now, and after every change.
-        let follow = lab.follower();
-        follow(
-            &lab.ec2.nics.lock().unwrap(),
-            &lab.ec2.routes.lock().unwrap(),
-        );
-        lab.ec2.hooks.lock().unwrap().push(Box::new(follow));
-        Ok(lab)
+        let follow = self.follower();
+        follow(&ec2.nics.lock().unwrap(), &ec2.routes.lock().unwrap());
+        ec2.hooks.lock().unwrap().push(Box::new(follow));
+        self.ec2 = Some(ec2);
+        Ok(())
+    }
+
+    /// The fake VPC OpenAPI with the HaVip, the gateways' Alibaba Cloud metadata, and a VPC
+    /// router that learns the HaVip's owner by ARP.
+    fn havip(&mut self) -> Result<()> {
+        let api = FakeAliyunVpc::start(&self.gateways[0], "cn-hangzhou");
+        self.api_ports = vec![api.port, api.serve_in(&self.gateways[1])];
+        api.keys
+            .lock()
+            .unwrap()
+            .insert(KEY_ID.into(), (SECRET.into(), None));
+        api.havips.lock().unwrap().push(FakeAliyunVpc::havip(
+            "havip-web",
+            &HAVIP_ADDRESS.to_string(),
+            &["i-0", "i-1"],
+        ));
+        for (i, m) in self.imds.iter().enumerate() {
+            let mac = &self.macs[i];
+            let base = format!("{}{mac}/", super::METADATA_MACS);
+            m.set("mac", mac);
+            m.set("instance-id", &format!("i-{i}"));
+            m.set("region-id", "cn-hangzhou");
+            m.set(super::METADATA_MACS, &format!("{mac}/\n"));
+            m.set(&format!("{base}network-interface-id"), &fo_nic(i));
+            m.set(
+                &format!("{base}private-ipv4s"),
+                &format!("[\"{}\"]", fo_gateway(i)),
+            );
+            m.set(&format!("{base}gateway"), &VPC_ROUTER.to_string());
+            m.set(&format!("{base}vswitch-cidr-block"), "10.0.0.0/24");
+        }
+        // The VPC learns the HaVip's owner from ARP, gratuitous ones included, and the
+        // backends' route has the HaVip as its next hop.
+        self.vpc.sysctl("net.ipv4.conf.br0.arp_accept", "1")?;
+        self.vpc.ip(&[
+            "route",
+            "replace",
+            "default",
+            "via",
+            &HAVIP_ADDRESS.to_string(),
+            "dev",
+            "br0",
+            "table",
+            "100",
+            "onlink",
+        ])?;
+        self.vpc_api = Some(api);
+        Ok(())
+    }
+
+    /// The fake EC2 API (the AWS lab's).
+    pub fn ec2(&self) -> &FakeEc2 {
+        self.ec2.as_ref().expect("the AWS lab")
+    }
+
+    /// Which gateway (its index) the VPC's router delivers the HaVip to now, if any.
+    pub fn havip_owner(&self) -> Option<usize> {
+        let out = self
+            .vpc
+            .ip(&["neigh", "show", &HAVIP_ADDRESS.to_string(), "dev", "br0"])
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("FAILED") || text.contains("INCOMPLETE") {
+            return None;
+        }
+        self.macs.iter().position(|m| text.contains(m.as_str()))
     }
 
     /// What the VPC does when the API's state changes: each gateway's metadata lists its NIC's
@@ -313,22 +412,46 @@ impl FailoverLab {
         format!("/sys/fs/bpf/ipnat-fo-{}-gw{i}", std::process::id())
     }
 
-    /// Gateway `i`'s config: its one NIC, the mapping, [aws] with its metadata and the fake
-    /// EC2, [etcd], and [failover] with one shard (`failover_extra` added to its keys).
+    /// Gateway `i`'s config: its one NIC, the mapping of the shard's address, the cloud's
+    /// section with its metadata and the fake API, [etcd], and [failover] with one shard
+    /// (`failover_extra` added to its keys).
     pub fn config(&self, i: usize, failover_extra: &str) -> String {
+        let (public, cloud, shard) = match self.cloud {
+            LabCloud::Aws => (
+                SHARD_ADDRESS,
+                format!(
+                    "[aws]\nendpoint = \"http://127.0.0.1:{imds}\"\ninterval_secs = 30\ntimeout_ms = 1000\n\
+                     api_endpoint = \"http://127.0.0.1:{api}\"\naccess_key_id = \"{KEY_ID}\"\nsecret_access_key = \"{SECRET}\"\n",
+                    imds = self.imds[i].port,
+                    api = self.api_ports[i],
+                ),
+                format!(
+                    "[[failover.shard]]\nname = \"web\"\naddresses = [\"{SHARD_ADDRESS}\"]\n\
+                     [[failover.shard.route]]\ntable = \"rtb-private\"\ndestination = \"0.0.0.0/0\"\n"
+                ),
+            ),
+            LabCloud::Aliyun => (
+                HAVIP_ADDRESS,
+                format!(
+                    "[aliyun]\nendpoint = \"http://127.0.0.1:{imds}\"\ninterval_secs = 30\ntimeout_ms = 1000\n\
+                     vpc_api_endpoint = \"http://127.0.0.1:{api}\"\naccess_key_id = \"{KEY_ID}\"\naccess_key_secret = \"{SECRET}\"\n",
+                    imds = self.imds[i].port,
+                    api = self.api_ports[i],
+                ),
+                format!(
+                    "[[failover.shard]]\nname = \"web\"\naddresses = [\"{HAVIP_ADDRESS}\"]\nhavip = \"havip-web\"\n"
+                ),
+            ),
+        };
         format!(
             "pin_path = \"{pin}\"\nmetrics_listen = \"127.0.0.1:9469\"\n\n\
              [[interface]]\nname = \"eth0\"\n\n\
-             [[mapping]]\npublic = \"{SHARD_ADDRESS}\"\nprivate = \"{FO_BACKEND}\"\n\n\
-             [aws]\nendpoint = \"http://127.0.0.1:{imds}\"\ninterval_secs = 30\ntimeout_ms = 1000\n\
-             api_endpoint = \"http://127.0.0.1:{ec2}\"\naccess_key_id = \"{KEY_ID}\"\nsecret_access_key = \"{SECRET}\"\n\n\
+             [[mapping]]\npublic = \"{public}\"\nprivate = \"{FO_BACKEND}\"\n\n\
+             {cloud}\n\
              [etcd]\nendpoints = [\"{etcd}\"]\nrequest_timeout_ms = 1000\ndial_timeout_ms = 500\n\n\
              [failover]\nname = \"{name}\"\ninterface = \"eth0\"\nlease_ttl_s = 2\nfence_margin_ms = 200\ncall_timeout_ms = 700\n{failover_extra}\n\n\
-             [[failover.shard]]\nname = \"web\"\naddresses = [\"{SHARD_ADDRESS}\"]\n\
-             [[failover.shard.route]]\ntable = \"rtb-private\"\ndestination = \"0.0.0.0/0\"\n",
+             {shard}",
             pin = Self::pin(i),
-            imds = self.imds[i].port,
-            ec2 = self.ec2_ports[i],
             etcd = self.etcd.url,
             name = fo_name(i),
         )
@@ -340,7 +463,7 @@ impl FailoverLab {
 
     /// The NIC the fake EC2 says holds the shard's address.
     pub fn holder(&self) -> Option<String> {
-        self.ec2
+        self.ec2()
             .nics
             .lock()
             .unwrap()
@@ -351,7 +474,7 @@ impl FailoverLab {
 
     /// The NIC rtb-private's default route names.
     pub fn route_target(&self) -> Option<String> {
-        self.ec2
+        self.ec2()
             .routes
             .lock()
             .unwrap()

@@ -11,7 +11,8 @@ use ipnat_tests::{
     lab::{
         Ipnat,
         failover::{
-            FO_BACKEND, FO_INET, FailoverLab, SHARD_ADDRESS, SecurityGroup, fo_name, fo_nic,
+            FO_BACKEND, FO_INET, FailoverLab, HAVIP_ADDRESS, SHARD_ADDRESS, SecurityGroup, fo_name,
+            fo_nic,
         },
         fleet_traffic::{DownloadReport, Traffic, TrafficReport, tcp_downloads},
         udp_exchange_at,
@@ -22,19 +23,23 @@ use ipnat_tests::{
 /// A datagram each way through the shard's address: the backend sees the internet host, the
 /// internet host sees the shard's address (never the backend's), in both directions.
 fn translated_both_ways(lab: &FailoverLab, port: u16) {
+    translated_both_ways_at(lab, SHARD_ADDRESS, port)
+}
+
+fn translated_both_ways_at(lab: &FailoverLab, public: std::net::Ipv4Addr, port: u16) {
     let x = udp_exchange_at(
         &lab.inet,
         Some(FO_INET),
         &lab.backend,
         FO_BACKEND,
-        SHARD_ADDRESS,
+        public,
         port,
         b"in",
     )
     .unwrap();
     assert_eq!(
         (x.server_saw_peer.ip(), x.client_saw_peer.ip()),
-        (FO_INET.into(), SHARD_ADDRESS.into())
+        (FO_INET.into(), public.into())
     );
     let x = udp_exchange_at(
         &lab.backend,
@@ -46,10 +51,7 @@ fn translated_both_ways(lab: &FailoverLab, port: u16) {
         b"out",
     )
     .unwrap();
-    assert_eq!(
-        x.server_saw_peer.ip(),
-        std::net::IpAddr::from(SHARD_ADDRESS)
-    );
+    assert_eq!(x.server_saw_peer.ip(), std::net::IpAddr::from(public));
 }
 
 fn shard(section: &serde_json::Value) -> serde_json::Value {
@@ -95,11 +97,25 @@ struct Failover {
 /// internet by the backend (outbound), a UDP stream inbound; 2 s in, gw-a dies: its controller
 /// SIGKILLed and its NIC gone from the VPC (its bridge port blocked).
 fn primary_dies_under_traffic(lab: &FailoverLab, a: &mut Ipnat, b: &Ipnat, port: u16) -> Failover {
+    primary_dies_under_traffic_at(lab, a, b, SHARD_ADDRESS, port, &|| {
+        lab.holder().as_deref() == Some("eni-b") && lab.route_target().as_deref() == Some("eni-b")
+    })
+}
+
+/// [`primary_dies_under_traffic`] through `public`, the shard moved once `moved` says so.
+fn primary_dies_under_traffic_at(
+    lab: &FailoverLab,
+    a: &mut Ipnat,
+    b: &Ipnat,
+    public: std::net::Ipv4Addr,
+    port: u16,
+    moved: &dyn Fn() -> bool,
+) -> Failover {
     let traffic = Traffic::start(
         &lab.inet,
         &[FO_INET],
         &lab.backend,
-        (SHARD_ADDRESS, FO_BACKEND),
+        (public, FO_BACKEND),
         port,
         (8, 4 << 20, Duration::from_millis(20)),
         (1, 200, 9.0),
@@ -121,9 +137,7 @@ fn primary_dies_under_traffic(lab: &FailoverLab, a: &mut Ipnat, b: &Ipnat, port:
     a.kill().unwrap();
     lab.block(0, true).unwrap();
     let deadline = killed + Duration::from_secs(20);
-    while !(lab.holder().as_deref() == Some("eni-b")
-        && lab.route_target().as_deref() == Some("eni-b"))
-    {
+    while !moved() {
         assert!(
             Instant::now() < deadline,
             "no takeover 20 s after the primary died"
@@ -142,7 +156,7 @@ fn primary_dies_under_traffic(lab: &FailoverLab, a: &mut Ipnat, b: &Ipnat, port:
         shard: shard(&status),
     };
     eprintln!(
-        "takeover: the API holds the address and route on gw-b {} ms after gw-a died; gw-b's record: {}; inbound TCP {}; outbound TCP {:?}; UDP {:?}",
+        "takeover: the shard moved to gw-b {} ms after gw-a died; gw-b's record: {}; inbound TCP {}; outbound TCP {:?}; UDP {:?}",
         f.moved.as_millis(),
         f.shard["last_takeover"],
         f.inbound.downloads.summary(),
@@ -153,7 +167,7 @@ fn primary_dies_under_traffic(lab: &FailoverLab, a: &mut Ipnat, b: &Ipnat, port:
 }
 
 fn moves(lab: &FailoverLab) -> Vec<String> {
-    lab.ec2
+    lab.ec2()
         .moves
         .lock()
         .unwrap()
@@ -181,7 +195,7 @@ fn the_standby_takes_the_shard_over_through_the_api_and_no_connection_is_lost() 
     translated_both_ways(&lab, 8190);
     // The API throttles the first move, answers the second with an error although it made
     // it, and fails the first route change: each is retried, and nothing moves twice.
-    lab.ec2.faults.lock().unwrap().extend([
+    lab.ec2().faults.lock().unwrap().extend([
         ("AssignPrivateIpAddresses".to_owned(), Ec2Fault::Throttle),
         (
             "AssignPrivateIpAddresses".to_owned(),
@@ -262,7 +276,7 @@ fn with_tracked_security_groups_the_backends_connections_to_the_internet_break_o
 
 /// What the API was asked to change (every call but the reads).
 fn changes_asked(lab: &FailoverLab) -> Vec<String> {
-    lab.ec2
+    lab.ec2()
         .actions
         .lock()
         .unwrap()
@@ -280,7 +294,7 @@ fn a_gateway_that_could_not_take_its_shard_over_is_refused_before_any_change() {
     require_root();
     let lab = FailoverLab::new(0, SecurityGroup::Untracked).unwrap();
     let nic = |id: &str, f: &dyn Fn(&mut ipnat_tests::fakecloud::FakeEc2Nic)| {
-        let mut nics = lab.ec2.nics.lock().unwrap();
+        let mut nics = lab.ec2().nics.lock().unwrap();
         f(nics.iter_mut().find(|n| n.id == id).unwrap());
     };
     let refused = |i: usize, says: &str| {
@@ -313,7 +327,7 @@ fn a_takeover_interrupted_half_way_is_finished_by_the_next_leader() {
     require_root();
     let lab = FailoverLab::new(100, SecurityGroup::Untracked).unwrap();
     let (mut a, mut b) = pair(&lab);
-    lab.ec2
+    lab.ec2()
         .faults
         .lock()
         .unwrap()
@@ -342,7 +356,7 @@ fn a_takeover_interrupted_half_way_is_finished_by_the_next_leader() {
         Some("eni-a"),
         "not moved yet"
     );
-    lab.ec2.faults.lock().unwrap().clear();
+    lab.ec2().faults.lock().unwrap().clear();
     // gw-a comes back, is elected (gw-b's lease expires), and finishes: the address comes
     // back to its NIC, the route is where it should be.
     lab.block(0, false).unwrap();
@@ -405,7 +419,7 @@ fn a_leader_cut_off_from_etcd_stops_claiming_before_another_is_elected() {
     };
     let stopped = shard(&old)["led_until_unix_ms"].as_i64().unwrap();
     let first_change = lab
-        .ec2
+        .ec2()
         .actions
         .lock()
         .unwrap()
@@ -433,4 +447,57 @@ fn a_leader_cut_off_from_etcd_stops_claiming_before_another_is_elected() {
     );
     assert_eq!(moves(&lab).len(), 2, "{:?}", moves(&lab));
     translated_both_ways(&lab, 8190);
+}
+
+/// On Alibaba Cloud the shard is a HaVip associated with both gateways: the new leader puts
+/// its address on its interface and announces it by gratuitous ARP, the VPC (its router's
+/// neighbour table here) delivers there, the backends' route (next hop the HaVip) follows,
+/// and no connection is lost; no API call changes anything. The old leader, back, has dropped
+/// the address before it could answer ARP for it, and stands by.
+#[test]
+fn on_alibaba_cloud_the_standby_announces_the_havip_and_no_connection_is_lost() {
+    require_root();
+    let lab = FailoverLab::aliyun(SecurityGroup::Untracked).unwrap();
+    let (mut a, b) = pair(&lab);
+    translated_both_ways_at(&lab, HAVIP_ADDRESS, 8190);
+    assert_eq!(lab.havip_owner(), Some(0));
+    let f = primary_dies_under_traffic_at(&lab, &mut a, &b, HAVIP_ADDRESS, 8100, &|| {
+        lab.havip_owner() == Some(1)
+    });
+    assert_eq!(f.inbound.downloads.complete, 8, "{:?}", f.inbound.downloads);
+    assert_eq!(f.outbound.complete, 8, "{:?}", f.outbound);
+    let steps = f.shard["last_takeover"]["report"]["steps"].to_string();
+    assert!(steps.contains("gratuitous ARP for 10.0.0.60"), "{steps}");
+    let api = lab.vpc_api.as_ref().unwrap();
+    assert!(
+        api.actions
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|a| a == "DescribeHaVips"),
+        "{:?}",
+        api.actions.lock().unwrap()
+    );
+    translated_both_ways_at(&lab, HAVIP_ADDRESS, 8192);
+    // gw-a restarts while still cut off: it drops the HaVip's address first thing.
+    let has_havip = |i: usize| {
+        let out = lab.gateways[i]
+            .ip(&["-4", "addr", "show", "dev", "eth0"])
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).contains(&format!("{HAVIP_ADDRESS}/32"))
+    };
+    assert!(has_havip(0) && has_havip(1));
+    let a2 = lab.start_ipnat(0).unwrap();
+    assert!(
+        !has_havip(0),
+        "an old leader's HaVip address is gone at start"
+    );
+    lab.block(0, false).unwrap();
+    a2.wait_status(&lab.gateways[0], "failover", "gw-a, back, stands by", |f| {
+        let s = shard(f);
+        s["role"] == "standby" && s["leader"] == fo_name(1)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(lab.havip_owner(), Some(1));
+    translated_both_ways_at(&lab, HAVIP_ADDRESS, 8194);
 }
