@@ -51,60 +51,12 @@ impl FakeAliyunApi {
             ns,
             hang.clone(),
             Arc::new(move |r: &Request| {
+                if let Err(e) =
+                    check_rpc_v1(r, &k.lock().unwrap(), &nonces, "2014-05-26", api_error)
+                {
+                    return e;
+                }
                 let q = &r.query;
-                for p in [
-                    "Action",
-                    "Format",
-                    "Version",
-                    "AccessKeyId",
-                    "SignatureMethod",
-                    "SignatureVersion",
-                    "SignatureNonce",
-                    "Timestamp",
-                    "Signature",
-                ] {
-                    if !q.contains_key(p) {
-                        return api_error(
-                            400,
-                            "MissingParameter",
-                            &format!("{p} is mandatory for this action."),
-                        );
-                    }
-                }
-                let Some((secret, token)) = k.lock().unwrap().get(&q["AccessKeyId"]).cloned()
-                else {
-                    return api_error(
-                        404,
-                        "InvalidAccessKeyId.NotFound",
-                        "Specified access key is not found.",
-                    );
-                };
-                let mut signed = q.clone();
-                let signature = signed.remove("Signature").unwrap();
-                if ipnat::providers::aliyun::sign_v1(&r.method, &signed, &secret) != signature {
-                    return api_error(
-                        400,
-                        "SignatureDoesNotMatch",
-                        "Specified signature is not matched with our calculation.",
-                    );
-                }
-                if token.is_some() && q.get("SecurityToken") != token.as_ref() {
-                    return api_error(
-                        400,
-                        "InvalidSecurityToken.Mismatch",
-                        "Specified SecurityToken mismatch with the AccessKey.",
-                    );
-                }
-                if !nonces.lock().unwrap().insert(q["SignatureNonce"].clone()) {
-                    return api_error(
-                        400,
-                        "SignatureNonceUsed",
-                        "Specified signature nonce was used already.",
-                    );
-                }
-                if q["Format"] != "JSON" || q["Version"] != "2014-05-26" {
-                    return api_error(400, "InvalidParameter", "Format and Version.");
-                }
                 *c.lock().unwrap() += 1;
                 let action = q["Action"].as_str();
                 if action == "DescribeInstanceTypes" {

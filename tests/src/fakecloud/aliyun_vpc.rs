@@ -67,65 +67,16 @@ impl FakeAliyunVpc {
     }
 
     fn handle(&self, r: &Request) -> (u16, String) {
+        if let Err(e) = check_rpc_v1(
+            r,
+            &self.keys.lock().unwrap(),
+            &self.nonces,
+            "2016-04-28",
+            vpc_error,
+        ) {
+            return e;
+        }
         let q = &r.query;
-        for p in [
-            "Action",
-            "Format",
-            "Version",
-            "AccessKeyId",
-            "SignatureMethod",
-            "SignatureVersion",
-            "SignatureNonce",
-            "Timestamp",
-            "Signature",
-        ] {
-            if !q.contains_key(p) {
-                return vpc_error(
-                    400,
-                    "MissingParameter",
-                    &format!("{p} is mandatory for this action."),
-                );
-            }
-        }
-        let Some((secret, token)) = self.keys.lock().unwrap().get(&q["AccessKeyId"]).cloned()
-        else {
-            return vpc_error(
-                404,
-                "InvalidAccessKeyId.NotFound",
-                "Specified access key is not found.",
-            );
-        };
-        let mut signed = q.clone();
-        let signature = signed.remove("Signature").unwrap();
-        if ipnat::providers::aliyun::sign_v1(&r.method, &signed, &secret) != signature {
-            return vpc_error(
-                400,
-                "SignatureDoesNotMatch",
-                "Specified signature is not matched with our calculation.",
-            );
-        }
-        if token.is_some() && q.get("SecurityToken") != token.as_ref() {
-            return vpc_error(
-                400,
-                "InvalidSecurityToken.Mismatch",
-                "Specified SecurityToken mismatch with the AccessKey.",
-            );
-        }
-        if !self
-            .nonces
-            .lock()
-            .unwrap()
-            .insert(q["SignatureNonce"].clone())
-        {
-            return vpc_error(
-                400,
-                "SignatureNonceUsed",
-                "Specified signature nonce was used already.",
-            );
-        }
-        if q["Format"] != "JSON" || q["Version"] != "2016-04-28" {
-            return vpc_error(400, "InvalidParameter", "Format and Version.");
-        }
         if q.get("RegionId") != Some(&self.region) {
             return vpc_error(
                 400,

@@ -177,3 +177,70 @@ impl PageFault {
 
 /// An access key's secret and, for temporary credentials, its security token.
 pub type AccessKey = (String, Option<String>);
+
+/// Checks an RPC-style Alibaba Cloud request (ECS, VPC) like the services do: the common
+/// parameters present, a known access key, signature v1 over what was sent, the security
+/// token of temporary credentials, a nonce used once, JSON and `version`. The error answer
+/// (built by `error`) otherwise.
+fn check_rpc_v1(
+    r: &Request,
+    keys: &HashMap<String, AccessKey>,
+    nonces: &Mutex<HashSet<String>>,
+    version: &str,
+    error: fn(u16, &str, &str) -> (u16, String),
+) -> Result<(), (u16, String)> {
+    let q = &r.query;
+    for p in [
+        "Action",
+        "Format",
+        "Version",
+        "AccessKeyId",
+        "SignatureMethod",
+        "SignatureVersion",
+        "SignatureNonce",
+        "Timestamp",
+        "Signature",
+    ] {
+        if !q.contains_key(p) {
+            return Err(error(
+                400,
+                "MissingParameter",
+                &format!("{p} is mandatory for this action."),
+            ));
+        }
+    }
+    let Some((secret, token)) = keys.get(&q["AccessKeyId"]).cloned() else {
+        return Err(error(
+            404,
+            "InvalidAccessKeyId.NotFound",
+            "Specified access key is not found.",
+        ));
+    };
+    let mut signed = q.clone();
+    let signature = signed.remove("Signature").unwrap_or_default();
+    if ipnat::providers::aliyun::sign_v1(&r.method, &signed, &secret) != signature {
+        return Err(error(
+            400,
+            "SignatureDoesNotMatch",
+            "Specified signature is not matched with our calculation.",
+        ));
+    }
+    if token.is_some() && q.get("SecurityToken") != token.as_ref() {
+        return Err(error(
+            400,
+            "InvalidSecurityToken.Mismatch",
+            "Specified SecurityToken mismatch with the AccessKey.",
+        ));
+    }
+    if !nonces.lock().unwrap().insert(q["SignatureNonce"].clone()) {
+        return Err(error(
+            400,
+            "SignatureNonceUsed",
+            "Specified signature nonce was used already.",
+        ));
+    }
+    if q["Format"] != "JSON" || q["Version"] != version {
+        return Err(error(400, "InvalidParameter", "Format and Version."));
+    }
+    Ok(())
+}
