@@ -222,7 +222,13 @@ impl ShardTask {
         };
         let mut attempt = 0u32;
         loop {
-            match takeover.take(&self.shard, &guard, &sync_now).await {
+            // Fresh clients for every attempt: a standby may have waited for hours, longer
+            // than the instance's temporary credentials last.
+            let result = match Takeover::new(&self.config).await {
+                Ok(fresh) => fresh.take(&self.shard, &guard, &sync_now).await,
+                Err(e) => Err(e),
+            };
+            match result {
                 Ok(report) => {
                     info!(shard = %self.shard.name, ms = elected.elapsed().as_millis() as u64, steps = ?report.steps, "took the shard over");
                     self.update(|s| {

@@ -159,6 +159,9 @@ pub struct FailoverLab {
     api_ports: Vec<u16>,
     pub etcd: EtcdServer,
     macs: Vec<String>,
+    /// AWS: the gateways take the instance profile's temporary credentials from their
+    /// metadata (see [`FailoverLab::rotate_role`]) instead of keys in their configs.
+    pub role_credentials: bool,
 }
 
 impl FailoverLab {
@@ -248,6 +251,7 @@ impl FailoverLab {
             api_ports: Vec::new(),
             etcd,
             macs,
+            role_credentials: false,
         };
         match cloud {
             LabCloud::Aws => lab.aws(delay_ms)?,
@@ -285,6 +289,10 @@ impl FailoverLab {
             .insert(("rtb-private".into(), "0.0.0.0/0".into()), fo_nic(0));
         ec2.delay_ms
             .store(delay_ms, std::sync::atomic::Ordering::Relaxed);
+        self.ec2 = Some(ec2);
+        self.rotate_role(1);
+        let ec2 = self.ec2.take().expect("just set");
+        let macs = &self.macs;
         for (i, m) in self.imds.iter().enumerate() {
             let base = format!("{}{}/", super::METADATA_MACS, macs[i]);
             m.set("mac", &macs[i]);
@@ -350,6 +358,22 @@ impl FailoverLab {
         ])?;
         self.vpc_api = Some(api);
         Ok(())
+    }
+
+    /// AWS: the instance profile's credentials become generation `n`'s on every gateway's
+    /// metadata, and the fake EC2 accepts only those from now on (as the old ones expire).
+    pub fn rotate_role(&self, n: u32) {
+        let (key, secret, token) = (
+            format!("ASIAROLE{n}"),
+            format!("role-secret-{n}"),
+            format!("role-token-{n}"),
+        );
+        for m in &self.imds {
+            m.set_aws_role("ipnat-gateway", &key, &secret, &token);
+        }
+        let mut keys = self.ec2().keys.lock().unwrap();
+        keys.retain(|k, _| !k.starts_with("ASIAROLE"));
+        keys.insert(key, (secret, Some(token)));
     }
 
     /// The fake EC2 API (the AWS lab's).
@@ -421,9 +445,14 @@ impl FailoverLab {
                 SHARD_ADDRESS,
                 format!(
                     "[aws]\nendpoint = \"http://127.0.0.1:{imds}\"\ninterval_secs = 30\ntimeout_ms = 1000\n\
-                     api_endpoint = \"http://127.0.0.1:{api}\"\naccess_key_id = \"{KEY_ID}\"\nsecret_access_key = \"{SECRET}\"\n",
+                     api_endpoint = \"http://127.0.0.1:{api}\"\n{keys}",
                     imds = self.imds[i].port,
                     api = self.api_ports[i],
+                    keys = if self.role_credentials {
+                        String::new()
+                    } else {
+                        format!("access_key_id = \"{KEY_ID}\"\nsecret_access_key = \"{SECRET}\"\n")
+                    },
                 ),
                 format!(
                     "[[failover.shard]]\nname = \"web\"\naddresses = [\"{SHARD_ADDRESS}\"]\n\

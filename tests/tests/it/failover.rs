@@ -501,3 +501,25 @@ fn on_alibaba_cloud_the_standby_announces_the_havip_and_no_connection_is_lost() 
     assert_eq!(lab.havip_owner(), Some(1));
     translated_both_ways_at(&lab, HAVIP_ADDRESS, 8194);
 }
+
+/// A standby may wait for hours, longer than the instance profile's temporary credentials
+/// last: elected, it takes the shard over with the credentials the metadata serves then.
+#[test]
+fn a_standby_takes_over_with_the_credentials_of_the_moment_it_is_elected() {
+    require_root();
+    let mut lab = FailoverLab::new(100, SecurityGroup::Untracked).unwrap();
+    lab.role_credentials = true;
+    let (mut a, b) = pair(&lab);
+    // The profile's credentials rotate while gw-b stands by; the old ones stop working.
+    lab.rotate_role(2);
+    a.kill().unwrap();
+    lab.block(0, true).unwrap();
+    let st = b.wait_status(
+        &lab.gateways[1],
+        "failover",
+        "gw-b took the shard over",
+        |f| shard(f)["role"] == "leader" && shard(f)["last_takeover"]["result"] == "ok",
+    );
+    assert_eq!(lab.holder().as_deref(), Some("eni-b"), "{st}");
+    assert_eq!(lab.route_target().as_deref(), Some("eni-b"));
+}
