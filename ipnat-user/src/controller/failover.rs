@@ -5,7 +5,6 @@
 //! moves nothing back by itself.
 
 use std::{
-    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -73,7 +72,7 @@ pub fn spawn(
     ctl: Arc<crate::metrics::ControllerCounters>,
     sync_now: UnboundedSender<()>,
 ) {
-    let (Some(f), Some(etcd)) = (&config.failover, &config.etcd) else {
+    let (Some(f), Some(_)) = (&config.failover, &config.etcd) else {
         return;
     };
     let node = f.node_name();
@@ -82,11 +81,8 @@ pub fn spawn(
             index: i,
             node: node.clone(),
             shard: shard.clone(),
-            failover: f.clone(),
-            etcd: etcd.clone(),
             config: config.clone(),
             ctl: ctl.clone(),
-            pin_path: config.pin_path.clone(),
             sync_now: sync_now.clone(),
         };
         tokio::spawn(task.run());
@@ -97,15 +93,24 @@ struct ShardTask {
     index: usize,
     node: String,
     shard: ShardConfig,
-    failover: FailoverConfig,
-    etcd: EtcdConfig,
+    /// Holds `[failover]` and `[etcd]` (checked by [`spawn`]).
     config: Config,
     ctl: Arc<crate::metrics::ControllerCounters>,
-    pin_path: PathBuf,
     sync_now: UnboundedSender<()>,
 }
 
 impl ShardTask {
+    fn failover(&self) -> &FailoverConfig {
+        self.config
+            .failover
+            .as_ref()
+            .expect("spawned with [failover]")
+    }
+
+    fn etcd(&self) -> &EtcdConfig {
+        self.config.etcd.as_ref().expect("spawned with [etcd]")
+    }
+
     /// Changes this shard's entry and records the whole state for `ipnat status`.
     fn update(&self, f: impl FnOnce(&mut ShardState)) {
         let mut guard = self.ctl.failover.lock().expect("not poisoned");
@@ -121,13 +126,13 @@ impl ShardTask {
                 shard.led_until_unix_ms = shard.role_since_unix_ms;
             }
         }
-        if let Err(e) = state.save(&self.pin_path) {
+        if let Err(e) = state.save(&self.config.pin_path) {
             warn!("recording the failover state: {e}");
         }
     }
 
     async fn run(self) {
-        let name = leader::election_name(&self.etcd.prefix, &self.shard.name);
+        let name = leader::election_name(&self.etcd().prefix, &self.shard.name);
         loop {
             // A gateway that could not take the shard over must not lead it.
             let takeover = match self.prepare().await {
@@ -174,11 +179,11 @@ impl ShardTask {
     /// One lease: campaign as a standby, and if elected, take over and lead until the lease
     /// may have expired.
     async fn term(&self, name: &str, takeover: &Takeover) -> Result<(), crate::fleet::FleetError> {
-        let client = leader::connect(&self.etcd).await?;
+        let client = leader::connect(self.etcd()).await?;
         let lease = Lease::grant(
             &client,
-            self.failover.lease_ttl_s as i64,
-            Duration::from_millis(self.failover.fence_margin_ms),
+            self.failover().lease_ttl_s as i64,
+            Duration::from_millis(self.failover().fence_margin_ms),
         )
         .await?;
         // A standby holds nothing (a HaVip's address left on the interface would answer ARP).

@@ -72,71 +72,15 @@ impl SecurityGroup {
         }
         sg.sysctl("net.bridge.bridge-nf-call-iptables", "1")?;
         sg.sysctl("net.netfilter.nf_conntrack_tcp_loose", "0")?;
-        let rules: [&[&str]; 6] = [
-            &["-P", "FORWARD", "DROP"],
-            &[
-                "-A",
-                "FORWARD",
-                "-m",
-                "physdev",
-                "--physdev-in",
-                "nic",
-                "-j",
-                "ACCEPT",
-            ],
-            &[
-                "-A",
-                "FORWARD",
-                "-m",
-                "conntrack",
-                "--ctstate",
-                "ESTABLISHED,RELATED",
-                "-j",
-                "ACCEPT",
-            ],
-            &[
-                "-A",
-                "FORWARD",
-                "-m",
-                "physdev",
-                "--physdev-in",
-                "uplink",
-                "-s",
-                "10.0.0.0/16",
-                "-j",
-                "ACCEPT",
-            ],
-            &[
-                "-A",
-                "FORWARD",
-                "-m",
-                "physdev",
-                "--physdev-in",
-                "uplink",
-                "-p",
-                "tcp",
-                "--dport",
-                "8100:8199",
-                "-j",
-                "ACCEPT",
-            ],
-            &[
-                "-A",
-                "FORWARD",
-                "-m",
-                "physdev",
-                "--physdev-in",
-                "uplink",
-                "-p",
-                "udp",
-                "--dport",
-                "8100:8199",
-                "-j",
-                "ACCEPT",
-            ],
-        ];
-        for r in rules {
-            sg.run("iptables", r)?;
+        for rule in [
+            "-P FORWARD DROP",
+            "-A FORWARD -m physdev --physdev-in nic -j ACCEPT",
+            "-A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+            "-A FORWARD -m physdev --physdev-in uplink -s 10.0.0.0/16 -j ACCEPT",
+            "-A FORWARD -m physdev --physdev-in uplink -p tcp --dport 8100:8199 -j ACCEPT",
+            "-A FORWARD -m physdev --physdev-in uplink -p udp --dport 8100:8199 -j ACCEPT",
+        ] {
+            sg.run("iptables", &rule.split(' ').collect::<Vec<_>>())?;
         }
         Ok(())
     }
