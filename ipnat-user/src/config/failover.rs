@@ -36,6 +36,10 @@ pub struct FailoverConfig {
     /// metadata to list them before the takeover is retried.
     #[serde(default = "default_confirm_timeout_ms")]
     pub confirm_timeout_ms: u64,
+    /// A shard's preferred gateway (`prefer`) gets it back only after it has stood by this
+    /// long without a break: a gateway that keeps restarting does not pull the shard to and fro.
+    #[serde(default = "default_hold_down_s")]
+    pub hold_down_s: u64,
     #[serde(default, rename = "shard")]
     pub shards: Vec<ShardConfig>,
 }
@@ -58,6 +62,11 @@ pub struct ShardConfig {
     /// holds it by announcing it with gratuitous ARP.
     #[serde(default)]
     pub havip: Option<String>,
+    /// The gateway (its `[failover] name`) that should lead the shard whenever it can: the
+    /// leader hands the shard to it once it has stood by for `hold_down_s`. Without it a
+    /// shard stays where the last failover put it until `ipnat fleet move`.
+    #[serde(default)]
+    pub prefer: Option<String>,
 }
 
 /// One route of a VPC route table whose next hop is the leader's NIC.
@@ -83,6 +92,10 @@ fn default_call_timeout_ms() -> u64 {
 
 fn default_confirm_timeout_ms() -> u64 {
     15_000
+}
+
+fn default_hold_down_s() -> u64 {
+    60
 }
 
 impl FailoverConfig {
@@ -192,6 +205,13 @@ impl FailoverConfig {
                 "must be 1000 to 600000",
             ));
         }
+        if !(1..=86_400).contains(&self.hold_down_s) {
+            return Err(invalid(
+                "failover.hold_down_s".into(),
+                &self.hold_down_s,
+                "must be 1 to 86400",
+            ));
+        }
         if self.shards.is_empty() {
             return Err(invalid(
                 "failover.shard".into(),
@@ -214,6 +234,15 @@ impl FailoverConfig {
                     format!("{key}.name"),
                     &s.name,
                     "names another shard too",
+                ));
+            }
+            if let Some(p) = &s.prefer
+                && !valid_name(p)
+            {
+                return Err(invalid(
+                    format!("{key}.prefer"),
+                    p,
+                    "a gateway's [failover] name: 1 to 63 letters, digits, '-', '_' or '.'",
                 ));
             }
             if s.addresses.is_empty() {

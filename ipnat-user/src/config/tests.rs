@@ -352,10 +352,12 @@ fn the_failover_section_is_checked_key_by_key_and_needs_etcd_and_a_cloud() {
             f.lease_ttl_s,
             f.fence_margin_ms,
             f.call_timeout_ms,
-            f.confirm_timeout_ms
+            f.confirm_timeout_ms,
+            f.hold_down_s,
         ),
-        (5, 500, 2000, 15000)
+        (5, 500, 2000, 15000, 60)
     );
+    assert_eq!(f.shards[0].prefer, None);
     assert_eq!(f.shards[0].routes[0].table, "rtb-1");
     // The example's commented section, uncommented, is valid and has these defaults.
     let example = include_str!("../../../ipnat.example.toml");
@@ -372,15 +374,18 @@ fn the_failover_section_is_checked_key_by_key_and_needs_etcd_and_a_cloud() {
             e.lease_ttl_s,
             e.fence_margin_ms,
             e.call_timeout_ms,
-            e.confirm_timeout_ms
+            e.confirm_timeout_ms,
+            e.hold_down_s,
         ),
         (
             f.lease_ttl_s,
             f.fence_margin_ms,
             f.call_timeout_ms,
-            f.confirm_timeout_ms
+            f.confirm_timeout_ms,
+            f.hold_down_s,
         )
     );
+    assert_eq!(e.shards[0].prefer.as_deref(), Some("gw-a"));
     let second = |name: &str, address: &str| {
         format!("{shard}[[failover.shard]]\nname = \"{name}\"\naddresses = [\"{address}\"]\n")
     };
@@ -415,6 +420,15 @@ fn the_failover_section_is_checked_key_by_key_and_needs_etcd_and_a_cloud() {
             "did you mean 10.1.0.0/16?",
         ),
         ("name = \"gw a\"", shard.to_owned(), "failover.name"),
+        ("hold_down_s = 0", shard.to_owned(), "failover.hold_down_s"),
+        (
+            "",
+            shard.replace(
+                "[[failover.shard.route]]",
+                "prefer = \"gw/a\"\n[[failover.shard.route]]",
+            ),
+            "failover.shard[0].prefer",
+        ),
     ] {
         let e = err(&with(keys, &shards));
         assert!(e.contains(says), "{keys} {shards}: {e}");

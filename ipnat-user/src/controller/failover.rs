@@ -2,7 +2,8 @@
 //! shard over (reads only), campaigns for it in etcd, takes it over through the cloud's API
 //! when elected, and leads until its lease may have expired, then campaigns again as a
 //! standby. A gateway that comes back after a failover campaigns behind the new leader: it
-//! moves nothing back by itself.
+//! moves nothing back by itself (a move asked through etcd does, see `crate::fleet::handover`:
+//! `ipnat fleet move`, or the shard's `prefer` after the hold-down).
 
 use std::{
     sync::Arc,
@@ -15,7 +16,8 @@ use tracing::{info, warn};
 use crate::{
     config::{Config, EtcdConfig, FailoverConfig, ShardConfig},
     fleet::{
-        failover::{FailoverState, ShardState, TakeoverRecord},
+        failover::{FailoverState, MoveRecord, ShardState, TakeoverRecord},
+        handover::{self, MoveRequest, Step},
         leader::{self, Lease},
         unix_ms,
     },
@@ -169,6 +171,85 @@ impl ShardTask {
         }
     }
 
+    fn etcd_timeout(&self) -> Duration {
+        Duration::from_millis(self.etcd().request_timeout_ms)
+    }
+
+    /// The move request for this shard, if `wanted` is what this candidate (on `lease`) does
+    /// about it now. etcd not answering in time, or a broken request, is a request not seen.
+    async fn asked(
+        &self,
+        client: &etcd_client::Client,
+        name: &str,
+        lease: &Lease,
+        wanted: Step,
+    ) -> Option<MoveRequest> {
+        let key = handover::move_key(&self.etcd().prefix, &self.shard.name);
+        let look = async {
+            let Some(request) = handover::read_move(client, &key).await? else {
+                return Ok(None);
+            };
+            let line = handover::candidates(client, name).await?;
+            Ok::<_, crate::fleet::FleetError>(
+                (handover::step(lease.id, &line, &request) == wanted).then_some(request),
+            )
+        };
+        match tokio::time::timeout(self.etcd_timeout(), look).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                warn!(shard = %self.shard.name, "reading the shard's move request: {e}");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// A leader that is not the shard's preferred gateway asks for the shard to move to it
+    /// once it has stood by for the hold-down without a break (`since`: when it was first
+    /// seen in line).
+    async fn prefer(&self, client: &etcd_client::Client, name: &str, since: &mut Option<Instant>) {
+        let Some(preferred) = self.shard.prefer.as_deref().filter(|p| *p != self.node) else {
+            return;
+        };
+        let hold_down = Duration::from_secs(self.failover().hold_down_s);
+        let line =
+            tokio::time::timeout(self.etcd_timeout(), handover::candidates(client, name)).await;
+        let Ok(Ok(line)) = line else {
+            return;
+        };
+        if !line.iter().any(|c| c.node == preferred) {
+            *since = None;
+            return;
+        }
+        if since.get_or_insert_with(Instant::now).elapsed() < hold_down {
+            return;
+        }
+        let key = handover::move_key(&self.etcd().prefix, &self.shard.name);
+        let request = MoveRequest {
+            to: preferred.to_owned(),
+            by: format!("{}: the shard prefers {preferred}", self.node),
+        };
+        // The request goes by itself if the move does not happen (the preferred gateway
+        // refuses the takeover); the hold-down then starts again.
+        let ttl = (self.failover().hold_down_s as i64).clamp(10, 300);
+        match tokio::time::timeout(
+            self.etcd_timeout(),
+            handover::request_move(client, &key, &request, ttl),
+        )
+        .await
+        {
+            Ok(Ok(Ok(_))) => {
+                info!(shard = %self.shard.name, to = preferred, "the preferred gateway stood by for the hold-down: asked for the shard to move to it");
+                *since = None;
+            }
+            Ok(Ok(Err(_other))) => {}
+            Ok(Err(e)) => {
+                warn!(shard = %self.shard.name, "asking for the shard to move to {preferred}: {e}")
+            }
+            Err(_) => {}
+        }
+    }
+
     /// The clients and the preflight (reads only).
     async fn prepare(&self) -> Result<Takeover, TakeoverError> {
         let t = Takeover::new(&self.config).await?;
@@ -203,8 +284,14 @@ impl ShardTask {
             tokio::select! {
                 won = &mut campaign => break won?,
                 _ = look.tick() => {
-                    if let Ok(l) = leader::leader(&client, name).await {
+                    if let Ok(Ok(l)) = tokio::time::timeout(self.etcd_timeout(), leader::leader(&client, name)).await {
                         self.update(|s| s.leader = l);
+                    }
+                    if let Some(request) = self.asked(&client, name, &lease, Step::StepBack).await {
+                        lease.revoke(&client, self.etcd_timeout()).await;
+                        info!(shard = %self.shard.name, to = %request.to, by = %request.by, "stepping back in line: the shard is to move to another gateway");
+                        self.update(|s| s.last_move = Some(MoveRecord::of("stepped back in line", request)));
+                        return Ok(());
                     }
                 }
             }
@@ -236,6 +323,16 @@ impl ShardTask {
             match result {
                 Ok(report) => {
                     info!(shard = %self.shard.name, ms = elected.elapsed().as_millis() as u64, steps = ?report.steps, "took the shard over");
+                    // A move asked for this gateway is done.
+                    let key = handover::move_key(&self.etcd().prefix, &self.shard.name);
+                    if let Ok(Ok(true)) = tokio::time::timeout(
+                        self.etcd_timeout(),
+                        handover::finish_move(&client, &key, &self.node),
+                    )
+                    .await
+                    {
+                        info!(shard = %self.shard.name, "the move asked for this gateway is done");
+                    }
                     self.update(|s| {
                         s.detail.clear();
                         s.last_takeover = Some(TakeoverRecord {
@@ -273,12 +370,30 @@ impl ShardTask {
                 }
             }
         }
-        // Lead until the lease may have expired (etcd then elects another).
+        // Lead until the lease may have expired (etcd then elects another), or until the
+        // shard is to move to a gateway that is next in line.
         let mut show = tokio::time::interval(Duration::from_secs(1));
+        let mut preferred_since: Option<Instant> = None;
         let lost = loop {
             tokio::select! {
                 lost = lease.lost() => break lost,
-                _ = show.tick() => self.update(|s| s.fence_left_ms = lease.left().as_millis() as u64),
+                _ = show.tick() => {
+                    self.update(|s| s.fence_left_ms = lease.left().as_millis() as u64);
+                    self.prefer(&client, name, &mut preferred_since).await;
+                    if let Some(request) = self.asked(&client, name, &lease, Step::HandOver).await {
+                        // Stop leading first: what leading held on this host goes, then the
+                        // lease (etcd elects the next in line only once its key is gone).
+                        self.release(takeover);
+                        lease.revoke(&client, self.etcd_timeout()).await;
+                        info!(shard = %self.shard.name, to = %request.to, by = %request.by, "handed the shard over");
+                        self.update(|s| {
+                            s.role = "standby".into();
+                            s.last_move = Some(MoveRecord::of("handed the shard over", request));
+                            s.fence_left_ms = 0;
+                        });
+                        return Ok(());
+                    }
+                }
             }
         };
         warn!(shard = %self.shard.name, "no longer leader: {lost}; claiming nothing until elected again");

@@ -34,6 +34,30 @@ pub struct ShardState {
     /// The lease time this gateway has left to act as leader (0 unless it leads).
     pub fence_left_ms: u64,
     pub last_takeover: Option<TakeoverRecord>,
+    /// The last time this gateway gave way on purpose (a move asked through etcd).
+    #[serde(default)]
+    pub last_move: Option<MoveRecord>,
+}
+
+/// This gateway gave way for a move (see `crate::fleet::handover`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveRecord {
+    pub unix_ms: u64,
+    /// `handed the shard over` (it led) or `stepped back in line` (it stood by ahead).
+    pub what: String,
+    pub to: String,
+    pub by: String,
+}
+
+impl MoveRecord {
+    pub fn of(what: &str, request: super::handover::MoveRequest) -> Self {
+        MoveRecord {
+            unix_ms: super::unix_ms(),
+            what: what.to_owned(),
+            to: request.to,
+            by: request.by,
+        }
+    }
 }
 
 /// One takeover by this gateway.
@@ -84,6 +108,12 @@ impl FailoverState {
                 for step in &t.report.steps {
                     s.push_str(&format!("      {step}\n"));
                 }
+            }
+            if let Some(m) = &sh.last_move {
+                s.push_str(&format!(
+                    "    last move: {} for {} (asked by {})\n",
+                    m.what, m.to, m.by
+                ));
             }
         }
         s

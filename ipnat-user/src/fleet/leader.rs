@@ -198,6 +198,20 @@ impl Lease {
             .left(Instant::now())
     }
 
+    /// Gives the lease up at once: this gateway stops acting on it first (its fence is
+    /// revoked, its renewals stop), then asks etcd to revoke it (its candidacy's key goes, and
+    /// etcd elects the next candidate). If etcd cannot be asked, the lease expires by itself.
+    pub async fn revoke(&self, client: &Client, within: Duration) {
+        {
+            let mut f = self.fence.lock().expect("not poisoned");
+            f.revoked = true;
+            f.until = None;
+        }
+        self.renewals.abort();
+        let mut c = client.clone();
+        let _ = tokio::time::timeout(within, c.lease_revoke(self.id)).await;
+    }
+
     /// Resolves once the lease may no longer be acted on.
     pub async fn lost(&self) -> Fenced {
         loop {

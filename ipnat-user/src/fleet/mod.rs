@@ -3,13 +3,15 @@
 //! controller at the newest table (a snapshot, then a watch from its revision), and `state`
 //! records what it serves for `ipnat status` and the metrics. `health` decides whether the
 //! gateway is ready and what it announces, `announce` keeps the routes the routing daemon
-//! announces, and `bird` reads the daemon's sessions. `leader` elects each failover shard's leader.
+//! announces, and `bird` reads the daemon's sessions. `leader` elects each failover shard's leader, and
+//! `handover` moves a shard's leadership on purpose.
 
 pub mod announce;
 pub mod bird;
 mod client;
 pub mod failover;
 mod follow;
+pub mod handover;
 pub mod health;
 pub mod leader;
 mod schema;

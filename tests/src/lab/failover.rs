@@ -384,6 +384,11 @@ impl FailoverLab {
     /// section with its metadata and the fake API, [etcd], and [failover] with one shard
     /// (`failover_extra` added to its keys).
     pub fn config(&self, i: usize, failover_extra: &str) -> String {
+        self.config_with(i, failover_extra, "")
+    }
+
+    /// [`FailoverLab::config`] with `shard_extra` added to the shard's keys.
+    pub fn config_with(&self, i: usize, failover_extra: &str, shard_extra: &str) -> String {
         let (public, cloud, shard) = match self.cloud {
             LabCloud::Aws => (
                 SHARD_ADDRESS,
@@ -399,7 +404,7 @@ impl FailoverLab {
                     },
                 ),
                 format!(
-                    "[[failover.shard]]\nname = \"web\"\naddresses = [\"{SHARD_ADDRESS}\"]\n\
+                    "[[failover.shard]]\nname = \"web\"\naddresses = [\"{SHARD_ADDRESS}\"]\n{shard_extra}\
                      [[failover.shard.route]]\ntable = \"rtb-private\"\ndestination = \"0.0.0.0/0\"\n"
                 ),
             ),
@@ -412,7 +417,7 @@ impl FailoverLab {
                     api = self.api_ports[i],
                 ),
                 format!(
-                    "[[failover.shard]]\nname = \"web\"\naddresses = [\"{HAVIP_ADDRESS}\"]\nhavip = \"havip-web\"\n"
+                    "[[failover.shard]]\nname = \"web\"\naddresses = [\"{HAVIP_ADDRESS}\"]\nhavip = \"havip-web\"\n{shard_extra}"
                 ),
             ),
         };

@@ -15,7 +15,7 @@ use ipnat_tests::{
             fo_nic,
         },
         fleet_traffic::{DownloadReport, Traffic, TrafficReport, tcp_downloads},
-        udp_exchange_at,
+        ipnat_in, udp_exchange_at,
     },
     netns::require_root,
 };
@@ -111,6 +111,50 @@ fn primary_dies_under_traffic_at(
     port: u16,
     moved: &dyn Fn() -> bool,
 ) -> Failover {
+    let mut took = Duration::ZERO;
+    let (inbound, outbound) = under_traffic(lab, public, port, &mut || {
+        let killed = Instant::now();
+        a.kill().unwrap();
+        lab.block(0, true).unwrap();
+        let deadline = killed + Duration::from_secs(20);
+        while !moved() {
+            assert!(
+                Instant::now() < deadline,
+                "no takeover 20 s after the primary died"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        took = killed.elapsed();
+    });
+    let status = b.wait_status(&lab.gateways[1], "failover", "gw-b leads", |f| {
+        let s = shard(f);
+        s["role"] == "leader" && s["last_takeover"]["result"] == "ok"
+    });
+    let f = Failover {
+        inbound,
+        outbound,
+        moved: took,
+        shard: shard(&status),
+    };
+    eprintln!(
+        "takeover: the shard moved to gw-b {} ms after gw-a died; gw-b's record: {}; inbound TCP {}; outbound TCP {:?}; UDP {:?}",
+        f.moved.as_millis(),
+        f.shard["last_takeover"],
+        f.inbound.downloads.summary(),
+        f.outbound,
+        f.inbound.flows[0]
+    );
+    f
+}
+
+/// 8 downloads from the backend through `public` (inbound) with a UDP stream, 8 downloads from
+/// the internet by the backend (outbound); 2 s in, `during` runs; then every transfer ends.
+fn under_traffic(
+    lab: &FailoverLab,
+    public: std::net::Ipv4Addr,
+    port: u16,
+    during: &mut dyn FnMut(),
+) -> (TrafficReport, DownloadReport) {
     let traffic = Traffic::start(
         &lab.inet,
         &[FO_INET],
@@ -133,37 +177,8 @@ fn primary_dies_under_traffic_at(
     )
     .unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    let killed = Instant::now();
-    a.kill().unwrap();
-    lab.block(0, true).unwrap();
-    let deadline = killed + Duration::from_secs(20);
-    while !moved() {
-        assert!(
-            Instant::now() < deadline,
-            "no takeover 20 s after the primary died"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let moved = killed.elapsed();
-    let status = b.wait_status(&lab.gateways[1], "failover", "gw-b leads", |f| {
-        let s = shard(f);
-        s["role"] == "leader" && s["last_takeover"]["result"] == "ok"
-    });
-    let f = Failover {
-        inbound: traffic.join().unwrap(),
-        outbound: outbound.join().unwrap(),
-        moved,
-        shard: shard(&status),
-    };
-    eprintln!(
-        "takeover: the shard moved to gw-b {} ms after gw-a died; gw-b's record: {}; inbound TCP {}; outbound TCP {:?}; UDP {:?}",
-        f.moved.as_millis(),
-        f.shard["last_takeover"],
-        f.inbound.downloads.summary(),
-        f.outbound,
-        f.inbound.flows[0]
-    );
-    f
+    during();
+    (traffic.join().unwrap(), outbound.join().unwrap())
 }
 
 fn moves(lab: &FailoverLab) -> Vec<String> {
@@ -236,6 +251,76 @@ fn the_standby_takes_the_shard_over_through_the_api_and_no_connection_is_lost() 
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(moves(&lab).len(), 2, "nothing moved back");
     assert_eq!(lab.holder(), Some(fo_nic(1)));
+
+    // Moved back on purpose, under traffic: `ipnat fleet move` (from any host that reaches
+    // etcd). A gateway that does not stand by for the shard is refused, nothing asked.
+    let fleet_move = |to: &str| {
+        ipnat_in(
+            &lab.gateways[0],
+            &[
+                "fleet",
+                "move",
+                "web",
+                "--to",
+                to,
+                "--etcd",
+                &lab.etcd.url,
+                "--timeout-s",
+                "20",
+            ],
+        )
+    };
+    let (ok, out) = fleet_move("gw-c");
+    assert!(
+        !ok && out.contains("gw-c does not stand by for shard web (in line: gw-b, gw-a)"),
+        "{out}"
+    );
+    let (ok, out) = fleet_move("gw-b");
+    assert!(
+        ok && out.contains("gw-b leads shard web already: nothing changed"),
+        "{out}"
+    );
+    let mut said = String::new();
+    let (inbound, outbound) = under_traffic(&lab, SHARD_ADDRESS, 8400, &mut || {
+        let (ok, out) = fleet_move("gw-a");
+        assert!(ok, "{out}");
+        said = out;
+    });
+    eprintln!(
+        "moved back: {said}; inbound TCP {}; outbound TCP {outbound:?}; UDP {:?}",
+        inbound.downloads.summary(),
+        inbound.flows[0]
+    );
+    assert!(
+        said.contains("gw-a leads shard web and has taken it over"),
+        "{said}"
+    );
+    assert_eq!(inbound.downloads.complete, 8, "{:?}", inbound.downloads);
+    assert_eq!(outbound.complete, 8, "{outbound:?}");
+    let st = a2.wait_status(&lab.gateways[0], "failover", "gw-a leads again", |f| {
+        shard(f)["role"] == "leader" && shard(f)["last_takeover"]["result"] == "ok"
+    });
+    b.wait_status(&lab.gateways[1], "failover", "gw-b handed over", |f| {
+        let s = shard(f);
+        s["role"] == "standby"
+            && s["leader"] == fo_name(0)
+            && s["last_move"]["what"] == "handed the shard over"
+            && s["last_move"]["to"] == "gw-a"
+    });
+    // One move each way, never two holders: the fake records every move.
+    assert_eq!(
+        moves(&lab),
+        [
+            format!("{SHARD_ADDRESS} eni-a -> eni-b"),
+            "rtb-private 0.0.0.0/0 eni-a -> eni-b".to_owned(),
+            format!("{SHARD_ADDRESS} eni-b -> eni-a"),
+            "rtb-private 0.0.0.0/0 eni-b -> eni-a".to_owned(),
+        ],
+        "{st}"
+    );
+    translated_both_ways(&lab, 8194);
+    let (ok, out) = fleet_move("gw-a");
+    assert!(ok && out.contains("already"), "{out}");
 }
 
 /// With security groups that track connections per NIC, what the move breaks: replies to
@@ -522,4 +607,83 @@ fn a_standby_takes_over_with_the_credentials_of_the_moment_it_is_elected() {
     );
     assert_eq!(lab.holder().as_deref(), Some("eni-b"), "{st}");
     assert_eq!(lab.route_target().as_deref(), Some("eni-b"));
+}
+
+/// A shard's `prefer`red gateway gets it back once it has stood by for the hold-down: on
+/// Alibaba Cloud the leader drops the HaVip's address before it gives its lease up, the
+/// preferred gateway announces it, connections survive. Until the hold-down has passed,
+/// nothing moves.
+#[test]
+fn the_preferred_gateway_gets_its_shard_back_after_the_hold_down() {
+    require_root();
+    let lab = FailoverLab::aliyun(SecurityGroup::Untracked).unwrap();
+    let prefer = |i: usize| {
+        let config = lab.config_with(i, "hold_down_s = 4", "prefer = \"gw-a\"\n");
+        ipnat_tests::lab::Ipnat::start(&lab.gateways[i], &config, &FailoverLab::pin(i)).unwrap()
+    };
+    // gw-b starts alone and takes the HaVip; gw-a, preferred, comes later.
+    let b = prefer(1);
+    b.wait_status(&lab.gateways[1], "failover", "gw-b leads", |f| {
+        shard(f)["role"] == "leader" && shard(f)["last_takeover"]["result"] == "ok"
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lab.havip_owner() != Some(1) {
+        assert!(
+            Instant::now() < deadline,
+            "the VPC never learnt gw-b holds the HaVip"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let a = prefer(0);
+    let standing = a.wait_status(&lab.gateways[0], "failover", "gw-a stands by", |f| {
+        shard(f)["role"] == "standby" && shard(f)["leader"] == fo_name(1)
+    });
+    let since = shard(&standing)["role_since_unix_ms"].as_u64().unwrap();
+    let mut moved_after = 0u64;
+    let (inbound, outbound) = under_traffic(&lab, HAVIP_ADDRESS, 8500, &mut || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while lab.havip_owner() != Some(0) {
+            assert!(
+                Instant::now() < deadline,
+                "the shard never went back to gw-a"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        moved_after = ipnat::fleet::unix_ms() - since;
+    });
+    eprintln!(
+        "gw-a got the shard back {moved_after} ms after it stood by; inbound TCP {}; outbound TCP {outbound:?}; UDP {:?}",
+        inbound.downloads.summary(),
+        inbound.flows[0]
+    );
+    assert!(
+        moved_after >= 4000,
+        "moved {moved_after} ms after gw-a stood by: before the hold-down"
+    );
+    assert_eq!(inbound.downloads.complete, 8, "{:?}", inbound.downloads);
+    assert_eq!(outbound.complete, 8, "{outbound:?}");
+    a.wait_status(&lab.gateways[0], "failover", "gw-a leads", |f| {
+        shard(f)["role"] == "leader" && shard(f)["last_takeover"]["result"] == "ok"
+    });
+    let st = b.wait_status(&lab.gateways[1], "failover", "gw-b handed over", |f| {
+        shard(f)["role"] == "standby" && shard(f)["leader"] == fo_name(0)
+    });
+    let moved = &shard(&st)["last_move"];
+    assert_eq!(
+        (&moved["what"], &moved["to"], &moved["by"]),
+        (
+            &"handed the shard over".into(),
+            &"gw-a".into(),
+            &"gw-b: the shard prefers gw-a".into()
+        ),
+        "{st}"
+    );
+    let out = lab.gateways[1]
+        .ip(&["-4", "addr", "show", "dev", "eth0"])
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains(&format!("{HAVIP_ADDRESS}/32")),
+        "gw-b dropped the HaVip's address"
+    );
+    translated_both_ways_at(&lab, HAVIP_ADDRESS, 8196);
 }

@@ -288,6 +288,22 @@ pub enum FleetCommand {
         #[command(subcommand)]
         action: FleetMapCommand,
     },
+    /// Move a failover shard's leadership to GATEWAY (which must be standing by for it): the
+    /// gateways ahead of it in the election step back, the leader stops leading, GATEWAY is
+    /// elected and takes the shard over through the cloud's API as after a failover. Waits
+    /// until it has; a request not done within --timeout-s goes by itself.
+    Move {
+        /// The shard's name (its [[failover.shard]] name).
+        shard: String,
+        /// The gateway to lead it (its [failover] name).
+        #[arg(long, value_name = "GATEWAY")]
+        to: String,
+        /// How long the request stands (and this command waits).
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(5..=3600))]
+        timeout_s: u64,
+        #[command(flatten)]
+        target: FleetTarget,
+    },
 }
 
 #[derive(Subcommand)]

@@ -1,9 +1,16 @@
-//! `ipnat fleet list|map add|map del`: the fleet's shared table in etcd.
+//! `ipnat fleet list|map add|map del`: the fleet's shared table in etcd; `ipnat fleet move`:
+//! a failover shard's leadership moved on purpose.
 
-use anyhow::{Context, Result};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
 use ipnat::{
     config::{Config, EtcdConfig, MappingConfig},
-    fleet::{Etcd, Keys, Written},
+    fleet::{
+        Etcd, Keys, Written,
+        handover::{self, MoveRequest},
+        leader,
+    },
 };
 
 use crate::cli::{FleetCommand, FleetMapCommand, FleetTarget};
@@ -94,6 +101,12 @@ pub fn run(action: FleetCommand) -> Result<()> {
                 }
                 Ok(())
             }
+            FleetCommand::Move {
+                shard,
+                to,
+                timeout_s,
+                target: t,
+            } => move_shard(&t, &shard, &to, Duration::from_secs(timeout_s)).await,
             FleetCommand::Map { action } => match action {
                 FleetMapCommand::Add {
                     public,
@@ -131,4 +144,93 @@ pub fn run(action: FleetCommand) -> Result<()> {
             },
         }
     })
+}
+
+/// `ipnat fleet move SHARD --to GATEWAY`: checks that GATEWAY stands by for the shard, asks for
+/// the move (see `ipnat::fleet::handover`) and waits until GATEWAY leads and has taken the
+/// shard over (it then removes the request).
+async fn move_shard(t: &FleetTarget, shard: &str, to: &str, timeout: Duration) -> Result<()> {
+    let config = target(t)?;
+    // Each request is bounded by the section's request_timeout_ms.
+    let etcd = Etcd::connect(&config).await?;
+    let client = &etcd.client;
+    let name = leader::election_name(&config.prefix, shard);
+    let key = handover::move_key(&config.prefix, shard);
+    let line = handover::candidates(client, &name).await?;
+    let nodes: Vec<&str> = line.iter().map(|c| c.node.as_str()).collect();
+    match nodes.first() {
+        None => bail!(
+            "no gateway campaigns for shard {shard:?} under {name}/ (is a controller with this \
+             [[failover.shard]] running, and not refused? see its ipnat status): nothing changed"
+        ),
+        Some(first) if *first == to => {
+            println!("{to} leads shard {shard} already: nothing changed");
+            return Ok(());
+        }
+        Some(_) if !nodes.contains(&to) => bail!(
+            "{to} does not stand by for shard {shard} (in line: {}): it is not running, or \
+             its preflight refused the shard (see its ipnat status); nothing changed",
+            nodes.join(", ")
+        ),
+        Some(_) => {}
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let request = MoveRequest {
+        to: to.to_owned(),
+        by: format!("ipnat fleet move on {}", host.trim()),
+    };
+    let ttl = timeout.as_secs() as i64;
+    let asked = handover::request_move(client, &key, &request, ttl).await?;
+    if let Err(other) = asked {
+        bail!(
+            "a move of shard {shard} to {} is under way already (asked by {}): nothing changed",
+            other.to,
+            other.by
+        );
+    }
+    println!(
+        "asked for shard {shard} to move from {} to {to} (in line: {})",
+        nodes[0],
+        nodes.join(", ")
+    );
+    let start = Instant::now();
+    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
+    loop {
+        tokio::select! {
+            _ = &mut interrupted => {
+                let _ = handover::cancel_move(client, &key).await;
+                bail!("interrupted: the request was withdrawn; whoever leads shard {shard} now keeps it");
+            }
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        let Ok(pending) = handover::read_move(client, &key).await else {
+            continue;
+        };
+        let leads = leader::leader(client, &name).await.ok().flatten();
+        match pending {
+            // The new leader removes the request once it has taken the shard over.
+            None if leads.as_deref() == Some(to) => {
+                println!(
+                    "{to} leads shard {shard} and has taken it over ({} ms)",
+                    start.elapsed().as_millis()
+                );
+                return Ok(());
+            }
+            None => bail!(
+                "the request went unanswered: shard {shard} is led by {} (see ipnat status on \
+                 {to} for why it did not take it over)",
+                leads.as_deref().unwrap_or("nobody")
+            ),
+            Some(_) if start.elapsed() > timeout + Duration::from_secs(2) => {
+                let _ = handover::cancel_move(client, &key).await;
+                bail!(
+                    "shard {shard} did not move to {to} within {} s (led by {}): the request \
+                     was withdrawn; see ipnat status on {to}",
+                    timeout.as_secs(),
+                    leads.as_deref().unwrap_or("nobody")
+                );
+            }
+            Some(_) => {}
+        }
+    }
 }
