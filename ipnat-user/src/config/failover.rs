@@ -52,11 +52,17 @@ pub struct ShardConfig {
     pub name: String,
     /// The secondary private addresses that NAT-mode EIPs are bound to (the public side of
     /// this gateway's mappings); the leader's NIC holds them.
+    #[serde(default)]
     pub addresses: Vec<Ipv4Addr>,
     /// The backends' routes through the leader (route table, destination); AWS only (on
     /// Alibaba Cloud, routes whose next hop is the HaVip follow it).
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
+    /// AWS, across zones: EIPs the leader re-associates with an address of its own NIC
+    /// (addresses move only within a subnet, so gateways in different zones each hold their
+    /// own address for the EIP, and each one's table maps its own).
+    #[serde(default, rename = "eip")]
+    pub eips: Vec<EipConfig>,
     /// Alibaba Cloud: the HaVip (`havip-...`) whose address is the shard's one address,
     /// associated with every gateway of the shard in advance (`AssociateHaVip`); the leader
     /// holds it by announcing it with gratuitous ARP.
@@ -67,6 +73,17 @@ pub struct ShardConfig {
     /// shard stays where the last failover put it until `ipnat fleet move`.
     #[serde(default)]
     pub prefer: Option<String>,
+}
+
+/// An EIP that follows the shard's leader by `AssociateAddress` (AWS).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EipConfig {
+    /// The EIP's allocation id (`eipalloc-...`).
+    pub allocation_id: String,
+    /// This gateway's own secondary private address that takes the EIP when it leads (the
+    /// public side of this gateway's mapping for it; each gateway names its own).
+    pub private: Ipv4Addr,
 }
 
 /// One route of a VPC route table whose next hop is the leader's NIC.
@@ -145,6 +162,13 @@ impl FailoverConfig {
                             "a HaVip shard has one address: the HaVip's",
                         ));
                     }
+                    if !s.eips.is_empty() {
+                        return Err(invalid(
+                            format!("{key}.eip"),
+                            &s.eips[0].allocation_id,
+                            "on Alibaba Cloud bind the EIP to the HaVip: it follows it, nothing re-associates it",
+                        ));
+                    }
                     if !s.routes.is_empty() {
                         return Err(invalid(
                             format!("{key}.route"),
@@ -220,6 +244,7 @@ impl FailoverConfig {
             ));
         }
         let mut seen: Vec<(Ipv4Addr, &str)> = Vec::new();
+        let mut seen_eips: Vec<&EipConfig> = Vec::new();
         for (i, s) in self.shards.iter().enumerate() {
             let key = format!("failover.shard[{i}]");
             if !valid_name(&s.name) {
@@ -245,12 +270,39 @@ impl FailoverConfig {
                     "a gateway's [failover] name: 1 to 63 letters, digits, '-', '_' or '.'",
                 ));
             }
-            if s.addresses.is_empty() {
+            if s.addresses.is_empty() && s.eips.is_empty() {
                 return Err(invalid(
                     format!("{key}.addresses"),
                     &"[]",
-                    "a shard moves at least one address",
+                    "a shard moves at least one address (or, across zones, one [[failover.shard.eip]])",
                 ));
+            }
+            for (j, e) in s.eips.iter().enumerate() {
+                if !e.allocation_id.starts_with("eipalloc-") || e.allocation_id.len() < 10 {
+                    return Err(invalid(
+                        format!("{key}.eip[{j}].allocation_id"),
+                        &e.allocation_id,
+                        "an EIP's allocation id (eipalloc-...)",
+                    ));
+                }
+                if seen_eips
+                    .iter()
+                    .any(|o| o.allocation_id == e.allocation_id || o.private == e.private)
+                {
+                    return Err(invalid(
+                        format!("{key}.eip[{j}]"),
+                        &e.allocation_id,
+                        "names an EIP or a private address another eip entry names too",
+                    ));
+                }
+                if self.shards.iter().any(|o| o.addresses.contains(&e.private)) {
+                    return Err(invalid(
+                        format!("{key}.eip[{j}].private"),
+                        &e.private,
+                        "is a shard's moving address: an EIP's private address is this gateway's own and never moves",
+                    ));
+                }
+                seen_eips.push(e);
             }
             for a in &s.addresses {
                 if a.is_unspecified()

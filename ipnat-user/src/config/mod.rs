@@ -27,7 +27,7 @@ pub use announce::{AnnounceConfig, DEFAULT_ANNOUNCE_PROTOCOL, DEFAULT_ANNOUNCE_T
 pub use block::Block;
 pub use cloud::{AliyunConfig, AwsConfig, Cloud, Provider};
 pub use etcd::{DEFAULT_ETCD_PREFIX, EtcdConfig};
-pub use failover::{FailoverConfig, RouteConfig, ShardConfig};
+pub use failover::{EipConfig, FailoverConfig, RouteConfig, ShardConfig};
 pub use validate::*;
 
 /// Where the maps are pinned unless the config says otherwise.

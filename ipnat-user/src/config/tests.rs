@@ -386,6 +386,16 @@ fn the_failover_section_is_checked_key_by_key_and_needs_etcd_and_a_cloud() {
         )
     );
     assert_eq!(e.shards[0].prefer.as_deref(), Some("gw-a"));
+    assert_eq!(
+        e.shards[0].eips[0].allocation_id,
+        "eipalloc-0123456789abcdef0"
+    );
+    // A shard across zones needs no moving address.
+    let zones = shard.replace(
+        "addresses = [\"10.0.0.50\"]\n",
+        "[[failover.shard.eip]]\nallocation_id = \"eipalloc-01\"\nprivate = \"10.0.0.60\"\n",
+    );
+    assert!(Config::parse(&with("", &zones)).is_ok());
     let second = |name: &str, address: &str| {
         format!("{shard}[[failover.shard]]\nname = \"{name}\"\naddresses = [\"{address}\"]\n")
     };
@@ -421,6 +431,32 @@ fn the_failover_section_is_checked_key_by_key_and_needs_etcd_and_a_cloud() {
         ),
         ("name = \"gw a\"", shard.to_owned(), "failover.name"),
         ("hold_down_s = 0", shard.to_owned(), "failover.hold_down_s"),
+        (
+            "",
+            shard.replace("addresses = [\"10.0.0.50\"]\n", ""),
+            "a shard moves at least one address (or, across zones, one [[failover.shard.eip]])",
+        ),
+        (
+            "",
+            format!(
+                "{shard}[[failover.shard.eip]]\nallocation_id = \"eip-1\"\nprivate = \"10.0.0.60\"\n"
+            ),
+            "failover.shard[0].eip[0].allocation_id",
+        ),
+        (
+            "",
+            format!(
+                "{shard}[[failover.shard.eip]]\nallocation_id = \"eipalloc-01\"\nprivate = \"10.0.0.50\"\n"
+            ),
+            "an EIP's private address is this gateway's own and never moves",
+        ),
+        (
+            "",
+            format!(
+                "{shard}[[failover.shard.eip]]\nallocation_id = \"eipalloc-01\"\nprivate = \"10.0.0.60\"\n[[failover.shard.eip]]\nallocation_id = \"eipalloc-01\"\nprivate = \"10.0.0.61\"\n"
+            ),
+            "failover.shard[0].eip[1]",
+        ),
         (
             "",
             shard.replace(

@@ -365,6 +365,47 @@ impl Ec2 {
         Ok(())
     }
 
+    /// DescribeAddresses for one EIP by its allocation id: its public address and what it is
+    /// associated with now.
+    pub async fn address(&self, allocation_id: &str) -> Result<Ec2Address, ApiError> {
+        const ACTION: &str = "DescribeAddresses";
+        let text = self
+            .call(
+                ACTION,
+                &[("AllocationId.1".to_owned(), allocation_id.to_owned())],
+            )
+            .await?;
+        let found = parse_addresses(&text).map_err(|why| self.http.garbage(ACTION, why))?;
+        found
+            .into_iter()
+            .find(|a| a.allocation_id == allocation_id)
+            .ok_or_else(|| {
+                self.http
+                    .garbage(ACTION, format!("the answer does not list {allocation_id}"))
+            })
+    }
+
+    /// AssociateAddress with `AllowReassociation`: the EIP `allocation_id` goes to `private`
+    /// on `nic`, from wherever it was.
+    pub async fn associate_address(
+        &self,
+        allocation_id: &str,
+        nic: &str,
+        private: Ipv4Addr,
+    ) -> Result<(), ApiError> {
+        self.call(
+            "AssociateAddress",
+            &[
+                ("AllocationId".to_owned(), allocation_id.to_owned()),
+                ("NetworkInterfaceId".to_owned(), nic.to_owned()),
+                ("PrivateIpAddress".to_owned(), private.to_string()),
+                ("AllowReassociation".to_owned(), "true".to_owned()),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
     /// ReplaceRoute: `destination` in route table `table` goes to `nic`.
     pub async fn replace_route(
         &self,
@@ -452,6 +493,49 @@ fn text_of<'a>(n: roxmltree::Node<'a, '_>, name: &str) -> Option<&'a str> {
 }
 
 /// The NICs of one DescribeNetworkInterfaces page, and its NextToken.
+/// An EIP as DescribeAddresses describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ec2Address {
+    pub allocation_id: String,
+    pub public: Ipv4Addr,
+    /// The NIC and private address it is associated with, if any.
+    pub association: Option<(String, Ipv4Addr)>,
+}
+
+/// A DescribeAddresses response document.
+pub fn parse_addresses(text: &str) -> Result<Vec<Ec2Address>, String> {
+    let doc = roxmltree::Document::parse(text).map_err(|e| e.to_string())?;
+    let root = doc.root_element();
+    if !root.has_tag_name("DescribeAddressesResponse") {
+        return Err(format!("root element {:?}", root.tag_name().name()));
+    }
+    let addr = |s: &str| {
+        s.parse::<Ipv4Addr>()
+            .map_err(|_| format!("{s:?} is not an IPv4 address"))
+    };
+    let set = child(root, "addressesSet").ok_or("no addressesSet")?;
+    let mut out = Vec::new();
+    for item in set.children().filter(|c| c.has_tag_name("item")) {
+        let allocation_id = text_of(item, "allocationId")
+            .ok_or("an address without allocationId")?
+            .to_owned();
+        let public = addr(text_of(item, "publicIp").ok_or("an address without publicIp")?)?;
+        let association = match (
+            text_of(item, "networkInterfaceId"),
+            text_of(item, "privateIpAddress"),
+        ) {
+            (Some(nic), Some(p)) if !nic.is_empty() => Some((nic.to_owned(), addr(p)?)),
+            _ => None,
+        };
+        out.push(Ec2Address {
+            allocation_id,
+            public,
+            association,
+        });
+    }
+    Ok(out)
+}
+
 pub fn parse_nics(text: &str) -> Result<(Vec<Ec2Nic>, Option<String>), String> {
     let doc = roxmltree::Document::parse(text).map_err(|e| e.to_string())?;
     let root = doc.root_element();
@@ -570,6 +654,50 @@ mod tests {
         assert_eq!(n.tags, vec![("ipnat:eip".into(), "3.3.3.4".into())]);
         assert!(parse_nics("<html/>").is_err());
         assert!(parse_nics("not xml").is_err());
+    }
+
+    #[test]
+    fn parses_the_documented_describe_addresses_xml() {
+        let doc = r#"<DescribeAddressesResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">
+   <requestId>f7de5e98-491a-4c19-a92d-908d6EXAMPLE</requestId>
+   <addressesSet>
+      <item>
+         <publicIp>203.0.113.41</publicIp>
+         <allocationId>eipalloc-08229861</allocationId>
+         <domain>vpc</domain>
+         <instanceId>i-0598c7d356eba48d7</instanceId>
+         <associationId>eipassoc-f0229899</associationId>
+         <networkInterfaceId>eni-ef229886</networkInterfaceId>
+         <networkInterfaceOwnerId>053230519467</networkInterfaceOwnerId>
+         <privateIpAddress>10.0.0.228</privateIpAddress>
+      </item>
+      <item>
+         <publicIp>198.51.100.2</publicIp>
+         <allocationId>eipalloc-0000002</allocationId>
+         <domain>vpc</domain>
+      </item>
+   </addressesSet>
+</DescribeAddressesResponse>"#;
+        let a = parse_addresses(doc).unwrap();
+        assert_eq!(
+            a,
+            vec![
+                Ec2Address {
+                    allocation_id: "eipalloc-08229861".into(),
+                    public: "203.0.113.41".parse().unwrap(),
+                    association: Some(("eni-ef229886".into(), "10.0.0.228".parse().unwrap())),
+                },
+                Ec2Address {
+                    allocation_id: "eipalloc-0000002".into(),
+                    public: "198.51.100.2".parse().unwrap(),
+                    association: None,
+                },
+            ]
+        );
+        assert!(parse_addresses(PAGE).is_err(), "another action's answer");
+        assert!(
+            parse_addresses("<DescribeAddressesResponse><addressesSet><item><publicIp>x</publicIp><allocationId>a</allocationId></item></addressesSet></DescribeAddressesResponse>").is_err()
+        );
     }
 
     #[test]

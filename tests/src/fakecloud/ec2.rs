@@ -99,8 +99,9 @@ pub type Ec2Hook = Box<dyn Fn(&[FakeEc2Nic], &BTreeMap<(String, String), String>
 /// SigV4 signature over what was sent (recomputed with the official `aws-sigv4`), the region
 /// of the credential scope; filters applied; answers in the documented XML and error shapes.
 /// One NIC a page, with `NextToken`s, so that clients must follow them. It also moves
-/// addresses (AssignPrivateIpAddresses with AllowReassignment, within a subnet) and routes
-/// (ReplaceRoute), recording each move, with injected faults.
+/// addresses (AssignPrivateIpAddresses with AllowReassignment, within a subnet), EIPs
+/// (AssociateAddress, DescribeAddresses) and routes (ReplaceRoute), recording each move, with
+/// injected faults.
 #[derive(Clone)]
 pub struct FakeEc2 {
     pub port: u16,
@@ -118,6 +119,9 @@ pub struct FakeEc2 {
     pub types: Arc<Mutex<HashMap<String, u32>>>,
     /// Route tables: (table, destination) -> NIC.
     pub routes: Arc<Mutex<BTreeMap<(String, String), String>>>,
+    /// EIPs by allocation id (`eipalloc-...`) -> public address; what each is associated
+    /// with lives on the NICs' addresses.
+    pub allocations: Arc<Mutex<BTreeMap<String, std::net::Ipv4Addr>>>,
     /// Faults for the next calls: (action, fault), first match used up.
     pub faults: Arc<Mutex<Vec<(String, Ec2Fault)>>>,
     /// Every move of an address or a route, in order.
@@ -160,6 +164,7 @@ impl FakeEc2 {
             calls: Arc::new(Mutex::new(0)),
             types: Arc::default(),
             routes: Arc::default(),
+            allocations: Arc::default(),
             faults: Arc::default(),
             moves: Arc::default(),
             actions: Arc::default(),
@@ -386,6 +391,132 @@ impl FakeEc2 {
                 drop(routes);
                 self.changed();
                 ok_response(action, "")
+            }
+            "DescribeAddresses" => {
+                let wanted: Vec<String> = (1..)
+                    .map_while(|i| form.get(&format!("AllocationId.{i}")).cloned())
+                    .collect();
+                let allocations = self.allocations.lock().unwrap();
+                let nics = self.nics.lock().unwrap();
+                let mut items = String::new();
+                for id in &wanted {
+                    let Some(public) = allocations.get(id) else {
+                        return ec2_error(
+                            400,
+                            "InvalidAllocationID.NotFound",
+                            &format!("The allocation ID '{id}' does not exist"),
+                        );
+                    };
+                    let assoc = nics.iter().find_map(|n| {
+                        n.addresses
+                            .iter()
+                            .find(|(_, e)| *e == Some(*public))
+                            .map(|(a, _)| (n, *a))
+                    });
+                    let assoc = assoc.map_or(String::new(), |(n, a)| {
+                        format!(
+                            "<associationId>eipassoc-{}</associationId><networkInterfaceId>{}</networkInterfaceId>                             <networkInterfaceOwnerId>123456789012</networkInterfaceOwnerId><privateIpAddress>{a}</privateIpAddress>{}",
+                            &id[9..],
+                            n.id,
+                            n.instance.as_ref().map_or(String::new(), |i| format!("<instanceId>{i}</instanceId>"))
+                        )
+                    });
+                    items.push_str(&format!(
+                        "<item><publicIp>{public}</publicIp><allocationId>{id}</allocationId><domain>vpc</domain>{assoc}</item>"
+                    ));
+                }
+                (
+                    200,
+                    format!(
+                        "<DescribeAddressesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>fake</requestId><addressesSet>{items}</addressesSet></DescribeAddressesResponse>"
+                    ),
+                )
+            }
+            "AssociateAddress" => {
+                let id = form.get("AllocationId").cloned().unwrap_or_default();
+                let nic = form.get("NetworkInterfaceId").cloned().unwrap_or_default();
+                let Some(public) = self.allocations.lock().unwrap().get(&id).copied() else {
+                    return ec2_error(
+                        400,
+                        "InvalidAllocationID.NotFound",
+                        &format!("The allocation ID '{id}' does not exist"),
+                    );
+                };
+                let mut nics = self.nics.lock().unwrap();
+                let Some(at) = nics.iter().position(|n| n.id == nic) else {
+                    return ec2_error(
+                        400,
+                        "InvalidNetworkInterfaceID.NotFound",
+                        &format!("The networkInterface ID '{nic}' does not exist"),
+                    );
+                };
+                // Without PrivateIpAddress, the NIC's primary address.
+                let private = match form.get("PrivateIpAddress") {
+                    Some(p) => p.parse().ok(),
+                    None => nics[at].addresses.first().map(|(a, _)| *a),
+                };
+                let Some(slot) =
+                    private.and_then(|p| nics[at].addresses.iter().position(|(a, _)| *a == p))
+                else {
+                    return ec2_error(
+                        400,
+                        "InvalidParameterValue",
+                        &format!(
+                            "The private IP address is not assigned to the network interface {nic}"
+                        ),
+                    );
+                };
+                let private = nics[at].addresses[slot].0;
+                let from = nics.iter().enumerate().find_map(|(i, n)| {
+                    n.addresses
+                        .iter()
+                        .position(|(_, e)| *e == Some(public))
+                        .map(|j| (i, j))
+                });
+                if from == Some((at, slot)) {
+                    // Idempotent, as documented.
+                    return ok_response(
+                        action,
+                        &format!("<associationId>eipassoc-{}</associationId>", &id[9..]),
+                    );
+                }
+                // Reassociation is the default; `false` makes it fail if associated elsewhere.
+                if from.is_some()
+                    && form.get("AllowReassociation").map(String::as_str) == Some("false")
+                {
+                    return ec2_error(
+                        400,
+                        "Resource.AlreadyAssociated",
+                        &format!(
+                            "resource {id} is already associated with associate-id eipassoc-{}",
+                            &id[9..]
+                        ),
+                    );
+                }
+                if nics[at].addresses[slot].1.is_some() {
+                    return ec2_error(
+                        400,
+                        "InvalidParameterValue",
+                        &format!(
+                            "The private IP address {private} already has an Elastic IP address"
+                        ),
+                    );
+                }
+                let was = match from {
+                    Some((i, j)) => {
+                        nics[i].addresses[j].1 = None;
+                        format!("{}/{}", nics[i].id, nics[i].addresses[j].0)
+                    }
+                    None => "nowhere".to_owned(),
+                };
+                nics[at].addresses[slot].1 = Some(public);
+                self.record(format!("EIP {public} {was} -> {nic}/{private}"));
+                drop(nics);
+                self.changed();
+                ok_response(
+                    action,
+                    &format!("<associationId>eipassoc-{}</associationId>", &id[9..]),
+                )
             }
             "DescribeNetworkInterfaces" => self.describe(form),
             _ => ec2_error(

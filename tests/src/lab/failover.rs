@@ -32,6 +32,46 @@ pub enum LabCloud {
     /// A HaVip associated with both gateways: the VPC's router learns its owner from ARP
     /// (gratuitous or answered), and the backends' route points at the HaVip.
     Aliyun,
+    /// AWS across zones: gw-b's NIC is in another subnet (the fake API's; the namespaces
+    /// share one segment), so no address moves: the EIP ([`FO_EIP`]) is re-associated with
+    /// the new leader's own address ([`eip_private`]), which its table maps; the VPC's router
+    /// plays the cloud's EIP translation and follows the association.
+    AwsZones,
+}
+
+/// `nft -f -` with `rules` in the namespace named `ns` (from a hook: no [`Netns`] at hand);
+/// a failure is loud (the VPC would deliver nothing).
+fn nft_in(ns: &str, rules: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run nft");
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(rules.as_bytes())
+        .expect("write the rules");
+    let out = child.wait_with_output().expect("nft");
+    assert!(
+        out.status.success(),
+        "nft in {ns}: {}\n{rules}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// AWS across zones: the EIP the clients talk to.
+pub const FO_EIP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 50);
+/// AWS across zones: the EIP's allocation id.
+pub const FO_EIP_ALLOCATION: &str = "eipalloc-0web";
+
+/// AWS across zones: gateway `i`'s own secondary address that takes the EIP when it leads
+/// (gw-a's is the one the EIP starts on).
+pub fn eip_private(i: usize) -> Ipv4Addr {
+    [SHARD_ADDRESS, Ipv4Addr::new(10, 0, 0, 52)][i]
 }
 pub const FO_BACKEND: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 20);
 pub const FO_INET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
@@ -121,6 +161,11 @@ impl FailoverLab {
         Self::build(LabCloud::Aliyun, 0, group)
     }
 
+    /// AWS across zones (see [`LabCloud::AwsZones`]), untracked security groups.
+    pub fn zones(delay_ms: u64) -> Result<Self> {
+        Self::build(LabCloud::AwsZones, delay_ms, SecurityGroup::Untracked)
+    }
+
     fn build(cloud: LabCloud, delay_ms: u64, group: SecurityGroup) -> Result<Self> {
         let vpc = Netns::new("fo-vpc")?;
         let inet = Netns::new("fo-inet")?;
@@ -198,7 +243,7 @@ impl FailoverLab {
             role_credentials: false,
         };
         match cloud {
-            LabCloud::Aws => lab.aws(delay_ms)?,
+            LabCloud::Aws | LabCloud::AwsZones => lab.aws(delay_ms)?,
             LabCloud::Aliyun => lab.havip()?,
         }
         Ok(lab)
@@ -223,10 +268,20 @@ impl FailoverLab {
             addresses: addresses.into_iter().map(|a| (a, None)).collect(),
             tags: Vec::new(),
         };
-        *ec2.nics.lock().unwrap() = vec![
+        let mut nics = vec![
             nic(0, vec![fo_gateway(0), SHARD_ADDRESS]),
             nic(1, vec![fo_gateway(1)]),
         ];
+        if self.cloud == LabCloud::AwsZones {
+            nics[1].subnet = "subnet-zone-b".into();
+            nics[1].addresses.push((eip_private(1), None));
+            nics[0].addresses[1].1 = Some(FO_EIP);
+            ec2.allocations
+                .lock()
+                .unwrap()
+                .insert(FO_EIP_ALLOCATION.into(), FO_EIP);
+        }
+        *ec2.nics.lock().unwrap() = nics;
         ec2.routes
             .lock()
             .unwrap()
@@ -354,10 +409,23 @@ impl FailoverLab {
                     continue;
                 };
                 let list: Vec<String> = nic.addresses.iter().map(|(a, _)| a.to_string()).collect();
-                data[i].lock().unwrap().insert(
-                    format!("{}{mac}/local-ipv4s", super::METADATA_MACS),
-                    list.join("\n"),
-                );
+                let base = format!("{}{mac}/", super::METADATA_MACS);
+                let mut data = data[i].lock().unwrap();
+                data.insert(format!("{base}local-ipv4s"), list.join("\n"));
+                data.retain(|k, _| !k.starts_with(&format!("{base}ipv4-associations/")));
+                let eips: Vec<_> = nic
+                    .addresses
+                    .iter()
+                    .filter_map(|(a, e)| e.map(|e| (e, *a)))
+                    .collect();
+                if !eips.is_empty() {
+                    let listing: String = eips.iter().map(|(e, _)| format!("{e}\n")).collect();
+                    data.insert(format!("{base}ipv4-associations/"), listing);
+                    for (e, a) in &eips {
+                        data.insert(format!("{base}ipv4-associations/{e}"), a.to_string());
+                    }
+                }
+                drop(data);
                 for (a, _) in nic.addresses.iter().skip(1) {
                     let _ = std::process::Command::new("ip")
                         .args(["-n", &vpc, "neigh", "replace", &a.to_string()])
@@ -365,6 +433,32 @@ impl FailoverLab {
                         .output();
                 }
             }
+            // The cloud's EIP translation, stateless, where each EIP is associated now.
+            let mut rules = String::from(
+                "table ip eip\ndelete table ip eip\ntable ip eip {\n\
+                 chain pre { type filter hook prerouting priority -300; policy accept;\n",
+            );
+            let eips: Vec<_> = nics
+                .iter()
+                .flat_map(|n| n.addresses.iter())
+                .filter_map(|(a, e)| e.map(|e| (e, *a)))
+                .collect();
+            for (e, a) in &eips {
+                rules.push_str(&format!(
+                    "iifname \"inet0\" ip daddr {e} ip daddr set {a} notrack\n\
+                     iifname \"br0\" ip saddr {a} notrack\n"
+                ));
+            }
+            rules.push_str(
+                "}\nchain post { type filter hook postrouting priority 300; policy accept;\n",
+            );
+            for (e, a) in &eips {
+                rules.push_str(&format!(
+                    "oifname \"inet0\" ip saddr {a} ip saddr set {e}\n"
+                ));
+            }
+            rules.push_str("}\n}\n");
+            nft_in(&vpc, &rules);
             if let Some(target) = routes.get(&("rtb-private".to_owned(), "0.0.0.0/0".to_owned()))
                 && let Some(i) = (0..macs.len()).find(|i| fo_nic(*i) == *target)
             {
@@ -390,8 +484,12 @@ impl FailoverLab {
     /// [`FailoverLab::config`] with `shard_extra` added to the shard's keys.
     pub fn config_with(&self, i: usize, failover_extra: &str, shard_extra: &str) -> String {
         let (public, cloud, shard) = match self.cloud {
-            LabCloud::Aws => (
-                SHARD_ADDRESS,
+            LabCloud::Aws | LabCloud::AwsZones => (
+                if self.cloud == LabCloud::Aws {
+                    SHARD_ADDRESS
+                } else {
+                    eip_private(i)
+                },
                 format!(
                     "[aws]\nendpoint = \"http://127.0.0.1:{imds}\"\ninterval_secs = 30\ntimeout_ms = 1000\n\
                      api_endpoint = \"http://127.0.0.1:{api}\"\n{keys}",
@@ -403,10 +501,19 @@ impl FailoverLab {
                         format!("access_key_id = \"{KEY_ID}\"\nsecret_access_key = \"{SECRET}\"\n")
                     },
                 ),
-                format!(
-                    "[[failover.shard]]\nname = \"web\"\naddresses = [\"{SHARD_ADDRESS}\"]\n{shard_extra}\
-                     [[failover.shard.route]]\ntable = \"rtb-private\"\ndestination = \"0.0.0.0/0\"\n"
-                ),
+                if self.cloud == LabCloud::Aws {
+                    format!(
+                        "[[failover.shard]]\nname = \"web\"\naddresses = [\"{SHARD_ADDRESS}\"]\n{shard_extra}\
+                         [[failover.shard.route]]\ntable = \"rtb-private\"\ndestination = \"0.0.0.0/0\"\n"
+                    )
+                } else {
+                    format!(
+                        "[[failover.shard]]\nname = \"web\"\n{shard_extra}\
+                         [[failover.shard.eip]]\nallocation_id = \"{FO_EIP_ALLOCATION}\"\nprivate = \"{}\"\n\
+                         [[failover.shard.route]]\ntable = \"rtb-private\"\ndestination = \"0.0.0.0/0\"\n",
+                        eip_private(i)
+                    )
+                },
             ),
             LabCloud::Aliyun => (
                 HAVIP_ADDRESS,
@@ -448,6 +555,16 @@ impl FailoverLab {
             .iter()
             .find(|n| n.addresses.iter().any(|(a, _)| *a == SHARD_ADDRESS))
             .map(|n| n.id.clone())
+    }
+
+    /// AWS across zones: the NIC and address the fake EC2 says [`FO_EIP`] is associated with.
+    pub fn eip_holder(&self) -> Option<(String, Ipv4Addr)> {
+        self.ec2().nics.lock().unwrap().iter().find_map(|n| {
+            n.addresses
+                .iter()
+                .find(|(_, e)| *e == Some(FO_EIP))
+                .map(|(a, _)| (n.id.clone(), *a))
+        })
     }
 
     /// The NIC rtb-private's default route names.

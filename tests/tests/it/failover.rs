@@ -11,8 +11,8 @@ use ipnat_tests::{
     lab::{
         Ipnat,
         failover::{
-            FO_BACKEND, FO_INET, FailoverLab, HAVIP_ADDRESS, SHARD_ADDRESS, SecurityGroup, fo_name,
-            fo_nic,
+            FO_BACKEND, FO_EIP, FO_INET, FailoverLab, HAVIP_ADDRESS, SHARD_ADDRESS, SecurityGroup,
+            eip_private, fo_name, fo_nic,
         },
         fleet_traffic::{DownloadReport, Traffic, TrafficReport, tcp_downloads},
         ipnat_in, udp_exchange_at,
@@ -686,4 +686,69 @@ fn the_preferred_gateway_gets_its_shard_back_after_the_hold_down() {
         "gw-b dropped the HaVip's address"
     );
     translated_both_ways_at(&lab, HAVIP_ADDRESS, 8196);
+}
+
+/// AWS across zones: gw-b's NIC is in another subnet, so no address can move to it; its
+/// takeover re-associates the EIP with its own address (`AssociateAddress`), which its table
+/// maps to the same backend. The clients talk to the EIP throughout: no connection is lost.
+/// A gateway whose NIC lacks the address its config names for the EIP is refused first.
+#[test]
+fn across_zones_the_standby_reassociates_the_eip_with_its_own_address_and_no_connection_is_lost() {
+    require_root();
+    let lab = FailoverLab::zones(300).unwrap();
+    // gw-b naming an address its NIC does not hold: refused, nothing asked.
+    let wrong = lab
+        .config(1, "")
+        .replace(
+            &format!("private = \"{}\"", eip_private(1)),
+            "private = \"10.0.0.53\"",
+        )
+        .replace(
+            &format!("public = \"{}\"", eip_private(1)),
+            "public = \"10.0.0.53\"",
+        );
+    let g = Ipnat::start(&lab.gateways[1], &wrong, &FailoverLab::pin(1)).unwrap();
+    let st = g.wait_status(&lab.gateways[1], "failover", "refused", |f| {
+        shard(f)["role"] == "refused"
+    });
+    let detail = shard(&st)["detail"].as_str().unwrap_or("").to_owned();
+    assert!(
+        detail.contains(
+            "10.0.0.53 (the address eipalloc-0web should take) is not a secondary address of eni-b"
+        ),
+        "{detail}"
+    );
+    drop(g);
+    assert_eq!(changes_asked(&lab), Vec::<String>::new());
+
+    let (mut a, b) = pair(&lab);
+    translated_both_ways_at(&lab, FO_EIP, 8190);
+    let f = primary_dies_under_traffic_at(&lab, &mut a, &b, FO_EIP, 8100, &|| {
+        lab.eip_holder() == Some((fo_nic(1), eip_private(1)))
+            && lab.route_target().as_deref() == Some("eni-b")
+    });
+    assert_eq!(f.inbound.downloads.complete, 8, "{:?}", f.inbound.downloads);
+    assert_eq!(f.outbound.complete, 8, "{:?}", f.outbound);
+    let steps = f.shard["last_takeover"]["report"]["steps"].to_string();
+    assert!(
+        steps.contains("AssociateAddress (AllowReassociation) 198.51.100.50 onto eni-b/10.0.0.52 from eni-a/10.0.0.50"),
+        "{steps}"
+    );
+    assert_eq!(
+        moves(&lab),
+        [
+            format!(
+                "EIP {FO_EIP} eni-a/{SHARD_ADDRESS} -> eni-b/{}",
+                eip_private(1)
+            ),
+            "rtb-private 0.0.0.0/0 eni-a -> eni-b".to_owned()
+        ]
+    );
+    assert!(!changes_asked(&lab).contains(&"AssignPrivateIpAddresses".to_owned()));
+    assert_eq!(
+        lab.holder(),
+        Some(fo_nic(0)),
+        "gw-a's own address stays its own"
+    );
+    translated_both_ways_at(&lab, FO_EIP, 8192);
 }

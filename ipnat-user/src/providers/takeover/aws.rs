@@ -2,14 +2,20 @@
 //! NIC and points the backends' routes at it, through the EC2 API.
 //!
 //! 1. Preflight (reads only, before this gateway even campaigns): its NIC's source/destination
-//!    check is off (else it could not forward), and every address of the shard exists in the
+//!    check is off (else it could not forward), every address of the shard exists in the
 //!    VPC on a NIC of the same subnet (`AssignPrivateIpAddresses` moves addresses within a
-//!    subnet only; across zones an EIP would have to be re-associated instead, not built).
+//!    subnet only), and each of the shard's EIPs (across zones) exists and the address of
+//!    this gateway's that should take it is a secondary address of its NIC
+//!    (`DescribeAddresses`).
 //! 2. `AssignPrivateIpAddresses` with `AllowReassignment` onto its NIC: an EIP associated with
-//!    a secondary private address moves with it (EC2's documentation).
-//! 3. The move is asynchronous: wait until this instance's metadata lists the addresses on
-//!    the NIC, then have the controller sync at once, which puts them on the interface (the
-//!    one writer of addresses; the old leader's sync removes them there).
+//!    a secondary private address moves with it (EC2's documentation). Across zones,
+//!    `AssociateAddress` with `AllowReassociation` puts each EIP on this gateway's own address
+//!    for it (whose mapping this gateway's table holds: the public side changes with the
+//!    gateway, the EIP the clients talk to does not).
+//! 3. The moves are asynchronous: wait until this instance's metadata lists the addresses on
+//!    the NIC (and each EIP among its `ipv4-associations`), then have the controller sync at
+//!    once, which puts them on the interface (the one writer of addresses; the old leader's
+//!    sync removes them there).
 //! 4. `ReplaceRoute` for each of the shard's routes.
 //!
 //! Every step is idempotent, so a takeover interrupted half-way is finished by whoever leads
@@ -27,6 +33,13 @@ use crate::{
     config::{AwsConfig, FailoverConfig, ShardConfig},
     providers::{aws::Imds, ec2::Ec2},
 };
+
+/// What a takeover starts from: the NIC holding each of the shard's addresses, and each EIP
+/// as the API describes it.
+pub struct Plan {
+    pub owners: Vec<(Ipv4Addr, String)>,
+    pub eips: Vec<(crate::config::EipConfig, crate::providers::ec2::Ec2Address)>,
+}
 
 /// This gateway's side of a takeover: its NIC, and the clients to move things onto it.
 pub struct AwsTakeover {
@@ -66,17 +79,39 @@ impl AwsTakeover {
     }
 
     /// Checks, with reads only, that this gateway could take `shard` over (see the module
-    /// documentation); the NIC holding each address now.
-    pub async fn preflight(
-        &self,
-        shard: &ShardConfig,
-    ) -> Result<Vec<(Ipv4Addr, String)>, TakeoverError> {
+    /// documentation); the NIC holding each address now, and each EIP as it is now.
+    pub async fn preflight(&self, shard: &ShardConfig) -> Result<Plan, TakeoverError> {
         let mine = self.ec2.network_interface(&self.nic).await?;
         if mine.source_dest_check {
             return Err(TakeoverError::Refused(format!(
                 "source/destination check is on for {} (this gateway's NIC): it would drop every forwarded packet; turn it off (ModifyNetworkInterfaceAttribute SourceDestCheck=false)",
                 self.nic
             )));
+        }
+        let mut eips = Vec::new();
+        for e in &shard.eips {
+            if !mine.addresses.iter().skip(1).any(|(a, _)| *a == e.private) {
+                return Err(TakeoverError::Refused(format!(
+                    "shard {}: {} (the address {} should take) is not a secondary address of {} (this gateway's NIC): assign it first",
+                    shard.name, e.private, e.allocation_id, self.nic
+                )));
+            }
+            let now = match self.ec2.address(&e.allocation_id).await {
+                Err(crate::providers::client::ApiError::Api { code, .. })
+                    if code == "InvalidAllocationID.NotFound" =>
+                {
+                    return Err(TakeoverError::Refused(format!(
+                        "shard {}: the EIP {} does not exist in this account and region",
+                        shard.name, e.allocation_id
+                    )));
+                }
+                r => r?,
+            };
+            eips.push((e.clone(), now));
+        }
+        let mut owners = Vec::new();
+        if shard.addresses.is_empty() {
+            return Ok(Plan { owners, eips });
         }
         let values: Vec<String> = shard.addresses.iter().map(|a| a.to_string()).collect();
         let holders = self
@@ -86,7 +121,6 @@ impl AwsTakeover {
                 ("addresses.private-ip-address", values),
             ])
             .await?;
-        let mut owners = Vec::new();
         for a in &shard.addresses {
             let Some(holder) = holders
                 .iter()
@@ -111,7 +145,7 @@ impl AwsTakeover {
             }
             owners.push((*a, holder.id.clone()));
         }
-        Ok(owners)
+        Ok(Plan { owners, eips })
     }
 
     /// Moves `shard` onto this gateway; `synced` is called once the metadata lists the
@@ -126,16 +160,19 @@ impl AwsTakeover {
         let start = Instant::now();
         let mut report = TakeoverReport::default();
         guard(self.call_timeout)?;
-        let owners = self.preflight(shard).await?;
+        let Plan { owners, eips } = self.preflight(shard).await?;
         let moving: Vec<Ipv4Addr> = owners
             .iter()
             .filter(|(_, nic)| *nic != self.nic)
             .map(|(a, _)| *a)
             .collect();
         if moving.is_empty() {
-            report
-                .steps
-                .push(format!("{:?} already on {}", shard.addresses, self.nic));
+            // (A shard across zones may have no address to move at all.)
+            if !shard.addresses.is_empty() {
+                report
+                    .steps
+                    .push(format!("{:?} already on {}", shard.addresses, self.nic));
+            }
         } else {
             retrying(self.call_timeout, guard, &mut report.retries, || {
                 self.ec2.reassign_private_ips(&self.nic, &moving)
@@ -152,10 +189,46 @@ impl AwsTakeover {
                 from.join(", ")
             ));
         }
-        // Confirmed when the metadata lists every address on this NIC.
+        for (e, now) in &eips {
+            let here = (self.nic.clone(), e.private);
+            if now.association.as_ref() == Some(&here) {
+                report.steps.push(format!(
+                    "{} ({}) already on {}/{}",
+                    now.public, e.allocation_id, self.nic, e.private
+                ));
+                continue;
+            }
+            retrying(self.call_timeout, guard, &mut report.retries, || {
+                self.ec2
+                    .associate_address(&e.allocation_id, &self.nic, e.private)
+            })
+            .await?;
+            report.steps.push(format!(
+                "AssociateAddress (AllowReassociation) {} onto {}/{} from {}",
+                now.public,
+                self.nic,
+                e.private,
+                now.association
+                    .as_ref()
+                    .map_or("nowhere".to_owned(), |(n, a)| format!("{n}/{a}"))
+            ));
+        }
+        // Confirmed when the metadata lists every address on this NIC and every EIP as
+        // associated with its address here.
         let asked = Instant::now();
         loop {
             guard(Duration::ZERO)?;
+            let mut missing: Vec<Ipv4Addr> = Vec::new();
+            for (e, now) in &eips {
+                let path = format!(
+                    "network/interfaces/macs/{}/ipv4-associations/{}",
+                    self.mac, now.public
+                );
+                let listed = self.imds.get(&path).await.unwrap_or_default();
+                if listed.trim().parse::<Ipv4Addr>().ok() != Some(e.private) {
+                    missing.push(now.public);
+                }
+            }
             let listed = self
                 .imds
                 .get(&format!("network/interfaces/macs/{}/local-ipv4s", self.mac))
@@ -165,12 +238,7 @@ impl AwsTakeover {
                 .lines()
                 .filter_map(|l| l.trim().parse().ok())
                 .collect();
-            let missing: Vec<Ipv4Addr> = shard
-                .addresses
-                .iter()
-                .filter(|a| !listed.contains(a))
-                .copied()
-                .collect();
+            missing.extend(shard.addresses.iter().filter(|a| !listed.contains(a)));
             if missing.is_empty() {
                 break;
             }
