@@ -135,11 +135,13 @@ impl ShardTask {
 
     async fn run(self) {
         let name = leader::election_name(&self.etcd().prefix, &self.shard.name);
+        let mut failures = 0u32;
         loop {
             // A gateway that could not take the shard over must not lead it.
             let takeover = match self.prepare().await {
                 Ok(t) => t,
-                Err(e) => {
+                // What the cloud says this gateway cannot do: checked again now and then.
+                Err(e @ TakeoverError::Refused(_)) => {
                     warn!(shard = %self.shard.name, "not campaigning: {e}");
                     self.update(|s| {
                         s.role = "refused".into();
@@ -148,7 +150,28 @@ impl ShardTask {
                     tokio::time::sleep(Duration::from_secs(10)).await;
                     continue;
                 }
+                // The cloud or the metadata not answering (throttled, down, credentials
+                // expired): no verdict, so tried again soon; a standby that waited 10 s
+                // here would leave its shard without one.
+                Err(e) => {
+                    failures += 1;
+                    warn!(shard = %self.shard.name, "checking that this gateway could take the shard over: {e}; trying again");
+                    self.update(|s| {
+                        s.role = "connecting".into();
+                        s.detail = format!("preflight: {e}");
+                    });
+                    tokio::time::sleep(
+                        crate::providers::takeover::backoff(
+                            failures + 3,
+                            crate::providers::jitter(),
+                        )
+                        .min(Duration::from_secs(10)),
+                    )
+                    .await;
+                    continue;
+                }
             };
+            failures = 0;
             if let Err(e) = self.term(&name, &takeover).await {
                 warn!(shard = %self.shard.name, "{e}");
                 self.update(|s| {

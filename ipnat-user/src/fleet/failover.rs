@@ -19,7 +19,8 @@ pub struct FailoverState {
 pub struct ShardState {
     pub name: String,
     /// `leader`, `standby` (campaigning), `refused` (a preflight found it could not take the
-    /// shard over: it does not campaign) or `connecting` (to etcd).
+    /// shard over: it does not campaign) or `connecting` (to etcd, or the cloud did not
+    /// answer the preflight: tried again soon).
     pub role: String,
     /// When it took that role (Unix milliseconds).
     #[serde(default)]

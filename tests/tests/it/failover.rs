@@ -403,6 +403,38 @@ fn a_gateway_that_could_not_take_its_shard_over_is_refused_before_any_change() {
     refused(1, "no NIC in vpc-1 holds 10.0.0.50");
     assert_eq!(changes_asked(&lab), Vec::<String>::new());
     assert!(moves(&lab).is_empty());
+
+    // A cloud that does not answer is no verdict: the preflight, throttled three times, is
+    // tried again soon (a standby refused for 10 s would leave the shard without one), and
+    // the gateway never shows as refused.
+    nic("eni-a", &|n| n.addresses.push((SHARD_ADDRESS, None)));
+    lab.ec2()
+        .faults
+        .lock()
+        .unwrap()
+        .extend((0..3).map(|_| ("DescribeNetworkInterfaces".to_owned(), Ec2Fault::Throttle)));
+    let g = lab.start_ipnat(0).unwrap();
+    let seen = std::sync::Mutex::new(Vec::<String>::new());
+    let st = g.wait_status(
+        &lab.gateways[0],
+        "failover",
+        "gw-a leads after the throttling",
+        |f| {
+            let s = shard(f);
+            let mut seen = seen.lock().unwrap();
+            let now = format!("{}: {}", s["role"], s["detail"]);
+            if seen.last() != Some(&now) {
+                seen.push(now);
+            }
+            s["role"] == "leader" && s["last_takeover"]["result"] == "ok"
+        },
+    );
+    let seen = seen.into_inner().unwrap();
+    assert!(
+        !seen.iter().any(|r| r.starts_with("\"refused\"")),
+        "{seen:#?}"
+    );
+    assert!(lab.ec2().faults.lock().unwrap().is_empty(), "{st}");
 }
 
 /// The new leader dies half-way through its takeover (the address moved, the route not yet:
