@@ -54,13 +54,15 @@ pub struct ShardConfig {
     /// this gateway's mappings); the leader's NIC holds them.
     #[serde(default)]
     pub addresses: Vec<Ipv4Addr>,
-    /// The backends' routes through the leader (route table, destination); AWS only (on
-    /// Alibaba Cloud, routes whose next hop is the HaVip follow it).
+    /// The backends' routes through the leader (route table, destination): AWS
+    /// (`ReplaceRoute`), and Alibaba Cloud without a HaVip (`ModifyRouteEntry`; with one,
+    /// routes whose next hop is the HaVip follow it).
     #[serde(default, rename = "route")]
     pub routes: Vec<RouteConfig>,
-    /// AWS, across zones: EIPs the leader re-associates with an address of its own NIC
-    /// (addresses move only within a subnet, so gateways in different zones each hold their
-    /// own address for the EIP, and each one's table maps its own).
+    /// Across zones: EIPs the leader binds to an address of its own NIC (AWS: addresses move
+    /// only within a subnet; Alibaba Cloud: a HaVip lives in one vSwitch), so gateways in
+    /// different zones each hold their own address for the EIP, and each one's table maps its
+    /// own.
     #[serde(default, rename = "eip")]
     pub eips: Vec<EipConfig>,
     /// Alibaba Cloud: the HaVip (`havip-...`) whose address is the shard's one address,
@@ -75,11 +77,12 @@ pub struct ShardConfig {
     pub prefer: Option<String>,
 }
 
-/// An EIP that follows the shard's leader by `AssociateAddress` (AWS).
+/// An EIP that follows the shard's leader (AWS `AssociateAddress`, Alibaba Cloud
+/// `UnassociateEipAddress` + `AssociateEipAddress`).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct EipConfig {
-    /// The EIP's allocation id (`eipalloc-...`).
+    /// The EIP's allocation id (AWS `eipalloc-...`, Alibaba Cloud `eip-...`).
     pub allocation_id: String,
     /// This gateway's own secondary private address that takes the EIP when it leads (the
     /// public side of this gateway's mapping for it; each gateway names its own).
@@ -141,11 +144,20 @@ impl FailoverConfig {
                     ));
                 }
                 (super::Cloud::Aliyun, None) => {
-                    return Err(invalid(
-                        format!("{key}.havip"),
-                        &"(none)",
-                        "on Alibaba Cloud a shard is a HaVip (havip-...) associated with every gateway of the shard",
-                    ));
+                    if let Some(a) = s.addresses.first() {
+                        return Err(invalid(
+                            format!("{key}.addresses"),
+                            a,
+                            "secondary addresses do not move on Alibaba Cloud (unassign, then assign: nobody holds them in between, and no EIP follows them): make the shard a HaVip (havip = ...) or, across zones, [[failover.shard.eip]] entries",
+                        ));
+                    }
+                    if s.eips.is_empty() {
+                        return Err(invalid(
+                            format!("{key}.havip"),
+                            &"(none)",
+                            "on Alibaba Cloud a shard is a HaVip (havip-...) associated with every gateway of the shard, or EIPs ([[failover.shard.eip]]) each gateway binds to an address of its own",
+                        ));
+                    }
                 }
                 (super::Cloud::Aliyun, Some(h)) => {
                     if !h.starts_with("havip-") || h.len() < 7 {
@@ -277,12 +289,18 @@ impl FailoverConfig {
                     "a shard moves at least one address (or, across zones, one [[failover.shard.eip]])",
                 ));
             }
+            let (eip_prefix, table_prefix) = match cloud {
+                super::Cloud::Aws => ("eipalloc-", "rtb-"),
+                super::Cloud::Aliyun => ("eip-", "vtb-"),
+            };
             for (j, e) in s.eips.iter().enumerate() {
-                if !e.allocation_id.starts_with("eipalloc-") || e.allocation_id.len() < 10 {
+                if !e.allocation_id.starts_with(eip_prefix)
+                    || e.allocation_id.len() <= eip_prefix.len()
+                {
                     return Err(invalid(
                         format!("{key}.eip[{j}].allocation_id"),
                         &e.allocation_id,
-                        "an EIP's allocation id (eipalloc-...)",
+                        &format!("an EIP's allocation id ({eip_prefix}...)"),
                     ));
                 }
                 if seen_eips
@@ -327,11 +345,11 @@ impl FailoverConfig {
                 seen.push((*a, &s.name));
             }
             for (j, r) in s.routes.iter().enumerate() {
-                if !r.table.starts_with("rtb-") || r.table.len() < 5 {
+                if !r.table.starts_with(table_prefix) || r.table.len() <= table_prefix.len() {
                     return Err(invalid(
                         format!("{key}.route[{j}].table"),
                         &r.table,
-                        "a route table's id (rtb-...)",
+                        &format!("a route table's id ({table_prefix}...)"),
                     ));
                 }
                 if r.destination != r.destination.trunc() {

@@ -480,8 +480,32 @@ fn the_failover_section_is_checked_key_by_key_and_needs_etcd_and_a_cloud() {
     let havip =
         "[[failover.shard]]\nname = \"web\"\naddresses = [\"10.0.0.60\"]\nhavip = \"havip-1\"\n";
     assert!(Config::parse(&aliyun(havip)).is_ok());
+    // Or, across zones, EIPs bound to each gateway's own address, routes moved.
+    let eips = "[[failover.shard]]\nname = \"web\"\n[[failover.shard.eip]]\nallocation_id = \"eip-1\"\nprivate = \"10.0.0.52\"\n[[failover.shard.route]]\ntable = \"vtb-1\"\ndestination = \"0.0.0.0/0\"\n";
+    assert!(Config::parse(&aliyun(eips)).is_ok());
     for (shards, says) in [
-        (shard.to_owned(), "a shard is a HaVip"),
+        (
+            shard.to_owned(),
+            "secondary addresses do not move on Alibaba Cloud",
+        ),
+        (
+            shard.replace("addresses = [\"10.0.0.50\"]\n", ""),
+            "a shard is a HaVip (havip-...) associated with every gateway of the shard, or EIPs",
+        ),
+        (
+            eips.replace("vtb-1", "rtb-1"),
+            "a route table's id (vtb-...)",
+        ),
+        (
+            eips.replace("eip-1", "eipalloc-1"),
+            "an EIP's allocation id (eip-...)",
+        ),
+        (
+            format!(
+                "{havip}[[failover.shard.eip]]\nallocation_id = \"eip-1\"\nprivate = \"10.0.0.52\"\n"
+            ),
+            "bind the EIP to the HaVip",
+        ),
         (havip.replace("havip-1", "vip-1"), "a HaVip's id"),
         (
             havip.replace("[\"10.0.0.60\"]", "[\"10.0.0.60\", \"10.0.0.61\"]"),

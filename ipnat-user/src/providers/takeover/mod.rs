@@ -1,6 +1,7 @@
 //! A failover shard's takeover: what a newly elected leader does through its cloud's API to
-//! hold the shard (`aws.rs`: move the addresses and routes to its NIC; `aliyun.rs`: announce
-//! the HaVip), what it undoes when it stops leading, and the retry policy both share.
+//! hold the shard (`aws.rs`: move the addresses, or re-associate the EIPs, and the routes to
+//! its NIC; `aliyun.rs`: announce the HaVip, or re-bind the EIPs and move the route entries),
+//! what it undoes when it stops leading, and the retry policy both share.
 
 use std::{net::Ipv4Addr, time::Duration};
 
@@ -40,6 +41,8 @@ pub enum TakeoverError {
         missing: Vec<Ipv4Addr>,
         ms: u64,
     },
+    #[error("{what} {ms} ms after the call was accepted (failover.confirm_timeout_ms)")]
+    Pending { what: String, ms: u64 },
 }
 
 /// What one takeover did, for status.
@@ -62,7 +65,14 @@ fn retryable(e: &ApiError) -> bool {
                     code.as_str(),
                     "RequestLimitExceeded"
                         | "Throttling"
+                        | "Throttling.User"
+                        | "Throttling.Api"
                         | "ThrottlingException"
+                        // Alibaba Cloud: another change of the same route table or EIP is
+                        // under way (ModifyRouteEntry's documentation: retry).
+                        | "TaskConflict"
+                        | "OperationConflict"
+                        | "IncorrectEipStatus"
                         | "InternalError"
                         | "ServiceUnavailable"
                         | "Unavailable"
@@ -183,6 +193,9 @@ mod tests {
             action: "ReplaceRoute".into(),
             why: "no root".into()
         }));
+        assert!(retryable(&api(400, "TaskConflict")));
+        assert!(retryable(&api(400, "IncorrectEipStatus")));
+        assert!(retryable(&api(400, "Throttling.User")));
         assert!(!retryable(&api(400, "InvalidParameterValue")));
         assert!(!retryable(&api(403, "UnauthorizedOperation")));
         assert!(!retryable(&ApiError::NoCredentials(Api::Ec2)));
