@@ -17,7 +17,7 @@
 use super::*;
 use crate::{
     etcd::EtcdServer,
-    fakecloud::{FakeAliyunVpc, FakeEc2, FakeEc2Nic, FakeImds},
+    fakecloud::{FakeAliyunVpc, FakeEc2, FakeEc2Nic, FakeEip, FakeImds},
 };
 
 pub const SHARD_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 50);
@@ -37,6 +37,36 @@ pub enum LabCloud {
     /// the new leader's own address ([`eip_private`]), which its table maps; the VPC's router
     /// plays the cloud's EIP translation and follows the association.
     AwsZones,
+    /// Alibaba Cloud across zones: no HaVip (it lives in one vSwitch); the EIP
+    /// ([`FO_EIP`]) is unbound and bound to the new leader's own address ([`eip_private`]),
+    /// the route entry's next hop moved; the VPC's router plays the EIP translation.
+    AliyunZones,
+}
+
+/// Alibaba Cloud across zones: the EIP's id.
+pub const FO_ALIYUN_EIP: &str = "eip-web";
+
+/// The cloud's EIP translation, stateless, on the VPC's router (namespace `vpc`): each
+/// (EIP, private address) where the EIP is bound now, replacing what was there.
+fn eip_translation(vpc: &str, eips: &[(Ipv4Addr, Ipv4Addr)]) {
+    let mut rules = String::from(
+        "table ip eip\ndelete table ip eip\ntable ip eip {\n\
+         chain pre { type filter hook prerouting priority -300; policy accept;\n",
+    );
+    for (e, a) in eips {
+        rules.push_str(&format!(
+            "iifname \"inet0\" ip daddr {e} ip daddr set {a} notrack\n\
+             iifname \"br0\" ip saddr {a} notrack\n"
+        ));
+    }
+    rules.push_str("}\nchain post { type filter hook postrouting priority 300; policy accept;\n");
+    for (e, a) in eips {
+        rules.push_str(&format!(
+            "oifname \"inet0\" ip saddr {a} ip saddr set {e}\n"
+        ));
+    }
+    rules.push_str("}\n}\n");
+    nft_in(vpc, &rules);
 }
 
 /// `nft -f -` with `rules` in the namespace named `ns` (from a hook: no [`Netns`] at hand);
@@ -161,6 +191,12 @@ impl FailoverLab {
         Self::build(LabCloud::Aliyun, 0, group)
     }
 
+    /// Alibaba Cloud across zones (see [`LabCloud::AliyunZones`]), untracked security groups;
+    /// the fake API binds and moves after `delay_ms`.
+    pub fn aliyun_zones(delay_ms: u64) -> Result<Self> {
+        Self::build(LabCloud::AliyunZones, delay_ms, SecurityGroup::Untracked)
+    }
+
     /// AWS across zones (see [`LabCloud::AwsZones`]), untracked security groups.
     pub fn zones(delay_ms: u64) -> Result<Self> {
         Self::build(LabCloud::AwsZones, delay_ms, SecurityGroup::Untracked)
@@ -245,6 +281,7 @@ impl FailoverLab {
         match cloud {
             LabCloud::Aws | LabCloud::AwsZones => lab.aws(delay_ms)?,
             LabCloud::Aliyun => lab.havip()?,
+            LabCloud::AliyunZones => lab.aliyun_eips(delay_ms)?,
         }
         Ok(lab)
     }
@@ -359,6 +396,82 @@ impl FailoverLab {
         Ok(())
     }
 
+    /// The fake VPC OpenAPI with the EIP and the route entry, the gateways' Alibaba Cloud
+    /// metadata (each with its own secondary address), and a VPC router that follows the API.
+    fn aliyun_eips(&mut self, delay_ms: u64) -> Result<()> {
+        let api = FakeAliyunVpc::start(&self.gateways[0], "cn-hangzhou");
+        self.api_ports = vec![api.port, api.serve_in(&self.gateways[1])];
+        api.keys
+            .lock()
+            .unwrap()
+            .insert(KEY_ID.into(), (SECRET.into(), None));
+        *api.enis.lock().unwrap() = (0..2)
+            .map(|i| (fo_nic(i), vec![fo_gateway(i), eip_private(i)]))
+            .collect();
+        api.eips.lock().unwrap().push(FakeEip {
+            id: FO_ALIYUN_EIP.into(),
+            address: FO_EIP,
+            status: "InUse".into(),
+            bound: Some(("NetworkInterface".into(), fo_nic(0), Some(eip_private(0)))),
+        });
+        api.routes
+            .lock()
+            .unwrap()
+            .insert(("vtb-private".into(), "0.0.0.0/0".into()), fo_nic(0));
+        api.delay_ms
+            .store(delay_ms, std::sync::atomic::Ordering::Relaxed);
+        for (i, m) in self.imds.iter().enumerate() {
+            let mac = &self.macs[i];
+            let base = format!("{}{mac}/", super::METADATA_MACS);
+            m.set("mac", mac);
+            m.set("instance-id", &format!("i-{i}"));
+            m.set("region-id", "cn-hangzhou");
+            m.set(super::METADATA_MACS, &format!("{mac}/\n"));
+            m.set(&format!("{base}network-interface-id"), &fo_nic(i));
+            m.set(
+                &format!("{base}private-ipv4s"),
+                &format!("[\"{}\", \"{}\"]", fo_gateway(i), eip_private(i)),
+            );
+            m.set(&format!("{base}gateway"), &VPC_ROUTER.to_string());
+            m.set(&format!("{base}vswitch-cidr-block"), "10.0.0.0/24");
+        }
+        // The VPC delivers each EIP where it is in use, and the backends' route to the NIC the
+        // route entry names.
+        let vpc = self.vpc.name().to_owned();
+        let follow =
+            move |eips: &[FakeEip],
+                  routes: &std::collections::BTreeMap<(String, String), String>| {
+                let bound: Vec<(Ipv4Addr, Ipv4Addr)> = eips
+                    .iter()
+                    .filter(|e| e.status == "InUse")
+                    .filter_map(|e| Some((e.address, e.bound.as_ref()?.2?)))
+                    .collect();
+                eip_translation(&vpc, &bound);
+                if let Some(target) =
+                    routes.get(&("vtb-private".to_owned(), "0.0.0.0/0".to_owned()))
+                    && let Some(i) = (0..2).find(|i| fo_nic(*i) == *target)
+                {
+                    let _ = std::process::Command::new("ip")
+                        .args(["-n", &vpc, "route", "replace", "default", "via"])
+                        .args([&fo_gateway(i).to_string(), "dev", "br0", "table", "100"])
+                        .output();
+                }
+            };
+        follow(&api.eips.lock().unwrap(), &api.routes.lock().unwrap());
+        api.hooks.lock().unwrap().push(Box::new(follow));
+        self.vpc_api = Some(api);
+        Ok(())
+    }
+
+    /// Alibaba Cloud across zones: the ENI and address [`FO_EIP`] is in use on, if any.
+    pub fn aliyun_eip_holder(&self) -> Option<(String, Ipv4Addr)> {
+        let api = self.vpc_api.as_ref()?;
+        let eips = api.eips.lock().unwrap();
+        let e = eips.iter().find(|e| e.id == FO_ALIYUN_EIP)?;
+        let (_, eni, private) = e.bound.clone().filter(|_| e.status == "InUse")?;
+        Some((eni, private?))
+    }
+
     /// AWS: the instance profile's credentials become generation `n`'s on every gateway's
     /// metadata, and the fake EC2 accepts only those from now on (as the old ones expire).
     pub fn rotate_role(&self, n: u32) {
@@ -433,32 +546,12 @@ impl FailoverLab {
                         .output();
                 }
             }
-            // The cloud's EIP translation, stateless, where each EIP is associated now.
-            let mut rules = String::from(
-                "table ip eip\ndelete table ip eip\ntable ip eip {\n\
-                 chain pre { type filter hook prerouting priority -300; policy accept;\n",
-            );
             let eips: Vec<_> = nics
                 .iter()
                 .flat_map(|n| n.addresses.iter())
                 .filter_map(|(a, e)| e.map(|e| (e, *a)))
                 .collect();
-            for (e, a) in &eips {
-                rules.push_str(&format!(
-                    "iifname \"inet0\" ip daddr {e} ip daddr set {a} notrack\n\
-                     iifname \"br0\" ip saddr {a} notrack\n"
-                ));
-            }
-            rules.push_str(
-                "}\nchain post { type filter hook postrouting priority 300; policy accept;\n",
-            );
-            for (e, a) in &eips {
-                rules.push_str(&format!(
-                    "oifname \"inet0\" ip saddr {a} ip saddr set {e}\n"
-                ));
-            }
-            rules.push_str("}\n}\n");
-            nft_in(&vpc, &rules);
+            eip_translation(&vpc, &eips);
             if let Some(target) = routes.get(&("rtb-private".to_owned(), "0.0.0.0/0".to_owned()))
                 && let Some(i) = (0..macs.len()).find(|i| fo_nic(*i) == *target)
             {
@@ -514,6 +607,21 @@ impl FailoverLab {
                         eip_private(i)
                     )
                 },
+            ),
+            LabCloud::AliyunZones => (
+                eip_private(i),
+                format!(
+                    "[aliyun]\nendpoint = \"http://127.0.0.1:{imds}\"\ninterval_secs = 30\ntimeout_ms = 1000\n\
+                     vpc_api_endpoint = \"http://127.0.0.1:{api}\"\naccess_key_id = \"{KEY_ID}\"\naccess_key_secret = \"{SECRET}\"\n",
+                    imds = self.imds[i].port,
+                    api = self.api_ports[i],
+                ),
+                format!(
+                    "[[failover.shard]]\nname = \"web\"\n{shard_extra}\
+                     [[failover.shard.eip]]\nallocation_id = \"{FO_ALIYUN_EIP}\"\nprivate = \"{}\"\n\
+                     [[failover.shard.route]]\ntable = \"vtb-private\"\ndestination = \"0.0.0.0/0\"\n",
+                    eip_private(i)
+                ),
             ),
             LabCloud::Aliyun => (
                 HAVIP_ADDRESS,

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use ipnat_tests::{
-    fakecloud::Ec2Fault,
+    fakecloud::{Ec2Fault, VpcFault},
     lab::{
         Ipnat,
         failover::{
@@ -781,6 +781,57 @@ fn across_zones_the_standby_reassociates_the_eip_with_its_own_address_and_no_con
         lab.holder(),
         Some(fo_nic(0)),
         "gw-a's own address stays its own"
+    );
+    translated_both_ways_at(&lab, FO_EIP, 8192);
+}
+
+/// Alibaba Cloud across zones (no HaVip: it lives in one vSwitch): the standby unbinds the EIP
+/// from gw-a's address, binds it to its own (both asynchronous, each waited for) and moves the
+/// route entry, through a throttled binding and a route table busy with another task
+/// (`TaskConflict`): retried, every connection survives.
+#[test]
+fn on_alibaba_cloud_across_zones_the_standby_rebinds_the_eip_and_moves_the_route_entry() {
+    require_root();
+    let lab = FailoverLab::aliyun_zones(300).unwrap();
+    let (mut a, b) = pair(&lab);
+    translated_both_ways_at(&lab, FO_EIP, 8190);
+    let api = lab.vpc_api.as_ref().unwrap();
+    api.faults.lock().unwrap().extend([
+        ("AssociateEipAddress".to_owned(), VpcFault::Throttle),
+        ("ModifyRouteEntry".to_owned(), VpcFault::TaskConflict),
+        ("ModifyRouteEntry".to_owned(), VpcFault::TaskConflict),
+    ]);
+    let route = || {
+        api.routes
+            .lock()
+            .unwrap()
+            .get(&("vtb-private".to_owned(), "0.0.0.0/0".to_owned()))
+            .cloned()
+    };
+    let f = primary_dies_under_traffic_at(&lab, &mut a, &b, FO_EIP, 8100, &|| {
+        lab.aliyun_eip_holder() == Some((fo_nic(1), eip_private(1)))
+            && route().as_deref() == Some("eni-b")
+    });
+    assert_eq!(f.inbound.downloads.complete, 8, "{:?}", f.inbound.downloads);
+    assert_eq!(f.outbound.complete, 8, "{:?}", f.outbound);
+    let report = &f.shard["last_takeover"]["report"];
+    assert_eq!(report["retries"], 3, "{report}");
+    let steps = report["steps"].to_string();
+    for step in [
+        "UnassociateEipAddress 198.51.100.50 from eni-a/10.0.0.50",
+        "AssociateEipAddress 198.51.100.50 onto eni-b/10.0.0.52",
+        "ModifyRouteEntry vtb-private 0.0.0.0/0 -> eni-b",
+    ] {
+        assert!(steps.contains(step), "{step}: {steps}");
+    }
+    // Bound to one address at a time, each move once.
+    assert_eq!(
+        *api.moves.lock().unwrap(),
+        [
+            format!("EIP {FO_EIP} eni-a/10.0.0.50 -> (unbound)"),
+            format!("EIP {FO_EIP} (unbound) -> eni-b/10.0.0.52"),
+            "vtb-private 0.0.0.0/0 eni-a -> eni-b".to_owned(),
+        ]
     );
     translated_both_ways_at(&lab, FO_EIP, 8192);
 }
