@@ -82,8 +82,8 @@ enum Task {
     /// part 1 a gateway's 1:1 NAT, part 2 host orientation, part 3 a second NIC's addresses
     /// steered from the cloud's metadata, part 4 a fleet of three gateways (etcd, bird, ECMP,
     /// a gateway dying under traffic), part 5 that fleet against conntrack NAT gateways, part 6
-    /// cloud failover in a VPC (ten failovers through the fake EC2 API). All six, or one with
-    /// `--part N`.
+    /// cloud failover in a VPC (ten failovers per cloud and mode through the fake APIs). All
+    /// six, or one with `--part N`.
     Lab {
         /// Run only this part (1 to 6).
         #[arg(long, value_parser = clap::value_parser!(u8).range(1..=6))]

@@ -13,7 +13,8 @@
 //!   and its validation sees the first one's mapping).
 //!
 //! Values are JSON objects with exactly these fields. Other keys under the prefix are left
-//! alone (reserved for later parts of the fleet).
+//! alone: `<prefix>/failover/<shard>/...` (a failover shard's election, `super::leader`) and
+//! `<prefix>/failover-move/<shard>` (a move asked, `super::handover`) belong to failover.
 
 use serde::{Deserialize, Serialize};
 

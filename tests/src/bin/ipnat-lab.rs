@@ -32,7 +32,7 @@ Runs ipnat in a simulated cloud made of network namespaces, and takes it all dow
   --part 3   a second NIC's addresses, steered from the cloud's metadata (no ip rule)
   --part 4   a fleet of three gateways: one table in etcd, ECMP via bird with BFD, a gateway dies
   --part 5   the same fleet, ipnat against conntrack NAT gateways, steady and a gateway dying
-  --part 6   cloud failover in a VPC: the standby takes the EIP's address over through the API
+  --part 6   cloud failover in a VPC: the standby takes the EIP over through the API (AWS, Alibaba Cloud; within a zone and across zones)
 Without --part, all six, in that order.";
 
 fn main() {
@@ -1050,7 +1050,7 @@ fn comparison_lab() -> Result<()> {
 
 fn failover_lab() -> Result<()> {
     use ipnat_tests::lab::failover::{
-        FailoverLab, HAVIP_ADDRESS, SHARD_ADDRESS, SecurityGroup, fo_nic,
+        FO_EIP, FailoverLab, HAVIP_ADDRESS, SHARD_ADDRESS, SecurityGroup, eip_private, fo_nic,
     };
     say("== ipnat lab, part 6: cloud failover in a VPC (fake cloud APIs, real etcd) ==\n");
     say("-- AWS --");
@@ -1096,6 +1096,51 @@ fn failover_lab() -> Result<()> {
     ));
     if calls.iter().any(|a| a != "DescribeHaVips") {
         bail!("a call that changes something: {calls:?}");
+    }
+    drop(lab);
+    say("\n-- AWS across zones --");
+    say(
+        "  gw-b's NIC is in another subnet (zone): no address can move to it. Each gateway holds its own\n  \
+         address for the EIP 198.51.100.50 (gw-a 10.0.0.50, gw-b 10.0.0.52) and maps it to the backend;\n  \
+         the new leader re-associates the EIP with its own address (AssociateAddress, AllowReassociation)\n  \
+         and moves the route. The VPC's router plays the cloud's EIP translation, 300 ms after each change.\n",
+    );
+    let lab = FailoverLab::zones(300)?;
+    ten_failovers(&lab, FO_EIP, &|to| {
+        lab.eip_holder() == Some((fo_nic(to), eip_private(to)))
+            && lab.route_target() == Some(fo_nic(to))
+    })?;
+    let moves = lab.ec2().moves.lock().unwrap().len();
+    say(&format!(
+        "      the fake EC2 recorded {moves} moves: one association of the EIP and one route per failover"
+    ));
+    if moves != 20 {
+        bail!("expected 20 moves, the API saw {moves}");
+    }
+    drop(lab);
+    say("\n-- Alibaba Cloud across zones --");
+    say(
+        "  A HaVip lives in one vSwitch; across zones the new leader unbinds the EIP from the old leader's\n  \
+         address (UnassociateEipAddress), binds it to its own (AssociateEipAddress; both asynchronous, each\n  \
+         waited for) and moves the route entry (ModifyRouteEntry); each takes the fake 300 ms.\n",
+    );
+    let lab = FailoverLab::aliyun_zones(300)?;
+    ten_failovers(&lab, FO_EIP, &|to| {
+        lab.aliyun_eip_holder() == Some((fo_nic(to), eip_private(to)))
+    })?;
+    let moves = lab
+        .vpc_api
+        .as_ref()
+        .expect("aliyun")
+        .moves
+        .lock()
+        .unwrap()
+        .len();
+    say(&format!(
+        "      the fake VPC API recorded {moves} changes: the EIP unbound, bound again, and the route entry, per failover"
+    ));
+    if moves != 30 {
+        bail!("expected 30 changes, the API saw {moves}");
     }
     say("\ndone: the lab's namespaces, etcd and ipnat are removed when it exits.");
     Ok(())

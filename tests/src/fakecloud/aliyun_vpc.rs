@@ -133,13 +133,7 @@ impl FakeAliyunVpc {
         }
         let action = q["Action"].clone();
         self.actions.lock().unwrap().push(action.clone());
-        let fault = {
-            let mut faults = self.faults.lock().unwrap();
-            faults
-                .iter()
-                .position(|(a, _)| *a == action)
-                .map(|i| faults.remove(i).1)
-        };
+        let fault = take_fault(&self.faults, &action);
         match fault {
             Some(VpcFault::TaskConflict) => {
                 return vpc_error(
@@ -190,17 +184,19 @@ impl FakeAliyunVpc {
             .filter(|h| wanted.is_none_or(|w| h["HaVipId"] == **w))
             .cloned()
             .collect();
-        (
-            200,
-            serde_json::json!({
-                "RequestId": "FAKE-REQUEST",
-                "TotalCount": list.len(),
-                "PageNumber": 1,
-                "PageSize": 10,
-                "HaVips": {"HaVip": list},
-            })
-            .to_string(),
-        )
+        Self::listed("HaVips", "HaVip", list)
+    }
+
+    /// A list answer in the documented shape: `{set: {item: [...]}}`, one page of all.
+    fn listed(set: &str, item: &str, list: Vec<serde_json::Value>) -> (u16, String) {
+        let mut body = serde_json::json!({
+            "RequestId": "FAKE-REQUEST",
+            "TotalCount": list.len(),
+            "PageNumber": 1,
+            "PageSize": list.len().max(10),
+        });
+        body[set] = serde_json::json!({ item: list });
+        (200, body.to_string())
     }
 
     fn ok() -> (u16, String) {
@@ -266,17 +262,7 @@ impl FakeAliyunVpc {
                 })
             })
             .collect();
-        (
-            200,
-            serde_json::json!({
-                "RequestId": "FAKE-REQUEST",
-                "TotalCount": list.len(),
-                "PageNumber": 1,
-                "PageSize": 10,
-                "EipAddresses": {"EipAddress": list},
-            })
-            .to_string(),
-        )
+        Self::listed("EipAddresses", "EipAddress", list)
     }
 
     fn bind(&self, action: &str, q: &BTreeMap<String, String>) -> (u16, String) {
@@ -393,15 +379,7 @@ impl FakeAliyunVpc {
                 })
             })
             .collect();
-        (
-            200,
-            serde_json::json!({
-                "RequestId": "FAKE-REQUEST",
-                "TotalCount": list.len(),
-                "RouteEntrys": {"RouteEntry": list},
-            })
-            .to_string(),
-        )
+        Self::listed("RouteEntrys", "RouteEntry", list)
     }
 
     fn modify_route(&self, q: &BTreeMap<String, String>) -> (u16, String) {

@@ -223,13 +223,7 @@ impl FakeEc2 {
             .lock()
             .unwrap()
             .push((action.clone(), std::time::SystemTime::now()));
-        let fault = {
-            let mut faults = self.faults.lock().unwrap();
-            faults
-                .iter()
-                .position(|(a, _)| *a == action)
-                .map(|i| faults.remove(i).1)
-        };
+        let fault = take_fault(&self.faults, &action);
         match fault {
             Some(Ec2Fault::Throttle) => {
                 return ec2_error(503, "RequestLimitExceeded", "Request limit exceeded.");

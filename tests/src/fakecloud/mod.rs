@@ -244,3 +244,10 @@ fn check_rpc_v1(
     }
     Ok(())
 }
+
+/// The first fault queued for `action` in `faults` (action, fault), taken off the queue.
+pub(crate) fn take_fault<F>(faults: &Mutex<Vec<(String, F)>>, action: &str) -> Option<F> {
+    let mut faults = faults.lock().unwrap();
+    let i = faults.iter().position(|(a, _)| a == action)?;
+    Some(faults.remove(i).1)
+}

@@ -351,32 +351,12 @@ impl FailoverLab {
     /// The fake VPC OpenAPI with the HaVip, the gateways' Alibaba Cloud metadata, and a VPC
     /// router that learns the HaVip's owner by ARP.
     fn havip(&mut self) -> Result<()> {
-        let api = FakeAliyunVpc::start(&self.gateways[0], "cn-hangzhou");
-        self.api_ports = vec![api.port, api.serve_in(&self.gateways[1])];
-        api.keys
-            .lock()
-            .unwrap()
-            .insert(KEY_ID.into(), (SECRET.into(), None));
+        let api = self.aliyun_api(&|i| vec![fo_gateway(i)]);
         api.havips.lock().unwrap().push(FakeAliyunVpc::havip(
             "havip-web",
             &HAVIP_ADDRESS.to_string(),
             &["i-0", "i-1"],
         ));
-        for (i, m) in self.imds.iter().enumerate() {
-            let mac = &self.macs[i];
-            let base = format!("{}{mac}/", super::METADATA_MACS);
-            m.set("mac", mac);
-            m.set("instance-id", &format!("i-{i}"));
-            m.set("region-id", "cn-hangzhou");
-            m.set(super::METADATA_MACS, &format!("{mac}/\n"));
-            m.set(&format!("{base}network-interface-id"), &fo_nic(i));
-            m.set(
-                &format!("{base}private-ipv4s"),
-                &format!("[\"{}\"]", fo_gateway(i)),
-            );
-            m.set(&format!("{base}gateway"), &VPC_ROUTER.to_string());
-            m.set(&format!("{base}vswitch-cidr-block"), "10.0.0.0/24");
-        }
         // The VPC learns the HaVip's owner from ARP, gratuitous ones included, and the
         // backends' route has the HaVip as its next hop.
         self.vpc.sysctl("net.ipv4.conf.br0.arp_accept", "1")?;
@@ -396,15 +376,38 @@ impl FailoverLab {
         Ok(())
     }
 
-    /// The fake VPC OpenAPI with the EIP and the route entry, the gateways' Alibaba Cloud
-    /// metadata (each with its own secondary address), and a VPC router that follows the API.
-    fn aliyun_eips(&mut self, delay_ms: u64) -> Result<()> {
+    /// The fake VPC OpenAPI (served in both gateways) and the gateways' Alibaba Cloud
+    /// metadata, gateway `i`'s NIC with `addresses(i)` (primary first).
+    fn aliyun_api(&mut self, addresses: &dyn Fn(usize) -> Vec<Ipv4Addr>) -> FakeAliyunVpc {
         let api = FakeAliyunVpc::start(&self.gateways[0], "cn-hangzhou");
         self.api_ports = vec![api.port, api.serve_in(&self.gateways[1])];
         api.keys
             .lock()
             .unwrap()
             .insert(KEY_ID.into(), (SECRET.into(), None));
+        for (i, m) in self.imds.iter().enumerate() {
+            let mac = &self.macs[i];
+            let base = format!("{}{mac}/", super::METADATA_MACS);
+            m.set("mac", mac);
+            m.set("instance-id", &format!("i-{i}"));
+            m.set("region-id", "cn-hangzhou");
+            m.set(super::METADATA_MACS, &format!("{mac}/\n"));
+            m.set(&format!("{base}network-interface-id"), &fo_nic(i));
+            let list: Vec<String> = addresses(i).iter().map(|a| format!("\"{a}\"")).collect();
+            m.set(
+                &format!("{base}private-ipv4s"),
+                &format!("[{}]", list.join(", ")),
+            );
+            m.set(&format!("{base}gateway"), &VPC_ROUTER.to_string());
+            m.set(&format!("{base}vswitch-cidr-block"), "10.0.0.0/24");
+        }
+        api
+    }
+
+    /// The fake VPC OpenAPI with the EIP and the route entry, the gateways' Alibaba Cloud
+    /// metadata (each with its own secondary address), and a VPC router that follows the API.
+    fn aliyun_eips(&mut self, delay_ms: u64) -> Result<()> {
+        let api = self.aliyun_api(&|i| vec![fo_gateway(i), eip_private(i)]);
         *api.enis.lock().unwrap() = (0..2)
             .map(|i| (fo_nic(i), vec![fo_gateway(i), eip_private(i)]))
             .collect();
@@ -420,21 +423,6 @@ impl FailoverLab {
             .insert(("vtb-private".into(), "0.0.0.0/0".into()), fo_nic(0));
         api.delay_ms
             .store(delay_ms, std::sync::atomic::Ordering::Relaxed);
-        for (i, m) in self.imds.iter().enumerate() {
-            let mac = &self.macs[i];
-            let base = format!("{}{mac}/", super::METADATA_MACS);
-            m.set("mac", mac);
-            m.set("instance-id", &format!("i-{i}"));
-            m.set("region-id", "cn-hangzhou");
-            m.set(super::METADATA_MACS, &format!("{mac}/\n"));
-            m.set(&format!("{base}network-interface-id"), &fo_nic(i));
-            m.set(
-                &format!("{base}private-ipv4s"),
-                &format!("[\"{}\", \"{}\"]", fo_gateway(i), eip_private(i)),
-            );
-            m.set(&format!("{base}gateway"), &VPC_ROUTER.to_string());
-            m.set(&format!("{base}vswitch-cidr-block"), "10.0.0.0/24");
-        }
         // The VPC delivers each EIP where it is in use, and the backends' route to the NIC the
         // route entry names.
         let vpc = self.vpc.name().to_owned();

@@ -27,14 +27,23 @@ fn the_lab_runs_every_part_and_shows_what_ipnat_did() {
         "lab failed: {}\n{text}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // Part six: ten failovers per cloud, each move made once, nothing changed on Alibaba.
+    // Part six: ten failovers per cloud, within a zone and across zones, each move made once,
+    // nothing changed on Alibaba Cloud within a zone.
     assert_eq!(
         text.matches("over 10 failovers: the leader's death to the shard's move")
             .count(),
+        4,
+        "{text}"
+    );
+    assert_eq!(
+        text.matches("the fake EC2 recorded 20 moves").count(),
         2,
         "{text}"
     );
-    assert!(text.contains("the fake EC2 recorded 20 moves"), "{text}");
+    assert!(
+        text.contains("the fake VPC API recorded 30 changes"),
+        "{text}"
+    );
     assert!(text.contains("each a DescribeHaVips"), "{text}");
     // Part one: the backend saw the internet host through the EIP.
     assert!(text.contains("backend accepted GET / HTTP/1.0"), "{text}");
