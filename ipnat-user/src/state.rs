@@ -330,6 +330,25 @@ impl Records {
         })
     }
 
+    /// The process holding the data plane's lock now (an `ipnat run`, or an `ipnat down` at
+    /// work), if any: its pid as it wrote it. Takes nothing (a shared lock, dropped at once).
+    pub fn holder(&self) -> Option<String> {
+        let path = self.file("lock");
+        let mut file = std::fs::File::open(&path).ok()?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
+            Ok(_free) => None,
+            Err((f, _)) => {
+                file = f;
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                Some(match pid.trim() {
+                    "" => "starting".to_owned(),
+                    p => p.to_owned(),
+                })
+            }
+        }
+    }
+
     /// Removes every record (for `ipnat down`, holding the lock, once all is undone).
     pub fn remove_all(&self) -> Result<(), StateError> {
         match std::fs::remove_dir_all(&self.dir) {

@@ -35,6 +35,10 @@ pub struct Status {
     /// The last readiness check and what it announces, when the config has [announce].
     pub health: Option<crate::fleet::health::HealthState>,
     pub failover: Option<crate::fleet::failover::FailoverState>,
+    /// The pid of the `ipnat run` holding the data plane, or None when none runs: the
+    /// sync, fleet, health and failover sections are then as it last recorded them (a
+    /// shard's role is nobody's now).
+    pub controller_pid: Option<String>,
 }
 
 /// What a gateway serves of the fleet's table, with its lag now.
@@ -114,6 +118,7 @@ pub fn status(dir: &Path) -> Result<Status, DataplaneError> {
         }),
         health: crate::fleet::health::HealthState::load(dir),
         failover: crate::fleet::failover::FailoverState::load(dir),
+        controller_pid: crate::state::Records::lookup(dir).holder(),
     })
 }
 
@@ -126,6 +131,14 @@ impl Status {
             "pin path:   {} (map layout {})",
             self.pin_path.display(),
             self.schema
+        );
+        let _ = writeln!(
+            s,
+            "controller: {}",
+            match &self.controller_pid {
+                Some(pid) => format!("running (pid {pid})"),
+                None => "not running: the data plane forwards with the last tables; nothing syncs, follows etcd or leads".to_owned(),
+            }
         );
         if self.orientation == "host" {
             let internal: Vec<String> = self.internal.iter().map(|n| n.0.to_string()).collect();
@@ -221,6 +234,9 @@ impl Status {
             s.push_str(&h.render());
         }
         if let Some(f) = &self.failover {
+            if self.controller_pid.is_none() {
+                s.push_str("failover:   (no controller runs: this gateway leads nothing; as last recorded:)\n");
+            }
             s.push_str(&f.render());
         }
         for (key, old) in &self.host_changes {

@@ -629,8 +629,20 @@ fn a_standby_takes_over_with_the_credentials_of_the_moment_it_is_elected() {
     let (mut a, b) = pair(&lab);
     // The profile's credentials rotate while gw-b stands by; the old ones stop working.
     lab.rotate_role(2);
+    assert!(a.status(&lab.gateways[0])["controller_pid"].is_string());
     a.kill().unwrap();
     lab.block(0, true).unwrap();
+    // gw-a's status says that no controller runs: its recorded leadership is nobody's now.
+    let st = a.status(&lab.gateways[0]);
+    assert!(st["controller_pid"].is_null(), "{st}");
+    let pin = FailoverLab::pin(0);
+    let (ok, text) = ipnat_in(&lab.gateways[0], &["status", "--pin-path", &pin]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("controller: not running")
+            && text.contains("(no controller runs: this gateway leads nothing; as last recorded:)"),
+        "{text}"
+    );
     let st = b.wait_status(
         &lab.gateways[1],
         "failover",
