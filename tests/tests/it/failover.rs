@@ -217,11 +217,14 @@ fn the_standby_takes_the_shard_over_through_the_api_and_no_connection_is_lost() 
             Ec2Fault::DoneButError,
         ),
         ("ReplaceRoute".to_owned(), Ec2Fault::ServerError),
+        // Answered after 1 s, past the call's 700 ms timeout: the client gives up, retries,
+        // and the late call changes nothing the retry did not.
+        ("ReplaceRoute".to_owned(), Ec2Fault::Slow(1000)),
     ]);
     let f = primary_dies_under_traffic(&lab, &mut a, &b, 8100);
     assert_eq!(f.inbound.downloads.complete, 8, "{:?}", f.inbound.downloads);
     assert_eq!(f.outbound.complete, 8, "{:?}", f.outbound);
-    assert_eq!(f.shard["last_takeover"]["report"]["retries"], 3);
+    assert_eq!(f.shard["last_takeover"]["report"]["retries"], 4);
     assert_eq!(
         moves(&lab),
         [
@@ -357,6 +360,28 @@ fn with_tracked_security_groups_the_backends_connections_to_the_internet_break_o
     .join()
     .unwrap();
     assert_eq!(again.complete, 2, "{again:?}");
+}
+
+/// The same on Alibaba Cloud, whose security groups track connections per NIC too: the HaVip
+/// moves, the services' connections survive, the backends' connections to the internet stall
+/// (their replies reach a NIC that never saw them open), new ones work.
+#[test]
+fn on_alibaba_cloud_tracked_security_groups_break_the_backends_connections_to_the_internet_too() {
+    require_root();
+    let lab = FailoverLab::aliyun(SecurityGroup::Tracked).unwrap();
+    let (mut a, b) = pair(&lab);
+    translated_both_ways_at(&lab, HAVIP_ADDRESS, 8190);
+    let f = primary_dies_under_traffic_at(&lab, &mut a, &b, HAVIP_ADDRESS, 8100, &|| {
+        lab.havip_owner() == Some(1)
+    });
+    assert_eq!(f.inbound.downloads.complete, 8, "{:?}", f.inbound.downloads);
+    assert_eq!(
+        f.outbound.complete, 0,
+        "replies to the backends' connections are dropped by gw-b's group: {:?}",
+        f.outbound
+    );
+    assert_eq!(f.outbound.resets, 0, "{:?}", f.outbound);
+    translated_both_ways_at(&lab, HAVIP_ADDRESS, 8192);
 }
 
 /// What the API was asked to change (every call but the reads).
@@ -578,14 +603,24 @@ fn on_alibaba_cloud_the_standby_announces_the_havip_and_no_connection_is_lost() 
     let (mut a, b) = pair(&lab);
     translated_both_ways_at(&lab, HAVIP_ADDRESS, 8190);
     assert_eq!(lab.havip_owner(), Some(0));
+    // The takeover's check of the HaVip is throttled twice: retried.
+    let api = lab.vpc_api.as_ref().unwrap();
+    api.faults.lock().unwrap().extend([
+        ("DescribeHaVips".to_owned(), VpcFault::Throttle),
+        ("DescribeHaVips".to_owned(), VpcFault::ServerError),
+    ]);
     let f = primary_dies_under_traffic_at(&lab, &mut a, &b, HAVIP_ADDRESS, 8100, &|| {
         lab.havip_owner() == Some(1)
     });
     assert_eq!(f.inbound.downloads.complete, 8, "{:?}", f.inbound.downloads);
     assert_eq!(f.outbound.complete, 8, "{:?}", f.outbound);
+    assert_eq!(
+        f.shard["last_takeover"]["report"]["retries"], 2,
+        "{}",
+        f.shard
+    );
     let steps = f.shard["last_takeover"]["report"]["steps"].to_string();
     assert!(steps.contains("gratuitous ARP for 10.0.0.60"), "{steps}");
-    let api = lab.vpc_api.as_ref().unwrap();
     assert!(
         api.actions
             .lock()
