@@ -111,8 +111,13 @@ impl FailoverState {
                 }
             }
             if let Some(m) = &sh.last_move {
+                let to = if m.what.starts_with("handed") {
+                    "to"
+                } else {
+                    "for"
+                };
                 s.push_str(&format!(
-                    "    last move: {} for {} (asked by {})\n",
+                    "    last move: {} {to} {} (asked by {})\n",
                     m.what, m.to, m.by
                 ));
             }

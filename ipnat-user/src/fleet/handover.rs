@@ -147,6 +147,59 @@ pub async fn cancel_move(client: &Client, key: &str) -> Result<(), FleetError> {
     Ok(())
 }
 
+/// One failover shard as etcd holds it: its candidates in line (the first leads) and the move
+/// asked, if any (or why its key does not parse).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ShardLine {
+    pub shard: String,
+    pub line: Vec<String>,
+    #[serde(rename = "move")]
+    pub request: Option<Result<MoveRequest, String>>,
+}
+
+/// Every failover shard with a candidate under `prefix` (what `ipnat fleet list` shows).
+pub async fn shards(client: &Client, prefix: &str) -> Result<Vec<ShardLine>, FleetError> {
+    let mut c = client.clone();
+    let under = format!("{}/failover/", prefix.trim_end_matches('/'));
+    let r = c
+        .get(
+            under.as_str(),
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )
+        .await
+        .map_err(etcd_error)?;
+    let mut names: Vec<String> = r
+        .kvs()
+        .iter()
+        .filter_map(|kv| {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let rest = key.strip_prefix(&under)?;
+            Some(rest.split_once('/')?.0.to_owned())
+        })
+        .collect();
+    names.dedup();
+    let mut out = Vec::new();
+    for shard in names {
+        let name = super::leader::election_name(prefix, &shard);
+        let line = candidates(client, &name)
+            .await?
+            .into_iter()
+            .map(|c| c.node)
+            .collect();
+        let request = match read_move(client, &move_key(prefix, &shard)).await {
+            Ok(r) => r.map(Ok),
+            Err(FleetError::Conflict(why)) => Some(Err(why)),
+            Err(e) => return Err(e),
+        };
+        out.push(ShardLine {
+            shard,
+            line,
+            request,
+        });
+    }
+    Ok(out)
+}
+
 /// What the candidate on lease `me` does about `request`, the candidates being `line`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {

@@ -273,6 +273,14 @@ fn the_standby_takes_the_shard_over_through_the_api_and_no_connection_is_lost() 
             ],
         )
     };
+    let (ok, out) = ipnat_in(
+        &lab.gateways[0],
+        &["fleet", "list", "--etcd", &lab.etcd.url],
+    );
+    assert!(
+        ok && out.contains("failover shard web: gw-b leads; standing by: gw-a"),
+        "{out}"
+    );
     let (ok, out) = fleet_move("gw-c");
     assert!(
         !ok && out.contains("gw-c does not stand by for shard web (in line: gw-b, gw-a)"),

@@ -276,7 +276,8 @@ pub struct FleetTarget {
 
 #[derive(Subcommand)]
 pub enum FleetCommand {
-    /// The fleet's mappings and steering rules (and the revision read).
+    /// The fleet's mappings and steering rules (and the revision read), and each failover
+    /// shard's leader and standbys in line.
     List {
         #[command(flatten)]
         target: FleetTarget,

@@ -56,12 +56,14 @@ pub fn run(action: FleetCommand) -> Result<()> {
                     .into_iter()
                     .next()
                     .or_else(|| table.validate(&names).err());
+                let shards = handover::shards(&etcd.client, &config.prefix).await?;
                 if json {
                     let out = serde_json::json!({
                         "revision": snap.revision,
                         "mappings": table.mappings,
                         "steering": table.steering,
                         "refused": problem,
+                        "failover": shards,
                     });
                     println!("{}", serde_json::to_string_pretty(&out)?);
                 } else {
@@ -84,6 +86,27 @@ pub fn run(action: FleetCommand) -> Result<()> {
                             "steer {} via {} on {} (subnet {})",
                             r.source, r.gateway, r.interface, r.subnet
                         );
+                    }
+                    for sh in &shards {
+                        match sh.line.split_first() {
+                            Some((first, rest)) if rest.is_empty() => {
+                                println!(
+                                    "failover shard {}: {first} leads, nobody stands by",
+                                    sh.shard
+                                )
+                            }
+                            Some((first, rest)) => println!(
+                                "failover shard {}: {first} leads; standing by: {}",
+                                sh.shard,
+                                rest.join(", ")
+                            ),
+                            None => {}
+                        }
+                        match &sh.request {
+                            Some(Ok(m)) => println!("  move to {} asked by {}", m.to, m.by),
+                            Some(Err(why)) => println!("  {why}"),
+                            None => {}
+                        }
                     }
                     if let Some(p) = problem {
                         let raw = snap
