@@ -334,6 +334,57 @@ fn the_standby_takes_the_shard_over_through_the_api_and_no_connection_is_lost() 
     assert!(ok && out.contains("already"), "{out}");
 }
 
+/// Real clouds take seconds to carry a move out: with the fake VPC and metadata following the
+/// API 3 s after each change (longer than the 2 s lease), the new leader keeps its lease while
+/// it waits for the metadata to list the address, then moves the route; connections survive
+/// the longer gap.
+#[test]
+fn a_move_the_cloud_carries_out_slower_than_the_lease_still_completes() {
+    require_root();
+    let lab = FailoverLab::new(3000, SecurityGroup::Untracked).unwrap();
+    let (mut a, b) = pair(&lab);
+    let f = primary_dies_under_traffic(&lab, &mut a, &b, 8100);
+    assert_eq!(f.inbound.downloads.complete, 8, "{:?}", f.inbound.downloads);
+    assert_eq!(f.outbound.complete, 8, "{:?}", f.outbound);
+    let steps = f.shard["last_takeover"]["report"]["steps"].to_string();
+    assert!(
+        steps.contains("the metadata lists them on eni-b after"),
+        "{steps}"
+    );
+    let waited: u64 = steps
+        .split("after ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        waited >= 2500,
+        "the metadata followed after {waited} ms: {steps}"
+    );
+    assert_eq!(moves(&lab).len(), 2, "{:?}", moves(&lab));
+    // gw-b's route change was asked for without waiting for its address's move to be carried
+    // out (the cloud carries both out at once).
+    let at = |action: &str| {
+        lab.ec2()
+            .actions
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|(a, _)| a == action)
+            .map(|(_, t)| *t)
+            .unwrap()
+    };
+    let between = at("ReplaceRoute")
+        .duration_since(at("AssignPrivateIpAddresses"))
+        .unwrap();
+    assert!(
+        between < Duration::from_millis(2500),
+        "ReplaceRoute came {between:?} after AssignPrivateIpAddresses: it waited for the address"
+    );
+    translated_both_ways(&lab, 8192);
+}
+
 /// With security groups that track connections per NIC, what the move breaks: replies to
 /// connections the backends opened through gw-a reach gw-b's NIC, which never saw them open,
 /// and are dropped. Connections to the services survive (the group admits them by their

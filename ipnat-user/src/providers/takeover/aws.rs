@@ -12,11 +12,11 @@
 //!    `AssociateAddress` with `AllowReassociation` puts each EIP on this gateway's own address
 //!    for it (whose mapping this gateway's table holds: the public side changes with the
 //!    gateway, the EIP the clients talk to does not).
-//! 3. The moves are asynchronous: wait until this instance's metadata lists the addresses on
-//!    the NIC (and each EIP among its `ipv4-associations`), then have the controller sync at
-//!    once, which puts them on the interface (the one writer of addresses; the old leader's
-//!    sync removes them there).
-//! 4. `ReplaceRoute` for each of the shard's routes.
+//! 3. `ReplaceRoute` for each of the shard's routes, at once: the cloud carries the moves out
+//!    asynchronously, and the routes need not wait for the addresses (seconds each).
+//! 4. Wait until this instance's metadata lists the addresses on the NIC (and each EIP among
+//!    its `ipv4-associations`), then have the controller sync at once, which puts them on the
+//!    interface (the one writer of addresses; the old leader's sync removes them there).
 //!
 //! Every step is idempotent, so a takeover interrupted half-way is finished by whoever leads
 //! next. Each call is retried with backoff and jitter on throttling, 5xx, transport errors and
@@ -213,9 +213,22 @@ impl AwsTakeover {
                     .map_or("nowhere".to_owned(), |(n, a)| format!("{n}/{a}"))
             ));
         }
+        let asked = Instant::now();
+        // The routes at once, without waiting for the moves above to be carried out: this
+        // gateway leads, so the routes belong to it whatever the addresses' progress, and the
+        // cloud carries out both at the same time (each can take seconds).
+        for r in &shard.routes {
+            retrying(self.call_timeout, guard, &mut report.retries, || {
+                self.ec2.replace_route(&r.table, r.destination, &self.nic)
+            })
+            .await?;
+            report.steps.push(format!(
+                "ReplaceRoute {} {} -> {}",
+                r.table, r.destination, self.nic
+            ));
+        }
         // Confirmed when the metadata lists every address on this NIC and every EIP as
         // associated with its address here.
-        let asked = Instant::now();
         loop {
             guard(Duration::ZERO)?;
             let mut missing: Vec<Ipv4Addr> = Vec::new();
@@ -257,16 +270,6 @@ impl AwsTakeover {
             asked.elapsed().as_millis()
         ));
         synced();
-        for r in &shard.routes {
-            retrying(self.call_timeout, guard, &mut report.retries, || {
-                self.ec2.replace_route(&r.table, r.destination, &self.nic)
-            })
-            .await?;
-            report.steps.push(format!(
-                "ReplaceRoute {} {} -> {}",
-                r.table, r.destination, self.nic
-            ));
-        }
         report.duration_ms = start.elapsed().as_millis() as u64;
         Ok(report)
     }
