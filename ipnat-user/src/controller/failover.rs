@@ -307,10 +307,19 @@ impl ShardTask {
             tokio::select! {
                 won = &mut campaign => break won?,
                 _ = look.tick() => {
-                    if let Ok(Ok(l)) = tokio::time::timeout(self.etcd_timeout(), leader::leader(&client, name)).await {
-                        self.update(|s| s.leader = l);
-                    }
-                    if let Some(request) = self.asked(&client, name, &lease, Step::StepBack).await {
+                    // The campaign is watched while etcd answers (an election is not noticed
+                    // late because a read was slow).
+                    let reads = async {
+                        if let Ok(Ok(l)) = tokio::time::timeout(self.etcd_timeout(), leader::leader(&client, name)).await {
+                            self.update(|s| s.leader = l);
+                        }
+                        self.asked(&client, name, &lease, Step::StepBack).await
+                    };
+                    let request = tokio::select! {
+                        won = &mut campaign => break won?,
+                        request = reads => request,
+                    };
+                    if let Some(request) = request {
                         lease.revoke(&client, self.etcd_timeout()).await;
                         info!(shard = %self.shard.name, to = %request.to, by = %request.by, "stepping back in line: the shard is to move to another gateway");
                         self.update(|s| s.last_move = Some(MoveRecord::of("stepped back in line", request)));
@@ -336,6 +345,7 @@ impl ShardTask {
             let _ = self.sync_now.send(());
         };
         let mut attempt = 0u32;
+        let mut finished = false;
         loop {
             // Fresh clients for every attempt: a standby may have waited for hours, longer
             // than the instance's temporary credentials last.
@@ -346,16 +356,8 @@ impl ShardTask {
             match result {
                 Ok(report) => {
                     info!(shard = %self.shard.name, ms = elected.elapsed().as_millis() as u64, steps = ?report.steps, "took the shard over");
-                    // A move asked for this gateway is done.
-                    let key = handover::move_key(&self.etcd().prefix, &self.shard.name);
-                    if let Ok(Ok(true)) = tokio::time::timeout(
-                        self.etcd_timeout(),
-                        handover::finish_move(&client, &key, &self.node),
-                    )
-                    .await
-                    {
-                        info!(shard = %self.shard.name, "the move asked for this gateway is done");
-                    }
+                    // A move asked for this gateway is done (said below, while leading).
+                    finished = true;
                     self.update(|s| {
                         s.detail.clear();
                         s.last_takeover = Some(TakeoverRecord {
@@ -402,8 +404,25 @@ impl ShardTask {
                 lost = lease.lost() => break lost,
                 _ = show.tick() => {
                     self.update(|s| s.fence_left_ms = lease.left().as_millis() as u64);
-                    self.prefer(&client, name, &mut preferred_since).await;
-                    if let Some(request) = self.asked(&client, name, &lease, Step::HandOver).await {
+                    // etcd's answers may take up to its request timeout: the fence is watched
+                    // meanwhile, so a lease lost while etcd is slow is given up on time.
+                    let look = async {
+                        if finished {
+                            let key = handover::move_key(&self.etcd().prefix, &self.shard.name);
+                            let done = handover::finish_move(&client, &key, &self.node);
+                            if let Ok(Ok(true)) = tokio::time::timeout(self.etcd_timeout(), done).await {
+                                info!(shard = %self.shard.name, "the move asked for this gateway is done");
+                            }
+                            finished = false;
+                        }
+                        self.prefer(&client, name, &mut preferred_since).await;
+                        self.asked(&client, name, &lease, Step::HandOver).await
+                    };
+                    let request = tokio::select! {
+                        lost = lease.lost() => break lost,
+                        request = look => request,
+                    };
+                    if let Some(request) = request {
                         // Stop leading first: what leading held on this host goes, then the
                         // lease (etcd elects the next in line only once its key is gone).
                         self.release(takeover);
