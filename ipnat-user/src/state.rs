@@ -301,15 +301,8 @@ impl Records {
                 Ok(lock) => lock,
                 Err((f, _)) => {
                     file = f;
-                    let mut pid = String::new();
-                    let _ = file.read_to_string(&mut pid);
-                    let pid = pid.trim();
                     return Err(StateError::Held {
-                        pid: if pid.is_empty() {
-                            "starting".into()
-                        } else {
-                            pid.into()
-                        },
+                        pid: holder_pid(&mut file),
                         path: self.pin_path.clone(),
                     });
                 }
@@ -333,19 +326,10 @@ impl Records {
     /// The process holding the data plane's lock now (an `ipnat run`, or an `ipnat down` at
     /// work), if any: its pid as it wrote it. Takes nothing (a shared lock, dropped at once).
     pub fn holder(&self) -> Option<String> {
-        let path = self.file("lock");
-        let mut file = std::fs::File::open(&path).ok()?;
+        let file = std::fs::File::open(self.file("lock")).ok()?;
         match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
             Ok(_free) => None,
-            Err((f, _)) => {
-                file = f;
-                let mut pid = String::new();
-                let _ = file.read_to_string(&mut pid);
-                Some(match pid.trim() {
-                    "" => "starting".to_owned(),
-                    p => p.to_owned(),
-                })
-            }
+            Err((mut file, _)) => Some(holder_pid(&mut file)),
         }
     }
 
@@ -355,6 +339,16 @@ impl Records {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&self.dir)(e)),
             _ => Ok(()),
         }
+    }
+}
+
+/// The pid the lock's holder wrote into it (`starting` before it has).
+fn holder_pid(lock: &mut std::fs::File) -> String {
+    let mut pid = String::new();
+    let _ = lock.read_to_string(&mut pid);
+    match pid.trim() {
+        "" => "starting".to_owned(),
+        p => p.to_owned(),
     }
 }
 

@@ -69,6 +69,17 @@ fn eip_translation(vpc: &str, eips: &[(Ipv4Addr, Ipv4Addr)]) {
     nft_in(vpc, &rules);
 }
 
+/// The backends' default route (the VPC router's table 100) through the gateway whose NIC
+/// the cloud's route names (`target`), if it names one of the lab's.
+fn backends_route_follows(vpc: &str, target: Option<&String>) {
+    if let Some(i) = (0..2).find(|i| Some(&fo_nic(*i)) == target) {
+        let _ = std::process::Command::new("ip")
+            .args(["-n", vpc, "route", "replace", "default", "via"])
+            .args([&fo_gateway(i).to_string(), "dev", "br0", "table", "100"])
+            .output();
+    }
+}
+
 /// `nft -f -` with `rules` in the namespace named `ns` (from a hook: no [`Netns`] at hand);
 /// a failure is loud (the VPC would deliver nothing).
 fn nft_in(ns: &str, rules: &str) {
@@ -435,15 +446,10 @@ impl FailoverLab {
                     .filter_map(|e| Some((e.address, e.bound.as_ref()?.2?)))
                     .collect();
                 eip_translation(&vpc, &bound);
-                if let Some(target) =
-                    routes.get(&("vtb-private".to_owned(), "0.0.0.0/0".to_owned()))
-                    && let Some(i) = (0..2).find(|i| fo_nic(*i) == *target)
-                {
-                    let _ = std::process::Command::new("ip")
-                        .args(["-n", &vpc, "route", "replace", "default", "via"])
-                        .args([&fo_gateway(i).to_string(), "dev", "br0", "table", "100"])
-                        .output();
-                }
+                backends_route_follows(
+                    &vpc,
+                    routes.get(&("vtb-private".to_owned(), "0.0.0.0/0".to_owned())),
+                );
             };
         follow(&api.eips.lock().unwrap(), &api.routes.lock().unwrap());
         api.hooks.lock().unwrap().push(Box::new(follow));
@@ -540,14 +546,10 @@ impl FailoverLab {
                 .filter_map(|(a, e)| e.map(|e| (e, *a)))
                 .collect();
             eip_translation(&vpc, &eips);
-            if let Some(target) = routes.get(&("rtb-private".to_owned(), "0.0.0.0/0".to_owned()))
-                && let Some(i) = (0..macs.len()).find(|i| fo_nic(*i) == *target)
-            {
-                let _ = std::process::Command::new("ip")
-                    .args(["-n", &vpc, "route", "replace", "default", "via"])
-                    .args([&fo_gateway(i).to_string(), "dev", "br0", "table", "100"])
-                    .output();
-            }
+            backends_route_follows(
+                &vpc,
+                routes.get(&("rtb-private".to_owned(), "0.0.0.0/0".to_owned())),
+            );
         }
     }
 

@@ -54,6 +54,14 @@ fn translated_both_ways_at(lab: &FailoverLab, public: std::net::Ipv4Addr, port: 
     assert_eq!(x.server_saw_peer.ip(), std::net::IpAddr::from(public));
 }
 
+/// Whether gateway `i`'s eth0 holds `address` (`a.b.c.d/len`).
+fn has_address(lab: &FailoverLab, i: usize, address: &str) -> bool {
+    let out = lab.gateways[i]
+        .ip(&["-4", "addr", "show", "dev", "eth0"])
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).contains(address)
+}
+
 fn shard(section: &serde_json::Value) -> serde_json::Value {
     section["shards"][0].clone()
 }
@@ -235,14 +243,7 @@ fn the_standby_takes_the_shard_over_through_the_api_and_no_connection_is_lost() 
     translated_both_ways(&lab, 8192);
     assert!(leads(1));
     // The address is on gw-b's interface (its sync ran at once).
-    let addrs = lab.gateways[1]
-        .ip(&["-4", "addr", "show", "dev", "eth0"])
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&addrs.stdout).contains(&format!("{SHARD_ADDRESS}/24")),
-        "{}",
-        String::from_utf8_lossy(&addrs.stdout)
-    );
+    assert!(has_address(&lab, 1, &format!("{SHARD_ADDRESS}/24")));
 
     // gw-a comes back: it stands by behind gw-b and moves nothing back.
     lab.block(0, false).unwrap();
@@ -691,12 +692,7 @@ fn on_alibaba_cloud_the_standby_announces_the_havip_and_no_connection_is_lost() 
     );
     translated_both_ways_at(&lab, HAVIP_ADDRESS, 8192);
     // gw-a restarts while still cut off: it drops the HaVip's address first thing.
-    let has_havip = |i: usize| {
-        let out = lab.gateways[i]
-            .ip(&["-4", "addr", "show", "dev", "eth0"])
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).contains(&format!("{HAVIP_ADDRESS}/32"))
-    };
+    let has_havip = |i: usize| has_address(&lab, i, &format!("{HAVIP_ADDRESS}/32"));
     assert!(has_havip(0) && has_havip(1));
     let a2 = lab.start_ipnat(0).unwrap();
     assert!(
@@ -816,11 +812,8 @@ fn the_preferred_gateway_gets_its_shard_back_after_the_hold_down() {
         ),
         "{st}"
     );
-    let out = lab.gateways[1]
-        .ip(&["-4", "addr", "show", "dev", "eth0"])
-        .unwrap();
     assert!(
-        !String::from_utf8_lossy(&out.stdout).contains(&format!("{HAVIP_ADDRESS}/32")),
+        !has_address(&lab, 1, &format!("{HAVIP_ADDRESS}/32")),
         "gw-b dropped the HaVip's address"
     );
     translated_both_ways_at(&lab, HAVIP_ADDRESS, 8196);

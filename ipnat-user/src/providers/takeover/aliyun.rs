@@ -450,12 +450,7 @@ impl AliyunTakeover {
                 ],
             )
             .await?;
-        let list =
-            parse_havips(&body).map_err(|why| crate::providers::client::ApiError::Garbage {
-                api: crate::providers::client::Api::Ecs,
-                action: ACTION.into(),
-                why,
-            })?;
+        let list = parse_havips(&body).map_err(|why| Self::garbage(ACTION, why))?;
         Ok(list.into_iter().find(|h| h.id == id))
     }
 
