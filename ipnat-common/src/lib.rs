@@ -190,9 +190,20 @@ pub struct PrefixTarget {
 
 /// Values of the interface table (`IPNAT_XDP_TARGETS`, ifindex -> value) for every interface
 /// ipnat is attached to: XDP may redirect there (its driver can transmit XDP frames), or only
-/// TC may send there.
+/// TC may send there; either may carry [`IFACE_PEER`].
 pub const IFACE_XDP_TARGET: u32 = 1;
 pub const IFACE_TC_ONLY: u32 = 2;
+/// A flag beside either value: the interface is a veth (or netkit) whose peer lives in another
+/// network namespace, so TC ingress hands a packet it forwards there straight to the peer's
+/// receive path (`bpf_redirect_peer`) instead of transmitting it on this end: no egress hook,
+/// no backlog queue and softirq in between (the peer receives it in the same pass, as a
+/// container's veth does under Cilium). The kernel refuses a peer in the same namespace.
+pub const IFACE_PEER: u32 = 4;
+/// A flag beside [`IFACE_XDP_TARGET`]: ipnat's XDP on this interface can send nowhere but back
+/// out of it (no other interface of ipnat's takes XDP frames), so it hands every packet to TC
+/// ingress at once, before any lookup, instead of finding the egress only to hand the packet
+/// over then (a hairpin, which XDP could send back itself, goes through TC too).
+pub const IFACE_XDP_ALONE: u32 = 8;
 
 /// Put in an skb's `tc_index` by TC ingress when it sends a packet it translated and forwarded
 /// (a redirect passes the egress device's TC hook, unlike XDP's): `ipnat_tc_egress` clears it

@@ -16,7 +16,7 @@ use aya_ebpf::{
         BPF_FIB_LOOKUP_OUTPUT, BPF_FIB_LOOKUP_SKIP_NEIGH, TC_ACT_OK, TC_ACT_SHOT,
         bpf_fib_lookup as FibParams, bpf_redir_neigh,
     },
-    helpers::generated::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh},
+    helpers::generated::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
 };
 use ipnat_common::{NatTarget, Reason};
 
@@ -121,6 +121,14 @@ pub fn decrement_ttl<P: Packet>(p: &mut P, h: &Hdr) -> Result<(), ()> {
 pub fn redirect(ifindex: u32) -> i64 {
     // SAFETY: plain helper call.
     unsafe { bpf_redirect(ifindex, 0) }
+}
+
+/// `bpf_redirect_peer` into the peer of veth (or netkit) `ifindex`: the packet enters the
+/// peer's receive path in this pass (TC ingress only; see `IFACE_PEER`).
+#[inline(always)]
+pub fn redirect_peer(ifindex: u32) -> i32 {
+    // SAFETY: plain helper call.
+    unsafe { bpf_redirect_peer(ifindex, 0) as i32 }
 }
 
 /// `bpf_redirect_neigh` out of `ifindex` to the IPv4 `nexthop` (network order): the kernel

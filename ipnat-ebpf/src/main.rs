@@ -23,8 +23,8 @@ use aya_ebpf::{
 use core::mem::size_of;
 
 use ipnat_common::{
-    FLAG_FAST_PATH, FLAG_HOST, FLAG_STEER, Reason, TABLE_WRITE_HEADER, TABLE_WRITES, TC_FORWARDED,
-    TableWrite,
+    FLAG_FAST_PATH, FLAG_HOST, FLAG_STEER, IFACE_PEER, IFACE_XDP_ALONE, Reason, TABLE_WRITE_HEADER,
+    TABLE_WRITES, TC_FORWARDED, TableWrite,
 };
 use ipnat_ebpf::{
     ctx::{Tc, Xdp},
@@ -56,6 +56,11 @@ fn xdp_entry<const FRAGS: bool>(ctx: &XdpContext) -> u32 {
         return xdp_counted(nat::translate(p, Dir::Dnat, flags));
     }
     let ingress = ctx.ingress_ifindex() as u32;
+    if maps::interface(ingress) & IFACE_XDP_ALONE != 0 {
+        // Nowhere to send it from here: TC ingress forwards it, with one set of lookups.
+        count_reason(Reason::PassToTc);
+        return xdp_action::XDP_PASS;
+    }
     let (reason, action) = fwd::gateway(p, ingress, flags, true);
     match action {
         // Not produced in XDP.
@@ -93,16 +98,23 @@ fn tc_counted((reason, v): (Reason, Verdict)) -> i32 {
     }
 }
 
-/// Counts the reason; the forwarding decision as TC's action. A packet sent on is marked for
-/// the egress device's TC hook to let through (see [`TC_FORWARDED`]).
+/// Counts the reason; the forwarding decision as TC's action (TC ingress only). A packet
+/// for a veth whose peer is in another namespace goes straight to the peer (see
+/// [`IFACE_PEER`]: its neighbour is resolved, the MAC addresses are written); any other
+/// packet sent out of one of ipnat's interfaces is marked for the egress device's TC hook to
+/// let through (see [`TC_FORWARDED`]).
 #[inline(always)]
 fn tc_forwarded(ctx: &TcContext, (reason, action): (Reason, Action)) -> i32 {
     count_reason(reason);
-    if let Action::Out(egress) | Action::OutNeigh(egress, _) = action
-        && maps::ipnat_interface(egress)
-    {
-        // SAFETY: a field of the program's own context that TC programs may write.
-        unsafe { (*ctx.skb.skb).tc_index = TC_FORWARDED };
+    if let Action::Out(egress) | Action::OutNeigh(egress, _) = action {
+        let iface = maps::interface(egress);
+        if iface & IFACE_PEER != 0 && matches!(action, Action::Out(_)) {
+            return fwd::redirect_peer(egress);
+        }
+        if iface != 0 {
+            // SAFETY: a field of the program's own context that TC programs may write.
+            unsafe { (*ctx.skb.skb).tc_index = TC_FORWARDED };
+        }
     }
     fwd::tc_action(action)
 }

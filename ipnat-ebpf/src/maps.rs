@@ -42,7 +42,8 @@ static IPNAT_STEER: LpmTrie<u32, SteerTarget> =
 static IPNAT_STEER_CNT: Array<SteerCounters> = Array::with_max_entries(MAX_STEER_RULES + 1, 0);
 /// The interfaces ipnat is attached to (ifindex -> `IFACE_XDP_TARGET`: XDP may redirect there,
 /// it runs ipnat's native XDP program and can transmit XDP frames; `IFACE_TC_ONLY`: only TC
-/// may). Any other egress goes through TC.
+/// may; either with `IFACE_PEER`: TC ingress delivers to its peer directly). Any other egress
+/// goes through TC.
 #[map(name = "IPNAT_XDP_TARGETS")]
 static IPNAT_XDP_TARGETS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
 /// Internal prefixes (host orientation): peers there see the private addresses.
@@ -155,14 +156,17 @@ pub fn is_internal(addr: u32) -> bool {
 /// Whether XDP may redirect into `ifindex` (it runs ipnat's native XDP program).
 #[inline(always)]
 pub fn xdp_target(ifindex: u32) -> bool {
-    // SAFETY: the map returns a valid pointer to its u32 value, or none.
-    unsafe { IPNAT_XDP_TARGETS.get(&ifindex) }.is_some_and(|&v| v == IFACE_XDP_TARGET)
+    interface(ifindex) & IFACE_XDP_TARGET != 0
 }
 
-/// Whether ipnat's TC egress program runs on `ifindex` (it is one of ipnat's interfaces).
+/// The interface table's value for `ifindex` (`IFACE_*`), 0 when it is not one of ipnat's
+/// interfaces (ipnat's TC egress program runs on every one that is).
 #[inline(always)]
-pub fn ipnat_interface(ifindex: u32) -> bool {
-    IPNAT_XDP_TARGETS.get_ptr(ifindex).is_some()
+pub fn interface(ifindex: u32) -> u32 {
+    // SAFETY: the map returns a valid pointer to its u32 value, or none.
+    unsafe { IPNAT_XDP_TARGETS.get(&ifindex) }
+        .copied()
+        .unwrap_or(0)
 }
 
 /// Adds `packets` and `bytes` to a pair of shared counters.

@@ -46,7 +46,12 @@ pub fn describe(features: u64) -> String {
 
 /// The attributes of a generic netlink reply (after its 16-byte header and 4-byte genl header).
 fn attrs(reply: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    let mut off = 20;
+    attrs_at(reply, 20)
+}
+
+/// The netlink attributes in `buf` from `off` on (type without its nested/byte-order bits).
+fn attrs_at(buf: &[u8], mut off: usize) -> impl Iterator<Item = (u16, &[u8])> {
+    let reply = buf;
     std::iter::from_fn(move || {
         if off + 4 > reply.len() {
             return None;
@@ -98,6 +103,35 @@ pub fn xdp_features(ifindex: u32) -> std::io::Result<Option<u64>> {
         .map(|(_, p)| u64::from_ne_bytes(p[..8].try_into().expect("8 bytes"))))
 }
 
+/// Whether interface `ifindex` is a veth or netkit device whose peer lives in another network
+/// namespace (the kernel then names the peer's namespace, `IFLA_LINK_NETNSID`): TC ingress
+/// may hand packets to that peer directly (`bpf_redirect_peer`, see `IFACE_PEER`).
+pub fn peer_in_other_namespace(ifindex: u32) -> std::io::Result<bool> {
+    const IFLA_LINKINFO: u16 = 18;
+    const IFLA_LINK_NETNSID: u16 = 37;
+    const IFLA_INFO_KIND: u16 = 1;
+    // struct ifinfomsg: family, pad, type, index, flags, change.
+    let mut body = vec![0u8; 16];
+    body[4..8].copy_from_slice(&(ifindex as i32).to_ne_bytes());
+    let reply = netlink(libc::NETLINK_ROUTE, libc::RTM_GETLINK, 0, &body, true)?;
+    // Attributes follow the 16-byte netlink header and the 16-byte ifinfomsg.
+    let mut kind_peered = false;
+    let mut elsewhere = false;
+    for (kind, payload) in attrs_at(&reply, 32) {
+        match kind {
+            IFLA_LINK_NETNSID => elsewhere = true,
+            IFLA_LINKINFO => {
+                kind_peered = attrs_at(payload, 0).any(|(k, v)| {
+                    let v = v.strip_suffix(&[0]).unwrap_or(v);
+                    k == IFLA_INFO_KIND && matches!(v, b"veth" | b"netkit")
+                })
+            }
+            _ => {}
+        }
+    }
+    Ok(kind_peered && elsewhere)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +140,12 @@ mod tests {
     fn names_the_bits() {
         assert_eq!(describe(0), "none");
         assert_eq!(describe(1 | 2 | 4 | 32), "basic redirect ndo-xmit rx-sg");
+    }
+
+    #[test]
+    fn loopback_has_no_peer() {
+        // Needs no privilege: any process may ask for a link.
+        assert!(!peer_in_other_namespace(1).expect("RTM_GETLINK of lo"));
     }
 
     #[test]

@@ -20,9 +20,9 @@ use aya::{
     },
 };
 use ipnat_common::{
-    EntryCounters, FLAG_FAST_PATH, FLAG_HOST, FLAG_PREFIXES, FLAG_STEER, IFACE_TC_ONLY,
-    IFACE_XDP_TARGET, NatEntry, NatTarget, PrefixEntry, PrefixTarget, Reason, RpfKey,
-    SCHEMA_VERSION, Settings, SteerCounters, SteerTarget, TABLE_DNAT, TABLE_DNAT_PREFIX,
+    EntryCounters, FLAG_FAST_PATH, FLAG_HOST, FLAG_PREFIXES, FLAG_STEER, IFACE_PEER, IFACE_TC_ONLY,
+    IFACE_XDP_ALONE, IFACE_XDP_TARGET, NatEntry, NatTarget, PrefixEntry, PrefixTarget, Reason,
+    RpfKey, SCHEMA_VERSION, Settings, SteerCounters, SteerTarget, TABLE_DNAT, TABLE_DNAT_PREFIX,
     TABLE_SNAT, TABLE_SNAT_PREFIX, TABLE_WRITE_HEADER, TABLE_WRITES, TableWrite, names,
 };
 use ipnet::Ipv4Net;
@@ -329,8 +329,12 @@ impl Dataplane {
                 Err(e) => return Err(e),
             }
         };
-        let sg = !self.frags.is_empty();
-        self.tables.set_xdp_target(index, mode, features, sg)?;
+        // On its own for now; `refresh_xdp_targets` sees all of them once they are attached.
+        let facts = interface_facts(index, mode, features);
+        self.tables.set_interface(
+            index,
+            tables::interface_value(&facts, !self.frags.is_empty()),
+        )?;
         // TCX needs no qdisc; older kernels need clsact. An existing one is fine.
         let _ = tc::qdisc_add_clsact(iface);
         let receive = match mode {
@@ -406,15 +410,24 @@ impl Dataplane {
     }
 
     /// Re-reads the drivers' XDP features and sets which of `attached` (ifindex, mode) XDP may
-    /// redirect into (see [`Tables::set_xdp_target`]).
+    /// redirect into, and which are veths with a peer TC ingress may deliver to (see
+    /// [`Tables::set_xdp_target`]).
     pub fn refresh_xdp_targets(
         &mut self,
         attached: &[(u32, AttachMode)],
     ) -> Result<(), DataplaneError> {
-        let sg = !self.frags.is_empty();
-        for &(index, mode) in attached {
-            let features = crate::netdev::xdp_features(index).ok().flatten();
-            self.tables.set_xdp_target(index, mode, features, sg)?;
+        let facts: Vec<tables::IfaceFacts> = attached
+            .iter()
+            .map(|&(index, mode)| {
+                interface_facts(
+                    index,
+                    mode,
+                    crate::netdev::xdp_features(index).ok().flatten(),
+                )
+            })
+            .collect();
+        for (index, value) in tables::interface_values(&facts, !self.frags.is_empty()) {
+            self.tables.set_interface(index, value)?;
         }
         Ok(())
     }
@@ -438,6 +451,17 @@ impl Dataplane {
             }
         }
         Ok(gone)
+    }
+}
+
+/// What the kernel says of interface `index` for the interface table.
+fn interface_facts(index: u32, mode: AttachMode, features: Option<u64>) -> tables::IfaceFacts {
+    tables::IfaceFacts {
+        index,
+        mode,
+        features,
+        // Unknown (the request failed): the plain redirect, which works everywhere.
+        peer: crate::netdev::peer_in_other_namespace(index).unwrap_or(false),
     }
 }
 

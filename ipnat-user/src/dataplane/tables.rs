@@ -825,27 +825,9 @@ impl Tables {
             .map_err(|error| DataplaneError::Batch { name, error })
     }
 
-    /// Records interface `index` (one ipnat is attached to) and whether XDP may redirect to it:
-    /// only where ipnat's XDP runs (native) and the driver can transmit redirected frames
-    /// (`ndo-xmit`; a veth only while its peer has an XDP program). Elsewhere XDP hands the
-    /// packet to TC, which forwards it. Unknown features (an older kernel): allowed, as before
-    /// the kernel could say.
-    ///
-    /// `sg`: some interface runs the frags-capable program, so a redirected frame may span
-    /// several buffers, which a target must also be able to send (`ndo-xmit-sg`).
-    pub fn set_xdp_target(
-        &mut self,
-        index: u32,
-        mode: AttachMode,
-        features: Option<u64>,
-        sg: bool,
-    ) -> Result<(), DataplaneError> {
-        let mut needed = crate::netdev::XDP_NDO_XMIT;
-        if sg {
-            needed |= crate::netdev::XDP_NDO_XMIT_SG;
-        }
-        let ok = mode == AttachMode::XdpNative && features.is_none_or(|f| f & needed == needed);
-        let value = if ok { IFACE_XDP_TARGET } else { IFACE_TC_ONLY };
+    /// Records interface `index` (one ipnat is attached to) with its value (`IFACE_*`, see
+    /// [`interface_value`]).
+    pub fn set_interface(&mut self, index: u32, value: u32) -> Result<(), DataplaneError> {
         self.xdp_targets
             .insert(index, value, 0)
             .map_err(map_err(names::XDP_TARGETS))
@@ -932,4 +914,132 @@ fn split_word(w: u64) -> (u32, u32) {
         u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
         u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
     )
+}
+
+/// What the controller knows of one interface ipnat is attached to, for the interface table.
+#[derive(Clone, Copy, Debug)]
+pub struct IfaceFacts {
+    pub index: u32,
+    pub mode: AttachMode,
+    /// The driver's XDP features (`None`: the kernel cannot say).
+    pub features: Option<u64>,
+    /// A veth (or netkit) whose peer is in another namespace.
+    pub peer: bool,
+}
+
+/// The interface table's value for one interface, on its own: whether XDP may redirect to it
+/// (only where ipnat's XDP runs natively and the driver can transmit redirected frames,
+/// `ndo-xmit`; a veth only while its peer has an XDP program; elsewhere XDP hands the packet
+/// to TC, which forwards it; unknown features, an older kernel: allowed, as before the
+/// kernel could say) and whether TC ingress may deliver to its peer (`IFACE_PEER`).
+///
+/// `sg`: some interface runs the frags-capable program, so a redirected frame may span
+/// several buffers, which a target must also be able to send (`ndo-xmit-sg`).
+pub fn interface_value(f: &IfaceFacts, sg: bool) -> u32 {
+    let mut needed = crate::netdev::XDP_NDO_XMIT;
+    if sg {
+        needed |= crate::netdev::XDP_NDO_XMIT_SG;
+    }
+    let xdp_target =
+        f.mode == AttachMode::XdpNative && f.features.is_none_or(|x| x & needed == needed);
+    let value = if xdp_target {
+        IFACE_XDP_TARGET
+    } else {
+        IFACE_TC_ONLY
+    };
+    value | if f.peer { IFACE_PEER } else { 0 }
+}
+
+/// The interface table's values for all of ipnat's interfaces together: each one's own
+/// ([`interface_value`]), and `IFACE_XDP_ALONE` for those whose native XDP can send nowhere
+/// else (no other interface is an XDP target), which hand every packet to TC at once.
+pub fn interface_values(ifaces: &[IfaceFacts], sg: bool) -> Vec<(u32, u32)> {
+    let own: Vec<(u32, u32)> = ifaces
+        .iter()
+        .map(|f| (f.index, interface_value(f, sg)))
+        .collect();
+    ifaces
+        .iter()
+        .zip(&own)
+        .map(|(f, &(index, value))| {
+            let elsewhere = own
+                .iter()
+                .any(|&(other, v)| other != index && v & IFACE_XDP_TARGET != 0);
+            let alone = f.mode == AttachMode::XdpNative && !elsewhere;
+            (index, value | if alone { IFACE_XDP_ALONE } else { 0 })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netdev::{XDP_BASIC, XDP_NDO_XMIT, XDP_REDIRECT};
+
+    fn facts(index: u32, mode: AttachMode, xmit: bool, peer: bool) -> IfaceFacts {
+        let features = XDP_BASIC | XDP_REDIRECT | if xmit { XDP_NDO_XMIT } else { 0 };
+        IfaceFacts {
+            index,
+            mode,
+            features: Some(features),
+            peer,
+        }
+    }
+
+    #[test]
+    fn xdp_that_can_send_nowhere_else_hands_everything_to_tc() {
+        // ext0 can take XDP frames, int0 cannot (its veth peer runs no XDP program): ext0's XDP
+        // can only send back out of ext0, int0's can send to ext0.
+        let v = interface_values(
+            &[
+                facts(2, AttachMode::XdpNative, true, false),
+                facts(3, AttachMode::XdpNative, false, true),
+            ],
+            false,
+        );
+        assert_eq!(
+            v,
+            [
+                (2, IFACE_XDP_TARGET | IFACE_XDP_ALONE),
+                (3, IFACE_TC_ONLY | IFACE_PEER)
+            ]
+        );
+        // Both take XDP frames: each can send to the other.
+        let v = interface_values(
+            &[
+                facts(2, AttachMode::XdpNative, true, false),
+                facts(3, AttachMode::XdpNative, true, false),
+            ],
+            false,
+        );
+        assert_eq!(v, [(2, IFACE_XDP_TARGET), (3, IFACE_XDP_TARGET)]);
+        // No native XDP anywhere but one interface that cannot send either: alone; a TC-only
+        // interface runs no XDP, so never alone.
+        let v = interface_values(
+            &[
+                facts(2, AttachMode::XdpNative, false, false),
+                facts(4, AttachMode::TcOnly, false, false),
+            ],
+            false,
+        );
+        assert_eq!(
+            v,
+            [(2, IFACE_TC_ONLY | IFACE_XDP_ALONE), (4, IFACE_TC_ONLY)]
+        );
+        // Frags: a target must also send multi-buffer frames.
+        let v = interface_values(
+            &[
+                facts(2, AttachMode::XdpNative, true, false),
+                facts(3, AttachMode::XdpNative, true, false),
+            ],
+            true,
+        );
+        assert_eq!(
+            v,
+            [
+                (2, IFACE_TC_ONLY | IFACE_XDP_ALONE),
+                (3, IFACE_TC_ONLY | IFACE_XDP_ALONE)
+            ]
+        );
+    }
 }

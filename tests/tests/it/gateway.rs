@@ -816,6 +816,94 @@ fn a_veth_whose_peer_runs_no_xdp_is_reached_through_tc() {
     assert!(st.contains("ndo-xmit"), "ext0's peer runs XDP: {st}");
 }
 
+/// Packets `iface` in `ns` transmitted so far (its own counter, as `ip -s link` shows it).
+fn tx_packets(ns: &ipnat_tests::netns::Netns, iface: &str) -> u64 {
+    let out = ns.ip(&["-j", "-s", "link", "show", "dev", iface]).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v[0]["stats64"]["tx"]["packets"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no tx packets for {iface}: {v}"))
+}
+
+/// int0 is a veth whose peer (the backend's eth0) lives in another namespace: what TC ingress
+/// forwards there goes straight into the peer's receive path (`bpf_redirect_peer`), not out
+/// of int0 and through the backlog queue, so int0 transmits none of it; and ext0's XDP, which
+/// can send nowhere but back out of ext0 (int0 takes no XDP frames), hands every packet to
+/// TC at once. Traffic is exact both ways.
+#[test]
+fn tc_delivers_to_a_veth_peer_in_another_namespace_directly() {
+    require_root();
+    let (lab, ipnat) = GatewayLab::started(LabOptions {
+        backend_xdp: false,
+        ..LabOptions::default()
+    });
+    let before = ipnat.stats_json().unwrap();
+    let tx_before = tx_packets(&lab.gw, "int0");
+    let at_backend = Capture::start(&lab.backend, "eth0").unwrap();
+    let x = tcp_exchange(&lab.inet, &lab.backend, EIP, 8096, b"to the peer", 100_000).unwrap();
+    assert_eq!(x.server_saw_peer.ip(), IpAddr::V4(INET));
+    assert_eq!(x.client_saw_peer, SocketAddr::from((EIP, 8096)));
+    assert_eq!(x.response.len(), 11 + 100_000);
+    let u = udp_exchange(&lab.inet, &lab.backend, EIP, 8095, b"datagram to the peer").unwrap();
+    assert_eq!(u.server_saw_peer.ip(), IpAddr::V4(INET));
+    assert_eq!(u.client_saw_peer.ip(), IpAddr::V4(EIP));
+    let tx = tx_packets(&lab.gw, "int0") - tx_before;
+    let frames = at_backend.stop().unwrap();
+    // What arrived at the backend is translated and exact (complete or to be completed).
+    assert!(verified_frames(&frames, INET, BACKEND, 6, true) >= 5);
+    assert!(verified_frames(&frames, INET, BACKEND, 17, true) >= 1);
+    let stats = ipnat.stats_json().unwrap();
+    let delta = |name: &str| {
+        stats["reasons"][name].as_u64().unwrap() - before["reasons"][name].as_u64().unwrap()
+    };
+    let forwarded_in = delta("forwarded_neigh");
+    assert!(forwarded_in >= 5, "{stats}");
+    // Every packet ext0 received was handed over by XDP before any lookup.
+    assert!(delta("pass_to_tc") >= forwarded_in, "{stats}");
+    // int0 itself sent only what the gateway's own stack sent (neighbour traffic).
+    assert!(
+        tx < forwarded_in / 2,
+        "int0 transmitted {tx} packets for {forwarded_in} forwarded into it: {stats}"
+    );
+    assert_eq!(lab.kernel_forwarded().unwrap(), 0, "{stats}");
+}
+
+/// The kernel's answer on whether a veth's peer is elsewhere: another namespace, yes; both
+/// ends in one namespace (where the kernel refuses `bpf_redirect_peer`), no; a bridge, no.
+#[test]
+fn a_veth_peer_counts_only_in_another_namespace() {
+    require_root();
+    let a = ipnat_tests::netns::Netns::new("peer-a").unwrap();
+    let b = ipnat_tests::netns::Netns::new("peer-b").unwrap();
+    ipnat_tests::netns::veth(&a, "out0", &b, "in0").unwrap();
+    a.ip(&[
+        "link", "add", "pair0", "type", "veth", "peer", "name", "pair1",
+    ])
+    .unwrap();
+    a.ip(&["link", "add", "br0", "type", "bridge"]).unwrap();
+    let answers = a
+        .within(|| {
+            let index =
+                |name: &str| -> anyhow::Result<u32> { Ok(nix::net::if_::if_nametoindex(name)?) };
+            let mut out = Vec::new();
+            for name in ["out0", "pair0", "pair1", "br0", "lo"] {
+                out.push((name, ipnat::netdev::peer_in_other_namespace(index(name)?)?));
+            }
+            Ok(out)
+        })
+        .unwrap();
+    assert_eq!(
+        answers,
+        [
+            ("out0", true),
+            ("pair0", false),
+            ("pair1", false),
+            ("br0", false),
+            ("lo", false)
+        ]
+    );
+}
+
 /// Jumbo frames (MTU 9000 on every link): a frame no longer fits one buffer, so a veth takes
 /// only a frags-capable XDP program; ipnat attaches its frags-capable variant and the fast
 /// path translates and forwards multi-buffer frames, counting their full length.
