@@ -8,7 +8,7 @@
 //! translated, source translated at TC egress), so that the kernel's ICMP errors name the
 //! addresses their receivers used.
 
-use core::mem::size_of;
+use core::mem::{MaybeUninit, size_of};
 
 use aya_ebpf::{
     bindings::{
@@ -26,6 +26,7 @@ use crate::{
     maps,
     nat::{self, Verdict},
     parse::{self, ETH_DEST, ETH_SOURCE, Hdr, IP_CHECK, IP_TTL},
+    zero,
 };
 
 const AF_INET: u8 = 2;
@@ -79,8 +80,9 @@ pub fn fib<P: Packet>(
     tot_len: u16,
     flags: u32,
 ) -> Fib {
-    // SAFETY: a plain C struct for which all-zero is the documented "no input" value.
-    let mut f: FibParams = unsafe { core::mem::zeroed() };
+    // All-zero is the documented "no input" value.
+    let mut raw = MaybeUninit::<FibParams>::uninit();
+    let f = zero::zero_in_place(&mut raw);
     f.family = AF_INET;
     f.ifindex = ifindex;
     f.__bindgen_anon_1.tot_len = tot_len;
@@ -88,7 +90,7 @@ pub fn fib<P: Packet>(
     f.__bindgen_anon_3.ipv4_src = src;
     f.__bindgen_anon_4.ipv4_dst = dst;
     // SAFETY: the helper reads and writes only the struct we pass, of the size we pass.
-    let rc = unsafe { bpf_fib_lookup(p.ctx_ptr(), &mut f, size_of::<FibParams>() as i32, flags) };
+    let rc = unsafe { bpf_fib_lookup(p.ctx_ptr(), f, size_of::<FibParams>() as i32, flags) };
     Fib {
         rc,
         ifindex: f.ifindex,

@@ -3,6 +3,7 @@
 //! `bin/bench.rs` (a second object, loaded only by `ipnat bench` and the forwarding benchmark).
 //!
 //! One file per concern, each using only those listed before it:
+//! * `zero`: all-zero values without the compiler's byte-at-a-time memset.
 //! * `csum`: RFC 1624 arithmetic and the L4 checksum table (the UDP zero rule).
 //! * `ctx`: the `Packet` trait, one implementation per hook (XDP, TC).
 //! * `parse`: Ethernet, VLAN and IPv4 headers, named offsets, the header validity rules.
@@ -28,3 +29,4 @@ pub mod maps;
 pub mod nat;
 pub mod parse;
 pub mod steer;
+pub mod zero;

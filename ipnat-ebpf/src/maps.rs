@@ -255,11 +255,26 @@ pub fn write_in_place(w: &TableWrite) -> bool {
 #[inline(always)]
 pub fn steering(src: u32, flags: u32) -> SteerTarget {
     if flags & FLAG_STEER == 0 {
-        return SteerTarget::default();
+        return no_steering();
     }
     match IPNAT_STEER.get(&Key::new(32, src)) {
         Some(t) => core::hint::black_box(*t),
-        None => core::hint::black_box(SteerTarget::default()),
+        None => core::hint::black_box(no_steering()),
+    }
+}
+
+/// No steering rule (id 0), built from a zero LLVM cannot see through: a known all-zero
+/// struct becomes a call of the BPF target's byte-at-a-time memset (see [`crate::zero`]).
+#[inline(always)]
+fn no_steering() -> SteerTarget {
+    let z = core::hint::black_box(0u32);
+    SteerTarget {
+        ifindex: z,
+        gateway: z,
+        subnet: z,
+        mask: z,
+        id: z,
+        _pad: z,
     }
 }
 
@@ -283,7 +298,12 @@ pub fn rpf_key(src: u32, dst: u32, ifindex: u32, tos: u8) -> RpfKey {
         ifindex,
         generation: IPNAT_ROUTE_GEN.get(0).copied().unwrap_or(0),
         tos,
-        _pad: [0; 3],
+        // A zero LLVM cannot see through (see `no_steering`).
+        _pad: [
+            core::hint::black_box(0u8),
+            core::hint::black_box(0u8),
+            core::hint::black_box(0u8),
+        ],
     }
 }
 
