@@ -202,7 +202,8 @@ pub const IFACE_PEER: u32 = 4;
 /// A flag beside [`IFACE_XDP_TARGET`]: ipnat's XDP on this interface can send nowhere but back
 /// out of it (no other interface of ipnat's takes XDP frames), so it hands every packet to TC
 /// ingress at once, before any lookup, instead of finding the egress only to hand the packet
-/// over then (a hairpin, which XDP could send back itself, goes through TC too).
+/// over then (a hairpin, which XDP could send back itself, goes through TC too; never set on
+/// a one-NIC gateway's interface that XDP can send back out of).
 pub const IFACE_XDP_ALONE: u32 = 8;
 
 /// Put in an skb's `tc_index` by TC ingress when it sends a packet it translated and forwarded

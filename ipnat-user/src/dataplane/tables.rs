@@ -952,7 +952,9 @@ pub fn interface_value(f: &IfaceFacts, sg: bool) -> u32 {
 
 /// The interface table's values for all of ipnat's interfaces together: each one's own
 /// ([`interface_value`]), and `IFACE_XDP_ALONE` for those whose native XDP can send nowhere
-/// else (no other interface is an XDP target), which hand every packet to TC at once.
+/// else (no other interface is an XDP target), which hand every packet to TC at once. Not for
+/// a gateway's only interface when it can send back out of itself: there every forwarded
+/// packet leaves the way it came (one NIC), and XDP sends it back itself.
 pub fn interface_values(ifaces: &[IfaceFacts], sg: bool) -> Vec<(u32, u32)> {
     let own: Vec<(u32, u32)> = ifaces
         .iter()
@@ -965,7 +967,8 @@ pub fn interface_values(ifaces: &[IfaceFacts], sg: bool) -> Vec<(u32, u32)> {
             let elsewhere = own
                 .iter()
                 .any(|&(other, v)| other != index && v & IFACE_XDP_TARGET != 0);
-            let alone = f.mode == AttachMode::XdpNative && !elsewhere;
+            let one_nic_hairpin = ifaces.len() == 1 && value & IFACE_XDP_TARGET != 0;
+            let alone = f.mode == AttachMode::XdpNative && !elsewhere && !one_nic_hairpin;
             (index, value | if alone { IFACE_XDP_ALONE } else { 0 })
         })
         .collect()
@@ -1026,6 +1029,12 @@ mod tests {
             v,
             [(2, IFACE_TC_ONLY | IFACE_XDP_ALONE), (4, IFACE_TC_ONLY)]
         );
+        // One NIC: everything leaves the way it came, which XDP can do itself; unless it
+        // cannot send at all.
+        let v = interface_values(&[facts(2, AttachMode::XdpNative, true, false)], false);
+        assert_eq!(v, [(2, IFACE_XDP_TARGET)]);
+        let v = interface_values(&[facts(2, AttachMode::XdpNative, false, false)], false);
+        assert_eq!(v, [(2, IFACE_TC_ONLY | IFACE_XDP_ALONE)]);
         // Frags: a target must also send multi-buffer frames.
         let v = interface_values(
             &[
