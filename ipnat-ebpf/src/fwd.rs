@@ -137,14 +137,12 @@ pub fn redirect_peer(ifindex: u32) -> i32 {
 /// resolves its MAC address and writes the Ethernet header (TC only).
 #[inline(always)]
 pub fn redirect_neigh(ifindex: u32, nexthop: u32) -> i32 {
-    let mut nh = bpf_redir_neigh {
-        nh_family: AF_INET as u32,
-        // SAFETY: all-zero is a valid value of this union.
-        __bindgen_anon_1: unsafe { core::mem::zeroed() },
-    };
+    let mut raw = MaybeUninit::<bpf_redir_neigh>::uninit();
+    let nh = zero::zero_in_place(&mut raw);
+    nh.nh_family = AF_INET as u32;
     nh.__bindgen_anon_1.ipv4_nh = nexthop;
     // SAFETY: the helper reads the struct we pass, of the size we pass.
-    unsafe { bpf_redirect_neigh(ifindex, &mut nh, size_of::<bpf_redir_neigh>() as i32, 0) as i32 }
+    unsafe { bpf_redirect_neigh(ifindex, nh, size_of::<bpf_redir_neigh>() as i32, 0) as i32 }
 }
 
 /// What a TC program returns for a forwarding decision.

@@ -9,7 +9,10 @@
 //! The kernel's own socket tables tell which: the packet's flow is looked up as the stack will
 //! look it up, and a socket whose local address is the private one keeps it.
 
-use core::{ffi::c_void, mem::size_of};
+use core::{
+    ffi::c_void,
+    mem::{MaybeUninit, size_of},
+};
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -25,6 +28,7 @@ use crate::{
     icmp, maps,
     nat::{self, Verdict},
     parse::{self, Hdr, IP_DADDR, IP_FRAG_OFF, IP_PROTO, IP_SADDR},
+    zero,
 };
 
 /// `BPF_F_CURRENT_NETNS` (-1) as the helpers' `u64` argument: the packet's namespace.
@@ -120,8 +124,8 @@ fn flow<P: Packet>(p: &P, h: &Hdr) -> Flow {
 /// (a listener or socket on the wildcard address is not: it gets the public address).
 #[inline(always)]
 fn bound_to(ctx: &TcContext, flow: &Flow) -> bool {
-    // SAFETY: all-zero is a valid value of this union.
-    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    let mut raw = MaybeUninit::<bpf_sock_tuple>::uninit();
+    let tuple = zero::zero_in_place(&mut raw);
     tuple.__bindgen_anon_1.ipv4 = SockTupleV4 {
         saddr: flow.remote,
         daddr: flow.local,
@@ -130,9 +134,9 @@ fn bound_to(ctx: &TcContext, flow: &Flow) -> bool {
     };
     let skb = ctx.as_ptr();
     let bound = if flow.proto == ipproto::TCP {
-        tcp_local_addr(skb, &mut tuple)
+        tcp_local_addr(skb, tuple)
     } else {
-        udp_local_addr(skb, &mut tuple)
+        udp_local_addr(skb, tuple)
     };
     bound == flow.local
 }

@@ -28,5 +28,8 @@ pub fn zero_in_place<T: Zeroable>(v: &mut MaybeUninit<T>) -> &mut T {
     unsafe { v.assume_init_mut() }
 }
 
-// SAFETY: a plain C struct of integers and unions of integers, 64 bytes, 4-byte aligned.
+// SAFETY: plain C structs of integers and unions of integers (64, 20 and 36 bytes), 4-byte
+// aligned.
 unsafe impl Zeroable for aya_ebpf::bindings::bpf_fib_lookup {}
+unsafe impl Zeroable for aya_ebpf::bindings::bpf_redir_neigh {}
+unsafe impl Zeroable for aya_ebpf::bindings::bpf_sock_tuple {}
