@@ -63,6 +63,9 @@ pub struct AttachStatus {
     pub present: bool,
     /// What its driver can do with XDP, as the kernel says (`unknown` where it cannot).
     pub xdp_features: String,
+    /// How the data plane sends into it, from the interface table (see
+    /// [`tables::describe_interface`]); empty where the table has no entry.
+    pub sending: String,
 }
 
 /// The state of the data plane pinned under `dir`.
@@ -77,6 +80,10 @@ pub fn status(dir: &Path) -> Result<Status, DataplaneError> {
         .into_iter()
         .map(|l| AttachStatus {
             present: ifindex(&l.iface).is_ok(),
+            sending: ifindex(&l.iface)
+                .ok()
+                .and_then(|i| tables.interface(i))
+                .map_or(String::new(), tables::describe_interface),
             xdp_features: ifindex(&l.iface)
                 .ok()
                 .and_then(|i| crate::netdev::xdp_features(i).ok().flatten())
@@ -183,12 +190,14 @@ impl Status {
         for a in &self.attached {
             let _ = writeln!(
                 s,
-                "attached:   {:<8} {:<7} {}{} (xdp-features: {})",
+                "attached:   {:<8} {:<7} {}{} (xdp-features: {}{}{})",
                 a.iface,
                 a.hook,
                 a.mode,
                 if a.present { "" } else { " (interface gone)" },
-                a.xdp_features
+                a.xdp_features,
+                if a.sending.is_empty() { "" } else { "; " },
+                a.sending
             );
         }
         for r in &self.steering {

@@ -833,6 +833,11 @@ impl Tables {
             .map_err(map_err(names::XDP_TARGETS))
     }
 
+    /// The interface table's value for `index` (`IFACE_*`), if it has one.
+    pub fn interface(&self, index: u32) -> Option<u32> {
+        self.xdp_targets.get(&index, 0).ok()
+    }
+
     /// The internal prefixes in the kernel.
     pub fn internal_prefixes(&self) -> Result<Vec<Ipv4Net>, DataplaneError> {
         let mut out = Vec::new();
@@ -914,6 +919,22 @@ fn split_word(w: u64) -> (u32, u32) {
         u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
         u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
     )
+}
+
+/// The interface table's value in words, for `ipnat status`.
+pub fn describe_interface(value: u32) -> String {
+    let mut words = vec![if value & IFACE_XDP_TARGET != 0 {
+        "XDP sends into it"
+    } else {
+        "only TC sends into it"
+    }];
+    if value & IFACE_PEER != 0 {
+        words.push("TC delivers to its veth peer");
+    }
+    if value & IFACE_XDP_ALONE != 0 {
+        words.push("its XDP hands every packet to TC");
+    }
+    words.join(", ")
 }
 
 /// What the controller knows of one interface ipnat is attached to, for the interface table.

@@ -872,6 +872,29 @@ fn tc_delivers_to_a_veth_peer_in_another_namespace_directly() {
         "int0 transmitted {tx} packets for {forwarded_in} forwarded into it: {stats}"
     );
     assert_eq!(lab.kernel_forwarded().unwrap(), 0, "{stats}");
+    // `ipnat status` in the gateway's namespace says so, per interface.
+    let out = lab
+        .gw
+        .run(
+            ipnat_tests::lab::ipnat_bin().to_str().unwrap(),
+            &["status", "--pin-path", ipnat.pin_path.to_str().unwrap()],
+        )
+        .unwrap();
+    let st = String::from_utf8_lossy(&out.stdout);
+    let line = |iface: &str| {
+        st.lines()
+            .find(|l| l.contains(&format!(" {iface} ")) && l.contains("xdp native"))
+            .unwrap_or_else(|| panic!("no XDP line for {iface}: {st}"))
+            .to_owned()
+    };
+    assert!(
+        line("int0").ends_with("; only TC sends into it, TC delivers to its veth peer)"),
+        "{st}"
+    );
+    assert!(
+        line("ext0").ends_with(", its XDP hands every packet to TC)"),
+        "{st}"
+    );
 }
 
 /// The kernel's answer on whether a veth's peer is elsewhere: another namespace, yes; both
