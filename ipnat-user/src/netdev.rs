@@ -1,6 +1,7 @@
 //! What a NIC's driver can do with XDP, as the kernel reports it (the generic netlink `netdev`
 //! family, `NETDEV_A_DEV_XDP_FEATURES`, Linux 6.3 and later), instead of guessing from driver
-//! names. No maintained crate speaks this family; the two requests are written here.
+//! names. No maintained crate speaks this family; the two requests are written here, with one
+//! rtnetlink request beside them (a link's kind and whether its peer is in another namespace).
 
 use crate::system::{attr, netlink};
 
@@ -49,9 +50,8 @@ fn attrs(reply: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     attrs_at(reply, 20)
 }
 
-/// The netlink attributes in `buf` from `off` on (type without its nested/byte-order bits).
-fn attrs_at(buf: &[u8], mut off: usize) -> impl Iterator<Item = (u16, &[u8])> {
-    let reply = buf;
+/// The netlink attributes in `reply` from `off` on (type without its nested/byte-order bits).
+fn attrs_at(reply: &[u8], mut off: usize) -> impl Iterator<Item = (u16, &[u8])> {
     std::iter::from_fn(move || {
         if off + 4 > reply.len() {
             return None;

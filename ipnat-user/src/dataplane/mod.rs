@@ -410,8 +410,8 @@ impl Dataplane {
     }
 
     /// Re-reads the drivers' XDP features and sets which of `attached` (ifindex, mode) XDP may
-    /// redirect into, and which are veths with a peer TC ingress may deliver to (see
-    /// [`Tables::set_xdp_target`]).
+    /// redirect into, which are veths with a peer TC ingress may deliver to, and whose XDP can
+    /// send nowhere else (see [`tables::interface_values`]).
     pub fn refresh_xdp_targets(
         &mut self,
         attached: &[(u32, AttachMode)],

@@ -785,6 +785,18 @@ fn a_block_mapping_keeps_host_bits_end_to_end() {
     );
 }
 
+/// `ipnat status` as the gateway's namespace shows it (interface names resolve there).
+fn status_in(lab: &GatewayLab, ipnat: &ipnat_tests::lab::Ipnat) -> String {
+    let out = lab
+        .gw
+        .run(
+            ipnat_tests::lab::ipnat_bin().to_str().unwrap(),
+            &["status", "--pin-path", ipnat.pin_path.to_str().unwrap()],
+        )
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// int0's veth peer (the backend) runs no XDP program, so int0 cannot transmit what XDP
 /// redirects to it (its xdp-features lack ndo-xmit). The controller reads that from the kernel
 /// and lets TC forward towards the backend instead: traffic flows (before, XDP redirected into
@@ -807,14 +819,7 @@ fn a_veth_whose_peer_runs_no_xdp_is_reached_through_tc() {
     assert!(r["forwarded"].as_u64().unwrap() >= 5, "{stats}");
     assert_eq!(lab.kernel_forwarded().unwrap(), 0, "{stats}");
     // `ipnat status` in the gateway's namespace names the drivers' features.
-    let out = lab
-        .gw
-        .run(
-            ipnat_tests::lab::ipnat_bin().to_str().unwrap(),
-            &["status", "--pin-path", ipnat.pin_path.to_str().unwrap()],
-        )
-        .unwrap();
-    let st = String::from_utf8_lossy(&out.stdout);
+    let st = status_in(&lab, &ipnat);
     assert!(
         st.contains("int0") && st.contains("xdp-features: basic redirect rx-sg"),
         "{st}"
@@ -873,14 +878,7 @@ fn tc_delivers_to_a_veth_peer_in_another_namespace_directly() {
     );
     assert_eq!(lab.kernel_forwarded().unwrap(), 0, "{stats}");
     // `ipnat status` in the gateway's namespace says so, per interface.
-    let out = lab
-        .gw
-        .run(
-            ipnat_tests::lab::ipnat_bin().to_str().unwrap(),
-            &["status", "--pin-path", ipnat.pin_path.to_str().unwrap()],
-        )
-        .unwrap();
-    let st = String::from_utf8_lossy(&out.stdout);
+    let st = status_in(&lab, &ipnat);
     let line = |iface: &str| {
         st.lines()
             .find(|l| l.contains(&format!(" {iface} ")) && l.contains("xdp native"))
