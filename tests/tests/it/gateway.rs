@@ -895,6 +895,58 @@ fn tc_delivers_to_a_veth_peer_in_another_namespace_directly() {
     );
 }
 
+/// The hand-over follows the kernel: once the backend's veth runs an XDP program, int0 takes
+/// XDP frames, so ext0's XDP no longer hands everything to TC (the controller reads the
+/// drivers' features again every 20 s) and forwards into int0 itself.
+#[test]
+fn xdp_stops_handing_everything_over_once_the_peer_takes_xdp_frames() {
+    require_root();
+    let (lab, ipnat) = GatewayLab::started(LabOptions {
+        backend_xdp: false,
+        ..LabOptions::default()
+    });
+    let ext0_line = |st: &str| {
+        st.lines()
+            .find(|l| l.contains(" ext0 ") && l.contains("xdp native"))
+            .unwrap_or_else(|| panic!("no XDP line for ext0: {st}"))
+            .to_owned()
+    };
+    let st = status_in(&lab, &ipnat);
+    assert!(
+        ext0_line(&st).contains("its XDP hands every packet to TC"),
+        "{st}"
+    );
+    let _backend_xdp = ipnat_tests::lab::xdp_pass(&lab.backend, "eth0").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let st = status_in(&lab, &ipnat);
+        if !ext0_line(&st).contains("hands every packet") {
+            assert!(
+                st.lines()
+                    .any(|l| l.contains(" int0 ") && l.contains("XDP sends into it")),
+                "{st}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ext0 still hands everything to TC 30 s after int0's peer took XDP: {st}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let before = ipnat.stats_json().unwrap();
+    let x = tcp_exchange(&lab.inet, &lab.backend, EIP, 8094, b"xdp again", 100_000).unwrap();
+    assert_eq!(x.server_saw_peer.ip(), IpAddr::V4(INET));
+    assert_eq!(x.response.len(), 9 + 100_000);
+    let stats = ipnat.stats_json().unwrap();
+    let delta = |name: &str| {
+        stats["reasons"][name].as_u64().unwrap() - before["reasons"][name].as_u64().unwrap()
+    };
+    // Both ways by XDP now; nothing handed over.
+    assert!(delta("forwarded") >= 10, "{stats}");
+    assert_eq!(delta("pass_to_tc"), 0, "{stats}");
+}
+
 /// The kernel's answer on whether a veth's peer is elsewhere: another namespace, yes; both
 /// ends in one namespace (where the kernel refuses `bpf_redirect_peer`), no; a bridge, no.
 #[test]
