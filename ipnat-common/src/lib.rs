@@ -284,6 +284,9 @@ pub const MAX_INTERNAL_PREFIXES: u32 = 1024;
 pub const FLAG_FAST_PATH: u32 = 1;
 /// `Settings::flags`: the prefix tables hold entries (skip their lookup otherwise).
 pub const FLAG_PREFIXES: u32 = 2;
+/// `Settings::flags`: some interface carries [`IFACE_XDP_ALONE`], so XDP looks its ingress up
+/// in the interface table (skipped otherwise: no lookup on the fast path for it).
+pub const FLAG_XDP_ALONE: u32 = 16;
 
 /// Data-plane settings, the single entry of the settings array; also the meta map that records
 /// the layout version of the pinned maps.

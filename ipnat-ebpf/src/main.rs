@@ -23,8 +23,8 @@ use aya_ebpf::{
 use core::mem::size_of;
 
 use ipnat_common::{
-    FLAG_FAST_PATH, FLAG_HOST, FLAG_STEER, IFACE_PEER, IFACE_XDP_ALONE, Reason, TABLE_WRITE_HEADER,
-    TABLE_WRITES, TC_FORWARDED, TableWrite,
+    FLAG_FAST_PATH, FLAG_HOST, FLAG_STEER, FLAG_XDP_ALONE, IFACE_PEER, IFACE_XDP_ALONE, Reason,
+    TABLE_WRITE_HEADER, TABLE_WRITES, TC_FORWARDED, TableWrite,
 };
 use ipnat_ebpf::{
     ctx::{Tc, Xdp},
@@ -56,7 +56,7 @@ fn xdp_entry<const FRAGS: bool>(ctx: &XdpContext) -> u32 {
         return xdp_counted(nat::translate(p, Dir::Dnat, flags));
     }
     let ingress = ctx.ingress_ifindex() as u32;
-    if maps::interface(ingress) & IFACE_XDP_ALONE != 0 {
+    if flags & FLAG_XDP_ALONE != 0 && maps::interface(ingress) & IFACE_XDP_ALONE != 0 {
         // Nowhere to send it from here: TC ingress forwards it, with one set of lookups.
         count_reason(Reason::PassToTc);
         return xdp_action::XDP_PASS;

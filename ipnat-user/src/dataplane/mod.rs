@@ -20,10 +20,11 @@ use aya::{
     },
 };
 use ipnat_common::{
-    EntryCounters, FLAG_FAST_PATH, FLAG_HOST, FLAG_PREFIXES, FLAG_STEER, IFACE_PEER, IFACE_TC_ONLY,
-    IFACE_XDP_ALONE, IFACE_XDP_TARGET, NatEntry, NatTarget, PrefixEntry, PrefixTarget, Reason,
-    RpfKey, SCHEMA_VERSION, Settings, SteerCounters, SteerTarget, TABLE_DNAT, TABLE_DNAT_PREFIX,
-    TABLE_SNAT, TABLE_SNAT_PREFIX, TABLE_WRITE_HEADER, TABLE_WRITES, TableWrite, names,
+    EntryCounters, FLAG_FAST_PATH, FLAG_HOST, FLAG_PREFIXES, FLAG_STEER, FLAG_XDP_ALONE,
+    IFACE_PEER, IFACE_TC_ONLY, IFACE_XDP_ALONE, IFACE_XDP_TARGET, NatEntry, NatTarget, PrefixEntry,
+    PrefixTarget, Reason, RpfKey, SCHEMA_VERSION, Settings, SteerCounters, SteerTarget, TABLE_DNAT,
+    TABLE_DNAT_PREFIX, TABLE_SNAT, TABLE_SNAT_PREFIX, TABLE_WRITE_HEADER, TABLE_WRITES, TableWrite,
+    names,
 };
 use ipnet::Ipv4Net;
 use serde::Serialize;
@@ -426,10 +427,12 @@ impl Dataplane {
                 )
             })
             .collect();
-        for (index, value) in tables::interface_values(&facts, !self.frags.is_empty()) {
+        let values = tables::interface_values(&facts, !self.frags.is_empty());
+        for &(index, value) in &values {
             self.tables.set_interface(index, value)?;
         }
-        Ok(())
+        let alone = values.iter().any(|&(_, v)| v & IFACE_XDP_ALONE != 0);
+        self.tables.set_flag(FLAG_XDP_ALONE, alone)
     }
 
     /// Whether interface `index` runs the frags-capable XDP program.

@@ -101,6 +101,12 @@ struct Failover {
     shard: serde_json::Value,
 }
 
+/// Every download both ways (8 in, 8 out) completed across the failover.
+fn assert_all_completed(f: &Failover) {
+    assert_eq!(f.inbound.downloads.complete, 8, "{:?}", f.inbound.downloads);
+    assert_eq!(f.outbound.complete, 8, "{:?}", f.outbound);
+}
+
 /// 8 downloads from the backend through the shard's address (inbound), 8 downloads from the
 /// internet by the backend (outbound), a UDP stream inbound; 2 s in, gw-a dies: its controller
 /// SIGKILLed and its NIC gone from the VPC (its bridge port blocked).
@@ -230,8 +236,7 @@ fn the_standby_takes_the_shard_over_through_the_api_and_no_connection_is_lost() 
         ("ReplaceRoute".to_owned(), Ec2Fault::Slow(1000)),
     ]);
     let f = primary_dies_under_traffic(&lab, &mut a, &b, 8100);
-    assert_eq!(f.inbound.downloads.complete, 8, "{:?}", f.inbound.downloads);
-    assert_eq!(f.outbound.complete, 8, "{:?}", f.outbound);
+    assert_all_completed(&f);
     assert_eq!(f.shard["last_takeover"]["report"]["retries"], 4);
     assert_eq!(
         moves(&lab),
@@ -345,8 +350,7 @@ fn a_move_the_cloud_carries_out_slower_than_the_lease_still_completes() {
     let lab = FailoverLab::new(3000, SecurityGroup::Untracked).unwrap();
     let (mut a, b) = pair(&lab);
     let f = primary_dies_under_traffic(&lab, &mut a, &b, 8100);
-    assert_eq!(f.inbound.downloads.complete, 8, "{:?}", f.inbound.downloads);
-    assert_eq!(f.outbound.complete, 8, "{:?}", f.outbound);
+    assert_all_completed(&f);
     let steps = f.shard["last_takeover"]["report"]["steps"].to_string();
     assert!(
         steps.contains("the metadata lists them on eni-b after"),
@@ -672,8 +676,7 @@ fn on_alibaba_cloud_the_standby_announces_the_havip_and_no_connection_is_lost() 
     let f = primary_dies_under_traffic_at(&lab, &mut a, &b, HAVIP_ADDRESS, 8100, &|| {
         lab.havip_owner() == Some(1)
     });
-    assert_eq!(f.inbound.downloads.complete, 8, "{:?}", f.inbound.downloads);
-    assert_eq!(f.outbound.complete, 8, "{:?}", f.outbound);
+    assert_all_completed(&f);
     assert_eq!(
         f.shard["last_takeover"]["report"]["retries"], 2,
         "{}",
@@ -858,8 +861,7 @@ fn across_zones_the_standby_reassociates_the_eip_with_its_own_address_and_no_con
         lab.eip_holder() == Some((fo_nic(1), eip_private(1)))
             && lab.route_target().as_deref() == Some("eni-b")
     });
-    assert_eq!(f.inbound.downloads.complete, 8, "{:?}", f.inbound.downloads);
-    assert_eq!(f.outbound.complete, 8, "{:?}", f.outbound);
+    assert_all_completed(&f);
     let steps = f.shard["last_takeover"]["report"]["steps"].to_string();
     assert!(
         steps.contains("AssociateAddress (AllowReassociation) 198.51.100.50 onto eni-b/10.0.0.52 from eni-a/10.0.0.50"),
@@ -911,8 +913,7 @@ fn on_alibaba_cloud_across_zones_the_standby_rebinds_the_eip_and_moves_the_route
         lab.aliyun_eip_holder() == Some((fo_nic(1), eip_private(1)))
             && route().as_deref() == Some("eni-b")
     });
-    assert_eq!(f.inbound.downloads.complete, 8, "{:?}", f.inbound.downloads);
-    assert_eq!(f.outbound.complete, 8, "{:?}", f.outbound);
+    assert_all_completed(&f);
     let report = &f.shard["last_takeover"]["report"];
     assert_eq!(report["retries"], 3, "{report}");
     let steps = report["steps"].to_string();
